@@ -1,0 +1,25 @@
+//! Pure calendar types and policy: identifiers, roles and what they allow, time windows, time zones,
+//! keyset cursors and busy-interval arithmetic.
+//!
+//! This crate does no I/O: no tokio, sqlx, redis or rdkafka. Everything here is a plain value that
+//! the storage, cache and API layers share, and every `parse` returns a `Result` so that a value of
+//! these types is valid by construction.
+
+pub mod busy;
+pub mod cursor;
+pub mod enums;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod role;
+pub mod time;
+
+
+pub use busy::{Interval, free_gaps, merge_intervals};
+pub use cursor::EventCursor;
+pub use enums::{EventStatus, ReservationStatus, ResourceKind, ResponseStatus, Transparency};
+pub use error::DomainError;
+pub use ids::{CalendarId, EventId, ReservationId, ResourceId, UserId};
+pub use model::{Attendee, Calendar, Event, Member, Reservation, Resource, User};
+pub use role::Role;
+pub use time::{MAX_EVENT_DURATION, TimeWindow, check_event_times, parse_time_zone};

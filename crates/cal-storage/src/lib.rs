@@ -1,0 +1,87 @@
+//! The only crate with SQL. It owns the PostgreSQL schema (`migrations/` at the workspace root),
+//! batch reads by id lists (`= ANY($1)`, one statement per batch), window queries, and
+//! transactional writes that bump `version` and append an outbox row in the same transaction.
+//!
+//! It knows nothing of GraphQL or caches. Every statement it sends is counted ([`StoreStats`]), so
+//! tests can assert how many statements a request costs and the API can report it per request.
+
+mod error;
+mod reads;
+mod rows;
+pub mod seed;
+mod writes;
+
+pub use error::{Conflict, StorageError};
+pub use sqlx::PgPool;
+pub use writes::{EventPatch, NewAttendee, NewEvent, NewReservation};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Migrations embedded at compile time from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Statement and row counters. One lives as long as the [`Store`] (process-wide figures); a
+/// request may attach its own with [`Store::with_request_stats`].
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    statements: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl StoreStats {
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+    global: Arc<StoreStats>,
+    request: Option<Arc<StoreStats>>,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, global: Arc::default(), request: None }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Process-wide figures.
+    pub fn stats(&self) -> &Arc<StoreStats> {
+        &self.global
+    }
+
+    /// A handle that also counts into `stats` (one request's figures).
+    pub fn with_request_stats(&self, stats: Arc<StoreStats>) -> Store {
+        Store { pool: self.pool.clone(), global: self.global.clone(), request: Some(stats) }
+    }
+
+    /// Records one statement returning `rows` rows. Called by every method that talks to the database.
+    fn counted(&self, rows: usize) {
+        for s in std::iter::once(&self.global).chain(self.request.as_ref()) {
+            s.statements.fetch_add(1, Ordering::Relaxed);
+            s.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// `SELECT 1`, for readiness.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

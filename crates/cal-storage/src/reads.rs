@@ -1,0 +1,210 @@
+//! Reads. Batch reads take an id list and send exactly one statement (`= ANY($1)`), whatever its length.
+
+use crate::rows::{self, *};
+use crate::{Store, StorageError};
+use cal_domain::*;
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::PgRow;
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+fn raw(ids: impl IntoIterator<Item = i64>) -> Vec<i64> {
+    ids.into_iter().collect()
+}
+
+fn map<T>(rows: Vec<PgRow>, f: fn(&PgRow) -> std::result::Result<T, sqlx::Error>) -> Result<Vec<T>> {
+    rows.iter().map(|r| f(r).map_err(StorageError::Database)).collect()
+}
+
+impl Store {
+    async fn fetch(&self, q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>) -> Result<Vec<PgRow>> {
+        let rows = q.fetch_all(self.pool()).await?;
+        self.counted(rows.len());
+        Ok(rows)
+    }
+
+    pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>> {
+        let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ANY($1)");
+        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        map(rows, rows::user)
+    }
+
+    pub async fn calendars_by_ids(&self, ids: &[CalendarId]) -> Result<Vec<Calendar>> {
+        let sql = format!("SELECT {CALENDAR_COLS} FROM {CALENDAR_FROM} WHERE c.id = ANY($1)");
+        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        map(rows, rows::calendar)
+    }
+
+    /// Live (not deleted) events by id.
+    pub async fn events_by_ids(&self, ids: &[EventId]) -> Result<Vec<Event>> {
+        let sql = format!("SELECT {EVENT_COLS} FROM events WHERE id = ANY($1) AND deleted_at IS NULL");
+        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        map(rows, rows::event)
+    }
+
+    /// Attendees of the given events, ordered by event then user.
+    pub async fn attendees_by_event_ids(&self, ids: &[EventId]) -> Result<Vec<Attendee>> {
+        let sql = format!("SELECT {ATTENDEE_COLS} FROM attendees WHERE event_id = ANY($1) ORDER BY event_id, user_id");
+        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        map(rows, rows::attendee)
+    }
+
+    /// Reservations of the given events with the resource each one books (one statement: the month
+    /// view needs both, and resources change rarely).
+    pub async fn reservations_by_event_ids(&self, ids: &[EventId]) -> Result<Vec<(Reservation, Resource)>> {
+        let sql = "SELECT r.id, r.event_id, r.resource_id, r.start_time, r.end_time, r.status, \
+                   s.name, s.kind, s.capacity, s.location \
+                   FROM reservations r JOIN resources s ON s.id = r.resource_id \
+                   WHERE r.event_id = ANY($1) ORDER BY r.event_id, r.start_time, r.id";
+        let rows = self.fetch(sqlx::query(sql).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        rows.iter()
+            .map(|r| {
+                let res = rows::reservation(r)?;
+                let resource = rows::resource_named(r, res.resource_id)?;
+                Ok((res, resource))
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(StorageError::Database)
+    }
+
+    pub async fn resources_by_ids(&self, ids: &[ResourceId]) -> Result<Vec<Resource>> {
+        let sql = format!("SELECT {RESOURCE_COLS} FROM resources WHERE id = ANY($1)");
+        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        map(rows, rows::resource)
+    }
+
+    pub async fn reservation_by_id(&self, id: ReservationId) -> Result<Option<Reservation>> {
+        let sql = format!("SELECT {RESERVATION_COLS} FROM reservations WHERE id = $1");
+        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(id.0)).await?;
+        Ok(map(rows, rows::reservation)?.into_iter().next())
+    }
+
+    /// One page of the live events of `calendar` that overlap `window`, in (start, id) order,
+    /// strictly after `after`. Returns at most `limit` rows.
+    pub async fn events_in_window(
+        &self,
+        calendar: CalendarId,
+        window: &TimeWindow,
+        after: Option<EventCursor>,
+        limit: i64,
+    ) -> Result<Vec<Event>> {
+        let sql = format!(
+            "SELECT {EVENT_COLS} FROM events \
+             WHERE calendar_id = $1 AND deleted_at IS NULL \
+               AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
+               AND ($5::timestamptz IS NULL OR (start_time, id) > ($5, $6)) \
+             ORDER BY start_time, id LIMIT $7"
+        );
+        let q = sqlx::query(AssertSqlSafe(sql))
+            .bind(calendar.0)
+            .bind(window.earliest_overlapping_start())
+            .bind(window.to())
+            .bind(window.from())
+            .bind(after.map(|c| c.start))
+            .bind(after.map(|c| c.id.0).unwrap_or(0))
+            .bind(limit);
+        map(self.fetch(q).await?, rows::event)
+    }
+
+    /// Calendars a user is a member of, with the role, ordered by calendar id.
+    pub async fn memberships_of(&self, user: UserId) -> Result<Vec<(CalendarId, Role)>> {
+        let q = sqlx::query("SELECT calendar_id, role FROM calendar_members WHERE user_id = $1 ORDER BY calendar_id")
+            .bind(user.0);
+        let rows = self.fetch(q).await?;
+        rows.iter()
+            .map(|r| {
+                use sqlx::Row;
+                let role: String = r.try_get("role")?;
+                Ok((CalendarId(r.try_get("calendar_id")?), Role::parse(&role).map_err(|e| {
+                    sqlx::Error::ColumnDecode { index: "role".into(), source: Box::new(e) }
+                })?))
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(StorageError::Database)
+    }
+
+    /// Of `owners`, those who own at least one calendar that `viewer` is a member of (any role,
+    /// free_busy included): the people whose free/busy `viewer` may see.
+    pub async fn owners_sharing_with(&self, viewer: UserId, owners: &[UserId]) -> Result<Vec<UserId>> {
+        let q = sqlx::query(
+            "SELECT DISTINCT c.owner_id FROM calendar_members m JOIN calendars c ON c.id = m.calendar_id \
+             WHERE m.user_id = $1 AND c.owner_id = ANY($2)",
+        )
+        .bind(viewer.0)
+        .bind(raw(owners.iter().map(|i| i.0)));
+        let rows = self.fetch(q).await?;
+        rows.iter()
+            .map(|r| sqlx::Row::try_get::<i64, _>(r, 0).map(UserId).map_err(StorageError::Database))
+            .collect()
+    }
+
+    /// Busy intervals of users in a window: events they organize or attend (not declined), confirmed
+    /// or tentative, transparency busy, live.
+    pub async fn busy_of_users(&self, users: &[UserId], window: &TimeWindow) -> Result<Vec<(UserId, Interval)>> {
+        let q = sqlx::query(
+            "SELECT e.organizer_id AS who, e.start_time, e.end_time FROM events e \
+               WHERE e.organizer_id = ANY($1) AND e.deleted_at IS NULL \
+                 AND e.start_time >= $2 AND e.start_time < $3 AND e.end_time > $4 \
+                 AND e.status <> 'cancelled' AND e.transparency = 'busy' \
+             UNION ALL \
+             SELECT a.user_id AS who, e.start_time, e.end_time FROM attendees a JOIN events e ON e.id = a.event_id \
+               WHERE a.user_id = ANY($1) AND a.response_status <> 'declined' AND e.organizer_id <> a.user_id \
+                 AND e.deleted_at IS NULL AND e.start_time >= $2 AND e.start_time < $3 AND e.end_time > $4 \
+                 AND e.status <> 'cancelled' AND e.transparency = 'busy'",
+        )
+        .bind(raw(users.iter().map(|i| i.0)))
+        .bind(window.earliest_overlapping_start())
+        .bind(window.to())
+        .bind(window.from());
+        let rows = self.fetch(q).await?;
+        intervals(rows, UserId)
+    }
+
+    /// Confirmed reservations of resources in a window.
+    pub async fn busy_of_resources(
+        &self,
+        resources: &[ResourceId],
+        window: &TimeWindow,
+    ) -> Result<Vec<(ResourceId, Interval)>> {
+        let q = sqlx::query(
+            "SELECT resource_id AS who, start_time, end_time FROM reservations \
+             WHERE resource_id = ANY($1) AND status = 'confirmed' \
+               AND start_time >= $2 AND start_time < $3 AND end_time > $4",
+        )
+        .bind(raw(resources.iter().map(|i| i.0)))
+        .bind(window.earliest_overlapping_start())
+        .bind(window.to())
+        .bind(window.from());
+        let rows = self.fetch(q).await?;
+        intervals(rows, ResourceId)
+    }
+
+    /// Busy intervals of one calendar's own events in a window.
+    pub async fn busy_of_calendar(&self, calendar: CalendarId, window: &TimeWindow) -> Result<Vec<Interval>> {
+        let q = sqlx::query(
+            "SELECT calendar_id AS who, start_time, end_time FROM events \
+             WHERE calendar_id = $1 AND deleted_at IS NULL \
+               AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
+               AND status <> 'cancelled' AND transparency = 'busy'",
+        )
+        .bind(calendar.0)
+        .bind(window.earliest_overlapping_start())
+        .bind(window.to())
+        .bind(window.from());
+        let rows = self.fetch(q).await?;
+        Ok(intervals(rows, CalendarId)?.into_iter().map(|(_, i)| i).collect())
+    }
+}
+
+fn intervals<K>(rows: Vec<PgRow>, key: fn(i64) -> K) -> Result<Vec<(K, Interval)>> {
+    use sqlx::Row;
+    rows.iter()
+        .map(|r| {
+            let start: DateTime<Utc> = r.try_get("start_time")?;
+            let end: DateTime<Utc> = r.try_get("end_time")?;
+            Ok((key(r.try_get("who")?), Interval { start, end }))
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(StorageError::Database)
+}

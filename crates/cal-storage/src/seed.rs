@@ -1,0 +1,1 @@
+//! Deterministic seed data (demo and large scale). Filled in below.

@@ -1,0 +1,625 @@
+//! Transactional writes. Each one runs in a single transaction that
+//! 1. locks and bumps the event's (or calendar's) `version` first, checking `expected_version`,
+//! 2. changes the rows,
+//! 3. appends an outbox row describing the change (consumed by the invalidation relay),
+//! so a committed change always has its outbox row and a failed one leaves nothing behind.
+
+use crate::rows::{self, *};
+use crate::{Conflict, Store, StorageError};
+use cal_domain::*;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row, Transaction};
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+#[derive(Debug, Clone)]
+pub struct NewAttendee {
+    pub user_id: UserId,
+    pub is_optional: bool,
+}
+
+/// A resource to book for an event; the times default to the event's.
+#[derive(Debug, Clone)]
+pub struct NewReservation {
+    pub resource_id: ResourceId,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub calendar_id: CalendarId,
+    pub organizer_id: UserId,
+    pub title: String,
+    pub description: Option<String>,
+    pub location: Option<String>,
+    pub start_time: DateTime<Utc>,
+    pub end_time: DateTime<Utc>,
+    pub time_zone: String,
+    pub all_day: bool,
+    pub status: EventStatus,
+    pub transparency: Transparency,
+    pub rrule: Option<String>,
+    pub attendees: Vec<NewAttendee>,
+    pub reservations: Vec<NewReservation>,
+}
+
+/// Fields to change; `None` leaves a field as it is. For nullable fields `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct EventPatch {
+    pub title: Option<String>,
+    pub description: Option<Option<String>>,
+    pub location: Option<Option<String>>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub time_zone: Option<String>,
+    pub all_day: Option<bool>,
+    pub status: Option<EventStatus>,
+    pub transparency: Option<Transparency>,
+    pub rrule: Option<Option<String>>,
+}
+
+impl Store {
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.pool().begin().await?)
+    }
+
+    async fn commit(&self, tx: Transaction<'static, Postgres>) -> Result<()> {
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox(
+        &self,
+        conn: &mut PgConnection,
+        aggregate: &str,
+        id: i64,
+        kind: &str,
+        payload: serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ($1, $2, $3, $4)")
+            .bind(aggregate)
+            .bind(id)
+            .bind(kind)
+            .bind(payload)
+            .execute(conn)
+            .await?;
+        self.counted(1);
+        Ok(())
+    }
+
+    pub async fn create_user(&self, email: &str, name: &str, avatar_url: Option<&str>) -> Result<User> {
+        let sql = format!("INSERT INTO users (email, name, avatar_url) VALUES ($1, $2, $3) RETURNING {USER_COLS}");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(email)
+            .bind(name)
+            .bind(avatar_url)
+            .fetch_one(self.pool())
+            .await
+            .map_err(StorageError::from_db)?;
+        self.counted(1);
+        Ok(rows::user(&row)?)
+    }
+
+    pub async fn create_resource(
+        &self,
+        name: &str,
+        kind: ResourceKind,
+        capacity: Option<i32>,
+        location: Option<&str>,
+    ) -> Result<Resource> {
+        let sql = format!(
+            "INSERT INTO resources (name, kind, capacity, location) VALUES ($1, $2, $3, $4) RETURNING {RESOURCE_COLS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .bind(kind.as_str())
+            .bind(capacity)
+            .bind(location)
+            .fetch_one(self.pool())
+            .await
+            .map_err(StorageError::from_db)?;
+        self.counted(1);
+        Ok(rows::resource(&row)?)
+    }
+
+    async fn calendar_in(&self, conn: &mut PgConnection, id: CalendarId) -> Result<Calendar> {
+        let sql = format!("SELECT {CALENDAR_COLS} FROM {CALENDAR_FROM} WHERE c.id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(id.0).fetch_one(conn).await?;
+        self.counted(1);
+        Ok(rows::calendar(&row)?)
+    }
+
+    /// Creates a calendar owned by `owner` (who becomes its `owner` member).
+    pub async fn create_calendar(
+        &self,
+        owner: UserId,
+        name: &str,
+        description: Option<&str>,
+        time_zone: &str,
+    ) -> Result<Calendar> {
+        let mut tx = self.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO calendars (owner_id, name, description, time_zone) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(owner.0)
+        .bind(name)
+        .bind(description)
+        .bind(time_zone)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StorageError::from_db)?;
+        self.counted(1);
+        sqlx::query("INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, 'owner')")
+            .bind(id)
+            .bind(owner.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(StorageError::from_db)?;
+        self.counted(1);
+        self.outbox(&mut tx, "calendar", id, "calendar.created", json!({ "owner_id": owner.0 })).await?;
+        let cal = self.calendar_in(&mut tx, CalendarId(id)).await?;
+        self.commit(tx).await?;
+        Ok(cal)
+    }
+
+    /// Gives `user` `role` on a calendar (or changes it). The owner's own row cannot be changed here.
+    pub async fn share_calendar(&self, calendar: CalendarId, user: UserId, role: Role) -> Result<Calendar> {
+        if role == Role::Owner {
+            return Err(StorageError::Invalid("a calendar has exactly one owner".into()));
+        }
+        let mut tx = self.begin().await?;
+        self.bump_calendar(&mut tx, calendar).await?;
+        let changed = sqlx::query(
+            "INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, $3) \
+             ON CONFLICT (calendar_id, user_id) DO UPDATE SET role = EXCLUDED.role \
+             WHERE calendar_members.role <> 'owner'",
+        )
+        .bind(calendar.0)
+        .bind(user.0)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(StorageError::from_db)?
+        .rows_affected();
+        self.counted(0);
+        if changed == 0 {
+            return Err(StorageError::Invalid("the owner's role cannot be changed".into()));
+        }
+        self.outbox(
+            &mut tx,
+            "calendar",
+            calendar.0,
+            "calendar.shared",
+            json!({ "user_id": user.0, "role": role.as_str() }),
+        )
+        .await?;
+        let cal = self.calendar_in(&mut tx, calendar).await?;
+        self.commit(tx).await?;
+        Ok(cal)
+    }
+
+    /// Removes `user`'s membership (never the owner's). Returns whether a membership was removed.
+    pub async fn unshare_calendar(&self, calendar: CalendarId, user: UserId) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        self.bump_calendar(&mut tx, calendar).await?;
+        let removed = sqlx::query("DELETE FROM calendar_members WHERE calendar_id = $1 AND user_id = $2 AND role <> 'owner'")
+            .bind(calendar.0)
+            .bind(user.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.counted(0);
+        if removed > 0 {
+            self.outbox(&mut tx, "calendar", calendar.0, "calendar.unshared", json!({ "user_id": user.0 })).await?;
+        }
+        self.commit(tx).await?;
+        Ok(removed > 0)
+    }
+
+    async fn bump_calendar(&self, conn: &mut PgConnection, calendar: CalendarId) -> Result<()> {
+        let n = sqlx::query("UPDATE calendars SET version = version + 1, updated_at = now() WHERE id = $1")
+            .bind(calendar.0)
+            .execute(conn)
+            .await?
+            .rows_affected();
+        self.counted(0);
+        if n == 0 { Err(StorageError::NotFound) } else { Ok(()) }
+    }
+
+    /// Locks a live event, checks `expected` against its version and bumps it. Every event write starts here.
+    async fn bump_event(&self, conn: &mut PgConnection, id: EventId, expected: Option<i64>) -> Result<Event> {
+        let sql = format!(
+            "UPDATE events SET version = version + 1, updated_at = now() \
+             WHERE id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR version = $2) RETURNING {EVENT_COLS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(id.0).bind(expected).fetch_optional(&mut *conn).await?;
+        self.counted(row.is_some() as usize);
+        match row {
+            Some(r) => Ok(rows::event(&r)?),
+            None => Err(self.why_not_updated(conn, id, expected).await?),
+        }
+    }
+
+    async fn why_not_updated(&self, conn: &mut PgConnection, id: EventId, expected: Option<i64>) -> Result<StorageError> {
+        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM events WHERE id = $1 AND deleted_at IS NULL")
+            .bind(id.0)
+            .fetch_optional(conn)
+            .await?;
+        self.counted(current.is_some() as usize);
+        Ok(match (current, expected) {
+            (Some(current), Some(expected)) => StorageError::VersionConflict { expected, current },
+            _ => StorageError::NotFound,
+        })
+    }
+
+    async fn insert_attendees(&self, conn: &mut PgConnection, event: EventId, attendees: &[NewAttendee]) -> Result<()> {
+        if attendees.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = attendees.iter().map(|a| a.user_id.0).collect();
+        let optional: Vec<bool> = attendees.iter().map(|a| a.is_optional).collect();
+        let n = sqlx::query(
+            "INSERT INTO attendees (event_id, user_id, email, name, is_optional) \
+             SELECT $1, u.id, u.email, u.name, x.optional \
+             FROM unnest($2::bigint[], $3::boolean[]) AS x(user_id, optional) JOIN users u ON u.id = x.user_id \
+             ON CONFLICT (event_id, user_id) DO UPDATE SET is_optional = EXCLUDED.is_optional, updated_at = now()",
+        )
+        .bind(event.0)
+        .bind(&ids)
+        .bind(&optional)
+        .execute(conn)
+        .await
+        .map_err(StorageError::from_db)?
+        .rows_affected();
+        self.counted(0);
+        if n as usize != ids.len() {
+            return Err(StorageError::Invalid("unknown user among attendees".into()));
+        }
+        Ok(())
+    }
+
+    /// Inserts confirmed reservations. An overlap surfaces as [`StorageError::ResourceConflict`]
+    /// naming the reservations it collides with (looked up after the transaction is gone).
+    async fn insert_reservations(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event,
+        wanted: &[NewReservation],
+    ) -> std::result::Result<Vec<Reservation>, InsertReservationError> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (res, starts, ends) = reservation_arrays(event, wanted);
+        let sql = format!(
+            "INSERT INTO reservations (event_id, resource_id, start_time, end_time) \
+             SELECT $1, x.r, x.s, x.e FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[]) AS x(r, s, e) \
+             RETURNING {RESERVATION_COLS}"
+        );
+        let result = sqlx::query(AssertSqlSafe(sql))
+            .bind(event.id.0)
+            .bind(&res)
+            .bind(&starts)
+            .bind(&ends)
+            .fetch_all(conn)
+            .await;
+        match result {
+            Ok(rows) => {
+                self.counted(rows.len());
+                rows.iter()
+                    .map(|r| rows::reservation(r).map_err(|e| InsertReservationError::Other(e.into())))
+                    .collect()
+            }
+            Err(e) if StorageError::is_overlap(&e) => {
+                self.counted(0);
+                Err(InsertReservationError::Overlap(res, starts, ends))
+            }
+            Err(e) => {
+                self.counted(0);
+                Err(InsertReservationError::Other(StorageError::from_db(e)))
+            }
+        }
+    }
+
+    /// Confirmed reservations (of other events) overlapping the given (resource, start, end) triples.
+    async fn conflicts(
+        &self,
+        event: Option<EventId>,
+        res: &[i64],
+        starts: &[DateTime<Utc>],
+        ends: &[DateTime<Utc>],
+    ) -> Result<Vec<Conflict>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT r.resource_id, r.event_id, r.start_time, r.end_time FROM reservations r \
+             JOIN unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS x(r, s, e) \
+               ON r.resource_id = x.r AND r.start_time < x.e AND r.end_time > x.s \
+             WHERE r.status = 'confirmed' AND ($4::bigint IS NULL OR r.event_id <> $4) \
+             ORDER BY r.start_time, r.resource_id",
+        )
+        .bind(res)
+        .bind(starts)
+        .bind(ends)
+        .bind(event.map(|e| e.0))
+        .fetch_all(self.pool())
+        .await?;
+        self.counted(rows.len());
+        rows.iter()
+            .map(|r| {
+                Ok(Conflict {
+                    resource_id: ResourceId(r.try_get("resource_id")?),
+                    event_id: EventId(r.try_get("event_id")?),
+                    start_time: r.try_get("start_time")?,
+                    end_time: r.try_get("end_time")?,
+                })
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(StorageError::Database)
+    }
+
+    /// Turns a failed reservation insert into the error to return, rolling back first.
+    async fn fail(
+        &self,
+        tx: Transaction<'static, Postgres>,
+        event: Option<EventId>,
+        e: InsertReservationError,
+    ) -> StorageError {
+        drop(tx); // rolls back
+        match e {
+            InsertReservationError::Other(e) => e,
+            InsertReservationError::Overlap(res, starts, ends) => match self.conflicts(event, &res, &starts, &ends).await {
+                Ok(c) => StorageError::ResourceConflict(c),
+                Err(e) => e,
+            },
+        }
+    }
+
+    /// Creates an event with its attendees and reservations, atomically.
+    pub async fn create_event(&self, new: &NewEvent) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "INSERT INTO events (calendar_id, organizer_id, title, description, location, start_time, end_time, \
+               time_zone, all_day, status, transparency, rrule) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {EVENT_COLS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(new.calendar_id.0)
+            .bind(new.organizer_id.0)
+            .bind(&new.title)
+            .bind(&new.description)
+            .bind(&new.location)
+            .bind(new.start_time)
+            .bind(new.end_time)
+            .bind(&new.time_zone)
+            .bind(new.all_day)
+            .bind(new.status.as_str())
+            .bind(new.transparency.as_str())
+            .bind(&new.rrule)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StorageError::from_db)?;
+        self.counted(1);
+        let event = rows::event(&row)?;
+        self.insert_attendees(&mut tx, event.id, &new.attendees).await?;
+        if let Err(e) = self.insert_reservations(&mut tx, &event, &new.reservations).await {
+            return Err(self.fail(tx, None, e).await);
+        }
+        self.outbox(&mut tx, "event", event.id.0, "event.created", event_payload(None, &event)).await?;
+        self.commit(tx).await?;
+        Ok(event)
+    }
+
+    /// Applies `patch` if the event is at `expected_version`. Moving the event moves its confirmed
+    /// reservations with it (and fails with a resource conflict if the new slot is taken).
+    pub async fn update_event(&self, id: EventId, expected_version: i64, patch: &EventPatch) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let before = self.bump_event(&mut tx, id, Some(expected_version)).await?;
+        let sql = format!(
+            "UPDATE events SET \
+               title = coalesce($2, title), \
+               description = CASE WHEN $3 THEN $4 ELSE description END, \
+               location = CASE WHEN $5 THEN $6 ELSE location END, \
+               start_time = coalesce($7, start_time), end_time = coalesce($8, end_time), \
+               time_zone = coalesce($9, time_zone), all_day = coalesce($10, all_day), \
+               status = coalesce($11, status), transparency = coalesce($12, transparency), \
+               rrule = CASE WHEN $13 THEN $14 ELSE rrule END \
+             WHERE id = $1 RETURNING {EVENT_COLS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.0)
+            .bind(&patch.title)
+            .bind(patch.description.is_some())
+            .bind(patch.description.clone().flatten())
+            .bind(patch.location.is_some())
+            .bind(patch.location.clone().flatten())
+            .bind(patch.start_time)
+            .bind(patch.end_time)
+            .bind(&patch.time_zone)
+            .bind(patch.all_day)
+            .bind(patch.status.map(|s| s.as_str()))
+            .bind(patch.transparency.map(|s| s.as_str()))
+            .bind(patch.rrule.is_some())
+            .bind(patch.rrule.clone().flatten())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StorageError::from_db)?;
+        self.counted(1);
+        let after = rows::event(&row)?;
+        if (after.start_time, after.end_time) != (before.start_time, before.end_time) {
+            let moved = sqlx::query(
+                "UPDATE reservations SET start_time = $2, end_time = $3, updated_at = now() \
+                 WHERE event_id = $1 AND status = 'confirmed' RETURNING resource_id",
+            )
+            .bind(id.0)
+            .bind(after.start_time)
+            .bind(after.end_time)
+            .fetch_all(&mut *tx)
+            .await;
+            match moved {
+                Ok(rows) => self.counted(rows.len()),
+                Err(e) if StorageError::is_overlap(&e) => {
+                    let res: Vec<i64> = sqlx::query_scalar(
+                        "SELECT resource_id FROM reservations WHERE event_id = $1 AND status = 'confirmed'",
+                    )
+                    .bind(id.0)
+                    .fetch_all(self.pool())
+                    .await?;
+                    let n = res.len();
+                    let err = InsertReservationError::Overlap(res, vec![after.start_time; n], vec![after.end_time; n]);
+                    return Err(self.fail(tx, Some(id), err).await);
+                }
+                Err(e) => return Err(StorageError::from_db(e)),
+            }
+        }
+        self.outbox(&mut tx, "event", id.0, "event.updated", event_payload(Some(&before), &after)).await?;
+        self.commit(tx).await?;
+        Ok(after)
+    }
+
+    /// Soft-deletes an event and releases its reservations.
+    pub async fn delete_event(&self, id: EventId, expected_version: Option<i64>) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let before = self.bump_event(&mut tx, id, expected_version).await?;
+        sqlx::query("UPDATE events SET deleted_at = now() WHERE id = $1").bind(id.0).execute(&mut *tx).await?;
+        self.counted(0);
+        sqlx::query(
+            "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE event_id = $1 AND status = 'confirmed'",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        self.counted(0);
+        self.outbox(&mut tx, "event", id.0, "event.deleted", event_payload(Some(&before), &before)).await?;
+        self.commit(tx).await?;
+        Ok(before)
+    }
+
+    /// Sets `user`'s response on an event they are invited to.
+    pub async fn respond(&self, event: EventId, user: UserId, status: ResponseStatus) -> Result<(Event, Attendee)> {
+        let mut tx = self.begin().await?;
+        let ev = self.bump_event(&mut tx, event, None).await?;
+        let sql = format!(
+            "UPDATE attendees SET response_status = $3, updated_at = now() WHERE event_id = $1 AND user_id = $2 \
+             RETURNING {ATTENDEE_COLS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(event.0).bind(user.0).bind(status.as_str()).fetch_optional(&mut *tx).await?;
+        self.counted(row.is_some() as usize);
+        let Some(row) = row else { return Err(StorageError::NotFound) };
+        let attendee = rows::attendee(&row)?;
+        self.outbox(
+            &mut tx,
+            "event",
+            event.0,
+            "event.rsvp",
+            json!({ "calendar_id": ev.calendar_id.0, "version": ev.version, "user_id": user.0, "response": status.as_str() }),
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok((ev, attendee))
+    }
+
+    pub async fn add_attendees(&self, event: EventId, expected: Option<i64>, attendees: &[NewAttendee]) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let ev = self.bump_event(&mut tx, event, expected).await?;
+        self.insert_attendees(&mut tx, event, attendees).await?;
+        self.outbox(&mut tx, "event", event.0, "event.attendees_added", event_payload(Some(&ev), &ev)).await?;
+        self.commit(tx).await?;
+        Ok(ev)
+    }
+
+    /// Removes an attendee. `NotFound` when the user was not invited.
+    pub async fn remove_attendee(&self, event: EventId, expected: Option<i64>, user: UserId) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let ev = self.bump_event(&mut tx, event, expected).await?;
+        let n = sqlx::query("DELETE FROM attendees WHERE event_id = $1 AND user_id = $2")
+            .bind(event.0)
+            .bind(user.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        self.counted(0);
+        if n == 0 {
+            return Err(StorageError::NotFound);
+        }
+        self.outbox(&mut tx, "event", event.0, "event.attendee_removed", event_payload(Some(&ev), &ev)).await?;
+        self.commit(tx).await?;
+        Ok(ev)
+    }
+
+    /// Books a resource for an event (the event's times unless given).
+    pub async fn reserve(&self, event: EventId, expected: Option<i64>, wanted: &NewReservation) -> Result<Reservation> {
+        let mut tx = self.begin().await?;
+        let ev = self.bump_event(&mut tx, event, expected).await?;
+        let inserted = match self.insert_reservations(&mut tx, &ev, std::slice::from_ref(wanted)).await {
+            Ok(v) => v,
+            Err(e) => return Err(self.fail(tx, Some(event), e).await),
+        };
+        let reservation = inserted.into_iter().next().ok_or(StorageError::NotFound)?;
+        self.outbox(
+            &mut tx,
+            "event",
+            event.0,
+            "event.reserved",
+            json!({ "calendar_id": ev.calendar_id.0, "version": ev.version, "reservation_id": reservation.id.0,
+                    "resource_id": reservation.resource_id.0 }),
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok(reservation)
+    }
+
+    /// Cancels a confirmed reservation. `NotFound` when it does not exist or is already cancelled.
+    pub async fn cancel_reservation(&self, id: ReservationId) -> Result<Reservation> {
+        let mut tx = self.begin().await?;
+        let event: Option<i64> = sqlx::query_scalar("SELECT event_id FROM reservations WHERE id = $1 AND status = 'confirmed'")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        self.counted(event.is_some() as usize);
+        let Some(event) = event else { return Err(StorageError::NotFound) };
+        let ev = self.bump_event(&mut tx, EventId(event), None).await?;
+        let sql = format!(
+            "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE id = $1 RETURNING {RESERVATION_COLS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(id.0).fetch_one(&mut *tx).await?;
+        self.counted(1);
+        let reservation = rows::reservation(&row)?;
+        self.outbox(
+            &mut tx,
+            "event",
+            event,
+            "event.reservation_cancelled",
+            json!({ "calendar_id": ev.calendar_id.0, "version": ev.version, "reservation_id": id.0,
+                    "resource_id": reservation.resource_id.0 }),
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok(reservation)
+    }
+}
+
+pub(crate) enum InsertReservationError {
+    Overlap(Vec<i64>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>),
+    Other(StorageError),
+}
+
+fn reservation_arrays(event: &Event, wanted: &[NewReservation]) -> (Vec<i64>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) {
+    let res = wanted.iter().map(|w| w.resource_id.0).collect();
+    let starts = wanted.iter().map(|w| w.start_time.unwrap_or(event.start_time)).collect();
+    let ends = wanted.iter().map(|w| w.end_time.unwrap_or(event.end_time)).collect();
+    (res, starts, ends)
+}
+
+/// What an event change touched: enough for a consumer to work out which cached facts to drop
+/// (both the old and the new time span, for month buckets).
+fn event_payload(before: Option<&Event>, after: &Event) -> serde_json::Value {
+    json!({
+        "calendar_id": after.calendar_id.0,
+        "version": after.version,
+        "old_start": before.map(|b| b.start_time),
+        "old_end": before.map(|b| b.end_time),
+        "start": after.start_time,
+        "end": after.end_time,
+        "recurring": after.rrule.is_some() || before.is_some_and(|b| b.rrule.is_some()),
+    })
+}

@@ -1,0 +1,134 @@
+//! Per-test databases. Migrating takes a while; `CREATE DATABASE … TEMPLATE` takes milliseconds, so
+//! the first test of a run migrates a template (named after the migrations' checksums, under an
+//! advisory lock so parallel test binaries agree) and every test clones it.
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection, PgPool};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::OnceCell;
+
+/// The server every test database lives on.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn with_database(url: &str, db: &str) -> PgConnectOptions {
+    PgConnectOptions::from_str(url).expect("DATABASE_URL is a valid URL").database(db).disable_statement_logging()
+}
+
+/// A database of its own for one test, dropped (forcefully) when this value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub pool: PgPool,
+    pub options: PgConnectOptions,
+}
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let template = TEMPLATE.get_or_init(ensure_template).await.clone();
+        let name = format!(
+            "cal_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 1_000_000_000
+        );
+        let mut admin = admin_conn().await;
+        // Cloning fails while anything else is connected to the template; retry briefly.
+        let mut attempt = 0;
+        loop {
+            let r = sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")))
+                .execute(&mut admin)
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot create test database {name}: {e}"),
+            }
+        }
+        let options = with_database(&admin_url(), &name);
+        let pool = PgPoolOptions::new().max_connections(10).connect_with(options.clone()).await.expect("connect to test db");
+        TestDb { name, pool, options }
+    }
+
+    /// A URL for this database (for processes started by the test).
+    pub fn url(&self) -> String {
+        let base = admin_url();
+        match base.rfind('/') {
+            Some(i) if base[..i].contains("://") && base[i + 1..].chars().all(|c| c != '@') => {
+                format!("{}/{}", &base[..i], self.name)
+            }
+            _ => format!("{base}/{}", self.name),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        // Drop runs outside any runtime guarantee; use a short-lived one on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut admin) = PgConnection::connect_with(&with_database(&admin_url(), "postgres")).await {
+                    let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn admin_conn() -> PgConnection {
+    PgConnection::connect_with(&PgConnectOptions::from_str(&admin_url()).unwrap().disable_statement_logging())
+        .await
+        .expect("PostgreSQL must be running at DATABASE_URL (default 127.0.0.1:5432)")
+}
+
+/// Creates the migrated template for the current migration set if it does not exist yet.
+async fn ensure_template() -> String {
+    let checksum: u64 = cal_storage::MIGRATOR.iter().fold(0xcbf29ce484222325, |h, m| {
+        m.checksum.iter().fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+    });
+    let name = format!("cal_tmpl_{:016x}", checksum);
+    let mut admin = admin_conn().await;
+    sqlx::query("SELECT pg_advisory_lock(727272)").execute(&mut admin).await.unwrap();
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    if !exists {
+        let building = format!("{name}_building");
+        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{building}\""))).execute(&mut admin).await.unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(with_database(&admin_url(), &building))
+            .await
+            .unwrap();
+        cal_storage::migrate(&pool).await.expect("migrations apply to an empty database");
+        pool.close().await;
+        sqlx::query(AssertSqlSafe(format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    sqlx::query("SELECT pg_advisory_unlock(727272)").execute(&mut admin).await.unwrap();
+    name
+}

@@ -1,0 +1,81 @@
+//! `cargo xtask <command>`: developer automation, in Rust so it runs wherever cargo does.
+//!
+//! - `test`: installs what the test suite needs (skipping what is present) and runs every test.
+//! - `schema`: regenerates `schema.graphql` from the code.
+//! - `bench`: seeds the large scale and measures the month view with k6 (see `docs/benchmarks.md`).
+
+mod bench;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Developer tasks for the calendar service")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole test suite (what CI runs).
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Write `schema.graphql` from the code.
+    Schema,
+    /// Seed the large scale and load-test the month view with k6.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Test { args } => test(&args),
+        Cmd::Schema => schema(),
+        Cmd::Bench(args) => bench::run(args),
+    }
+}
+
+/// The workspace root (the parent of this crate).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    check_services()?;
+    run(Command::new("cargo").current_dir(root()).args(["test", "--workspace", "--all-targets"]).args(extra))
+}
+
+/// PostgreSQL must be reachable; say so plainly instead of letting forty tests time out.
+fn check_services() -> Result<()> {
+    let addr = "127.0.0.1:5432";
+    std::net::TcpStream::connect_timeout(&addr.parse()?, std::time::Duration::from_secs(3))
+        .with_context(|| format!("PostgreSQL is not reachable at {addr}; start it first"))?;
+    Ok(())
+}
+
+fn schema() -> Result<()> {
+    let out = Command::new("cargo")
+        .current_dir(root())
+        .args(["run", "--quiet", "-p", "cal-server", "--bin", "calendar", "--", "print-schema"])
+        .output()?;
+    if !out.status.success() {
+        bail!("print-schema failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(root().join("schema.graphql"), out.stdout)?;
+    eprintln!("wrote schema.graphql");
+    Ok(())
+}
