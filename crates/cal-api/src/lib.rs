@@ -1,1 +1,25 @@
-//! stub
+//! The GraphQL API: schema, resolvers, per-request DataLoaders, authentication and the axum router.
+//!
+//! A tour:
+//! - [`config`]: limits and switches, as a plain struct (the binary fills it from the environment);
+//! - [`auth`]: HS256 bearer tokens → the viewer's user id;
+//! - [`error`]: the one error enum and its stable `extensions.code`s;
+//! - [`loaders`]: one set of DataLoaders per request, each batch one SQL statement;
+//! - [`schema`]: the GraphQL types, queries and mutations; authorization happens in resolvers,
+//!   after data is loaded, so loaded facts never depend on the viewer;
+//! - [`limits`]: depth and complexity limits with a stable error code;
+//! - [`http`]: the router (`/graphql`, `/health`, `/ready`), body and batch limits, debug stats.
+//!
+//! This crate reads no environment variables and installs no global subscriber.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod limits;
+pub mod loaders;
+pub mod schema;
+
+pub use config::ApiConfig;
+pub use http::{AppState, router};
+pub use schema::{AppSchema, build_schema};

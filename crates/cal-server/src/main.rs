@@ -1,1 +1,105 @@
-fn main() {}
+//! `calendar`: the service binary. Subcommands:
+//! - `serve`: create the database if missing, migrate, serve GraphQL until SIGTERM/ctrl-c (draining
+//!   in-flight requests); `--demo` also seeds demo data into an empty database and prints a token;
+//! - `migrate`: apply migrations;
+//! - `seed`: write deterministic demo or large-scale data;
+//! - `token`: mint a bearer token for a user (or fixtures for load tests);
+//! - `print-schema`: print the GraphQL SDL (what `schema.graphql` holds).
+//!
+//! Configuration: see [`config`]. This is the only crate that reads the environment or installs a
+//! global tracing subscriber.
+
+mod config;
+mod serve;
+
+use anyhow::{Context, Result};
+use cal_domain::UserId;
+use clap::{Parser, Subcommand};
+use config::Settings;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "calendar", version, about = "Calendar GraphQL service")]
+struct Cli {
+    /// Optional TOML configuration file (environment variables override it).
+    #[arg(long, global = true, env = "CALENDAR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the GraphQL API.
+    Serve {
+        /// Seed demo data if the database is empty, and print a dev token for the demo user.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply database migrations (creating the database if missing).
+    Migrate,
+    /// Write deterministic seed data into an empty database.
+    Seed {
+        /// `demo` (seconds) or `large` (20k users, 2k calendars, ~300k events).
+        #[arg(long, default_value = "demo")]
+        scale: cal_storage::seed::Scale,
+        /// First day of the middle seeded month (default: this month).
+        #[arg(long)]
+        anchor: Option<chrono::NaiveDate>,
+    },
+    /// Mint bearer tokens.
+    Token {
+        /// Mint a token for this user id.
+        #[arg(long, conflicts_with = "calendar_owners")]
+        user_id: Option<i64>,
+        /// Print a JSON array of {calendarId, userId, token} for N calendars (load-test fixtures).
+        #[arg(long)]
+        calendar_owners: Option<i64>,
+        /// Token lifetime in hours.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: i64,
+    },
+    /// Print the GraphQL schema (SDL).
+    PrintSchema,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    if !matches!(cli.cmd, Cmd::PrintSchema | Cmd::Token { .. }) {
+        serve::init_tracing(&settings);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve { demo } => serve::serve(settings, demo).await,
+            Cmd::Migrate => {
+                serve::connect_and_migrate(&settings).await?;
+                eprintln!("migrations applied");
+                Ok(())
+            }
+            Cmd::Seed { scale, anchor } => {
+                let store = serve::connect_and_migrate(&settings).await?;
+                serve::seed(&store, scale, anchor).await.map(|_| ())
+            }
+            Cmd::Token { user_id, calendar_owners, ttl_hours } => {
+                let secret = settings.secret()?;
+                let ttl = chrono::Duration::hours(ttl_hours);
+                match (user_id, calendar_owners) {
+                    (Some(id), _) => {
+                        let id = UserId::parse(&id.to_string()).context("--user-id must be positive")?;
+                        println!("{}", cal_api::auth::mint(&secret, id, ttl));
+                        Ok(())
+                    }
+                    (None, Some(n)) => serve::print_fixtures(&settings, &secret, n, ttl).await,
+                    (None, None) => anyhow::bail!("give --user-id or --calendar-owners"),
+                }
+            }
+            Cmd::PrintSchema => {
+                let config = cal_api::ApiConfig::new(config::DEV_JWT_SECRET);
+                print!("{}", cal_api::build_schema(std::sync::Arc::new(config)).sdl());
+                Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,46 @@
+//! API limits and switches. Plain data: the binary decides where the values come from.
+
+use chrono::Duration;
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// HS256 secret for bearer tokens.
+    pub jwt_secret: SecretString,
+    /// Development mode: GraphiQL on `GET /graphql` and schema introspection.
+    pub dev_mode: bool,
+    /// Longest `[from, to)` window a query may ask for.
+    pub max_window: Duration,
+    /// Largest `first` on a connection.
+    pub max_page_size: usize,
+    /// `first` when the client gives none.
+    pub default_page_size: usize,
+    /// Deepest selection set.
+    pub max_depth: usize,
+    /// Highest complexity (list fields multiply their children by `first`).
+    pub max_complexity: usize,
+    /// Most operations in one batched HTTP request.
+    pub max_batch: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Most attendees, reservations or ids in one argument list.
+    pub max_list_input: usize,
+}
+
+impl ApiConfig {
+    /// Defaults suited to tests and development, with the given secret.
+    pub fn new(jwt_secret: impl Into<String>) -> Self {
+        Self {
+            jwt_secret: SecretString::from(jwt_secret.into()),
+            dev_mode: false,
+            max_window: Duration::days(62),
+            max_page_size: 200,
+            default_page_size: 50,
+            max_depth: 12,
+            max_complexity: 20_000,
+            max_batch: 10,
+            max_body_bytes: 256 * 1024,
+            max_list_input: 200,
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The API's error type. Every error a client sees carries a stable `extensions.code`; internal
+//! failures are logged here with their detail and shown to the client as a bare
+//! `INTERNAL_SERVER_ERROR`, never with SQL or driver text.
+
+use async_graphql::ErrorExtensions;
+use cal_domain::DomainError;
+use cal_storage::StorageError;
+
+///
+/// Deliberately not `Display`: async-graphql converts any `Display` error into a GraphQL error
+/// *without* extensions, which would silently drop the code. The only way out is [`From`] below.
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    BadInput(String),
+    NotFound,
+    Forbidden,
+    Unauthenticated,
+    VersionConflict { expected: i64, current: i64 },
+    ResourceConflict { message: String, conflicts: Vec<cal_storage::Conflict> },
+    TooComplex(String),
+    /// Logged with its detail; the client sees only "internal error".
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadInput(_) => "BAD_USER_INPUT",
+            ApiError::NotFound => "NOT_FOUND",
+            ApiError::Forbidden => "FORBIDDEN",
+            ApiError::Unauthenticated => "UNAUTHENTICATED",
+            ApiError::VersionConflict { .. } => "VERSION_CONFLICT",
+            ApiError::ResourceConflict { .. } => "RESOURCE_CONFLICT",
+            ApiError::TooComplex(_) => "QUERY_TOO_COMPLEX",
+            ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    /// The message shown to clients.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadInput(m) | ApiError::TooComplex(m) => m.clone(),
+            ApiError::NotFound => "not found".into(),
+            ApiError::Forbidden => "forbidden".into(),
+            ApiError::Unauthenticated => "authentication required: send a valid `Authorization: Bearer <token>`".into(),
+            ApiError::VersionConflict { expected, current } => {
+                format!("version conflict: expected version {expected}, current version is {current}")
+            }
+            ApiError::ResourceConflict { message, .. } => message.clone(),
+            ApiError::Internal(_) => "internal error".into(),
+        }
+    }
+
+    pub fn bad_input(msg: impl Into<String>) -> Self {
+        ApiError::BadInput(msg.into())
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        ApiError::BadInput(e.0)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound => ApiError::NotFound,
+            StorageError::VersionConflict { expected, current } => ApiError::VersionConflict { expected, current },
+            StorageError::Invalid(msg) => ApiError::BadInput(msg),
+            StorageError::ResourceConflict(conflicts) => {
+                let named: Vec<String> = conflicts
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "resource {} is booked by event {} from {} to {}",
+                            c.resource_id,
+                            c.event_id,
+                            c.start_time.to_rfc3339(),
+                            c.end_time.to_rfc3339()
+                        )
+                    })
+                    .collect();
+                let message = if named.is_empty() {
+                    "the resource is already booked for that time".to_owned()
+                } else {
+                    named.join("; ")
+                };
+                ApiError::ResourceConflict { message, conflicts }
+            }
+            StorageError::Database(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<std::sync::Arc<StorageError>> for ApiError {
+    fn from(e: std::sync::Arc<StorageError>) -> Self {
+        // Loader errors are shared between the keys of one batch; only database errors happen there.
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl ErrorExtensions for ApiError {
+    fn extend(&self) -> async_graphql::Error {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(error = %detail, "internal error while resolving a request");
+        }
+        async_graphql::Error::new(self.message()).extend_with(|_, ext| {
+            ext.set("code", self.code());
+            match self {
+                ApiError::VersionConflict { expected, current } => {
+                    ext.set("expectedVersion", *expected);
+                    ext.set("currentVersion", *current);
+                }
+                ApiError::ResourceConflict { conflicts, .. } => {
+                    let list: Vec<async_graphql::Value> = conflicts
+                        .iter()
+                        .map(|c| {
+                            let mut m = async_graphql::indexmap::IndexMap::new();
+                            m.insert(async_graphql::Name::new("resourceId"), c.resource_id.to_string().into());
+                            m.insert(async_graphql::Name::new("eventId"), c.event_id.to_string().into());
+                            m.insert(async_graphql::Name::new("startTime"), c.start_time.to_rfc3339().into());
+                            m.insert(async_graphql::Name::new("endTime"), c.end_time.to_rfc3339().into());
+                            async_graphql::Value::Object(m)
+                        })
+                        .collect();
+                    ext.set("conflicts", async_graphql::Value::List(list));
+                }
+                _ => {}
+            }
+        })
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(e: ApiError) -> Self {
+        e.extend()
+    }
+}
+
+/// Resolver result: errors convert into GraphQL errors with a code.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,112 @@
+//! The HTTP surface: `POST /graphql` (and GraphiQL on `GET /graphql` in dev mode), `/health`
+//! (liveness: the process answers) and `/ready` (the database answers).
+//!
+//! Per request this layer authenticates the bearer token, builds a fresh [`RequestCtx`] (viewer,
+//! loaders, statement counter) for every operation, enforces the body and batch limits, and, when
+//! the `x-debug-stats` header is present, reports the request's SQL figures in `extensions.stats`.
+
+use crate::ApiConfig;
+use crate::auth::viewer_from_header;
+use crate::limits::too_complex;
+use crate::schema::{AppSchema, RequestCtx};
+use async_graphql::http::GraphiQLSource;
+use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use cal_storage::{StoreStats, Store};
+use std::sync::Arc;
+
+/// Header that asks for per-request figures in `extensions.stats`.
+pub const DEBUG_STATS_HEADER: &str = "x-debug-stats";
+
+/// Shared application context, cloned into every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: AppSchema,
+    pub store: Store,
+    pub config: Arc<ApiConfig>,
+}
+
+impl AppState {
+    pub fn new(store: Store, config: ApiConfig) -> Self {
+        let config = Arc::new(config);
+        Self { schema: crate::build_schema(config.clone()), store, config }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let graphql = if state.config.dev_mode {
+        get(graphiql).post(graphql_handler)
+    } else {
+        axum::routing::post(graphql_handler)
+    };
+    Router::new()
+        .route("/graphql", graphql)
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, req: GraphQLBatchRequest) -> Response {
+    let mut batch = req.into_inner();
+    if let BatchRequest::Batch(list) = &batch
+        && list.len() > state.config.max_batch
+    {
+        let mut resp = GqlResponse::from_errors(vec![too_complex(format!(
+            "a batch may hold at most {} operations (got {})",
+            state.config.max_batch,
+            list.len()
+        ))]);
+        resp.extensions.clear();
+        return GraphQLResponse(BatchResponse::Single(resp)).into_response();
+    }
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let viewer = viewer_from_header(&state.config.jwt_secret, auth);
+    let stats = Arc::new(StoreStats::default());
+    let store = state.store.with_request_stats(stats.clone());
+    for request in batch.iter_mut() {
+        request.data.insert(RequestCtx::new(viewer, store.clone(), state.config.clone()));
+    }
+    let mut resp = state.schema.execute_batch(batch).await;
+    if headers.contains_key(DEBUG_STATS_HEADER) {
+        let value = async_graphql::Value::from_json(serde_json::json!({
+            "sqlStatements": stats.statements(),
+            "sqlRows": stats.rows(),
+        }))
+        .expect("a JSON object converts");
+        match &mut resp {
+            BatchResponse::Single(r) => {
+                r.extensions.insert("stats".to_owned(), value);
+            }
+            BatchResponse::Batch(list) => {
+                for r in list {
+                    r.extensions.insert("stats".to_owned(), value.clone());
+                }
+            }
+        }
+    }
+    GraphQLResponse(resp).into_response()
+}
+
+async fn graphiql() -> Html<String> {
+    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "database unavailable" }))).into_response()
+        }
+    }
+}

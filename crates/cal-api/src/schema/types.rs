@@ -1,0 +1,440 @@
+//! GraphQL object types. Each wraps a viewer-independent fact (`Arc<T>` from a loader); fields that
+//! reach further (organizer, attendees, rooms) go through the request's loaders.
+
+use super::access::{calendar_with_role, event_access};
+use super::{rc, viewer};
+use crate::error::{ApiError, ApiResult};
+use crate::loaders::{Booking, one};
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Enum, ID, Object, SimpleObject};
+use cal_domain as d;
+use cal_domain::{EventCursor, TimeWindow};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+macro_rules! mirror_enum {
+    ($(#[$doc:meta])* $name:ident <=> $domain:ty { $($v:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+        pub enum $name { $($v),+ }
+        impl From<$domain> for $name {
+            fn from(v: $domain) -> Self { match v { $(<$domain>::$v => $name::$v),+ } }
+        }
+        impl From<$name> for $domain {
+            fn from(v: $name) -> Self { match v { $($name::$v => <$domain>::$v),+ } }
+        }
+    };
+}
+
+mirror_enum!(/// A member's role on a calendar.
+    CalendarRole <=> d::Role { Owner, Writer, Reader, FreeBusy });
+mirror_enum!(/// Whether an event takes place.
+    EventStatus <=> d::EventStatus { Confirmed, Tentative, Cancelled });
+mirror_enum!(/// Whether an event blocks time in free/busy.
+    Transparency <=> d::Transparency { Busy, Free });
+mirror_enum!(/// An attendee's answer to an invitation.
+    ResponseStatus <=> d::ResponseStatus { NeedsAction, Accepted, Declined, Tentative });
+mirror_enum!(/// Whether a reservation holds its resource.
+    ReservationStatus <=> d::ReservationStatus { Confirmed, Cancelled });
+mirror_enum!(/// What a resource is.
+    ResourceKind <=> d::ResourceKind { Room, Equipment });
+
+pub struct User(pub Arc<d::User>);
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn email(&self) -> &str {
+        &self.0.email
+    }
+    async fn avatar_url(&self) -> Option<&str> {
+        self.0.avatar_url.as_deref()
+    }
+    async fn time_zone(&self) -> &str {
+        &self.0.time_zone
+    }
+}
+
+pub(crate) async fn load_user(ctx: &Context<'_>, id: d::UserId) -> ApiResult<User> {
+    one(&rc(ctx).loaders.users, id)
+        .await?
+        .map(User)
+        .ok_or_else(|| ApiError::Internal(format!("user {id} referenced but missing")))
+}
+
+/// A calendar as seen by the viewer (who holds `role` on it).
+pub struct Calendar {
+    pub cal: Arc<d::Calendar>,
+    pub role: d::Role,
+}
+
+impl Calendar {
+    fn require_details(&self) -> ApiResult<()> {
+        if self.role.can_read_details() { Ok(()) } else { Err(ApiError::Forbidden) }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct CalendarMember {
+    pub user: User,
+    pub role: CalendarRole,
+}
+
+/// A half-open time interval `[start, end)`.
+#[derive(SimpleObject, Clone, Copy)]
+pub struct TimeInterval {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl From<d::Interval> for TimeInterval {
+    fn from(i: d::Interval) -> Self {
+        TimeInterval { start: i.start, end: i.end }
+    }
+}
+
+pub(crate) fn window(ctx: &Context<'_>, from: DateTime<Utc>, to: DateTime<Utc>) -> ApiResult<TimeWindow> {
+    Ok(TimeWindow::parse(from, to, rc(ctx).config.max_window)?)
+}
+
+#[Object]
+impl Calendar {
+    async fn id(&self) -> ID {
+        ID(self.cal.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.cal.name
+    }
+    async fn description(&self) -> ApiResult<Option<&str>> {
+        self.require_details()?;
+        Ok(self.cal.description.as_deref())
+    }
+    /// IANA time zone of the calendar.
+    async fn time_zone(&self) -> &str {
+        &self.cal.time_zone
+    }
+    async fn version(&self) -> i64 {
+        self.cal.version
+    }
+    /// The viewer's role on this calendar.
+    async fn my_role(&self) -> CalendarRole {
+        self.role.into()
+    }
+    async fn owner(&self, ctx: &Context<'_>) -> ApiResult<User> {
+        load_user(ctx, self.cal.owner_id).await
+    }
+    /// Everyone the calendar is shared with (readers and above may see this).
+    #[graphql(complexity = "10 * child_complexity + 1")]
+    async fn members(&self, ctx: &Context<'_>) -> ApiResult<Vec<CalendarMember>> {
+        self.require_details()?;
+        let ids: Vec<d::UserId> = self.cal.members.iter().map(|m| m.user_id).collect();
+        let users = rc(ctx).loaders.users.try_load_many(ids).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut out = Vec::with_capacity(self.cal.members.len());
+        for m in &self.cal.members {
+            if let Some(Ok(Some(u))) = users.get(&m.user_id) {
+                out.push(CalendarMember { user: User(u.clone()), role: m.role.into() });
+            }
+        }
+        Ok(out)
+    }
+    /// Busy intervals of this calendar's events in `[from, to)`, merged. Any role may see these.
+    async fn free_busy(&self, ctx: &Context<'_>, from: DateTime<Utc>, to: DateTime<Utc>) -> ApiResult<Vec<TimeInterval>> {
+        let w = window(ctx, from, to)?;
+        let busy = rc(ctx).store.busy_of_calendar(self.cal.id, &w).await?;
+        Ok(d::merge_intervals(busy, w.from(), w.to()).into_iter().map(Into::into).collect())
+    }
+    /// Events overlapping `[from, to)`, ordered by start time, with keyset cursors.
+    #[graphql(complexity = "(first.unwrap_or(50).max(0) as usize).saturating_mul(child_complexity).saturating_add(1)")]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Connection<String, Event>> {
+        self.require_details()?;
+        let r = rc(ctx);
+        let w = window(ctx, from, to)?;
+        let first = match first {
+            None => r.config.default_page_size,
+            Some(n) if n >= 0 && (n as usize) <= r.config.max_page_size => n as usize,
+            Some(n) => {
+                return Err(ApiError::bad_input(format!(
+                    "`first` must be between 0 and {} (got {n})",
+                    r.config.max_page_size
+                )));
+            }
+        };
+        let after = after.as_deref().map(EventCursor::decode).transpose()?;
+        let mut rows = r.store.events_in_window(self.cal.id, &w, after, first as i64 + 1).await?;
+        let has_next = rows.len() > first;
+        rows.truncate(first);
+        let rows: Vec<Arc<d::Event>> = rows.into_iter().map(Arc::new).collect();
+        r.loaders.events.prime_many(rows.iter().map(|e| (e.id, Ok(Some(e.clone()))))).await;
+        prefetch(ctx, &rows).await?;
+        let mut conn = Connection::new(after.is_some(), has_next);
+        conn.edges.extend(rows.into_iter().map(|e| {
+            let cursor = EventCursor { start: e.start_time, id: e.id }.encode();
+            Edge::new(cursor, Event(e))
+        }));
+        Ok(conn)
+    }
+}
+
+/// Loads, in as few batches as possible, what the selection under a page of events will ask for:
+/// attendees and reservations (one statement each, concurrently), then every user the page shows
+/// (organizers and attendees together, one statement). Field resolvers then hit the loaders' memo.
+async fn prefetch(ctx: &Context<'_>, events: &[Arc<d::Event>]) -> ApiResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let la = ctx.look_ahead();
+    let edges = la.field("edges");
+    let nodes = [edges.field("node"), la.field("nodes")];
+    let wants = |path: &[&str]| {
+        nodes.iter().any(|n| {
+            let mut cur = n.field(path[0]);
+            for p in &path[1..] {
+                cur = cur.field(p);
+            }
+            cur.exists()
+        })
+    };
+    let (want_attendees, want_attendee_users) = (wants(&["attendees"]), wants(&["attendees", "user"]));
+    let (want_organizer, want_reservations) = (wants(&["organizer"]), wants(&["reservations"]));
+    let loaders = &rc(ctx).loaders;
+    let ids: Vec<d::EventId> = events.iter().map(|e| e.id).collect();
+    let attendees = async {
+        if want_attendees { loaders.attendees.try_load_many(ids.clone()).await.map(Some) } else { Ok(None) }
+    };
+    let reservations = async {
+        if want_reservations { loaders.reservations.try_load_many(ids.clone()).await.map(|_| ()) } else { Ok(()) }
+    };
+    let (attendees, reservations) = futures::join!(attendees, reservations);
+    reservations.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let attendees = attendees.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut users = BTreeSet::new();
+    if want_organizer {
+        users.extend(events.iter().map(|e| e.organizer_id));
+    }
+    if want_attendee_users && let Some(map) = attendees {
+        for list in map.values().flatten() {
+            users.extend(list.iter().map(|a| a.user_id));
+        }
+    }
+    if !users.is_empty() {
+        loaders.users.try_load_many(users.into_iter().collect()).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// An event the viewer may read (authorization happened where it was obtained).
+pub struct Event(pub Arc<d::Event>);
+
+#[Object]
+impl Event {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    /// The calendar holding the event; null when the viewer sees the event only as an invitee.
+    async fn calendar(&self, ctx: &Context<'_>) -> ApiResult<Option<Calendar>> {
+        match calendar_with_role(ctx, self.0.calendar_id).await {
+            Ok((cal, role)) => Ok(Some(Calendar { cal, role })),
+            Err(ApiError::Forbidden) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    async fn organizer(&self, ctx: &Context<'_>) -> ApiResult<User> {
+        load_user(ctx, self.0.organizer_id).await
+    }
+    async fn title(&self) -> &str {
+        &self.0.title
+    }
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+    async fn location(&self) -> Option<&str> {
+        self.0.location.as_deref()
+    }
+    async fn start_time(&self) -> DateTime<Utc> {
+        self.0.start_time
+    }
+    async fn end_time(&self) -> DateTime<Utc> {
+        self.0.end_time
+    }
+    /// IANA time zone the event was scheduled in.
+    async fn time_zone(&self) -> &str {
+        &self.0.time_zone
+    }
+    async fn all_day(&self) -> bool {
+        self.0.all_day
+    }
+    async fn status(&self) -> EventStatus {
+        self.0.status.into()
+    }
+    async fn transparency(&self) -> Transparency {
+        self.0.transparency.into()
+    }
+    /// RFC 5545 recurrence rule of a series master.
+    async fn rrule(&self) -> Option<&str> {
+        self.0.rrule.as_deref()
+    }
+    async fn exdates(&self) -> &[DateTime<Utc>] {
+        &self.0.exdates
+    }
+    async fn recurring_event_id(&self) -> Option<ID> {
+        self.0.recurring_event_id.map(|i| ID(i.to_string()))
+    }
+    async fn original_start_time(&self) -> Option<DateTime<Utc>> {
+        self.0.original_start_time
+    }
+    /// Bumped on every change; pass it back as `expectedVersion` when updating.
+    async fn version(&self) -> i64 {
+        self.0.version
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    #[graphql(complexity = "10 * child_complexity + 1")]
+    async fn attendees(&self, ctx: &Context<'_>) -> ApiResult<Vec<Attendee>> {
+        let list = one(&rc(ctx).loaders.attendees, self.0.id).await?;
+        Ok((0..list.len()).map(|i| Attendee { list: list.clone(), index: i }).collect())
+    }
+    #[graphql(complexity = "2 * child_complexity + 1")]
+    async fn reservations(&self, ctx: &Context<'_>) -> ApiResult<Vec<Reservation>> {
+        let list = one(&rc(ctx).loaders.reservations, self.0.id).await?;
+        Ok(list.iter().cloned().map(Reservation::from).collect())
+    }
+    /// The viewer's own response, when invited.
+    async fn my_response(&self, ctx: &Context<'_>) -> ApiResult<Option<ResponseStatus>> {
+        let me = viewer(ctx)?;
+        let list = one(&rc(ctx).loaders.attendees, self.0.id).await?;
+        Ok(list.iter().find(|a| a.user_id == me).map(|a| a.response_status.into()))
+    }
+    /// Whether the viewer may change this event.
+    async fn can_edit(&self, ctx: &Context<'_>) -> ApiResult<bool> {
+        Ok(event_access(ctx, &self.0).await?.can_write())
+    }
+}
+
+/// One invitee of an event (an index into the event's shared attendee list).
+pub struct Attendee {
+    list: Arc<Vec<d::Attendee>>,
+    index: usize,
+}
+
+impl Attendee {
+    fn a(&self) -> &d::Attendee {
+        &self.list[self.index]
+    }
+}
+
+#[Object]
+impl Attendee {
+    async fn user(&self, ctx: &Context<'_>) -> ApiResult<User> {
+        load_user(ctx, self.a().user_id).await
+    }
+    async fn email(&self) -> Option<&str> {
+        self.a().email.as_deref()
+    }
+    async fn name(&self) -> Option<&str> {
+        self.a().name.as_deref()
+    }
+    async fn response_status(&self) -> ResponseStatus {
+        self.a().response_status.into()
+    }
+    async fn is_optional(&self) -> bool {
+        self.a().is_optional
+    }
+}
+
+pub struct Reservation {
+    pub r: d::Reservation,
+    pub resource: Arc<d::Resource>,
+}
+
+impl From<Booking> for Reservation {
+    fn from((r, resource): Booking) -> Self {
+        Reservation { r, resource: Arc::new(resource) }
+    }
+}
+
+#[Object]
+impl Reservation {
+    async fn id(&self) -> ID {
+        ID(self.r.id.to_string())
+    }
+    async fn event_id(&self) -> ID {
+        ID(self.r.event_id.to_string())
+    }
+    async fn resource(&self) -> Resource {
+        Resource(self.resource.clone())
+    }
+    async fn start_time(&self) -> DateTime<Utc> {
+        self.r.start_time
+    }
+    async fn end_time(&self) -> DateTime<Utc> {
+        self.r.end_time
+    }
+    async fn status(&self) -> ReservationStatus {
+        self.r.status.into()
+    }
+}
+
+pub struct Resource(pub Arc<d::Resource>);
+
+#[Object]
+impl Resource {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn kind(&self) -> ResourceKind {
+        self.0.kind.into()
+    }
+    async fn capacity(&self) -> Option<i32> {
+        self.0.capacity
+    }
+    async fn location(&self) -> Option<&str> {
+        self.0.location.as_deref()
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct UserBusy {
+    pub user: User,
+    pub busy: Vec<TimeInterval>,
+}
+
+#[derive(SimpleObject)]
+pub struct ResourceBusy {
+    pub resource: Resource,
+    pub busy: Vec<TimeInterval>,
+}
+
+/// Merged busy intervals per requested user and resource.
+#[derive(SimpleObject)]
+pub struct FreeBusy {
+    pub users: Vec<UserBusy>,
+    pub resources: Vec<ResourceBusy>,
+}
+
+/// A resource's bookings and free gaps in a window.
+#[derive(SimpleObject)]
+pub struct ResourceAvailability {
+    pub resource: Resource,
+    pub busy: Vec<TimeInterval>,
+    pub free: Vec<TimeInterval>,
+}

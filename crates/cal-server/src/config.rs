@@ -1,0 +1,114 @@
+//! Configuration: defaults, then an optional TOML file (`--config` or `CALENDAR_CONFIG`), then
+//! environment variables. Only this binary reads the environment.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `DATABASE_URL` | PostgreSQL URL; the database is created if missing | `postgres://postgres@127.0.0.1:5432/calendar` |
+//! | `LISTEN_ADDR` | address to serve on | `127.0.0.1:8080` |
+//! | `JWT_SECRET` | HS256 secret for bearer tokens (required outside dev mode, ≥ 32 bytes) | a fixed dev secret in dev mode |
+//! | `CAL_ENV` | `dev` (GraphiQL, introspection, pretty logs) or `prod` | `dev` |
+//! | `DB_MAX_CONNECTIONS` | pool size | `20` |
+//! | `MAX_WINDOW_DAYS` | longest `from..to` window | `62` |
+//! | `MAX_PAGE_SIZE` | largest `first` | `200` |
+//! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `10`, `262144` |
+//! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may drain on SIGTERM | `20` |
+//! | `RUST_LOG` | log filter | `info` |
+
+use anyhow::{Context, Result, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Used only in dev mode when no secret is configured. Tokens minted with it are worthless elsewhere.
+pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me-dev-only-secret";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub database_url: String,
+    pub listen_addr: String,
+    #[serde(serialize_with = "no_secret")]
+    pub jwt_secret: Option<SecretString>,
+    pub cal_env: String,
+    pub db_max_connections: u32,
+    pub max_window_days: i64,
+    pub max_page_size: usize,
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+fn no_secret<S: serde::Serializer>(_: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_none()
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/calendar".into(),
+            listen_addr: "127.0.0.1:8080".into(),
+            jwt_secret: None,
+            cal_env: "dev".into(),
+            db_max_connections: 20,
+            max_window_days: 62,
+            max_page_size: 200,
+            max_depth: 12,
+            max_complexity: 20_000,
+            max_batch: 10,
+            max_body_bytes: 256 * 1024,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                bail!("configuration file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        let keys = [
+            "DATABASE_URL", "LISTEN_ADDR", "JWT_SECRET", "CAL_ENV", "DB_MAX_CONNECTIONS", "MAX_WINDOW_DAYS",
+            "MAX_PAGE_SIZE", "MAX_DEPTH", "MAX_COMPLEXITY", "MAX_BATCH", "MAX_BODY_BYTES", "SHUTDOWN_GRACE_SECS",
+        ];
+        fig = fig.merge(Env::raw().only(&keys).map(|k| k.as_str().to_lowercase().into()));
+        let s: Settings = fig.extract().context("invalid configuration")?;
+        if !matches!(s.cal_env.as_str(), "dev" | "prod") {
+            bail!("CAL_ENV must be `dev` or `prod`, not {:?}", s.cal_env);
+        }
+        Ok(s)
+    }
+
+    pub fn dev_mode(&self) -> bool {
+        self.cal_env == "dev"
+    }
+
+    /// The token secret; outside dev mode it must be configured and long enough.
+    pub fn secret(&self) -> Result<SecretString> {
+        match &self.jwt_secret {
+            Some(s) if s.expose_secret().len() >= 32 => Ok(s.clone()),
+            Some(_) => bail!("JWT_SECRET must be at least 32 bytes"),
+            None if self.dev_mode() => Ok(SecretString::from(DEV_JWT_SECRET)),
+            None => bail!("JWT_SECRET is required when CAL_ENV=prod"),
+        }
+    }
+
+    pub fn api_config(&self) -> Result<cal_api::ApiConfig> {
+        let mut c = cal_api::ApiConfig::new("placeholder");
+        c.jwt_secret = self.secret()?;
+        c.dev_mode = self.dev_mode();
+        c.max_window = chrono::Duration::days(self.max_window_days);
+        c.max_page_size = self.max_page_size;
+        c.max_depth = self.max_depth;
+        c.max_complexity = self.max_complexity;
+        c.max_batch = self.max_batch;
+        c.max_body_bytes = self.max_body_bytes;
+        Ok(c)
+    }
+}

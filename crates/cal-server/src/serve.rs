@@ -1,0 +1,196 @@
+//! Wiring: database connection (creating the database if missing), migrations, the HTTP server
+//! with graceful shutdown, seeding with a progress bar, tracing set-up.
+
+use crate::config::Settings;
+use anyhow::{Context, Result};
+use cal_api::{AppState, router};
+use cal_storage::Store;
+use cal_storage::seed::{Progress, Scale};
+use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::SecretString;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub fn init_tracing(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if settings.dev_mode() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+/// Connects (creating the database if it does not exist) and applies migrations.
+pub async fn connect_and_migrate(settings: &Settings) -> Result<Store> {
+    let options = PgConnectOptions::from_str(&settings.database_url)
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+    create_database_if_missing(&options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("cannot connect to PostgreSQL")?;
+    cal_storage::migrate(&pool).await.context("migrations failed")?;
+    Ok(Store::new(pool))
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
+    let Some(db) = options.get_database().map(str::to_owned) else { return Ok(()) };
+    if sqlx::PgConnection::connect_with(options).await.is_ok() {
+        return Ok(());
+    }
+    let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .context("cannot connect to PostgreSQL (maintenance database `postgres`)")?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&db)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let quoted = db.replace('"', "\"\"");
+        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\""))).await?;
+        tracing::info!(database = %db, "created database");
+    }
+    Ok(())
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn stage(&self, name: &str, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_message(name.to_owned());
+    }
+    fn inc(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+pub async fn seed(store: &Store, scale: Scale, anchor: Option<chrono::NaiveDate>) -> Result<cal_storage::seed::SeedSummary> {
+    use chrono::Datelike;
+    let today = chrono::Utc::now().date_naive();
+    let anchor = anchor.unwrap_or_else(|| today.with_day(1).expect("day 1 exists"));
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let summary = store.seed(scale, anchor, &Bar(bar)).await?;
+    eprintln!(
+        "seeded {} users, {} calendars, {} resources, {} events, {} attendees, {} reservations in {:.1}s",
+        summary.users,
+        summary.calendars,
+        summary.resources,
+        summary.events,
+        summary.attendees,
+        summary.reservations,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(summary)
+}
+
+/// Prints `[{calendarId, userId, token}]` for `n` calendars spread over the id range, each with its owner.
+pub async fn print_fixtures(settings: &Settings, secret: &SecretString, n: i64, ttl: chrono::Duration) -> Result<()> {
+    let store = connect_and_migrate(settings).await?;
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT id, owner_id FROM (SELECT id, owner_id, row_number() OVER (ORDER BY id) AS rn, count(*) OVER () AS total \
+         FROM calendars) c WHERE (rn - 1) % greatest(total / $1, 1) = 0 ORDER BY id LIMIT $1",
+    )
+    .bind(n.max(1))
+    .fetch_all(store.pool())
+    .await?;
+    let fixtures: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|(cal, owner)| {
+            serde_json::json!({
+                "calendarId": cal.to_string(),
+                "userId": owner.to_string(),
+                "token": cal_api::auth::mint(secret, cal_domain::UserId(owner), ttl),
+            })
+        })
+        .collect();
+    println!("{}", serde_json::to_string(&fixtures)?);
+    Ok(())
+}
+
+pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
+    let api = settings.api_config()?;
+    let store = connect_and_migrate(&settings).await?;
+    let listener = TcpListener::bind(&settings.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+    let addr = listener.local_addr()?;
+    if demo {
+        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM users)").fetch_one(store.pool()).await?;
+        let demo_user = if empty {
+            seed(&store, Scale::Demo, None).await?.demo_user_id
+        } else {
+            tracing::info!("database already has data; not seeding");
+            cal_domain::UserId(sqlx::query_scalar("SELECT min(id) FROM users").fetch_one(store.pool()).await?)
+        };
+        let token = cal_api::auth::mint(&api.jwt_secret, demo_user, chrono::Duration::days(7));
+        println!("\nCalendar service on http://{addr}/graphql{}", if api.dev_mode { " (GraphiQL: open it in a browser)" } else { "" });
+        println!("Dev token for user {demo_user} (send as `Authorization: Bearer <token>`):\n{token}\n");
+    }
+    tracing::info!(%addr, dev_mode = api.dev_mode, "serving GraphQL on /graphql");
+    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    let app = router(AppState::new(store, api));
+    run(listener, app, shutdown_signal(), grace).await
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
+/// (at most `grace`).
+pub async fn run(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested; draining in-flight requests");
+        let _ = tx.send(());
+    });
+    let drained = async {
+        let _ = rx.await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => r.context("server error")?,
+        _ = drained => tracing::warn!("grace period over; dropping remaining connections"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
