@@ -42,7 +42,10 @@ fn main() -> Result<()> {
 
 /// The workspace root (the parent of this crate).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -56,7 +59,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     check_services()?;
-    run(Command::new("cargo").current_dir(root()).args(["test", "--workspace", "--all-targets"]).args(extra))
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["test", "--workspace", "--all-targets"])
+        .args(extra))
 }
 
 /// PostgreSQL must be reachable; say so plainly instead of letting forty tests time out.
@@ -70,10 +76,22 @@ fn check_services() -> Result<()> {
 fn schema() -> Result<()> {
     let out = Command::new("cargo")
         .current_dir(root())
-        .args(["run", "--quiet", "-p", "cal-server", "--bin", "calendar", "--", "print-schema"])
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "cal-server",
+            "--bin",
+            "calendar",
+            "--",
+            "print-schema",
+        ])
         .output()?;
     if !out.status.success() {
-        bail!("print-schema failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "print-schema failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     std::fs::write(root().join("schema.graphql"), out.stdout)?;
     eprintln!("wrote schema.graphql");

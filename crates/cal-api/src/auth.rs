@@ -24,21 +24,40 @@ pub enum Viewer {
 /// Mints a token for `user`, valid for `ttl`.
 pub fn mint(secret: &SecretString, user: UserId, ttl: chrono::Duration) -> String {
     let now = chrono::Utc::now().timestamp();
-    let claims = Claims { sub: user.to_string(), iat: now, exp: now + ttl.num_seconds() };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.expose_secret().as_bytes()))
-        .expect("HS256 encoding of a small claim set cannot fail")
+    let claims = Claims {
+        sub: user.to_string(),
+        iat: now,
+        exp: now + ttl.num_seconds(),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+    )
+    .expect("HS256 encoding of a small claim set cannot fail")
 }
 
 /// Reads the viewer from an `Authorization` header value.
 pub fn viewer_from_header(secret: &SecretString, header: Option<&str>) -> Viewer {
-    let Some(value) = header else { return Viewer::Anonymous };
-    let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
+    let Some(value) = header else {
+        return Viewer::Anonymous;
+    };
+    let Some(token) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
         return Viewer::Invalid;
     };
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims(&["exp", "sub"]);
-    match jsonwebtoken::decode::<Claims>(token.trim(), &DecodingKey::from_secret(secret.expose_secret().as_bytes()), &validation) {
-        Ok(data) => UserId::parse(&data.claims.sub).map(Viewer::User).unwrap_or(Viewer::Invalid),
+    match jsonwebtoken::decode::<Claims>(
+        token.trim(),
+        &DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+        &validation,
+    ) {
+        Ok(data) => UserId::parse(&data.claims.sub)
+            .map(Viewer::User)
+            .unwrap_or(Viewer::Invalid),
         Err(_) => Viewer::Invalid,
     }
 }
@@ -51,12 +70,27 @@ mod tests {
     fn round_trip_and_rejections() {
         let secret = SecretString::from("s3cret-s3cret-s3cret-s3cret-s3cret");
         let token = mint(&secret, UserId(7), chrono::Duration::hours(1));
-        assert_eq!(viewer_from_header(&secret, Some(&format!("Bearer {token}"))), Viewer::User(UserId(7)));
+        assert_eq!(
+            viewer_from_header(&secret, Some(&format!("Bearer {token}"))),
+            Viewer::User(UserId(7))
+        );
         assert_eq!(viewer_from_header(&secret, None), Viewer::Anonymous);
-        assert_eq!(viewer_from_header(&secret, Some(&token)), Viewer::Invalid, "missing scheme");
+        assert_eq!(
+            viewer_from_header(&secret, Some(&token)),
+            Viewer::Invalid,
+            "missing scheme"
+        );
         let other = SecretString::from("another-secret-another-secret-xx");
-        assert_eq!(viewer_from_header(&other, Some(&format!("Bearer {token}"))), Viewer::Invalid, "wrong key");
+        assert_eq!(
+            viewer_from_header(&other, Some(&format!("Bearer {token}"))),
+            Viewer::Invalid,
+            "wrong key"
+        );
         let expired = mint(&secret, UserId(7), chrono::Duration::hours(-2));
-        assert_eq!(viewer_from_header(&secret, Some(&format!("Bearer {expired}"))), Viewer::Invalid, "expired");
+        assert_eq!(
+            viewer_from_header(&secret, Some(&format!("Bearer {expired}"))),
+            Viewer::Invalid,
+            "expired"
+        );
     }
 }

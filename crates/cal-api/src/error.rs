@@ -15,8 +15,14 @@ pub enum ApiError {
     NotFound,
     Forbidden,
     Unauthenticated,
-    VersionConflict { expected: i64, current: i64 },
-    ResourceConflict { message: String, conflicts: Vec<cal_storage::Conflict> },
+    VersionConflict {
+        expected: i64,
+        current: i64,
+    },
+    ResourceConflict {
+        message: String,
+        conflicts: Vec<cal_storage::Conflict>,
+    },
     TooComplex(String),
     /// Logged with its detail; the client sees only "internal error".
     Internal(String),
@@ -42,9 +48,13 @@ impl ApiError {
             ApiError::BadInput(m) | ApiError::TooComplex(m) => m.clone(),
             ApiError::NotFound => "not found".into(),
             ApiError::Forbidden => "forbidden".into(),
-            ApiError::Unauthenticated => "authentication required: send a valid `Authorization: Bearer <token>`".into(),
+            ApiError::Unauthenticated => {
+                "authentication required: send a valid `Authorization: Bearer <token>`".into()
+            }
             ApiError::VersionConflict { expected, current } => {
-                format!("version conflict: expected version {expected}, current version is {current}")
+                format!(
+                    "version conflict: expected version {expected}, current version is {current}"
+                )
             }
             ApiError::ResourceConflict { message, .. } => message.clone(),
             ApiError::Internal(_) => "internal error".into(),
@@ -66,7 +76,9 @@ impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {
             StorageError::NotFound => ApiError::NotFound,
-            StorageError::VersionConflict { expected, current } => ApiError::VersionConflict { expected, current },
+            StorageError::VersionConflict { expected, current } => {
+                ApiError::VersionConflict { expected, current }
+            }
             StorageError::Invalid(msg) => ApiError::BadInput(msg),
             StorageError::ResourceConflict(conflicts) => {
                 let named: Vec<String> = conflicts
@@ -117,10 +129,22 @@ impl ErrorExtensions for ApiError {
                         .iter()
                         .map(|c| {
                             let mut m = async_graphql::indexmap::IndexMap::new();
-                            m.insert(async_graphql::Name::new("resourceId"), c.resource_id.to_string().into());
-                            m.insert(async_graphql::Name::new("eventId"), c.event_id.to_string().into());
-                            m.insert(async_graphql::Name::new("startTime"), c.start_time.to_rfc3339().into());
-                            m.insert(async_graphql::Name::new("endTime"), c.end_time.to_rfc3339().into());
+                            m.insert(
+                                async_graphql::Name::new("resourceId"),
+                                c.resource_id.to_string().into(),
+                            );
+                            m.insert(
+                                async_graphql::Name::new("eventId"),
+                                c.event_id.to_string().into(),
+                            );
+                            m.insert(
+                                async_graphql::Name::new("startTime"),
+                                c.start_time.to_rfc3339().into(),
+                            );
+                            m.insert(
+                                async_graphql::Name::new("endTime"),
+                                c.end_time.to_rfc3339().into(),
+                            );
                             async_graphql::Value::Object(m)
                         })
                         .collect();

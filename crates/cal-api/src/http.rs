@@ -12,13 +12,14 @@ use crate::schema::{AppSchema, RequestCtx};
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cal_storage::{StoreStats, Store};
+use cal_storage::{Store, StoreStats};
 use std::sync::Arc;
+use tower_http::limit::RequestBodyLimitLayer;
 
 /// Header that asks for per-request figures in `extensions.stats`.
 pub const DEBUG_STATS_HEADER: &str = "x-debug-stats";
@@ -34,7 +35,11 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Store, config: ApiConfig) -> Self {
         let config = Arc::new(config);
-        Self { schema: crate::build_schema(config.clone()), store, config }
+        Self {
+            schema: crate::build_schema(config.clone()),
+            store,
+            config,
+        }
     }
 }
 
@@ -48,11 +53,17 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql", graphql)
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // The GraphQL extractor streams the body itself, so axum's DefaultBodyLimit would not
+        // apply; this layer caps the body for every route and answers 413.
+        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
         .with_state(state)
 }
 
-async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, req: GraphQLBatchRequest) -> Response {
+async fn graphql_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: GraphQLBatchRequest,
+) -> Response {
     let mut batch = req.into_inner();
     if let BatchRequest::Batch(list) = &batch
         && list.len() > state.config.max_batch
@@ -65,12 +76,16 @@ async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, req:
         resp.extensions.clear();
         return GraphQLResponse(BatchResponse::Single(resp)).into_response();
     }
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let viewer = viewer_from_header(&state.config.jwt_secret, auth);
     let stats = Arc::new(StoreStats::default());
     let store = state.store.with_request_stats(stats.clone());
     for request in batch.iter_mut() {
-        request.data.insert(RequestCtx::new(viewer, store.clone(), state.config.clone()));
+        request
+            .data
+            .insert(RequestCtx::new(viewer, store.clone(), state.config.clone()));
     }
     let mut resp = state.schema.execute_batch(batch).await;
     if headers.contains_key(DEBUG_STATS_HEADER) {
@@ -106,7 +121,11 @@ async fn ready(State(state): State<AppState>) -> Response {
         Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "database unavailable" }))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "database unavailable" })),
+            )
+                .into_response()
         }
     }
 }

@@ -31,7 +31,8 @@ impl<K: Eq + Hash + Clone + Send + Sync, T: Send + Sync> BatchFn<K, Loaded<T>> f
     async fn load(&mut self, keys: &[K]) -> HashMap<K, Loaded<T>> {
         match (self.fetch)(&self.store, keys).await {
             Ok(rows) => {
-                let mut out: HashMap<K, Loaded<T>> = keys.iter().map(|k| (k.clone(), Ok(None))).collect();
+                let mut out: HashMap<K, Loaded<T>> =
+                    keys.iter().map(|k| (k.clone(), Ok(None))).collect();
                 for row in rows {
                     out.insert((self.key)(&row), Ok(Some(Arc::new(row))));
                 }
@@ -52,15 +53,21 @@ pub struct Grouped<K, T> {
     key: fn(&T) -> K,
 }
 
-impl<K: Eq + Hash + Clone + Send + Sync, T: Send + Sync> BatchFn<K, LoadedList<T>> for Grouped<K, T> {
+impl<K: Eq + Hash + Clone + Send + Sync, T: Send + Sync> BatchFn<K, LoadedList<T>>
+    for Grouped<K, T>
+{
     async fn load(&mut self, keys: &[K]) -> HashMap<K, LoadedList<T>> {
         match (self.fetch)(&self.store, keys).await {
             Ok(rows) => {
-                let mut groups: HashMap<K, Vec<T>> = keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+                let mut groups: HashMap<K, Vec<T>> =
+                    keys.iter().map(|k| (k.clone(), Vec::new())).collect();
                 for row in rows {
                     groups.entry((self.key)(&row)).or_default().push(row);
                 }
-                groups.into_iter().map(|(k, v)| (k, Ok(Arc::new(v)))).collect()
+                groups
+                    .into_iter()
+                    .map(|(k, v)| (k, Ok(Arc::new(v))))
+                    .collect()
             }
             Err(e) => {
                 let e = Arc::new(e);
@@ -94,7 +101,12 @@ where
     K: Eq + Hash + Clone + Send + Sync + std::fmt::Debug,
     T: Send + Sync,
 {
-    Loader::new(ById { store: store.clone(), fetch, key }).with_max_batch_size(MAX_BATCH)
+    Loader::new(ById {
+        store: store.clone(),
+        fetch,
+        key,
+    })
+    .with_max_batch_size(MAX_BATCH)
 }
 
 fn grouped<K, T>(store: &Store, fetch: Fetch<K, T>, key: fn(&T) -> K) -> GroupedLoader<K, T>
@@ -102,7 +114,12 @@ where
     K: Eq + Hash + Clone + Send + Sync + std::fmt::Debug,
     T: Send + Sync,
 {
-    Loader::new(Grouped { store: store.clone(), fetch, key }).with_max_batch_size(MAX_BATCH)
+    Loader::new(Grouped {
+        store: store.clone(),
+        fetch,
+        key,
+    })
+    .with_max_batch_size(MAX_BATCH)
 }
 
 impl Loaders {
@@ -112,8 +129,16 @@ impl Loaders {
             calendars: by_id(store, |s, k| Box::pin(s.calendars_by_ids(k)), |c| c.id),
             events: by_id(store, |s, k| Box::pin(s.events_by_ids(k)), |e| e.id),
             resources: by_id(store, |s, k| Box::pin(s.resources_by_ids(k)), |r| r.id),
-            attendees: grouped(store, |s, k| Box::pin(s.attendees_by_event_ids(k)), |a| a.event_id),
-            reservations: grouped(store, |s, k| Box::pin(s.reservations_by_event_ids(k)), |b| b.0.event_id),
+            attendees: grouped(
+                store,
+                |s, k| Box::pin(s.attendees_by_event_ids(k)),
+                |a| a.event_id,
+            ),
+            reservations: grouped(
+                store,
+                |s, k| Box::pin(s.reservations_by_event_ids(k)),
+                |b| b.0.event_id,
+            ),
         }
     }
 }
@@ -125,5 +150,8 @@ where
     V: Clone,
     F: BatchFn<K, V>,
 {
-    loader.try_load(key).await.expect("batch functions answer every key")
+    loader
+        .try_load(key)
+        .await
+        .expect("batch functions answer every key")
 }

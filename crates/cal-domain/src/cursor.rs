@@ -14,7 +14,11 @@ pub struct EventCursor {
 
 impl EventCursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("e1:{}:{}", self.start.timestamp_micros(), self.id.0))
+        URL_SAFE_NO_PAD.encode(format!(
+            "e1:{}:{}",
+            self.start.timestamp_micros(),
+            self.id.0
+        ))
     }
 
     pub fn decode(s: &str) -> Result<Self, DomainError> {
@@ -31,7 +35,10 @@ impl EventCursor {
             return Err(bad());
         }
         let start = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
-        Ok(Self { start, id: EventId(id) })
+        Ok(Self {
+            start,
+            id: EventId(id),
+        })
     }
 }
 
@@ -41,9 +48,18 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let c = EventCursor { start: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), id: EventId(9) };
+        let c = EventCursor {
+            start: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id: EventId(9),
+        };
         assert_eq!(EventCursor::decode(&c.encode()).unwrap(), c);
-        for bad in ["", "!!!", "ZTE6eDox", &URL_SAFE_NO_PAD.encode("x1:1:2"), &URL_SAFE_NO_PAD.encode("e1:1:2:3")] {
+        for bad in [
+            "",
+            "!!!",
+            "ZTE6eDox",
+            &URL_SAFE_NO_PAD.encode("x1:1:2"),
+            &URL_SAFE_NO_PAD.encode("e1:1:2:3"),
+        ] {
             assert!(EventCursor::decode(bad).is_err(), "{bad}");
         }
     }

@@ -41,10 +41,18 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_unknown() {
-        for s in [ResponseStatus::NeedsAction, ResponseStatus::Accepted, ResponseStatus::Declined, ResponseStatus::Tentative] {
+        for s in [
+            ResponseStatus::NeedsAction,
+            ResponseStatus::Accepted,
+            ResponseStatus::Declined,
+            ResponseStatus::Tentative,
+        ] {
             assert_eq!(ResponseStatus::parse(s.as_str()).unwrap(), s);
         }
-        assert_eq!(EventStatus::parse("cancelled").unwrap(), EventStatus::Cancelled);
+        assert_eq!(
+            EventStatus::parse("cancelled").unwrap(),
+            EventStatus::Cancelled
+        );
         assert!(Transparency::parse("opaque").is_err());
     }
 }

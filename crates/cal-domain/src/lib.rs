@@ -14,7 +14,6 @@ pub mod model;
 pub mod role;
 pub mod time;
 
-
 pub use busy::{Interval, free_gaps, merge_intervals};
 pub use cursor::EventCursor;
 pub use enums::{EventStatus, ReservationStatus, ResourceKind, ResponseStatus, Transparency};

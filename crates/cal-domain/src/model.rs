@@ -2,8 +2,8 @@
 //! is applied by the API after a fact is loaded, never baked into it.
 
 use crate::{
-    CalendarId, EventId, EventStatus, ReservationId, ReservationStatus, ResourceId, ResourceKind, ResponseStatus, Role,
-    Transparency, UserId,
+    CalendarId, EventId, EventStatus, ReservationId, ReservationStatus, ResourceId, ResourceKind,
+    ResponseStatus, Role, Transparency, UserId,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

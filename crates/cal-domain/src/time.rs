@@ -16,7 +16,11 @@ pub struct TimeWindow {
 }
 
 impl TimeWindow {
-    pub fn parse(from: DateTime<Utc>, to: DateTime<Utc>, max_len: Duration) -> Result<Self, DomainError> {
+    pub fn parse(
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max_len: Duration,
+    ) -> Result<Self, DomainError> {
         if to <= from {
             return Err(DomainError::new("`to` must be after `from`"));
         }
@@ -45,8 +49,12 @@ impl TimeWindow {
 
 /// Parses an IANA time zone name such as `Europe/Berlin`.
 pub fn parse_time_zone(name: &str) -> Result<Tz, DomainError> {
-    name.parse::<Tz>()
-        .map_err(|_| DomainError(format!("unknown time zone {:?}", name.chars().take(64).collect::<String>())))
+    name.parse::<Tz>().map_err(|_| {
+        DomainError(format!(
+            "unknown time zone {:?}",
+            name.chars().take(64).collect::<String>()
+        ))
+    })
 }
 
 /// Checks an event's start and end.
@@ -76,14 +84,27 @@ mod tests {
     fn window_rules() {
         let max = Duration::days(10);
         assert!(TimeWindow::parse(t(1), t(5), max).is_ok());
-        assert!(TimeWindow::parse(t(5), t(1), max).unwrap_err().0.contains("after"));
+        assert!(
+            TimeWindow::parse(t(5), t(1), max)
+                .unwrap_err()
+                .0
+                .contains("after")
+        );
         assert!(TimeWindow::parse(t(1), t(1), max).is_err());
-        assert!(TimeWindow::parse(t(1), t(20), max).unwrap_err().0.contains("10 days"));
+        assert!(
+            TimeWindow::parse(t(1), t(20), max)
+                .unwrap_err()
+                .0
+                .contains("10 days")
+        );
     }
 
     #[test]
     fn zones() {
-        assert_eq!(parse_time_zone("Europe/Berlin").unwrap(), chrono_tz::Europe::Berlin);
+        assert_eq!(
+            parse_time_zone("Europe/Berlin").unwrap(),
+            chrono_tz::Europe::Berlin
+        );
         assert!(parse_time_zone("Mars/Olympus").is_err());
     }
 

@@ -74,10 +74,24 @@ impl Settings {
             fig = fig.merge(Toml::file(f));
         }
         let keys = [
-            "DATABASE_URL", "LISTEN_ADDR", "JWT_SECRET", "CAL_ENV", "DB_MAX_CONNECTIONS", "MAX_WINDOW_DAYS",
-            "MAX_PAGE_SIZE", "MAX_DEPTH", "MAX_COMPLEXITY", "MAX_BATCH", "MAX_BODY_BYTES", "SHUTDOWN_GRACE_SECS",
+            "DATABASE_URL",
+            "LISTEN_ADDR",
+            "JWT_SECRET",
+            "CAL_ENV",
+            "DB_MAX_CONNECTIONS",
+            "MAX_WINDOW_DAYS",
+            "MAX_PAGE_SIZE",
+            "MAX_DEPTH",
+            "MAX_COMPLEXITY",
+            "MAX_BATCH",
+            "MAX_BODY_BYTES",
+            "SHUTDOWN_GRACE_SECS",
         ];
-        fig = fig.merge(Env::raw().only(&keys).map(|k| k.as_str().to_lowercase().into()));
+        fig = fig.merge(
+            Env::raw()
+                .only(&keys)
+                .map(|k| k.as_str().to_lowercase().into()),
+        );
         let s: Settings = fig.extract().context("invalid configuration")?;
         if !matches!(s.cal_env.as_str(), "dev" | "prod") {
             bail!("CAL_ENV must be `dev` or `prod`, not {:?}", s.cal_env);

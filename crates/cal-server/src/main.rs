@@ -69,7 +69,9 @@ fn main() -> Result<()> {
     if !matches!(cli.cmd, Cmd::PrintSchema | Cmd::Token { .. }) {
         serve::init_tracing(&settings);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve { demo } => serve::serve(settings, demo).await,
@@ -82,12 +84,17 @@ fn main() -> Result<()> {
                 let store = serve::connect_and_migrate(&settings).await?;
                 serve::seed(&store, scale, anchor).await.map(|_| ())
             }
-            Cmd::Token { user_id, calendar_owners, ttl_hours } => {
+            Cmd::Token {
+                user_id,
+                calendar_owners,
+                ttl_hours,
+            } => {
                 let secret = settings.secret()?;
                 let ttl = chrono::Duration::hours(ttl_hours);
                 match (user_id, calendar_owners) {
                     (Some(id), _) => {
-                        let id = UserId::parse(&id.to_string()).context("--user-id must be positive")?;
+                        let id =
+                            UserId::parse(&id.to_string()).context("--user-id must be positive")?;
                         println!("{}", cal_api::auth::mint(&secret, id, ttl));
                         Ok(())
                     }
@@ -97,7 +104,10 @@ fn main() -> Result<()> {
             }
             Cmd::PrintSchema => {
                 let config = cal_api::ApiConfig::new(config::DEV_JWT_SECRET);
-                print!("{}", cal_api::build_schema(std::sync::Arc::new(config)).sdl());
+                print!(
+                    "{}",
+                    cal_api::build_schema(std::sync::Arc::new(config)).sdl()
+                );
                 Ok(())
             }
         }

@@ -16,8 +16,11 @@ use tokio::net::TcpListener;
 
 pub fn init_tracing(settings: &Settings) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if settings.dev_mode() {
         builder.init();
     } else {
@@ -37,25 +40,32 @@ pub async fn connect_and_migrate(settings: &Settings) -> Result<Store> {
         .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL")?;
-    cal_storage::migrate(&pool).await.context("migrations failed")?;
+    cal_storage::migrate(&pool)
+        .await
+        .context("migrations failed")?;
     Ok(Store::new(pool))
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
-    let Some(db) = options.get_database().map(str::to_owned) else { return Ok(()) };
+    let Some(db) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
     if sqlx::PgConnection::connect_with(options).await.is_ok() {
         return Ok(());
     }
     let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres"))
         .await
         .context("cannot connect to PostgreSQL (maintenance database `postgres`)")?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&db)
-        .fetch_one(&mut admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&db)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         let quoted = db.replace('"', "\"\"");
-        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\""))).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
+            .await?;
         tracing::info!(database = %db, "created database");
     }
     Ok(())
@@ -77,7 +87,11 @@ impl Progress for Bar {
     }
 }
 
-pub async fn seed(store: &Store, scale: Scale, anchor: Option<chrono::NaiveDate>) -> Result<cal_storage::seed::SeedSummary> {
+pub async fn seed(
+    store: &Store,
+    scale: Scale,
+    anchor: Option<chrono::NaiveDate>,
+) -> Result<cal_storage::seed::SeedSummary> {
     use chrono::Datelike;
     let today = chrono::Utc::now().date_naive();
     let anchor = anchor.unwrap_or_else(|| today.with_day(1).expect("day 1 exists"));
@@ -103,7 +117,12 @@ pub async fn seed(store: &Store, scale: Scale, anchor: Option<chrono::NaiveDate>
 }
 
 /// Prints `[{calendarId, userId, token}]` for `n` calendars spread over the id range, each with its owner.
-pub async fn print_fixtures(settings: &Settings, secret: &SecretString, n: i64, ttl: chrono::Duration) -> Result<()> {
+pub async fn print_fixtures(
+    settings: &Settings,
+    secret: &SecretString,
+    n: i64,
+    ttl: chrono::Duration,
+) -> Result<()> {
     let store = connect_and_migrate(settings).await?;
     let rows: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT id, owner_id FROM (SELECT id, owner_id, row_number() OVER (ORDER BY id) AS rn, count(*) OVER () AS total \
@@ -134,16 +153,31 @@ pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
     let addr = listener.local_addr()?;
     if demo {
-        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM users)").fetch_one(store.pool()).await?;
+        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM users)")
+            .fetch_one(store.pool())
+            .await?;
         let demo_user = if empty {
             seed(&store, Scale::Demo, None).await?.demo_user_id
         } else {
             tracing::info!("database already has data; not seeding");
-            cal_domain::UserId(sqlx::query_scalar("SELECT min(id) FROM users").fetch_one(store.pool()).await?)
+            cal_domain::UserId(
+                sqlx::query_scalar("SELECT min(id) FROM users")
+                    .fetch_one(store.pool())
+                    .await?,
+            )
         };
         let token = cal_api::auth::mint(&api.jwt_secret, demo_user, chrono::Duration::days(7));
-        println!("\nCalendar service on http://{addr}/graphql{}", if api.dev_mode { " (GraphiQL: open it in a browser)" } else { "" });
-        println!("Dev token for user {demo_user} (send as `Authorization: Bearer <token>`):\n{token}\n");
+        println!(
+            "\nCalendar service on http://{addr}/graphql{}",
+            if api.dev_mode {
+                " (GraphiQL: open it in a browser)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "Dev token for user {demo_user} (send as `Authorization: Bearer <token>`):\n{token}\n"
+        );
     }
     tracing::info!(%addr, dev_mode = api.dev_mode, "serving GraphQL on /graphql");
     let grace = Duration::from_secs(settings.shutdown_grace_secs);

@@ -37,11 +37,15 @@ impl StorageError {
                 "attendees_user_id_fkey" | "calendar_members_user_id_fkey" => "unknown user",
                 "reservations_resource_id_fkey" => "unknown resource",
                 "attendees_pkey" => "user is already an attendee",
-                "events_time_order" | "reservations_time_order" => "endTime must be after startTime",
+                "events_time_order" | "reservations_time_order" => {
+                    "endTime must be after startTime"
+                }
                 "events_max_duration" => "an event may last at most 31 days",
                 "events_title_check" => "title must be 1 to 500 characters",
                 "calendars_name_check" => "name must be 1 to 200 characters",
-                "events_description_check" | "calendars_description_check" => "description is too long",
+                "events_description_check" | "calendars_description_check" => {
+                    "description is too long"
+                }
                 "events_location_check" => "location is too long",
                 "events_rrule_check" => "rrule is too long",
                 _ => return StorageError::Database(e),

@@ -6,12 +6,15 @@
 //! tests can assert how many statements a request costs and the API can report it per request.
 
 mod error;
+pub mod explain;
 mod reads;
 mod rows;
 pub mod seed;
 mod writes;
 
 pub use error::{Conflict, StorageError};
+pub use explain::seq_scans;
+pub use seed::{NoProgress, Progress, Scale, SeedSummary, UnknownScale};
 pub use sqlx::PgPool;
 pub use writes::{EventPatch, NewAttendee, NewEvent, NewReservation};
 
@@ -49,7 +52,11 @@ pub struct Store {
 
 impl Store {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, global: Arc::default(), request: None }
+        Self {
+            pool,
+            global: Arc::default(),
+            request: None,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -63,7 +70,11 @@ impl Store {
 
     /// A handle that also counts into `stats` (one request's figures).
     pub fn with_request_stats(&self, stats: Arc<StoreStats>) -> Store {
-        Store { pool: self.pool.clone(), global: self.global.clone(), request: Some(stats) }
+        Store {
+            pool: self.pool.clone(),
+            global: self.global.clone(),
+            request: Some(stats),
+        }
     }
 
     /// Records one statement returning `rows` rows. Called by every method that talks to the database.

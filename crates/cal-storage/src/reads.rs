@@ -1,63 +1,168 @@
 //! Reads. Batch reads take an id list and send exactly one statement (`= ANY($1)`), whatever its length.
+//!
+//! Every statement's text is a named item below, shared with [`crate::explain`], so that the plans it
+//! checks are the plans of the statements this module really sends.
 
 use crate::rows::{self, *};
-use crate::{Store, StorageError};
+use crate::{StorageError, Store};
 use cal_domain::*;
 use chrono::{DateTime, Utc};
-use sqlx::AssertSqlSafe;
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgArguments, PgRow};
+use std::sync::LazyLock;
 
 type Result<T> = std::result::Result<T, StorageError>;
+pub(crate) type Query = sqlx::query::Query<'static, sqlx::Postgres, PgArguments>;
+
+pub(crate) static USERS_BY_IDS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {USER_COLS} FROM users WHERE id = ANY($1)"));
+
+pub(crate) static CALENDARS_BY_IDS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {CALENDAR_COLS} FROM {CALENDAR_FROM} WHERE c.id = ANY($1)"));
+
+pub(crate) static EVENTS_BY_IDS: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {EVENT_COLS} FROM events WHERE id = ANY($1) AND deleted_at IS NULL")
+});
+
+pub(crate) static ATTENDEES_BY_EVENT_IDS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {ATTENDEE_COLS} FROM attendees WHERE event_id = ANY($1) ORDER BY event_id, user_id"
+    )
+});
+
+pub(crate) const RESERVATIONS_BY_EVENT_IDS: &str = "SELECT r.id, r.event_id, r.resource_id, r.start_time, r.end_time, r.status, \
+     s.name, s.kind, s.capacity, s.location \
+     FROM reservations r JOIN resources s ON s.id = r.resource_id \
+     WHERE r.event_id = ANY($1) ORDER BY r.event_id, r.start_time, r.id";
+
+pub(crate) static RESOURCES_BY_IDS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {RESOURCE_COLS} FROM resources WHERE id = ANY($1)"));
+
+pub(crate) static RESERVATION_BY_ID: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {RESERVATION_COLS} FROM reservations WHERE id = $1"));
+
+/// Bound by [`bind_events_in_window`].
+pub(crate) static EVENTS_IN_WINDOW: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {EVENT_COLS} FROM events \
+         WHERE calendar_id = $1 AND deleted_at IS NULL \
+           AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
+           AND ($5::timestamptz IS NULL OR (start_time, id) > ($5, $6)) \
+         ORDER BY start_time, id LIMIT $7"
+    )
+});
+
+pub(crate) const MEMBERSHIPS_OF: &str =
+    "SELECT calendar_id, role FROM calendar_members WHERE user_id = $1 ORDER BY calendar_id";
+
+pub(crate) const OWNERS_SHARING_WITH: &str = "SELECT DISTINCT c.owner_id FROM calendar_members m JOIN calendars c ON c.id = m.calendar_id \
+     WHERE m.user_id = $1 AND c.owner_id = ANY($2)";
+
+/// `$1` the users, then the window as bound by [`bind_window`].
+pub(crate) const BUSY_OF_USERS: &str = "SELECT e.organizer_id AS who, e.start_time, e.end_time FROM events e \
+       WHERE e.organizer_id = ANY($1) AND e.deleted_at IS NULL \
+         AND e.start_time >= $2 AND e.start_time < $3 AND e.end_time > $4 \
+         AND e.status <> 'cancelled' AND e.transparency = 'busy' \
+     UNION ALL \
+     SELECT a.user_id AS who, e.start_time, e.end_time FROM attendees a JOIN events e ON e.id = a.event_id \
+       WHERE a.user_id = ANY($1) AND a.response_status <> 'declined' AND e.organizer_id <> a.user_id \
+         AND e.deleted_at IS NULL AND e.start_time >= $2 AND e.start_time < $3 AND e.end_time > $4 \
+         AND e.status <> 'cancelled' AND e.transparency = 'busy'";
+
+/// `$1` the resources, then the window as bound by [`bind_window`].
+pub(crate) const BUSY_OF_RESOURCES: &str = "SELECT resource_id AS who, start_time, end_time FROM reservations \
+     WHERE resource_id = ANY($1) AND status = 'confirmed' \
+       AND start_time >= $2 AND start_time < $3 AND end_time > $4";
+
+/// `$1` the calendar, then the window as bound by [`bind_window`].
+pub(crate) const BUSY_OF_CALENDAR: &str = "SELECT calendar_id AS who, start_time, end_time FROM events \
+     WHERE calendar_id = $1 AND deleted_at IS NULL \
+       AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
+       AND status <> 'cancelled' AND transparency = 'busy'";
+
+/// Binds `$2..$4` of a window query: events (or reservations) overlapping the window start no
+/// earlier than the longest allowed duration before it, which keeps the filter a btree range.
+pub(crate) fn bind_window(q: Query, window: &TimeWindow) -> Query {
+    q.bind(window.earliest_overlapping_start())
+        .bind(window.to())
+        .bind(window.from())
+}
+
+/// Binds every parameter of [`EVENTS_IN_WINDOW`] (also used by `explain` on the same text).
+pub(crate) fn bind_events_in_window(
+    q: Query,
+    calendar: CalendarId,
+    window: &TimeWindow,
+    after: Option<EventCursor>,
+    limit: i64,
+) -> Query {
+    bind_window(q.bind(calendar.0), window)
+        .bind(after.map(|c| c.start))
+        .bind(after.map(|c| c.id.0).unwrap_or(0))
+        .bind(limit)
+}
 
 fn raw(ids: impl IntoIterator<Item = i64>) -> Vec<i64> {
     ids.into_iter().collect()
 }
 
-fn map<T>(rows: Vec<PgRow>, f: fn(&PgRow) -> std::result::Result<T, sqlx::Error>) -> Result<Vec<T>> {
-    rows.iter().map(|r| f(r).map_err(StorageError::Database)).collect()
+fn map<T>(
+    rows: Vec<PgRow>,
+    f: fn(&PgRow) -> std::result::Result<T, sqlx::Error>,
+) -> Result<Vec<T>> {
+    rows.iter()
+        .map(|r| f(r).map_err(StorageError::Database))
+        .collect()
 }
 
 impl Store {
-    async fn fetch(&self, q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>) -> Result<Vec<PgRow>> {
+    async fn fetch(
+        &self,
+        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<PgRow>> {
         let rows = q.fetch_all(self.pool()).await?;
         self.counted(rows.len());
         Ok(rows)
     }
 
     pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>> {
-        let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ANY($1)");
-        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        let rows = self
+            .fetch(sqlx::query(USERS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .await?;
         map(rows, rows::user)
     }
 
     pub async fn calendars_by_ids(&self, ids: &[CalendarId]) -> Result<Vec<Calendar>> {
-        let sql = format!("SELECT {CALENDAR_COLS} FROM {CALENDAR_FROM} WHERE c.id = ANY($1)");
-        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        let rows = self
+            .fetch(sqlx::query(CALENDARS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .await?;
         map(rows, rows::calendar)
     }
 
     /// Live (not deleted) events by id.
     pub async fn events_by_ids(&self, ids: &[EventId]) -> Result<Vec<Event>> {
-        let sql = format!("SELECT {EVENT_COLS} FROM events WHERE id = ANY($1) AND deleted_at IS NULL");
-        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        let rows = self
+            .fetch(sqlx::query(EVENTS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .await?;
         map(rows, rows::event)
     }
 
     /// Attendees of the given events, ordered by event then user.
     pub async fn attendees_by_event_ids(&self, ids: &[EventId]) -> Result<Vec<Attendee>> {
-        let sql = format!("SELECT {ATTENDEE_COLS} FROM attendees WHERE event_id = ANY($1) ORDER BY event_id, user_id");
-        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        let rows = self
+            .fetch(sqlx::query(ATTENDEES_BY_EVENT_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .await?;
         map(rows, rows::attendee)
     }
 
     /// Reservations of the given events with the resource each one books (one statement: the month
     /// view needs both, and resources change rarely).
-    pub async fn reservations_by_event_ids(&self, ids: &[EventId]) -> Result<Vec<(Reservation, Resource)>> {
-        let sql = "SELECT r.id, r.event_id, r.resource_id, r.start_time, r.end_time, r.status, \
-                   s.name, s.kind, s.capacity, s.location \
-                   FROM reservations r JOIN resources s ON s.id = r.resource_id \
-                   WHERE r.event_id = ANY($1) ORDER BY r.event_id, r.start_time, r.id";
-        let rows = self.fetch(sqlx::query(sql).bind(raw(ids.iter().map(|i| i.0)))).await?;
+    pub async fn reservations_by_event_ids(
+        &self,
+        ids: &[EventId],
+    ) -> Result<Vec<(Reservation, Resource)>> {
+        let rows = self
+            .fetch(sqlx::query(RESERVATIONS_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))))
+            .await?;
         rows.iter()
             .map(|r| {
                 let res = rows::reservation(r)?;
@@ -69,14 +174,16 @@ impl Store {
     }
 
     pub async fn resources_by_ids(&self, ids: &[ResourceId]) -> Result<Vec<Resource>> {
-        let sql = format!("SELECT {RESOURCE_COLS} FROM resources WHERE id = ANY($1)");
-        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(raw(ids.iter().map(|i| i.0)))).await?;
+        let rows = self
+            .fetch(sqlx::query(RESOURCES_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .await?;
         map(rows, rows::resource)
     }
 
     pub async fn reservation_by_id(&self, id: ReservationId) -> Result<Option<Reservation>> {
-        let sql = format!("SELECT {RESERVATION_COLS} FROM reservations WHERE id = $1");
-        let rows = self.fetch(sqlx::query(AssertSqlSafe(sql)).bind(id.0)).await?;
+        let rows = self
+            .fetch(sqlx::query(RESERVATION_BY_ID.as_str()).bind(id.0))
+            .await?;
         Ok(map(rows, rows::reservation)?.into_iter().next())
     }
 
@@ -89,36 +196,31 @@ impl Store {
         after: Option<EventCursor>,
         limit: i64,
     ) -> Result<Vec<Event>> {
-        let sql = format!(
-            "SELECT {EVENT_COLS} FROM events \
-             WHERE calendar_id = $1 AND deleted_at IS NULL \
-               AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
-               AND ($5::timestamptz IS NULL OR (start_time, id) > ($5, $6)) \
-             ORDER BY start_time, id LIMIT $7"
+        let q = bind_events_in_window(
+            sqlx::query(EVENTS_IN_WINDOW.as_str()),
+            calendar,
+            window,
+            after,
+            limit,
         );
-        let q = sqlx::query(AssertSqlSafe(sql))
-            .bind(calendar.0)
-            .bind(window.earliest_overlapping_start())
-            .bind(window.to())
-            .bind(window.from())
-            .bind(after.map(|c| c.start))
-            .bind(after.map(|c| c.id.0).unwrap_or(0))
-            .bind(limit);
         map(self.fetch(q).await?, rows::event)
     }
 
     /// Calendars a user is a member of, with the role, ordered by calendar id.
     pub async fn memberships_of(&self, user: UserId) -> Result<Vec<(CalendarId, Role)>> {
-        let q = sqlx::query("SELECT calendar_id, role FROM calendar_members WHERE user_id = $1 ORDER BY calendar_id")
-            .bind(user.0);
+        let q = sqlx::query(MEMBERSHIPS_OF).bind(user.0);
         let rows = self.fetch(q).await?;
         rows.iter()
             .map(|r| {
                 use sqlx::Row;
                 let role: String = r.try_get("role")?;
-                Ok((CalendarId(r.try_get("calendar_id")?), Role::parse(&role).map_err(|e| {
-                    sqlx::Error::ColumnDecode { index: "role".into(), source: Box::new(e) }
-                })?))
+                Ok((
+                    CalendarId(r.try_get("calendar_id")?),
+                    Role::parse(&role).map_err(|e| sqlx::Error::ColumnDecode {
+                        index: "role".into(),
+                        source: Box::new(e),
+                    })?,
+                ))
             })
             .collect::<std::result::Result<_, sqlx::Error>>()
             .map_err(StorageError::Database)
@@ -126,37 +228,35 @@ impl Store {
 
     /// Of `owners`, those who own at least one calendar that `viewer` is a member of (any role,
     /// free_busy included): the people whose free/busy `viewer` may see.
-    pub async fn owners_sharing_with(&self, viewer: UserId, owners: &[UserId]) -> Result<Vec<UserId>> {
-        let q = sqlx::query(
-            "SELECT DISTINCT c.owner_id FROM calendar_members m JOIN calendars c ON c.id = m.calendar_id \
-             WHERE m.user_id = $1 AND c.owner_id = ANY($2)",
-        )
-        .bind(viewer.0)
-        .bind(raw(owners.iter().map(|i| i.0)));
+    pub async fn owners_sharing_with(
+        &self,
+        viewer: UserId,
+        owners: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        let q = sqlx::query(OWNERS_SHARING_WITH)
+            .bind(viewer.0)
+            .bind(raw(owners.iter().map(|i| i.0)));
         let rows = self.fetch(q).await?;
         rows.iter()
-            .map(|r| sqlx::Row::try_get::<i64, _>(r, 0).map(UserId).map_err(StorageError::Database))
+            .map(|r| {
+                sqlx::Row::try_get::<i64, _>(r, 0)
+                    .map(UserId)
+                    .map_err(StorageError::Database)
+            })
             .collect()
     }
 
     /// Busy intervals of users in a window: events they organize or attend (not declined), confirmed
     /// or tentative, transparency busy, live.
-    pub async fn busy_of_users(&self, users: &[UserId], window: &TimeWindow) -> Result<Vec<(UserId, Interval)>> {
-        let q = sqlx::query(
-            "SELECT e.organizer_id AS who, e.start_time, e.end_time FROM events e \
-               WHERE e.organizer_id = ANY($1) AND e.deleted_at IS NULL \
-                 AND e.start_time >= $2 AND e.start_time < $3 AND e.end_time > $4 \
-                 AND e.status <> 'cancelled' AND e.transparency = 'busy' \
-             UNION ALL \
-             SELECT a.user_id AS who, e.start_time, e.end_time FROM attendees a JOIN events e ON e.id = a.event_id \
-               WHERE a.user_id = ANY($1) AND a.response_status <> 'declined' AND e.organizer_id <> a.user_id \
-                 AND e.deleted_at IS NULL AND e.start_time >= $2 AND e.start_time < $3 AND e.end_time > $4 \
-                 AND e.status <> 'cancelled' AND e.transparency = 'busy'",
-        )
-        .bind(raw(users.iter().map(|i| i.0)))
-        .bind(window.earliest_overlapping_start())
-        .bind(window.to())
-        .bind(window.from());
+    pub async fn busy_of_users(
+        &self,
+        users: &[UserId],
+        window: &TimeWindow,
+    ) -> Result<Vec<(UserId, Interval)>> {
+        let q = bind_window(
+            sqlx::query(BUSY_OF_USERS).bind(raw(users.iter().map(|i| i.0))),
+            window,
+        );
         let rows = self.fetch(q).await?;
         intervals(rows, UserId)
     }
@@ -167,33 +267,26 @@ impl Store {
         resources: &[ResourceId],
         window: &TimeWindow,
     ) -> Result<Vec<(ResourceId, Interval)>> {
-        let q = sqlx::query(
-            "SELECT resource_id AS who, start_time, end_time FROM reservations \
-             WHERE resource_id = ANY($1) AND status = 'confirmed' \
-               AND start_time >= $2 AND start_time < $3 AND end_time > $4",
-        )
-        .bind(raw(resources.iter().map(|i| i.0)))
-        .bind(window.earliest_overlapping_start())
-        .bind(window.to())
-        .bind(window.from());
+        let q = bind_window(
+            sqlx::query(BUSY_OF_RESOURCES).bind(raw(resources.iter().map(|i| i.0))),
+            window,
+        );
         let rows = self.fetch(q).await?;
         intervals(rows, ResourceId)
     }
 
     /// Busy intervals of one calendar's own events in a window.
-    pub async fn busy_of_calendar(&self, calendar: CalendarId, window: &TimeWindow) -> Result<Vec<Interval>> {
-        let q = sqlx::query(
-            "SELECT calendar_id AS who, start_time, end_time FROM events \
-             WHERE calendar_id = $1 AND deleted_at IS NULL \
-               AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
-               AND status <> 'cancelled' AND transparency = 'busy'",
-        )
-        .bind(calendar.0)
-        .bind(window.earliest_overlapping_start())
-        .bind(window.to())
-        .bind(window.from());
+    pub async fn busy_of_calendar(
+        &self,
+        calendar: CalendarId,
+        window: &TimeWindow,
+    ) -> Result<Vec<Interval>> {
+        let q = bind_window(sqlx::query(BUSY_OF_CALENDAR).bind(calendar.0), window);
         let rows = self.fetch(q).await?;
-        Ok(intervals(rows, CalendarId)?.into_iter().map(|(_, i)| i).collect())
+        Ok(intervals(rows, CalendarId)?
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect())
     }
 }
 

@@ -5,7 +5,10 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 fn corrupt(col: &str, e: DomainError) -> sqlx::Error {
-    sqlx::Error::ColumnDecode { index: col.to_owned(), source: Box::new(e) }
+    sqlx::Error::ColumnDecode {
+        index: col.to_owned(),
+        source: Box::new(e),
+    }
 }
 
 pub(crate) const USER_COLS: &str = "id, email, name, avatar_url, time_zone, version";
@@ -35,7 +38,12 @@ pub(crate) fn calendar(r: &PgRow) -> Result<Calendar, sqlx::Error> {
     let members = ids
         .into_iter()
         .zip(roles)
-        .map(|(id, role)| Ok(Member { user_id: UserId(id), role: Role::parse(&role).map_err(|e| corrupt("role", e))? }))
+        .map(|(id, role)| {
+            Ok(Member {
+                user_id: UserId(id),
+                role: Role::parse(&role).map_err(|e| corrupt("role", e))?,
+            })
+        })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(Calendar {
         id: CalendarId(r.try_get("id")?),
@@ -72,7 +80,9 @@ pub(crate) fn event(r: &PgRow) -> Result<Event, sqlx::Error> {
         transparency: Transparency::parse(&transparency).map_err(|e| corrupt("transparency", e))?,
         rrule: r.try_get("rrule")?,
         exdates: r.try_get("exdates")?,
-        recurring_event_id: r.try_get::<Option<i64>, _>("recurring_event_id")?.map(EventId),
+        recurring_event_id: r
+            .try_get::<Option<i64>, _>("recurring_event_id")?
+            .map(EventId),
         original_start_time: r.try_get("original_start_time")?,
         version: r.try_get("version")?,
         created_at: r.try_get("created_at")?,
@@ -80,7 +90,8 @@ pub(crate) fn event(r: &PgRow) -> Result<Event, sqlx::Error> {
     })
 }
 
-pub(crate) const ATTENDEE_COLS: &str = "event_id, user_id, email, name, response_status, is_optional";
+pub(crate) const ATTENDEE_COLS: &str =
+    "event_id, user_id, email, name, response_status, is_optional";
 
 pub(crate) fn attendee(r: &PgRow) -> Result<Attendee, sqlx::Error> {
     let status: String = r.try_get("response_status")?;
@@ -89,7 +100,8 @@ pub(crate) fn attendee(r: &PgRow) -> Result<Attendee, sqlx::Error> {
         user_id: UserId(r.try_get("user_id")?),
         email: r.try_get("email")?,
         name: r.try_get("name")?,
-        response_status: ResponseStatus::parse(&status).map_err(|e| corrupt("response_status", e))?,
+        response_status: ResponseStatus::parse(&status)
+            .map_err(|e| corrupt("response_status", e))?,
         is_optional: r.try_get("is_optional")?,
     })
 }

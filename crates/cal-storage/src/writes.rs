@@ -5,7 +5,7 @@
 //! so a committed change always has its outbox row and a failed one leaves nothing behind.
 
 use crate::rows::{self, *};
-use crate::{Conflict, Store, StorageError};
+use crate::{Conflict, StorageError, Store};
 use cal_domain::*;
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -89,8 +89,15 @@ impl Store {
         Ok(())
     }
 
-    pub async fn create_user(&self, email: &str, name: &str, avatar_url: Option<&str>) -> Result<User> {
-        let sql = format!("INSERT INTO users (email, name, avatar_url) VALUES ($1, $2, $3) RETURNING {USER_COLS}");
+    pub async fn create_user(
+        &self,
+        email: &str,
+        name: &str,
+        avatar_url: Option<&str>,
+    ) -> Result<User> {
+        let sql = format!(
+            "INSERT INTO users (email, name, avatar_url) VALUES ($1, $2, $3) RETURNING {USER_COLS}"
+        );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(email)
             .bind(name)
@@ -126,7 +133,10 @@ impl Store {
 
     async fn calendar_in(&self, conn: &mut PgConnection, id: CalendarId) -> Result<Calendar> {
         let sql = format!("SELECT {CALENDAR_COLS} FROM {CALENDAR_FROM} WHERE c.id = $1");
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(id.0).fetch_one(conn).await?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_one(conn)
+            .await?;
         self.counted(1);
         Ok(rows::calendar(&row)?)
     }
@@ -151,23 +161,39 @@ impl Store {
         .await
         .map_err(StorageError::from_db)?;
         self.counted(1);
-        sqlx::query("INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, 'owner')")
-            .bind(id)
-            .bind(owner.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(StorageError::from_db)?;
+        sqlx::query(
+            "INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, 'owner')",
+        )
+        .bind(id)
+        .bind(owner.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(StorageError::from_db)?;
         self.counted(1);
-        self.outbox(&mut tx, "calendar", id, "calendar.created", json!({ "owner_id": owner.0 })).await?;
+        self.outbox(
+            &mut tx,
+            "calendar",
+            id,
+            "calendar.created",
+            json!({ "owner_id": owner.0 }),
+        )
+        .await?;
         let cal = self.calendar_in(&mut tx, CalendarId(id)).await?;
         self.commit(tx).await?;
         Ok(cal)
     }
 
     /// Gives `user` `role` on a calendar (or changes it). The owner's own row cannot be changed here.
-    pub async fn share_calendar(&self, calendar: CalendarId, user: UserId, role: Role) -> Result<Calendar> {
+    pub async fn share_calendar(
+        &self,
+        calendar: CalendarId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Calendar> {
         if role == Role::Owner {
-            return Err(StorageError::Invalid("a calendar has exactly one owner".into()));
+            return Err(StorageError::Invalid(
+                "a calendar has exactly one owner".into(),
+            ));
         }
         let mut tx = self.begin().await?;
         self.bump_calendar(&mut tx, calendar).await?;
@@ -185,7 +211,9 @@ impl Store {
         .rows_affected();
         self.counted(0);
         if changed == 0 {
-            return Err(StorageError::Invalid("the owner's role cannot be changed".into()));
+            return Err(StorageError::Invalid(
+                "the owner's role cannot be changed".into(),
+            ));
         }
         self.outbox(
             &mut tx,
@@ -212,29 +240,51 @@ impl Store {
             .rows_affected();
         self.counted(0);
         if removed > 0 {
-            self.outbox(&mut tx, "calendar", calendar.0, "calendar.unshared", json!({ "user_id": user.0 })).await?;
+            self.outbox(
+                &mut tx,
+                "calendar",
+                calendar.0,
+                "calendar.unshared",
+                json!({ "user_id": user.0 }),
+            )
+            .await?;
         }
         self.commit(tx).await?;
         Ok(removed > 0)
     }
 
     async fn bump_calendar(&self, conn: &mut PgConnection, calendar: CalendarId) -> Result<()> {
-        let n = sqlx::query("UPDATE calendars SET version = version + 1, updated_at = now() WHERE id = $1")
-            .bind(calendar.0)
-            .execute(conn)
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE calendars SET version = version + 1, updated_at = now() WHERE id = $1",
+        )
+        .bind(calendar.0)
+        .execute(conn)
+        .await?
+        .rows_affected();
         self.counted(0);
-        if n == 0 { Err(StorageError::NotFound) } else { Ok(()) }
+        if n == 0 {
+            Err(StorageError::NotFound)
+        } else {
+            Ok(())
+        }
     }
 
     /// Locks a live event, checks `expected` against its version and bumps it. Every event write starts here.
-    async fn bump_event(&self, conn: &mut PgConnection, id: EventId, expected: Option<i64>) -> Result<Event> {
+    async fn bump_event(
+        &self,
+        conn: &mut PgConnection,
+        id: EventId,
+        expected: Option<i64>,
+    ) -> Result<Event> {
         let sql = format!(
             "UPDATE events SET version = version + 1, updated_at = now() \
              WHERE id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR version = $2) RETURNING {EVENT_COLS}"
         );
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(id.0).bind(expected).fetch_optional(&mut *conn).await?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.0)
+            .bind(expected)
+            .fetch_optional(&mut *conn)
+            .await?;
         self.counted(row.is_some() as usize);
         match row {
             Some(r) => Ok(rows::event(&r)?),
@@ -242,11 +292,17 @@ impl Store {
         }
     }
 
-    async fn why_not_updated(&self, conn: &mut PgConnection, id: EventId, expected: Option<i64>) -> Result<StorageError> {
-        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM events WHERE id = $1 AND deleted_at IS NULL")
-            .bind(id.0)
-            .fetch_optional(conn)
-            .await?;
+    async fn why_not_updated(
+        &self,
+        conn: &mut PgConnection,
+        id: EventId,
+        expected: Option<i64>,
+    ) -> Result<StorageError> {
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM events WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id.0)
+                .fetch_optional(conn)
+                .await?;
         self.counted(current.is_some() as usize);
         Ok(match (current, expected) {
             (Some(current), Some(expected)) => StorageError::VersionConflict { expected, current },
@@ -254,7 +310,12 @@ impl Store {
         })
     }
 
-    async fn insert_attendees(&self, conn: &mut PgConnection, event: EventId, attendees: &[NewAttendee]) -> Result<()> {
+    async fn insert_attendees(
+        &self,
+        conn: &mut PgConnection,
+        event: EventId,
+        attendees: &[NewAttendee],
+    ) -> Result<()> {
         if attendees.is_empty() {
             return Ok(());
         }
@@ -308,7 +369,9 @@ impl Store {
             Ok(rows) => {
                 self.counted(rows.len());
                 rows.iter()
-                    .map(|r| rows::reservation(r).map_err(|e| InsertReservationError::Other(e.into())))
+                    .map(|r| {
+                        rows::reservation(r).map_err(|e| InsertReservationError::Other(e.into()))
+                    })
                     .collect()
             }
             Err(e) if StorageError::is_overlap(&e) => {
@@ -367,10 +430,12 @@ impl Store {
         drop(tx); // rolls back
         match e {
             InsertReservationError::Other(e) => e,
-            InsertReservationError::Overlap(res, starts, ends) => match self.conflicts(event, &res, &starts, &ends).await {
-                Ok(c) => StorageError::ResourceConflict(c),
-                Err(e) => e,
-            },
+            InsertReservationError::Overlap(res, starts, ends) => {
+                match self.conflicts(event, &res, &starts, &ends).await {
+                    Ok(c) => StorageError::ResourceConflict(c),
+                    Err(e) => e,
+                }
+            }
         }
     }
 
@@ -400,18 +465,34 @@ impl Store {
             .map_err(StorageError::from_db)?;
         self.counted(1);
         let event = rows::event(&row)?;
-        self.insert_attendees(&mut tx, event.id, &new.attendees).await?;
-        if let Err(e) = self.insert_reservations(&mut tx, &event, &new.reservations).await {
+        self.insert_attendees(&mut tx, event.id, &new.attendees)
+            .await?;
+        if let Err(e) = self
+            .insert_reservations(&mut tx, &event, &new.reservations)
+            .await
+        {
             return Err(self.fail(tx, None, e).await);
         }
-        self.outbox(&mut tx, "event", event.id.0, "event.created", event_payload(None, &event)).await?;
+        self.outbox(
+            &mut tx,
+            "event",
+            event.id.0,
+            "event.created",
+            event_payload(None, &event),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(event)
     }
 
     /// Applies `patch` if the event is at `expected_version`. Moving the event moves its confirmed
     /// reservations with it (and fails with a resource conflict if the new slot is taken).
-    pub async fn update_event(&self, id: EventId, expected_version: i64, patch: &EventPatch) -> Result<Event> {
+    pub async fn update_event(
+        &self,
+        id: EventId,
+        expected_version: i64,
+        patch: &EventPatch,
+    ) -> Result<Event> {
         let mut tx = self.begin().await?;
         let before = self.bump_event(&mut tx, id, Some(expected_version)).await?;
         let sql = format!(
@@ -465,13 +546,24 @@ impl Store {
                     .fetch_all(self.pool())
                     .await?;
                     let n = res.len();
-                    let err = InsertReservationError::Overlap(res, vec![after.start_time; n], vec![after.end_time; n]);
+                    let err = InsertReservationError::Overlap(
+                        res,
+                        vec![after.start_time; n],
+                        vec![after.end_time; n],
+                    );
                     return Err(self.fail(tx, Some(id), err).await);
                 }
                 Err(e) => return Err(StorageError::from_db(e)),
             }
         }
-        self.outbox(&mut tx, "event", id.0, "event.updated", event_payload(Some(&before), &after)).await?;
+        self.outbox(
+            &mut tx,
+            "event",
+            id.0,
+            "event.updated",
+            event_payload(Some(&before), &after),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(after)
     }
@@ -480,7 +572,10 @@ impl Store {
     pub async fn delete_event(&self, id: EventId, expected_version: Option<i64>) -> Result<Event> {
         let mut tx = self.begin().await?;
         let before = self.bump_event(&mut tx, id, expected_version).await?;
-        sqlx::query("UPDATE events SET deleted_at = now() WHERE id = $1").bind(id.0).execute(&mut *tx).await?;
+        sqlx::query("UPDATE events SET deleted_at = now() WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
         self.counted(0);
         sqlx::query(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE event_id = $1 AND status = 'confirmed'",
@@ -489,22 +584,41 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         self.counted(0);
-        self.outbox(&mut tx, "event", id.0, "event.deleted", event_payload(Some(&before), &before)).await?;
+        self.outbox(
+            &mut tx,
+            "event",
+            id.0,
+            "event.deleted",
+            event_payload(Some(&before), &before),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(before)
     }
 
     /// Sets `user`'s response on an event they are invited to.
-    pub async fn respond(&self, event: EventId, user: UserId, status: ResponseStatus) -> Result<(Event, Attendee)> {
+    pub async fn respond(
+        &self,
+        event: EventId,
+        user: UserId,
+        status: ResponseStatus,
+    ) -> Result<(Event, Attendee)> {
         let mut tx = self.begin().await?;
         let ev = self.bump_event(&mut tx, event, None).await?;
         let sql = format!(
             "UPDATE attendees SET response_status = $3, updated_at = now() WHERE event_id = $1 AND user_id = $2 \
              RETURNING {ATTENDEE_COLS}"
         );
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(event.0).bind(user.0).bind(status.as_str()).fetch_optional(&mut *tx).await?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(event.0)
+            .bind(user.0)
+            .bind(status.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
         self.counted(row.is_some() as usize);
-        let Some(row) = row else { return Err(StorageError::NotFound) };
+        let Some(row) = row else {
+            return Err(StorageError::NotFound);
+        };
         let attendee = rows::attendee(&row)?;
         self.outbox(
             &mut tx,
@@ -518,17 +632,34 @@ impl Store {
         Ok((ev, attendee))
     }
 
-    pub async fn add_attendees(&self, event: EventId, expected: Option<i64>, attendees: &[NewAttendee]) -> Result<Event> {
+    pub async fn add_attendees(
+        &self,
+        event: EventId,
+        expected: Option<i64>,
+        attendees: &[NewAttendee],
+    ) -> Result<Event> {
         let mut tx = self.begin().await?;
         let ev = self.bump_event(&mut tx, event, expected).await?;
         self.insert_attendees(&mut tx, event, attendees).await?;
-        self.outbox(&mut tx, "event", event.0, "event.attendees_added", event_payload(Some(&ev), &ev)).await?;
+        self.outbox(
+            &mut tx,
+            "event",
+            event.0,
+            "event.attendees_added",
+            event_payload(Some(&ev), &ev),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(ev)
     }
 
     /// Removes an attendee. `NotFound` when the user was not invited.
-    pub async fn remove_attendee(&self, event: EventId, expected: Option<i64>, user: UserId) -> Result<Event> {
+    pub async fn remove_attendee(
+        &self,
+        event: EventId,
+        expected: Option<i64>,
+        user: UserId,
+    ) -> Result<Event> {
         let mut tx = self.begin().await?;
         let ev = self.bump_event(&mut tx, event, expected).await?;
         let n = sqlx::query("DELETE FROM attendees WHERE event_id = $1 AND user_id = $2")
@@ -541,16 +672,31 @@ impl Store {
         if n == 0 {
             return Err(StorageError::NotFound);
         }
-        self.outbox(&mut tx, "event", event.0, "event.attendee_removed", event_payload(Some(&ev), &ev)).await?;
+        self.outbox(
+            &mut tx,
+            "event",
+            event.0,
+            "event.attendee_removed",
+            event_payload(Some(&ev), &ev),
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(ev)
     }
 
     /// Books a resource for an event (the event's times unless given).
-    pub async fn reserve(&self, event: EventId, expected: Option<i64>, wanted: &NewReservation) -> Result<Reservation> {
+    pub async fn reserve(
+        &self,
+        event: EventId,
+        expected: Option<i64>,
+        wanted: &NewReservation,
+    ) -> Result<Reservation> {
         let mut tx = self.begin().await?;
         let ev = self.bump_event(&mut tx, event, expected).await?;
-        let inserted = match self.insert_reservations(&mut tx, &ev, std::slice::from_ref(wanted)).await {
+        let inserted = match self
+            .insert_reservations(&mut tx, &ev, std::slice::from_ref(wanted))
+            .await
+        {
             Ok(v) => v,
             Err(e) => return Err(self.fail(tx, Some(event), e).await),
         };
@@ -571,17 +717,24 @@ impl Store {
     /// Cancels a confirmed reservation. `NotFound` when it does not exist or is already cancelled.
     pub async fn cancel_reservation(&self, id: ReservationId) -> Result<Reservation> {
         let mut tx = self.begin().await?;
-        let event: Option<i64> = sqlx::query_scalar("SELECT event_id FROM reservations WHERE id = $1 AND status = 'confirmed'")
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let event: Option<i64> = sqlx::query_scalar(
+            "SELECT event_id FROM reservations WHERE id = $1 AND status = 'confirmed'",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
         self.counted(event.is_some() as usize);
-        let Some(event) = event else { return Err(StorageError::NotFound) };
+        let Some(event) = event else {
+            return Err(StorageError::NotFound);
+        };
         let ev = self.bump_event(&mut tx, EventId(event), None).await?;
         let sql = format!(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE id = $1 RETURNING {RESERVATION_COLS}"
         );
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(id.0).fetch_one(&mut *tx).await?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_one(&mut *tx)
+            .await?;
         self.counted(1);
         let reservation = rows::reservation(&row)?;
         self.outbox(
@@ -603,10 +756,19 @@ pub(crate) enum InsertReservationError {
     Other(StorageError),
 }
 
-fn reservation_arrays(event: &Event, wanted: &[NewReservation]) -> (Vec<i64>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) {
+fn reservation_arrays(
+    event: &Event,
+    wanted: &[NewReservation],
+) -> (Vec<i64>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) {
     let res = wanted.iter().map(|w| w.resource_id.0).collect();
-    let starts = wanted.iter().map(|w| w.start_time.unwrap_or(event.start_time)).collect();
-    let ends = wanted.iter().map(|w| w.end_time.unwrap_or(event.end_time)).collect();
+    let starts = wanted
+        .iter()
+        .map(|w| w.start_time.unwrap_or(event.start_time))
+        .collect();
+    let ends = wanted
+        .iter()
+        .map(|w| w.end_time.unwrap_or(event.end_time))
+        .collect();
     (res, starts, ends)
 }
 

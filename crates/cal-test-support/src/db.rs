@@ -10,11 +10,15 @@ use tokio::sync::OnceCell;
 
 /// The server every test database lives on.
 pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 fn with_database(url: &str, db: &str) -> PgConnectOptions {
-    PgConnectOptions::from_str(url).expect("DATABASE_URL is a valid URL").database(db).disable_statement_logging()
+    PgConnectOptions::from_str(url)
+        .expect("DATABASE_URL is a valid URL")
+        .database(db)
+        .disable_statement_logging()
 }
 
 /// A database of its own for one test, dropped (forcefully) when this value is dropped.
@@ -35,15 +39,21 @@ impl TestDb {
             "cal_test_{}_{}_{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() % 1_000_000_000
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros()
+                % 1_000_000_000
         );
         let mut admin = admin_conn().await;
         // Cloning fails while anything else is connected to the template; retry briefly.
         let mut attempt = 0;
         loop {
-            let r = sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"")))
-                .execute(&mut admin)
-                .await;
+            let r = sqlx::query(AssertSqlSafe(format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+            )))
+            .execute(&mut admin)
+            .await;
             match r {
                 Ok(_) => break,
                 Err(e) if attempt < 50 => {
@@ -55,8 +65,16 @@ impl TestDb {
             }
         }
         let options = with_database(&admin_url(), &name);
-        let pool = PgPoolOptions::new().max_connections(10).connect_with(options.clone()).await.expect("connect to test db");
-        TestDb { name, pool, options }
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(options.clone())
+            .await
+            .expect("connect to test db");
+        TestDb {
+            name,
+            pool,
+            options,
+        }
     }
 
     /// A URL for this database (for processes started by the test).
@@ -74,16 +92,23 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let pool = self.pool.clone();
-        // Drop runs outside any runtime guarantee; use a short-lived one on its own thread.
+        // Drop may run on the test's runtime thread, which we must not wait on (the pool's tasks
+        // live there): use a short-lived runtime on another thread, and let `WITH (FORCE)` end the
+        // pool's connections instead of closing the pool.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
-                pool.close().await;
-                if let Ok(mut admin) = PgConnection::connect_with(&with_database(&admin_url(), "postgres")).await {
-                    let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
-                        .execute(&mut admin)
-                        .await;
+                if let Ok(mut admin) =
+                    PgConnection::connect_with(&with_database(&admin_url(), "postgres")).await
+                {
+                    let _ = sqlx::query(AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
                 }
             });
         })
@@ -92,43 +117,67 @@ impl Drop for TestDb {
 }
 
 async fn admin_conn() -> PgConnection {
-    PgConnection::connect_with(&PgConnectOptions::from_str(&admin_url()).unwrap().disable_statement_logging())
-        .await
-        .expect("PostgreSQL must be running at DATABASE_URL (default 127.0.0.1:5432)")
+    PgConnection::connect_with(
+        &PgConnectOptions::from_str(&admin_url())
+            .unwrap()
+            .disable_statement_logging(),
+    )
+    .await
+    .expect("PostgreSQL must be running at DATABASE_URL (default 127.0.0.1:5432)")
 }
 
 /// Creates the migrated template for the current migration set if it does not exist yet.
 async fn ensure_template() -> String {
-    let checksum: u64 = cal_storage::MIGRATOR.iter().fold(0xcbf29ce484222325, |h, m| {
-        m.checksum.iter().fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
-    });
+    let checksum: u64 = cal_storage::MIGRATOR
+        .iter()
+        .fold(0xcbf29ce484222325, |h, m| {
+            m.checksum
+                .iter()
+                .fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+        });
     let name = format!("cal_tmpl_{:016x}", checksum);
     let mut admin = admin_conn().await;
-    sqlx::query("SELECT pg_advisory_lock(727272)").execute(&mut admin).await.unwrap();
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
+    sqlx::query("SELECT pg_advisory_lock(727272)")
+        .execute(&mut admin)
         .await
         .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
     if !exists {
         let building = format!("{name}_building");
-        sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)")))
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{building}\"")))
             .execute(&mut admin)
             .await
             .unwrap();
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{building}\""))).execute(&mut admin).await.unwrap();
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .connect_with(with_database(&admin_url(), &building))
             .await
             .unwrap();
-        cal_storage::migrate(&pool).await.expect("migrations apply to an empty database");
-        pool.close().await;
-        sqlx::query(AssertSqlSafe(format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\"")))
-            .execute(&mut admin)
+        cal_storage::migrate(&pool)
             .await
-            .unwrap();
+            .expect("migrations apply to an empty database");
+        pool.close().await;
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     }
-    sqlx::query("SELECT pg_advisory_unlock(727272)").execute(&mut admin).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock(727272)")
+        .execute(&mut admin)
+        .await
+        .unwrap();
     name
 }

@@ -4,6 +4,8 @@
 //!
 //! Tests talk to the real PostgreSQL at `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 
+mod app;
 mod db;
 
+pub use app::{Gql, TEST_SECRET, TestApp};
 pub use db::TestDb;

@@ -12,9 +12,14 @@ use cal_domain::{Calendar, CalendarId, Event, EventId, Role, UserId};
 use std::sync::Arc;
 
 /// A calendar together with the viewer's role on it.
-pub(crate) async fn calendar_with_role(ctx: &Context<'_>, id: CalendarId) -> ApiResult<(Arc<Calendar>, Role)> {
+pub(crate) async fn calendar_with_role(
+    ctx: &Context<'_>,
+    id: CalendarId,
+) -> ApiResult<(Arc<Calendar>, Role)> {
     let me = viewer(ctx)?;
-    let cal = one(&rc(ctx).loaders.calendars, id).await?.ok_or(ApiError::Forbidden)?;
+    let cal = one(&rc(ctx).loaders.calendars, id)
+        .await?
+        .ok_or(ApiError::Forbidden)?;
     let role = cal.role_of(me).ok_or(ApiError::Forbidden)?;
     Ok((cal, role))
 }
@@ -43,14 +48,23 @@ pub(crate) async fn event_access(ctx: &Context<'_>, ev: &Event) -> ApiResult<Eve
     let invited = if role.is_some_and(Role::can_read_details) {
         false // not needed: the role already decides
     } else {
-        ev.organizer_id == me || one(&loaders.attendees, ev.id).await?.iter().any(|a| a.user_id == me)
+        ev.organizer_id == me
+            || one(&loaders.attendees, ev.id)
+                .await?
+                .iter()
+                .any(|a| a.user_id == me)
     };
     Ok(EventAccess { role, invited })
 }
 
 /// An event the viewer may read. Unknown, deleted and invisible events all answer FORBIDDEN.
-pub(crate) async fn readable_event(ctx: &Context<'_>, id: EventId) -> ApiResult<(Arc<Event>, EventAccess)> {
-    let ev = one(&rc(ctx).loaders.events, id).await?.ok_or(ApiError::Forbidden)?;
+pub(crate) async fn readable_event(
+    ctx: &Context<'_>,
+    id: EventId,
+) -> ApiResult<(Arc<Event>, EventAccess)> {
+    let ev = one(&rc(ctx).loaders.events, id)
+        .await?
+        .ok_or(ApiError::Forbidden)?;
     let access = event_access(ctx, &ev).await?;
     if !access.can_read() {
         return Err(ApiError::Forbidden);
@@ -76,5 +90,9 @@ pub(crate) async fn free_busy_visible(ctx: &Context<'_>, users: &[UserId]) -> Ap
         return Ok(());
     }
     let sharing = rc(ctx).store.owners_sharing_with(me, &others).await?;
-    if others.iter().all(|u| sharing.contains(u)) { Ok(()) } else { Err(ApiError::Forbidden) }
+    if others.iter().all(|u| sharing.contains(u)) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
 }

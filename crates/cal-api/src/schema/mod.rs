@@ -25,7 +25,10 @@ pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 /// Builds the schema. Request-scoped data ([`RequestCtx`]) is attached per request by the HTTP layer.
 pub fn build_schema(config: Arc<ApiConfig>) -> AppSchema {
     let mut builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
-        .extension(Limits { max_depth: config.max_depth, max_complexity: config.max_complexity })
+        .extension(Limits {
+            max_depth: config.max_depth,
+            max_complexity: config.max_complexity,
+        })
         .limit_recursive_depth(64)
         .data(config.clone());
     if !config.dev_mode {
@@ -45,7 +48,12 @@ pub struct RequestCtx {
 impl RequestCtx {
     pub fn new(viewer: Viewer, store: Store, config: Arc<ApiConfig>) -> Self {
         let loaders = Loaders::new(&store);
-        Self { viewer, store, loaders, config }
+        Self {
+            viewer,
+            store,
+            loaders,
+            config,
+        }
     }
 }
 

@@ -78,14 +78,18 @@ pub struct UpdateEventInput {
 fn text(field: &str, v: &str, max: usize) -> ApiResult<()> {
     let n = v.chars().count();
     if v.trim().is_empty() || n > max {
-        return Err(ApiError::bad_input(format!("{field} must be 1 to {max} characters")));
+        return Err(ApiError::bad_input(format!(
+            "{field} must be 1 to {max} characters"
+        )));
     }
     Ok(())
 }
 
 fn optional_text(field: &str, v: Option<&str>, max: usize) -> ApiResult<()> {
     match v {
-        Some(s) if s.chars().count() > max => Err(ApiError::bad_input(format!("{field} may be at most {max} characters"))),
+        Some(s) if s.chars().count() > max => Err(ApiError::bad_input(format!(
+            "{field} may be at most {max} characters"
+        ))),
         _ => Ok(()),
     }
 }
@@ -97,7 +101,12 @@ fn attendees(ctx: &Context<'_>, list: &[AttendeeInput]) -> ApiResult<Vec<NewAtte
         return Err(ApiError::bad_input("an attendee is listed twice"));
     }
     list.iter()
-        .map(|a| Ok(NewAttendee { user_id: d::UserId::parse(&a.user_id)?, is_optional: a.is_optional }))
+        .map(|a| {
+            Ok(NewAttendee {
+                user_id: d::UserId::parse(&a.user_id)?,
+                is_optional: a.is_optional,
+            })
+        })
         .collect()
 }
 
@@ -110,7 +119,11 @@ fn reservations(ctx: &Context<'_>, list: &[ReservationInput]) -> ApiResult<Vec<N
             if let (Some(s), Some(e)) = (r.start_time, r.end_time) {
                 d::check_event_times(s, e)?;
             }
-            Ok(NewReservation { resource_id: d::ResourceId::parse(&r.resource_id)?, start_time: r.start_time, end_time: r.end_time })
+            Ok(NewReservation {
+                resource_id: d::ResourceId::parse(&r.resource_id)?,
+                start_time: r.start_time,
+                end_time: r.end_time,
+            })
         })
         .collect()
 }
@@ -128,17 +141,38 @@ async fn refreshed(ctx: &Context<'_>, ev: d::Event) -> Event {
 #[Object]
 impl MutationRoot {
     /// Creates a calendar owned by the viewer.
-    async fn create_calendar(&self, ctx: &Context<'_>, input: CreateCalendarInput) -> ApiResult<Calendar> {
+    async fn create_calendar(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateCalendarInput,
+    ) -> ApiResult<Calendar> {
         let me = viewer(ctx)?;
         text("name", &input.name, 200)?;
         optional_text("description", input.description.as_deref(), 10_000)?;
         d::parse_time_zone(&input.time_zone)?;
-        let cal = rc(ctx).store.create_calendar(me, input.name.trim(), input.description.as_deref(), &input.time_zone).await?;
-        Ok(Calendar { cal: Arc::new(cal), role: d::Role::Owner })
+        let cal = rc(ctx)
+            .store
+            .create_calendar(
+                me,
+                input.name.trim(),
+                input.description.as_deref(),
+                &input.time_zone,
+            )
+            .await?;
+        Ok(Calendar {
+            cal: Arc::new(cal),
+            role: d::Role::Owner,
+        })
     }
 
     /// Gives a user a role on a calendar (owner only). The role cannot be OWNER.
-    async fn share_calendar(&self, ctx: &Context<'_>, calendar_id: ID, user_id: ID, role: CalendarRole) -> ApiResult<Calendar> {
+    async fn share_calendar(
+        &self,
+        ctx: &Context<'_>,
+        calendar_id: ID,
+        user_id: ID,
+        role: CalendarRole,
+    ) -> ApiResult<Calendar> {
         let cal_id = d::CalendarId::parse(&calendar_id)?;
         let user = d::UserId::parse(&user_id)?;
         let (_, my_role) = calendar_with_role(ctx, cal_id).await?;
@@ -146,16 +180,30 @@ impl MutationRoot {
             return Err(ApiError::Forbidden);
         }
         if role == CalendarRole::Owner {
-            return Err(ApiError::bad_input("a calendar has exactly one owner; share with WRITER, READER or FREE_BUSY"));
+            return Err(ApiError::bad_input(
+                "a calendar has exactly one owner; share with WRITER, READER or FREE_BUSY",
+            ));
         }
-        let cal = rc(ctx).store.share_calendar(cal_id, user, role.into()).await?;
+        let cal = rc(ctx)
+            .store
+            .share_calendar(cal_id, user, role.into())
+            .await?;
         let cal = Arc::new(cal);
-        rc(ctx).loaders.calendars.prime(cal_id, Ok(Some(cal.clone()))).await;
+        rc(ctx)
+            .loaders
+            .calendars
+            .prime(cal_id, Ok(Some(cal.clone())))
+            .await;
         Ok(Calendar { cal, role: my_role })
     }
 
     /// Removes a user's role on a calendar (owner only). Returns whether a membership was removed.
-    async fn unshare_calendar(&self, ctx: &Context<'_>, calendar_id: ID, user_id: ID) -> ApiResult<bool> {
+    async fn unshare_calendar(
+        &self,
+        ctx: &Context<'_>,
+        calendar_id: ID,
+        user_id: ID,
+    ) -> ApiResult<bool> {
         let cal_id = d::CalendarId::parse(&calendar_id)?;
         let user = d::UserId::parse(&user_id)?;
         let (_, my_role) = calendar_with_role(ctx, cal_id).await?;
@@ -180,7 +228,10 @@ impl MutationRoot {
         optional_text("description", input.description.as_deref(), 20_000)?;
         optional_text("location", input.location.as_deref(), 500)?;
         d::check_event_times(input.start_time, input.end_time)?;
-        let time_zone = input.time_zone.clone().unwrap_or_else(|| cal.time_zone.clone());
+        let time_zone = input
+            .time_zone
+            .clone()
+            .unwrap_or_else(|| cal.time_zone.clone());
         d::parse_time_zone(&time_zone)?;
         let new = NewEvent {
             calendar_id: cal_id,
@@ -203,18 +254,35 @@ impl MutationRoot {
     }
 
     /// Changes an event if it is still at `expectedVersion` (else VERSION_CONFLICT).
-    async fn update_event(&self, ctx: &Context<'_>, id: ID, expected_version: i64, input: UpdateEventInput) -> ApiResult<Event> {
+    async fn update_event(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: i64,
+        input: UpdateEventInput,
+    ) -> ApiResult<Event> {
         let id = d::EventId::parse(&id)?;
         let ev = writable_event(ctx, id).await?;
         if let Some(t) = &input.title {
             text("title", t, 500)?;
         }
-        optional_text("description", input.description.as_opt_ref().flatten().map(String::as_str), 20_000)?;
-        optional_text("location", input.location.as_opt_ref().flatten().map(String::as_str), 500)?;
+        optional_text(
+            "description",
+            input.description.as_opt_ref().flatten().map(String::as_str),
+            20_000,
+        )?;
+        optional_text(
+            "location",
+            input.location.as_opt_ref().flatten().map(String::as_str),
+            500,
+        )?;
         if let Some(tz) = &input.time_zone {
             d::parse_time_zone(tz)?;
         }
-        let (start, end) = (input.start_time.unwrap_or(ev.start_time), input.end_time.unwrap_or(ev.end_time));
+        let (start, end) = (
+            input.start_time.unwrap_or(ev.start_time),
+            input.end_time.unwrap_or(ev.end_time),
+        );
         d::check_event_times(start, end)?;
         let patch = EventPatch {
             title: input.title.map(|t| t.trim().to_owned()),
@@ -228,12 +296,20 @@ impl MutationRoot {
             transparency: input.transparency.map(Into::into),
             rrule: None,
         };
-        let ev = rc(ctx).store.update_event(id, expected_version, &patch).await?;
+        let ev = rc(ctx)
+            .store
+            .update_event(id, expected_version, &patch)
+            .await?;
         Ok(refreshed(ctx, ev).await)
     }
 
     /// Soft-deletes an event and releases its reservations. Returns true.
-    async fn delete_event(&self, ctx: &Context<'_>, id: ID, expected_version: Option<i64>) -> ApiResult<bool> {
+    async fn delete_event(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        expected_version: Option<i64>,
+    ) -> ApiResult<bool> {
         let id = d::EventId::parse(&id)?;
         writable_event(ctx, id).await?;
         rc(ctx).store.delete_event(id, expected_version).await?;
@@ -242,11 +318,19 @@ impl MutationRoot {
     }
 
     /// Sets the viewer's response to an event it is invited to.
-    async fn respond_to_event(&self, ctx: &Context<'_>, event_id: ID, response: ResponseStatus) -> ApiResult<Event> {
+    async fn respond_to_event(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+        response: ResponseStatus,
+    ) -> ApiResult<Event> {
         let me = viewer(ctx)?;
         let id = d::EventId::parse(&event_id)?;
         let (_, access) = readable_event(ctx, id).await?;
-        let invited = crate::loaders::one(&rc(ctx).loaders.attendees, id).await?.iter().any(|a| a.user_id == me);
+        let invited = crate::loaders::one(&rc(ctx).loaders.attendees, id)
+            .await?
+            .iter()
+            .any(|a| a.user_id == me);
         if !invited {
             let _ = access;
             return Err(ApiError::Forbidden);
@@ -269,16 +353,28 @@ impl MutationRoot {
         if list.is_empty() {
             return Err(ApiError::bad_input("attendees must not be empty"));
         }
-        let ev = rc(ctx).store.add_attendees(id, expected_version, &list).await?;
+        let ev = rc(ctx)
+            .store
+            .add_attendees(id, expected_version, &list)
+            .await?;
         Ok(refreshed(ctx, ev).await)
     }
 
     /// Uninvites a user. NOT_FOUND when the user was not invited.
-    async fn remove_attendee(&self, ctx: &Context<'_>, event_id: ID, user_id: ID, expected_version: Option<i64>) -> ApiResult<Event> {
+    async fn remove_attendee(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+        user_id: ID,
+        expected_version: Option<i64>,
+    ) -> ApiResult<Event> {
         let id = d::EventId::parse(&event_id)?;
         let user = d::UserId::parse(&user_id)?;
         writable_event(ctx, id).await?;
-        let ev = rc(ctx).store.remove_attendee(id, expected_version, user).await?;
+        let ev = rc(ctx)
+            .store
+            .remove_attendee(id, expected_version, user)
+            .await?;
         Ok(refreshed(ctx, ev).await)
     }
 
@@ -294,29 +390,51 @@ impl MutationRoot {
         expected_version: Option<i64>,
     ) -> ApiResult<Reservation> {
         let id = d::EventId::parse(&event_id)?;
-        let input = ReservationInput { resource_id, start_time, end_time };
+        let input = ReservationInput {
+            resource_id,
+            start_time,
+            end_time,
+        };
         let wanted = reservations(ctx, std::slice::from_ref(&input))?.remove(0);
         writable_event(ctx, id).await?;
         let r = rc(ctx);
-        let res = crate::loaders::one(&r.loaders.resources, wanted.resource_id).await?.ok_or(ApiError::NotFound)?;
+        let res = crate::loaders::one(&r.loaders.resources, wanted.resource_id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
         let reservation = r.store.reserve(id, expected_version, &wanted).await?;
         r.loaders.reservations.clear(id).await;
         r.loaders.events.clear(id).await;
-        Ok(Reservation { r: reservation, resource: res })
+        Ok(Reservation {
+            r: reservation,
+            resource: res,
+        })
     }
 
     /// Cancels a reservation (writers and owners of the event's calendar).
-    async fn cancel_reservation(&self, ctx: &Context<'_>, reservation_id: ID) -> ApiResult<Reservation> {
+    async fn cancel_reservation(
+        &self,
+        ctx: &Context<'_>,
+        reservation_id: ID,
+    ) -> ApiResult<Reservation> {
         viewer(ctx)?;
         let rid = d::ReservationId::parse(&reservation_id)?;
         let r = rc(ctx);
-        let existing = r.store.reservation_by_id(rid).await?.ok_or(ApiError::Forbidden)?;
+        let existing = r
+            .store
+            .reservation_by_id(rid)
+            .await?
+            .ok_or(ApiError::Forbidden)?;
         writable_event(ctx, existing.event_id).await?;
-        let res = crate::loaders::one(&r.loaders.resources, existing.resource_id).await?.ok_or(ApiError::NotFound)?;
+        let res = crate::loaders::one(&r.loaders.resources, existing.resource_id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
         let cancelled = r.store.cancel_reservation(rid).await?;
         r.loaders.reservations.clear(existing.event_id).await;
         r.loaders.events.clear(existing.event_id).await;
-        Ok(Reservation { r: cancelled, resource: res })
+        Ok(Reservation {
+            r: cancelled,
+            resource: res,
+        })
     }
 }
 

@@ -76,7 +76,11 @@ pub struct Calendar {
 
 impl Calendar {
     fn require_details(&self) -> ApiResult<()> {
-        if self.role.can_read_details() { Ok(()) } else { Err(ApiError::Forbidden) }
+        if self.role.can_read_details() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
     }
 }
 
@@ -95,11 +99,18 @@ pub struct TimeInterval {
 
 impl From<d::Interval> for TimeInterval {
     fn from(i: d::Interval) -> Self {
-        TimeInterval { start: i.start, end: i.end }
+        TimeInterval {
+            start: i.start,
+            end: i.end,
+        }
     }
 }
 
-pub(crate) fn window(ctx: &Context<'_>, from: DateTime<Utc>, to: DateTime<Utc>) -> ApiResult<TimeWindow> {
+pub(crate) fn window(
+    ctx: &Context<'_>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> ApiResult<TimeWindow> {
     Ok(TimeWindow::parse(from, to, rc(ctx).config.max_window)?)
 }
 
@@ -134,23 +145,41 @@ impl Calendar {
     async fn members(&self, ctx: &Context<'_>) -> ApiResult<Vec<CalendarMember>> {
         self.require_details()?;
         let ids: Vec<d::UserId> = self.cal.members.iter().map(|m| m.user_id).collect();
-        let users = rc(ctx).loaders.users.try_load_many(ids).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let users = rc(ctx)
+            .loaders
+            .users
+            .try_load_many(ids)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let mut out = Vec::with_capacity(self.cal.members.len());
         for m in &self.cal.members {
             if let Some(Ok(Some(u))) = users.get(&m.user_id) {
-                out.push(CalendarMember { user: User(u.clone()), role: m.role.into() });
+                out.push(CalendarMember {
+                    user: User(u.clone()),
+                    role: m.role.into(),
+                });
             }
         }
         Ok(out)
     }
     /// Busy intervals of this calendar's events in `[from, to)`, merged. Any role may see these.
-    async fn free_busy(&self, ctx: &Context<'_>, from: DateTime<Utc>, to: DateTime<Utc>) -> ApiResult<Vec<TimeInterval>> {
+    async fn free_busy(
+        &self,
+        ctx: &Context<'_>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> ApiResult<Vec<TimeInterval>> {
         let w = window(ctx, from, to)?;
         let busy = rc(ctx).store.busy_of_calendar(self.cal.id, &w).await?;
-        Ok(d::merge_intervals(busy, w.from(), w.to()).into_iter().map(Into::into).collect())
+        Ok(d::merge_intervals(busy, w.from(), w.to())
+            .into_iter()
+            .map(Into::into)
+            .collect())
     }
     /// Events overlapping `[from, to)`, ordered by start time, with keyset cursors.
-    #[graphql(complexity = "(first.unwrap_or(50).max(0) as usize).saturating_mul(child_complexity).saturating_add(1)")]
+    #[graphql(
+        complexity = "(first.unwrap_or(50).max(0) as usize).saturating_mul(child_complexity).saturating_add(1)"
+    )]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -173,15 +202,25 @@ impl Calendar {
             }
         };
         let after = after.as_deref().map(EventCursor::decode).transpose()?;
-        let mut rows = r.store.events_in_window(self.cal.id, &w, after, first as i64 + 1).await?;
+        let mut rows = r
+            .store
+            .events_in_window(self.cal.id, &w, after, first as i64 + 1)
+            .await?;
         let has_next = rows.len() > first;
         rows.truncate(first);
         let rows: Vec<Arc<d::Event>> = rows.into_iter().map(Arc::new).collect();
-        r.loaders.events.prime_many(rows.iter().map(|e| (e.id, Ok(Some(e.clone()))))).await;
+        r.loaders
+            .events
+            .prime_many(rows.iter().map(|e| (e.id, Ok(Some(e.clone())))))
+            .await;
         prefetch(ctx, &rows).await?;
         let mut conn = Connection::new(after.is_some(), has_next);
         conn.edges.extend(rows.into_iter().map(|e| {
-            let cursor = EventCursor { start: e.start_time, id: e.id }.encode();
+            let cursor = EventCursor {
+                start: e.start_time,
+                id: e.id,
+            }
+            .encode();
             Edge::new(cursor, Event(e))
         }));
         Ok(conn)
@@ -207,15 +246,28 @@ async fn prefetch(ctx: &Context<'_>, events: &[Arc<d::Event>]) -> ApiResult<()> 
             cur.exists()
         })
     };
-    let (want_attendees, want_attendee_users) = (wants(&["attendees"]), wants(&["attendees", "user"]));
+    let (want_attendees, want_attendee_users) =
+        (wants(&["attendees"]), wants(&["attendees", "user"]));
     let (want_organizer, want_reservations) = (wants(&["organizer"]), wants(&["reservations"]));
     let loaders = &rc(ctx).loaders;
     let ids: Vec<d::EventId> = events.iter().map(|e| e.id).collect();
     let attendees = async {
-        if want_attendees { loaders.attendees.try_load_many(ids.clone()).await.map(Some) } else { Ok(None) }
+        if want_attendees {
+            loaders.attendees.try_load_many(ids.clone()).await.map(Some)
+        } else {
+            Ok(None)
+        }
     };
     let reservations = async {
-        if want_reservations { loaders.reservations.try_load_many(ids.clone()).await.map(|_| ()) } else { Ok(()) }
+        if want_reservations {
+            loaders
+                .reservations
+                .try_load_many(ids.clone())
+                .await
+                .map(|_| ())
+        } else {
+            Ok(())
+        }
     };
     let (attendees, reservations) = futures::join!(attendees, reservations);
     reservations.map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -230,7 +282,11 @@ async fn prefetch(ctx: &Context<'_>, events: &[Arc<d::Event>]) -> ApiResult<()> 
         }
     }
     if !users.is_empty() {
-        loaders.users.try_load_many(users.into_iter().collect()).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        loaders
+            .users
+            .try_load_many(users.into_iter().collect())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
     }
     Ok(())
 }
@@ -308,7 +364,12 @@ impl Event {
     #[graphql(complexity = "10 * child_complexity + 1")]
     async fn attendees(&self, ctx: &Context<'_>) -> ApiResult<Vec<Attendee>> {
         let list = one(&rc(ctx).loaders.attendees, self.0.id).await?;
-        Ok((0..list.len()).map(|i| Attendee { list: list.clone(), index: i }).collect())
+        Ok((0..list.len())
+            .map(|i| Attendee {
+                list: list.clone(),
+                index: i,
+            })
+            .collect())
     }
     #[graphql(complexity = "2 * child_complexity + 1")]
     async fn reservations(&self, ctx: &Context<'_>) -> ApiResult<Vec<Reservation>> {
@@ -319,7 +380,10 @@ impl Event {
     async fn my_response(&self, ctx: &Context<'_>) -> ApiResult<Option<ResponseStatus>> {
         let me = viewer(ctx)?;
         let list = one(&rc(ctx).loaders.attendees, self.0.id).await?;
-        Ok(list.iter().find(|a| a.user_id == me).map(|a| a.response_status.into()))
+        Ok(list
+            .iter()
+            .find(|a| a.user_id == me)
+            .map(|a| a.response_status.into()))
     }
     /// Whether the viewer may change this event.
     async fn can_edit(&self, ctx: &Context<'_>) -> ApiResult<bool> {
@@ -365,7 +429,10 @@ pub struct Reservation {
 
 impl From<Booking> for Reservation {
     fn from((r, resource): Booking) -> Self {
-        Reservation { r, resource: Arc::new(resource) }
+        Reservation {
+            r,
+            resource: Arc::new(resource),
+        }
     }
 }
 

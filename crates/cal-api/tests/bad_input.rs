@@ -1,0 +1,321 @@
+//! Bad input gets a GraphQL error with a stable `extensions.code`: never a panic, a 500 or a
+//! leaked SQL message.
+
+mod common;
+use common::*;
+
+async fn setup() -> (TestApp, World) {
+    let app = TestApp::spawn().await;
+    let w = world(&app, 2, 1).await;
+    (app, w)
+}
+
+fn assert_clean(resp: &Gql) {
+    let text = resp.0.to_string().to_lowercase();
+    for leak in [
+        "sqlx",
+        "syntax error",
+        "violates",
+        "constraint",
+        "postgres",
+        "panicked",
+    ] {
+        assert!(
+            !text.contains(leak),
+            "response leaks internals ({leak}): {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invalid_ids_are_bad_user_input() {
+    let (app, w) = setup().await;
+    for (q, v) in [
+        (
+            "query($c: ID!) { calendar(id: $c) { id } }",
+            json!({ "c": "abc" }),
+        ),
+        (
+            "query($c: ID!) { calendar(id: $c) { id } }",
+            json!({ "c": "-5" }),
+        ),
+        (
+            "query($e: ID!) { event(id: $e) { id } }",
+            json!({ "e": "1; DROP TABLE events" }),
+        ),
+        (
+            "query($u: ID!) { user(id: $u) { id } }",
+            json!({ "u": "0" }),
+        ),
+        (
+            "query($u: [ID!]!) { freeBusy(userIds: $u, from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\") { users { busy { start } } } }",
+            json!({ "u": ["x"] }),
+        ),
+    ] {
+        let resp = app.gql(Some(w.owner.id), q, v).await;
+        assert_eq!(resp.code(), "BAD_USER_INPUT", "{q}");
+        assert_clean(&resp);
+    }
+}
+
+#[tokio::test]
+async fn unknown_things_are_not_found() {
+    let (app, w) = setup().await;
+    let resp = app
+        .gql(
+            Some(w.owner.id),
+            "{ user(id: \"999999\") { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(resp.code(), "NOT_FOUND");
+    let resp = app
+        .gql(
+            Some(w.owner.id),
+            "{ resource(id: \"999999\") { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(resp.code(), "NOT_FOUND");
+    let q = r#"{ resourceAvailability(resourceId: "999999", from: "2026-11-01T00:00:00Z", to: "2026-11-02T00:00:00Z") { free { start } } }"#;
+    assert_eq!(
+        app.gql(Some(w.owner.id), q, json!({})).await.code(),
+        "NOT_FOUND"
+    );
+    let q = "mutation($e: ID!, $u: ID!) { removeAttendee(eventId: $e, userId: $u) { id } }";
+    let resp = app
+        .gql(
+            Some(w.owner.id),
+            q,
+            json!({ "e": w.events[0].id.to_string(), "u": w.owner.id.to_string() }),
+        )
+        .await;
+    assert_eq!(resp.code(), "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn windows_must_be_ordered_and_bounded() {
+    let (app, w) = setup().await;
+    let q = "query($c: ID!, $f: DateTime!, $t: DateTime!) { calendar(id: $c) { events(from: $f, to: $t) { edges { cursor } } } }";
+    let cal = w.calendar.to_string();
+    for (from, to, msg) in [
+        ("2026-11-10T00:00:00Z", "2026-11-01T00:00:00Z", "after"),
+        ("2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z", "after"),
+        (
+            "2026-01-01T00:00:00Z",
+            "2026-12-01T00:00:00Z",
+            "at most 62 days",
+        ),
+    ] {
+        let resp = app
+            .gql(Some(w.owner.id), q, json!({ "c": cal, "f": from, "t": to }))
+            .await;
+        assert_eq!(resp.code(), "BAD_USER_INPUT");
+        assert!(resp.message().contains(msg), "{}", resp.message());
+    }
+    // Not an RFC 3339 instant: rejected while parsing variables.
+    let resp = app
+        .gql(
+            Some(w.owner.id),
+            q,
+            json!({ "c": cal, "f": "yesterday", "t": "2026-11-01T00:00:00Z" }),
+        )
+        .await;
+    assert!(resp.0["errors"].is_array());
+    assert_clean(&resp);
+}
+
+#[tokio::test]
+async fn page_size_and_cursor_are_checked() {
+    let (app, w) = setup().await;
+    let q = "query($c: ID!, $n: Int, $a: String) { calendar(id: $c) { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-12-01T00:00:00Z\", first: $n, after: $a) { edges { cursor } } } }";
+    let cal = w.calendar.to_string();
+    for vars in [
+        json!({ "c": cal, "n": 201 }),
+        json!({ "c": cal, "n": -1 }),
+        json!({ "c": cal, "n": 10, "a": "garbage" }),
+    ] {
+        let resp = app.gql(Some(w.owner.id), q, vars.clone()).await;
+        assert_eq!(resp.code(), "BAD_USER_INPUT", "{vars}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_time_zones_are_bad_user_input() {
+    let (app, w) = setup().await;
+    let q = r#"mutation { createCalendar(input: { name: "x", timeZone: "Mars/Olympus_Mons" }) { id } }"#;
+    let resp = app.gql(Some(w.owner.id), q, json!({})).await;
+    assert_eq!(resp.code(), "BAD_USER_INPUT");
+    assert!(resp.message().contains("time zone"));
+    let q = r#"mutation($c: ID!) { createEvent(input: { calendarId: $c, title: "x", timeZone: "Europe/Nowhere",
+        startTime: "2026-11-20T10:00:00Z", endTime: "2026-11-20T11:00:00Z" }) { id } }"#;
+    assert_eq!(
+        app.gql(Some(w.owner.id), q, json!({ "c": w.calendar.to_string() }))
+            .await
+            .code(),
+        "BAD_USER_INPUT"
+    );
+}
+
+#[tokio::test]
+async fn invalid_event_input_is_bad_user_input_and_writes_nothing() {
+    let (app, w) = setup().await;
+    let cal = w.calendar.to_string();
+    let q = r#"mutation($c: ID!, $t: String!, $s: DateTime!, $e: DateTime!, $a: [AttendeeInput!]!) {
+        createEvent(input: { calendarId: $c, title: $t, startTime: $s, endTime: $e, attendees: $a }) { id } }"#;
+    let ok_a = json!([{ "userId": w.users[0].id.to_string() }]);
+    for vars in [
+        json!({ "c": cal, "t": "", "s": "2026-11-20T10:00:00Z", "e": "2026-11-20T11:00:00Z", "a": ok_a }),
+        json!({ "c": cal, "t": "x".repeat(501), "s": "2026-11-20T10:00:00Z", "e": "2026-11-20T11:00:00Z", "a": ok_a }),
+        json!({ "c": cal, "t": "x", "s": "2026-11-20T11:00:00Z", "e": "2026-11-20T10:00:00Z", "a": ok_a }),
+        json!({ "c": cal, "t": "x", "s": "2026-11-01T10:00:00Z", "e": "2026-12-20T10:00:00Z", "a": ok_a }),
+        json!({ "c": cal, "t": "x", "s": "2026-11-20T10:00:00Z", "e": "2026-11-20T11:00:00Z", "a": [{ "userId": "424242" }] }),
+        json!({ "c": cal, "t": "x", "s": "2026-11-20T10:00:00Z", "e": "2026-11-20T11:00:00Z",
+                "a": [{ "userId": w.users[0].id.to_string() }, { "userId": w.users[0].id.to_string() }] }),
+    ] {
+        let resp = app.gql(Some(w.owner.id), q, vars.clone()).await;
+        assert_eq!(resp.code(), "BAD_USER_INPUT", "{vars}: {}", resp.0);
+        assert_clean(&resp);
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 2, "no failed mutation left a row behind");
+}
+
+#[tokio::test]
+async fn stale_versions_are_version_conflicts() {
+    let (app, w) = setup().await;
+    let ev = &w.events[0];
+    let q = "mutation($e: ID!, $v: Int!) { updateEvent(id: $e, expectedVersion: $v, input: { title: \"new\" }) { version title } }";
+    let resp = app
+        .gql(
+            Some(w.owner.id),
+            q,
+            json!({ "e": ev.id.to_string(), "v": ev.version }),
+        )
+        .await;
+    assert_eq!(resp.data()["updateEvent"]["version"], ev.version + 1);
+    let resp = app
+        .gql(
+            Some(w.owner.id),
+            q,
+            json!({ "e": ev.id.to_string(), "v": ev.version }),
+        )
+        .await;
+    assert_eq!(resp.code(), "VERSION_CONFLICT");
+    assert_eq!(
+        resp.0["errors"][0]["extensions"]["currentVersion"],
+        ev.version + 1
+    );
+}
+
+#[tokio::test]
+async fn depth_complexity_batch_and_body_limits() {
+    let (app, w) = setup().await;
+    // Too deep.
+    let deep = "{ me { id } calendar(id: \"1\") { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\") { edges { node { calendar { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\") { edges { node { calendar { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\") { edges { node { id } } } } } } } } } } } } }";
+    let resp = app.gql(Some(w.owner.id), deep, json!({})).await;
+    assert_eq!(resp.code(), "QUERY_TOO_COMPLEX");
+    // Too complex: list fields count their `first`.
+    let wide = "{ calendar(id: \"1\") { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\", first: 200) { edges { node { id title attendees { user { id name email avatarUrl timeZone } } organizer { id name } reservations { resource { id name kind } } } } } } }";
+    let resp = app
+        .gql(
+            Some(w.owner.id),
+            &format!(
+                "{{ a: {} b: {} }}",
+                &wide[1..wide.len() - 1],
+                &wide[1..wide.len() - 1]
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(resp.code(), "QUERY_TOO_COMPLEX", "{}", resp.0);
+    // The month view itself is well within the limits.
+    let resp = app
+        .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await;
+    resp.data();
+    // Too many operations in one batch.
+    let batch: Vec<Value> = (0..11)
+        .map(|_| json!({ "query": "{ me { id } }" }))
+        .collect();
+    let (status, body) = app.post_raw(Some(w.owner.id), Value::Array(batch)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "QUERY_TOO_COMPLEX",
+        "{body}"
+    );
+    // A small batch works.
+    let batch: Vec<Value> = (0..2)
+        .map(|_| json!({ "query": "{ me { id } }" }))
+        .collect();
+    let (_, body) = app.post_raw(Some(w.owner.id), Value::Array(batch)).await;
+    assert_eq!(body.as_array().unwrap().len(), 2);
+    // Oversized body.
+    let huge = json!({ "query": format!("{{ me {{ id }} }} #{}", "x".repeat(300 * 1024)) });
+    let (status, _) = app.post_raw(Some(w.owner.id), huge).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test]
+async fn introspection_and_graphiql_only_in_dev_mode() {
+    let app = TestApp::spawn().await;
+    let user = app.user("Ivy").await;
+    let resp = app
+        .gql(
+            Some(user.id),
+            "{ __schema { queryType { name } } }",
+            json!({}),
+        )
+        .await;
+    assert!(
+        resp.0["errors"].is_array() || resp.0["data"]["__schema"].is_null(),
+        "introspection is off outside dev mode: {}",
+        resp.0
+    );
+    let r = app.client.get(app.url("/graphql")).send().await.unwrap();
+    assert_ne!(r.status(), 200, "no GraphiQL outside dev mode");
+
+    let dev = TestApp::spawn_with(|c| c.dev_mode = true).await;
+    let user = dev.user("Ivy").await;
+    let resp = dev
+        .gql(
+            Some(user.id),
+            "{ __schema { queryType { name } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(resp.data()["__schema"]["queryType"]["name"], "QueryRoot");
+    let r = dev.client.get(dev.url("/graphql")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().to_lowercase().contains("graphiql"));
+}
+
+#[tokio::test]
+async fn malformed_requests_do_not_crash() {
+    let (app, w) = setup().await;
+    for body in ["not json", "{\"query\": 5}", "{}", "[]"] {
+        let r = app
+            .client
+            .post(app.url("/graphql"))
+            .bearer_auth(app.token(w.owner.id))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_client_error() || r.status() == 200,
+            "{body}: {}",
+            r.status()
+        );
+    }
+    let resp = app.gql(Some(w.owner.id), "{ nope }", json!({})).await;
+    assert!(resp.0["errors"].is_array());
+    // The server is still fine.
+    app.gql(Some(w.owner.id), "{ me { id } }", json!({}))
+        .await
+        .data();
+}

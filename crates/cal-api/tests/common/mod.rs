@@ -1,0 +1,121 @@
+//! Shared helpers for the API tests: a seeded calendar and the month-view query.
+#![allow(dead_code)]
+
+pub use cal_domain::*;
+pub use cal_storage::{NewAttendee, NewEvent, NewReservation};
+#[allow(unused_imports)]
+pub use cal_test_support::{Gql, TestApp};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+pub use serde_json::{Value, json};
+
+/// The month-view contract, exactly as clients and load tests send it.
+pub const MONTH_VIEW: &str = r#"
+query MonthView($calendarId: ID!, $from: DateTime!, $to: DateTime!) {
+  calendar(id: $calendarId) {
+    id name
+    events(from: $from, to: $to, first: 100) {
+      edges { node {
+        id title startTime endTime
+        organizer { id name avatarUrl }
+        attendees { responseStatus user { id name avatarUrl } }
+        reservations { resource { id name } }
+      } }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+}
+"#;
+
+pub fn month_start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+}
+
+pub fn month_vars(cal: CalendarId) -> Value {
+    json!({ "calendarId": cal.to_string(), "from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z" })
+}
+
+/// An owner, a calendar, `n` events in November 2026 with `attendees_per_event` attendees each
+/// (drawn from a pool of users) and a room reserved for every other event.
+pub struct World {
+    pub owner: User,
+    pub calendar: CalendarId,
+    pub users: Vec<User>,
+    pub rooms: Vec<Resource>,
+    pub events: Vec<Event>,
+}
+
+pub async fn world(app: &TestApp, n: usize, attendees_per_event: usize) -> World {
+    let owner = app.user("Olivia Owner").await;
+    let calendar = app.calendar(owner.id, "Team").await;
+    let mut users = Vec::new();
+    for i in 0..attendees_per_event.max(1) * 3 {
+        users.push(app.user(&format!("Person {i}")).await);
+    }
+    let mut rooms = Vec::new();
+    for i in 0..3 {
+        rooms.push(
+            app.store
+                .create_resource(&format!("Room {i}"), ResourceKind::Room, Some(8), None)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut events = Vec::new();
+    for i in 0..n {
+        // Spread over the month, one-hour events, never overlapping in the same room.
+        let start =
+            month_start() + Duration::hours(8) + Duration::minutes(90 * i as i64 % (28 * 24 * 60));
+        let attendees = (0..attendees_per_event)
+            .map(|k| NewAttendee {
+                user_id: users[(i + k) % users.len()].id,
+                is_optional: k % 4 == 3,
+            })
+            .collect();
+        let reservations = if i % 2 == 0 {
+            vec![NewReservation {
+                resource_id: rooms[i % rooms.len()].id,
+                start_time: None,
+                end_time: None,
+            }]
+        } else {
+            vec![]
+        };
+        let ev = app
+            .store
+            .create_event(&NewEvent {
+                calendar_id: calendar,
+                organizer_id: if i % 3 == 0 {
+                    owner.id
+                } else {
+                    users[i % users.len()].id
+                },
+                title: format!("Event {i}"),
+                description: None,
+                location: None,
+                start_time: start,
+                end_time: start + Duration::hours(1),
+                time_zone: "Europe/Berlin".into(),
+                all_day: false,
+                status: EventStatus::Confirmed,
+                transparency: Transparency::Busy,
+                rrule: None,
+                attendees,
+                reservations,
+            })
+            .await
+            .unwrap();
+        events.push(ev);
+    }
+    World {
+        owner,
+        calendar,
+        users,
+        rooms,
+        events,
+    }
+}
+
+/// Shares `cal` with `user` in `role` directly in the database.
+pub async fn share(app: &TestApp, cal: CalendarId, user: UserId, role: Role) {
+    app.store.share_calendar(cal, user, role).await.unwrap();
+}

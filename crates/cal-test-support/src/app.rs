@@ -1,0 +1,153 @@
+//! [`TestApp`]: the real router on `127.0.0.1:0` over a database of its own, driven over HTTP.
+
+use crate::TestDb;
+use cal_api::{ApiConfig, AppState};
+use cal_domain::{CalendarId, User, UserId};
+use cal_storage::Store;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub config: Arc<ApiConfig>,
+    pub client: reqwest::Client,
+    users: std::sync::atomic::AtomicU64,
+    // Last: dropped after the server task's handle so the database goes last.
+    pub db: TestDb,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Spawns with a configuration adjusted by `tweak`.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut ApiConfig)) -> TestApp {
+        let db = TestDb::new().await;
+        let store = Store::new(db.pool.clone());
+        let mut config = ApiConfig::new(TEST_SECRET);
+        tweak(&mut config);
+        let state = AppState::new(store.clone(), config);
+        let config = state.config.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, cal_api::router(state)).await.unwrap();
+        });
+        TestApp {
+            addr,
+            store,
+            config,
+            client: reqwest::Client::new(),
+            users: Default::default(),
+            db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn token(&self, user: UserId) -> String {
+        cal_api::auth::mint(&self.config.jwt_secret, user, chrono::Duration::hours(1))
+    }
+
+    /// Posts a raw body to `/graphql` as `user` (anonymous when `None`); returns status and JSON.
+    pub async fn post_raw(&self, user: Option<UserId>, body: Value) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(self.url("/graphql"))
+            .header("x-debug-stats", "1")
+            .json(&body);
+        if let Some(u) = user {
+            req = req.bearer_auth(self.token(u));
+        }
+        let resp = req.send().await.expect("server reachable");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Runs one GraphQL operation as `user`; asserts HTTP 200 and returns the JSON response.
+    pub async fn gql(&self, user: Option<UserId>, query: &str, variables: Value) -> Gql {
+        let (status, body) = self
+            .post_raw(user, json!({ "query": query, "variables": variables }))
+            .await;
+        assert_eq!(status, 200, "HTTP status for {query}: {body}");
+        Gql(body)
+    }
+
+    /// Creates a user directly in the database.
+    pub async fn user(&self, name: &str) -> User {
+        let n = self
+            .users
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let email = format!("{}.{n}@example.test", name.to_lowercase().replace(' ', "."));
+        self.store
+            .create_user(&email, name, Some(&format!("https://avatars.test/{n}.png")))
+            .await
+            .unwrap()
+    }
+
+    /// Creates a calendar owned by `owner` directly in the database.
+    pub async fn calendar(&self, owner: UserId, name: &str) -> CalendarId {
+        self.store
+            .create_calendar(owner, name, None, "Europe/Berlin")
+            .await
+            .unwrap()
+            .id
+    }
+}
+
+/// A GraphQL response with small accessors for assertions.
+#[derive(Debug, Clone)]
+pub struct Gql(pub Value);
+
+impl Gql {
+    /// `data`, asserting there are no errors.
+    pub fn data(&self) -> &Value {
+        assert!(
+            self.0.get("errors").is_none(),
+            "unexpected errors: {}",
+            self.0
+        );
+        &self.0["data"]
+    }
+
+    /// The first error's `extensions.code` (panics when there is no error).
+    pub fn code(&self) -> &str {
+        self.0["errors"][0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an error with a code, got {}", self.0))
+    }
+
+    pub fn message(&self) -> &str {
+        self.0["errors"][0]["message"].as_str().unwrap_or("")
+    }
+
+    /// Every error's code.
+    pub fn codes(&self) -> Vec<String> {
+        self.0["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["extensions"]["code"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// SQL statements the request issued (from `extensions.stats`).
+    pub fn sql_statements(&self) -> u64 {
+        self.0["extensions"]["stats"]["sqlStatements"]
+            .as_u64()
+            .expect("stats present")
+    }
+}
