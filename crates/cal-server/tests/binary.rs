@@ -1,0 +1,220 @@
+//! The `calendar` binary end to end: `serve` creates and migrates a missing database, answers
+//! `/health`, `/ready` and GraphQL with a token from `calendar token`, refuses to start in prod
+//! mode without a secret, and exits cleanly on SIGTERM.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_calendar");
+const SECRET: &str = "binary-test-secret-binary-test-secret";
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database name that does not exist yet (the binary must create it), dropped at the end.
+struct FreshDb(String);
+
+impl FreshDb {
+    fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        FreshDb(format!(
+            "cal_bin_{tag}_{}_{}",
+            std::process::id(),
+            nanos % 1_000_000_000
+        ))
+    }
+    fn url(&self) -> String {
+        let base = admin_url();
+        let i = base.rfind('/').unwrap();
+        format!("{}/{}", &base[..i], self.0)
+    }
+}
+
+impl Drop for FreshDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &admin_url(),
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0),
+            ])
+            .output();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(db: &FreshDb, port: u16, env: &[(&str, &str)]) -> Child {
+    Command::new(BIN)
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(client: &reqwest::Client, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_creates_the_database_answers_and_stops_on_sigterm() {
+    let db = FreshDb::new("serve");
+    let port = free_port();
+    let env = [("CAL_ENV", "prod"), ("JWT_SECRET", SECRET)];
+    let mut server = Server(spawn(&db, port, &env));
+    let client = reqwest::Client::new();
+    wait_ready(&client, port).await;
+    let health = client
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // Seed a user through the binary and use a token minted by it.
+    let seed = Command::new(BIN)
+        .args(["seed", "--scale", "demo"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+    let token = Command::new(BIN)
+        .args(["token", "--user-id", "1"])
+        .env("JWT_SECRET", SECRET)
+        .env("CAL_ENV", "prod")
+        .output()
+        .unwrap();
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let body: serde_json::Value = client
+        .post(format!("http://127.0.0.1:{port}/graphql"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "query": "{ me { id name } myCalendars { id } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["data"]["me"]["name"], "Demo User", "{body}");
+    assert!(!body["data"]["myCalendars"].as_array().unwrap().is_empty());
+
+    // SIGTERM: the process drains and exits successfully.
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn prod_mode_requires_a_secret() {
+    let db = FreshDb::new("nosecret");
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("CAL_ENV", "prod")
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET"));
+}
+
+#[test]
+fn fixtures_for_load_tests_are_json() {
+    let db = FreshDb::new("fixtures");
+    let seed = Command::new(BIN)
+        .args(["seed"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+    let out = Command::new(BIN)
+        .args(["token", "--calendar-owners", "3"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert!(list.iter().all(
+        |f| f["token"].as_str().unwrap().split('.').count() == 3 && f["calendarId"].is_string()
+    ));
+}
+
+#[test]
+fn print_schema_matches_the_contract_file() {
+    let out = Command::new(BIN).arg("print-schema").output().unwrap();
+    let file =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../schema.graphql"))
+            .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), file);
+}
