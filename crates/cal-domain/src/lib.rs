@@ -1,5 +1,5 @@
 //! Pure calendar types and policy: identifiers, roles and what they allow, time windows, time zones,
-//! keyset cursors and busy-interval arithmetic.
+//! keyset cursors, busy-interval arithmetic and recurrence expansion.
 //!
 //! This crate does no I/O: no tokio, sqlx, redis or rdkafka. Everything here is a plain value that
 //! the storage, cache and API layers share, and every `parse` returns a `Result` so that a value of
@@ -11,6 +11,7 @@ pub mod enums;
 pub mod error;
 pub mod ids;
 pub mod model;
+pub mod recurrence;
 pub mod role;
 pub mod time;
 
@@ -18,7 +19,8 @@ pub use busy::{Interval, free_gaps, merge_intervals};
 pub use cursor::EventCursor;
 pub use enums::{EventStatus, ReservationStatus, ResourceKind, ResponseStatus, Transparency};
 pub use error::DomainError;
-pub use ids::{CalendarId, EventId, ReservationId, ResourceId, UserId};
+pub use ids::{CalendarId, EventId, EventRef, InstanceId, ReservationId, ResourceId, UserId};
 pub use model::{Attendee, Calendar, Event, Member, Reservation, Resource, User};
+pub use recurrence::{Occurrence, RecurrenceRule};
 pub use role::Role;
 pub use time::{MAX_EVENT_DURATION, TimeWindow, check_event_times, parse_time_zone};

@@ -49,6 +49,9 @@ enum Cmd {
     },
     /// Mint bearer tokens.
     Token {
+        /// Mint a token for this user id (also accepted as `--user-id N`).
+        #[arg(value_name = "USER_ID", conflicts_with_all = ["calendar_owners", "user_id"])]
+        user: Option<i64>,
         /// Mint a token for this user id.
         #[arg(long, conflicts_with = "calendar_owners")]
         user_id: Option<i64>,
@@ -85,10 +88,12 @@ fn main() -> Result<()> {
                 serve::seed(&store, scale, anchor).await.map(|_| ())
             }
             Cmd::Token {
+                user,
                 user_id,
                 calendar_owners,
                 ttl_hours,
             } => {
+                let user_id = user.or(user_id);
                 let secret = settings.secret()?;
                 let ttl = chrono::Duration::hours(ttl_hours);
                 match (user_id, calendar_owners) {
@@ -99,7 +104,9 @@ fn main() -> Result<()> {
                         Ok(())
                     }
                     (None, Some(n)) => serve::print_fixtures(&settings, &secret, n, ttl).await,
-                    (None, None) => anyhow::bail!("give --user-id or --calendar-owners"),
+                    (None, None) => {
+                        anyhow::bail!("give a user id (`calendar token 1`) or --calendar-owners N")
+                    }
                 }
             }
             Cmd::PrintSchema => {
