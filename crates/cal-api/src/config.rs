@@ -25,6 +25,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most attendees, reservations or ids in one argument list.
     pub max_list_input: usize,
+    /// How far ahead a recurring event's resource bookings are made.
+    pub booking_horizon: Duration,
+    /// Most occurrences one series may book in its horizon.
+    pub max_booked_occurrences: usize,
 }
 
 impl ApiConfig {
@@ -41,6 +45,8 @@ impl ApiConfig {
             max_batch: 10,
             max_body_bytes: 256 * 1024,
             max_list_input: 200,
+            booking_horizon: Duration::days(365),
+            max_booked_occurrences: 1000,
         }
     }
 }

@@ -277,14 +277,15 @@ async fn writers_and_owners_write_events() {
             .reserve(
                 ev.id,
                 None,
-                &NewReservation {
+                &[NewReservation {
                     resource_id: c.w.rooms[1].id,
                     start_time: None,
                     end_time: None,
-                },
+                }],
             )
             .await
-            .unwrap();
+            .unwrap()
+            .remove(0);
         let got = c
             .attempt(
                 who,
@@ -318,6 +319,7 @@ async fn fresh_event(c: &Cast, slot: i64) -> Event {
             status: EventStatus::Confirmed,
             transparency: Transparency::Busy,
             rrule: None,
+            series_end: None,
             attendees: vec![NewAttendee {
                 user_id: c.w.users[0].id,
                 is_optional: false,

@@ -347,6 +347,7 @@ async fn database_forbids_overlapping_confirmed_reservations_even_when_racing() 
                     status: EventStatus::Confirmed,
                     transparency: Transparency::Busy,
                     rrule: None,
+                    series_end: None,
                     attendees: vec![],
                     reservations: vec![NewReservation {
                         resource_id: room,

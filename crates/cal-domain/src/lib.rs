@@ -10,6 +10,7 @@ pub mod cursor;
 pub mod enums;
 pub mod error;
 pub mod ids;
+pub mod instances;
 pub mod model;
 pub mod recurrence;
 pub mod role;

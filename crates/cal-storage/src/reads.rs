@@ -40,16 +40,39 @@ pub(crate) static RESOURCES_BY_IDS: LazyLock<String> =
 pub(crate) static RESERVATION_BY_ID: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {RESERVATION_COLS} FROM reservations WHERE id = $1"));
 
-/// Bound by [`bind_events_in_window`].
+/// Bound by [`bind_events_in_window`]. One statement, three parts told apart by `part`:
+/// 0. stored rows without a rule (single events and overrides) overlapping the window, after the
+///    cursor, at most `$7` of them — the keyset cut happens here;
+/// 1. live series masters that may touch the window (first start before its end, last end after
+///    its start or infinite), from their own partial index;
+/// 2. override rows of those masters whose original start lies in the window, deleted or not: they
+///    suppress the generated occurrence wherever they were moved.
 pub(crate) static EVENTS_IN_WINDOW: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {EVENT_COLS} FROM events \
-         WHERE calendar_id = $1 AND deleted_at IS NULL \
-           AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
-           AND ($5::timestamptz IS NULL OR (start_time, id) > ($5, $6)) \
-         ORDER BY start_time, id LIMIT $7"
+        "(SELECT {EVENT_COLS}, 0 AS part FROM events \
+           WHERE calendar_id = $1 AND deleted_at IS NULL AND rrule IS NULL \
+             AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
+             AND ($5::timestamptz IS NULL OR (start_time, id) > ($5, $6)) \
+           ORDER BY start_time, id LIMIT $7) \
+         UNION ALL \
+         (SELECT {EVENT_COLS}, 1 AS part FROM events \
+           WHERE calendar_id = $1 AND rrule IS NOT NULL AND deleted_at IS NULL \
+             AND start_time < $3 AND (series_end IS NULL OR series_end > $4)) \
+         UNION ALL \
+         (SELECT {EVENT_COLS}, 2 AS part FROM events \
+           WHERE recurring_event_id IN (SELECT id FROM events WHERE calendar_id = $1 AND rrule IS NOT NULL \
+               AND deleted_at IS NULL AND start_time < $3 AND (series_end IS NULL OR series_end > $4)) \
+             AND original_start_time >= $2 AND original_start_time < $3)"
     )
 });
+
+/// What [`Store::events_in_window`] returns: the three parts of [`EVENTS_IN_WINDOW`].
+#[derive(Debug, Default)]
+pub struct WindowRows {
+    pub singles: Vec<Event>,
+    pub masters: Vec<Event>,
+    pub overrides: Vec<Event>,
+}
 
 pub(crate) const MEMBERSHIPS_OF: &str =
     "SELECT calendar_id, role FROM calendar_members WHERE user_id = $1 ORDER BY calendar_id";
@@ -187,15 +210,17 @@ impl Store {
         Ok(map(rows, rows::reservation)?.into_iter().next())
     }
 
-    /// One page of the live events of `calendar` that overlap `window`, in (start, id) order,
-    /// strictly after `after`. Returns at most `limit` rows.
+    /// Everything `calendar` shows in `window`, in one statement: at most `limit` stored rows
+    /// (single events and overrides) in (start, id) order strictly after `after`, plus the series
+    /// masters that may touch the window and their overrides (see [`EVENTS_IN_WINDOW`]). Expanding
+    /// the series and merging is `cal_domain::instances::place`.
     pub async fn events_in_window(
         &self,
         calendar: CalendarId,
         window: &TimeWindow,
         after: Option<EventCursor>,
         limit: i64,
-    ) -> Result<Vec<Event>> {
+    ) -> Result<WindowRows> {
         let q = bind_events_in_window(
             sqlx::query(EVENTS_IN_WINDOW.as_str()),
             calendar,
@@ -203,7 +228,17 @@ impl Store {
             after,
             limit,
         );
-        map(self.fetch(q).await?, rows::event)
+        let mut out = WindowRows::default();
+        for r in self.fetch(q).await? {
+            let part: i32 = sqlx::Row::try_get(&r, "part")?;
+            let ev = rows::event(&r)?;
+            match part {
+                0 => out.singles.push(ev),
+                1 => out.masters.push(ev),
+                _ => out.overrides.push(ev),
+            }
+        }
+        Ok(out)
     }
 
     /// Calendars a user is a member of, with the role, ordered by calendar id.

@@ -41,6 +41,8 @@ pub struct NewEvent {
     pub status: EventStatus,
     pub transparency: Transparency,
     pub rrule: Option<String>,
+    /// End of the series' last occurrence (`None` for single events and infinite series).
+    pub series_end: Option<DateTime<Utc>>,
     pub attendees: Vec<NewAttendee>,
     pub reservations: Vec<NewReservation>,
 }
@@ -58,6 +60,8 @@ pub struct EventPatch {
     pub status: Option<EventStatus>,
     pub transparency: Option<Transparency>,
     pub rrule: Option<Option<String>>,
+    /// Set whenever `rrule` or the times of a series change (see [`NewEvent::series_end`]).
+    pub series_end: Option<Option<DateTime<Utc>>>,
 }
 
 impl Store {
@@ -430,6 +434,40 @@ impl Store {
         drop(tx); // rolls back
         match e {
             InsertReservationError::Other(e) => e,
+            InsertReservationError::MoveOverlap(m) => {
+                // The transaction is gone; the bookings are still where they were.
+                let wanted = sqlx::query(
+                    "SELECT resource_id, start_time + $2 * interval '1 microsecond' AS s, \
+                            start_time + ($2 + $3) * interval '1 microsecond' AS e \
+                     FROM reservations WHERE event_id = $1 AND status = 'confirmed' \
+                       AND ($4::timestamptz IS NULL OR start_time >= $4) AND ($5::timestamptz IS NULL OR start_time < $5)",
+                )
+                .bind(m.from.0)
+                .bind(micros(m.shift))
+                .bind(micros(m.duration))
+                .bind(m.range_start)
+                .bind(m.range_end)
+                .fetch_all(self.pool())
+                .await;
+                let wanted = match wanted {
+                    Ok(rows) => rows,
+                    Err(e) => return e.into(),
+                };
+                let mut res = Vec::new();
+                let mut starts = Vec::new();
+                let mut ends = Vec::new();
+                for r in &wanted {
+                    res.push(r.get::<i64, _>("resource_id"));
+                    starts.push(r.get::<DateTime<Utc>, _>("s"));
+                    ends.push(r.get::<DateTime<Utc>, _>("e"));
+                }
+                match self.conflicts(Some(m.from), &res, &starts, &ends).await {
+                    Ok(c) => StorageError::ResourceConflict(
+                        c.into_iter().filter(|c| c.event_id != m.to).collect(),
+                    ),
+                    Err(e) => e,
+                }
+            }
             InsertReservationError::Overlap(res, starts, ends) => {
                 match self.conflicts(event, &res, &starts, &ends).await {
                     Ok(c) => StorageError::ResourceConflict(c),
@@ -444,8 +482,8 @@ impl Store {
         let mut tx = self.begin().await?;
         let sql = format!(
             "INSERT INTO events (calendar_id, organizer_id, title, description, location, start_time, end_time, \
-               time_zone, all_day, status, transparency, rrule) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {EVENT_COLS}"
+               time_zone, all_day, status, transparency, rrule, series_end) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {EVENT_COLS}"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(new.calendar_id.0)
@@ -460,6 +498,7 @@ impl Store {
             .bind(new.status.as_str())
             .bind(new.transparency.as_str())
             .bind(&new.rrule)
+            .bind(new.series_end)
             .fetch_one(&mut *tx)
             .await
             .map_err(StorageError::from_db)?;
@@ -485,16 +524,13 @@ impl Store {
         Ok(event)
     }
 
-    /// Applies `patch` if the event is at `expected_version`. Moving the event moves its confirmed
-    /// reservations with it (and fails with a resource conflict if the new slot is taken).
-    pub async fn update_event(
+    /// Applies `patch` to one row (already locked and bumped by [`Store::bump_event`]).
+    async fn apply_patch(
         &self,
+        conn: &mut PgConnection,
         id: EventId,
-        expected_version: i64,
         patch: &EventPatch,
     ) -> Result<Event> {
-        let mut tx = self.begin().await?;
-        let before = self.bump_event(&mut tx, id, Some(expected_version)).await?;
         let sql = format!(
             "UPDATE events SET \
                title = coalesce($2, title), \
@@ -503,7 +539,8 @@ impl Store {
                start_time = coalesce($7, start_time), end_time = coalesce($8, end_time), \
                time_zone = coalesce($9, time_zone), all_day = coalesce($10, all_day), \
                status = coalesce($11, status), transparency = coalesce($12, transparency), \
-               rrule = CASE WHEN $13 THEN $14 ELSE rrule END \
+               rrule = CASE WHEN $13 THEN $14 ELSE rrule END, \
+               series_end = CASE WHEN $15 THEN $16 ELSE series_end END \
              WHERE id = $1 RETURNING {EVENT_COLS}"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -521,39 +558,37 @@ impl Store {
             .bind(patch.transparency.map(|s| s.as_str()))
             .bind(patch.rrule.is_some())
             .bind(patch.rrule.clone().flatten())
-            .fetch_one(&mut *tx)
+            .bind(patch.series_end.is_some())
+            .bind(patch.series_end.flatten())
+            .fetch_one(conn)
             .await
             .map_err(StorageError::from_db)?;
         self.counted(1);
-        let after = rows::event(&row)?;
+        Ok(rows::event(&row)?)
+    }
+
+    /// Applies `patch` if the event is at `expected_version`. Moving the event moves its confirmed
+    /// reservations with it (and fails with a resource conflict if the new slot is taken).
+    pub async fn update_event(
+        &self,
+        id: EventId,
+        expected_version: i64,
+        patch: &EventPatch,
+    ) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let before = self.bump_event(&mut tx, id, Some(expected_version)).await?;
+        let after = self.apply_patch(&mut tx, id, patch).await?;
         if (after.start_time, after.end_time) != (before.start_time, before.end_time) {
-            let moved = sqlx::query(
-                "UPDATE reservations SET start_time = $2, end_time = $3, updated_at = now() \
-                 WHERE event_id = $1 AND status = 'confirmed' RETURNING resource_id",
-            )
-            .bind(id.0)
-            .bind(after.start_time)
-            .bind(after.end_time)
-            .fetch_all(&mut *tx)
-            .await;
-            match moved {
-                Ok(rows) => self.counted(rows.len()),
-                Err(e) if StorageError::is_overlap(&e) => {
-                    let res: Vec<i64> = sqlx::query_scalar(
-                        "SELECT resource_id FROM reservations WHERE event_id = $1 AND status = 'confirmed'",
-                    )
-                    .bind(id.0)
-                    .fetch_all(self.pool())
-                    .await?;
-                    let n = res.len();
-                    let err = InsertReservationError::Overlap(
-                        res,
-                        vec![after.start_time; n],
-                        vec![after.end_time; n],
-                    );
-                    return Err(self.fail(tx, Some(id), err).await);
-                }
-                Err(e) => return Err(StorageError::from_db(e)),
+            // A single event's bookings follow it; a series' per-occurrence bookings shift by the
+            // same amount as its first occurrence.
+            let moved = Move::all(
+                id,
+                id,
+                after.start_time - before.start_time,
+                after.end_time - after.start_time,
+            );
+            if let Err(e) = self.move_reservations(&mut tx, &moved).await {
+                return Err(self.fail(tx, Some(id), e).await);
             }
         }
         self.outbox(
@@ -572,13 +607,17 @@ impl Store {
     pub async fn delete_event(&self, id: EventId, expected_version: Option<i64>) -> Result<Event> {
         let mut tx = self.begin().await?;
         let before = self.bump_event(&mut tx, id, expected_version).await?;
-        sqlx::query("UPDATE events SET deleted_at = now() WHERE id = $1")
+        // A series goes with its overrides.
+        sqlx::query(
+            "UPDATE events SET deleted_at = now() WHERE (id = $1 OR recurring_event_id = $1) AND deleted_at IS NULL",
+        )
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
         self.counted(0);
         sqlx::query(
-            "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE event_id = $1 AND status = 'confirmed'",
+            "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
+             AND event_id IN (SELECT id FROM events WHERE id = $1 OR recurring_event_id = $1)",
         )
         .bind(id.0)
         .execute(&mut *tx)
@@ -684,23 +723,21 @@ impl Store {
         Ok(ev)
     }
 
-    /// Books a resource for an event (the event's times unless given).
+    /// Books resources for an event, all or nothing (each booking at the event's times unless given;
+    /// a series passes one booking per occurrence in its horizon).
     pub async fn reserve(
         &self,
         event: EventId,
         expected: Option<i64>,
-        wanted: &NewReservation,
-    ) -> Result<Reservation> {
+        wanted: &[NewReservation],
+    ) -> Result<Vec<Reservation>> {
         let mut tx = self.begin().await?;
         let ev = self.bump_event(&mut tx, event, expected).await?;
-        let inserted = match self
-            .insert_reservations(&mut tx, &ev, std::slice::from_ref(wanted))
-            .await
-        {
+        let inserted = match self.insert_reservations(&mut tx, &ev, wanted).await {
             Ok(v) => v,
             Err(e) => return Err(self.fail(tx, Some(event), e).await),
         };
-        let reservation = inserted.into_iter().next().ok_or(StorageError::NotFound)?;
+        let reservation = inserted.first().cloned().ok_or(StorageError::NotFound)?;
         self.outbox(
             &mut tx,
             "event",
@@ -711,7 +748,7 @@ impl Store {
         )
         .await?;
         self.commit(tx).await?;
-        Ok(reservation)
+        Ok(inserted)
     }
 
     /// Cancels a confirmed reservation. `NotFound` when it does not exist or is already cancelled.
@@ -749,11 +786,306 @@ impl Store {
         self.commit(tx).await?;
         Ok(reservation)
     }
+
+    /// Moves bookings as `m` says. Overlaps come back as [`InsertReservationError::MoveOverlap`].
+    async fn move_reservations(
+        &self,
+        conn: &mut PgConnection,
+        m: &Move,
+    ) -> std::result::Result<(), InsertReservationError> {
+        let r = sqlx::query(
+            "UPDATE reservations SET event_id = $2, \
+               start_time = start_time + $3 * interval '1 microsecond', \
+               end_time = start_time + ($3 + $4) * interval '1 microsecond', updated_at = now() \
+             WHERE event_id = $1 AND status = 'confirmed' \
+               AND ($5::timestamptz IS NULL OR start_time >= $5) AND ($6::timestamptz IS NULL OR start_time < $6)",
+        )
+        .bind(m.from.0)
+        .bind(m.to.0)
+        .bind(micros(m.shift))
+        .bind(micros(m.duration))
+        .bind(m.range_start)
+        .bind(m.range_end)
+        .execute(conn)
+        .await;
+        self.counted(0);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if StorageError::is_overlap(&e) => Err(InsertReservationError::MoveOverlap(*m)),
+            Err(e) => Err(InsertReservationError::Other(StorageError::from_db(e))),
+        }
+    }
+
+    /// The override row of one occurrence of `series`, if there is one (deleted ones included, so
+    /// the caller can tell "removed" from "never touched").
+    pub async fn override_of(
+        &self,
+        series: EventId,
+        original_start: DateTime<Utc>,
+    ) -> Result<Option<(Event, bool)>> {
+        let sql = format!(
+            "SELECT {EVENT_COLS}, deleted_at IS NOT NULL AS deleted FROM events \
+             WHERE recurring_event_id = $1 AND original_start_time = $2"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(series.0)
+            .bind(original_start)
+            .fetch_optional(self.pool())
+            .await?;
+        self.counted(row.is_some() as usize);
+        match row {
+            Some(r) => Ok(Some((rows::event(&r)?, r.try_get("deleted")?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes one occurrence of a series: its original start joins the master's EXDATEs (checked
+    /// against `expected` on the master), an override of it is deleted, its bookings are released.
+    pub async fn delete_instance(
+        &self,
+        series: EventId,
+        original_start: DateTime<Utc>,
+        occurrence_end: DateTime<Utc>,
+        expected: Option<i64>,
+    ) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let before = self.bump_event(&mut tx, series, expected).await?;
+        let sql = format!(
+            "UPDATE events SET exdates = CASE WHEN $2 = ANY(exdates) THEN exdates ELSE array_append(exdates, $2) END \
+             WHERE id = $1 RETURNING {EVENT_COLS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(series.0)
+            .bind(original_start)
+            .fetch_one(&mut *tx)
+            .await?;
+        self.counted(1);
+        let after = rows::event(&row)?;
+        let overrides: Vec<i64> = sqlx::query_scalar(
+            "UPDATE events SET deleted_at = now(), version = version + 1, updated_at = now() \
+             WHERE recurring_event_id = $1 AND original_start_time = $2 AND deleted_at IS NULL RETURNING id",
+        )
+        .bind(series.0)
+        .bind(original_start)
+        .fetch_all(&mut *tx)
+        .await?;
+        self.counted(overrides.len());
+        sqlx::query(
+            "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
+               AND ((event_id = $1 AND start_time < $3 AND end_time > $2) OR event_id = ANY($4))",
+        )
+        .bind(series.0)
+        .bind(original_start)
+        .bind(occurrence_end)
+        .bind(&overrides)
+        .execute(&mut *tx)
+        .await?;
+        self.counted(0);
+        self.outbox(
+            &mut tx,
+            "event",
+            series.0,
+            "event.instance_deleted",
+            event_payload(Some(&before), &after),
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok(after)
+    }
+
+    /// Turns one generated occurrence into an override row (copying the master's fields, attendees
+    /// and that occurrence's bookings) and applies `patch` to it. `expected` is checked against the
+    /// master, whose version the occurrence carries.
+    pub async fn override_instance(
+        &self,
+        series: EventId,
+        original_start: DateTime<Utc>,
+        occurrence_end: DateTime<Utc>,
+        expected: Option<i64>,
+        patch: &EventPatch,
+    ) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let master = self.bump_event(&mut tx, series, expected).await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (calendar_id, organizer_id, title, description, location, start_time, end_time, \
+               time_zone, all_day, status, transparency, recurring_event_id, original_start_time, version) \
+             SELECT calendar_id, organizer_id, title, description, location, $2, $3, time_zone, all_day, status, \
+               transparency, id, $2, version FROM events WHERE id = $1 RETURNING id",
+        )
+        .bind(series.0)
+        .bind(original_start)
+        .bind(occurrence_end)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StorageError::from_db)?;
+        self.counted(1);
+        let id = EventId(id);
+        sqlx::query(
+            "INSERT INTO attendees (event_id, user_id, email, name, response_status, is_optional) \
+             SELECT $2, user_id, email, name, response_status, is_optional FROM attendees WHERE event_id = $1",
+        )
+        .bind(series.0)
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        self.counted(0);
+        let after = self.apply_patch(&mut tx, id, patch).await?;
+        let moved = Move::all(
+            series,
+            id,
+            after.start_time - original_start,
+            after.end_time - after.start_time,
+        )
+        .within(original_start, Some(occurrence_end));
+        if let Err(e) = self.move_reservations(&mut tx, &moved).await {
+            return Err(self.fail(tx, Some(series), e).await);
+        }
+        let mut payload = event_payload(None, &after);
+        payload["series_id"] = json!(series.0);
+        payload["series_version"] = json!(master.version);
+        self.outbox(&mut tx, "event", id.0, "event.instance_overridden", payload)
+            .await?;
+        self.commit(tx).await?;
+        Ok(after)
+    }
+
+    /// "This and following": the series ends before the occurrence at `split_at` (its rule becomes
+    /// `truncated_rule`, ending at `truncated_end`), and a new series starts there with
+    /// `new_series` (rule, times, fields). Attendees are copied; later overrides and bookings move
+    /// to the new series, bookings shifted like the occurrence was.
+    pub async fn split_series(
+        &self,
+        series: EventId,
+        expected: Option<i64>,
+        split_at: DateTime<Utc>,
+        truncated_rule: &str,
+        truncated_end: Option<DateTime<Utc>>,
+        new_series: &NewEvent,
+    ) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let before = self.bump_event(&mut tx, series, expected).await?;
+        sqlx::query("UPDATE events SET rrule = $2, series_end = $3 WHERE id = $1")
+            .bind(series.0)
+            .bind(truncated_rule)
+            .bind(truncated_end)
+            .execute(&mut *tx)
+            .await
+            .map_err(StorageError::from_db)?;
+        self.counted(0);
+        let sql = format!(
+            "INSERT INTO events (calendar_id, organizer_id, title, description, location, start_time, end_time, \
+               time_zone, all_day, status, transparency, rrule, series_end) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {EVENT_COLS}"
+        );
+        let n = new_series;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(n.calendar_id.0)
+            .bind(n.organizer_id.0)
+            .bind(&n.title)
+            .bind(&n.description)
+            .bind(&n.location)
+            .bind(n.start_time)
+            .bind(n.end_time)
+            .bind(&n.time_zone)
+            .bind(n.all_day)
+            .bind(n.status.as_str())
+            .bind(n.transparency.as_str())
+            .bind(&n.rrule)
+            .bind(n.series_end)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StorageError::from_db)?;
+        self.counted(1);
+        let created = rows::event(&row)?;
+        sqlx::query(
+            "INSERT INTO attendees (event_id, user_id, email, name, response_status, is_optional) \
+             SELECT $2, user_id, email, name, response_status, is_optional FROM attendees WHERE event_id = $1",
+        )
+        .bind(series.0)
+        .bind(created.id.0)
+        .execute(&mut *tx)
+        .await?;
+        self.counted(0);
+        sqlx::query(
+            "UPDATE events SET recurring_event_id = $2, updated_at = now() \
+             WHERE recurring_event_id = $1 AND original_start_time >= $3",
+        )
+        .bind(series.0)
+        .bind(created.id.0)
+        .bind(split_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(StorageError::from_db)?;
+        self.counted(0);
+        let moved = Move::all(
+            series,
+            created.id,
+            created.start_time - split_at,
+            created.end_time - created.start_time,
+        )
+        .within(split_at, None);
+        if let Err(e) = self.move_reservations(&mut tx, &moved).await {
+            return Err(self.fail(tx, Some(series), e).await);
+        }
+        self.outbox(
+            &mut tx,
+            "event",
+            series.0,
+            "event.series_split",
+            event_payload(Some(&before), &created),
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok(created)
+    }
 }
 
 pub(crate) enum InsertReservationError {
     Overlap(Vec<i64>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>),
+    /// Moving the bookings described by the [`Move`] would overlap others.
+    MoveOverlap(Move),
     Other(StorageError),
+}
+
+/// Bookings of `from` whose start lies in `[range_start, range_end)` move to `to`, shifted by
+/// `shift`, each lasting `duration`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Move {
+    from: EventId,
+    to: EventId,
+    shift: chrono::Duration,
+    duration: chrono::Duration,
+    range_start: Option<DateTime<Utc>>,
+    range_end: Option<DateTime<Utc>>,
+}
+
+impl Move {
+    /// Every booking of `from`.
+    pub(crate) fn all(
+        from: EventId,
+        to: EventId,
+        shift: chrono::Duration,
+        duration: chrono::Duration,
+    ) -> Self {
+        Self {
+            from,
+            to,
+            shift,
+            duration,
+            range_start: None,
+            range_end: None,
+        }
+    }
+
+    fn within(mut self, start: DateTime<Utc>, end: Option<DateTime<Utc>>) -> Self {
+        self.range_start = Some(start);
+        self.range_end = end;
+        self
+    }
+}
+
+fn micros(d: chrono::Duration) -> i64 {
+    d.num_microseconds().unwrap_or(i64::MAX)
 }
 
 fn reservation_arrays(

@@ -5,10 +5,12 @@
 mod access;
 mod mutation;
 mod query;
+mod series;
 mod types;
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
+pub use series::EditScope;
 
 use crate::ApiConfig;
 use crate::auth::Viewer;

@@ -2,15 +2,16 @@
 //! transactional storage write; the loaders' memo for what changed is refreshed so the rest of the
 //! request sees the new state.
 
-use super::access::{calendar_with_role, readable_event, writable_event};
+use super::access::{calendar_with_role, writable_event};
 use super::query::parse_ids;
+use super::series::{EditScope, Target, bookings_for_series, check_schedule, resolve};
 use super::types::*;
 use super::{rc, viewer};
 use crate::error::{ApiError, ApiResult};
 use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
 use cal_domain as d;
 use cal_storage::{EventPatch, NewAttendee, NewEvent, NewReservation};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
 
 pub struct MutationRoot;
@@ -55,6 +56,12 @@ pub struct CreateEventInput {
     pub status: EventStatus,
     #[graphql(default_with = "Transparency::Busy")]
     pub transparency: Transparency,
+    /// RFC 5545 rule (without `RRULE:`), e.g. `FREQ=WEEKLY;BYDAY=MO,WE;COUNT=10`. `startTime` must
+    /// be its first occurrence; it expands in `timeZone`.
+    pub rrule: Option<String>,
+    /// Not accepted at creation (delete occurrences instead); present so clients get a clear error.
+    #[graphql(default)]
+    pub exdates: Vec<DateTime<Utc>>,
     #[graphql(default)]
     pub attendees: Vec<AttendeeInput>,
     #[graphql(default)]
@@ -73,6 +80,9 @@ pub struct UpdateEventInput {
     pub all_day: Option<bool>,
     pub status: Option<EventStatus>,
     pub transparency: Option<Transparency>,
+    /// New rule for a series (`null` makes it a single event); only with scope ALL or
+    /// THIS_AND_FOLLOWING.
+    pub rrule: MaybeUndefined<String>,
 }
 
 fn text(field: &str, v: &str, max: usize) -> ApiResult<()> {
@@ -135,7 +145,7 @@ async fn refreshed(ctx: &Context<'_>, ev: d::Event) -> Event {
     loaders.events.prime(ev.id, Ok(Some(ev.clone()))).await;
     loaders.attendees.clear(ev.id).await;
     loaders.reservations.clear(ev.id).await;
-    Event(ev)
+    Event::row(ev)
 }
 
 #[Object]
@@ -216,7 +226,9 @@ impl MutationRoot {
     }
 
     /// Creates an event with its attendees and reservations, atomically (writers and owners).
-    /// A reservation that overlaps another fails with RESOURCE_CONFLICT and nothing is written.
+    /// With `rrule` it is a series, and each reservation books every occurrence in the booking
+    /// horizon. A booking that overlaps another fails with RESOURCE_CONFLICT listing the conflicts
+    /// and nothing is written.
     async fn create_event(&self, ctx: &Context<'_>, input: CreateEventInput) -> ApiResult<Event> {
         let me = viewer(ctx)?;
         let cal_id = d::CalendarId::parse(&input.calendar_id)?;
@@ -227,12 +239,41 @@ impl MutationRoot {
         text("title", &input.title, 500)?;
         optional_text("description", input.description.as_deref(), 20_000)?;
         optional_text("location", input.location.as_deref(), 500)?;
-        d::check_event_times(input.start_time, input.end_time)?;
         let time_zone = input
             .time_zone
             .clone()
             .unwrap_or_else(|| cal.time_zone.clone());
-        d::parse_time_zone(&time_zone)?;
+        let (rule, series_end) = check_schedule(
+            input.start_time,
+            input.end_time,
+            &time_zone,
+            input.all_day,
+            input.rrule.as_deref(),
+        )?;
+        if !input.exdates.is_empty() {
+            return Err(ApiError::bad_input(
+                "exdates are added by deleting occurrences; create the series without them",
+            ));
+        }
+        let mut wanted = reservations(ctx, &input.reservations)?;
+        if let Some(rule) = &rule {
+            if wanted
+                .iter()
+                .any(|w| w.start_time.is_some() || w.end_time.is_some())
+            {
+                return Err(ApiError::bad_input(
+                    "a recurring event books each occurrence at its own times; omit startTime/endTime",
+                ));
+            }
+            let resources: Vec<d::ResourceId> = wanted.iter().map(|w| w.resource_id).collect();
+            wanted = bookings_for_series(
+                ctx,
+                rule,
+                input.end_time - input.start_time,
+                &[],
+                &resources,
+            )?;
+        }
         let new = NewEvent {
             calendar_id: cal_id,
             organizer_id: me,
@@ -245,24 +286,32 @@ impl MutationRoot {
             all_day: input.all_day,
             status: input.status.into(),
             transparency: input.transparency.into(),
-            rrule: None,
+            rrule: rule.as_ref().map(|r| r.to_rule_text()),
+            series_end,
             attendees: attendees(ctx, &input.attendees)?,
-            reservations: reservations(ctx, &input.reservations)?,
+            reservations: wanted,
         };
         let ev = rc(ctx).store.create_event(&new).await?;
         Ok(refreshed(ctx, ev).await)
     }
 
-    /// Changes an event if it is still at `expectedVersion` (else VERSION_CONFLICT).
+    /// Changes an event if it is still at `expectedVersion` (else VERSION_CONFLICT). For a series,
+    /// `scope` says what changes: THIS occurrence (default for an occurrence id: it becomes an
+    /// override), THIS_AND_FOLLOWING (the series is split at the occurrence) or ALL (default for a
+    /// series id: the master changes, times shift every occurrence). An occurrence carries its
+    /// series' version until it is overridden.
     async fn update_event(
         &self,
         ctx: &Context<'_>,
         id: ID,
         expected_version: i64,
         input: UpdateEventInput,
+        scope: Option<EditScope>,
     ) -> ApiResult<Event> {
-        let id = d::EventId::parse(&id)?;
-        let ev = writable_event(ctx, id).await?;
+        let (target, access) = resolve(ctx, &id).await?;
+        if !access.can_write() {
+            return Err(ApiError::Forbidden);
+        }
         if let Some(t) = &input.title {
             text("title", t, 500)?;
         }
@@ -276,48 +325,221 @@ impl MutationRoot {
             input.location.as_opt_ref().flatten().map(String::as_str),
             500,
         )?;
-        if let Some(tz) = &input.time_zone {
-            d::parse_time_zone(tz)?;
-        }
-        let (start, end) = (
-            input.start_time.unwrap_or(ev.start_time),
-            input.end_time.unwrap_or(ev.end_time),
-        );
-        d::check_event_times(start, end)?;
-        let patch = EventPatch {
-            title: input.title.map(|t| t.trim().to_owned()),
-            description: maybe(input.description),
-            location: maybe(input.location),
-            start_time: input.start_time,
-            end_time: input.end_time,
-            time_zone: input.time_zone,
-            all_day: input.all_day,
-            status: input.status.map(Into::into),
-            transparency: input.transparency.map(Into::into),
-            rrule: None,
+        let store = &rc(ctx).store;
+        let base = |row: &d::Event| {
+            checked(
+                EventPatch {
+                    title: input.title.as_ref().map(|t| t.trim().to_owned()),
+                    description: maybe(input.description.clone()),
+                    location: maybe(input.location.clone()),
+                    start_time: input.start_time,
+                    end_time: input.end_time,
+                    time_zone: input.time_zone.clone(),
+                    all_day: input.all_day,
+                    status: input.status.map(Into::into),
+                    transparency: input.transparency.map(Into::into),
+                    rrule: None,
+                    series_end: None,
+                },
+                row,
+            )
         };
-        let ev = rc(ctx)
-            .store
-            .update_event(id, expected_version, &patch)
-            .await?;
+        let rule_change = !matches!(input.rrule, MaybeUndefined::Undefined);
+        let ev = match (target, scope) {
+            // A single event or an override row: change the row.
+            (Target::Row(row) | Target::Override { row }, None | Some(EditScope::This))
+                if row.rrule.is_none() =>
+            {
+                if rule_change {
+                    return Err(ApiError::bad_input(
+                        "rrule can only change on a whole series",
+                    ));
+                }
+                let patch = base(&row)?;
+                store.update_event(row.id, expected_version, &patch).await?
+            }
+            (Target::Row(row), Some(EditScope::This)) => {
+                let _ = row;
+                return Err(ApiError::bad_input(
+                    "scope THIS needs an occurrence id (seriesId_originalStart)",
+                ));
+            }
+            (Target::Row(row), Some(EditScope::ThisAndFollowing))
+                if row.recurring_event_id.is_none() =>
+            {
+                return Err(ApiError::bad_input(
+                    "scope THIS_AND_FOLLOWING needs an occurrence id",
+                ));
+            }
+            // The whole series, addressed by its id.
+            (Target::Row(master), None | Some(EditScope::All)) => {
+                let patch = series_patch(&master, &input, Duration::zero())?;
+                store
+                    .update_event(master.id, expected_version, &patch)
+                    .await?
+            }
+            // One generated occurrence: it becomes an override.
+            (Target::Generated { master, occurrence }, None | Some(EditScope::This)) => {
+                if rule_change {
+                    return Err(ApiError::bad_input(
+                        "rrule can only change on a whole series",
+                    ));
+                }
+                let occ_row = d::Event {
+                    start_time: occurrence.start,
+                    end_time: occurrence.end,
+                    rrule: None,
+                    ..(*master).clone()
+                };
+                let patch = base(&occ_row)?;
+                store
+                    .override_instance(
+                        master.id,
+                        occurrence.original_start,
+                        occurrence.end,
+                        Some(expected_version),
+                        &patch,
+                    )
+                    .await?
+            }
+            // The whole series, addressed through one occurrence: times move by the same amount.
+            (Target::Generated { master, occurrence }, Some(EditScope::All)) => {
+                let shift = input
+                    .start_time
+                    .map_or(Duration::zero(), |s| s - occurrence.start);
+                let patch = series_patch(&master, &input, shift)?;
+                store
+                    .update_event(master.id, expected_version, &patch)
+                    .await?
+            }
+            (Target::Override { row }, Some(EditScope::All))
+            | (Target::Row(row), Some(EditScope::ThisAndFollowing)) => {
+                let series = row.recurring_event_id.ok_or(ApiError::NotFound)?;
+                let master = crate::loaders::one(&rc(ctx).loaders.events, series)
+                    .await?
+                    .ok_or(ApiError::NotFound)?;
+                if matches!(scope, Some(EditScope::All)) {
+                    let shift = input
+                        .start_time
+                        .map_or(Duration::zero(), |s| s - row.start_time);
+                    let patch = series_patch(&master, &input, shift)?;
+                    store
+                        .update_event(master.id, expected_version, &patch)
+                        .await?
+                } else {
+                    let original = row.original_start_time.ok_or(ApiError::NotFound)?;
+                    split(
+                        ctx,
+                        &master,
+                        original,
+                        row.start_time,
+                        row.end_time,
+                        expected_version,
+                        &input,
+                    )
+                    .await?
+                }
+            }
+            (Target::Override { row }, Some(EditScope::ThisAndFollowing)) => {
+                let series = row.recurring_event_id.ok_or(ApiError::NotFound)?;
+                let master = crate::loaders::one(&rc(ctx).loaders.events, series)
+                    .await?
+                    .ok_or(ApiError::NotFound)?;
+                let original = row.original_start_time.ok_or(ApiError::NotFound)?;
+                split(
+                    ctx,
+                    &master,
+                    original,
+                    row.start_time,
+                    row.end_time,
+                    expected_version,
+                    &input,
+                )
+                .await?
+            }
+            (Target::Generated { master, occurrence }, Some(EditScope::ThisAndFollowing)) => {
+                if occurrence.original_start == master.start_time {
+                    let shift = input
+                        .start_time
+                        .map_or(Duration::zero(), |s| s - occurrence.start);
+                    let patch = series_patch(&master, &input, shift)?;
+                    store
+                        .update_event(master.id, expected_version, &patch)
+                        .await?
+                } else {
+                    split(
+                        ctx,
+                        &master,
+                        occurrence.original_start,
+                        occurrence.start,
+                        occurrence.end,
+                        expected_version,
+                        &input,
+                    )
+                    .await?
+                }
+            }
+            (Target::Override { row }, None | Some(EditScope::This)) => {
+                let patch = base(&row)?;
+                store.update_event(row.id, expected_version, &patch).await?
+            }
+        };
         Ok(refreshed(ctx, ev).await)
     }
 
-    /// Soft-deletes an event and releases its reservations. Returns true.
+    /// Deletes an event (soft; its bookings are released). An occurrence id removes just that
+    /// occurrence (it becomes an EXDATE of its series); a series id removes the whole series.
     async fn delete_event(
         &self,
         ctx: &Context<'_>,
         id: ID,
         expected_version: Option<i64>,
     ) -> ApiResult<bool> {
-        let id = d::EventId::parse(&id)?;
-        writable_event(ctx, id).await?;
-        rc(ctx).store.delete_event(id, expected_version).await?;
-        rc(ctx).loaders.events.prime(id, Ok(None)).await;
+        let (target, access) = resolve(ctx, &id).await?;
+        if !access.can_write() {
+            return Err(ApiError::Forbidden);
+        }
+        let store = &rc(ctx).store;
+        match target {
+            Target::Row(row) => {
+                store.delete_event(row.id, expected_version).await?;
+                rc(ctx).loaders.events.prime(row.id, Ok(None)).await;
+            }
+            Target::Generated { master, occurrence } => {
+                store
+                    .delete_instance(
+                        master.id,
+                        occurrence.original_start,
+                        occurrence.end,
+                        expected_version,
+                    )
+                    .await?;
+                rc(ctx).loaders.events.clear(master.id).await;
+            }
+            Target::Override { row } => {
+                if let Some(v) = expected_version
+                    && v != row.version
+                {
+                    return Err(ApiError::VersionConflict {
+                        expected: v,
+                        current: row.version,
+                    });
+                }
+                let (series, original) = (row.recurring_event_id, row.original_start_time);
+                let (Some(series), Some(original)) = (series, original) else {
+                    return Err(ApiError::NotFound);
+                };
+                store
+                    .delete_instance(series, original, row.end_time, None)
+                    .await?;
+                rc(ctx).loaders.events.clear(series).await;
+            }
+        }
         Ok(true)
     }
 
-    /// Sets the viewer's response to an event it is invited to.
+    /// Sets the viewer's response to an event it is invited to (for an occurrence id: to its series,
+    /// or to the override when the occurrence has one).
     async fn respond_to_event(
         &self,
         ctx: &Context<'_>,
@@ -325,14 +547,13 @@ impl MutationRoot {
         response: ResponseStatus,
     ) -> ApiResult<Event> {
         let me = viewer(ctx)?;
-        let id = d::EventId::parse(&event_id)?;
-        let (_, access) = readable_event(ctx, id).await?;
+        let (target, _) = resolve(ctx, &event_id).await?;
+        let id = target.row().id;
         let invited = crate::loaders::one(&rc(ctx).loaders.attendees, id)
             .await?
             .iter()
             .any(|a| a.user_id == me);
         if !invited {
-            let _ = access;
             return Err(ApiError::Forbidden);
         }
         let (ev, _) = rc(ctx).store.respond(id, me, response.into()).await?;
@@ -347,8 +568,7 @@ impl MutationRoot {
         attendees: Vec<AttendeeInput>,
         expected_version: Option<i64>,
     ) -> ApiResult<Event> {
-        let id = d::EventId::parse(&event_id)?;
-        writable_event(ctx, id).await?;
+        let id = writable_row(ctx, &event_id).await?;
         let list = self::attendees(ctx, &attendees)?;
         if list.is_empty() {
             return Err(ApiError::bad_input("attendees must not be empty"));
@@ -368,9 +588,8 @@ impl MutationRoot {
         user_id: ID,
         expected_version: Option<i64>,
     ) -> ApiResult<Event> {
-        let id = d::EventId::parse(&event_id)?;
         let user = d::UserId::parse(&user_id)?;
-        writable_event(ctx, id).await?;
+        let id = writable_row(ctx, &event_id).await?;
         let ev = rc(ctx)
             .store
             .remove_attendee(id, expected_version, user)
@@ -378,8 +597,10 @@ impl MutationRoot {
         Ok(refreshed(ctx, ev).await)
     }
 
-    /// Books a resource for an event (for the event's times unless given). RESOURCE_CONFLICT names
-    /// the event already holding the slot.
+    /// Books a resource for an event (for the event's times unless given). For a series id it
+    /// books every occurrence in the booking horizon, all or nothing, and returns the first
+    /// booking; for an occurrence id, that occurrence. RESOURCE_CONFLICT lists the bookings in the
+    /// way (`extensions.conflicts`).
     async fn reserve_resource(
         &self,
         ctx: &Context<'_>,
@@ -389,23 +610,46 @@ impl MutationRoot {
         end_time: Option<DateTime<Utc>>,
         expected_version: Option<i64>,
     ) -> ApiResult<Reservation> {
-        let id = d::EventId::parse(&event_id)?;
         let input = ReservationInput {
             resource_id,
             start_time,
             end_time,
         };
-        let wanted = reservations(ctx, std::slice::from_ref(&input))?.remove(0);
-        writable_event(ctx, id).await?;
+        let mut wanted = reservations(ctx, std::slice::from_ref(&input))?;
+        let (target, access) = resolve(ctx, &event_id).await?;
+        if !access.can_write() {
+            return Err(ApiError::Forbidden);
+        }
         let r = rc(ctx);
-        let res = crate::loaders::one(&r.loaders.resources, wanted.resource_id)
+        let res = crate::loaders::one(&r.loaders.resources, wanted[0].resource_id)
             .await?
             .ok_or(ApiError::NotFound)?;
-        let reservation = r.store.reserve(id, expected_version, &wanted).await?;
-        r.loaders.reservations.clear(id).await;
-        r.loaders.events.clear(id).await;
+        let row = target.row().clone();
+        match &target {
+            Target::Generated { occurrence, .. } => {
+                wanted[0].start_time = wanted[0].start_time.or(Some(occurrence.start));
+                wanted[0].end_time = wanted[0].end_time.or(Some(occurrence.end));
+            }
+            Target::Row(master)
+                if master.rrule.is_some() && start_time.is_none() && end_time.is_none() =>
+            {
+                let rule = d::instances::rule_of(master)?.ok_or(ApiError::NotFound)?;
+                wanted = bookings_for_series(
+                    ctx,
+                    &rule,
+                    master.end_time - master.start_time,
+                    &master.exdates,
+                    &[res.id],
+                )?;
+            }
+            _ => {}
+        }
+        let booked = r.store.reserve(row.id, expected_version, &wanted).await?;
+        r.loaders.reservations.clear(row.id).await;
+        r.loaders.events.clear(row.id).await;
+        let first = booked.into_iter().next().ok_or(ApiError::NotFound)?;
         Ok(Reservation {
-            r: reservation,
+            r: first,
             resource: res,
         })
     }
@@ -436,6 +680,144 @@ impl MutationRoot {
             resource: res,
         })
     }
+}
+
+/// The stored row an attendee edit applies to, after checking the viewer may write it.
+async fn writable_row(ctx: &Context<'_>, id: &ID) -> ApiResult<d::EventId> {
+    let (target, access) = resolve(ctx, id).await?;
+    if !access.can_write() {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(target.row().id)
+}
+
+/// Validates the schedule a patch gives a single row (not a series) against its current state.
+fn checked(patch: EventPatch, row: &d::Event) -> ApiResult<EventPatch> {
+    let start = patch.start_time.unwrap_or(row.start_time);
+    let end = patch.end_time.unwrap_or(row.end_time);
+    let tz = patch
+        .time_zone
+        .clone()
+        .unwrap_or_else(|| row.time_zone.clone());
+    check_schedule(start, end, &tz, patch.all_day.unwrap_or(row.all_day), None)?;
+    Ok(patch)
+}
+
+/// A patch for a series master: times shift by `shift` (what the edited occurrence moved by, or
+/// the explicit new first start), the rule is re-checked against the new first occurrence and
+/// `series_end` recomputed.
+fn series_patch(
+    master: &d::Event,
+    input: &UpdateEventInput,
+    shift: Duration,
+) -> ApiResult<EventPatch> {
+    let duration = match (input.start_time, input.end_time) {
+        (Some(s), Some(e)) => e - s,
+        _ => master.end_time - master.start_time,
+    };
+    let start = if shift.is_zero() {
+        input.start_time.unwrap_or(master.start_time)
+    } else {
+        master.start_time + shift
+    };
+    let end = match input.end_time {
+        Some(e) if shift.is_zero() && input.start_time.is_none() => e,
+        _ => start + duration,
+    };
+    let tz = input
+        .time_zone
+        .clone()
+        .unwrap_or_else(|| master.time_zone.clone());
+    let all_day = input.all_day.unwrap_or(master.all_day);
+    let rrule = match &input.rrule {
+        MaybeUndefined::Undefined => master.rrule.clone(),
+        MaybeUndefined::Null => None,
+        MaybeUndefined::Value(v) => Some(v.clone()),
+    };
+    let (rule, series_end) = check_schedule(start, end, &tz, all_day, rrule.as_deref())?;
+    Ok(EventPatch {
+        title: input.title.as_ref().map(|t| t.trim().to_owned()),
+        description: maybe(input.description.clone()),
+        location: maybe(input.location.clone()),
+        start_time: Some(start),
+        end_time: Some(end),
+        time_zone: input.time_zone.clone(),
+        all_day: input.all_day,
+        status: input.status.map(Into::into),
+        transparency: input.transparency.map(Into::into),
+        rrule: Some(rule.map(|r| r.to_rule_text())),
+        series_end: Some(series_end),
+    })
+}
+
+/// "This and following": the series ends before `original`, a new one starts at the (possibly
+/// moved) occurrence with the patch applied and the rest of the rule.
+async fn split(
+    ctx: &Context<'_>,
+    master: &d::Event,
+    original: DateTime<Utc>,
+    occ_start: DateTime<Utc>,
+    occ_end: DateTime<Utc>,
+    expected_version: i64,
+    input: &UpdateEventInput,
+) -> ApiResult<d::Event> {
+    let rule = d::instances::rule_of(master)?.ok_or(ApiError::NotFound)?;
+    let duration = master.end_time - master.start_time;
+    let truncated = rule.truncated_before(original)?;
+    let truncated_rule = if master.all_day {
+        d::RecurrenceRule::parse_all_day(&truncated, master.start_time)?
+    } else {
+        d::RecurrenceRule::parse(
+            &truncated,
+            master.start_time,
+            d::parse_time_zone(&master.time_zone)?,
+        )?
+    };
+    let start = input.start_time.unwrap_or(occ_start);
+    let end = input.end_time.unwrap_or(start + (occ_end - occ_start));
+    let tz = input
+        .time_zone
+        .clone()
+        .unwrap_or_else(|| master.time_zone.clone());
+    let all_day = input.all_day.unwrap_or(master.all_day);
+    let rest = match &input.rrule {
+        MaybeUndefined::Value(v) => Some(v.clone()),
+        MaybeUndefined::Null => None,
+        MaybeUndefined::Undefined => Some(rule.remainder_from(original)?),
+    };
+    let (new_rule, new_end) = check_schedule(start, end, &tz, all_day, rest.as_deref())?;
+    let new = NewEvent {
+        calendar_id: master.calendar_id,
+        organizer_id: master.organizer_id,
+        title: input
+            .title
+            .as_ref()
+            .map_or_else(|| master.title.clone(), |t| t.trim().to_owned()),
+        description: maybe(input.description.clone()).unwrap_or_else(|| master.description.clone()),
+        location: maybe(input.location.clone()).unwrap_or_else(|| master.location.clone()),
+        start_time: start,
+        end_time: end,
+        time_zone: tz,
+        all_day,
+        status: input.status.map_or(master.status, Into::into),
+        transparency: input.transparency.map_or(master.transparency, Into::into),
+        rrule: new_rule.map(|r| r.to_rule_text()),
+        series_end: new_end,
+        attendees: vec![],
+        reservations: vec![],
+    };
+    let _ = duration;
+    Ok(rc(ctx)
+        .store
+        .split_series(
+            master.id,
+            Some(expected_version),
+            original,
+            &truncated,
+            truncated_rule.last_end(master.end_time - master.start_time),
+            &new,
+        )
+        .await?)
 }
 
 fn maybe(v: MaybeUndefined<String>) -> Option<Option<String>> {

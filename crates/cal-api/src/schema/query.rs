@@ -1,6 +1,6 @@
 //! Query root.
 
-use super::access::{calendar_with_role, free_busy_visible, readable_event};
+use super::access::{calendar_with_role, free_busy_visible};
 use super::types::*;
 use super::{rc, viewer};
 use crate::error::{ApiError, ApiResult};
@@ -102,13 +102,13 @@ impl QueryRoot {
         Ok(out)
     }
 
-    /// An event the viewer may read (member with reader role or above, organizer or invitee).
+    /// An event the viewer may read (member with reader role or above, organizer or invitee): a
+    /// row id, or an occurrence id `seriesId_originalStartUTC` as `Calendar.events` lists them.
     async fn event(&self, ctx: &Context<'_>, id: ID) -> Option<ApiResult<Event>> {
         Some(
             async move {
-                let id = d::EventId::parse(&id)?;
-                let (ev, _) = readable_event(ctx, id).await?;
-                Ok(Event(ev))
+                let (target, _) = super::series::resolve(ctx, &id).await?;
+                Ok(target.view())
             }
             .await,
         )

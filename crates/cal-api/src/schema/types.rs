@@ -8,9 +8,11 @@ use crate::loaders::{Booking, one};
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use cal_domain as d;
+use cal_domain::Occurrence;
 use cal_domain::{EventCursor, TimeWindow};
-use chrono::{DateTime, Utc};
-use std::collections::BTreeSet;
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use chrono_tz::Tz;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 macro_rules! mirror_enum {
@@ -176,7 +178,9 @@ impl Calendar {
             .map(Into::into)
             .collect())
     }
-    /// Events overlapping `[from, to)`, ordered by start time, with keyset cursors.
+    /// Events overlapping `[from, to)`, ordered by start time, with keyset cursors: single events
+    /// plus every occurrence of every series that overlaps the window, expanded in the event's own
+    /// zone. `timeZone` (IANA) renders the times with that zone's offset.
     #[graphql(
         complexity = "(first.unwrap_or(50).max(0) as usize).saturating_mul(child_complexity).saturating_add(1)"
     )]
@@ -187,10 +191,12 @@ impl Calendar {
         to: DateTime<Utc>,
         first: Option<i32>,
         after: Option<String>,
+        time_zone: Option<String>,
     ) -> ApiResult<Connection<String, Event>> {
         self.require_details()?;
         let r = rc(ctx);
         let w = window(ctx, from, to)?;
+        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
         let first = match first {
             None => r.config.default_page_size,
             Some(n) if n >= 0 && (n as usize) <= r.config.max_page_size => n as usize,
@@ -202,26 +208,50 @@ impl Calendar {
             }
         };
         let after = after.as_deref().map(EventCursor::decode).transpose()?;
-        let mut rows = r
+        let rows = r
             .store
             .events_in_window(self.cal.id, &w, after, first as i64 + 1)
             .await?;
-        let has_next = rows.len() > first;
-        rows.truncate(first);
-        let rows: Vec<Arc<d::Event>> = rows.into_iter().map(Arc::new).collect();
+        let mut placed = d::instances::place(
+            &rows.singles,
+            &rows.masters,
+            &rows.overrides,
+            w.from(),
+            w.to(),
+            after,
+            first + 1,
+        )
+        .map_err(|e| ApiError::Internal(format!("stored series cannot be expanded: {}", e.0)))?;
+        let has_next = placed.len() > first;
+        placed.truncate(first);
+        // One Arc per stored row, shared by all the occurrences it generates.
+        let arcs: HashMap<d::EventId, Arc<d::Event>> = rows
+            .singles
+            .iter()
+            .chain(&rows.masters)
+            .map(|e| (e.id, Arc::new(e.clone())))
+            .collect();
+        let used: Vec<Arc<d::Event>> = {
+            let mut ids: Vec<d::EventId> = placed.iter().map(|p| p.event.id).collect();
+            ids.sort();
+            ids.dedup();
+            ids.iter().map(|id| arcs[id].clone()).collect()
+        };
         r.loaders
             .events
-            .prime_many(rows.iter().map(|e| (e.id, Ok(Some(e.clone())))))
+            .prime_many(used.iter().map(|e| (e.id, Ok(Some(e.clone())))))
             .await;
-        prefetch(ctx, &rows).await?;
+        prefetch(ctx, &used).await?;
         let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges.extend(rows.into_iter().map(|e| {
-            let cursor = EventCursor {
-                start: e.start_time,
-                id: e.id,
-            }
-            .encode();
-            Edge::new(cursor, Event(e))
+        conn.edges.extend(placed.iter().map(|p| {
+            Edge::new(
+                p.cursor().encode(),
+                Event {
+                    row: arcs[&p.event.id].clone(),
+                    occurrence: p.occurrence,
+                    tz,
+                },
+            )
         }));
         Ok(conn)
     }
@@ -291,79 +321,135 @@ async fn prefetch(ctx: &Context<'_>, events: &[Arc<d::Event>]) -> ApiResult<()> 
     Ok(())
 }
 
-/// An event the viewer may read (authorization happened where it was obtained).
-pub struct Event(pub Arc<d::Event>);
+/// An event the viewer may read (authorization happened where it was obtained): a stored row
+/// (single event, series master or override), or one generated occurrence of a series.
+pub struct Event {
+    pub row: Arc<d::Event>,
+    pub occurrence: Option<Occurrence>,
+    /// Zone to render times in (`Calendar.events(timeZone:)`); UTC otherwise.
+    pub tz: Option<Tz>,
+}
+
+impl Event {
+    pub fn row(row: Arc<d::Event>) -> Self {
+        Event {
+            row,
+            occurrence: None,
+            tz: None,
+        }
+    }
+
+    fn start(&self) -> DateTime<Utc> {
+        self.occurrence.map_or(self.row.start_time, |o| o.start)
+    }
+
+    fn end(&self) -> DateTime<Utc> {
+        self.occurrence.map_or(self.row.end_time, |o| o.end)
+    }
+
+    /// All-day events are dates: always rendered at UTC midnight, never shifted into a zone.
+    fn render(&self, t: DateTime<Utc>) -> DateTime<FixedOffset> {
+        match self.tz {
+            Some(tz) if !self.row.all_day => t.with_timezone(&tz).fixed_offset(),
+            _ => t.fixed_offset(),
+        }
+    }
+}
 
 #[Object]
 impl Event {
+    /// Stable id: the row id for single events and series, `seriesId_originalStartUTC` (e.g.
+    /// `42_20261122T090000Z`) for an occurrence of a series, overridden or not. Usable with `event(id)`.
     async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+        ID(d::instances::instance_id(&self.row, self.occurrence)
+            .map_or_else(|| self.row.id.to_string(), |i| i.format()))
     }
     /// The calendar holding the event; null when the viewer sees the event only as an invitee.
     async fn calendar(&self, ctx: &Context<'_>) -> ApiResult<Option<Calendar>> {
-        match calendar_with_role(ctx, self.0.calendar_id).await {
+        match calendar_with_role(ctx, self.row.calendar_id).await {
             Ok((cal, role)) => Ok(Some(Calendar { cal, role })),
             Err(ApiError::Forbidden) => Ok(None),
             Err(e) => Err(e),
         }
     }
     async fn organizer(&self, ctx: &Context<'_>) -> ApiResult<User> {
-        load_user(ctx, self.0.organizer_id).await
+        load_user(ctx, self.row.organizer_id).await
     }
     async fn title(&self) -> &str {
-        &self.0.title
+        &self.row.title
     }
     async fn description(&self) -> Option<&str> {
-        self.0.description.as_deref()
+        self.row.description.as_deref()
     }
     async fn location(&self) -> Option<&str> {
-        self.0.location.as_deref()
+        self.row.location.as_deref()
     }
-    async fn start_time(&self) -> DateTime<Utc> {
-        self.0.start_time
+    /// Start instant, with the offset of the requested zone (UTC when none was asked for).
+    async fn start_time(&self) -> DateTime<FixedOffset> {
+        self.render(self.start())
     }
-    async fn end_time(&self) -> DateTime<Utc> {
-        self.0.end_time
+    async fn end_time(&self) -> DateTime<FixedOffset> {
+        self.render(self.end())
+    }
+    /// For all-day events, the first day (`YYYY-MM-DD`), the same in every zone.
+    async fn start_date(&self) -> Option<NaiveDate> {
+        self.row.all_day.then(|| self.start().date_naive())
+    }
+    /// For all-day events, the day after the last one (exclusive end, as in iCalendar).
+    async fn end_date(&self) -> Option<NaiveDate> {
+        self.row.all_day.then(|| self.end().date_naive())
     }
     /// IANA time zone the event was scheduled in.
     async fn time_zone(&self) -> &str {
-        &self.0.time_zone
+        &self.row.time_zone
     }
     async fn all_day(&self) -> bool {
-        self.0.all_day
+        self.row.all_day
     }
     async fn status(&self) -> EventStatus {
-        self.0.status.into()
+        self.row.status.into()
     }
     async fn transparency(&self) -> Transparency {
-        self.0.transparency.into()
+        self.row.transparency.into()
     }
     /// RFC 5545 recurrence rule of a series master.
     async fn rrule(&self) -> Option<&str> {
-        self.0.rrule.as_deref()
+        self.row.rrule.as_deref()
     }
     async fn exdates(&self) -> &[DateTime<Utc>] {
-        &self.0.exdates
+        &self.row.exdates
     }
+    /// The series this is an occurrence of (generated or overridden).
     async fn recurring_event_id(&self) -> Option<ID> {
-        self.0.recurring_event_id.map(|i| ID(i.to_string()))
+        match self.occurrence {
+            Some(_) => Some(ID(self.row.id.to_string())),
+            None => self.row.recurring_event_id.map(|i| ID(i.to_string())),
+        }
     }
-    async fn original_start_time(&self) -> Option<DateTime<Utc>> {
-        self.0.original_start_time
+    /// Where the series' rule put this occurrence (it may have been moved since).
+    async fn original_start_time(&self) -> Option<DateTime<FixedOffset>> {
+        self.occurrence
+            .map(|o| o.original_start)
+            .or(self.row.original_start_time)
+            .map(|t| self.render(t))
+    }
+    /// Whether this is a series master or one of its occurrences.
+    async fn is_recurring(&self) -> bool {
+        self.row.rrule.is_some() || self.row.recurring_event_id.is_some()
     }
     /// Bumped on every change; pass it back as `expectedVersion` when updating.
     async fn version(&self) -> i64 {
-        self.0.version
+        self.row.version
     }
     async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+        self.row.created_at
     }
     async fn updated_at(&self) -> DateTime<Utc> {
-        self.0.updated_at
+        self.row.updated_at
     }
     #[graphql(complexity = "10 * child_complexity + 1")]
     async fn attendees(&self, ctx: &Context<'_>) -> ApiResult<Vec<Attendee>> {
-        let list = one(&rc(ctx).loaders.attendees, self.0.id).await?;
+        let list = one(&rc(ctx).loaders.attendees, self.row.id).await?;
         Ok((0..list.len())
             .map(|i| Attendee {
                 list: list.clone(),
@@ -371,15 +457,24 @@ impl Event {
             })
             .collect())
     }
+    /// Bookings of this event; for an occurrence of a series, the bookings of that occurrence.
     #[graphql(complexity = "2 * child_complexity + 1")]
     async fn reservations(&self, ctx: &Context<'_>) -> ApiResult<Vec<Reservation>> {
-        let list = one(&rc(ctx).loaders.reservations, self.0.id).await?;
-        Ok(list.iter().cloned().map(Reservation::from).collect())
+        let list = one(&rc(ctx).loaders.reservations, self.row.id).await?;
+        let (start, end) = (self.start(), self.end());
+        Ok(list
+            .iter()
+            .filter(|(r, _)| {
+                self.occurrence.is_none() || (r.start_time < end && r.end_time > start)
+            })
+            .cloned()
+            .map(Reservation::from)
+            .collect())
     }
     /// The viewer's own response, when invited.
     async fn my_response(&self, ctx: &Context<'_>) -> ApiResult<Option<ResponseStatus>> {
         let me = viewer(ctx)?;
-        let list = one(&rc(ctx).loaders.attendees, self.0.id).await?;
+        let list = one(&rc(ctx).loaders.attendees, self.row.id).await?;
         Ok(list
             .iter()
             .find(|a| a.user_id == me)
@@ -387,7 +482,7 @@ impl Event {
     }
     /// Whether the viewer may change this event.
     async fn can_edit(&self, ctx: &Context<'_>) -> ApiResult<bool> {
-        Ok(event_access(ctx, &self.0).await?.can_write())
+        Ok(event_access(ctx, &self.row).await?.can_write())
     }
 }
 

@@ -99,6 +99,7 @@ pub async fn world(app: &TestApp, n: usize, attendees_per_event: usize) -> World
                 status: EventStatus::Confirmed,
                 transparency: Transparency::Busy,
                 rrule: None,
+                series_end: None,
                 attendees,
                 reservations,
             })

@@ -1,0 +1,554 @@
+//! Recurring events through the API: expansion in the month view (in the event's zone, across
+//! DST), instance ids, overrides, EXDATE deletion, splits, whole-series edits, bookings per
+//! occurrence, and the statement count of a recurring-heavy month view.
+
+mod common;
+use common::*;
+
+struct Setup {
+    app: TestApp,
+    owner: User,
+    cal: CalendarId,
+}
+
+async fn setup() -> Setup {
+    let app = TestApp::spawn().await;
+    let owner = app.user("Rhea Recurring").await;
+    let cal = app.calendar(owner.id, "Series").await;
+    Setup { app, owner, cal }
+}
+
+impl Setup {
+    async fn create(&self, extra: Value) -> Gql {
+        let mut input = json!({ "calendarId": self.cal.to_string(), "title": "Standup" });
+        for (k, v) in extra.as_object().unwrap() {
+            input[k] = v.clone();
+        }
+        let q = "mutation($in: CreateEventInput!) { createEvent(input: $in) { id version rrule startTime } }";
+        self.app
+            .gql(Some(self.owner.id), q, json!({ "in": input }))
+            .await
+    }
+
+    /// (id, startTime, title) of every event in the window, walking all pages.
+    async fn window(
+        &self,
+        from: &str,
+        to: &str,
+        tz: Option<&str>,
+    ) -> Vec<(String, String, String)> {
+        let q = r#"query($c: ID!, $f: DateTime!, $t: DateTime!, $tz: String, $a: String) { calendar(id: $c) {
+            events(from: $f, to: $t, first: 7, after: $a, timeZone: $tz) { edges { node { id startTime title } }
+            pageInfo { hasNextPage endCursor } } } }"#;
+        let mut out = Vec::new();
+        let mut after = Value::Null;
+        loop {
+            let vars =
+                json!({ "c": self.cal.to_string(), "f": from, "t": to, "tz": tz, "a": after });
+            let resp = self.app.gql(Some(self.owner.id), q, vars).await;
+            let conn = &resp.data()["calendar"]["events"];
+            for e in conn["edges"].as_array().unwrap() {
+                let n = &e["node"];
+                out.push((
+                    n["id"].as_str().unwrap().into(),
+                    n["startTime"].as_str().unwrap().into(),
+                    n["title"].as_str().unwrap().into(),
+                ));
+            }
+            if conn["pageInfo"]["hasNextPage"] == false {
+                return out;
+            }
+            after = conn["pageInfo"]["endCursor"].clone();
+        }
+    }
+}
+
+fn starts(w: &[(String, String, String)]) -> Vec<&str> {
+    w.iter().map(|(_, s, _)| s.as_str()).collect()
+}
+
+#[tokio::test]
+async fn weekly_meeting_stays_at_nine_local_across_dst_in_two_zones() {
+    let s = setup().await;
+    // Mondays 09:00 Europe/Berlin from 2026-03-16 (CET, 08:00Z); DST starts 2026-03-29.
+    s.create(
+        json!({ "startTime": "2026-03-16T08:00:00Z", "endTime": "2026-03-16T09:00:00Z",
+        "timeZone": "Europe/Berlin", "rrule": "FREQ=WEEKLY;BYDAY=MO" }),
+    )
+    .await
+    .data();
+    let w = s
+        .window("2026-03-15T00:00:00Z", "2026-04-14T00:00:00Z", None)
+        .await;
+    assert_eq!(
+        starts(&w),
+        vec![
+            "2026-03-16T08:00:00+00:00",
+            "2026-03-23T08:00:00+00:00",
+            "2026-03-30T07:00:00+00:00",
+            "2026-04-06T07:00:00+00:00",
+            "2026-04-13T07:00:00+00:00"
+        ]
+    );
+    let local = s
+        .window(
+            "2026-03-15T00:00:00Z",
+            "2026-04-14T00:00:00Z",
+            Some("Europe/Berlin"),
+        )
+        .await;
+    assert!(
+        starts(&local).iter().all(|t| t.contains("T09:00:00+0")),
+        "{local:?}"
+    );
+    // Fall back on 2026-10-25: back to 08:00Z.
+    let w = s
+        .window("2026-10-18T00:00:00Z", "2026-11-03T00:00:00Z", None)
+        .await;
+    assert_eq!(
+        starts(&w),
+        vec![
+            "2026-10-19T07:00:00+00:00",
+            "2026-10-26T08:00:00+00:00",
+            "2026-11-02T08:00:00+00:00"
+        ]
+    );
+
+    // America/New_York: DST 2026-03-08 → 2026-11-01. 09:00 local = 14:00Z in winter, 13:00Z in summer.
+    s.create(json!({ "title": "NY", "startTime": "2026-03-02T14:00:00Z", "endTime": "2026-03-02T14:30:00Z",
+        "timeZone": "America/New_York", "rrule": "FREQ=WEEKLY;COUNT=3" })).await.data();
+    let w = s
+        .window("2026-03-01T00:00:00Z", "2026-03-31T00:00:00Z", None)
+        .await;
+    let ny: Vec<&str> = w
+        .iter()
+        .filter(|(_, _, t)| t == "NY")
+        .map(|(_, s, _)| s.as_str())
+        .collect();
+    assert_eq!(
+        ny,
+        vec![
+            "2026-03-02T14:00:00+00:00",
+            "2026-03-09T13:00:00+00:00",
+            "2026-03-16T13:00:00+00:00"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_occurrence_in_the_skipped_hour_moves_forward_by_the_gap() {
+    let s = setup().await;
+    // Daily 02:30 Europe/Berlin; 02:30 does not exist on 2026-03-29 and happens at 03:30 CEST.
+    s.create(
+        json!({ "startTime": "2026-03-28T01:30:00Z", "endTime": "2026-03-28T01:45:00Z",
+        "timeZone": "Europe/Berlin", "rrule": "FREQ=DAILY;COUNT=3" }),
+    )
+    .await
+    .data();
+    let w = s
+        .window(
+            "2026-03-27T00:00:00Z",
+            "2026-04-01T00:00:00Z",
+            Some("Europe/Berlin"),
+        )
+        .await;
+    assert_eq!(
+        starts(&w),
+        vec![
+            "2026-03-28T02:30:00+01:00",
+            "2026-03-29T03:30:00+02:00",
+            "2026-03-30T02:30:00+02:00"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn instances_have_stable_ids_usable_with_event() {
+    let s = setup().await;
+    let created = s
+        .create(
+            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T09:15:00Z",
+        "timeZone": "UTC", "rrule": "FREQ=DAILY;INTERVAL=2" }),
+        )
+        .await;
+    let series = created.data()["createEvent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let w = s
+        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .await;
+    let ids: Vec<&str> = w.iter().map(|(i, _, _)| i.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            format!("{series}_20261102T090000Z"),
+            format!("{series}_20261104T090000Z"),
+            format!("{series}_20261106T090000Z"),
+            format!("{series}_20261108T090000Z")
+        ]
+    );
+    let q = "query($e: ID!) { event(id: $e) { id startTime recurringEventId originalStartTime isRecurring } }";
+    let resp = s.app.gql(Some(s.owner.id), q, json!({ "e": ids[1] })).await;
+    let ev = &resp.data()["event"];
+    assert_eq!(ev["id"], ids[1]);
+    assert_eq!(ev["recurringEventId"], series);
+    assert_eq!(ev["originalStartTime"], "2026-11-04T09:00:00+00:00");
+    // An instant the rule does not produce is not an occurrence.
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            q,
+            json!({ "e": format!("{series}_20261103T090000Z") }),
+        )
+        .await;
+    assert_eq!(resp.code(), "NOT_FOUND");
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            q,
+            json!({ "e": format!("{series}_garbage") }),
+        )
+        .await;
+    assert_eq!(resp.code(), "BAD_USER_INPUT");
+}
+
+#[tokio::test]
+async fn editing_this_this_and_following_and_all() {
+    let s = setup().await;
+    let created = s
+        .create(
+            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+        "timeZone": "UTC", "rrule": "FREQ=DAILY;COUNT=6" }),
+        )
+        .await;
+    let series = created.data()["createEvent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let version = created.data()["createEvent"]["version"].as_i64().unwrap();
+    let upd = "mutation($e: ID!, $v: Int!, $in: UpdateEventInput!, $s: EditScope) { updateEvent(id: $e, expectedVersion: $v, input: $in, scope: $s) { id version title startTime } }";
+    let inst = |d: &str| format!("{series}_202611{d}T090000Z");
+
+    // THIS: the 3rd occurrence moves to 15:00 and is renamed; it keeps its id.
+    let resp = s.app.gql(Some(s.owner.id), upd, json!({ "e": inst("04"), "v": version,
+        "in": { "title": "Moved", "startTime": "2026-11-04T15:00:00Z", "endTime": "2026-11-04T16:00:00Z" } })).await;
+    assert_eq!(resp.data()["updateEvent"]["id"], inst("04"));
+    assert_eq!(
+        resp.data()["updateEvent"]["startTime"],
+        "2026-11-04T15:00:00+00:00"
+    );
+    // The series' version moved on: the old one is stale now.
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            upd,
+            json!({ "e": inst("05"), "v": version, "in": { "title": "x" } }),
+        )
+        .await;
+    assert_eq!(resp.code(), "VERSION_CONFLICT");
+    let version = resp.0["errors"][0]["extensions"]["currentVersion"]
+        .as_i64()
+        .unwrap();
+
+    let w = s
+        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .await;
+    let titles: Vec<(&str, &str)> = w
+        .iter()
+        .map(|(_, st, t)| (st.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        titles,
+        vec![
+            ("2026-11-02T09:00:00+00:00", "Standup"),
+            ("2026-11-03T09:00:00+00:00", "Standup"),
+            ("2026-11-04T15:00:00+00:00", "Moved"),
+            ("2026-11-05T09:00:00+00:00", "Standup"),
+            ("2026-11-06T09:00:00+00:00", "Standup"),
+            ("2026-11-07T09:00:00+00:00", "Standup")
+        ]
+    );
+
+    // THIS_AND_FOLLOWING from the 5th: renamed from there on; the count is preserved (6 in all).
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            upd,
+            json!({ "e": inst("06"), "v": version, "s": "THIS_AND_FOLLOWING",
+        "in": { "title": "Later" } }),
+        )
+        .await;
+    resp.data();
+    let w = s
+        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .await;
+    let titles: Vec<&str> = w.iter().map(|(_, _, t)| t.as_str()).collect();
+    assert_eq!(
+        titles,
+        vec!["Standup", "Standup", "Moved", "Standup", "Later", "Later"]
+    );
+
+    // ALL, through the first series: renamed everywhere except the override, which keeps its own title.
+    let v: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
+        .bind(series.parse::<i64>().unwrap())
+        .fetch_one(&s.app.db.pool)
+        .await
+        .unwrap();
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            upd,
+            json!({ "e": series, "v": v, "in": { "title": "Daily" } }),
+        )
+        .await;
+    resp.data();
+    let w = s
+        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .await;
+    let titles: Vec<&str> = w.iter().map(|(_, _, t)| t.as_str()).collect();
+    assert_eq!(
+        titles,
+        vec!["Daily", "Daily", "Moved", "Daily", "Later", "Later"]
+    );
+}
+
+#[tokio::test]
+async fn deleting_one_occurrence_adds_an_exdate() {
+    let s = setup().await;
+    let created = s
+        .create(
+            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+        "timeZone": "UTC", "rrule": "FREQ=DAILY;COUNT=4" }),
+        )
+        .await;
+    let series = created.data()["createEvent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let inst = format!("{series}_20261103T090000Z");
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            "mutation($e: ID!) { deleteEvent(id: $e) }",
+            json!({ "e": inst }),
+        )
+        .await;
+    assert_eq!(resp.data()["deleteEvent"], true);
+    let w = s
+        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .await;
+    assert_eq!(
+        starts(&w),
+        vec![
+            "2026-11-02T09:00:00+00:00",
+            "2026-11-04T09:00:00+00:00",
+            "2026-11-05T09:00:00+00:00"
+        ]
+    );
+    let exdates: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT exdates FROM events WHERE id = $1")
+            .bind(series.parse::<i64>().unwrap())
+            .fetch_one(&s.app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(exdates.len(), 1);
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            "query($e: ID!) { event(id: $e) { id } }",
+            json!({ "e": inst }),
+        )
+        .await;
+    assert_eq!(resp.code(), "NOT_FOUND");
+    // Deleting the series removes every occurrence.
+    s.app
+        .gql(
+            Some(s.owner.id),
+            "mutation($e: ID!) { deleteEvent(id: $e) }",
+            json!({ "e": series }),
+        )
+        .await
+        .data();
+    assert!(
+        s.window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn booking_a_room_for_a_series_books_every_occurrence_or_nothing() {
+    let s = setup().await;
+    let room = s
+        .app
+        .store
+        .create_resource("Atrium", ResourceKind::Room, Some(10), None)
+        .await
+        .unwrap();
+    // Someone holds the room on the 3rd Wednesday.
+    s.create(json!({ "title": "Blocker", "startTime": "2026-11-18T09:30:00Z", "endTime": "2026-11-18T10:00:00Z",
+        "reservations": [{ "resourceId": room.id.to_string() }] })).await.data();
+    let weekly = json!({ "title": "Weekly", "startTime": "2026-11-04T09:00:00Z", "endTime": "2026-11-04T10:00:00Z",
+        "timeZone": "UTC", "rrule": "FREQ=WEEKLY;COUNT=5", "reservations": [{ "resourceId": room.id.to_string() }] });
+    let resp = s.create(weekly.clone()).await;
+    assert_eq!(resp.code(), "RESOURCE_CONFLICT");
+    let conflicts = resp.0["errors"][0]["extensions"]["conflicts"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0]["startTime"], "2026-11-18T09:30:00+00:00");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&s.app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1, "nothing of the failed series was written");
+
+    // Without the blocker, all five occurrences are booked.
+    let mut free = weekly.clone();
+    free["startTime"] = json!("2026-11-04T11:00:00Z");
+    free["endTime"] = json!("2026-11-04T12:00:00Z");
+    s.create(free).await.data();
+    let booked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM reservations WHERE resource_id = $1 AND status = 'confirmed'",
+    )
+    .bind(room.id.0)
+    .fetch_one(&s.app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(booked, 1 + 5);
+    // Each occurrence shows its own booking.
+    let q = r#"query($c: ID!) { calendar(id: $c) { events(from: "2026-11-01T00:00:00Z", to: "2026-12-10T00:00:00Z") {
+        edges { node { title startTime reservations { startTime resource { name } } } } } } }"#;
+    let resp = s
+        .app
+        .gql(Some(s.owner.id), q, json!({ "c": s.cal.to_string() }))
+        .await;
+    for e in resp.data()["calendar"]["events"]["edges"]
+        .as_array()
+        .unwrap()
+    {
+        let n = &e["node"];
+        assert_eq!(n["reservations"].as_array().unwrap().len(), 1, "{n}");
+        assert_eq!(n["reservations"][0]["startTime"], n["startTime"]);
+    }
+}
+
+#[tokio::test]
+async fn recurring_heavy_month_view_takes_at_most_5_statements() {
+    let s = setup().await;
+    let people: Vec<User> = {
+        let mut v = Vec::new();
+        for i in 0..6 {
+            v.push(s.app.user(&format!("Att {i}")).await);
+        }
+        v
+    };
+    let attendees: Vec<Value> = people
+        .iter()
+        .map(|u| json!({ "userId": u.id.to_string() }))
+        .collect();
+    for i in 0..8 {
+        // 2026-10-05 is a Monday, the rule's first day.
+        s.create(json!({
+            "title": format!("Series {i}"),
+            "startTime": format!("2026-10-05T0{}:00:00Z", i + 1),
+            "endTime": format!("2026-10-05T0{}:30:00Z", i + 1),
+            "timeZone": "Europe/Berlin",
+            "rrule": "FREQ=WEEKLY;BYDAY=MO,WE,FR",
+            "attendees": attendees
+        }))
+        .await
+        .data();
+    }
+    s.create(json!({ "title": "Single", "startTime": "2026-11-10T12:00:00Z", "endTime": "2026-11-10T13:00:00Z", "attendees": attendees })).await.data();
+    let resp = s
+        .app
+        .gql(Some(s.owner.id), MONTH_VIEW, month_vars(s.cal))
+        .await;
+    let edges = resp.data()["calendar"]["events"]["edges"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        edges.len(),
+        100,
+        "8 series × 13 November occurrences + 1 single, first page of 100"
+    );
+    assert_eq!(
+        resp.data()["calendar"]["events"]["pageInfo"]["hasNextPage"],
+        true
+    );
+    assert!(
+        edges
+            .iter()
+            .all(|e| e["node"]["attendees"].as_array().unwrap().len() == 6)
+    );
+    assert!(
+        resp.sql_statements() <= 5,
+        "took {} statements",
+        resp.sql_statements()
+    );
+}
+
+#[tokio::test]
+async fn bad_rules_and_zones_are_bad_user_input() {
+    let s = setup().await;
+    for (rule, start) in [
+        ("FREQ=SECONDLY", "2026-11-02T09:00:00Z"),
+        ("nonsense", "2026-11-02T09:00:00Z"),
+        ("FREQ=WEEKLY;BYDAY=TU", "2026-11-02T09:00:00Z"), /* Monday start */
+    ] {
+        let resp = s
+            .create(json!({ "startTime": start, "endTime": "2026-11-02T10:00:00Z", "rrule": rule }))
+            .await;
+        assert_eq!(resp.code(), "BAD_USER_INPUT", "{rule}: {}", resp.0);
+    }
+    let q = r#"query($c: ID!) { calendar(id: $c) { events(from: "2026-11-01T00:00:00Z", to: "2026-11-02T00:00:00Z", timeZone: "Moon/Base") { edges { cursor } } } }"#;
+    assert_eq!(
+        s.app
+            .gql(Some(s.owner.id), q, json!({ "c": s.cal.to_string() }))
+            .await
+            .code(),
+        "BAD_USER_INPUT"
+    );
+}
+
+#[tokio::test]
+async fn all_day_events_stay_on_their_date() {
+    let s = setup().await;
+    let bad = s.create(json!({ "title": "Bad", "allDay": true, "startTime": "2026-03-29T05:00:00Z", "endTime": "2026-03-30T00:00:00Z" })).await;
+    assert_eq!(bad.code(), "BAD_USER_INPUT");
+    s.create(json!({ "title": "Birthday", "allDay": true, "startTime": "2026-03-29T00:00:00Z", "endTime": "2026-03-30T00:00:00Z",
+        "rrule": "FREQ=YEARLY" })).await.data();
+    let q = r#"query($c: ID!, $f: DateTime!, $t: DateTime!) { calendar(id: $c) { events(from: $f, to: $t, timeZone: "America/Los_Angeles") {
+        edges { node { startDate endDate startTime } } } } }"#;
+    for (year, from, to) in [
+        (2027, "2027-03-01T00:00:00Z", "2027-04-15T00:00:00Z"),
+        (2030, "2030-03-01T00:00:00Z", "2030-04-15T00:00:00Z"),
+    ] {
+        let resp = s
+            .app
+            .gql(
+                Some(s.owner.id),
+                q,
+                json!({ "c": s.cal.to_string(), "f": from, "t": to }),
+            )
+            .await;
+        let n = &resp.data()["calendar"]["events"]["edges"][0]["node"];
+        assert_eq!(n["startDate"], format!("{year}-03-29"));
+        assert_eq!(n["endDate"], format!("{year}-03-30"));
+        assert_eq!(
+            n["startTime"],
+            format!("{year}-03-29T00:00:00+00:00"),
+            "not shifted into the zone"
+        );
+    }
+}
