@@ -82,23 +82,49 @@ pub(crate) const OWNERS_SHARING_WITH: &str = "SELECT DISTINCT c.owner_id FROM ca
 
 /// `$1` the users, then the window as bound by [`bind_window`].
 pub(crate) const BUSY_OF_USERS: &str = "SELECT e.organizer_id AS who, e.start_time, e.end_time FROM events e \
-       WHERE e.organizer_id = ANY($1) AND e.deleted_at IS NULL \
+       WHERE e.organizer_id = ANY($1) AND e.deleted_at IS NULL AND e.rrule IS NULL \
          AND e.start_time >= $2 AND e.start_time < $3 AND e.end_time > $4 \
          AND e.status <> 'cancelled' AND e.transparency = 'busy' \
      UNION ALL \
      SELECT a.user_id AS who, e.start_time, e.end_time FROM attendees a JOIN events e ON e.id = a.event_id \
        WHERE a.user_id = ANY($1) AND a.response_status <> 'declined' AND e.organizer_id <> a.user_id \
-         AND e.deleted_at IS NULL AND e.start_time >= $2 AND e.start_time < $3 AND e.end_time > $4 \
+         AND e.deleted_at IS NULL AND e.rrule IS NULL AND e.start_time >= $2 AND e.start_time < $3 AND e.end_time > $4 \
          AND e.status <> 'cancelled' AND e.transparency = 'busy'";
 
 /// `$1` the resources, then the window as bound by [`bind_window`].
+/// Live busy series that users organize or attend (not declined) and that may touch the window
+/// (`$2` is the window's end, `$3` its start), with the user they make busy.
+pub(crate) static BUSY_SERIES_OF_USERS: LazyLock<String> = LazyLock::new(|| {
+    let cols = EVENT_COLS
+        .split(", ")
+        .map(|c| format!("e.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT e.organizer_id AS who, {cols} FROM events e \
+           WHERE e.organizer_id = ANY($1) AND e.rrule IS NOT NULL AND e.deleted_at IS NULL \
+             AND e.start_time < $2 AND (e.series_end IS NULL OR e.series_end > $3) \
+             AND e.status <> 'cancelled' AND e.transparency = 'busy' \
+         UNION ALL \
+         SELECT a.user_id AS who, {cols} FROM attendees a JOIN events e ON e.id = a.event_id \
+           WHERE a.user_id = ANY($1) AND a.response_status <> 'declined' AND e.organizer_id <> a.user_id \
+             AND e.rrule IS NOT NULL AND e.deleted_at IS NULL \
+             AND e.start_time < $2 AND (e.series_end IS NULL OR e.series_end > $3) \
+             AND e.status <> 'cancelled' AND e.transparency = 'busy'"
+    )
+});
+
+/// Original starts of the overrides of some series within a window (they replace occurrences).
+pub(crate) const OVERRIDDEN_STARTS: &str = "SELECT recurring_event_id, original_start_time FROM events \
+     WHERE recurring_event_id = ANY($1) AND original_start_time >= $2 AND original_start_time < $3";
+
 pub(crate) const BUSY_OF_RESOURCES: &str = "SELECT resource_id AS who, start_time, end_time FROM reservations \
      WHERE resource_id = ANY($1) AND status = 'confirmed' \
        AND start_time >= $2 AND start_time < $3 AND end_time > $4";
 
 /// `$1` the calendar, then the window as bound by [`bind_window`].
 pub(crate) const BUSY_OF_CALENDAR: &str = "SELECT calendar_id AS who, start_time, end_time FROM events \
-     WHERE calendar_id = $1 AND deleted_at IS NULL \
+     WHERE calendar_id = $1 AND deleted_at IS NULL AND rrule IS NULL \
        AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
        AND status <> 'cancelled' AND transparency = 'busy'";
 
@@ -294,6 +320,41 @@ impl Store {
         );
         let rows = self.fetch(q).await?;
         intervals(rows, UserId)
+    }
+
+    /// Busy series of users that may touch `window` (see [`BUSY_SERIES_OF_USERS`]), and the
+    /// original starts their overrides replace: expanding them is the caller's job.
+    pub async fn busy_series_of_users(
+        &self,
+        users: &[UserId],
+        window: &TimeWindow,
+    ) -> Result<(Vec<(UserId, Event)>, Vec<(EventId, DateTime<Utc>)>)> {
+        let q = sqlx::query(BUSY_SERIES_OF_USERS.as_str())
+            .bind(raw(users.iter().map(|i| i.0)))
+            .bind(window.to())
+            .bind(window.from());
+        let mut series = Vec::new();
+        for r in self.fetch(q).await? {
+            series.push((UserId(sqlx::Row::try_get(&r, "who")?), rows::event(&r)?));
+        }
+        if series.is_empty() {
+            return Ok((series, Vec::new()));
+        }
+        let mut ids: Vec<i64> = series.iter().map(|(_, e)| e.id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let q = sqlx::query(OVERRIDDEN_STARTS)
+            .bind(ids)
+            .bind(window.earliest_overlapping_start())
+            .bind(window.to());
+        let mut overridden = Vec::new();
+        for r in self.fetch(q).await? {
+            overridden.push((
+                EventId(sqlx::Row::try_get(&r, 0)?),
+                sqlx::Row::try_get(&r, 1)?,
+            ));
+        }
+        Ok((series, overridden))
     }
 
     /// Confirmed reservations of resources in a window.

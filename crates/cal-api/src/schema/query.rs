@@ -8,7 +8,6 @@ use crate::loaders::one;
 use async_graphql::{Context, ID, Object};
 use cal_domain as d;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
 
 pub struct QueryRoot;
 
@@ -129,8 +128,10 @@ impl QueryRoot {
         )
     }
 
-    /// Merged busy intervals of users and resources in `[from, to)`. A user's free/busy is visible
-    /// to the user and to anyone holding a role (free_busy suffices) on a calendar the user owns.
+    /// Merged busy intervals of users and resources in `[from, to)`: confirmed and tentative
+    /// events whose transparency is busy, series occurrences included, declined invitations
+    /// excluded. A user's free/busy is visible to the user and to anyone holding a role
+    /// (free_busy suffices) on a calendar the user owns.
     async fn free_busy(
         &self,
         ctx: &Context<'_>,
@@ -138,83 +139,76 @@ impl QueryRoot {
         #[graphql(default)] resource_ids: Vec<ID>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        time_zone: Option<String>,
     ) -> ApiResult<FreeBusy> {
         viewer(ctx)?;
         let w = window(ctx, from, to)?;
+        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
         let users = parse_ids(ctx, &user_ids, d::UserId::parse)?;
         let resources = parse_ids(ctx, &resource_ids, d::ResourceId::parse)?;
         free_busy_visible(ctx, &users).await?;
-        let r = rc(ctx);
-        let user_rows = if users.is_empty() {
-            HashMap::new()
-        } else {
-            r.loaders
-                .users
-                .try_load_many(users.clone())
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-        };
-        let resource_rows = if resources.is_empty() {
-            HashMap::new()
-        } else {
-            r.loaders
-                .resources
-                .try_load_many(resources.clone())
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-        };
-        let user_busy = if users.is_empty() {
-            vec![]
-        } else {
-            r.store.busy_of_users(&users, &w).await?
-        };
-        let resource_busy = if resources.is_empty() {
-            vec![]
-        } else {
-            r.store.busy_of_resources(&resources, &w).await?
-        };
+        let (user_rows, user_busy) = busy_of_users(ctx, &users, &w).await?;
+        let (resource_rows, resource_busy) = busy_of_resources(ctx, &resources, &w).await?;
+        Ok(FreeBusy {
+            users: user_rows
+                .into_iter()
+                .zip(user_busy)
+                .map(|(u, busy)| UserBusy {
+                    user: User(u),
+                    busy: rendered(busy, tz),
+                })
+                .collect(),
+            resources: resource_rows
+                .into_iter()
+                .zip(resource_busy)
+                .map(|(r, busy)| ResourceBusy {
+                    resource: Resource(r),
+                    busy: rendered(busy, tz),
+                })
+                .collect(),
+        })
+    }
 
-        let mut out = FreeBusy {
-            users: vec![],
-            resources: vec![],
-        };
-        for id in users {
-            let Some(Ok(Some(u))) = user_rows.get(&id) else {
-                return Err(ApiError::NotFound);
-            };
-            let mine = user_busy
-                .iter()
-                .filter(|(who, _)| *who == id)
-                .map(|(_, i)| *i)
-                .collect();
-            let busy = d::merge_intervals(mine, w.from(), w.to())
-                .into_iter()
-                .map(Into::into)
-                .collect();
-            out.users.push(UserBusy {
-                user: User(u.clone()),
-                busy,
-            });
+    /// Free slots of at least `duration` minutes common to every user and resource in
+    /// `[from, to)` (each slot is a whole free gap), rendered in `timeZone`. Visibility as `freeBusy`.
+    async fn find_meeting_times(
+        &self,
+        ctx: &Context<'_>,
+        user_ids: Vec<ID>,
+        #[graphql(default)] resource_ids: Vec<ID>,
+        duration: i32,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        time_zone: Option<String>,
+    ) -> ApiResult<Vec<TimeInterval>> {
+        viewer(ctx)?;
+        let w = window(ctx, from, to)?;
+        if duration <= 0 || i64::from(duration) > (w.to() - w.from()).num_minutes() {
+            return Err(ApiError::bad_input(
+                "duration (minutes) must be positive and fit in the window",
+            ));
         }
-        for id in resources {
-            let Some(Ok(Some(res))) = resource_rows.get(&id) else {
-                return Err(ApiError::NotFound);
-            };
-            let mine = resource_busy
-                .iter()
-                .filter(|(who, _)| *who == id)
-                .map(|(_, i)| *i)
-                .collect();
-            let busy = d::merge_intervals(mine, w.from(), w.to())
-                .into_iter()
-                .map(Into::into)
-                .collect();
-            out.resources.push(ResourceBusy {
-                resource: Resource(res.clone()),
-                busy,
-            });
+        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
+        let users = parse_ids(ctx, &user_ids, d::UserId::parse)?;
+        let resources = parse_ids(ctx, &resource_ids, d::ResourceId::parse)?;
+        if users.is_empty() && resources.is_empty() {
+            return Err(ApiError::bad_input("give at least one user or resource"));
         }
-        Ok(out)
+        free_busy_visible(ctx, &users).await?;
+        let (_, user_busy) = busy_of_users(ctx, &users, &w).await?;
+        let (_, resource_busy) = busy_of_resources(ctx, &resources, &w).await?;
+        let all: Vec<d::Interval> = user_busy
+            .into_iter()
+            .chain(resource_busy)
+            .flatten()
+            .collect();
+        let busy = d::merge_intervals(all, w.from(), w.to());
+        let min = chrono::Duration::minutes(i64::from(duration));
+        let free = d::free_gaps(&busy, w.from(), w.to())
+            .into_iter()
+            .filter(|g| g.end - g.start >= min)
+            .collect();
+        Ok(rendered(free, tz))
     }
 
     /// A resource's confirmed bookings and the free gaps between them in `[from, to)`.
@@ -224,8 +218,10 @@ impl QueryRoot {
         resource_id: ID,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        time_zone: Option<String>,
     ) -> ApiResult<ResourceAvailability> {
         viewer(ctx)?;
+        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
         let id = d::ResourceId::parse(&resource_id)?;
         let w = window(ctx, from, to)?;
         let r = rc(ctx);
@@ -237,8 +233,101 @@ impl QueryRoot {
         let free = d::free_gaps(&busy, w.from(), w.to());
         Ok(ResourceAvailability {
             resource: Resource(res),
-            busy: busy.into_iter().map(Into::into).collect(),
-            free: free.into_iter().map(Into::into).collect(),
+            busy: rendered(busy, tz),
+            free: rendered(free, tz),
         })
     }
+}
+
+type Loaded<T> = Vec<std::sync::Arc<T>>;
+
+/// The users (in `users` order; NOT_FOUND if one does not exist) and each one's merged busy
+/// intervals in `w`, series expanded and overridden occurrences replaced by their overrides.
+async fn busy_of_users(
+    ctx: &Context<'_>,
+    users: &[d::UserId],
+    w: &d::TimeWindow,
+) -> ApiResult<(Loaded<d::User>, Vec<Vec<d::Interval>>)> {
+    if users.is_empty() {
+        return Ok((vec![], vec![]));
+    }
+    let r = rc(ctx);
+    let rows = r
+        .loaders
+        .users
+        .try_load_many(users.to_vec())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut found = Vec::with_capacity(users.len());
+    for id in users {
+        let Some(Ok(Some(u))) = rows.get(id) else {
+            return Err(ApiError::NotFound);
+        };
+        found.push(u.clone());
+    }
+    let singles = r.store.busy_of_users(users, w).await?;
+    let (series, overridden) = r.store.busy_series_of_users(users, w).await?;
+    let mut busy = Vec::with_capacity(users.len());
+    for id in users {
+        let mut mine: Vec<d::Interval> = singles
+            .iter()
+            .filter(|(who, _)| who == id)
+            .map(|(_, i)| *i)
+            .collect();
+        for (_, master) in series.iter().filter(|(who, _)| who == id) {
+            let replaced: Vec<DateTime<Utc>> = overridden
+                .iter()
+                .filter(|(s, _)| *s == master.id)
+                .map(|(_, t)| *t)
+                .collect();
+            let occ = d::instances::occurrences_of(master, &replaced, w.from(), w.to())
+                .map_err(|e| ApiError::Internal(e.0))?;
+            mine.extend(occ.into_iter().map(|o| d::Interval {
+                start: o.start,
+                end: o.end,
+            }));
+        }
+        busy.push(d::merge_intervals(mine, w.from(), w.to()));
+    }
+    Ok((found, busy))
+}
+
+/// Like [`busy_of_users`] for resources (their bookings are stored per occurrence already).
+async fn busy_of_resources(
+    ctx: &Context<'_>,
+    resources: &[d::ResourceId],
+    w: &d::TimeWindow,
+) -> ApiResult<(Loaded<d::Resource>, Vec<Vec<d::Interval>>)> {
+    if resources.is_empty() {
+        return Ok((vec![], vec![]));
+    }
+    let r = rc(ctx);
+    let rows = r
+        .loaders
+        .resources
+        .try_load_many(resources.to_vec())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut found = Vec::with_capacity(resources.len());
+    for id in resources {
+        let Some(Ok(Some(res))) = rows.get(id) else {
+            return Err(ApiError::NotFound);
+        };
+        found.push(res.clone());
+    }
+    let all = r.store.busy_of_resources(resources, w).await?;
+    let busy = resources
+        .iter()
+        .map(|id| {
+            d::merge_intervals(
+                all.iter()
+                    .filter(|(who, _)| who == id)
+                    .map(|(_, i)| *i)
+                    .collect(),
+                w.from(),
+                w.to(),
+            )
+        })
+        .collect();
+    Ok((found, busy))
 }

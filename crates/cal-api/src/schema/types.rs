@@ -92,20 +92,68 @@ pub struct CalendarMember {
     pub role: CalendarRole,
 }
 
-/// A half-open time interval `[start, end)`.
+/// A half-open time interval `[start, end)`, with the offset of the requested zone (UTC if none).
 #[derive(SimpleObject, Clone, Copy)]
 pub struct TimeInterval {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
+    pub start: DateTime<FixedOffset>,
+    pub end: DateTime<FixedOffset>,
 }
 
 impl From<d::Interval> for TimeInterval {
     fn from(i: d::Interval) -> Self {
         TimeInterval {
-            start: i.start,
-            end: i.end,
+            start: i.start.fixed_offset(),
+            end: i.end.fixed_offset(),
         }
     }
+}
+
+/// Renders intervals in `tz` (UTC when `None`).
+pub(crate) fn rendered(v: Vec<d::Interval>, tz: Option<Tz>) -> Vec<TimeInterval> {
+    v.into_iter()
+        .map(|i| match tz {
+            Some(tz) => TimeInterval {
+                start: i.start.with_timezone(&tz).fixed_offset(),
+                end: i.end.with_timezone(&tz).fixed_offset(),
+            },
+            None => i.into(),
+        })
+        .collect()
+}
+
+/// Busy intervals of everything `calendar` shows in `w` (series expanded), merged.
+pub(crate) async fn calendar_busy(
+    ctx: &Context<'_>,
+    calendar: d::CalendarId,
+    w: &TimeWindow,
+) -> ApiResult<Vec<d::Interval>> {
+    const ALL: usize = 100_000;
+    let rows = rc(ctx)
+        .store
+        .events_in_window(calendar, w, None, ALL as i64)
+        .await?;
+    let placed = d::instances::place(
+        &rows.singles,
+        &rows.masters,
+        &rows.overrides,
+        w.from(),
+        w.to(),
+        None,
+        ALL,
+    )
+    .map_err(|e| ApiError::Internal(e.0))?;
+    let busy = placed
+        .iter()
+        .filter(|p| {
+            p.event.status != d::EventStatus::Cancelled
+                && p.event.transparency == d::Transparency::Busy
+        })
+        .map(|p| d::Interval {
+            start: p.start(),
+            end: p.end(),
+        })
+        .collect();
+    Ok(d::merge_intervals(busy, w.from(), w.to()))
 }
 
 pub(crate) fn window(
@@ -170,13 +218,11 @@ impl Calendar {
         ctx: &Context<'_>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        time_zone: Option<String>,
     ) -> ApiResult<Vec<TimeInterval>> {
         let w = window(ctx, from, to)?;
-        let busy = rc(ctx).store.busy_of_calendar(self.cal.id, &w).await?;
-        Ok(d::merge_intervals(busy, w.from(), w.to())
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
+        Ok(rendered(calendar_busy(ctx, self.cal.id, &w).await?, tz))
     }
     /// Events overlapping `[from, to)`, ordered by start time, with keyset cursors: single events
     /// plus every occurrence of every series that overlaps the window, expanded in the event's own
