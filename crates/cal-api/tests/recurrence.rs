@@ -552,3 +552,80 @@ async fn all_day_events_stay_on_their_date() {
         );
     }
 }
+
+#[tokio::test]
+async fn reserving_for_a_series_or_one_occurrence() {
+    let s = setup().await;
+    let room = s
+        .app
+        .store
+        .create_resource("Studio", ResourceKind::Room, Some(6), None)
+        .await
+        .unwrap();
+    let created = s
+        .create(
+            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+            "timeZone": "UTC", "rrule": "FREQ=DAILY;COUNT=4" }),
+        )
+        .await;
+    let series = created.data()["createEvent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reserve = "mutation($e: ID!, $r: ID!) { reserveResource(eventId: $e, resourceId: $r) { startTime status } }";
+    // One occurrence only.
+    let one = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            reserve,
+            json!({ "e": format!("{series}_20261103T090000Z"), "r": room.id.to_string() }),
+        )
+        .await;
+    assert_eq!(
+        one.data()["reserveResource"]["startTime"],
+        "2026-11-03T09:00:00+00:00"
+    );
+    // The whole series now collides with that booking on Nov 3: all or nothing.
+    let all = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            reserve,
+            json!({ "e": series, "r": room.id.to_string() }),
+        )
+        .await;
+    assert_eq!(all.code(), "RESOURCE_CONFLICT");
+    let booked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM reservations WHERE status = 'confirmed'")
+            .fetch_one(&s.app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(booked, 1);
+    // A second room takes every occurrence.
+    let other = s
+        .app
+        .store
+        .create_resource("Annex", ResourceKind::Room, None, None)
+        .await
+        .unwrap();
+    let all = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            reserve,
+            json!({ "e": series, "r": other.id.to_string() }),
+        )
+        .await;
+    assert_eq!(
+        all.data()["reserveResource"]["startTime"],
+        "2026-11-02T09:00:00+00:00"
+    );
+    let booked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM reservations WHERE resource_id = $1")
+            .bind(other.id.0)
+            .fetch_one(&s.app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(booked, 4);
+}
