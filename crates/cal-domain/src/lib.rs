@@ -6,6 +6,7 @@
 //! these types is valid by construction.
 
 pub mod busy;
+pub mod cache_keys;
 pub mod cursor;
 pub mod enums;
 pub mod error;

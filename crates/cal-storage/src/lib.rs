@@ -43,12 +43,45 @@ impl StoreStats {
     }
 }
 
+/// What one committed write changed: the events (with their new versions) and the calendars
+/// whose version (cache generation) it bumped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub events: Vec<cal_domain::cache_keys::EventChange>,
+    pub calendars: Vec<(cal_domain::CalendarId, i64)>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.calendars.is_empty()
+    }
+}
+
+pub use cal_domain::cache_keys::EventChange;
+
+/// Told about every committed write before the write call returns (the API plugs cache
+/// invalidation in here, so this crate never sees a cache).
+#[async_trait::async_trait]
+pub trait ChangeSink: Send + Sync {
+    async fn committed(&self, changes: &ChangeSet);
+}
+
 /// Handle to the database. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pool: PgPool,
     global: Arc<StoreStats>,
     request: Option<Arc<StoreStats>>,
+    sink: Option<Arc<dyn ChangeSink>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("pool", &self.pool)
+            .field("has_sink", &self.sink.is_some())
+            .finish()
+    }
 }
 
 impl Store {
@@ -57,11 +90,20 @@ impl Store {
             pool,
             global: Arc::default(),
             request: None,
+            sink: None,
         }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A handle whose writes report their changes to `sink` after committing.
+    pub fn with_change_sink(&self, sink: Arc<dyn ChangeSink>) -> Store {
+        Store {
+            sink: Some(sink),
+            ..self.clone()
+        }
     }
 
     /// Process-wide figures.
@@ -72,9 +114,8 @@ impl Store {
     /// A handle that also counts into `stats` (one request's figures).
     pub fn with_request_stats(&self, stats: Arc<StoreStats>) -> Store {
         Store {
-            pool: self.pool.clone(),
-            global: self.global.clone(),
             request: Some(stats),
+            ..self.clone()
         }
     }
 

@@ -5,6 +5,7 @@
 //! so a committed change always has its outbox row and a failed one leaves nothing behind.
 
 use crate::rows::{self, *};
+use crate::{ChangeSet, EventChange};
 use crate::{Conflict, StorageError, Store};
 use cal_domain::*;
 use chrono::{DateTime, Utc};
@@ -64,13 +65,69 @@ pub struct EventPatch {
     pub series_end: Option<Option<DateTime<Utc>>>,
 }
 
+/// A write transaction and the changes it has made so far, handed to the [`ChangeSink`] after
+/// the commit (and only then).
+pub(crate) struct WriteTx {
+    tx: Transaction<'static, Postgres>,
+    changes: ChangeSet,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
 impl Store {
-    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
-        Ok(self.pool().begin().await?)
+    async fn begin(&self) -> Result<WriteTx> {
+        Ok(WriteTx {
+            tx: self.pool().begin().await?,
+            changes: ChangeSet::default(),
+        })
     }
 
-    async fn commit(&self, tx: Transaction<'static, Postgres>) -> Result<()> {
-        tx.commit().await?;
+    /// Commits, then tells the sink (cache invalidation) what changed, before the caller answers.
+    async fn commit(&self, tx: WriteTx) -> Result<()> {
+        tx.tx.commit().await?;
+        if let Some(sink) = &self.sink
+            && !tx.changes.is_empty()
+        {
+            sink.committed(&tx.changes).await;
+        }
+        Ok(())
+    }
+
+    /// Bumps the calendar's version (its cache generation) and records the change.
+    async fn touch_calendar(&self, tx: &mut WriteTx, calendar: CalendarId) -> Result<i64> {
+        let version: Option<i64> =
+            sqlx::query_scalar("UPDATE calendars SET version = version + 1, updated_at = now() WHERE id = $1 RETURNING version")
+                .bind(calendar.0)
+                .fetch_optional(&mut **tx)
+                .await?;
+        self.counted(version.is_some() as usize);
+        let version = version.ok_or(StorageError::NotFound)?;
+        tx.changes.calendars.retain(|(c, _)| *c != calendar);
+        tx.changes.calendars.push((calendar, version));
+        Ok(version)
+    }
+
+    /// Records that `ev` (as now stored) changed, bumping its calendar's generation.
+    async fn record_event(&self, tx: &mut WriteTx, ev: &Event) -> Result<()> {
+        let calendar_version = self.touch_calendar(tx, ev.calendar_id).await?;
+        tx.changes.events.retain(|c| c.event != ev.id);
+        tx.changes.events.push(EventChange {
+            event: ev.id,
+            event_version: ev.version,
+            calendar: ev.calendar_id,
+            calendar_version,
+        });
         Ok(())
     }
 
@@ -174,6 +231,8 @@ impl Store {
         .await
         .map_err(StorageError::from_db)?;
         self.counted(1);
+        // A new calendar may have been cached as missing.
+        tx.changes.calendars.push((CalendarId(id), 1));
         self.outbox(
             &mut tx,
             "calendar",
@@ -200,7 +259,7 @@ impl Store {
             ));
         }
         let mut tx = self.begin().await?;
-        self.bump_calendar(&mut tx, calendar).await?;
+        self.touch_calendar(&mut tx, calendar).await?;
         let changed = sqlx::query(
             "INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, $3) \
              ON CONFLICT (calendar_id, user_id) DO UPDATE SET role = EXCLUDED.role \
@@ -235,7 +294,7 @@ impl Store {
     /// Removes `user`'s membership (never the owner's). Returns whether a membership was removed.
     pub async fn unshare_calendar(&self, calendar: CalendarId, user: UserId) -> Result<bool> {
         let mut tx = self.begin().await?;
-        self.bump_calendar(&mut tx, calendar).await?;
+        self.touch_calendar(&mut tx, calendar).await?;
         let removed = sqlx::query("DELETE FROM calendar_members WHERE calendar_id = $1 AND user_id = $2 AND role <> 'owner'")
             .bind(calendar.0)
             .bind(user.0)
@@ -257,24 +316,19 @@ impl Store {
         Ok(removed > 0)
     }
 
-    async fn bump_calendar(&self, conn: &mut PgConnection, calendar: CalendarId) -> Result<()> {
-        let n = sqlx::query(
-            "UPDATE calendars SET version = version + 1, updated_at = now() WHERE id = $1",
-        )
-        .bind(calendar.0)
-        .execute(conn)
-        .await?
-        .rows_affected();
-        self.counted(0);
-        if n == 0 {
-            Err(StorageError::NotFound)
-        } else {
-            Ok(())
-        }
-    }
-
     /// Locks a live event, checks `expected` against its version and bumps it. Every event write starts here.
     async fn bump_event(
+        &self,
+        tx: &mut WriteTx,
+        id: EventId,
+        expected: Option<i64>,
+    ) -> Result<Event> {
+        let ev = self.bump_event_row(tx, id, expected).await?;
+        self.record_event(tx, &ev).await?;
+        Ok(ev)
+    }
+
+    async fn bump_event_row(
         &self,
         conn: &mut PgConnection,
         id: EventId,
@@ -427,7 +481,7 @@ impl Store {
     /// Turns a failed reservation insert into the error to return, rolling back first.
     async fn fail(
         &self,
-        tx: Transaction<'static, Postgres>,
+        tx: WriteTx,
         event: Option<EventId>,
         e: InsertReservationError,
     ) -> StorageError {
@@ -504,6 +558,7 @@ impl Store {
             .map_err(StorageError::from_db)?;
         self.counted(1);
         let event = rows::event(&row)?;
+        self.record_event(&mut tx, &event).await?;
         self.insert_attendees(&mut tx, event.id, &new.attendees)
             .await?;
         if let Err(e) = self
@@ -607,14 +662,25 @@ impl Store {
     pub async fn delete_event(&self, id: EventId, expected_version: Option<i64>) -> Result<Event> {
         let mut tx = self.begin().await?;
         let before = self.bump_event(&mut tx, id, expected_version).await?;
-        // A series goes with its overrides.
-        sqlx::query(
-            "UPDATE events SET deleted_at = now() WHERE (id = $1 OR recurring_event_id = $1) AND deleted_at IS NULL",
-        )
+        sqlx::query("UPDATE events SET deleted_at = now() WHERE id = $1")
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
         self.counted(0);
+        // A series goes with its overrides (each a changed fact of its own).
+        let sql = format!(
+            "UPDATE events SET deleted_at = now(), version = version + 1, updated_at = now() \
+             WHERE recurring_event_id = $1 AND deleted_at IS NULL RETURNING {EVENT_COLS}"
+        );
+        let overrides = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_all(&mut *tx)
+            .await?;
+        self.counted(overrides.len());
+        for r in &overrides {
+            let o = rows::event(r)?;
+            self.record_event(&mut tx, &o).await?;
+        }
         sqlx::query(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
              AND event_id IN (SELECT id FROM events WHERE id = $1 OR recurring_event_id = $1)",
@@ -861,15 +927,22 @@ impl Store {
             .await?;
         self.counted(1);
         let after = rows::event(&row)?;
-        let overrides: Vec<i64> = sqlx::query_scalar(
+        let sql = format!(
             "UPDATE events SET deleted_at = now(), version = version + 1, updated_at = now() \
-             WHERE recurring_event_id = $1 AND original_start_time = $2 AND deleted_at IS NULL RETURNING id",
-        )
-        .bind(series.0)
-        .bind(original_start)
-        .fetch_all(&mut *tx)
-        .await?;
-        self.counted(overrides.len());
+             WHERE recurring_event_id = $1 AND original_start_time = $2 AND deleted_at IS NULL RETURNING {EVENT_COLS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(series.0)
+            .bind(original_start)
+            .fetch_all(&mut *tx)
+            .await?;
+        self.counted(rows.len());
+        let mut overrides: Vec<i64> = Vec::new();
+        for r in &rows {
+            let o = rows::event(r)?;
+            overrides.push(o.id.0);
+            self.record_event(&mut tx, &o).await?;
+        }
         sqlx::query(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
                AND ((event_id = $1 AND start_time < $3 AND end_time > $2) OR event_id = ANY($4))",
@@ -997,6 +1070,7 @@ impl Store {
             .map_err(StorageError::from_db)?;
         self.counted(1);
         let created = rows::event(&row)?;
+        self.record_event(&mut tx, &created).await?;
         sqlx::query(
             "INSERT INTO attendees (event_id, user_id, email, name, response_status, is_optional) \
              SELECT $2, user_id, email, name, response_status, is_optional FROM attendees WHERE event_id = $1",

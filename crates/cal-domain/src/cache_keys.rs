@@ -1,0 +1,196 @@
+//! Every cache key is built here, and nowhere else, with the key-format version [`KEY_VERSION`]
+//! baked in: bump it whenever the shape of a cached value changes, and old entries simply stop
+//! being read. Also here: the default TTL of each kind of key, and which keys a change invalidates.
+//!
+//! Pure: no cache client, no clock. The values behind these keys are viewer-independent facts.
+
+use crate::{CalendarId, EventId, ResourceId, UserId};
+use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
+use std::time::Duration;
+
+/// Format version of every key and cached value.
+pub const KEY_VERSION: &str = "v1";
+
+/// The kinds of cached facts (also the `kind` label of cache metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    CalendarSummary,
+    MonthBucket,
+    EventFull,
+    EventAttendees,
+    EventReservations,
+    UserProfile,
+    Resource,
+}
+
+impl KeyKind {
+    pub const ALL: [KeyKind; 7] = [
+        KeyKind::CalendarSummary,
+        KeyKind::MonthBucket,
+        KeyKind::EventFull,
+        KeyKind::EventAttendees,
+        KeyKind::EventReservations,
+        KeyKind::UserProfile,
+        KeyKind::Resource,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            KeyKind::CalendarSummary => "calendar_summary",
+            KeyKind::MonthBucket => "month_bucket",
+            KeyKind::EventFull => "event_full",
+            KeyKind::EventAttendees => "event_attendees",
+            KeyKind::EventReservations => "event_reservations",
+            KeyKind::UserProfile => "user_profile",
+            KeyKind::Resource => "resource",
+        }
+    }
+
+    /// Default L2 (Redis) time to live.
+    pub fn default_ttl(self) -> Duration {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        match self {
+            KeyKind::CalendarSummary => min(10),
+            KeyKind::MonthBucket => min(5),
+            KeyKind::EventFull => min(5),
+            KeyKind::EventAttendees | KeyKind::EventReservations => min(2),
+            KeyKind::UserProfile | KeyKind::Resource => min(30),
+        }
+    }
+}
+
+pub fn calendar_summary(id: CalendarId) -> String {
+    format!("{KEY_VERSION}:calendar:{id}:summary")
+}
+
+/// The events a calendar shows in one month, as of the calendar's `generation` (its version,
+/// bumped by every change of its events or members). A write therefore never has to find every
+/// bucket a series spans: the new generation names new buckets, the old ones age out.
+pub fn month_bucket(id: CalendarId, generation: i64, month: NaiveDate) -> String {
+    format!(
+        "{KEY_VERSION}:calendar:{id}:g{generation}:events:{:04}-{:02}",
+        month.year(),
+        month.month()
+    )
+}
+
+pub fn event_full(id: EventId) -> String {
+    format!("{KEY_VERSION}:event:{id}:full")
+}
+
+pub fn event_attendees(id: EventId) -> String {
+    format!("{KEY_VERSION}:event:{id}:attendees")
+}
+
+pub fn event_reservations(id: EventId) -> String {
+    format!("{KEY_VERSION}:event:{id}:reservations")
+}
+
+pub fn user_profile(id: UserId) -> String {
+    format!("{KEY_VERSION}:user:{id}:profile")
+}
+
+pub fn resource(id: ResourceId) -> String {
+    format!("{KEY_VERSION}:resource:{id}")
+}
+
+/// First days of the UTC months that `[from, to)` touches, in order.
+pub fn months_covering(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<NaiveDate> {
+    let mut out = Vec::new();
+    let first = from.date_naive().with_day(1).expect("day 1 exists");
+    let mut m = first;
+    while Utc.from_utc_datetime(&m.and_hms_opt(0, 0, 0).expect("midnight exists")) < to {
+        out.push(m);
+        m = m + Months::new(1);
+    }
+    out
+}
+
+/// `[start, end)` of the UTC month beginning on `month`.
+pub fn month_span(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+    let start = Utc.from_utc_datetime(&month.and_hms_opt(0, 0, 0).expect("midnight exists"));
+    (start, start + Months::new(1))
+}
+
+/// A committed change to an event, as the writer knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventChange {
+    pub event: EventId,
+    pub event_version: i64,
+    pub calendar: CalendarId,
+    pub calendar_version: i64,
+}
+
+/// The keys a committed event change makes stale, each with the version the new state carries
+/// (fills older than that are refused). Month buckets are covered by the calendar's new generation.
+pub fn invalidations_for_event(c: &EventChange) -> Vec<(String, i64)> {
+    vec![
+        (event_full(c.event), c.event_version),
+        (event_attendees(c.event), c.event_version),
+        (event_reservations(c.event), c.event_version),
+        (calendar_summary(c.calendar), c.calendar_version),
+    ]
+}
+
+/// The keys a committed calendar change (sharing) makes stale.
+pub fn invalidations_for_calendar(
+    calendar: CalendarId,
+    calendar_version: i64,
+) -> Vec<(String, i64)> {
+    vec![(calendar_summary(calendar), calendar_version)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(y: i32, m: u32, d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn keys_are_versioned_and_hierarchical() {
+        assert_eq!(calendar_summary(CalendarId(7)), "v1:calendar:7:summary");
+        let nov = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        assert_eq!(
+            month_bucket(CalendarId(7), 12, nov),
+            "v1:calendar:7:g12:events:2026-11"
+        );
+        assert_eq!(event_full(EventId(9)), "v1:event:9:full");
+        assert_eq!(event_attendees(EventId(9)), "v1:event:9:attendees");
+        assert_eq!(user_profile(UserId(3)), "v1:user:3:profile");
+    }
+
+    #[test]
+    fn month_cover() {
+        let m = |y, mo| NaiveDate::from_ymd_opt(y, mo, 1).unwrap();
+        assert_eq!(
+            months_covering(t(2026, 11, 1), t(2026, 12, 1)),
+            vec![m(2026, 11)]
+        );
+        assert_eq!(
+            months_covering(t(2026, 11, 20), t(2027, 1, 2)),
+            vec![m(2026, 11), m(2026, 12), m(2027, 1)]
+        );
+        assert_eq!(month_span(m(2026, 12)), (t(2026, 12, 1), t(2027, 1, 1)));
+    }
+
+    #[test]
+    fn event_change_invalidates_event_keys_and_calendar_generation() {
+        let keys = invalidations_for_event(&EventChange {
+            event: EventId(5),
+            event_version: 4,
+            calendar: CalendarId(2),
+            calendar_version: 10,
+        });
+        assert!(keys.contains(&("v1:event:5:full".into(), 4)));
+        assert!(keys.contains(&("v1:calendar:2:summary".into(), 10)));
+    }
+
+    #[test]
+    fn l1_default_is_shorter_than_every_l2_ttl() {
+        for k in KeyKind::ALL {
+            assert!(k.default_ttl() >= Duration::from_secs(30), "{k:?}");
+        }
+    }
+}

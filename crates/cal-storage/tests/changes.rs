@@ -1,0 +1,113 @@
+//! Every committed write reports what it changed (events with their new versions, calendars with
+//! their new generation) to the change sink, after the commit; a failed write reports nothing.
+
+use cal_domain::*;
+use cal_storage::{ChangeSet, ChangeSink, NewEvent, NewReservation, Store};
+use cal_test_support::TestDb;
+use chrono::{Duration, TimeZone, Utc};
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<ChangeSet>>);
+
+#[async_trait::async_trait]
+impl ChangeSink for Recorder {
+    async fn committed(&self, changes: &ChangeSet) {
+        self.0.lock().unwrap().push(changes.clone());
+    }
+}
+
+fn event(cal: CalendarId, org: UserId, hour: u32, room: Option<ResourceId>) -> NewEvent {
+    let start = Utc.with_ymd_and_hms(2026, 11, 2, hour, 0, 0).unwrap();
+    NewEvent {
+        calendar_id: cal,
+        organizer_id: org,
+        title: "t".into(),
+        description: None,
+        location: None,
+        start_time: start,
+        end_time: start + Duration::hours(1),
+        time_zone: "UTC".into(),
+        all_day: false,
+        status: EventStatus::Confirmed,
+        transparency: Transparency::Busy,
+        rrule: None,
+        series_end: None,
+        attendees: vec![],
+        reservations: room
+            .map(|r| NewReservation {
+                resource_id: r,
+                start_time: None,
+                end_time: None,
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn writes_report_their_changes_after_commit() {
+    let db = TestDb::new().await;
+    let rec = Arc::new(Recorder::default());
+    let store = Store::new(db.pool.clone()).with_change_sink(rec.clone());
+    let owner = store
+        .create_user("o@example.test", "O", None)
+        .await
+        .unwrap();
+    let cal = store
+        .create_calendar(owner.id, "C", None, "UTC")
+        .await
+        .unwrap();
+    let room = store
+        .create_resource("R", ResourceKind::Room, None, None)
+        .await
+        .unwrap();
+    let ev = store
+        .create_event(&event(cal.id, owner.id, 9, Some(room.id)))
+        .await
+        .unwrap();
+    let updated = store
+        .update_event(
+            ev.id,
+            ev.version,
+            &cal_storage::EventPatch {
+                title: Some("u".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // A conflicting booking fails and reports nothing.
+    let failed = store
+        .create_event(&event(cal.id, owner.id, 9, Some(room.id)))
+        .await;
+    assert!(failed.is_err());
+
+    let seen = rec.0.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        3,
+        "calendar created, event created, event updated: {seen:?}"
+    );
+    assert_eq!(seen[0].calendars, vec![(cal.id, 1)]);
+    let created = &seen[1].events[0];
+    assert_eq!(
+        (created.event, created.event_version, created.calendar),
+        (ev.id, 1, cal.id)
+    );
+    let changed = &seen[2].events[0];
+    assert_eq!(
+        (changed.event, changed.event_version),
+        (ev.id, updated.version)
+    );
+    assert!(
+        changed.calendar_version > created.calendar_version,
+        "every event write bumps the calendar generation"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT version FROM calendars WHERE id = $1")
+        .bind(cal.id.0)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, changed.calendar_version);
+}
