@@ -5,7 +5,7 @@
 //! Values are viewer-independent facts; resolvers authorize after loading.
 
 use cal_domain::*;
-use cal_storage::{StorageError, Store};
+use cal_storage::{StorageError, Store, VersionedList};
 use dataloader::BatchFn;
 use dataloader::cached::Loader;
 use futures::future::BoxFuture;
@@ -46,32 +46,33 @@ impl<K: Eq + Hash + Clone + Send + Sync, T: Send + Sync> BatchFn<K, Loaded<T>> f
     }
 }
 
-/// Batch function for "all rows belonging to a parent id" (attendees of an event, …).
-pub struct Grouped<K, T> {
+type FetchLists<T> = for<'a> fn(
+    &'a Store,
+    &'a [EventId],
+) -> BoxFuture<'a, Result<Vec<VersionedList<T>>, StorageError>>;
+
+/// Batch function for "all rows belonging to an event" (attendees, reservations).
+pub struct Grouped<T> {
     store: Store,
-    fetch: Fetch<K, T>,
-    key: fn(&T) -> K,
+    fetch: FetchLists<T>,
 }
 
-impl<K: Eq + Hash + Clone + Send + Sync, T: Send + Sync> BatchFn<K, LoadedList<T>>
-    for Grouped<K, T>
-{
-    async fn load(&mut self, keys: &[K]) -> HashMap<K, LoadedList<T>> {
+impl<T: Send + Sync> BatchFn<EventId, LoadedList<T>> for Grouped<T> {
+    async fn load(&mut self, keys: &[EventId]) -> HashMap<EventId, LoadedList<T>> {
         match (self.fetch)(&self.store, keys).await {
-            Ok(rows) => {
-                let mut groups: HashMap<K, Vec<T>> =
-                    keys.iter().map(|k| (k.clone(), Vec::new())).collect();
-                for row in rows {
-                    groups.entry((self.key)(&row)).or_default().push(row);
+            Ok(lists) => {
+                let mut groups: HashMap<EventId, LoadedList<T>> = keys
+                    .iter()
+                    .map(|k| (*k, Ok(Arc::new(Vec::new()))))
+                    .collect();
+                for list in lists {
+                    groups.insert(list.event, Ok(Arc::new(list.items)));
                 }
                 groups
-                    .into_iter()
-                    .map(|(k, v)| (k, Ok(Arc::new(v))))
-                    .collect()
             }
             Err(e) => {
                 let e = Arc::new(e);
-                keys.iter().map(|k| (k.clone(), Err(e.clone()))).collect()
+                keys.iter().map(|k| (*k, Err(e.clone()))).collect()
             }
         }
     }
@@ -81,7 +82,7 @@ impl<K: Eq + Hash + Clone + Send + Sync, T: Send + Sync> BatchFn<K, LoadedList<T
 pub type Booking = (Reservation, Resource);
 
 pub type ByIdLoader<K, T> = Loader<K, Loaded<T>, ById<K, T>>;
-pub type GroupedLoader<K, T> = Loader<K, LoadedList<T>, Grouped<K, T>>;
+pub type GroupedLoader<T> = Loader<EventId, LoadedList<T>, Grouped<T>>;
 
 /// The loaders of one request.
 pub struct Loaders {
@@ -89,8 +90,8 @@ pub struct Loaders {
     pub calendars: ByIdLoader<CalendarId, Calendar>,
     pub events: ByIdLoader<EventId, Event>,
     pub resources: ByIdLoader<ResourceId, Resource>,
-    pub attendees: GroupedLoader<EventId, Attendee>,
-    pub reservations: GroupedLoader<EventId, Booking>,
+    pub attendees: GroupedLoader<Attendee>,
+    pub reservations: GroupedLoader<Booking>,
 }
 
 /// Larger than any batch a valid request can produce, so a request never splits a batch in two.
@@ -109,15 +110,10 @@ where
     .with_max_batch_size(MAX_BATCH)
 }
 
-fn grouped<K, T>(store: &Store, fetch: Fetch<K, T>, key: fn(&T) -> K) -> GroupedLoader<K, T>
-where
-    K: Eq + Hash + Clone + Send + Sync + std::fmt::Debug,
-    T: Send + Sync,
-{
+fn grouped<T: Send + Sync>(store: &Store, fetch: FetchLists<T>) -> GroupedLoader<T> {
     Loader::new(Grouped {
         store: store.clone(),
         fetch,
-        key,
     })
     .with_max_batch_size(MAX_BATCH)
 }
@@ -129,16 +125,8 @@ impl Loaders {
             calendars: by_id(store, |s, k| Box::pin(s.calendars_by_ids(k)), |c| c.id),
             events: by_id(store, |s, k| Box::pin(s.events_by_ids(k)), |e| e.id),
             resources: by_id(store, |s, k| Box::pin(s.resources_by_ids(k)), |r| r.id),
-            attendees: grouped(
-                store,
-                |s, k| Box::pin(s.attendees_by_event_ids(k)),
-                |a| a.event_id,
-            ),
-            reservations: grouped(
-                store,
-                |s, k| Box::pin(s.reservations_by_event_ids(k)),
-                |b| b.0.event_id,
-            ),
+            attendees: grouped(store, |s, k| Box::pin(s.attendees_by_event_ids(k))),
+            reservations: grouped(store, |s, k| Box::pin(s.reservations_by_event_ids(k))),
         }
     }
 }

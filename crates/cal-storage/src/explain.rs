@@ -57,7 +57,7 @@ impl Store {
             ),
             (
                 "attendees_by_event_ids",
-                &reads::ATTENDEES_BY_EVENT_IDS,
+                reads::ATTENDEES_BY_EVENT_IDS,
                 Box::new(|q| q.bind(&s.events)),
             ),
             (

@@ -14,7 +14,7 @@ mod writes;
 
 pub use error::{Conflict, StorageError};
 pub use explain::seq_scans;
-pub use reads::WindowRows;
+pub use reads::{VersionedList, WindowRows};
 pub use seed::{NoProgress, Progress, Scale, SeedSummary, UnknownScale};
 pub use sqlx::PgPool;
 pub use writes::{EventPatch, NewAttendee, NewEvent, NewReservation};

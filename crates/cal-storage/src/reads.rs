@@ -23,16 +23,52 @@ pub(crate) static EVENTS_BY_IDS: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT {EVENT_COLS} FROM events WHERE id = ANY($1) AND deleted_at IS NULL")
 });
 
-pub(crate) static ATTENDEES_BY_EVENT_IDS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {ATTENDEE_COLS} FROM attendees WHERE event_id = ANY($1) ORDER BY event_id, user_id"
-    )
-});
+/// Attendee lists with the version of their event (read in the same statement, so a cached list
+/// carries exactly the version it was read at). An event without attendees yields one row of NULLs.
+pub(crate) const ATTENDEES_BY_EVENT_IDS: &str = "SELECT e.id AS list_event, e.version AS list_version, \
+     a.event_id, a.user_id, a.email, a.name, a.response_status, a.is_optional \
+     FROM events e LEFT JOIN attendees a ON a.event_id = e.id AND a.event_id = ANY($1) \
+     WHERE e.id = ANY($1) ORDER BY e.id, a.user_id";
 
-pub(crate) const RESERVATIONS_BY_EVENT_IDS: &str = "SELECT r.id, r.event_id, r.resource_id, r.start_time, r.end_time, r.status, \
+/// Reservation lists (with the resource each books) and the version of their event.
+pub(crate) const RESERVATIONS_BY_EVENT_IDS: &str = "SELECT e.id AS list_event, e.version AS list_version, \
+     r.id, r.event_id, r.resource_id, r.start_time, r.end_time, r.status, \
      s.name, s.kind, s.capacity, s.location \
-     FROM reservations r JOIN resources s ON s.id = r.resource_id \
-     WHERE r.event_id = ANY($1) ORDER BY r.event_id, r.start_time, r.id";
+     FROM events e LEFT JOIN (reservations r JOIN resources s ON s.id = r.resource_id) \
+       ON r.event_id = e.id AND r.event_id = ANY($1) \
+     WHERE e.id = ANY($1) ORDER BY e.id, r.start_time, r.id";
+
+/// One event's list of something, with the event's version at read time.
+#[derive(Debug, Clone)]
+pub struct VersionedList<T> {
+    pub event: EventId,
+    pub version: i64,
+    pub items: Vec<T>,
+}
+
+/// Groups rows of a `list_event`/`list_version` query; `item` is `None` for the NULL row of an
+/// event without items.
+fn group_lists<T>(
+    rows: &[PgRow],
+    item: impl Fn(&PgRow) -> std::result::Result<Option<T>, sqlx::Error>,
+) -> std::result::Result<Vec<VersionedList<T>>, sqlx::Error> {
+    use sqlx::Row;
+    let mut out: Vec<VersionedList<T>> = Vec::new();
+    for r in rows {
+        let event = EventId(r.try_get("list_event")?);
+        if out.last().is_none_or(|l| l.event != event) {
+            out.push(VersionedList {
+                event,
+                version: r.try_get("list_version")?,
+                items: Vec::new(),
+            });
+        }
+        if let Some(t) = item(r)? {
+            out.last_mut().expect("pushed above").items.push(t);
+        }
+    }
+    Ok(out)
+}
 
 pub(crate) static RESOURCES_BY_IDS: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {RESOURCE_COLS} FROM resources WHERE id = ANY($1)"));
@@ -195,31 +231,42 @@ impl Store {
         map(rows, rows::event)
     }
 
-    /// Attendees of the given events, ordered by event then user.
-    pub async fn attendees_by_event_ids(&self, ids: &[EventId]) -> Result<Vec<Attendee>> {
+    /// Attendees of the given (existing) events, each list with its event's version.
+    pub async fn attendees_by_event_ids(
+        &self,
+        ids: &[EventId],
+    ) -> Result<Vec<VersionedList<Attendee>>> {
         let rows = self
-            .fetch(sqlx::query(ATTENDEES_BY_EVENT_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .fetch(sqlx::query(ATTENDEES_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))))
             .await?;
-        map(rows, rows::attendee)
+        group_lists(&rows, |r| {
+            let user: Option<i64> = sqlx::Row::try_get(r, "user_id")?;
+            user.map(|_| rows::attendee(r)).transpose()
+        })
+        .map_err(StorageError::Database)
     }
 
     /// Reservations of the given events with the resource each one books (one statement: the month
-    /// view needs both, and resources change rarely).
+    /// view needs both, and resources change rarely), each list with its event's version.
     pub async fn reservations_by_event_ids(
         &self,
         ids: &[EventId],
-    ) -> Result<Vec<(Reservation, Resource)>> {
+    ) -> Result<Vec<VersionedList<(Reservation, Resource)>>> {
         let rows = self
             .fetch(sqlx::query(RESERVATIONS_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))))
             .await?;
-        rows.iter()
-            .map(|r| {
-                let res = rows::reservation(r)?;
-                let resource = rows::resource_named(r, res.resource_id)?;
-                Ok((res, resource))
-            })
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(StorageError::Database)
+        group_lists(&rows, |r| {
+            let id: Option<i64> = sqlx::Row::try_get(r, "id")?;
+            match id {
+                None => Ok(None),
+                Some(_) => {
+                    let res = rows::reservation(r)?;
+                    let resource = rows::resource_named(r, res.resource_id)?;
+                    Ok(Some((res, resource)))
+                }
+            }
+        })
+        .map_err(StorageError::Database)
     }
 
     pub async fn resources_by_ids(&self, ids: &[ResourceId]) -> Result<Vec<Resource>> {
