@@ -9,6 +9,7 @@ use crate::ApiConfig;
 use crate::auth::viewer_from_header;
 use crate::limits::too_complex;
 use crate::schema::{AppSchema, RequestCtx};
+use crate::tiers::Tiers;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
@@ -17,6 +18,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use cal_cache::RequestStats;
 use cal_storage::{Store, StoreStats};
 use std::sync::Arc;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -28,17 +30,31 @@ pub const DEBUG_STATS_HEADER: &str = "x-debug-stats";
 #[derive(Clone)]
 pub struct AppState {
     pub schema: AppSchema,
+    /// Writes through this store invalidate the cache tiers after they commit.
     pub store: Store,
     pub config: Arc<ApiConfig>,
+    pub tiers: Arc<Tiers>,
+    /// Prometheus registry holding the cache metrics (rendered on `/metrics`).
+    pub registry: prometheus::Registry,
 }
 
 impl AppState {
-    pub fn new(store: Store, config: ApiConfig) -> Self {
+    /// Wires the store to the tiers (commits invalidate) and starts applying other instances'
+    /// invalidations from the bus.
+    pub fn new(
+        store: Store,
+        config: ApiConfig,
+        tiers: Arc<Tiers>,
+        registry: prometheus::Registry,
+    ) -> Self {
         let config = Arc::new(config);
+        tiers.spawn_consumer();
         Self {
             schema: crate::build_schema(config.clone()),
-            store,
+            store: store.with_change_sink(tiers.clone()),
             config,
+            tiers,
+            registry,
         }
     }
 }
@@ -53,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql", graphql)
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         // The GraphQL extractor streams the body itself, so axum's DefaultBodyLimit would not
         // apply; this layer caps the body for every route and answers 413.
         .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
@@ -82,16 +99,27 @@ async fn graphql_handler(
     let viewer = viewer_from_header(&state.config.jwt_secret, auth);
     let stats = Arc::new(StoreStats::default());
     let store = state.store.with_request_stats(stats.clone());
+    let cache_stats = Arc::new(RequestStats::default());
     for request in batch.iter_mut() {
-        request
-            .data
-            .insert(RequestCtx::new(viewer, store.clone(), state.config.clone()));
+        request.data.insert(RequestCtx::new(
+            viewer,
+            store.clone(),
+            state.config.clone(),
+            state.tiers.clone(),
+            cache_stats.clone(),
+        ));
     }
     let mut resp = state.schema.execute_batch(batch).await;
     if headers.contains_key(DEBUG_STATS_HEADER) {
+        let c = cache_stats.snapshot();
         let value = async_graphql::Value::from_json(serde_json::json!({
             "sqlStatements": stats.statements(),
             "sqlRows": stats.rows(),
+            "l1Hits": c.l1_hits,
+            "l2Hits": c.l2_hits,
+            "cacheMisses": c.misses,
+            "cacheLoaded": c.loaded,
+            "cacheCoalesced": c.coalesced,
         }))
         .expect("a JSON object converts");
         match &mut resp {
@@ -106,6 +134,27 @@ async fn graphql_handler(
         }
     }
     GraphQLResponse(resp).into_response()
+}
+
+/// Prometheus text: the cache tiers' counters plus the database statement totals.
+async fn metrics(State(state): State<AppState>) -> Response {
+    use prometheus::Encoder;
+    let mut body = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode(&state.registry.gather(), &mut body) {
+        tracing::warn!(error = %e, "encoding metrics failed");
+    }
+    let db = state.store.stats();
+    body.extend_from_slice(
+        format!(
+            "# HELP cal_sql_statements_total SQL statements sent to PostgreSQL.\n# TYPE cal_sql_statements_total counter\ncal_sql_statements_total {}\n\
+             # HELP cal_sql_rows_total Rows returned by PostgreSQL.\n# TYPE cal_sql_rows_total counter\ncal_sql_rows_total {}\n",
+            db.statements(),
+            db.rows()
+        )
+        .as_bytes(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn graphiql() -> Html<String> {

@@ -8,6 +8,7 @@
 //! - [`schema`]: the GraphQL types, queries and mutations; authorization happens in resolvers,
 //!   after data is loaded, so loaded facts never depend on the viewer;
 //! - [`limits`]: depth and complexity limits with a stable error code;
+//! - [`tiers`]: cache key specs, the change sink that invalidates after commits, the bus consumer;
 //! - [`http`]: the router (`/graphql`, `/health`, `/ready`), body and batch limits, debug stats.
 //!
 //! This crate reads no environment variables and installs no global subscriber.
@@ -19,7 +20,8 @@ pub mod http;
 pub mod limits;
 pub mod loaders;
 pub mod schema;
+pub mod tiers;
 
 pub use config::ApiConfig;
 pub use http::{AppState, router};
-pub use schema::{AppSchema, build_schema};
+pub use schema::{AppSchema, build_schema, warm};

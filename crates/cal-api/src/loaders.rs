@@ -1,14 +1,21 @@
-//! Per-request DataLoaders. A fresh [`Loaders`] is built for every HTTP request (one viewer), so a
-//! loader's memo never outlives a request or crosses viewers. Each batch is exactly one storage
-//! call, hence one SQL statement with an array parameter.
+//! Per-request DataLoaders over the cache tiers. A fresh [`Loaders`] is built for every HTTP
+//! request (one viewer), so a loader's memo never outlives a request or crosses viewers. Each
+//! batch goes through the tiers once: L1 for all keys, one Redis round trip for L1's misses, and
+//! one SQL statement (`= ANY($1)`) for what is still missing, whose rows are filled back into
+//! both tiers with their versions.
 //!
 //! Values are viewer-independent facts; resolvers authorize after loading.
 
+use crate::tiers::Tiers;
+use cal_cache::{Loaded as Filled, RequestStats};
+use cal_domain::cache_keys::{self, KeyKind};
 use cal_domain::*;
 use cal_storage::{StorageError, Store, VersionedList};
 use dataloader::BatchFn;
 use dataloader::cached::Loader;
 use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -19,57 +26,154 @@ pub type Loaded<T> = Result<Option<Arc<T>>, Arc<StorageError>>;
 pub type LoadedList<T> = Result<Arc<Vec<T>>, Arc<StorageError>>;
 
 type Fetch<K, T> = for<'a> fn(&'a Store, &'a [K]) -> BoxFuture<'a, Result<Vec<T>, StorageError>>;
-
-/// Batch function for "one row per id".
-pub struct ById<K, T> {
-    store: Store,
-    fetch: Fetch<K, T>,
-    key: fn(&T) -> K,
-}
-
-impl<K: Eq + Hash + Clone + Send + Sync, T: Send + Sync> BatchFn<K, Loaded<T>> for ById<K, T> {
-    async fn load(&mut self, keys: &[K]) -> HashMap<K, Loaded<T>> {
-        match (self.fetch)(&self.store, keys).await {
-            Ok(rows) => {
-                let mut out: HashMap<K, Loaded<T>> =
-                    keys.iter().map(|k| (k.clone(), Ok(None))).collect();
-                for row in rows {
-                    out.insert((self.key)(&row), Ok(Some(Arc::new(row))));
-                }
-                out
-            }
-            Err(e) => {
-                let e = Arc::new(e);
-                keys.iter().map(|k| (k.clone(), Err(e.clone()))).collect()
-            }
-        }
-    }
-}
-
 type FetchLists<T> = for<'a> fn(
     &'a Store,
     &'a [EventId],
 ) -> BoxFuture<'a, Result<Vec<VersionedList<T>>, StorageError>>;
 
-/// Batch function for "all rows belonging to an event" (attendees, reservations).
-pub struct Grouped<T> {
-    store: Store,
-    fetch: FetchLists<T>,
+/// What every batch function needs to reach the tiers and the database.
+#[derive(Clone)]
+pub struct Reach {
+    pub store: Store,
+    pub tiers: Arc<Tiers>,
+    pub stats: Arc<RequestStats>,
 }
 
-impl<T: Send + Sync> BatchFn<EventId, LoadedList<T>> for Grouped<T> {
-    async fn load(&mut self, keys: &[EventId]) -> HashMap<EventId, LoadedList<T>> {
-        match (self.fetch)(&self.store, keys).await {
-            Ok(lists) => {
-                let mut groups: HashMap<EventId, LoadedList<T>> = keys
-                    .iter()
-                    .map(|k| (*k, Ok(Arc::new(Vec::new()))))
-                    .collect();
-                for list in lists {
-                    groups.insert(list.event, Ok(Arc::new(list.items)));
-                }
-                groups
+/// How one kind of fact is cached.
+pub struct Kind<K, T> {
+    pub kind: KeyKind,
+    pub key: fn(K) -> String,
+    pub id_of: fn(&T) -> K,
+    pub version_of: fn(&T) -> i64,
+}
+
+/// Batch function for "one row per id".
+pub struct ById<K, T> {
+    reach: Reach,
+    fetch: Fetch<K, T>,
+    kind: Kind<K, T>,
+}
+
+impl<K, T> BatchFn<K, Loaded<T>> for ById<K, T>
+where
+    K: Eq + Hash + Copy + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    async fn load(&mut self, keys: &[K]) -> HashMap<K, Loaded<T>> {
+        let tiers = &self.reach.tiers;
+        let specs: Vec<_> = keys
+            .iter()
+            .map(|k| tiers.spec(self.kind.kind, (self.kind.key)(*k)))
+            .collect();
+        let (store, fetch, id_of, version_of) = (
+            self.reach.store.clone(),
+            self.fetch,
+            self.kind.id_of,
+            self.kind.version_of,
+        );
+        let wanted = keys.to_vec();
+        let result = tiers
+            .cache
+            .get_many(
+                &specs,
+                Some(&self.reach.stats),
+                move |missing: Vec<usize>| async move {
+                    let ids: Vec<K> = missing.iter().map(|&i| wanted[i]).collect();
+                    let mut rows: HashMap<K, T> = fetch(&store, &ids)
+                        .await?
+                        .into_iter()
+                        .map(|r| (id_of(&r), r))
+                        .collect();
+                    Ok::<_, StorageError>(
+                        missing
+                            .into_iter()
+                            .map(|i| {
+                                let value = rows.remove(&wanted[i]);
+                                let version = value.as_ref().map_or(0, version_of);
+                                Filled {
+                                    index: i,
+                                    value,
+                                    version,
+                                }
+                            })
+                            .collect(),
+                    )
+                },
+            )
+            .await;
+        match result {
+            Ok(values) => keys
+                .iter()
+                .zip(values)
+                .map(|(k, v)| (*k, Ok(v.map(Arc::new))))
+                .collect(),
+            Err(e) => {
+                let e = Arc::new(e);
+                keys.iter().map(|k| (*k, Err(e.clone()))).collect()
             }
+        }
+    }
+}
+
+/// Batch function for "all rows belonging to an event" (attendees, reservations); each list is
+/// cached with its event's version.
+pub struct Grouped<T> {
+    reach: Reach,
+    fetch: FetchLists<T>,
+    kind: KeyKind,
+    key: fn(EventId) -> String,
+}
+
+impl<T> BatchFn<EventId, LoadedList<T>> for Grouped<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    async fn load(&mut self, keys: &[EventId]) -> HashMap<EventId, LoadedList<T>> {
+        let tiers = &self.reach.tiers;
+        let specs: Vec<_> = keys
+            .iter()
+            .map(|k| tiers.spec(self.kind, (self.key)(*k)))
+            .collect();
+        let (store, fetch) = (self.reach.store.clone(), self.fetch);
+        let wanted = keys.to_vec();
+        let result = tiers
+            .cache
+            .get_many(
+                &specs,
+                Some(&self.reach.stats),
+                move |missing: Vec<usize>| async move {
+                    let ids: Vec<EventId> = missing.iter().map(|&i| wanted[i]).collect();
+                    let mut lists: HashMap<EventId, VersionedList<T>> = fetch(&store, &ids)
+                        .await?
+                        .into_iter()
+                        .map(|l| (l.event, l))
+                        .collect();
+                    Ok::<_, StorageError>(
+                        missing
+                            .into_iter()
+                            .map(|i| match lists.remove(&wanted[i]) {
+                                Some(l) => Filled {
+                                    index: i,
+                                    value: Some(l.items),
+                                    version: l.version,
+                                },
+                                None => Filled {
+                                    index: i,
+                                    value: None,
+                                    version: 0,
+                                },
+                            })
+                            .collect(),
+                    )
+                },
+            )
+            .await;
+        match result {
+            Ok(values) => keys
+                .iter()
+                .zip(values)
+                .map(|(k, v)| (*k, Ok(Arc::new(v.unwrap_or_default()))))
+                .collect(),
             Err(e) => {
                 let e = Arc::new(e);
                 keys.iter().map(|k| (*k, Err(e.clone()))).collect()
@@ -97,36 +201,93 @@ pub struct Loaders {
 /// Larger than any batch a valid request can produce, so a request never splits a batch in two.
 const MAX_BATCH: usize = 100_000;
 
-fn by_id<K, T>(store: &Store, fetch: Fetch<K, T>, key: fn(&T) -> K) -> ByIdLoader<K, T>
+fn by_id<K, T>(reach: &Reach, fetch: Fetch<K, T>, kind: Kind<K, T>) -> ByIdLoader<K, T>
 where
-    K: Eq + Hash + Clone + Send + Sync + std::fmt::Debug,
-    T: Send + Sync,
+    K: Eq + Hash + Copy + Send + Sync + std::fmt::Debug + 'static,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     Loader::new(ById {
-        store: store.clone(),
+        reach: reach.clone(),
         fetch,
+        kind,
+    })
+    .with_max_batch_size(MAX_BATCH)
+}
+
+fn grouped<T>(
+    reach: &Reach,
+    fetch: FetchLists<T>,
+    kind: KeyKind,
+    key: fn(EventId) -> String,
+) -> GroupedLoader<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    Loader::new(Grouped {
+        reach: reach.clone(),
+        fetch,
+        kind,
         key,
     })
     .with_max_batch_size(MAX_BATCH)
 }
 
-fn grouped<T: Send + Sync>(store: &Store, fetch: FetchLists<T>) -> GroupedLoader<T> {
-    Loader::new(Grouped {
-        store: store.clone(),
-        fetch,
-    })
-    .with_max_batch_size(MAX_BATCH)
-}
-
 impl Loaders {
-    pub fn new(store: &Store) -> Self {
+    pub fn new(reach: &Reach) -> Self {
         Self {
-            users: by_id(store, |s, k| Box::pin(s.users_by_ids(k)), |u| u.id),
-            calendars: by_id(store, |s, k| Box::pin(s.calendars_by_ids(k)), |c| c.id),
-            events: by_id(store, |s, k| Box::pin(s.events_by_ids(k)), |e| e.id),
-            resources: by_id(store, |s, k| Box::pin(s.resources_by_ids(k)), |r| r.id),
-            attendees: grouped(store, |s, k| Box::pin(s.attendees_by_event_ids(k))),
-            reservations: grouped(store, |s, k| Box::pin(s.reservations_by_event_ids(k))),
+            users: by_id(
+                reach,
+                |s, k| Box::pin(s.users_by_ids(k)),
+                Kind {
+                    kind: KeyKind::UserProfile,
+                    key: cache_keys::user_profile,
+                    id_of: |u| u.id,
+                    version_of: |u| u.version,
+                },
+            ),
+            calendars: by_id(
+                reach,
+                |s, k| Box::pin(s.calendars_by_ids(k)),
+                Kind {
+                    kind: KeyKind::CalendarSummary,
+                    key: cache_keys::calendar_summary,
+                    id_of: |c| c.id,
+                    version_of: |c| c.version,
+                },
+            ),
+            events: by_id(
+                reach,
+                |s, k| Box::pin(s.events_by_ids(k)),
+                Kind {
+                    kind: KeyKind::EventFull,
+                    key: cache_keys::event_full,
+                    id_of: |e| e.id,
+                    version_of: |e| e.version,
+                },
+            ),
+            // Resources are not changed through the API; their cached version is constant.
+            resources: by_id(
+                reach,
+                |s, k| Box::pin(s.resources_by_ids(k)),
+                Kind {
+                    kind: KeyKind::Resource,
+                    key: cache_keys::resource,
+                    id_of: |r| r.id,
+                    version_of: |_| 0,
+                },
+            ),
+            attendees: grouped(
+                reach,
+                |s, k| Box::pin(s.attendees_by_event_ids(k)),
+                KeyKind::EventAttendees,
+                cache_keys::event_attendees,
+            ),
+            reservations: grouped(
+                reach,
+                |s, k| Box::pin(s.reservations_by_event_ids(k)),
+                KeyKind::EventReservations,
+                cache_keys::event_reservations,
+            ),
         }
     }
 }

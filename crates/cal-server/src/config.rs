@@ -12,6 +12,11 @@
 //! | `MAX_PAGE_SIZE` | largest `first` | `200` |
 //! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `10`, `262144` |
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may drain on SIGTERM | `20` |
+//! | `REDIS_URL` | Redis for the L2 cache; unset means L1 only | unset |
+//! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
+//! | `CACHE_L1_MAX_BYTES`, `CACHE_L1_TTL_SECS` | L1 size bound and TTL | `134217728`, `30` |
+//! | `CACHE_KEY_PREFIX` | prefix of every Redis key | `cal:` |
+//! | `CACHE_WARM_CALENDARS` | most active calendars warmed at start-up (0: none) | `100` |
 //! | `RUST_LOG` | log filter | `info` |
 
 use anyhow::{Context, Result, bail};
@@ -39,6 +44,13 @@ pub struct Settings {
     pub max_batch: usize,
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
+    pub redis_url: Option<String>,
+    pub cache_l1: bool,
+    pub cache_l2: bool,
+    pub cache_l1_max_bytes: u64,
+    pub cache_l1_ttl_secs: u64,
+    pub cache_key_prefix: String,
+    pub cache_warm_calendars: i64,
 }
 
 fn no_secret<S: serde::Serializer>(_: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -60,6 +72,13 @@ impl Default for Settings {
             max_batch: 10,
             max_body_bytes: 256 * 1024,
             shutdown_grace_secs: 20,
+            redis_url: None,
+            cache_l1: true,
+            cache_l2: true,
+            cache_l1_max_bytes: 128 * 1024 * 1024,
+            cache_l1_ttl_secs: 30,
+            cache_key_prefix: "cal:".into(),
+            cache_warm_calendars: 100,
         }
     }
 }
@@ -86,6 +105,13 @@ impl Settings {
             "MAX_BATCH",
             "MAX_BODY_BYTES",
             "SHUTDOWN_GRACE_SECS",
+            "REDIS_URL",
+            "CACHE_L1",
+            "CACHE_L2",
+            "CACHE_L1_MAX_BYTES",
+            "CACHE_L1_TTL_SECS",
+            "CACHE_KEY_PREFIX",
+            "CACHE_WARM_CALENDARS",
         ];
         fig = fig.merge(
             Env::raw()
@@ -110,6 +136,18 @@ impl Settings {
             Some(_) => bail!("JWT_SECRET must be at least 32 bytes"),
             None if self.dev_mode() => Ok(SecretString::from(DEV_JWT_SECRET)),
             None => bail!("JWT_SECRET is required when CAL_ENV=prod"),
+        }
+    }
+
+    pub fn cache_config(&self) -> cal_cache::CacheConfig {
+        cal_cache::CacheConfig {
+            l1_enabled: self.cache_l1,
+            l2_enabled: self.cache_l2,
+            l1_max_bytes: self.cache_l1_max_bytes,
+            l1_ttl: std::time::Duration::from_secs(self.cache_l1_ttl_secs),
+            redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
+            key_prefix: self.cache_key_prefix.clone(),
+            ..cal_cache::CacheConfig::default()
         }
     }
 

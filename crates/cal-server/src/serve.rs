@@ -3,7 +3,9 @@
 
 use crate::config::Settings;
 use anyhow::{Context, Result};
+use cal_api::tiers::Tiers;
 use cal_api::{AppState, router};
+use cal_cache::{InProcessBus, TieredCache};
 use cal_storage::Store;
 use cal_storage::seed::{Progress, Scale};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -11,6 +13,7 @@ use secrecy::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -181,8 +184,74 @@ pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
     }
     tracing::info!(%addr, dev_mode = api.dev_mode, "serving GraphQL on /graphql");
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
-    let app = router(AppState::new(store, api));
+    let (tiers, registry) = build_tiers(&settings).await?;
+    let state = AppState::new(store, api, tiers.clone(), registry);
+    spawn_warming(&settings, tiers, state.store.clone());
+    let app = router(state);
     run(listener, app, shutdown_signal(), grace).await
+}
+
+/// The cache tiers: L1 always (unless switched off), L2 when `REDIS_URL` is set, and the
+/// in-process invalidation bus (a single instance hears its own writes).
+pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus::Registry)> {
+    let cfg = settings.cache_config();
+    match (&cfg.redis_url, cfg.l2_enabled) {
+        (None, _) => tracing::warn!(
+            "REDIS_URL is not set: caching in process memory only (L1), no shared L2"
+        ),
+        (Some(_), false) => tracing::warn!("CACHE_L2=false: the Redis tier is switched off"),
+        _ => tracing::info!("cache tiers: L1 (moka) over L2 (Redis)"),
+    }
+    if !cfg.l1_enabled {
+        tracing::warn!("CACHE_L1=false: the in-process tier is switched off");
+    }
+    tracing::info!("invalidation bus: in-process (single instance)");
+    let registry = prometheus::Registry::new();
+    let cache = TieredCache::new(cfg, &registry)
+        .await
+        .context("cache configuration")?;
+    let origin = format!(
+        "{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
+    let tiers = Tiers::new(
+        cache,
+        Arc::new(InProcessBus::default()),
+        Default::default(),
+        origin,
+    );
+    Ok((Arc::new(tiers), registry))
+}
+
+/// Warms the current and next month of the most active calendars in the background; readiness
+/// does not wait for it.
+fn spawn_warming(settings: &Settings, tiers: Arc<Tiers>, store: Store) {
+    let n = settings.cache_warm_calendars;
+    if n == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        use chrono::{Datelike, Months, TimeZone};
+        let now = chrono::Utc::now();
+        let month = chrono::Utc
+            .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+            .single()
+            .expect("valid month start");
+        let until = month + Months::new(2);
+        let started = std::time::Instant::now();
+        match store.most_active_calendars(n, month, until).await {
+            Ok(ids) => {
+                let warmed = cal_api::warm(&tiers, &store, &ids, month, until).await;
+                tracing::info!(
+                    warmed,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "cache warmed"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cache warming skipped"),
+        }
+    });
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish

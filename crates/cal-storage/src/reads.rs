@@ -314,6 +314,30 @@ impl Store {
         Ok(out)
     }
 
+    /// The `n` calendars with the most live events starting in `[from, to)` (cache warming).
+    pub async fn most_active_calendars(
+        &self,
+        n: i64,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<CalendarId>> {
+        let q = sqlx::query(
+            "SELECT calendar_id FROM events WHERE deleted_at IS NULL AND start_time >= $1 AND start_time < $2 \
+             GROUP BY calendar_id ORDER BY count(*) DESC, calendar_id LIMIT $3",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(n);
+        let rows = self.fetch(q).await?;
+        rows.iter()
+            .map(|r| {
+                sqlx::Row::try_get::<i64, _>(r, 0)
+                    .map(CalendarId)
+                    .map_err(StorageError::Database)
+            })
+            .collect()
+    }
+
     /// Calendars a user is a member of, with the role, ordered by calendar id.
     pub async fn memberships_of(&self, user: UserId) -> Result<Vec<(CalendarId, Role)>> {
         let q = sqlx::query(MEMBERSHIPS_OF).bind(user.0);

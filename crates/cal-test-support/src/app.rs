@@ -1,7 +1,9 @@
 //! [`TestApp`]: the real router on `127.0.0.1:0` over a database of its own, driven over HTTP.
 
 use crate::TestDb;
+use cal_api::tiers::Tiers;
 use cal_api::{ApiConfig, AppState};
+use cal_cache::{CacheConfig, InProcessBus, TieredCache};
 use cal_domain::{CalendarId, User, UserId};
 use cal_storage::Store;
 use serde_json::{Value, json};
@@ -12,7 +14,9 @@ pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The app's own store: writes through it invalidate the app's cache like mutations do.
     pub store: Store,
+    pub tiers: Arc<Tiers>,
     pub config: Arc<ApiConfig>,
     pub client: reqwest::Client,
     users: std::sync::atomic::AtomicU64,
@@ -27,11 +31,38 @@ impl TestApp {
 
     /// Spawns with a configuration adjusted by `tweak`.
     pub async fn spawn_with(tweak: impl FnOnce(&mut ApiConfig)) -> TestApp {
+        Self::spawn_full(tweak, |_| {}).await
+    }
+
+    /// Spawns with both configurations adjusted. The cache defaults to L1 plus the Redis at
+    /// `REDIS_URL` (default `redis://127.0.0.1:6379`) under a key prefix of this test's own.
+    pub async fn spawn_full(
+        tweak: impl FnOnce(&mut ApiConfig),
+        tweak_cache: impl FnOnce(&mut CacheConfig),
+    ) -> TestApp {
         let db = TestDb::new().await;
-        let store = Store::new(db.pool.clone());
         let mut config = ApiConfig::new(TEST_SECRET);
         tweak(&mut config);
-        let state = AppState::new(store.clone(), config);
+        let mut cache_config = CacheConfig {
+            redis_url: Some(
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+            ),
+            key_prefix: format!("test:{}:", db.name),
+            ..CacheConfig::default()
+        };
+        tweak_cache(&mut cache_config);
+        let registry = prometheus::Registry::new();
+        let cache = TieredCache::new(cache_config, &registry)
+            .await
+            .expect("cache config is valid");
+        let tiers = Arc::new(Tiers::new(
+            cache,
+            Arc::new(InProcessBus::default()),
+            Default::default(),
+            db.name.clone(),
+        ));
+        let state = AppState::new(Store::new(db.pool.clone()), config, tiers.clone(), registry);
+        let store = state.store.clone();
         let config = state.config.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -41,6 +72,7 @@ impl TestApp {
         TestApp {
             addr,
             store,
+            tiers,
             config,
             client: reqwest::Client::new(),
             users: Default::default(),

@@ -3,6 +3,8 @@
 //! membership queries, which are one statement each.
 
 mod access;
+mod buckets;
+pub use buckets::warm;
 mod mutation;
 mod query;
 mod series;
@@ -16,8 +18,10 @@ use crate::ApiConfig;
 use crate::auth::Viewer;
 use crate::error::{ApiError, ApiResult};
 use crate::limits::Limits;
-use crate::loaders::Loaders;
+use crate::loaders::{Loaders, Reach};
+use crate::tiers::Tiers;
 use async_graphql::{Context, EmptySubscription, Schema};
+use cal_cache::RequestStats;
 use cal_domain::UserId;
 use cal_storage::Store;
 use std::sync::Arc;
@@ -45,16 +49,31 @@ pub struct RequestCtx {
     pub store: Store,
     pub loaders: Loaders,
     pub config: Arc<ApiConfig>,
+    pub tiers: Arc<Tiers>,
+    /// This request's cache figures (hits per tier), reported with `x-debug-stats`.
+    pub cache_stats: Arc<RequestStats>,
 }
 
 impl RequestCtx {
-    pub fn new(viewer: Viewer, store: Store, config: Arc<ApiConfig>) -> Self {
-        let loaders = Loaders::new(&store);
+    pub fn new(
+        viewer: Viewer,
+        store: Store,
+        config: Arc<ApiConfig>,
+        tiers: Arc<Tiers>,
+        cache_stats: Arc<RequestStats>,
+    ) -> Self {
+        let reach = Reach {
+            store: store.clone(),
+            tiers: tiers.clone(),
+            stats: cache_stats.clone(),
+        };
         Self {
             viewer,
+            loaders: Loaders::new(&reach),
             store,
-            loaders,
             config,
+            tiers,
+            cache_stats,
         }
     }
 }

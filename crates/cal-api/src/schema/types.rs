@@ -128,10 +128,12 @@ pub(crate) async fn calendar_busy(
     w: &TimeWindow,
 ) -> ApiResult<Vec<d::Interval>> {
     const ALL: usize = 100_000;
-    let rows = rc(ctx)
-        .store
-        .events_in_window(calendar, w, None, ALL as i64)
-        .await?;
+    let cal = crate::loaders::one(&rc(ctx).loaders.calendars, calendar)
+        .await?
+        .ok_or(ApiError::Forbidden)?;
+    let mut rows = super::buckets::window_rows(ctx, &cal, w).await?;
+    rows.singles
+        .retain(|e| e.start_time < w.to() && e.end_time > w.from());
     let placed = d::instances::place(
         &rows.singles,
         &rows.masters,
@@ -254,10 +256,13 @@ impl Calendar {
             }
         };
         let after = after.as_deref().map(EventCursor::decode).transpose()?;
-        let rows = r
-            .store
-            .events_in_window(self.cal.id, &w, after, first as i64 + 1)
-            .await?;
+        let mut rows = super::buckets::window_rows(ctx, &self.cal, &w).await?;
+        // Stored rows of the window after the cursor (series occurrences are cut by `place`).
+        rows.singles.retain(|e| {
+            e.start_time < w.to()
+                && e.end_time > w.from()
+                && after.is_none_or(|a| EventCursor::row(e.start_time, e.id) > a)
+        });
         let mut placed = d::instances::place(
             &rows.singles,
             &rows.masters,

@@ -1,0 +1,95 @@
+//! The cache's Prometheus metrics: counters by tier (`l1`, `l2`, `db`) and key kind, Redis errors
+//! by operation, and gauges for the breaker, the L1 weight and the L2 epoch. This module only
+//! counts; it decides nothing.
+
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+
+pub(crate) const L1: &str = "l1";
+pub(crate) const L2: &str = "l2";
+pub(crate) const DB: &str = "db";
+
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    pub hits: IntCounterVec,
+    pub misses: IntCounterVec,
+    pub fills: IntCounterVec,
+    pub evictions: IntCounterVec,
+    pub refused_stale: IntCounterVec,
+    pub coalesced: IntCounterVec,
+    pub oversize: IntCounterVec,
+    pub redis_errors: IntCounterVec,
+    pub breaker_state: IntGauge,
+    pub l1_weighted_bytes: IntGauge,
+    pub epoch: IntGauge,
+}
+
+fn tier_kind(name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), &["tier", "kind"])
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            hits: tier_kind(
+                "cal_cache_hits_total",
+                "Keys found, by tier (db: row exists)",
+            )?,
+            misses: tier_kind(
+                "cal_cache_misses_total",
+                "Keys not found, by tier (db: row does not exist)",
+            )?,
+            fills: tier_kind("cal_cache_fills_total", "Values written to a tier")?,
+            evictions: tier_kind(
+                "cal_cache_evictions_total",
+                "L1 entries evicted for size or expiry",
+            )?,
+            refused_stale: tier_kind(
+                "cal_cache_refused_stale_total",
+                "Fills refused because a newer entry or tombstone exists",
+            )?,
+            coalesced: tier_kind(
+                "cal_cache_coalesced_total",
+                "Keys a caller got from another caller's load (single-flight followers)",
+            )?,
+            oversize: tier_kind(
+                "cal_cache_oversize_total",
+                "Loaded values too large to cache",
+            )?,
+            redis_errors: IntCounterVec::new(
+                Opts::new(
+                    "cal_cache_redis_errors_total",
+                    "Redis calls that failed, timed out or were skipped by the open breaker",
+                ),
+                &["op"],
+            )?,
+            breaker_state: IntGauge::new(
+                "cal_cache_breaker_state",
+                "Redis circuit breaker: 0 closed, 1 half-open, 2 open",
+            )?,
+            l1_weighted_bytes: IntGauge::new(
+                "cal_cache_l1_weighted_bytes",
+                "Weighted size of the L1 tier in bytes",
+            )?,
+            epoch: IntGauge::new(
+                "cal_cache_epoch",
+                "Times a Redis restart (run_id change) was detected",
+            )?,
+        };
+        registry.register(Box::new(m.hits.clone()))?;
+        registry.register(Box::new(m.misses.clone()))?;
+        registry.register(Box::new(m.fills.clone()))?;
+        registry.register(Box::new(m.evictions.clone()))?;
+        registry.register(Box::new(m.refused_stale.clone()))?;
+        registry.register(Box::new(m.coalesced.clone()))?;
+        registry.register(Box::new(m.oversize.clone()))?;
+        registry.register(Box::new(m.redis_errors.clone()))?;
+        registry.register(Box::new(m.breaker_state.clone()))?;
+        registry.register(Box::new(m.l1_weighted_bytes.clone()))?;
+        registry.register(Box::new(m.epoch.clone()))?;
+        Ok(m)
+    }
+
+    pub fn inc(counter: &IntCounterVec, tier: &str, kind: &str) {
+        counter.with_label_values(&[tier, kind]).inc();
+    }
+}
