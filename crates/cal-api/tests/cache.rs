@@ -1,0 +1,315 @@
+//! The cache tiers behind the API: a warm month view costs no SQL, the cold path keeps its
+//! statement count, a write is never followed by a read of the old data on the same instance,
+//! concurrent misses share one load, and a warm cache never leaks to a non-member.
+
+mod common;
+use common::*;
+use std::sync::Arc;
+
+#[tokio::test]
+async fn warm_month_view_issues_no_sql_and_cold_path_is_unchanged() {
+    let app = TestApp::spawn().await;
+    let w = world(&app, 40, 6).await;
+    let cold = app
+        .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await;
+    assert!(
+        cold.sql_statements() <= 5,
+        "cold: {}",
+        cold.sql_statements()
+    );
+    let warm = app
+        .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await;
+    assert_eq!(
+        warm.sql_statements(),
+        0,
+        "warm month view must be served from memory"
+    );
+    assert_eq!(warm.data(), cold.data());
+    assert!(warm.0["extensions"]["stats"]["l1Hits"].as_u64().unwrap() > 0);
+
+    // A second instance sharing Redis (fresh L1) is served by L2, still without SQL.
+    let prefix = format!("test:{}:", app.db.name);
+    let registry = prometheus::Registry::new();
+    let cache = cal_cache::TieredCache::new(
+        cal_cache::CacheConfig {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            key_prefix: prefix,
+            ..Default::default()
+        },
+        &registry,
+    )
+    .await
+    .unwrap();
+    let other = cal_api::tiers::Tiers::new(
+        cache,
+        Arc::new(cal_cache::InProcessBus::default()),
+        Default::default(),
+        "b".into(),
+    );
+    let state = cal_api::AppState::new(
+        app.store.clone(),
+        (*app.config).clone(),
+        Arc::new(other),
+        registry,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, cal_api::router(state)).await.unwrap() });
+    let body = json!({ "query": MONTH_VIEW, "variables": month_vars(w.calendar) });
+    let resp: Value = app
+        .client
+        .post(format!("http://{addr}/graphql"))
+        .bearer_auth(app.token(w.owner.id))
+        .header("x-debug-stats", "1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["data"], *cold.data());
+    assert_eq!(resp["extensions"]["stats"]["sqlStatements"], 0);
+    assert!(
+        resp["extensions"]["stats"]["l2Hits"].as_u64().unwrap() > 0,
+        "{}",
+        resp["extensions"]
+    );
+
+    // With both tiers switched off every request is the cold path.
+    let off = TestApp::spawn_full(
+        |_| {},
+        |c| {
+            c.l1_enabled = false;
+            c.l2_enabled = false;
+        },
+    )
+    .await;
+    let w2 = world(&off, 40, 6).await;
+    for _ in 0..2 {
+        let r = off
+            .gql(Some(w2.owner.id), MONTH_VIEW, month_vars(w2.calendar))
+            .await;
+        assert!(
+            r.sql_statements() >= 4 && r.sql_statements() <= 5,
+            "{}",
+            r.sql_statements()
+        );
+    }
+}
+
+#[tokio::test]
+async fn writes_are_visible_to_the_next_read_on_the_same_instance() {
+    let app = TestApp::spawn().await;
+    let w = world(&app, 5, 2).await;
+    let q = "query($e: ID!) { event(id: $e) { title version attendees { user { id } } } }";
+    let upd = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { version } }";
+    let ev = w.events[0].id.to_string();
+    let mut version = w.events[0].version;
+    for i in 0..20 {
+        // Warm both the event and the month view, then write, then read.
+        app.gql(Some(w.owner.id), q, json!({ "e": ev }))
+            .await
+            .data();
+        app.gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+            .await
+            .data();
+        let title = format!("Title {i}");
+        let r = app
+            .gql(
+                Some(w.owner.id),
+                upd,
+                json!({ "e": ev, "v": version, "t": title }),
+            )
+            .await;
+        version = r.data()["updateEvent"]["version"].as_i64().unwrap();
+        let read = app.gql(Some(w.owner.id), q, json!({ "e": ev })).await;
+        assert_eq!(read.data()["event"]["title"], title);
+        assert_eq!(read.data()["event"]["version"], version);
+        let month = app
+            .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+            .await;
+        let first = &month.data()["calendar"]["events"]["edges"][0]["node"];
+        assert_eq!(first["title"], title, "month view after write {i}");
+    }
+    // Attendee changes too.
+    let add = "mutation($e: ID!, $u: ID!) { addAttendees(eventId: $e, attendees: [{ userId: $u }]) { version } }";
+    app.gql(
+        Some(w.owner.id),
+        add,
+        json!({ "e": ev, "u": w.users[5].id.to_string() }),
+    )
+    .await
+    .data();
+    let read = app.gql(Some(w.owner.id), q, json!({ "e": ev })).await;
+    assert_eq!(
+        read.data()["event"]["attendees"].as_array().unwrap().len(),
+        3
+    );
+    // Sharing changes access at once, even with a warm calendar summary.
+    let stranger = app.user("Later Member").await;
+    let cal_q = "query($c: ID!) { calendar(id: $c) { name } }";
+    assert_eq!(
+        app.gql(
+            Some(stranger.id),
+            cal_q,
+            json!({ "c": w.calendar.to_string() })
+        )
+        .await
+        .code(),
+        "FORBIDDEN"
+    );
+    let share = "mutation($c: ID!, $u: ID!) { shareCalendar(calendarId: $c, userId: $u, role: READER) { id } }";
+    app.gql(
+        Some(w.owner.id),
+        share,
+        json!({ "c": w.calendar.to_string(), "u": stranger.id.to_string() }),
+    )
+    .await
+    .data();
+    app.gql(
+        Some(stranger.id),
+        cal_q,
+        json!({ "c": w.calendar.to_string() }),
+    )
+    .await
+    .data();
+    let unshare = "mutation($c: ID!, $u: ID!) { unshareCalendar(calendarId: $c, userId: $u) }";
+    app.gql(
+        Some(w.owner.id),
+        unshare,
+        json!({ "c": w.calendar.to_string(), "u": stranger.id.to_string() }),
+    )
+    .await
+    .data();
+    assert_eq!(
+        app.gql(
+            Some(stranger.id),
+            cal_q,
+            json!({ "c": w.calendar.to_string() })
+        )
+        .await
+        .code(),
+        "FORBIDDEN"
+    );
+}
+
+#[tokio::test]
+async fn a_warm_cache_never_leaks_to_non_members() {
+    let app = TestApp::spawn().await;
+    let w = world(&app, 3, 2).await;
+    let stranger = app.user("Nosy").await;
+    // The owner warms everything.
+    app.gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await
+        .data();
+    let ev = w.events[0].id.to_string();
+    app.gql(
+        Some(w.owner.id),
+        "query($e: ID!) { event(id: $e) { title } }",
+        json!({ "e": ev }),
+    )
+    .await
+    .data();
+    let q = "query($c: ID!, $e: ID!) { calendar(id: $c) { name } event(id: $e) { title } a: event(id: $e) { id } b: calendar(id: $c) { id } }";
+    let resp = app
+        .gql(
+            Some(stranger.id),
+            q,
+            json!({ "c": w.calendar.to_string(), "e": ev }),
+        )
+        .await;
+    assert_eq!(resp.codes(), vec!["FORBIDDEN"; 4]);
+    let text = resp.0["data"].to_string();
+    assert!(
+        !text.contains("Team") && !text.contains("Event 0"),
+        "{text}"
+    );
+    let resp = app
+        .gql(Some(stranger.id), MONTH_VIEW, month_vars(w.calendar))
+        .await;
+    assert_eq!(resp.code(), "FORBIDDEN");
+    assert_eq!(
+        resp.sql_statements(),
+        0,
+        "served from the warm cache, and still refused"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_load_per_key() {
+    let app = Arc::new(TestApp::spawn().await);
+    let w = world(&app, 30, 5).await;
+    // Warm, then invalidate the calendar's entries with a write.
+    app.gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await
+        .data();
+    let upd = "mutation($e: ID!, $v: Int!) { updateEvent(id: $e, expectedVersion: $v, input: { title: \"fresh\" }) { id } }";
+    app.gql(
+        Some(w.owner.id),
+        upd,
+        json!({ "e": w.events[0].id.to_string(), "v": w.events[0].version }),
+    )
+    .await
+    .data();
+    let before = app.store.stats().statements();
+    let mut tasks = Vec::new();
+    for _ in 0..500 {
+        let app = app.clone();
+        let owner = w.owner.id;
+        let cal = w.calendar;
+        tasks.push(tokio::spawn(async move {
+            app.gql(Some(owner), MONTH_VIEW, month_vars(cal)).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(
+            r.data()["calendar"]["events"]["edges"][0]["node"]["title"],
+            "fresh"
+        );
+    }
+    let statements = app.store.stats().statements() - before;
+    // Calendar summary, the month bucket, and event 0's attendees and reservations were
+    // invalidated: each is loaded once for all 500 requests (users stayed cached).
+    assert!(
+        statements <= 4,
+        "500 concurrent requests took {statements} statements"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("cal_cache_coalesced_total"), "{metrics}");
+}
+
+#[tokio::test]
+async fn metrics_expose_tiers_and_kinds() {
+    let app = TestApp::spawn().await;
+    let w = world(&app, 2, 1).await;
+    app.gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await
+        .data();
+    app.gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await
+        .data();
+    let r = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for needle in [
+        "cal_cache_hits_total{kind=\"month_bucket\",tier=\"l1\"}",
+        "cal_cache_misses_total",
+        "cal_cache_fills_total",
+        "cal_cache_breaker_state",
+        "cal_sql_statements_total",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
