@@ -8,6 +8,11 @@
 //   DURATION  how long to run (default 30s)
 //   FROM, TO  the window, RFC 3339 (default: the current UTC month)
 //   SUMMARY   if set, the end-of-test summary is also written there as JSON
+//   ZIPF      Zipf exponent s (e.g. 1.1): fixture i is picked with probability proportional to
+//             1/(i+1)^s, so the first fixtures are hot; unset: uniform
+//   WRITE_RATIO  share of iterations (e.g. 0.01) that write instead of only reading: they read the
+//             month view of their calendar (counted as a read), then rename one of its events
+//             with `updateEvent`; unset: 0 (reads only)
 //
 // Run: k6 run -e FIXTURES=target/bench/fixtures.json loadtests/month_view.js
 // (k6 also reads these from the process environment, which is how `cargo xtask bench` passes them.)
@@ -32,6 +37,44 @@ const fixtures = new SharedArray('fixtures', () => {
   return list;
 });
 
+// Zipf: the cumulative distribution over fixture indexes, computed once per VU; a draw is a binary
+// search for the first index whose cumulative probability exceeds a uniform number.
+const ZIPF = __ENV.ZIPF ? parseFloat(__ENV.ZIPF) : 0;
+if (Number.isNaN(ZIPF) || ZIPF < 0) {
+  throw new Error(`ZIPF must be a non-negative number, not ${__ENV.ZIPF}`);
+}
+const WRITE_RATIO = __ENV.WRITE_RATIO ? parseFloat(__ENV.WRITE_RATIO) : 0;
+if (Number.isNaN(WRITE_RATIO) || WRITE_RATIO < 0 || WRITE_RATIO > 1) {
+  throw new Error(`WRITE_RATIO must be between 0 and 1, not ${__ENV.WRITE_RATIO}`);
+}
+
+function zipfCdf(n, s) {
+  const cdf = new Array(n);
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    sum += 1 / Math.pow(i + 1, s);
+    cdf[i] = sum;
+  }
+  for (let i = 0; i < n; i++) cdf[i] /= sum;
+  cdf[n - 1] = 1; // no rounding gap at the top
+  return cdf;
+}
+
+const CDF = ZIPF > 0 ? zipfCdf(fixtures.length, ZIPF) : null;
+
+function pickIndex() {
+  if (!CDF) return Math.floor(Math.random() * fixtures.length);
+  const u = Math.random();
+  let lo = 0;
+  let hi = CDF.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (CDF[mid] > u) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
 function monthStart(offset) {
   const now = new Date();
   return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + offset, 1)).toISOString();
@@ -55,12 +98,28 @@ const QUERY = `query MonthView($calendarId: ID!, $from: DateTime!, $to: DateTime
   }
 }`;
 
+// The read a writing iteration starts with: the same month view plus each event's version (the
+// `expectedVersion` of the update).
+const QUERY_WITH_VERSIONS = QUERY.replace('id title startTime', 'id version title startTime');
+
+const MUTATION = `mutation Rename($id: ID!, $v: Int!, $t: String!) {
+  updateEvent(id: $id, expectedVersion: $v, input: { title: $t }) { id version }
+}`;
+
 // SQL statements the server sent for one request (from the x-debug-stats extension).
 const sqlStatements = new Trend('sql_statements');
 const sqlRows = new Trend('sql_rows');
 const eventsReturned = new Counter('events_returned');
 // Share of requests that failed any check (HTTP error, GraphQL errors, wrong calendar).
 const errors = new Rate('errors');
+// Cache figures of each read (from the x-debug-stats extension): hit ratio = (l1 + l2) / (l1 + l2 + misses).
+const l1Hits = new Counter('l1_hits');
+const l2Hits = new Counter('l2_hits');
+const cacheMisses = new Counter('cache_misses');
+// Updates that committed, and those refused with VERSION_CONFLICT (another VU renamed the same
+// event first: expected under concurrency, so not an error).
+const writes = new Counter('writes');
+const writeConflicts = new Counter('write_conflicts');
 
 export const options = {
   scenarios: {
@@ -71,29 +130,40 @@ export const options = {
     },
   },
   summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+  // Thresholds that always pass, only so that the summary carries the reads' own figures
+  // (k6 reports a tag's sub-metric only when a threshold names it).
+  thresholds: {
+    'http_req_duration{name:MonthView}': ['max>=0'],
+    'http_reqs{name:MonthView}': ['count>=0'],
+    'http_req_duration{name:UpdateEvent}': ['max>=0'],
+  },
 };
 
-export default function () {
-  const f = fixtures[Math.floor(Math.random() * fixtures.length)];
-  const res = http.post(
-    `${BASE_URL}/graphql`,
-    JSON.stringify({ query: QUERY, variables: { calendarId: f.calendarId, from: FROM, to: TO } }),
-    {
-      headers: {
-        'Content-Type': 'application/json',
-        Authorization: `Bearer ${f.token}`,
-        'x-debug-stats': '1',
-      },
-      tags: { name: 'MonthView' },
+function post(f, payload, name) {
+  const res = http.post(`${BASE_URL}/graphql`, JSON.stringify(payload), {
+    headers: {
+      'Content-Type': 'application/json',
+      Authorization: `Bearer ${f.token}`,
+      'x-debug-stats': '1',
     },
-  );
-
+    tags: { name },
+  });
   let body = null;
   try {
     body = res.json();
   } catch (_) {
     body = null;
   }
+  return [res, body];
+}
+
+// One month view read, with its checks and figures; returns the parsed body.
+function readMonth(f, query) {
+  const [res, body] = post(
+    f,
+    { query, variables: { calendarId: f.calendarId, from: FROM, to: TO } },
+    'MonthView',
+  );
   const ok = check(res, {
     'status is 200': (r) => r.status === 200,
     'no errors': () => body !== null && !body.errors,
@@ -105,10 +175,52 @@ export default function () {
     const stats = body.extensions.stats;
     if (typeof stats.sqlStatements === 'number') sqlStatements.add(stats.sqlStatements);
     if (typeof stats.sqlRows === 'number') sqlRows.add(stats.sqlRows);
+    if (typeof stats.l1Hits === 'number') l1Hits.add(stats.l1Hits);
+    if (typeof stats.l2Hits === 'number') l2Hits.add(stats.l2Hits);
+    if (typeof stats.cacheMisses === 'number') cacheMisses.add(stats.cacheMisses);
   }
   const events = body && body.data && body.data.calendar && body.data.calendar.events;
   if (events && Array.isArray(events.edges)) {
     eventsReturned.add(events.edges.length);
+  }
+  return body;
+}
+
+// Renames one event of the calendar just read. Single events are preferred: renaming an
+// occurrence of a series would turn it into a new override row each time.
+function renameOne(f, body) {
+  const edges = (body && body.data && body.data.calendar && body.data.calendar.events &&
+    body.data.calendar.events.edges) || [];
+  const nodes = edges.map((e) => e.node).filter((n) => n && typeof n.version === 'number');
+  if (nodes.length === 0) return; // nothing to rename in this window
+  const singles = nodes.filter((n) => !String(n.id).includes('_'));
+  const pool = singles.length > 0 ? singles : nodes;
+  const ev = pool[Math.floor(Math.random() * pool.length)];
+  const title = `bench ${__VU}-${__ITER} ${Date.now()}`;
+  const [res, out] = post(f, { query: MUTATION, variables: { id: ev.id, v: ev.version, t: title } }, 'UpdateEvent');
+  const errs = (out && out.errors) || [];
+  const conflict = errs.length > 0 && errs.every((e) => e.extensions && e.extensions.code === 'VERSION_CONFLICT');
+  if (conflict) {
+    writeConflicts.add(1);
+    errors.add(false);
+    return;
+  }
+  const ok = check(res, {
+    'update: status is 200': (r) => r.status === 200,
+    'update: no errors': () => out !== null && errs.length === 0,
+    'update: version bumped': () => !!out && !!out.data && !!out.data.updateEvent && out.data.updateEvent.version > ev.version,
+  });
+  errors.add(!ok);
+  if (ok) writes.add(1);
+  else console.warn(`updateEvent ${ev.id} v${ev.version} failed: HTTP ${res.status} ${JSON.stringify(errs).slice(0, 400)}`);
+}
+
+export default function () {
+  const f = fixtures[pickIndex()];
+  if (WRITE_RATIO > 0 && Math.random() < WRITE_RATIO) {
+    renameOne(f, readMonth(f, QUERY_WITH_VERSIONS));
+  } else {
+    readMonth(f, QUERY);
   }
 }
 
@@ -143,6 +255,12 @@ function textSummary(data) {
       text = Object.entries(v).map(([k, x]) => `${k}=${x}`).join(' ');
     }
     lines.push(`  ${(name + ' ').padEnd(34, '.')} ${text}`);
+  }
+  const count = (name) => (data.metrics[name] ? data.metrics[name].values.count : 0);
+  const hits = count('l1_hits') + count('l2_hits');
+  const looked = hits + count('cache_misses');
+  if (looked > 0) {
+    lines.push(`  ${'cache hit ratio (reads) '.padEnd(34, '.')} ${((hits / looked) * 100).toFixed(2)}% (${hits} of ${looked} keys)`);
   }
   return lines.join('\n') + '\n';
 }

@@ -313,3 +313,113 @@ async fn metrics_expose_tiers_and_kinds() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 }
+
+/// Pauses the first fill of one key after its load, until released.
+struct PauseFill {
+    key: String,
+    armed: std::sync::atomic::AtomicBool,
+    loaded: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl cal_cache::FillHooks for PauseFill {
+    async fn after_load(&self, keys: &[String]) {
+        if keys.iter().any(|k| k == &self.key)
+            && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.loaded.notify_one();
+            self.release.notified().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_loaded_before_a_write_cannot_fill_the_old_value() {
+    // Events get ids from 1 in a fresh database: the first event of `world` is id 1.
+    let hook = Arc::new(PauseFill {
+        key: "v1:event:1:full".into(),
+        armed: false.into(),
+        loaded: Default::default(),
+        release: Default::default(),
+    });
+    let h = hook.clone();
+    let app = Arc::new(TestApp::spawn_full(|_| {}, move |c| c.hooks = Some(h)).await);
+    let w = world(&app, 1, 1).await;
+    let ev = w.events[0].clone();
+    assert_eq!(ev.id.0, 1);
+    let q = "query($e: ID!) { event(id: $e) { title version } }";
+    hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Reader: loads version 1 from PostgreSQL, then pauses before filling the cache.
+    let reader = {
+        let app = app.clone();
+        let owner = w.owner.id;
+        tokio::spawn(async move { app.gql(Some(owner), q, json!({ "e": "1" })).await })
+    };
+    hook.loaded.notified().await;
+    // Writer: commits version 2 and invalidates (tombstones) while the reader is paused. It
+    // writes through the app's store (same commit → tombstone → evict → publish path as a
+    // mutation): a mutation would first read the event and join the paused reader's flight.
+    let patch = cal_storage::EventPatch {
+        title: Some("new".into()),
+        ..Default::default()
+    };
+    app.store
+        .update_event(ev.id, ev.version, &patch)
+        .await
+        .unwrap();
+    hook.release.notify_one();
+    let old = reader.await.unwrap();
+    assert_eq!(
+        old.data()["event"]["title"],
+        ev.title,
+        "the reader answers what it read"
+    );
+    // Its late fill was refused: the next read sees the write.
+    for _ in 0..3 {
+        let now = app.gql(Some(w.owner.id), q, json!({ "e": "1" })).await;
+        assert_eq!(now.data()["event"]["title"], "new");
+        assert_eq!(now.data()["event"]["version"], ev.version + 1);
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cal_cache_refused_stale_total{") && l.contains("event_full"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        refused >= 1.0,
+        "the stale fill was refused and counted:\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn warming_fills_the_month_of_active_calendars() {
+    let app = TestApp::spawn().await;
+    let w = world(&app, 8, 2).await;
+    let (from, to) =
+        cal_domain::cache_keys::month_span(chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+    let ids = app.store.most_active_calendars(10, from, to).await.unwrap();
+    assert_eq!(ids, vec![w.calendar]);
+    assert_eq!(
+        cal_api::warm(&app.tiers, &app.store, &ids, from, to).await,
+        1
+    );
+    // Only what warming does not cover (attendees, rooms, users) is loaded.
+    let r = app
+        .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await;
+    assert_eq!(
+        r.sql_statements(),
+        3,
+        "calendar and month bucket came from the warm cache"
+    );
+}

@@ -744,11 +744,9 @@ fn draft(
         } else {
             rng.random_range(2..=3)
         };
-        let midnight = day.and_hms_opt(0, 0, 0).unwrap();
-        (
-            local(tz, midnight),
-            local(tz, midnight + Duration::days(days)),
-        )
+        // All-day events are dates: stored as UTC midnights, whatever the calendar's zone.
+        let midnight = day.and_hms_opt(0, 0, 0).unwrap().and_utc();
+        (midnight, midnight + Duration::days(days))
     } else {
         // 08:00 to 17:00 local, on the quarter hour.
         let minute = 8 * 60 + 15 * rng.random_range(0..=36);
