@@ -7,7 +7,7 @@
 
 use crate::ApiConfig;
 use crate::auth::viewer_from_header;
-use crate::limits::too_complex;
+use crate::limits::{tag_limit_errors, too_complex};
 use crate::schema::{AppSchema, RequestCtx};
 use crate::tiers::Tiers;
 use async_graphql::http::GraphiQLSource;
@@ -110,6 +110,10 @@ async fn graphql_handler(
         ));
     }
     let mut resp = state.schema.execute_batch(batch).await;
+    match &mut resp {
+        BatchResponse::Single(r) => tag_limit_errors(r),
+        BatchResponse::Batch(list) => list.iter_mut().for_each(tag_limit_errors),
+    }
     if headers.contains_key(DEBUG_STATS_HEADER) {
         let c = cache_stats.snapshot();
         let value = async_graphql::Value::from_json(serde_json::json!({

@@ -99,10 +99,10 @@ pub fn occurrences_of(
 ///   suppress the generated occurrence even when they were moved out of the window).
 ///
 /// Returns at most `limit` entries after `after`.
-pub fn place<'a>(
-    singles: &'a [Event],
-    masters: &'a [Event],
-    overrides: &[Event],
+pub fn place<'a, E: AsRef<Event>>(
+    singles: &'a [E],
+    masters: &'a [E],
+    overrides: &[E],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     after: Option<EventCursor>,
@@ -111,13 +111,15 @@ pub fn place<'a>(
     let mut out: Vec<Placed<'a>> = singles
         .iter()
         .map(|e| Placed {
-            event: e,
+            event: e.as_ref(),
             occurrence: None,
         })
         .collect();
     for m in masters {
+        let m = m.as_ref();
         let overridden: Vec<DateTime<Utc>> = overrides
             .iter()
+            .map(AsRef::as_ref)
             .filter(|o| o.recurring_event_id == Some(m.id))
             .filter_map(|o| o.original_start_time)
             .collect();

@@ -72,6 +72,12 @@ pub struct Event {
     pub updated_at: DateTime<Utc>,
 }
 
+impl AsRef<Event> for Event {
+    fn as_ref(&self) -> &Event {
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attendee {
     pub event_id: EventId,

@@ -24,54 +24,47 @@ use cal_domain::{MAX_EVENT_DURATION, TimeWindow};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// What a window (or one month) shows, before series expansion.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Bucket {
-    pub singles: Vec<d::Event>,
-    pub masters: Vec<d::Event>,
-    pub overrides: Vec<d::Event>,
+    // `Arc`s: a warm read shares the cached rows instead of copying them.
+    pub singles: Vec<Arc<d::Event>>,
+    pub masters: Vec<Arc<d::Event>>,
+    pub overrides: Vec<Arc<d::Event>>,
 }
 
 impl Bucket {
     /// The part of `rows` that belongs to the month `[from, to)`.
     fn month(rows: &cal_storage::WindowRows, from: DateTime<Utc>, to: DateTime<Utc>) -> Bucket {
+        let pick = |list: &[d::Event], keep: &dyn Fn(&d::Event) -> bool| -> Vec<Arc<d::Event>> {
+            list.iter()
+                .filter(|e| keep(e))
+                .map(|e| Arc::new(e.clone()))
+                .collect()
+        };
         Bucket {
-            singles: rows
-                .singles
-                .iter()
-                .filter(|e| e.start_time < to && e.end_time > from)
-                .cloned()
-                .collect(),
+            singles: pick(&rows.singles, &|e| e.start_time < to && e.end_time > from),
             // A master's rule decides which months it reaches; the database already dropped the
             // series that ended before the span, so keep every one that starts before this month ends.
-            masters: rows
-                .masters
-                .iter()
-                .filter(|m| m.start_time < to)
-                .cloned()
-                .collect(),
-            overrides: rows
-                .overrides
-                .iter()
-                .filter(|o| {
-                    o.original_start_time
-                        .is_some_and(|s| s >= from - MAX_EVENT_DURATION && s < to)
-                })
-                .cloned()
-                .collect(),
+            masters: pick(&rows.masters, &|m| m.start_time < to),
+            overrides: pick(&rows.overrides, &|o| {
+                o.original_start_time
+                    .is_some_and(|s| s >= from - MAX_EVENT_DURATION && s < to)
+            }),
         }
     }
 
-    fn absorb(&mut self, other: Bucket, seen: &mut HashSet<(u8, d::EventId)>) {
+    fn absorb(&mut self, other: &Bucket, seen: &mut HashSet<(u8, d::EventId)>) {
         for (part, list, into) in [
-            (0u8, other.singles, &mut self.singles),
-            (1, other.masters, &mut self.masters),
-            (2, other.overrides, &mut self.overrides),
+            (0u8, &other.singles, &mut self.singles),
+            (1, &other.masters, &mut self.masters),
+            (2, &other.overrides, &mut self.overrides),
         ] {
             for e in list {
                 if seen.insert((part, e.id)) {
-                    into.push(e);
+                    into.push(e.clone());
                 }
             }
         }
@@ -147,7 +140,7 @@ pub(crate) async fn load_window(
         .map_err(ApiError::from)?;
     let mut out = Bucket::default();
     let mut seen = HashSet::new();
-    for b in buckets.into_iter().flatten() {
+    for b in buckets.iter().flatten() {
         out.absorb(b, &mut seen);
     }
     Ok(out)

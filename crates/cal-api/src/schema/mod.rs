@@ -17,7 +17,6 @@ pub use series::EditScope;
 use crate::ApiConfig;
 use crate::auth::Viewer;
 use crate::error::{ApiError, ApiResult};
-use crate::limits::Limits;
 use crate::loaders::{Loaders, Reach};
 use crate::tiers::Tiers;
 use async_graphql::{Context, EmptySubscription, Schema};
@@ -31,10 +30,8 @@ pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 /// Builds the schema. Request-scoped data ([`RequestCtx`]) is attached per request by the HTTP layer.
 pub fn build_schema(config: Arc<ApiConfig>) -> AppSchema {
     let mut builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
-        .extension(Limits {
-            max_depth: config.max_depth,
-            max_complexity: config.max_complexity,
-        })
+        .limit_depth(config.max_depth)
+        .limit_complexity(config.max_complexity)
         .limit_recursive_depth(64)
         .data(config.clone());
     if !config.dev_mode {

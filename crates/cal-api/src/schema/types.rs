@@ -280,7 +280,7 @@ impl Calendar {
             .singles
             .iter()
             .chain(&rows.masters)
-            .map(|e| (e.id, Arc::new(e.clone())))
+            .map(|e| (e.id, e.clone()))
             .collect();
         let used: Vec<Arc<d::Event>> = {
             let mut ids: Vec<d::EventId> = placed.iter().map(|p| p.event.id).collect();
