@@ -65,11 +65,20 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra))
 }
 
-/// PostgreSQL must be reachable; say so plainly instead of letting forty tests time out.
+/// PostgreSQL and Redis must be reachable and `redis-server` installed; say so plainly instead of
+/// letting forty tests time out.
 fn check_services() -> Result<()> {
-    let addr = "127.0.0.1:5432";
-    std::net::TcpStream::connect_timeout(&addr.parse()?, std::time::Duration::from_secs(3))
-        .with_context(|| format!("PostgreSQL is not reachable at {addr}; start it first"))?;
+    for (what, addr) in [
+        ("PostgreSQL", "127.0.0.1:5432"),
+        ("Redis", "127.0.0.1:6379"),
+    ] {
+        std::net::TcpStream::connect_timeout(&addr.parse()?, std::time::Duration::from_secs(3))
+            .with_context(|| format!("{what} is not reachable at {addr}; start it first"))?;
+    }
+    Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .context("`redis-server` is not on PATH (the Redis failure tests start their own)")?;
     Ok(())
 }
 

@@ -531,9 +531,8 @@ impl Store {
         }
     }
 
-    /// Creates an event with its attendees and reservations, atomically.
-    pub async fn create_event(&self, new: &NewEvent) -> Result<Event> {
-        let mut tx = self.begin().await?;
+    /// Inserts an event row (no attendees, no bookings) and records the change.
+    async fn insert_event(&self, tx: &mut WriteTx, new: &NewEvent) -> Result<Event> {
         let sql = format!(
             "INSERT INTO events (calendar_id, organizer_id, title, description, location, start_time, end_time, \
                time_zone, all_day, status, transparency, rrule, series_end) \
@@ -553,12 +552,38 @@ impl Store {
             .bind(new.transparency.as_str())
             .bind(&new.rrule)
             .bind(new.series_end)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await
             .map_err(StorageError::from_db)?;
         self.counted(1);
         let event = rows::event(&row)?;
-        self.record_event(&mut tx, &event).await?;
+        self.record_event(tx, &event).await?;
+        Ok(event)
+    }
+
+    /// Copies the attendees (and their answers) of one event to another.
+    async fn copy_attendees(
+        &self,
+        conn: &mut PgConnection,
+        from: EventId,
+        to: EventId,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO attendees (event_id, user_id, email, name, response_status, is_optional) \
+             SELECT $2, user_id, email, name, response_status, is_optional FROM attendees WHERE event_id = $1",
+        )
+        .bind(from.0)
+        .bind(to.0)
+        .execute(conn)
+        .await?;
+        self.counted(0);
+        Ok(())
+    }
+
+    /// Creates an event with its attendees and reservations, atomically.
+    pub async fn create_event(&self, new: &NewEvent) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let event = self.insert_event(&mut tx, new).await?;
         self.insert_attendees(&mut tx, event.id, &new.attendees)
             .await?;
         if let Err(e) = self
@@ -993,15 +1018,7 @@ impl Store {
         .map_err(StorageError::from_db)?;
         self.counted(1);
         let id = EventId(id);
-        sqlx::query(
-            "INSERT INTO attendees (event_id, user_id, email, name, response_status, is_optional) \
-             SELECT $2, user_id, email, name, response_status, is_optional FROM attendees WHERE event_id = $1",
-        )
-        .bind(series.0)
-        .bind(id.0)
-        .execute(&mut *tx)
-        .await?;
-        self.counted(0);
+        self.copy_attendees(&mut tx, series, id).await?;
         let after = self.apply_patch(&mut tx, id, patch).await?;
         let moved = Move::all(
             series,
@@ -1045,41 +1062,8 @@ impl Store {
             .await
             .map_err(StorageError::from_db)?;
         self.counted(0);
-        let sql = format!(
-            "INSERT INTO events (calendar_id, organizer_id, title, description, location, start_time, end_time, \
-               time_zone, all_day, status, transparency, rrule, series_end) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {EVENT_COLS}"
-        );
-        let n = new_series;
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(n.calendar_id.0)
-            .bind(n.organizer_id.0)
-            .bind(&n.title)
-            .bind(&n.description)
-            .bind(&n.location)
-            .bind(n.start_time)
-            .bind(n.end_time)
-            .bind(&n.time_zone)
-            .bind(n.all_day)
-            .bind(n.status.as_str())
-            .bind(n.transparency.as_str())
-            .bind(&n.rrule)
-            .bind(n.series_end)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StorageError::from_db)?;
-        self.counted(1);
-        let created = rows::event(&row)?;
-        self.record_event(&mut tx, &created).await?;
-        sqlx::query(
-            "INSERT INTO attendees (event_id, user_id, email, name, response_status, is_optional) \
-             SELECT $2, user_id, email, name, response_status, is_optional FROM attendees WHERE event_id = $1",
-        )
-        .bind(series.0)
-        .bind(created.id.0)
-        .execute(&mut *tx)
-        .await?;
-        self.counted(0);
+        let created = self.insert_event(&mut tx, new_series).await?;
+        self.copy_attendees(&mut tx, series, created.id).await?;
         sqlx::query(
             "UPDATE events SET recurring_event_id = $2, updated_at = now() \
              WHERE recurring_event_id = $1 AND original_start_time >= $3",
