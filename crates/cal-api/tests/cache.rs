@@ -264,18 +264,25 @@ async fn concurrent_misses_share_one_load_per_key() {
             app.gql(Some(owner), MONTH_VIEW, month_vars(cal)).await
         }));
     }
+    let mut loaded = 0;
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(
             r.data()["calendar"]["events"]["edges"][0]["node"]["title"],
             "fresh"
         );
+        loaded += r.0["extensions"]["stats"]["cacheLoaded"].as_u64().unwrap();
     }
     let statements = app.store.stats().statements() - before;
-    // Calendar summary, the month bucket, and event 0's attendees and reservations were
-    // invalidated: each is loaded once for all 500 requests (users stayed cached).
-    assert!(
-        statements <= 4,
+    // The write made four keys stale: the calendar summary (new generation), its month bucket,
+    // and event 0's attendees and reservations. Each is loaded exactly once for all 500
+    // requests, in one statement each; everything else stayed cached.
+    assert_eq!(
+        loaded, 4,
+        "keys loaded from PostgreSQL across 500 concurrent requests"
+    );
+    assert_eq!(
+        statements, 4,
         "500 concurrent requests took {statements} statements"
     );
     let metrics = app
