@@ -228,7 +228,8 @@ async fn writers_and_owners_write_events() {
         .await;
 
     // Each mutation on an existing event: a fresh event per attempt so versions do not interfere.
-    let ops: Vec<(&str, Box<dyn Fn(&Event, &Cast) -> Value>)> = vec![
+    type Vars = Box<dyn Fn(&Event, &Cast) -> Value>;
+    let ops: Vec<(&str, Vars)> = vec![
         (
             "mutation($e: ID!, $v: Int!) { updateEvent(id: $e, expectedVersion: $v, input: { title: \"y\" }) { version } }",
             Box::new(|e, _| json!({ "e": e.id.to_string(), "v": e.version })),

@@ -1,8 +1,12 @@
 //! Transactional writes. Each one runs in a single transaction that
+//!
 //! 1. locks and bumps the event's (or calendar's) `version` first, checking `expected_version`,
-//! 2. changes the rows,
-//! 3. appends an outbox row describing the change (consumed by the invalidation relay),
-//! so a committed change always has its outbox row and a failed one leaves nothing behind.
+//!    and bumps the calendar's version (its cache generation);
+//! 2. changes the rows;
+//! 3. appends an outbox row describing the change (consumed by the invalidation relay).
+//!
+//! So a committed change always has its outbox row and a failed one leaves nothing behind. After
+//! the commit, the change set goes to the store's [`crate::ChangeSink`] (cache invalidation).
 
 use crate::rows::{self, *};
 use crate::{ChangeSet, EventChange};
