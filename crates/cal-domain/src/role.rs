@@ -32,11 +32,6 @@ impl Role {
         })
     }
 
-    /// Busy intervals only: every role may see when the calendar is busy.
-    pub fn can_see_free_busy(self) -> bool {
-        true
-    }
-
     /// Titles, attendees, rooms, members: everything but free/busy-only.
     pub fn can_read_details(self) -> bool {
         !matches!(self, Role::FreeBusy)
@@ -68,7 +63,6 @@ mod tests {
             (FreeBusy, false, false, false),
         ];
         for (role, details, write, share) in table {
-            assert!(role.can_see_free_busy());
             assert_eq!(role.can_read_details(), details, "{role:?}");
             assert_eq!(role.can_write_events(), write, "{role:?}");
             assert_eq!(role.can_share(), share, "{role:?}");

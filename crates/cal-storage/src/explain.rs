@@ -102,11 +102,6 @@ impl Store {
                 reads::BUSY_OF_RESOURCES,
                 Box::new(|q| reads::bind_window(q.bind(&s.resources), w)),
             ),
-            (
-                "busy_of_calendar",
-                reads::BUSY_OF_CALENDAR,
-                Box::new(|q| reads::bind_window(q.bind(s.calendar.0), w)),
-            ),
         ];
         let mut out = Vec::with_capacity(plans.len());
         for (name, sql, bind) in plans {

@@ -159,11 +159,6 @@ pub(crate) const BUSY_OF_RESOURCES: &str = "SELECT resource_id AS who, start_tim
        AND start_time >= $2 AND start_time < $3 AND end_time > $4";
 
 /// `$1` the calendar, then the window as bound by [`bind_window`].
-pub(crate) const BUSY_OF_CALENDAR: &str = "SELECT calendar_id AS who, start_time, end_time FROM events \
-     WHERE calendar_id = $1 AND deleted_at IS NULL AND rrule IS NULL \
-       AND start_time >= $2 AND start_time < $3 AND end_time > $4 \
-       AND status <> 'cancelled' AND transparency = 'busy'";
-
 /// Binds `$2..$4` of a window query: events (or reservations) overlapping the window start no
 /// earlier than the longest allowed duration before it, which keeps the filter a btree range.
 pub(crate) fn bind_window(q: Query, window: &TimeWindow) -> Query {
@@ -440,20 +435,6 @@ impl Store {
         );
         let rows = self.fetch(q).await?;
         intervals(rows, ResourceId)
-    }
-
-    /// Busy intervals of one calendar's own events in a window.
-    pub async fn busy_of_calendar(
-        &self,
-        calendar: CalendarId,
-        window: &TimeWindow,
-    ) -> Result<Vec<Interval>> {
-        let q = bind_window(sqlx::query(BUSY_OF_CALENDAR).bind(calendar.0), window);
-        let rows = self.fetch(q).await?;
-        Ok(intervals(rows, CalendarId)?
-            .into_iter()
-            .map(|(_, i)| i)
-            .collect())
     }
 }
 

@@ -76,17 +76,6 @@ impl TestDb {
             options,
         }
     }
-
-    /// A URL for this database (for processes started by the test).
-    pub fn url(&self) -> String {
-        let base = admin_url();
-        match base.rfind('/') {
-            Some(i) if base[..i].contains("://") && base[i + 1..].chars().all(|c| c != '@') => {
-                format!("{}/{}", &base[..i], self.name)
-            }
-            _ => format!("{base}/{}", self.name),
-        }
-    }
 }
 
 impl Drop for TestDb {
