@@ -109,14 +109,7 @@ pub(crate) fn attendee(r: &PgRow) -> Result<Attendee, sqlx::Error> {
 pub(crate) const RESOURCE_COLS: &str = "id, name, kind, capacity, location";
 
 pub(crate) fn resource(r: &PgRow) -> Result<Resource, sqlx::Error> {
-    let kind: String = r.try_get("kind")?;
-    Ok(Resource {
-        id: ResourceId(r.try_get("id")?),
-        name: r.try_get("name")?,
-        kind: ResourceKind::parse(&kind).map_err(|e| corrupt("kind", e))?,
-        capacity: r.try_get("capacity")?,
-        location: r.try_get("location")?,
-    })
+    resource_named(r, ResourceId(r.try_get("id")?))
 }
 
 pub(crate) const RESERVATION_COLS: &str = "id, event_id, resource_id, start_time, end_time, status";

@@ -110,6 +110,11 @@ impl Store {
 
     /// Bumps the calendar's version (its cache generation) and records the change.
     async fn touch_calendar(&self, tx: &mut WriteTx, calendar: CalendarId) -> Result<i64> {
+        // One bump per transaction is enough: the generation only has to differ from the one
+        // readers saw before the commit.
+        if let Some((_, v)) = tx.changes.calendars.iter().find(|(c, _)| *c == calendar) {
+            return Ok(*v);
+        }
         let version: Option<i64> =
             sqlx::query_scalar("UPDATE calendars SET version = version + 1, updated_at = now() WHERE id = $1 RETURNING version")
                 .bind(calendar.0)
@@ -565,6 +570,34 @@ impl Store {
         Ok(event)
     }
 
+    /// Soft-deletes the live overrides of `series` (only the one of `original_start` if given),
+    /// bumping and recording each; returns their ids.
+    async fn delete_overrides(
+        &self,
+        tx: &mut WriteTx,
+        series: EventId,
+        original_start: Option<DateTime<Utc>>,
+    ) -> Result<Vec<i64>> {
+        let sql = format!(
+            "UPDATE events SET deleted_at = now(), version = version + 1, updated_at = now() \
+             WHERE recurring_event_id = $1 AND ($2::timestamptz IS NULL OR original_start_time = $2) \
+               AND deleted_at IS NULL RETURNING {EVENT_COLS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(series.0)
+            .bind(original_start)
+            .fetch_all(&mut **tx)
+            .await?;
+        self.counted(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let o = rows::event(r)?;
+            ids.push(o.id.0);
+            self.record_event(tx, &o).await?;
+        }
+        Ok(ids)
+    }
+
     /// Copies the attendees (and their answers) of one event to another.
     async fn copy_attendees(
         &self,
@@ -697,19 +730,7 @@ impl Store {
             .await?;
         self.counted(0);
         // A series goes with its overrides (each a changed fact of its own).
-        let sql = format!(
-            "UPDATE events SET deleted_at = now(), version = version + 1, updated_at = now() \
-             WHERE recurring_event_id = $1 AND deleted_at IS NULL RETURNING {EVENT_COLS}"
-        );
-        let overrides = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.0)
-            .fetch_all(&mut *tx)
-            .await?;
-        self.counted(overrides.len());
-        for r in &overrides {
-            let o = rows::event(r)?;
-            self.record_event(&mut tx, &o).await?;
-        }
+        self.delete_overrides(&mut tx, id, None).await?;
         sqlx::query(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
              AND event_id IN (SELECT id FROM events WHERE id = $1 OR recurring_event_id = $1)",
@@ -956,22 +977,9 @@ impl Store {
             .await?;
         self.counted(1);
         let after = rows::event(&row)?;
-        let sql = format!(
-            "UPDATE events SET deleted_at = now(), version = version + 1, updated_at = now() \
-             WHERE recurring_event_id = $1 AND original_start_time = $2 AND deleted_at IS NULL RETURNING {EVENT_COLS}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(series.0)
-            .bind(original_start)
-            .fetch_all(&mut *tx)
+        let overrides = self
+            .delete_overrides(&mut tx, series, Some(original_start))
             .await?;
-        self.counted(rows.len());
-        let mut overrides: Vec<i64> = Vec::new();
-        for r in &rows {
-            let o = rows::event(r)?;
-            overrides.push(o.id.0);
-            self.record_event(&mut tx, &o).await?;
-        }
         sqlx::query(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
                AND ((event_id = $1 AND start_time < $3 AND end_time > $2) OR event_id = ANY($4))",
