@@ -358,8 +358,7 @@ impl MutationRoot {
                 let patch = base(&row)?;
                 store.update_event(row.id, expected_version, &patch).await?
             }
-            (Target::Row(row), Some(EditScope::This)) => {
-                let _ = row;
+            (Target::Row(_), Some(EditScope::This)) => {
                 return Err(ApiError::bad_input(
                     "scope THIS needs an occurrence id (seriesId_originalStart)",
                 ));
@@ -412,7 +411,9 @@ impl MutationRoot {
                     .update_event(master.id, expected_version, &patch)
                     .await?
             }
-            (Target::Override { row }, Some(EditScope::All))
+            // An override row (by occurrence id, or by its own row id for THIS_AND_FOLLOWING):
+            // the edit reaches its series.
+            (Target::Override { row }, Some(EditScope::All | EditScope::ThisAndFollowing))
             | (Target::Row(row), Some(EditScope::ThisAndFollowing)) => {
                 let series = row.recurring_event_id.ok_or(ApiError::NotFound)?;
                 let master = crate::loaders::one(&rc(ctx).loaders.events, series)
@@ -439,23 +440,6 @@ impl MutationRoot {
                     )
                     .await?
                 }
-            }
-            (Target::Override { row }, Some(EditScope::ThisAndFollowing)) => {
-                let series = row.recurring_event_id.ok_or(ApiError::NotFound)?;
-                let master = crate::loaders::one(&rc(ctx).loaders.events, series)
-                    .await?
-                    .ok_or(ApiError::NotFound)?;
-                let original = row.original_start_time.ok_or(ApiError::NotFound)?;
-                split(
-                    ctx,
-                    &master,
-                    original,
-                    row.start_time,
-                    row.end_time,
-                    expected_version,
-                    &input,
-                )
-                .await?
             }
             (Target::Generated { master, occurrence }, Some(EditScope::ThisAndFollowing)) => {
                 if occurrence.original_start == master.start_time {
@@ -764,15 +748,14 @@ async fn split(
     let rule = d::instances::rule_of(master)?.ok_or(ApiError::NotFound)?;
     let duration = master.end_time - master.start_time;
     let truncated = rule.truncated_before(original)?;
-    let truncated_rule = if master.all_day {
-        d::RecurrenceRule::parse_all_day(&truncated, master.start_time)?
-    } else {
-        d::RecurrenceRule::parse(
-            &truncated,
-            master.start_time,
-            d::parse_time_zone(&master.time_zone)?,
-        )?
+    // The same parse `rule_of` does for any stored series, applied to the shortened rule.
+    let truncated_master = d::Event {
+        rrule: Some(truncated.clone()),
+        ..master.clone()
     };
+    let truncated_end = d::instances::rule_of(&truncated_master)?
+        .ok_or(ApiError::NotFound)?
+        .last_end(duration);
     let start = input.start_time.unwrap_or(occ_start);
     let end = input.end_time.unwrap_or(start + (occ_end - occ_start));
     let tz = input
@@ -806,7 +789,6 @@ async fn split(
         attendees: vec![],
         reservations: vec![],
     };
-    let _ = duration;
     Ok(rc(ctx)
         .store
         .split_series(
@@ -814,7 +796,7 @@ async fn split(
             Some(expected_version),
             original,
             &truncated,
-            truncated_rule.last_end(master.end_time - master.start_time),
+            truncated_end,
             &new,
         )
         .await?)
