@@ -83,20 +83,9 @@ function monthStart(offset) {
 const FROM = __ENV.FROM || monthStart(0);
 const TO = __ENV.TO || monthStart(1);
 
-const QUERY = `query MonthView($calendarId: ID!, $from: DateTime!, $to: DateTime!) {
-  calendar(id: $calendarId) {
-    id name
-    events(from: $from, to: $to, first: 100) {
-      edges { node {
-        id title startTime endTime
-        organizer { id name avatarUrl }
-        attendees { responseStatus user { id name avatarUrl } }
-        reservations { resource { id name } }
-      } }
-      pageInfo { hasNextPage endCursor }
-    }
-  }
-}`;
+// The contract query itself (k6 resolves the path against this script's folder), so the load
+// test always sends exactly what clients send.
+const QUERY = open('./month_view.graphql');
 
 // The read a writing iteration starts with: the same month view plus each event's version (the
 // `expectedVersion` of the update).
