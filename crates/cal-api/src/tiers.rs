@@ -101,11 +101,11 @@ impl ChangeSink for Tiers {
         let keys = invalidations(changes);
         // L2 tombstones, then local L1 eviction (both inside `invalidate`), then the bus.
         self.cache.invalidate(&keys).await;
-        let inv = Invalidation {
+        let inv = Invalidation::new(
             keys,
-            origin: self.origin.clone(),
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
-        };
+            self.origin.clone(),
+            self.seq.fetch_add(1, Ordering::Relaxed),
+        );
         if let Err(e) = self.bus.publish(inv).await {
             tracing::warn!(error = %e, "publishing an invalidation failed; other instances rely on TTLs and L2 tombstones");
         }

@@ -33,7 +33,7 @@ mod metrics;
 pub mod xfetch;
 
 pub use breaker::BreakerState;
-pub use bus::{BusError, InProcessBus, Invalidation, InvalidationBus};
+pub use bus::{BusError, InProcessBus, Invalidation, InvalidationBus, Position};
 pub use cache::{CacheStatus, Loaded, RequestStats, RequestStatsSnapshot, TieredCache};
 pub use config::{CacheConfig, KeySpec};
 pub use error::CacheError;

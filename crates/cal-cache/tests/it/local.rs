@@ -99,13 +99,9 @@ async fn remote_invalidations_evict_l1_and_refuse_older_fills() {
 
     // Another process commits version 2 and publishes.
     db.set("k", "v2", 2);
-    bus.publish(Invalidation {
-        keys: vec![("k".into(), 2)],
-        origin: "other".into(),
-        seq: 1,
-    })
-    .await
-    .unwrap();
+    bus.publish(Invalidation::new(vec![("k".into(), 2)], "other", 1))
+        .await
+        .unwrap();
     let inv = sub.next().await.unwrap().unwrap();
     c.apply_remote(&inv).await;
     assert!(c.l1_refuses("k", 1).await);
