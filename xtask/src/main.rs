@@ -59,6 +59,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     check_services()?;
+    ensure_promtool()?;
     run(Command::new("cargo")
         .current_dir(root())
         .args(["test", "--workspace", "--all-targets"])
@@ -79,6 +80,37 @@ fn check_services() -> Result<()> {
         .arg("--version")
         .output()
         .context("`redis-server` is not on PATH (the Redis failure tests start their own)")?;
+    Ok(())
+}
+
+/// `promtool` checks and unit-tests the Prometheus files of `deploy/` (xtask/tests/deploy.rs).
+/// Debian's `prometheus` package provides it; install it when it is missing.
+fn ensure_promtool() -> Result<()> {
+    let present = || {
+        Command::new("promtool")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if present() {
+        return Ok(());
+    }
+    eprintln!("promtool is missing; installing Debian's `prometheus` package");
+    let install = || {
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends", "prometheus"]))
+    };
+    if install().is_err() {
+        run(Command::new("apt-get").arg("update"))?;
+        install()?;
+    }
+    if !present() {
+        bail!(
+            "`promtool` is still not on PATH after `apt-get install prometheus`; \
+             install it (it checks deploy/prometheus) and run again"
+        );
+    }
     Ok(())
 }
 
