@@ -6,6 +6,7 @@
 //! row) → L2 tombstones carrying the new versions → local L1 eviction → publish on the bus. The
 //! mutation answers only after all of that, so the same instance never serves the old value.
 
+use crate::response_cache::{ResponseCache, ResponseMetrics};
 use cal_cache::{Invalidation, InvalidationBus, KeySpec, TieredCache};
 use cal_domain::cache_keys::{self, KeyKind};
 use cal_storage::{ChangeSet, ChangeSink};
@@ -15,10 +16,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The response cache's default bound.
+pub const DEFAULT_RESPONSE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// The cache tiers as the API uses them.
 pub struct Tiers {
     pub cache: TieredCache,
     pub bus: Arc<dyn InvalidationBus>,
+    /// Whole responses built only from L1 entries (present when L1 is on).
+    pub responses: Option<ResponseCache>,
+    response_metrics: Option<ResponseMetrics>,
     ttls: HashMap<KeyKind, Duration>,
     origin: String,
     seq: AtomicU64,
@@ -45,13 +52,35 @@ impl Tiers {
             .iter()
             .map(|k| (*k, ttls.get(k).copied().unwrap_or_else(|| k.default_ttl())))
             .collect();
-        Self {
+        let response_metrics = ResponseMetrics::register(cache.registry())
+            .inspect_err(|e| tracing::warn!(error = %e, "response cache metrics not registered"))
+            .ok();
+        let mut tiers = Self {
             cache,
             bus,
+            responses: None,
+            response_metrics,
             ttls,
             origin,
             seq: AtomicU64::new(0),
-        }
+        };
+        tiers.set_response_cache_bytes(DEFAULT_RESPONSE_CACHE_BYTES);
+        tiers
+    }
+
+    /// Bounds the response cache at `bytes` (0 switches it off). It only exists with L1 on.
+    pub fn with_response_cache_bytes(mut self, bytes: u64) -> Self {
+        self.set_response_cache_bytes(bytes);
+        self
+    }
+
+    fn set_response_cache_bytes(&mut self, bytes: u64) {
+        self.responses = match (self.cache.l1_ttl(), &self.response_metrics, bytes) {
+            (Some(ttl), Some(metrics), 1..) => {
+                Some(ResponseCache::new(bytes, ttl, metrics.clone()))
+            }
+            _ => None,
+        };
     }
 
     pub fn spec(&self, kind: KeyKind, key: String) -> KeySpec {

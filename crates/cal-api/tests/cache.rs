@@ -307,6 +307,9 @@ async fn metrics_expose_tiers_and_kinds() {
     app.gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
         .await
         .data();
+    // Other variables over the same month: executed (not a whole-response hit), from L1.
+    let part = json!({ "calendarId": w.calendar.to_string(), "from": "2026-11-02T00:00:00Z", "to": "2026-11-30T00:00:00Z" });
+    app.gql(Some(w.owner.id), MONTH_VIEW, part).await.data();
     let r = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
@@ -316,6 +319,8 @@ async fn metrics_expose_tiers_and_kinds() {
         "cal_cache_fills_total",
         "cal_cache_breaker_state",
         "cal_sql_statements_total",
+        "cal_cache_response_hits_total 1",
+        "cal_cache_response_misses_total 2",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }

@@ -38,7 +38,7 @@ use crate::{
     config::{CacheConfig, KeySpec},
     error::CacheError,
     hooks::FillHooks,
-    l1::{ENTRY_OVERHEAD, FillOutcome, L1, L1Entry},
+    l1::{ENTRY_OVERHEAD, FillOutcome, L1, L1Entry, next_stamp},
     l2::{self, FillItem, L2, Stored},
     metrics::{self, Metrics},
     xfetch,
@@ -71,6 +71,10 @@ pub struct RequestStats {
     pub loaded: AtomicU64,
     /// Keys this caller got from another caller's concurrent load.
     pub coalesced: AtomicU64,
+    /// The L1 entries (key, stamp) whose values this caller was given; see [`RequestStats::deps`].
+    deps: Mutex<Vec<(String, u64)>>,
+    /// Some value was given that no L1 entry holds (L1 off, fill refused, value too large).
+    untracked: std::sync::atomic::AtomicBool,
 }
 
 /// A plain copy of [`RequestStats`].
@@ -84,6 +88,31 @@ pub struct RequestStatsSnapshot {
 }
 
 impl RequestStats {
+    fn record(&self, key: &str, stamp: Option<u64>) {
+        match stamp {
+            Some(stamp) => self.deps.lock().unwrap().push((key.to_owned(), stamp)),
+            None => self.untracked.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Marks the caller's result as depending on something the cache does not track.
+    pub fn mark_untracked(&self) {
+        self.untracked.store(true, Ordering::Relaxed);
+    }
+
+    /// Every L1 entry (key, stamp) whose value this caller was given, or `None` if some value
+    /// came from elsewhere. While [`TieredCache::deps_current`] holds for the list, every one of
+    /// those values is still what L1 would serve: a result computed only from them is current.
+    pub fn deps(&self) -> Option<Vec<(String, u64)>> {
+        if self.untracked.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut deps = self.deps.lock().unwrap().clone();
+        deps.sort_unstable();
+        deps.dedup();
+        Some(deps)
+    }
+
     pub fn snapshot(&self) -> RequestStatsSnapshot {
         RequestStatsSnapshot {
             l1_hits: self.l1_hits.load(Ordering::Relaxed),
@@ -120,7 +149,8 @@ pub struct CacheStatus {
 }
 
 type SharedLoad = Option<Arc<dyn Any + Send + Sync>>;
-type LoadedMap<V> = HashMap<String, (Option<V>, i64)>;
+/// Loaded values by key: value, version and the stamp of the L1 entry holding it (if stored).
+type LoadedMap<V> = HashMap<String, (Option<V>, i64, Option<u64>)>;
 
 struct Inner {
     l1: Option<L1>,
@@ -158,7 +188,8 @@ impl fmt::Debug for TieredCache {
 }
 
 enum Lookup<V> {
-    Hit(Option<V>),
+    /// The value and its entry's stamp.
+    Hit(Option<V>, u64),
     /// Present but XFetch picked this caller to refresh it.
     Refresh,
     Miss,
@@ -293,9 +324,12 @@ impl TieredCache {
                 for &i in &unique {
                     let spec = &keys[i];
                     match self.l1_lookup::<V>(l1, &spec.key, now).await {
-                        Lookup::Hit(v) => {
+                        Lookup::Hit(v, stamp) => {
                             Metrics::inc(&inner.metrics.hits, metrics::L1, spec.kind);
                             bump(stats, |s| &s.l1_hits, 1);
+                            if let Some(stats) = stats {
+                                stats.record(&spec.key, Some(stamp));
+                            }
                             out[i] = Some(v);
                         }
                         Lookup::Refresh => {
@@ -310,7 +344,12 @@ impl TieredCache {
                     }
                 }
             }
-            None => need_l2 = unique,
+            None => {
+                if let Some(stats) = stats {
+                    stats.mark_untracked();
+                }
+                need_l2 = unique
+            }
         }
 
         // L2: one round trip for all of L1's misses.
@@ -332,8 +371,11 @@ impl TieredCache {
                 .load_shared(keys, &need_db, started, stats, load)
                 .await?;
             for &i in &need_db {
-                let value = loaded.get(&keys[i].key).and_then(|(v, _)| v.clone());
-                out[i] = Some(value);
+                let found = loaded.get(&keys[i].key);
+                if let Some(stats) = stats {
+                    stats.record(&keys[i].key, found.and_then(|(_, _, stamp)| *stamp));
+                }
+                out[i] = Some(found.and_then(|(v, _, _)| v.clone()));
             }
         }
 
@@ -370,7 +412,7 @@ impl TieredCache {
         ) {
             return Lookup::Refresh;
         }
-        Lookup::Hit(value.clone())
+        Lookup::Hit(value.clone(), entry.stamp)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -424,8 +466,10 @@ impl TieredCache {
                 need_db.push(i);
                 continue;
             }
+            let mut stamp = None;
             if let Some(l1) = &inner.l1 {
                 let left = Duration::from_millis(expires_at_ms.saturating_sub(now).max(1));
+                let entry_stamp = next_stamp();
                 let entry = L1Entry {
                     value: Arc::new(value.clone()),
                     version,
@@ -435,9 +479,11 @@ impl TieredCache {
                     expires_at_ms,
                     kind: spec.kind,
                     filled_at: Instant::now(),
+                    stamp: entry_stamp,
                 };
                 match l1.fill(&spec.key, entry).await {
                     FillOutcome::Stored => {
+                        stamp = Some(entry_stamp);
                         Metrics::inc(&inner.metrics.fills, metrics::L1, spec.kind)
                     }
                     FillOutcome::RefusedStale => {
@@ -452,6 +498,9 @@ impl TieredCache {
             }
             Metrics::inc(&inner.metrics.hits, metrics::L2, spec.kind);
             bump(stats, |s| &s.l2_hits, 1);
+            if let Some(stats) = stats {
+                stats.record(&spec.key, stamp);
+            }
             out[i] = Some(value);
         }
     }
@@ -538,7 +587,10 @@ impl TieredCache {
                 && entry.filled_at >= started
                 && let Some(v) = entry.value.downcast_ref::<Option<V>>()
             {
-                map.insert(keys[i].key.clone(), (v.clone(), entry.version));
+                map.insert(
+                    keys[i].key.clone(),
+                    (v.clone(), entry.version, Some(entry.stamp)),
+                );
                 continue;
             }
             still.push(i);
@@ -561,6 +613,7 @@ impl TieredCache {
             value: Option<V>,
             version: i64,
             payload: Option<Vec<u8>>,
+            stamp: Option<u64>,
         }
         let mut wanted: HashSet<usize> = still.iter().copied().collect();
         let mut prepared = Vec::with_capacity(still.len());
@@ -591,6 +644,7 @@ impl TieredCache {
                 value: item.value,
                 version: item.version,
                 payload,
+                stamp: None,
             });
         }
 
@@ -628,7 +682,7 @@ impl TieredCache {
             }
         }
         if let Some(l1) = &inner.l1 {
-            for (p_idx, p) in prepared.iter().enumerate() {
+            for (p_idx, p) in prepared.iter_mut().enumerate() {
                 let Some(payload) = &p.payload else { continue };
                 let spec = &keys[p.index];
                 if refused[p_idx] {
@@ -648,9 +702,14 @@ impl TieredCache {
                     expires_at_ms: now + ms(lowest),
                     kind: spec.kind,
                     filled_at: Instant::now(),
+                    stamp: next_stamp(),
                 };
+                let stamp = entry.stamp;
                 let counter = match l1.fill(&spec.key, entry).await {
-                    FillOutcome::Stored => &inner.metrics.fills,
+                    FillOutcome::Stored => {
+                        p.stamp = Some(stamp);
+                        &inner.metrics.fills
+                    }
                     FillOutcome::RefusedStale => &inner.metrics.refused_stale,
                 };
                 Metrics::inc(counter, metrics::L1, spec.kind);
@@ -660,7 +719,7 @@ impl TieredCache {
             hooks.after_fill(&names).await;
         }
         for p in prepared {
-            map.insert(keys[p.index].key.clone(), (p.value, p.version));
+            map.insert(keys[p.index].key.clone(), (p.value, p.version, p.stamp));
         }
         Ok(Arc::new(map))
     }
@@ -693,6 +752,31 @@ impl TieredCache {
                 l1.invalidate(key, *version).await;
             }
         }
+    }
+
+    /// Whether every `(key, stamp)` is still the entry L1 holds for `key`: nothing invalidated,
+    /// replaced or expired any of them since they were read (see [`RequestStats::deps`]).
+    pub async fn deps_current(&self, deps: &[(String, u64)]) -> bool {
+        let Some(l1) = &self.inner.l1 else {
+            return false;
+        };
+        for (key, stamp) in deps {
+            match l1.get(key).await {
+                Some(entry) if entry.stamp == *stamp => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// L1's time to live, when L1 is on.
+    pub fn l1_ttl(&self) -> Option<Duration> {
+        self.inner.l1.as_ref().map(|_| self.inner.l1_ttl)
+    }
+
+    /// The registry the cache's metrics live in (callers may add their own).
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
     }
 
     /// Drops every L1 entry (e.g. when the bus reports that invalidations were lost).

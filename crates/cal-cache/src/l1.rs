@@ -46,6 +46,16 @@ pub(crate) struct L1Entry {
     /// When this entry was written, so a single-flight leader can tell a fresh fill from the
     /// entry its own caller already rejected.
     pub filled_at: Instant,
+    /// Unique per stored entry (see [`next_stamp`]): a reader that saw this stamp can later tell
+    /// whether the entry it read is still the one L1 holds (nothing invalidated or replaced it).
+    pub stamp: u64,
+}
+
+static STAMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A stamp no other L1 entry of this process carries.
+pub(crate) fn next_stamp() -> u64 {
+    STAMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The outcome of a versioned fill.

@@ -15,6 +15,7 @@
 //! | `REDIS_URL` | Redis for the L2 cache; unset means L1 only | unset |
 //! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
 //! | `CACHE_L1_MAX_BYTES`, `CACHE_L1_TTL_SECS` | L1 size bound and TTL | `134217728`, `30` |
+//! | `CACHE_RESPONSE_MAX_BYTES` | bound of the whole-response cache beside L1 (0: off) | `33554432` |
 //! | `CACHE_KEY_PREFIX` | prefix of every Redis key | `cal:` |
 //! | `CACHE_WARM_CALENDARS` | most active calendars warmed at start-up (0: none) | `100` |
 //! | `RUST_LOG` | log filter | `info` |
@@ -49,6 +50,7 @@ pub struct Settings {
     pub cache_l2: bool,
     pub cache_l1_max_bytes: u64,
     pub cache_l1_ttl_secs: u64,
+    pub cache_response_max_bytes: u64,
     pub cache_key_prefix: String,
     pub cache_warm_calendars: i64,
 }
@@ -77,6 +79,7 @@ impl Default for Settings {
             cache_l2: true,
             cache_l1_max_bytes: 128 * 1024 * 1024,
             cache_l1_ttl_secs: 30,
+            cache_response_max_bytes: cal_api::tiers::DEFAULT_RESPONSE_CACHE_BYTES,
             cache_key_prefix: "cal:".into(),
             cache_warm_calendars: 100,
         }
@@ -110,6 +113,7 @@ impl Settings {
             "CACHE_L2",
             "CACHE_L1_MAX_BYTES",
             "CACHE_L1_TTL_SECS",
+            "CACHE_RESPONSE_MAX_BYTES",
             "CACHE_KEY_PREFIX",
             "CACHE_WARM_CALENDARS",
         ];

@@ -220,7 +220,8 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
         Arc::new(InProcessBus::default()),
         Default::default(),
         origin,
-    );
+    )
+    .with_response_cache_bytes(settings.cache_response_max_bytes);
     Ok((Arc::new(tiers), registry))
 }
 

@@ -31,6 +31,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 pub struct StoreStats {
     statements: AtomicU64,
     rows: AtomicU64,
+    /// Statements sent through a [`Store::cache_backed`] handle (loads that fill the cache).
+    cache_backed: AtomicU64,
 }
 
 impl StoreStats {
@@ -40,6 +42,11 @@ impl StoreStats {
 
     pub fn rows(&self) -> u64 {
         self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Statements whose results did not go through the cache (reads and writes alike).
+    pub fn uncached_statements(&self) -> u64 {
+        self.statements() - self.cache_backed.load(Ordering::Relaxed)
     }
 }
 
@@ -73,6 +80,7 @@ pub struct Store {
     global: Arc<StoreStats>,
     request: Option<Arc<StoreStats>>,
     sink: Option<Arc<dyn ChangeSink>>,
+    cache_backed: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -91,6 +99,7 @@ impl Store {
             global: Arc::default(),
             request: None,
             sink: None,
+            cache_backed: false,
         }
     }
 
@@ -119,11 +128,24 @@ impl Store {
         }
     }
 
+    /// A handle for loads whose results fill the cache: its statements count as cache-backed, so
+    /// a caller can tell whether a request read anything past the cache
+    /// ([`StoreStats::uncached_statements`]).
+    pub fn cache_backed(&self) -> Store {
+        Store {
+            cache_backed: true,
+            ..self.clone()
+        }
+    }
+
     /// Records one statement returning `rows` rows. Called by every method that talks to the database.
     fn counted(&self, rows: usize) {
         for s in std::iter::once(&self.global).chain(self.request.as_ref()) {
             s.statements.fetch_add(1, Ordering::Relaxed);
             s.rows.fetch_add(rows as u64, Ordering::Relaxed);
+            if self.cache_backed {
+                s.cache_backed.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

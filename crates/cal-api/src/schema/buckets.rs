@@ -105,7 +105,7 @@ pub(crate) async fn load_window(
         })
         .collect();
     let (store, cal_id, generation, wanted) =
-        (r.store.clone(), cal.id, cal.version, months.clone());
+        (r.store.cache_backed(), cal.id, cal.version, months.clone());
     let buckets = r
         .tiers
         .cache

@@ -60,7 +60,7 @@ impl RequestCtx {
         cache_stats: Arc<RequestStats>,
     ) -> Self {
         let reach = Reach {
-            store: store.clone(),
+            store: store.cache_backed(),
             tiers: tiers.clone(),
             stats: cache_stats.clone(),
         };
