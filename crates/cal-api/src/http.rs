@@ -7,10 +7,12 @@
 
 use crate::ApiConfig;
 use crate::auth::viewer_from_header;
+use crate::error::ApiError;
 use crate::limits::{tag_limit_errors, too_complex};
 use crate::response_cache::{Asked, Stored};
 use crate::schema::{AppSchema, RequestCtx};
 use crate::tiers::Tiers;
+use crate::tiers::parse_token;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
@@ -26,6 +28,11 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 /// Header that asks for per-request figures in `extensions.stats`.
 pub const DEBUG_STATS_HEADER: &str = "x-debug-stats";
+
+/// Header carrying a consistency token (a mutation's `extensions.consistencyToken`): the request
+/// is answered only after this instance has applied the invalidation stream up to it (bounded
+/// wait, then it reads past L1).
+pub const CONSISTENCY_TOKEN_HEADER: &str = "x-consistency-token";
 
 /// Shared application context, cloned into every handler.
 #[derive(Clone)]
@@ -49,10 +56,14 @@ impl AppState {
         registry: prometheus::Registry,
     ) -> Self {
         let config = Arc::new(config);
+        let store = store
+            .with_change_sink(tiers.clone())
+            .with_origin(tiers.origin());
         tiers.spawn_consumer();
+        tiers.start_relay(store.clone());
         Self {
             schema: crate::build_schema(config.clone()),
-            store: store.with_change_sink(tiers.clone()),
+            store,
             config,
             tiers,
             registry,
@@ -100,8 +111,36 @@ async fn graphql_handler(
     let viewer = viewer_from_header(&state.config.jwt_secret, auth);
     let debug = headers.contains_key(DEBUG_STATS_HEADER);
 
+    // Read-your-writes across instances: wait until this instance has heard the writer's
+    // invalidation; if it does not arrive in time, read past L1 (and the response cache).
+    let mut past_l1 = false;
+    if let Some(token) = headers.get(CONSISTENCY_TOKEN_HEADER) {
+        let positions = token
+            .to_str()
+            .map_err(|_| "not ASCII text".to_owned())
+            .and_then(parse_token);
+        match positions {
+            Ok(positions) => {
+                past_l1 = !state
+                    .tiers
+                    .stream
+                    .wait_applied(&positions, state.tiers.stream_config.token_wait)
+                    .await;
+            }
+            Err(e) => {
+                let err = ApiError::bad_input(format!(
+                    "invalid {CONSISTENCY_TOKEN_HEADER} header (expected partition:offset[,…]): {e}"
+                ));
+                let resp = GqlResponse::from_errors(vec![
+                    async_graphql::Error::from(err).into_server_error(Default::default()),
+                ]);
+                return GraphQLResponse(BatchResponse::Single(resp)).into_response();
+            }
+        }
+    }
+
     // A single read-only operation may be answered whole from the response cache.
-    let responses = state.tiers.responses.as_ref();
+    let responses = state.tiers.responses.as_ref().filter(|_| !past_l1);
     let asked = match (&batch, responses) {
         (BatchRequest::Single(req), Some(_)) => Asked::of(viewer, req),
         _ => None,
@@ -115,6 +154,9 @@ async fn graphql_handler(
     let stats = Arc::new(StoreStats::default());
     let store = state.store.with_request_stats(stats.clone());
     let cache_stats = Arc::new(RequestStats::default());
+    if past_l1 {
+        cache_stats.bypass_l1();
+    }
     for request in batch.iter_mut() {
         request.data.insert(RequestCtx::new(
             viewer,
@@ -152,6 +194,13 @@ async fn graphql_handler(
             serde_json::from_slice(&body).expect("a response serialized here parses back"),
         );
     }
+    let token = stats.commit_token();
+    if let (Some(token), BatchResponse::Single(r)) = (&token, &mut resp) {
+        r.extensions.insert(
+            "consistencyToken".to_owned(),
+            async_graphql::Value::from(token.as_str()),
+        );
+    }
     if debug {
         let value = stats_value(&stats, &cache_stats.snapshot(), responses.map(|_| false));
         match &mut resp {
@@ -165,7 +214,15 @@ async fn graphql_handler(
             }
         }
     }
-    GraphQLResponse(resp).into_response()
+    let mut response = GraphQLResponse(resp).into_response();
+    if let Some(token) = token
+        && let Ok(value) = axum::http::HeaderValue::from_str(&token)
+    {
+        response
+            .headers_mut()
+            .insert(CONSISTENCY_TOKEN_HEADER, value);
+    }
+    response
 }
 
 /// The per-request figures reported under `extensions.stats`.

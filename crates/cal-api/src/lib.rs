@@ -19,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod loaders;
+pub mod relay;
 pub mod response_cache;
 pub mod schema;
 pub mod tiers;

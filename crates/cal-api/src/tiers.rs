@@ -1,23 +1,203 @@
 //! Glue between the storage and the cache tiers (the two never see each other): key specs with
-//! per-kind TTLs, the change sink that turns committed writes into invalidations, and the bus
-//! consumer that applies other instances' invalidations to this process's L1.
+//! per-kind TTLs, the change sink that turns committed writes into invalidations, the outbox
+//! relay, and the bus consumer that applies other instances' invalidations to this process's L1.
 //!
 //! Write order, as the consistency argument needs it: the transaction commits (with its outbox
-//! row) → L2 tombstones carrying the new versions → local L1 eviction → publish on the bus. The
-//! mutation answers only after all of that, so the same instance never serves the old value.
+//! row) → L2 tombstones carrying the new versions → local L1 eviction → the relay publishes the
+//! outbox row on the bus. The mutation answers only after the L1 eviction and (bounded) the
+//! publish, whose stream position is its consistency token: the same instance never serves the
+//! old value, and another instance presented the token waits until it has applied the stream up
+//! to it.
+//!
+//! Bounded staleness: in Kafka mode every relay sends heartbeats, and [`Stream`] tracks the
+//! freshest message this instance applied. When that is older than the liveness bound (broker
+//! stalled, consumer disconnected or behind), the instance distrusts its L1 — reads bypass and
+//! it is flushed — until the stream catches up. A stalled stream costs speed, never correctness
+//! beyond the bound.
 
+use crate::relay::{Relay, RelayConfig, RelayMetrics};
 use crate::response_cache::{ResponseCache, ResponseMetrics};
-use cal_cache::{Invalidation, InvalidationBus, KeySpec, TieredCache};
+use cal_cache::{InvalidationBus, KeySpec, Position, TieredCache};
 use cal_domain::cache_keys::{self, KeyKind};
-use cal_storage::{ChangeSet, ChangeSink};
+use cal_storage::{ChangeSet, ChangeSink, Store};
 use futures::StreamExt;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 /// The response cache's default bound.
 pub const DEFAULT_RESPONSE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// How this instance takes part in the invalidation stream.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Distrust L1 when the freshest applied message is older than this (`None`: never, for the
+    /// in-process bus, which cannot fall behind without reporting it).
+    pub liveness: Option<Duration>,
+    /// How long a mutation waits for its invalidation's stream position.
+    pub publish_wait: Duration,
+    /// How long a request presenting a consistency token waits for this instance to apply the
+    /// stream up to it before it reads past L1 instead.
+    pub token_wait: Duration,
+    pub relay: RelayConfig,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            liveness: None,
+            publish_wait: Duration::from_secs(1),
+            token_wait: Duration::from_secs(1),
+            relay: RelayConfig::default(),
+        }
+    }
+}
+
+impl StreamConfig {
+    /// Defaults for a bus shared by several instances (Kafka): 2 s liveness bound, heartbeats
+    /// every 200 ms.
+    pub fn shared() -> Self {
+        Self {
+            liveness: Some(Duration::from_secs(2)),
+            relay: RelayConfig {
+                heartbeat: Some(Duration::from_millis(200)),
+                ..RelayConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+}
+
+/// What this instance has applied of the invalidation stream.
+pub struct Stream {
+    /// Per partition, the next offset to apply (everything below it has been applied, or was
+    /// published before this instance started).
+    applied: Mutex<HashMap<i32, i64>>,
+    changed: watch::Sender<u64>,
+    /// Unix ms send time of the freshest message applied (heartbeats included).
+    freshest_ms: AtomicU64,
+    behind: AtomicBool,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Self {
+            applied: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+            freshest_ms: AtomicU64::new(0),
+            behind: AtomicBool::new(false),
+        }
+    }
+
+    /// Where this instance joined the stream: earlier messages need not be waited for.
+    pub fn start_at(&self, positions: &[Position]) {
+        let mut applied = self.applied.lock().unwrap();
+        for p in positions {
+            let next = applied.entry(p.partition).or_insert(p.offset);
+            *next = (*next).max(p.offset);
+        }
+    }
+
+    /// Whether the message at `p` has been applied (or predates this instance).
+    pub fn has_applied(&self, p: &Position) -> bool {
+        self.applied
+            .lock()
+            .unwrap()
+            .get(&p.partition)
+            .is_some_and(|next| *next > p.offset)
+    }
+
+    fn applied_up_to(&self, p: Position) {
+        let mut applied = self.applied.lock().unwrap();
+        let next = applied.entry(p.partition).or_insert(0);
+        *next = (*next).max(p.offset + 1);
+        drop(applied);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until every position in `tokens` has been applied, at most `wait`.
+    pub async fn wait_applied(&self, tokens: &[Position], wait: Duration) -> bool {
+        let mut rx = self.changed.subscribe();
+        let done = || tokens.iter().all(|p| self.has_applied(p));
+        tokio::time::timeout(wait, async {
+            while !done() {
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Whether the consumer is behind the liveness bound (L1 distrusted).
+    pub fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Acquire)
+    }
+}
+
+/// Invalidation metrics.
+#[derive(Clone)]
+struct StreamMetrics {
+    applied: IntCounter,
+    lag: Histogram,
+    behind: IntGauge,
+    relay: RelayMetrics,
+}
+
+impl StreamMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let applied = IntCounter::new(
+            "cal_invalidation_applied_total",
+            "Invalidations from other instances applied to this instance's L1",
+        )?;
+        let lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "cal_invalidation_lag_seconds",
+                "From a write's acknowledgement on one instance to its L1 eviction on this one",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ]),
+        )?;
+        let behind = IntGauge::new(
+            "cal_invalidation_consumer_behind",
+            "1 while the invalidation stream is behind the liveness bound and L1 is bypassed",
+        )?;
+        let published = IntCounter::new(
+            "cal_invalidation_published_total",
+            "Outbox rows this instance's relay published on the bus",
+        )?;
+        let errors = IntCounter::new(
+            "cal_invalidation_publish_errors_total",
+            "Outbox rows whose publish failed (retried)",
+        )?;
+        let pending = IntGauge::new(
+            "cal_invalidation_outbox_pending",
+            "Outbox rows not yet published (all instances)",
+        )?;
+        registry.register(Box::new(applied.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(behind.clone()))?;
+        registry.register(Box::new(published.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(pending.clone()))?;
+        Ok(Self {
+            applied,
+            lag,
+            behind,
+            relay: RelayMetrics {
+                published,
+                errors,
+                pending,
+            },
+        })
+    }
+}
 
 /// The cache tiers as the API uses them.
 pub struct Tiers {
@@ -26,22 +206,33 @@ pub struct Tiers {
     /// Whole responses built only from L1 entries (present when L1 is on).
     pub responses: Option<ResponseCache>,
     response_metrics: Option<ResponseMetrics>,
+    pub stream: Arc<Stream>,
+    pub stream_config: StreamConfig,
+    stream_metrics: StreamMetrics,
+    relay: OnceLock<Arc<Relay>>,
     ttls: HashMap<KeyKind, Duration>,
     origin: String,
-    seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Tiers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tiers")
             .field("cache", &self.cache)
+            .field("bus", &self.bus.name())
             .field("origin", &self.origin)
             .finish()
     }
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl Tiers {
-    /// `ttls` overrides the default L2 TTL of some kinds of keys.
+    /// `ttls` overrides the default L2 TTL of some kinds of keys; `origin` names this instance
+    /// on the bus and in its outbox rows.
     pub fn new(
         cache: TieredCache,
         bus: Arc<dyn InvalidationBus>,
@@ -55,14 +246,20 @@ impl Tiers {
         let response_metrics = ResponseMetrics::register(cache.registry())
             .inspect_err(|e| tracing::warn!(error = %e, "response cache metrics not registered"))
             .ok();
+        let stream_metrics = StreamMetrics::register(cache.registry())
+            .or_else(|_| StreamMetrics::register(&Registry::new()))
+            .expect("metrics register in a fresh registry");
         let mut tiers = Self {
             cache,
             bus,
             responses: None,
             response_metrics,
+            stream: Arc::new(Stream::new()),
+            stream_config: StreamConfig::default(),
+            stream_metrics,
+            relay: OnceLock::new(),
             ttls,
             origin,
-            seq: AtomicU64::new(0),
         };
         tiers.set_response_cache_bytes(DEFAULT_RESPONSE_CACHE_BYTES);
         tiers
@@ -74,6 +271,20 @@ impl Tiers {
         self
     }
 
+    /// How this instance takes part in the invalidation stream. With a liveness bound, L1 is
+    /// distrusted from the start until the first fresh message arrives.
+    pub fn with_stream_config(self, cfg: StreamConfig) -> Self {
+        if cfg.liveness.is_some() {
+            self.cache.distrust_l1(true);
+            self.stream.behind.store(true, Ordering::Release);
+            self.stream_metrics.behind.set(1);
+        }
+        Self {
+            stream_config: cfg,
+            ..self
+        }
+    }
+
     fn set_response_cache_bytes(&mut self, bytes: u64) {
         self.responses = match (self.cache.l1_ttl(), &self.response_metrics, bytes) {
             (Some(ttl), Some(metrics), 1..) => {
@@ -83,97 +294,171 @@ impl Tiers {
         };
     }
 
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
     pub fn spec(&self, kind: KeyKind, key: String) -> KeySpec {
         KeySpec::new(key, kind.label(), self.ttls[&kind])
     }
 
+    /// Starts the outbox relay over `store` (once).
+    pub fn start_relay(self: &Arc<Self>, store: Store) {
+        let relay = Relay::new(
+            store,
+            self.bus.clone(),
+            self.origin.clone(),
+            self.stream_config.relay.clone(),
+            self.stream_metrics.relay.clone(),
+        );
+        if self.relay.set(relay.clone()).is_ok() {
+            relay.spawn();
+        }
+    }
+
     /// Applies every invalidation published by *other* instances to this process's L1 until the
-    /// bus closes. Own messages are skipped: the writer already evicted its L1.
+    /// bus closes, and keeps [`Stream`] current. Own messages are not applied (the writer already
+    /// evicted its L1) but count as applied positions and as proof of liveness.
     pub fn spawn_consumer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         let mut stream = self.bus.subscribe();
+        if let Some(bound) = self.stream_config.liveness {
+            self.spawn_liveness_monitor(bound);
+        }
         tokio::spawn(async move {
             while let Some(msg) = stream.next().await {
                 match msg {
-                    Ok(inv) if inv.origin == me.origin => {}
-                    Ok(inv) => me.cache.apply_remote(&inv).await,
+                    Ok(inv) => {
+                        if !inv.is_heartbeat() && inv.origin != me.origin {
+                            me.cache.apply_remote(&inv).await;
+                            me.stream_metrics.applied.inc();
+                            let lag_ms = now_ms().saturating_sub(inv.sent_at_ms);
+                            me.stream_metrics.lag.observe(lag_ms as f64 / 1000.0);
+                        }
+                        me.stream
+                            .freshest_ms
+                            .fetch_max(inv.sent_at_ms, Ordering::AcqRel);
+                        if let Some(p) = inv.position {
+                            me.stream.applied_up_to(p);
+                        }
+                    }
                     Err(e) => {
                         // Lost messages: nothing in L1 can be trusted any more.
-                        tracing::warn!(error = %e, "invalidation bus lagged; clearing L1");
+                        tracing::warn!(error = %e, "invalidation stream failed; clearing L1");
                         me.cache.clear_l1();
                     }
                 }
             }
         })
     }
+
+    /// Every tenth of the bound: distrust L1 while the freshest applied message is older than
+    /// the bound, trust it again (freshly cleared) once it is not.
+    fn spawn_liveness_monitor(self: &Arc<Self>, bound: Duration) {
+        let me = Arc::downgrade(self);
+        let every = (bound / 10).max(Duration::from_millis(10));
+        let bound_ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { break };
+                let age = now_ms().saturating_sub(me.stream.freshest_ms.load(Ordering::Acquire));
+                let behind = age > bound_ms;
+                if me.stream.behind.swap(behind, Ordering::AcqRel) != behind {
+                    if behind {
+                        tracing::warn!(
+                            age_ms = age,
+                            "invalidation stream is behind the liveness bound: bypassing and flushing L1"
+                        );
+                    } else {
+                        tracing::info!("invalidation stream caught up: L1 back in use");
+                    }
+                }
+                me.cache.distrust_l1(behind);
+                me.stream_metrics.behind.set(i64::from(behind));
+            }
+        });
+    }
 }
 
 /// Keys made stale by a committed change, with the versions the new state carries.
 pub fn invalidations(changes: &ChangeSet) -> Vec<(String, i64)> {
-    let mut keys: Vec<(String, i64)> = Vec::new();
-    for e in &changes.events {
-        keys.extend(cache_keys::invalidations_for_event(e));
-    }
-    for (c, v) in &changes.calendars {
-        keys.extend(cache_keys::invalidations_for_calendar(*c, *v));
-    }
-    // One entry per key, with the highest version.
-    keys.sort();
-    keys.reverse();
-    keys.dedup_by(|a, b| a.0 == b.0);
-    keys
+    cache_keys::invalidations(&changes.events, &changes.calendars)
 }
 
 #[async_trait::async_trait]
 impl ChangeSink for Tiers {
-    async fn committed(&self, changes: &ChangeSet) {
+    /// L2 tombstones and local L1 eviction (both inside `invalidate`), then the relay publishes
+    /// the outbox row; answers its stream position (`partition:offset`) when the bus has one.
+    async fn committed(&self, changes: &ChangeSet) -> Option<String> {
         let keys = invalidations(changes);
-        // L2 tombstones, then local L1 eviction (both inside `invalidate`), then the bus.
         self.cache.invalidate(&keys).await;
-        let inv = Invalidation::new(
-            keys,
-            self.origin.clone(),
-            self.seq.fetch_add(1, Ordering::Relaxed),
-        );
-        if let Err(e) = self.bus.publish(inv).await {
-            tracing::warn!(error = %e, "publishing an invalidation failed; other instances rely on TTLs and L2 tombstones");
+        let (Some(relay), Some(outbox_id)) = (self.relay.get(), changes.outbox_id) else {
+            tracing::warn!(
+                "no relay running: the invalidation reaches other instances only through TTLs and L2 tombstones"
+            );
+            return None;
+        };
+        if !self.stream_config.relay.enabled {
+            return None;
         }
+        relay
+            .publish_now(outbox_id, self.stream_config.publish_wait)
+            .await
+            .map(|p| p.to_string())
     }
+}
+
+/// Parses a consistency token header: positions separated by commas.
+pub fn parse_token(header: &str) -> Result<Vec<Position>, String> {
+    header
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<Position>())
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cal_domain::cache_keys::EventChange;
-    use cal_domain::{CalendarId, EventId};
 
     #[test]
-    fn a_change_set_maps_to_each_key_once_with_its_newest_version() {
-        let c = CalendarId(1);
-        let changes = ChangeSet {
-            events: vec![
-                EventChange {
-                    event: EventId(7),
-                    event_version: 3,
-                    calendar: c,
-                    calendar_version: 10,
+    fn tokens_parse_as_position_lists() {
+        assert_eq!(
+            parse_token("0:17, 2:5").unwrap(),
+            vec![
+                Position {
+                    partition: 0,
+                    offset: 17
                 },
-                EventChange {
-                    event: EventId(8),
-                    event_version: 1,
-                    calendar: c,
-                    calendar_version: 11,
-                },
-            ],
-            calendars: vec![(c, 11)],
-        };
-        let keys = invalidations(&changes);
-        let summary: Vec<_> = keys
-            .iter()
-            .filter(|(k, _)| k == "v1:calendar:1:summary")
-            .collect();
-        assert_eq!(summary, vec![&("v1:calendar:1:summary".to_owned(), 11)]);
-        assert!(keys.contains(&("v1:event:7:attendees".to_owned(), 3)));
-        assert!(keys.contains(&("v1:event:8:full".to_owned(), 1)));
+                Position {
+                    partition: 2,
+                    offset: 5
+                }
+            ]
+        );
+        assert!(parse_token("0:x").is_err());
+        assert!(parse_token("").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_position_ends_when_it_is_applied_or_predates_the_instance() {
+        let s = Arc::new(Stream::new());
+        let p = |partition, offset| Position { partition, offset };
+        s.start_at(&[p(0, 10)]);
+        assert!(
+            s.has_applied(&p(0, 9)),
+            "published before this instance started"
+        );
+        assert!(!s.has_applied(&p(0, 10)));
+        assert!(!s.wait_applied(&[p(0, 10)], Duration::from_millis(20)).await);
+        let s2 = s.clone();
+        let waiter =
+            tokio::spawn(async move { s2.wait_applied(&[p(0, 11)], Duration::from_secs(5)).await });
+        s.applied_up_to(p(0, 10));
+        s.applied_up_to(p(0, 11));
+        assert!(waiter.await.unwrap());
+        assert!(!s.has_applied(&p(1, 0)), "unknown partition");
     }
 }

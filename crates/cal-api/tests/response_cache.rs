@@ -131,5 +131,7 @@ async fn switched_off_with_l1() {
         .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
         .await;
     assert!(r.0["extensions"]["stats"]["responseCacheHit"].is_null());
-    assert!(r.sql_statements() > 0);
+    // Executed again, from Redis.
+    assert!(r.0["extensions"]["stats"]["l2Hits"].as_u64().unwrap() > 0);
+    assert_eq!(r.0["extensions"]["stats"]["l1Hits"], 0);
 }

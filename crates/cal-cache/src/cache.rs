@@ -75,6 +75,8 @@ pub struct RequestStats {
     deps: Mutex<Vec<(String, u64)>>,
     /// Some value was given that no L1 entry holds (L1 off, fill refused, value too large).
     untracked: std::sync::atomic::AtomicBool,
+    /// This caller must neither read nor fill L1 (e.g. it waits for invalidations not yet heard).
+    bypass_l1: std::sync::atomic::AtomicBool,
 }
 
 /// A plain copy of [`RequestStats`].
@@ -93,6 +95,11 @@ impl RequestStats {
             Some(stamp) => self.deps.lock().unwrap().push((key.to_owned(), stamp)),
             None => self.untracked.store(true, Ordering::Relaxed),
         }
+    }
+
+    /// From now on this caller's lookups skip L1 (reads and fills); L2 and the loader still serve.
+    pub fn bypass_l1(&self) {
+        self.bypass_l1.store(true, Ordering::Relaxed);
     }
 
     /// Marks the caller's result as depending on something the cache does not track.
@@ -154,6 +161,8 @@ type LoadedMap<V> = HashMap<String, (Option<V>, i64, Option<u64>)>;
 
 struct Inner {
     l1: Option<L1>,
+    /// Set while this process cannot trust its L1 (its invalidation stream is behind).
+    l1_distrusted: std::sync::atomic::AtomicBool,
     l2: Option<L2>,
     l1_ttl: Duration,
     max_value_bytes: usize,
@@ -269,6 +278,7 @@ impl TieredCache {
             });
             Inner {
                 l1,
+                l1_distrusted: std::sync::atomic::AtomicBool::new(false),
                 l2,
                 l1_ttl: cfg.l1_ttl,
                 max_value_bytes: cfg.max_value_bytes,
@@ -319,7 +329,7 @@ impl TieredCache {
         let mut need_db = Vec::new();
 
         // L1.
-        match &inner.l1 {
+        match self.active_l1(stats) {
             Some(l1) => {
                 for &i in &unique {
                     let spec = &keys[i];
@@ -390,6 +400,31 @@ impl TieredCache {
             result.push(v.flatten());
         }
         Ok(result)
+    }
+
+    /// L1, unless it is off, distrusted by the process, or bypassed by this caller.
+    fn active_l1(&self, stats: Option<&RequestStats>) -> Option<&L1> {
+        if self.inner.l1_distrusted.load(Ordering::Acquire)
+            || stats.is_some_and(|s| s.bypass_l1.load(Ordering::Relaxed))
+        {
+            return None;
+        }
+        self.inner.l1.as_ref()
+    }
+
+    /// Stops (`true`) or resumes (`false`) reading and filling L1 in this process, clearing it on
+    /// every change: while the invalidation stream is behind, L1 may hold what a writer elsewhere
+    /// already changed, and what it held before resuming was filled without those invalidations.
+    pub fn distrust_l1(&self, distrust: bool) {
+        let was = self.inner.l1_distrusted.swap(distrust, Ordering::AcqRel);
+        if was != distrust {
+            self.clear_l1();
+        }
+    }
+
+    /// Whether L1 is currently distrusted (see [`TieredCache::distrust_l1`]).
+    pub fn l1_distrusted(&self) -> bool {
+        self.inner.l1_distrusted.load(Ordering::Acquire)
     }
 
     async fn l1_lookup<V>(&self, l1: &L1, key: &str, now: u64) -> Lookup<V>
@@ -467,7 +502,7 @@ impl TieredCache {
                 continue;
             }
             let mut stamp = None;
-            if let Some(l1) = &inner.l1 {
+            if let Some(l1) = self.active_l1(stats) {
                 let left = Duration::from_millis(expires_at_ms.saturating_sub(now).max(1));
                 let entry_stamp = next_stamp();
                 let entry = L1Entry {
@@ -582,7 +617,7 @@ impl TieredCache {
         let mut map: LoadedMap<V> = HashMap::with_capacity(missing.len());
         let mut still = Vec::with_capacity(missing.len());
         for &i in missing {
-            if let Some(l1) = &inner.l1
+            if let Some(l1) = self.active_l1(stats)
                 && let Some(entry) = l1.get(&keys[i].key).await
                 && entry.filled_at >= started
                 && let Some(v) = entry.value.downcast_ref::<Option<V>>()
@@ -681,7 +716,7 @@ impl TieredCache {
                 }
             }
         }
-        if let Some(l1) = &inner.l1 {
+        if let Some(l1) = self.active_l1(stats) {
             for (p_idx, p) in prepared.iter_mut().enumerate() {
                 let Some(payload) = &p.payload else { continue };
                 let spec = &keys[p.index];
@@ -757,7 +792,7 @@ impl TieredCache {
     /// Whether every `(key, stamp)` is still the entry L1 holds for `key`: nothing invalidated,
     /// replaced or expired any of them since they were read (see [`RequestStats::deps`]).
     pub async fn deps_current(&self, deps: &[(String, u64)]) -> bool {
-        let Some(l1) = &self.inner.l1 else {
+        let Some(l1) = self.active_l1(None) else {
             return false;
         };
         for (key, stamp) in deps {

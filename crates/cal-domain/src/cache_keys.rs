@@ -140,9 +140,55 @@ pub fn invalidations_for_calendar(
     vec![(calendar_summary(calendar), calendar_version)]
 }
 
+/// Every key a committed transaction makes stale, once each, with the highest new version.
+pub fn invalidations(
+    events: &[EventChange],
+    calendars: &[(CalendarId, i64)],
+) -> Vec<(String, i64)> {
+    let mut keys: Vec<(String, i64)> = Vec::new();
+    for e in events {
+        keys.extend(invalidations_for_event(e));
+    }
+    for (c, v) in calendars {
+        keys.extend(invalidations_for_calendar(*c, *v));
+    }
+    keys.sort();
+    keys.reverse();
+    keys.dedup_by(|a, b| a.0 == b.0);
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transaction_maps_to_each_key_once_with_its_newest_version() {
+        let c = CalendarId(1);
+        let events = [
+            EventChange {
+                event: EventId(7),
+                event_version: 3,
+                calendar: c,
+                calendar_version: 10,
+            },
+            EventChange {
+                event: EventId(8),
+                event_version: 1,
+                calendar: c,
+                calendar_version: 11,
+            },
+        ];
+        let keys = invalidations(&events, &[(c, 11)]);
+        let summary: Vec<_> = keys
+            .iter()
+            .filter(|(k, _)| k == "v1:calendar:1:summary")
+            .collect();
+        assert_eq!(summary, vec![&("v1:calendar:1:summary".to_owned(), 11)]);
+        assert!(keys.contains(&("v1:event:7:attendees".to_owned(), 3)));
+        assert!(keys.contains(&("v1:event:8:full".to_owned(), 1)));
+        assert_eq!(keys.len(), 7);
+    }
 
     fn t(y: i32, m: u32, d: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap()

@@ -7,6 +7,7 @@
 
 mod error;
 pub mod explain;
+mod outbox;
 mod reads;
 mod rows;
 pub mod seed;
@@ -14,6 +15,7 @@ mod writes;
 
 pub use error::{Conflict, StorageError};
 pub use explain::seq_scans;
+pub use outbox::{ClaimedOutbox, OutboxRow};
 pub use reads::{VersionedList, WindowRows};
 pub use seed::{NoProgress, Progress, Scale, SeedSummary, UnknownScale};
 pub use sqlx::PgPool;
@@ -33,6 +35,8 @@ pub struct StoreStats {
     rows: AtomicU64,
     /// Statements sent through a [`Store::cache_backed`] handle (loads that fill the cache).
     cache_backed: AtomicU64,
+    /// What the change sink answered for the last commit (e.g. a consistency token).
+    commit_token: std::sync::Mutex<Option<String>>,
 }
 
 impl StoreStats {
@@ -42,6 +46,12 @@ impl StoreStats {
 
     pub fn rows(&self) -> u64 {
         self.rows.load(Ordering::Relaxed)
+    }
+
+    /// What the [`ChangeSink`] answered for this handle's last commit, e.g. the position of its
+    /// invalidation in the bus's stream.
+    pub fn commit_token(&self) -> Option<String> {
+        self.commit_token.lock().unwrap().clone()
     }
 
     /// Statements whose results did not go through the cache (reads and writes alike).
@@ -56,6 +66,8 @@ impl StoreStats {
 pub struct ChangeSet {
     pub events: Vec<cal_domain::cache_keys::EventChange>,
     pub calendars: Vec<(cal_domain::CalendarId, i64)>,
+    /// The transaction's outbox row (it carries the same invalidations, durably).
+    pub outbox_id: Option<i64>,
 }
 
 impl ChangeSet {
@@ -70,7 +82,8 @@ pub use cal_domain::cache_keys::EventChange;
 /// invalidation in here, so this crate never sees a cache).
 #[async_trait::async_trait]
 pub trait ChangeSink: Send + Sync {
-    async fn committed(&self, changes: &ChangeSet);
+    /// Returns an opaque token the writer may hand to its client (see [`StoreStats::commit_token`]).
+    async fn committed(&self, changes: &ChangeSet) -> Option<String>;
 }
 
 /// Handle to the database. Cheap to clone.
@@ -81,6 +94,10 @@ pub struct Store {
     request: Option<Arc<StoreStats>>,
     sink: Option<Arc<dyn ChangeSink>>,
     cache_backed: bool,
+    /// The instance id written into outbox rows (see [`outbox`]).
+    origin: Option<Arc<str>>,
+    /// The writing request's W3C trace context, carried in its outbox rows to the bus.
+    trace_context: Option<Arc<Vec<(String, String)>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -100,6 +117,8 @@ impl Store {
             request: None,
             sink: None,
             cache_backed: false,
+            origin: None,
+            trace_context: None,
         }
     }
 
@@ -125,6 +144,32 @@ impl Store {
         Store {
             request: Some(stats),
             ..self.clone()
+        }
+    }
+
+    /// A handle whose outbox rows name `origin` (this instance), so its relay publishes them at once.
+    pub fn with_origin(&self, origin: &str) -> Store {
+        Store {
+            origin: Some(origin.into()),
+            ..self.clone()
+        }
+    }
+
+    /// A handle whose outbox rows carry `context` (`traceparent`, `tracestate`).
+    pub fn with_trace_context(&self, context: Vec<(String, String)>) -> Store {
+        Store {
+            trace_context: (!context.is_empty()).then(|| Arc::new(context)),
+            ..self.clone()
+        }
+    }
+
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    fn record_commit_token(&self, token: Option<String>) {
+        if let Some(request) = &self.request {
+            *request.commit_token.lock().unwrap() = token;
         }
     }
 

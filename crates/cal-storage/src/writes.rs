@@ -74,6 +74,8 @@ pub struct EventPatch {
 pub(crate) struct WriteTx {
     tx: Transaction<'static, Postgres>,
     changes: ChangeSet,
+    /// What happened, one record per change; written as the transaction's outbox row.
+    records: Vec<serde_json::Value>,
 }
 
 impl std::ops::Deref for WriteTx {
@@ -94,16 +96,41 @@ impl Store {
         Ok(WriteTx {
             tx: self.pool().begin().await?,
             changes: ChangeSet::default(),
+            records: Vec::new(),
         })
     }
 
-    /// Commits, then tells the sink (cache invalidation) what changed, before the caller answers.
-    async fn commit(&self, tx: WriteTx) -> Result<()> {
+    /// Appends the transaction's outbox row (what happened and the cache keys it made stale),
+    /// commits, then tells the sink (cache invalidation) what changed, before the caller answers.
+    async fn commit(&self, mut tx: WriteTx) -> Result<()> {
+        if !tx.records.is_empty() || !tx.changes.is_empty() {
+            let keys =
+                cal_domain::cache_keys::invalidations(&tx.changes.events, &tx.changes.calendars);
+            let first = tx.records.first().cloned().unwrap_or_default();
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, origin, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id",
+            )
+            .bind(first["aggregate"].as_str().unwrap_or("calendar"))
+            .bind(first["id"].as_i64().unwrap_or(0))
+            .bind(first["type"].as_str().unwrap_or("changed"))
+            .bind(json!({
+                "changes": tx.records,
+                "keys": keys,
+                "trace": self.trace_context.as_deref().cloned().unwrap_or_default(),
+            }))
+            .bind(self.origin.as_deref())
+            .fetch_one(&mut *tx.tx)
+            .await?;
+            self.counted(1);
+            tx.changes.outbox_id = Some(id);
+        }
         tx.tx.commit().await?;
         if let Some(sink) = &self.sink
             && !tx.changes.is_empty()
         {
-            sink.committed(&tx.changes).await;
+            let token = sink.committed(&tx.changes).await;
+            self.record_commit_token(token);
         }
         Ok(())
     }
@@ -140,22 +167,18 @@ impl Store {
         Ok(())
     }
 
+    /// Records what happened; [`Store::commit`] writes the transaction's records as its one
+    /// outbox row.
     async fn outbox(
         &self,
-        conn: &mut PgConnection,
+        tx: &mut WriteTx,
         aggregate: &str,
         id: i64,
         kind: &str,
         payload: serde_json::Value,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ($1, $2, $3, $4)")
-            .bind(aggregate)
-            .bind(id)
-            .bind(kind)
-            .bind(payload)
-            .execute(conn)
-            .await?;
-        self.counted(1);
+        tx.records
+            .push(json!({ "aggregate": aggregate, "id": id, "type": kind, "data": payload }));
         Ok(())
     }
 

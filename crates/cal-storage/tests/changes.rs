@@ -12,8 +12,9 @@ struct Recorder(Mutex<Vec<ChangeSet>>);
 
 #[async_trait::async_trait]
 impl ChangeSink for Recorder {
-    async fn committed(&self, changes: &ChangeSet) {
+    async fn committed(&self, changes: &ChangeSet) -> Option<String> {
         self.0.lock().unwrap().push(changes.clone());
+        None
     }
 }
 

@@ -1,0 +1,102 @@
+//! The outbox side of the invalidation relay. Every write transaction appends one row whose
+//! payload lists the cache keys it made stale (`payload.keys`, `[[key, version], …]`) and the
+//! instance that wrote it (`origin`). A relay claims rows with [`Store::claim_outbox`] — its own
+//! instance's rows at once, anybody's once they have waited longer than a grace period (their
+//! writer died between commit and publish) — publishes them in id order and marks them with
+//! [`ClaimedOutbox::finish`]. Claimed rows stay locked (`FOR UPDATE SKIP LOCKED`) until then, so
+//! two relays never publish the same row at the same time, and a relay that dies mid-way leaves
+//! its rows to be claimed again: delivery is at least once, which invalidations tolerate.
+
+use crate::{StorageError, Store};
+use chrono::{DateTime, Utc};
+use sqlx::{Postgres, Row, Transaction};
+use std::time::Duration;
+
+/// One unpublished outbox row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    /// `(key, new_version)` pairs the transaction made stale.
+    pub keys: Vec<(String, i64)>,
+    pub origin: Option<String>,
+    /// When the row was written, right before its transaction committed.
+    pub created_at: DateTime<Utc>,
+    /// W3C trace context of the writing request, when it had one.
+    pub trace_context: Vec<(String, String)>,
+}
+
+/// Rows claimed by one relay pass; they stay locked until [`ClaimedOutbox::finish`] or drop.
+pub struct ClaimedOutbox {
+    tx: Transaction<'static, Postgres>,
+    pub rows: Vec<OutboxRow>,
+}
+
+impl Store {
+    /// Locks up to `limit` unpublished rows, oldest first: those written by `origin`, and any
+    /// older than `grace`. Rows another relay holds are skipped.
+    pub async fn claim_outbox(
+        &self,
+        origin: &str,
+        grace: Duration,
+        limit: i64,
+    ) -> Result<ClaimedOutbox, StorageError> {
+        let mut tx = self.pool().begin().await?;
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT id, payload, origin, created_at FROM outbox \
+             WHERE published_at IS NULL \
+               AND (origin = $1 OR created_at < clock_timestamp() - make_interval(secs => $2::float8 / 1000)) \
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(origin)
+        .bind(grace_ms as f64)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let payload: serde_json::Value = r.try_get("payload")?;
+                Ok(OutboxRow {
+                    id: r.try_get("id")?,
+                    keys: serde_json::from_value(payload["keys"].clone()).unwrap_or_default(),
+                    origin: r.try_get("origin")?,
+                    created_at: r.try_get("created_at")?,
+                    trace_context: serde_json::from_value(payload["trace"].clone())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(ClaimedOutbox { tx, rows })
+    }
+
+    /// Unpublished rows (all origins), for metrics.
+    pub async fn outbox_pending(&self) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+}
+
+impl ClaimedOutbox {
+    /// Marks `published` (id, stream position) as sent and releases every claimed row; rows not
+    /// listed stay unpublished for the next pass.
+    pub async fn finish(mut self, published: &[(i64, String)]) -> Result<(), StorageError> {
+        if !published.is_empty() {
+            let ids: Vec<i64> = published.iter().map(|(id, _)| *id).collect();
+            let positions: Vec<&str> = published.iter().map(|(_, p)| p.as_str()).collect();
+            sqlx::query(
+                "UPDATE outbox o SET published_at = clock_timestamp(), stream_position = p.pos \
+                 FROM unnest($1::bigint[], $2::text[]) AS p(id, pos) WHERE o.id = p.id",
+            )
+            .bind(&ids)
+            .bind(&positions)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
