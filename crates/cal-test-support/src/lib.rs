@@ -1,14 +1,17 @@
 //! Test fixtures shared by the integration tests of every crate:
 //! - [`TestDb`]: a fresh database per test, cloned from a template migrated once per migration set;
 //! - [`TestApp`]: the real HTTP server on a random port over its own database, with GraphQL helpers;
-//! - [`RedisServer`]: a `redis-server` of the test's own, to kill and restart.
+//! - [`RedisServer`]: a `redis-server` of the test's own, to kill and restart;
+//! - [`KafkaBroker`]: a `tansu` Kafka-protocol broker of the test's own, to pause, resume and kill.
 //!
 //! Tests talk to the real PostgreSQL at `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 
 mod app;
 mod db;
+mod kafka;
 mod redis;
 
 pub use app::{Gql, TEST_SECRET, TestApp};
-pub use db::TestDb;
+pub use db::{TestDb, admin_url};
+pub use kafka::{KafkaBroker, tansu_bin};
 pub use redis::RedisServer;
