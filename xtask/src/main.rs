@@ -60,7 +60,12 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     check_services()?;
     ensure_promtool()?;
-    run(Command::new("cargo")
+    let tansu_bin = ensure_tansu()?;
+    let mut cargo = Command::new("cargo");
+    if let Some(bin) = tansu_bin {
+        cargo.env("TANSU_BIN", bin);
+    }
+    run(cargo
         .current_dir(root())
         .args(["test", "--workspace", "--all-targets"])
         .args(extra))
@@ -112,6 +117,56 @@ fn ensure_promtool() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The Kafka bus tests (crates/cal-bus-kafka) start `tansu` brokers of their own; it comes from
+/// crates.io. Installs it when it is missing. Returns the binary to export as `TANSU_BIN` when it
+/// is in cargo's bin directory but not on PATH.
+fn ensure_tansu() -> Result<Option<PathBuf>> {
+    let works = |bin: &Path| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(bin) = std::env::var_os("TANSU_BIN").map(PathBuf::from) {
+        if works(&bin) {
+            return Ok(None);
+        }
+        bail!("TANSU_BIN={} is not a working tansu", bin.display());
+    }
+    if works(Path::new("tansu")) {
+        return Ok(None);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let installed = cargo_home.join("bin").join("tansu");
+    if !works(&installed) {
+        eprintln!(
+            "tansu (the Kafka broker of the bus tests) is missing; installing it from crates.io (`cargo install`: about 10-20 minutes)"
+        );
+        run(Command::new("cargo").args([
+            "install",
+            "tansu",
+            "--version",
+            "0.6.0",
+            "--locked",
+            "--features",
+            "dynostore",
+        ]))?;
+        if works(Path::new("tansu")) {
+            return Ok(None);
+        }
+        if !works(&installed) {
+            bail!(
+                "tansu is still missing after `cargo install tansu`: expected {}",
+                installed.display()
+            );
+        }
+    }
+    Ok(Some(installed))
 }
 
 fn schema() -> Result<()> {
