@@ -82,11 +82,12 @@ impl Relay {
         })
     }
 
-    /// Starts the publishing loop and, if configured, the heartbeat loop.
+    /// Starts the heartbeat loop (if configured) and the publishing loop (if enabled).
     pub fn spawn(self: &Arc<Self>) {
+        self.spawn_heartbeat();
         if !self.cfg.enabled {
             tracing::warn!(
-                "the outbox relay is switched off: other instances rely on other relays' sweeps"
+                "the outbox relay is switched off: other instances' relays sweep this one's rows"
             );
             return;
         }
@@ -107,6 +108,10 @@ impl Relay {
                 }
             }
         });
+    }
+
+    /// Heartbeats prove the stream alive to every consumer, this instance's included.
+    fn spawn_heartbeat(self: &Arc<Self>) {
         if let Some(every) = self.cfg.heartbeat {
             let me = self.clone();
             tokio::spawn(async move {

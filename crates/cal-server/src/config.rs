@@ -18,6 +18,11 @@
 //! | `CACHE_RESPONSE_MAX_BYTES` | bound of the whole-response cache beside L1 (0: off) | `33554432` |
 //! | `CACHE_KEY_PREFIX` | prefix of every Redis key | `cal:` |
 //! | `CACHE_WARM_CALENDARS` | most active calendars warmed at start-up (0: none) | `100` |
+//! | `KAFKA_BROKERS` | Kafka bootstrap servers for cross-instance invalidation; unset means the in-process bus (one instance) | unset |
+//! | `KAFKA_TOPIC`, `KAFKA_PARTITIONS` | invalidation topic, and its partitions when this instance creates it | `cache.invalidate`, `1` |
+//! | `INVALIDATION_LIVENESS_MS` | with Kafka: distrust L1 when the stream's freshest message is older than this | `2000` |
+//! | `CONSISTENCY_WAIT_MS` | how long a mutation waits for its invalidation's position, and a read for a presented token | `1000` |
+//! | `RELAY_ENABLED`, `RELAY_GRACE_MS` | run this instance's outbox relay; age at which it takes over others' unpublished rows | `true`, `1000` |
 //! | `RUST_LOG` | log filter | `info` |
 
 use anyhow::{Context, Result, bail};
@@ -53,6 +58,13 @@ pub struct Settings {
     pub cache_response_max_bytes: u64,
     pub cache_key_prefix: String,
     pub cache_warm_calendars: i64,
+    pub kafka_brokers: Option<String>,
+    pub kafka_topic: String,
+    pub kafka_partitions: i32,
+    pub invalidation_liveness_ms: u64,
+    pub consistency_wait_ms: u64,
+    pub relay_enabled: bool,
+    pub relay_grace_ms: u64,
 }
 
 fn no_secret<S: serde::Serializer>(_: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -82,6 +94,13 @@ impl Default for Settings {
             cache_response_max_bytes: cal_api::tiers::DEFAULT_RESPONSE_CACHE_BYTES,
             cache_key_prefix: "cal:".into(),
             cache_warm_calendars: 100,
+            kafka_brokers: None,
+            kafka_topic: "cache.invalidate".into(),
+            kafka_partitions: 1,
+            invalidation_liveness_ms: 2000,
+            consistency_wait_ms: 1000,
+            relay_enabled: true,
+            relay_grace_ms: 1000,
         }
     }
 }
@@ -116,6 +135,13 @@ impl Settings {
             "CACHE_RESPONSE_MAX_BYTES",
             "CACHE_KEY_PREFIX",
             "CACHE_WARM_CALENDARS",
+            "KAFKA_BROKERS",
+            "KAFKA_TOPIC",
+            "KAFKA_PARTITIONS",
+            "INVALIDATION_LIVENESS_MS",
+            "CONSISTENCY_WAIT_MS",
+            "RELAY_ENABLED",
+            "RELAY_GRACE_MS",
         ];
         fig = fig.merge(
             Env::raw()
@@ -153,6 +179,27 @@ impl Settings {
             key_prefix: self.cache_key_prefix.clone(),
             ..cal_cache::CacheConfig::default()
         }
+    }
+
+    /// The invalidation stream's settings; `shared` when a Kafka bus connects the instances.
+    pub fn stream_config(&self, shared: bool) -> cal_api::tiers::StreamConfig {
+        use std::time::Duration;
+        let mut c = if shared {
+            let mut c = cal_api::tiers::StreamConfig::shared();
+            c.liveness = Some(Duration::from_millis(self.invalidation_liveness_ms));
+            c
+        } else {
+            cal_api::tiers::StreamConfig::default()
+        };
+        c.publish_wait = Duration::from_millis(self.consistency_wait_ms);
+        c.token_wait = Duration::from_millis(self.consistency_wait_ms);
+        c.relay.enabled = self.relay_enabled;
+        c.relay.grace = Duration::from_millis(self.relay_grace_ms);
+        c
+    }
+
+    pub fn kafka_brokers(&self) -> Option<&str> {
+        self.kafka_brokers.as_deref().filter(|b| !b.is_empty())
     }
 
     pub fn api_config(&self) -> Result<cal_api::ApiConfig> {

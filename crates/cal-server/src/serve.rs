@@ -5,7 +5,8 @@ use crate::config::Settings;
 use anyhow::{Context, Result};
 use cal_api::tiers::Tiers;
 use cal_api::{AppState, router};
-use cal_cache::{InProcessBus, TieredCache};
+use cal_bus_kafka::{KafkaBus, KafkaConfig};
+use cal_cache::{InProcessBus, InvalidationBus, Position, TieredCache};
 use cal_storage::Store;
 use cal_storage::seed::{Progress, Scale};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -205,24 +206,51 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
     if !cfg.l1_enabled {
         tracing::warn!("CACHE_L1=false: the in-process tier is switched off");
     }
-    tracing::info!("invalidation bus: in-process (single instance)");
     let registry = prometheus::Registry::new();
     let cache = TieredCache::new(cfg, &registry)
         .await
         .context("cache configuration")?;
     let origin = format!(
-        "{}-{}",
+        "{}-{}-{}",
+        hostname(),
         std::process::id(),
         chrono::Utc::now().timestamp_millis()
     );
-    let tiers = Tiers::new(
-        cache,
-        Arc::new(InProcessBus::default()),
-        Default::default(),
-        origin,
-    )
-    .with_response_cache_bytes(settings.cache_response_max_bytes);
+    let (bus, start): (Arc<dyn InvalidationBus>, Vec<Position>) = match settings.kafka_brokers() {
+        Some(brokers) => {
+            let mut kc = KafkaConfig::new(brokers);
+            kc.topic = settings.kafka_topic.clone();
+            kc.partitions = settings.kafka_partitions;
+            kc.client_id = origin.clone();
+            // Positions this instance at the end of every partition before it serves anything.
+            let bus = KafkaBus::connect(kc)
+                .await
+                .context("cannot connect to Kafka (KAFKA_BROKERS)")?;
+            let start = bus.start_positions();
+            tracing::info!(topic = %settings.kafka_topic, ?start, "invalidation bus: Kafka, positioned at the end of every partition");
+            (Arc::new(bus), start)
+        }
+        None => {
+            tracing::warn!(
+                "KAFKA_BROKERS is not set: in-process invalidation bus (a single instance only)"
+            );
+            (Arc::new(InProcessBus::default()), Vec::new())
+        }
+    };
+    let shared = settings.kafka_brokers().is_some();
+    let tiers = Tiers::new(cache, bus, Default::default(), origin)
+        .with_response_cache_bytes(settings.cache_response_max_bytes)
+        .with_stream_config(settings.stream_config(shared));
+    tiers.stream.start_at(&start);
     Ok((Arc::new(tiers), registry))
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map_or_else(|| "calendar".to_owned(), |h| h.trim().to_owned())
 }
 
 /// Warms the current and next month of the most active calendars in the background; readiness

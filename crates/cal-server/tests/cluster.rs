@@ -1,0 +1,679 @@
+//! Several `calendar serve` processes sharing PostgreSQL, Redis and a Kafka-protocol broker
+//! (tansu), each test with its own database, Redis key prefix, topic and broker:
+//!
+//! - bounded staleness under mixed load, with the invalidation lag reported;
+//! - read-your-writes across instances with the consistency token, 1,000 times;
+//! - a broker paused (SIGSTOP) during writes: writes succeed, reads stay within the liveness
+//!   bound, and every missed invalidation arrives afterwards;
+//! - an instance killed and restarted during writes serves nothing stale once ready;
+//! - a relay killed between commit and publish: after restart the invalidation is delivered.
+
+use cal_domain::{EventId, EventStatus, Transparency, UserId};
+use cal_storage::{NewEvent, Store};
+use cal_test_support::{KafkaBroker, TestDb};
+use chrono::{TimeZone, Utc};
+use rand::Rng;
+use serde_json::{Value, json};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_calendar");
+const SECRET: &str = "cluster-test-secret-cluster-test-secret";
+/// The liveness bound the instances run with (the default).
+const LIVENESS: Duration = Duration::from_secs(2);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Instance {
+    child: Option<Child>,
+    port: u16,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Instance {
+    fn spawn(env: Vec<(String, String)>, tag: &str) -> Instance {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!(
+            "cal-cluster-{}-{tag}-{port}.log",
+            std::process::id()
+        ));
+        let mut me = Instance {
+            child: None,
+            port,
+            env,
+            log,
+        };
+        me.start();
+        me
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("RUST_LOG", "warn,cal_api=info,cal_server=info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/graphql", self.port)
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client
+                .get(format!("http://127.0.0.1:{}/ready", self.port))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance on {} not ready; log:\n{}",
+                self.port,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the instance has heard the stream and uses its L1.
+    async fn wait_trusting_l1(&self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self
+            .metric(client, "cal_invalidation_consumer_behind")
+            .await
+            != 0.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "instance never caught up with the stream"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
+        let text = client
+            .get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// `cal_invalidation_lag_seconds` buckets: (upper bound, cumulative count).
+    async fn lag_buckets(&self, client: &reqwest::Client) -> Vec<(f64, f64)> {
+        let text = client
+            .get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("cal_invalidation_lag_seconds_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, rest) = l.split_once("\"}")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, rest.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A quantile's bucket bound from summed cumulative buckets.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map_or(f64::NAN, |b| b.0)
+}
+
+async fn summed_lag(instances: &[&Instance], client: &reqwest::Client) -> Vec<(f64, f64)> {
+    let mut sum: Vec<(f64, f64)> = Vec::new();
+    for i in instances {
+        for (k, (le, c)) in i.lag_buckets(client).await.into_iter().enumerate() {
+            if sum.len() <= k {
+                sum.push((le, 0.0));
+            }
+            sum[k].1 += c;
+        }
+    }
+    sum
+}
+
+struct Cluster {
+    db: TestDb,
+    broker: KafkaBroker,
+    client: reqwest::Client,
+    base_env: Vec<(String, String)>,
+    owner: UserId,
+    events: Vec<EventId>,
+}
+
+impl Cluster {
+    async fn new(events: usize) -> Cluster {
+        let db = TestDb::new().await;
+        let broker = KafkaBroker::start();
+        let url = {
+            let base = cal_test_support::admin_url();
+            let i = base.rfind('/').unwrap();
+            format!("{}/{}", &base[..i], db.name)
+        };
+        let base_env = vec![
+            ("DATABASE_URL".into(), url),
+            ("REDIS_URL".into(), "redis://127.0.0.1:6379".into()),
+            ("CACHE_KEY_PREFIX".into(), format!("test:{}:", db.name)),
+            ("KAFKA_BROKERS".into(), broker.brokers()),
+            ("KAFKA_TOPIC".into(), format!("inv.{}", db.name)),
+            ("JWT_SECRET".into(), SECRET.into()),
+            ("CACHE_WARM_CALENDARS".into(), "0".into()),
+            ("DB_MAX_CONNECTIONS".into(), "8".into()),
+        ];
+        let store = Store::new(db.pool.clone());
+        let owner = store
+            .create_user("owner@example.com", "Owner", None)
+            .await
+            .unwrap()
+            .id;
+        let calendar = store
+            .create_calendar(owner, "Team", None, "UTC")
+            .await
+            .unwrap()
+            .id;
+        let mut ids = Vec::new();
+        for i in 0..events {
+            let start = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap()
+                + chrono::Duration::hours(i as i64);
+            let ev = store
+                .create_event(&NewEvent {
+                    calendar_id: calendar,
+                    organizer_id: owner,
+                    title: format!("Event {i}"),
+                    description: None,
+                    location: None,
+                    start_time: start,
+                    end_time: start + chrono::Duration::minutes(30),
+                    time_zone: "UTC".into(),
+                    all_day: false,
+                    status: EventStatus::Confirmed,
+                    transparency: Transparency::Busy,
+                    rrule: None,
+                    series_end: None,
+                    attendees: vec![],
+                    reservations: vec![],
+                })
+                .await
+                .unwrap();
+            ids.push(ev.id);
+        }
+        Cluster {
+            db,
+            broker,
+            client: reqwest::Client::new(),
+            base_env,
+            owner,
+            events: ids,
+        }
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.base_env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    async fn instances(&self, n: usize) -> Vec<Instance> {
+        let list: Vec<Instance> = (0..n)
+            .map(|i| Instance::spawn(self.env(&[]), &format!("i{i}")))
+            .collect();
+        for i in &list {
+            i.wait_ready(&self.client).await;
+            i.wait_trusting_l1(&self.client).await;
+        }
+        list
+    }
+
+    fn token(&self) -> String {
+        cal_api::auth::mint(
+            &secrecy::SecretString::from(SECRET),
+            self.owner,
+            chrono::Duration::hours(1),
+        )
+    }
+}
+
+/// One GraphQL call; returns the body and the consistency token header.
+async fn gql(
+    client: &reqwest::Client,
+    inst: &Instance,
+    token: &str,
+    consistency: Option<&str>,
+    query: &str,
+    vars: Value,
+) -> (Value, Option<String>) {
+    let mut req = client
+        .post(inst.url())
+        .bearer_auth(token)
+        .json(&json!({ "query": query, "variables": vars }));
+    if let Some(c) = consistency {
+        req = req.header("x-consistency-token", c);
+    }
+    let resp = req.send().await.expect("instance answers");
+    assert_eq!(resp.status(), 200);
+    let header = resp
+        .headers()
+        .get("x-consistency-token")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = resp.json().await.unwrap();
+    (body, header)
+}
+
+const READ: &str = "query($e: ID!) { event(id: $e) { version title } }";
+const WRITE: &str = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { version } }";
+
+async fn read_version(
+    c: &Cluster,
+    inst: &Instance,
+    token: &str,
+    consistency: Option<&str>,
+    ev: EventId,
+) -> i64 {
+    let (body, _) = gql(
+        &c.client,
+        inst,
+        token,
+        consistency,
+        READ,
+        json!({ "e": ev.to_string() }),
+    )
+    .await;
+    body["data"]["event"]["version"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("read failed: {body}"))
+}
+
+/// Writes are serialized per event with `expectedVersion` taken from the database (the truth);
+/// returns the new version and the consistency token, once acknowledged.
+async fn write(
+    c: &Cluster,
+    inst: &Instance,
+    token: &str,
+    ev: EventId,
+    write_lock: &tokio::sync::Mutex<()>,
+) -> (i64, Option<String>) {
+    let _g = write_lock.lock().await;
+    let current: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
+        .bind(ev.0)
+        .fetch_one(&c.db.pool)
+        .await
+        .unwrap();
+    let (body, header) = gql(
+        &c.client,
+        inst,
+        token,
+        None,
+        WRITE,
+        json!({ "e": ev.to_string(), "v": current, "t": format!("v{}", current + 1) }),
+    )
+    .await;
+    let v = body["data"]["updateEvent"]["version"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("write failed: {body}"));
+    let ext = body["extensions"]["consistencyToken"]
+        .as_str()
+        .map(str::to_owned);
+    assert_eq!(ext, header, "token in extensions and header agree");
+    (v, header)
+}
+
+/// Acknowledged writes: (event, version, when acknowledged).
+type Acks = Arc<Mutex<Vec<(EventId, i64, Instant)>>>;
+
+/// The newest version of `ev` acknowledged before `t`.
+fn newest_acked_before(acks: &Acks, ev: EventId, t: Instant) -> Option<i64> {
+    acks.lock()
+        .unwrap()
+        .iter()
+        .filter(|(e, _, at)| *e == ev && *at < t)
+        .map(|(_, v, _)| *v)
+        .max()
+}
+
+/// Mixed load over `instances` for `reads` reads (1% writes) by `workers` tasks. Returns
+/// (reads older than the newest write acknowledged `bound` before the read started, reads
+/// older than the newest write acknowledged before it started at all).
+async fn mixed_load(
+    c: &Arc<Cluster>,
+    instances: &Arc<Vec<Instance>>,
+    alive: &[usize],
+    reads: usize,
+    workers: usize,
+    bound: Duration,
+) -> (usize, usize) {
+    let token = c.token();
+    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+    let write_lock = Arc::new(tokio::sync::Mutex::new(()));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (c, instances, token, acks, write_lock) = (
+            c.clone(),
+            instances.clone(),
+            token.clone(),
+            acks.clone(),
+            write_lock.clone(),
+        );
+        let alive = alive.to_vec();
+        let per = reads / workers;
+        tasks.push(tokio::spawn(async move {
+            let (mut violations, mut within_bound) = (0, 0);
+            for n in 0..per {
+                let (ev, inst) = {
+                    let mut rng = rand::rng();
+                    (
+                        c.events[rng.random_range(0..c.events.len())],
+                        &instances[alive[rng.random_range(0..alive.len())]],
+                    )
+                };
+                if n % 99 == 98 {
+                    let (v, _) = write(&c, inst, &token, ev, &write_lock).await;
+                    acks.lock().unwrap().push((ev, v, Instant::now()));
+                    continue;
+                }
+                let started = Instant::now();
+                let got = read_version(&c, inst, &token, None, ev).await;
+                if newest_acked_before(&acks, ev, started - bound).is_some_and(|v| got < v) {
+                    violations += 1;
+                }
+                if newest_acked_before(&acks, ev, started).is_some_and(|v| got < v) {
+                    within_bound += 1;
+                }
+            }
+            (violations, within_bound)
+        }));
+    }
+    let mut totals = (0, 0);
+    for t in tasks {
+        let (v, w) = t.await.unwrap();
+        totals.0 += v;
+        totals.1 += w;
+    }
+    totals
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_stay_within_the_lag_bound_under_mixed_load() {
+    let c = Arc::new(Cluster::new(20).await);
+    let instances = Arc::new(c.instances(3).await);
+    // Warm every instance (L1 and response caches) before measuring.
+    let token = c.token();
+    for inst in instances.iter() {
+        for ev in &c.events {
+            read_version(&c, inst, &token, None, *ev).await;
+        }
+    }
+    let bound = LIVENESS;
+    let (stale, newer_than_read) = mixed_load(&c, &instances, &[0, 1, 2], 20_400, 8, bound).await;
+    let lag = summed_lag(&instances.iter().collect::<Vec<_>>(), &c.client).await;
+    let applied: f64 = {
+        let mut n = 0.0;
+        for i in instances.iter() {
+            n += i.metric(&c.client, "cal_invalidation_applied_total").await;
+        }
+        n
+    };
+    eprintln!(
+        "20,000 reads, ~200 writes over 3 instances: {stale} reads older than a write acknowledged {bound:?} before; \
+         {newer_than_read} reads raced a write acknowledged shortly before them; invalidation lag p50 <= {}s, p99 <= {}s over {applied} applied invalidations",
+        quantile(&lag, 0.5),
+        quantile(&lag, 0.99)
+    );
+    assert_eq!(stale, 0, "no read may be staler than the bound");
+    assert!(
+        applied >= 2.0 * 190.0,
+        "every write reaches the two other instances"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_your_writes_across_instances_with_the_token() {
+    let c = Arc::new(Cluster::new(3).await);
+    let instances = c.instances(2).await;
+    let (a, b) = (&instances[0], &instances[1]);
+    let token = c.token();
+    let lock = tokio::sync::Mutex::new(());
+    let ev = c.events[0];
+    let mut tokens_seen = 0;
+    for i in 0..1000 {
+        // B holds the old version in L1 (and its response cache) before every write.
+        read_version(&c, b, &token, None, ev).await;
+        let (writer, reader) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        let (v, consistency) = write(&c, writer, &token, ev, &lock).await;
+        tokens_seen += usize::from(consistency.is_some());
+        let got = read_version(&c, reader, &token, consistency.as_deref(), ev).await;
+        assert_eq!(
+            got, v,
+            "round {i}: read on the other instance with the token"
+        );
+    }
+    assert_eq!(
+        tokens_seen, 1000,
+        "every mutation carries a consistency token"
+    );
+    // A malformed token is refused with a clear error.
+    let (body, _) = gql(
+        &c.client,
+        b,
+        &token,
+        Some("not-a-position"),
+        READ,
+        json!({ "e": ev.to_string() }),
+    )
+    .await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_broker_costs_speed_not_correctness() {
+    let c = Arc::new(Cluster::new(10).await);
+    let instances = Arc::new(c.instances(3).await);
+    let token = c.token();
+    for inst in instances.iter() {
+        for ev in &c.events {
+            read_version(&c, inst, &token, None, *ev).await;
+        }
+    }
+    let published_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+            .fetch_one(&c.db.pool)
+            .await
+            .unwrap();
+    c.broker.pause();
+    let paused_at = Instant::now();
+    // Mixed load while the broker is stopped; reads may be stale only within the liveness
+    // bound plus one monitor tick.
+    let bound = LIVENESS + Duration::from_millis(400);
+    let (stale, _) = mixed_load(&c, &instances, &[0, 1, 2], 1_600, 4, bound).await;
+    let behind = instances[0]
+        .metric(&c.client, "cal_invalidation_consumer_behind")
+        .await;
+    let remaining = Duration::from_secs(10).saturating_sub(paused_at.elapsed());
+    tokio::time::sleep(remaining).await;
+    c.broker.resume();
+    assert_eq!(
+        stale, 0,
+        "no read staler than the liveness bound while the broker was stopped"
+    );
+    assert_eq!(
+        behind, 1.0,
+        "instances report that they stopped trusting L1"
+    );
+
+    // After resume every write's outbox row is published, each exactly at its own position.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&c.db.pool)
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} invalidations never published"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (published, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT stream_position) FROM outbox WHERE published_at IS NOT NULL",
+    )
+    .fetch_one(&c.db.pool)
+    .await
+    .unwrap();
+    assert!(published > published_before);
+    assert_eq!(published, distinct, "every row has its own stream position");
+    // Every instance trusts L1 again and has applied everything: reads agree with the database.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for inst in instances.iter() {
+        assert_eq!(
+            inst.metric(&c.client, "cal_invalidation_consumer_behind")
+                .await,
+            0.0
+        );
+        for ev in &c.events {
+            let truth: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
+                .bind(ev.0)
+                .fetch_one(&c.db.pool)
+                .await
+                .unwrap();
+            assert_eq!(read_version(&c, inst, &token, None, *ev).await, truth);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_instance_serves_nothing_stale_once_ready() {
+    let c = Arc::new(Cluster::new(10).await);
+    let mut list = c.instances(3).await;
+    let token = c.token();
+    let lock = tokio::sync::Mutex::new(());
+    // Writes continue through A and B while C is down and restarting.
+    list[2].kill();
+    for (i, ev) in c.events.iter().enumerate() {
+        write(&c, &list[i % 2], &token, *ev, &lock).await;
+    }
+    list[2].start();
+    for (i, ev) in c.events.iter().enumerate() {
+        write(&c, &list[i % 2], &token, *ev, &lock).await;
+    }
+    list[2].wait_ready(&c.client).await;
+    let instances = Arc::new(list);
+    let (stale, _) = mixed_load(&c, &instances, &[2], 2_000, 4, LIVENESS).await;
+    assert_eq!(stale, 0);
+    // And right after ready, with no bound at all: C agrees with the database.
+    for ev in &c.events {
+        let truth: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
+            .bind(ev.0)
+            .fetch_one(&c.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            read_version(&c, &instances[2], &token, None, *ev).await,
+            truth
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalidation_left_by_a_dead_relay_is_delivered_after_restart() {
+    let c = Arc::new(Cluster::new(2).await);
+    // A writes with its relay off (a relay that dies after the commit); B never takes over
+    // other instances' rows on its own (huge grace), so only A's restart can deliver.
+    let mut a = Instance::spawn(c.env(&[("RELAY_ENABLED", "false")]), "a");
+    let b = Instance::spawn(c.env(&[("RELAY_GRACE_MS", "3600000")]), "b");
+    a.wait_ready(&c.client).await;
+    b.wait_ready(&c.client).await;
+    let token = c.token();
+    let lock = tokio::sync::Mutex::new(());
+    let ev = c.events[0];
+    b.wait_trusting_l1(&c.client).await;
+    let before = read_version(&c, &b, &token, None, ev).await;
+    assert_eq!(read_version(&c, &b, &token, None, ev).await, before);
+    let (v, consistency) = write(&c, &a, &token, ev, &lock).await;
+    assert!(consistency.is_none(), "nothing was published");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        read_version(&c, &b, &token, None, ev).await,
+        before,
+        "B has not heard of the write: it is still in the outbox"
+    );
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&c.db.pool)
+        .await
+        .unwrap();
+    assert!(pending >= 1);
+
+    // The relay's process dies and comes back with its relay on.
+    a.kill();
+    a.env = c.env(&[("RELAY_GRACE_MS", "100")]);
+    a.start();
+    a.wait_ready(&c.client).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if read_version(&c, &b, &token, None, ev).await == v {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the invalidation never reached B"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.metric(&c.client, "cal_invalidation_applied_total").await >= 1.0);
+}
