@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct KafkaBroker {
     pub port: u16,
-    /// Where the broker's stdout and stderr go.
+    /// Where the broker's stdout and stderr go; removed on drop unless the test is failing.
     pub log: PathBuf,
     child: Option<Child>,
 }
@@ -159,6 +159,10 @@ impl Drop for KafkaBroker {
                 .status();
         }
         self.kill();
+        // Keep the log of a failed test for reading; drop the others'.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
