@@ -3,8 +3,11 @@
 //! - `test`: installs what the test suite needs (skipping what is present) and runs every test.
 //! - `schema`: regenerates `schema.graphql` from the code.
 //! - `bench`: seeds the large scale and measures the month view with k6 (see `docs/benchmarks.md`).
+//! - `cluster`: a local multi-instance setup (Kafka-protocol broker, N instances, load balancer).
+//! - `bench-cluster`: invalidation lag and month-view throughput, N instances versus 1.
 
 mod bench;
+mod cluster;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -30,6 +33,12 @@ enum Cmd {
     Schema,
     /// Seed the large scale and load-test the month view with k6.
     Bench(bench::BenchArgs),
+    /// Run N instances sharing PostgreSQL, Redis and a local Kafka-protocol broker (tansu) behind
+    /// a round-robin load balancer on 127.0.0.1:PORT, until Ctrl-C.
+    Cluster(cluster::ClusterArgs),
+    /// Measure cross-instance invalidation lag and month-view throughput: 1 instance, then N,
+    /// behind the load balancer, in one run.
+    BenchCluster(cluster::BenchClusterArgs),
 }
 
 fn main() -> Result<()> {
@@ -37,6 +46,8 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Schema => schema(),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Cluster(args) => cluster::run(args),
+        Cmd::BenchCluster(args) => cluster::bench(args),
     }
 }
 

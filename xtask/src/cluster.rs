@@ -1,0 +1,1240 @@
+//! Several `calendar serve` instances on one machine, sharing PostgreSQL, Redis and a
+//! Kafka-protocol broker (tansu, in-memory storage), behind a small round-robin TCP load balancer.
+//!
+//! - `cargo xtask cluster`: starts such a setup for people to try (GraphiQL through the balancer)
+//!   and keeps it up until Ctrl-C.
+//! - `cargo xtask bench-cluster`: in one run, drives the month view with k6 through the balancer
+//!   against 1 instance, then against N (default 3), and reports throughput, latency and the
+//!   cross-instance invalidation lag summed over every instance's `/metrics`.
+//!
+//! The balancer works at the TCP level: it picks the next instance for each accepted connection
+//! (skipping one that refuses it) and copies bytes both ways, so a keep-alive client stays on the
+//! instance it first reached.
+
+use crate::bench::{self, KillOnDrop};
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// More instances than this on one machine only measure the scheduler.
+const MAX_INSTANCES: u16 = 16;
+/// The invalidation lag histogram every instance exports.
+const LAG: &str = "cal_invalidation_lag_seconds";
+
+#[derive(clap::Args, Debug)]
+pub struct ClusterArgs {
+    /// Number of `calendar serve` instances behind the load balancer.
+    #[arg(long, default_value_t = 3)]
+    instances: u16,
+    /// The load balancer's port on 127.0.0.1; instance i listens on PORT+i.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Database on the local PostgreSQL (created, migrated, and seeded with the demo data when empty).
+    #[arg(long, default_value = "calendar_cluster")]
+    database: String,
+    /// Redis shared by the instances (L2 tier, key prefix `cluster:`).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Build and run the release binary (`--release false` for a debug build).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    release: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchClusterArgs {
+    /// Instances of the second phase (the first always runs one).
+    #[arg(long, default_value_t = 3)]
+    instances: u16,
+    /// The load balancer's port on 127.0.0.1; instance i listens on PORT+i.
+    #[arg(long, default_value_t = 18090)]
+    port: u16,
+    /// The benchmark database (seeded with the large scale when it is missing or stale).
+    #[arg(long, default_value = "calendar_bench")]
+    database: String,
+    /// Drop, recreate and seed the database even when it holds the large scale for this month.
+    #[arg(long)]
+    reseed: bool,
+    /// Concurrent virtual users.
+    #[arg(long, default_value_t = 20)]
+    vus: u32,
+    /// How long each measured k6 run lasts (k6 duration syntax: 30s, 2m).
+    #[arg(long, default_value = "30s")]
+    duration: String,
+    /// How long the unreported k6 warm-up before each measured run lasts (`0` skips it).
+    #[arg(long, default_value = "10s")]
+    warmup: String,
+    /// Number of calendars (with a token for their owner) that k6 picks from.
+    #[arg(long, default_value_t = 200)]
+    calendars: u32,
+    /// Zipf exponent of the calendar choice (`0`: uniform).
+    #[arg(long, default_value_t = 1.1)]
+    zipf: f64,
+    /// Share of k6 iterations that also rename an event (the writes whose invalidations are measured).
+    #[arg(long, default_value_t = 0.01)]
+    write_ratio: f64,
+    /// Redis shared by the instances (each phase uses its own key prefix).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Build and run the release binary (`--release false` for a debug build).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    release: bool,
+}
+
+/// The options both commands share, checked before anything starts.
+fn validate(instances: u16, port: u16, database: &str) -> Result<()> {
+    ensure!(
+        (1..=MAX_INSTANCES).contains(&instances),
+        "--instances must be between 1 and {MAX_INSTANCES}"
+    );
+    ensure!(port != 0, "--port must not be 0");
+    ensure!(
+        u32::from(port) + u32::from(instances) <= u32::from(u16::MAX),
+        "--port {port} leaves no room for {instances} instance ports above it (PORT+1..PORT+{instances})"
+    );
+    // The name goes into SQL and a URL; refuse anything that would need quoting.
+    ensure!(
+        !database.is_empty()
+            && database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "--database must be letters, digits and underscores"
+    );
+    Ok(())
+}
+
+/// Binds the balancer's port and checks that the instances' ports are free, with a message that
+/// says which one is taken.
+fn claim_ports(port: u16, instances: u16) -> Result<TcpListener> {
+    let taken = |p: u16, what: &str, e: std::io::Error| -> anyhow::Error {
+        if e.kind() == ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "port {p} ({what}) is already taken on 127.0.0.1 (another cluster or `calendar serve`?); \
+                 stop it or choose another --port (the balancer uses PORT, the instances PORT+1..PORT+{instances})"
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot listen on 127.0.0.1:{p} ({what})"))
+        }
+    };
+    let listener =
+        TcpListener::bind(("127.0.0.1", port)).map_err(|e| taken(port, "load balancer", e))?;
+    for i in 1..=instances {
+        let p = port + i;
+        drop(
+            TcpListener::bind(("127.0.0.1", p))
+                .map_err(|e| taken(p, &format!("instance {i}"), e))?,
+        );
+    }
+    Ok(listener)
+}
+
+/// `host:port` of a `redis://[user:password@]host[:port][/db]` URL (port 6379 when absent).
+fn redis_addr(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("redis://")?;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host_port = rest.split('/').next().filter(|h| !h.is_empty())?;
+    Some(if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:6379")
+    })
+}
+
+/// PostgreSQL and Redis must be up; say so plainly instead of letting every instance fail.
+fn check_services(redis_url: &str) -> Result<()> {
+    let mut services = vec![("PostgreSQL".to_owned(), "127.0.0.1:5432".to_owned())];
+    if let Some(addr) = redis_addr(redis_url) {
+        services.push(("Redis (--redis-url)".to_owned(), addr));
+    }
+    for (what, addr) in services {
+        let sock = addr
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .with_context(|| format!("cannot resolve {addr} ({what})"))?;
+        TcpStream::connect_timeout(&sock, Duration::from_secs(3))
+            .with_context(|| format!("{what} is not reachable at {addr}; start it first"))?;
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM set this flag instead of killing xtask, so that the guards of every child
+/// process run.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, flag.clone()).context("installing a signal handler")?;
+    }
+    Ok(flag)
+}
+
+fn check_stop(stop: &AtomicBool) -> Result<()> {
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// The tansu binary, installed by `ensure_tansu` when missing.
+fn tansu() -> Result<PathBuf> {
+    Ok(match crate::ensure_tansu()? {
+        Some(bin) => bin,
+        None => std::env::var_os("TANSU_BIN")
+            .filter(|b| !b.is_empty())
+            .map_or_else(|| PathBuf::from("tansu"), PathBuf::from),
+    })
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A tansu broker on a free loopback port with in-memory storage (the flags of
+/// `cal-test-support`'s `KafkaBroker`).
+struct Broker {
+    _child: KillOnDrop,
+    port: u16,
+}
+
+impl Broker {
+    fn start(bin: &Path, log: &Path) -> Result<Broker> {
+        let port = free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let out = std::fs::File::create(log)?;
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                &format!("cal-cluster-{port}"),
+            ])
+            // An exporter endpoint from the environment would make the broker try to reach it.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env(
+                "RUST_LOG",
+                std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut child = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = kafka_metadata_names(port) {
+            if let Some(status) = child.0.try_wait()? {
+                bail!(
+                    "tansu exited ({status}) before it was ready; see {}",
+                    log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "tansu on port {port} was not ready within 20 s ({e}); see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Broker {
+            _child: child,
+            port,
+        })
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Sends a Kafka Metadata v1 request for no topics and checks that the broker lists itself on
+/// `port` (it is then ready for clients).
+fn kafka_metadata_names(port: u16) -> Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let client_id = b"xtask-cluster";
+    let mut req = Vec::new();
+    req.extend_from_slice(&3i16.to_be_bytes()); // api key: Metadata
+    req.extend_from_slice(&1i16.to_be_bytes()); // api version 1
+    req.extend_from_slice(&7i32.to_be_bytes()); // correlation id
+    req.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+    req.extend_from_slice(client_id);
+    req.extend_from_slice(&0i32.to_be_bytes()); // topics: an empty array
+    let mut frame = (req.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&req);
+    s.write_all(&frame)?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = i32::from_be_bytes(len);
+    ensure!((8..1 << 20).contains(&len), "odd response length {len}");
+    let mut body = vec![0u8; len as usize];
+    s.read_exact(&mut body)?;
+    let mut r = Reader(&body);
+    ensure!(r.i32()? == 7, "wrong correlation id");
+    let brokers = r.i32()?;
+    for _ in 0..brokers {
+        r.i32()?; // node id
+        r.string()?; // host
+        let p = r.i32()?;
+        r.string()?; // rack
+        if p == i32::from(port) {
+            return Ok(());
+        }
+    }
+    bail!("{brokers} brokers in metadata, none on port {port}")
+}
+
+/// Reads a Kafka response: big-endian integers and length-prefixed strings.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        ensure!(self.0.len() >= n, "short metadata response");
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    fn i32(&mut self) -> Result<i32> {
+        Ok(i32::from_be_bytes(self.take(4)?.try_into()?))
+    }
+
+    fn string(&mut self) -> Result<()> {
+        let n = i16::from_be_bytes(self.take(2)?.try_into()?);
+        if n > 0 {
+            self.take(n as usize)?;
+        }
+        Ok(())
+    }
+}
+
+/// One running `calendar serve`.
+struct Instance {
+    number: u16,
+    addr: String,
+    log: PathBuf,
+    process: KillOnDrop,
+    /// Its exit was already reported.
+    reported: bool,
+}
+
+/// Settings every instance of one setup shares.
+struct Shared<'a> {
+    bin: &'a Path,
+    database_url: &'a str,
+    brokers: &'a str,
+    topic: &'a str,
+    redis_url: &'a str,
+    key_prefix: &'a str,
+    cal_env: &'a str,
+    /// Set for the benchmark (its tokens); the interactive cluster uses the dev secret.
+    jwt_secret: bool,
+}
+
+impl Shared<'_> {
+    fn spawn(&self, number: u16, port: u16, demo: bool, log: PathBuf) -> Result<Instance> {
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = if self.jwt_secret {
+            bench::calendar_command(self.bin, self.database_url, &["serve"])
+        } else {
+            let mut c = Command::new(self.bin);
+            c.current_dir(crate::root())
+                .arg("serve")
+                .env("DATABASE_URL", self.database_url);
+            c
+        };
+        if demo {
+            cmd.arg("--demo");
+        }
+        for key in [
+            "CACHE_L1",
+            "CACHE_L2",
+            "CACHE_L1_MAX_BYTES",
+            "CACHE_WARM_CALENDARS",
+            "KAFKA_PARTITIONS",
+            "RELAY_ENABLED",
+        ] {
+            cmd.env_remove(key);
+        }
+        let out = std::fs::File::create(&log)?;
+        cmd.env("LISTEN_ADDR", &addr)
+            .env("CAL_ENV", self.cal_env)
+            .env("KAFKA_BROKERS", self.brokers)
+            .env("KAFKA_TOPIC", self.topic)
+            .env("REDIS_URL", self.redis_url)
+            .env("CACHE_KEY_PREFIX", self.key_prefix)
+            // Plain text in the log files.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        Ok(Instance {
+            number,
+            addr,
+            log,
+            process: KillOnDrop(child),
+            reported: false,
+        })
+    }
+}
+
+impl Instance {
+    fn wait_ready(&mut self) -> Result<()> {
+        bench::wait_ready(&mut self.process.0, &self.addr, &self.log)
+            .with_context(|| format!("instance {}", self.number))
+    }
+
+    fn metrics(&self) -> Result<String> {
+        let (status, body) = bench::http_request(&self.addr, "GET", "/metrics", &[], "")
+            .with_context(|| format!("scraping instance {} ({})", self.number, self.addr))?;
+        ensure!(
+            status == 200,
+            "GET /metrics of instance {} answered {status}",
+            self.number
+        );
+        Ok(body)
+    }
+
+    /// Waits until the instance hears the invalidation stream (it bypasses L1 until then).
+    fn wait_stream_live(&self) -> Result<bool> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let behind = bench::prom_sum(&self.metrics()?, "cal_invalidation_consumer_behind", &[]);
+            if behind == Some(0.0) {
+                return Ok(true);
+            }
+            if Instant::now() > deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Round-robin choice of a backend per connection.
+#[derive(Default)]
+struct Rotation(AtomicUsize);
+
+impl Rotation {
+    /// The order in which to try `n` backends for the next connection: the next one in turn,
+    /// then the others after it (one that refuses the connection is skipped).
+    fn next_order(&self, n: usize) -> Vec<usize> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let start = self.0.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).map(|i| (start + i) % n).collect()
+    }
+}
+
+/// A round-robin TCP load balancer on std threads: one accept thread, two copying threads per
+/// connection.
+struct Balancer {
+    backends: RwLock<Vec<SocketAddr>>,
+    rotation: Rotation,
+    /// Connections handed to each backend since `set_backends`.
+    connections: Mutex<Vec<u64>>,
+}
+
+impl Balancer {
+    fn start(listener: TcpListener) -> Arc<Balancer> {
+        let lb = Arc::new(Balancer {
+            backends: RwLock::new(Vec::new()),
+            rotation: Rotation::default(),
+            connections: Mutex::new(Vec::new()),
+        });
+        let me = lb.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let lb = me.clone();
+                std::thread::spawn(move || lb.forward(client));
+            }
+        });
+        lb
+    }
+
+    fn set_backends(&self, addrs: Vec<SocketAddr>) {
+        *self.connections.lock().unwrap() = vec![0; addrs.len()];
+        *self.backends.write().unwrap() = addrs;
+    }
+
+    fn connections(&self) -> Vec<u64> {
+        self.connections.lock().unwrap().clone()
+    }
+
+    fn forward(&self, client: TcpStream) {
+        let backends = self.backends.read().unwrap().clone();
+        for i in self.rotation.next_order(backends.len()) {
+            let Ok(server) = TcpStream::connect_timeout(&backends[i], Duration::from_secs(2))
+            else {
+                continue;
+            };
+            if let Some(n) = self.connections.lock().unwrap().get_mut(i) {
+                *n += 1;
+            }
+            let _ = pipe(client, server);
+            return;
+        }
+        // No backend answered: dropping the client closes its connection.
+    }
+}
+
+/// Copies both directions until each side has finished sending, passing the end of one side's
+/// stream on to the other (half-close), then closes both.
+fn pipe(client: TcpStream, server: TcpStream) -> std::io::Result<()> {
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    let (c, s) = (client.try_clone()?, server.try_clone()?);
+    let upstream = std::thread::spawn(move || copy_then_close(c, s));
+    copy_then_close(server, client);
+    let _ = upstream.join();
+    Ok(())
+}
+
+fn copy_then_close(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// The line after "Dev token for user N ...:" that `serve --demo` prints: (that line, token).
+fn dev_token(log: &str) -> Option<(String, String)> {
+    let mut lines = log.lines();
+    let head = lines.find(|l| l.starts_with("Dev token for user"))?;
+    let token = lines.next()?.trim();
+    let who = head
+        .split(" (")
+        .next()
+        .unwrap_or(head)
+        .trim_end_matches(':');
+    (!token.is_empty()).then(|| (who.to_owned(), token.to_owned()))
+}
+
+pub fn run(args: ClusterArgs) -> Result<()> {
+    validate(args.instances, args.port, &args.database)?;
+    let stop = stop_flag()?;
+    check_services(&args.redis_url)?;
+    let listener = claim_ports(args.port, args.instances)?;
+    let root = crate::root();
+    let dir = bench::target_dir(&root).join("cluster");
+    std::fs::create_dir_all(&dir)?;
+    let tansu = tansu()?;
+    let bin = bench::build_calendar(&root, args.release)?;
+    check_stop(&stop)?;
+
+    let broker = Broker::start(&tansu, &dir.join("tansu.log"))?;
+    let brokers = broker.brokers();
+    eprintln!("tansu broker on {brokers}");
+    let database_url = bench::database_url(&args.database);
+    let shared = Shared {
+        bin: &bin,
+        database_url: &database_url,
+        brokers: &brokers,
+        topic: "cache.invalidate",
+        redis_url: &args.redis_url,
+        key_prefix: "cluster:",
+        cal_env: "dev",
+        jwt_secret: false,
+    };
+    let log = |i: u16| dir.join(format!("instance-{i}.log"));
+    // The first creates and migrates the database and seeds the demo data; the others start
+    // once it is ready.
+    let mut instances = vec![shared.spawn(1, args.port + 1, true, log(1))?];
+    instances[0].wait_ready()?;
+    let token = dev_token(&std::fs::read_to_string(log(1))?);
+    for i in 2..=args.instances {
+        check_stop(&stop)?;
+        instances.push(shared.spawn(i, args.port + i, false, log(i))?);
+    }
+    for instance in &mut instances[1..] {
+        instance.wait_ready()?;
+    }
+    let lb = Balancer::start(listener);
+    lb.set_backends(
+        instances
+            .iter()
+            .map(|i| i.addr.parse())
+            .collect::<Result<_, _>>()?,
+    );
+
+    let lb_url = format!("http://127.0.0.1:{}", args.port);
+    println!();
+    println!(
+        "{} instances of `calendar serve` behind a round-robin load balancer (one instance per TCP connection):",
+        args.instances
+    );
+    println!("  GraphQL + GraphiQL   {lb_url}/graphql");
+    for i in &instances {
+        println!(
+            "  instance {:<2}          http://{}/graphql   metrics: http://{}/metrics",
+            i.number, i.addr, i.addr
+        );
+    }
+    println!(
+        "  shared               PostgreSQL {database_url}, Redis {} (prefix cluster:), Kafka (tansu) {brokers} topic cache.invalidate",
+        args.redis_url
+    );
+    match &token {
+        Some((who, token)) => {
+            println!("{who} (send as `Authorization: Bearer <token>`):\n{token}");
+        }
+        None => println!("no dev token found in {}", log(1).display()),
+    }
+    println!("Logs: {}", dir.display());
+    println!("Ctrl-C stops everything.");
+
+    while !stop.load(Ordering::Relaxed) {
+        for i in &mut instances {
+            if i.reported {
+                continue;
+            }
+            if let Some(status) = i.process.0.try_wait()? {
+                i.reported = true;
+                eprintln!(
+                    "instance {} exited ({status}); the balancer skips it. Log: {}",
+                    i.number,
+                    i.log.display()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("stopping the instances and the broker");
+    drop(instances);
+    drop(broker);
+    Ok(())
+}
+
+/// Cumulative histogram buckets: (upper bound, observations at or below it), by bound; the last
+/// bound is `+Inf` (all observations).
+type Buckets = Vec<(f64, f64)>;
+
+/// The `NAME_bucket{…le="X"…} COUNT` samples of one histogram in Prometheus text.
+fn histogram_buckets(text: &str, name: &str) -> Buckets {
+    let prefix = format!("{name}_bucket{{");
+    let mut out: Buckets = text
+        .lines()
+        .filter_map(|line| {
+            let (labels, value) = line.strip_prefix(&prefix)?.split_once('}')?;
+            let le = labels
+                .split(',')
+                .find_map(|l| l.trim().strip_prefix("le=\"")?.strip_suffix('"'))?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((bound, value.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// Adds `sign * other` to `acc` bucket by bucket (instances share their bounds; a bound only
+/// one side has is kept).
+fn add_buckets(acc: &mut Buckets, other: &[(f64, f64)], sign: f64) {
+    for &(bound, count) in other {
+        match acc.iter_mut().find(|(b, _)| *b == bound) {
+            Some((_, c)) => *c += sign * count,
+            None => acc.push((bound, sign * count)),
+        }
+    }
+    acc.sort_by(|a, b| a.0.total_cmp(&b.0));
+}
+
+#[derive(Debug, PartialEq)]
+struct Quantile {
+    /// Linear interpolation inside the bucket where the cumulative count crosses the quantile's
+    /// rank (as Prometheus' `histogram_quantile`; the largest finite bound when that is `+Inf`).
+    estimate: f64,
+    /// That bucket's upper bound: the quantile is at most this (`inf`: above every bound).
+    upper: f64,
+}
+
+/// The `q` quantile of cumulative buckets; `None` without observations.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<Quantile> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(upper, count) in buckets {
+        if count >= rank && count > below {
+            let estimate = if upper.is_infinite() {
+                lower
+            } else {
+                lower + (upper - lower) * (rank - below) / (count - below)
+            };
+            return Some(Quantile { estimate, upper });
+        }
+        lower = upper;
+        below = count;
+    }
+    None
+}
+
+/// One phase of the cluster benchmark.
+#[derive(Debug, Default)]
+struct Phase {
+    instances: u16,
+    /// The measured k6 run's summary.
+    k6: Value,
+    /// Lag histogram summed over instances, measured run only (after minus before).
+    lag: Buckets,
+    /// Counters summed over instances, measured run only.
+    applied: f64,
+    published: f64,
+    publish_errors: f64,
+    /// Instances still bypassing L1 (stream behind) at the end.
+    behind_at_end: f64,
+    /// Connections the balancer gave each instance during warm-up and measured run.
+    connections: Vec<u64>,
+}
+
+fn sum_counter(texts: &[String], name: &str) -> f64 {
+    texts
+        .iter()
+        .filter_map(|t| bench::prom_sum(t, name, &[]))
+        .sum()
+}
+
+fn sum_lag(texts: &[String]) -> Buckets {
+    let mut acc = Buckets::new();
+    for t in texts {
+        add_buckets(&mut acc, &histogram_buckets(t, LAG), 1.0);
+    }
+    acc
+}
+
+impl Phase {
+    fn new(instances: u16, k6: Value, before: &[String], after: &[String]) -> Phase {
+        let mut lag = sum_lag(after);
+        add_buckets(&mut lag, &sum_lag(before), -1.0);
+        let delta = |name| sum_counter(after, name) - sum_counter(before, name);
+        Phase {
+            instances,
+            k6,
+            lag,
+            applied: delta("cal_invalidation_applied_total"),
+            published: delta("cal_invalidation_published_total"),
+            publish_errors: delta("cal_invalidation_publish_errors_total"),
+            behind_at_end: sum_counter(after, "cal_invalidation_consumer_behind"),
+            connections: Vec::new(),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self.instances {
+            1 => "1 instance".to_owned(),
+            n => format!("{n} instances"),
+        }
+    }
+}
+
+/// Milliseconds of a lag quantile: "4.1 (≤ 5)", "n/a" without samples.
+fn lag_cell(q: Option<Quantile>) -> String {
+    match q {
+        None => "n/a".to_owned(),
+        Some(q) if q.upper.is_infinite() => format!("> {:.0}", q.estimate * 1000.0),
+        Some(q) => format!("{:.1} (≤ {})", q.estimate * 1000.0, q.upper * 1000.0),
+    }
+}
+
+fn table_header() -> String {
+    "| setup | k6 req/s | p50 ms | p95 ms | p99 ms | errors | hit ratio | writes (conflicts) | published | applied / lag samples | lag p50 ms | lag p99 ms | connections per instance |\n\
+     |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        .to_owned()
+}
+
+fn table_row(p: &Phase) -> String {
+    let k = &p.k6;
+    let read = "http_req_duration{name:MonthView}";
+    let count = |name| bench::metric(k, name, "count").unwrap_or(0.0);
+    let samples = p.lag.last().map_or(0.0, |b| b.1);
+    let mut published = format!("{:.0}", p.published);
+    if p.publish_errors > 0.0 {
+        published.push_str(&format!(" ({:.0} errors)", p.publish_errors));
+    }
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {:.0} ({:.0}) | {} | {:.0} / {:.0} | {} | {} | {} |",
+        p.label(),
+        bench::num(bench::k6_rps(k), 1),
+        bench::num(bench::metric(k, read, "med"), 1),
+        bench::num(bench::metric(k, read, "p(95)"), 1),
+        bench::num(bench::metric(k, read, "p(99)"), 1),
+        bench::metric(k, "errors", "rate")
+            .map_or_else(|| "n/a".to_owned(), |r| format!("{:.2}%", r * 100.0)),
+        bench::hit_ratio(k).map_or_else(|| "n/a".to_owned(), |h| format!("{:.1}%", h * 100.0)),
+        count("writes"),
+        count("write_conflicts"),
+        published,
+        p.applied,
+        samples,
+        lag_cell(quantile(&p.lag, 0.5)),
+        lag_cell(quantile(&p.lag, 0.99)),
+        p.connections
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" / "),
+    )
+}
+
+/// "2 cores (model name)" from the machine this runs on.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cores} cores ({model})")
+}
+
+/// Whether `database` exists and holds the large scale with events in `[from, to)`.
+fn large_seed_present(database: &str, from: &str, to: &str) -> Result<bool> {
+    let psql = |db: &str, sql: &str| -> Result<String> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db])
+            .args(["-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running psql")?;
+        ensure!(out.status.success(), "psql failed: {sql}");
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let exists = psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{database}'"),
+    )?;
+    if exists != "1" {
+        eprintln!("database {database} does not exist");
+        return Ok(false);
+    }
+    let seeded = psql(
+        database,
+        &format!(
+            "SELECT to_regclass('public.events') IS NOT NULL \
+             AND (SELECT count(*) FROM users) >= 20000 \
+             AND EXISTS (SELECT 1 FROM events WHERE start_time >= '{from}' AND start_time < '{to}')"
+        ),
+    );
+    // A database without the tables makes the subqueries fail: not seeded either.
+    let present = seeded.is_ok_and(|s| s == "t");
+    if !present {
+        eprintln!(
+            "database {database} does not hold the large scale for this month ({from} .. {to})"
+        );
+    }
+    Ok(present)
+}
+
+pub fn bench(args: BenchClusterArgs) -> Result<()> {
+    validate(args.instances, args.port, &args.database)?;
+    ensure!(args.zipf >= 0.0, "--zipf must not be negative");
+    ensure!(
+        (0.0..=1.0).contains(&args.write_ratio),
+        "--write-ratio must be between 0 and 1"
+    );
+    let command = format!(
+        "cargo xtask {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let stop = stop_flag()?;
+    check_services(&args.redis_url)?;
+    let listener = claim_ports(args.port, args.instances)?;
+    let root = crate::root();
+    let out_dir = bench::target_dir(&root).join("cluster-bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let tansu = tansu()?;
+    let k6 = bench::ensure_k6()?;
+    let bin = bench::build_calendar(&root, args.release)?;
+    check_stop(&stop)?;
+
+    let database_url = bench::database_url(&args.database);
+    let calendar = |sub: &[&str]| bench::calendar_command(&bin, &database_url, sub);
+    let (from, to) = bench::current_month();
+    let mut seed_secs = None;
+    if args.reseed || !large_seed_present(&args.database, &from, &to)? {
+        seed_secs = Some(bench::seed_large(&args.database, calendar)?);
+    } else {
+        eprintln!(
+            "reusing {} (large scale for this month); --reseed recreates it",
+            args.database
+        );
+        crate::run(&mut calendar(&["migrate"]))?;
+    }
+    let fixtures_path = out_dir.join("fixtures.json");
+    let (_, n_fixtures) = bench::write_fixtures(calendar, args.calendars, &fixtures_path)?;
+    check_stop(&stop)?;
+
+    let broker = Broker::start(&tansu, &out_dir.join("tansu.log"))?;
+    let brokers = broker.brokers();
+    let lb = Balancer::start(listener);
+    let base_url = format!("http://127.0.0.1:{}", args.port);
+    let run_id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let k6_run = |duration: &str, summary: &Path| -> Result<Value> {
+        let _ = std::fs::remove_file(summary);
+        crate::run(
+            Command::new(&k6)
+                .current_dir(&root)
+                .args(["run", "--quiet", "loadtests/month_view.js"])
+                .env("FIXTURES", &fixtures_path)
+                .env("BASE_URL", &base_url)
+                .env("VUS", args.vus.to_string())
+                .env("DURATION", duration)
+                .env("FROM", &from)
+                .env("TO", &to)
+                .env("ZIPF", args.zipf.to_string())
+                .env("WRITE_RATIO", args.write_ratio.to_string())
+                .env("SUMMARY", summary),
+        )?;
+        Ok(serde_json::from_slice(
+            &std::fs::read(summary)
+                .with_context(|| format!("k6 wrote no {}", summary.display()))?,
+        )?)
+    };
+
+    let mut counts = vec![1];
+    if args.instances > 1 {
+        counts.push(args.instances);
+    }
+    let mut phases = Vec::new();
+    let mut notes = Vec::new();
+    for count in counts {
+        check_stop(&stop)?;
+        eprintln!("\n=== {count} instance(s) behind the balancer ===");
+        let topic = format!("bench.cluster.{run_id}.{count}");
+        let prefix = format!("benchcluster:{run_id}:{count}:");
+        let shared = Shared {
+            bin: &bin,
+            database_url: &database_url,
+            brokers: &brokers,
+            topic: &topic,
+            redis_url: &args.redis_url,
+            key_prefix: &prefix,
+            cal_env: "prod",
+            jwt_secret: true,
+        };
+        let mut instances = (1..=count)
+            .map(|i| {
+                let log = out_dir.join(format!("phase{count}-instance-{i}.log"));
+                shared.spawn(i, args.port + i, false, log)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for i in &mut instances {
+            i.wait_ready()?;
+        }
+        for i in &instances {
+            if !i.wait_stream_live()? {
+                let note = format!(
+                    "{count} instances: instance {} still reported the stream behind 30 s after start",
+                    i.number
+                );
+                eprintln!("warning: {note}");
+                notes.push(note);
+            }
+        }
+        lb.set_backends(
+            instances
+                .iter()
+                .map(|i| i.addr.parse())
+                .collect::<Result<_, _>>()?,
+        );
+        if args.warmup != "0" {
+            eprintln!("warm-up ({}, not reported)", args.warmup);
+            k6_run(
+                &args.warmup,
+                &out_dir.join(format!("warmup-phase{count}.json")),
+            )?;
+        }
+        check_stop(&stop)?;
+        let before = instances
+            .iter()
+            .map(Instance::metrics)
+            .collect::<Result<Vec<_>>>()?;
+        let summary = k6_run(
+            &args.duration,
+            &out_dir.join(format!("summary-phase{count}.json")),
+        )?;
+        let after = instances
+            .iter()
+            .map(Instance::metrics)
+            .collect::<Result<Vec<_>>>()?;
+        for (i, text) in instances.iter().zip(&after) {
+            std::fs::write(
+                out_dir.join(format!("metrics-phase{count}-instance-{}.txt", i.number)),
+                text,
+            )?;
+        }
+        let mut phase = Phase::new(count, summary, &before, &after);
+        phase.connections = lb.connections();
+        eprintln!("{}", table_row(&phase));
+        phases.push(phase);
+        drop(instances);
+    }
+    drop(broker);
+
+    let mut report = String::new();
+    if let Some(secs) = seed_secs {
+        report.push_str(&format!("Large seed: {secs:.1} s\n\n"));
+    }
+    report.push_str(&format!(
+        "`{command}`: {} {} | {} | VUs {} | k6 {} after {} warm-up per phase | Zipf s={} over {n_fixtures} calendars | write ratio {} | window {from} .. {to}\n\n",
+        bench::today(),
+        bench::commit(&root),
+        machine(),
+        args.vus,
+        args.duration,
+        args.warmup,
+        args.zipf,
+        args.write_ratio,
+    ));
+    report.push_str(&table_header());
+    report.push('\n');
+    for p in &phases {
+        report.push_str(&table_row(p));
+        report.push('\n');
+    }
+    if let [one, many] = &phases[..] {
+        report.push_str(&format!(
+            "\n{} over 1 instance: k6 req/s {}, p99 {}\n",
+            many.label(),
+            bench::ratio(bench::k6_rps(&many.k6), bench::k6_rps(&one.k6)),
+            bench::ratio(
+                bench::metric(&many.k6, "http_req_duration{name:MonthView}", "p(99)"),
+                bench::metric(&one.k6, "http_req_duration{name:MonthView}", "p(99)")
+            ),
+        ));
+    }
+    for p in &phases {
+        if p.behind_at_end > 0.0 {
+            notes.push(format!(
+                "{}: {} instance(s) had the stream behind (L1 bypassed) at the end",
+                p.label(),
+                p.behind_at_end
+            ));
+        }
+    }
+    for note in &notes {
+        report.push_str(&format!("\nnote: {note}\n"));
+    }
+    let results = out_dir.join("results.md");
+    std::fs::write(&results, &report)?;
+    println!("{report}");
+    eprintln!(
+        "(also in {}; logs and metrics beside it)",
+        results.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked() {
+        assert!(validate(3, 8080, "calendar_cluster").is_ok());
+        assert!(validate(1, 65534, "db").is_ok());
+        assert!(validate(0, 8080, "db").is_err());
+        assert!(validate(MAX_INSTANCES + 1, 8080, "db").is_err());
+        assert!(validate(3, 0, "db").is_err());
+        assert!(validate(3, 65533, "db").is_err());
+        assert!(validate(3, 8080, "").is_err());
+        assert!(validate(3, 8080, "cal-endar").is_err());
+        assert!(validate(3, 8080, "x\"; DROP").is_err());
+    }
+
+    #[test]
+    fn taken_port_is_refused() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let err = claim_ports(port, 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("port {port}")), "{err}");
+        assert!(err.contains("already taken"), "{err}");
+        // An instance port (PORT+1) taken is refused too, naming the instance.
+        let err = claim_ports(port - 1, 1);
+        if let Err(e) = err {
+            let e = e.to_string();
+            assert!(
+                e.contains("instance 1") || e.contains("load balancer"),
+                "{e}"
+            );
+        } else {
+            panic!("port {port} is held, yet PORT+1 was accepted");
+        }
+    }
+
+    #[test]
+    fn round_robin_with_fallback_order() {
+        let r = Rotation::default();
+        assert_eq!(r.next_order(3), [0, 1, 2]);
+        assert_eq!(r.next_order(3), [1, 2, 0]);
+        assert_eq!(r.next_order(3), [2, 0, 1]);
+        assert_eq!(r.next_order(3), [0, 1, 2]);
+        assert_eq!(r.next_order(1), [0]);
+        assert!(r.next_order(0).is_empty());
+    }
+
+    #[test]
+    fn balancer_spreads_connections_and_skips_a_dead_backend() {
+        // Two echo-style backends that answer with their own name, and one closed port.
+        let backend = |name: &'static str| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            std::thread::spawn(move || {
+                for mut s in l.incoming().flatten() {
+                    let mut buf = [0u8; 4];
+                    let _ = s.read_exact(&mut buf);
+                    let _ = s.write_all(name.as_bytes());
+                }
+            });
+            addr
+        };
+        let a = backend("a");
+        let b = backend("b");
+        let dead = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let lb_addr = listener.local_addr().unwrap();
+        let lb = Balancer::start(listener);
+        lb.set_backends(vec![a, dead, b]);
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            let mut s = TcpStream::connect(lb_addr).unwrap();
+            s.write_all(b"ping").unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            got.push(answer);
+        }
+        // Turns: a, dead→b, b, a, dead→b, b.
+        assert_eq!(got, ["a", "b", "b", "a", "b", "b"]);
+        assert_eq!(lb.connections(), [2, 0, 4]);
+    }
+
+    const METRICS: &str = "# HELP cal_invalidation_lag_seconds From a write's acknowledgement
+# TYPE cal_invalidation_lag_seconds histogram
+cal_invalidation_lag_seconds_bucket{le=\"0.001\"} 0
+cal_invalidation_lag_seconds_bucket{le=\"0.002\"} 10
+cal_invalidation_lag_seconds_bucket{le=\"0.005\"} 80
+cal_invalidation_lag_seconds_bucket{le=\"0.01\"} 98
+cal_invalidation_lag_seconds_bucket{le=\"0.02\"} 100
+cal_invalidation_lag_seconds_bucket{le=\"+Inf\"} 100
+cal_invalidation_lag_seconds_sum 0.4
+cal_invalidation_lag_seconds_count 100
+cal_invalidation_applied_total 100
+";
+
+    #[test]
+    fn buckets_from_prometheus_text() {
+        assert_eq!(
+            histogram_buckets(METRICS, LAG),
+            [
+                (0.001, 0.0),
+                (0.002, 10.0),
+                (0.005, 80.0),
+                (0.01, 98.0),
+                (0.02, 100.0),
+                (f64::INFINITY, 100.0)
+            ]
+        );
+        assert!(histogram_buckets(METRICS, "cal_other").is_empty());
+        let labelled = "x_bucket{kind=\"a\",le=\"0.5\"} 3\nx_bucket{kind=\"a\",le=\"+Inf\"} 4\n";
+        assert_eq!(
+            histogram_buckets(labelled, "x"),
+            [(0.5, 3.0), (f64::INFINITY, 4.0)]
+        );
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_the_crossing_bucket() {
+        let b = histogram_buckets(METRICS, LAG);
+        // p50: rank 50 lies in (0.002, 0.005] holding 70 (10 below): 0.002 + 0.003 * 40/70.
+        let p50 = quantile(&b, 0.5).unwrap();
+        assert_eq!(p50.upper, 0.005);
+        assert!((p50.estimate - (0.002 + 0.003 * 40.0 / 70.0)).abs() < 1e-12);
+        // p99: rank 99 lies in (0.01, 0.02] holding 2 (98 below): halfway.
+        let p99 = quantile(&b, 0.99).unwrap();
+        assert_eq!(p99.upper, 0.02);
+        assert!((p99.estimate - 0.015).abs() < 1e-12);
+        // p10: rank 10 is exactly the count at 0.002: that bound.
+        assert!((quantile(&b, 0.1).unwrap().estimate - 0.002).abs() < 1e-12);
+        // Nothing observed: no quantile.
+        assert_eq!(quantile(&[(0.1, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
+        assert_eq!(quantile(&[], 0.5), None);
+        // Above every finite bound: the largest finite bound, with an infinite upper bound.
+        let q = quantile(&[(0.1, 1.0), (f64::INFINITY, 10.0)], 0.99).unwrap();
+        assert_eq!(
+            q,
+            Quantile {
+                estimate: 0.1,
+                upper: f64::INFINITY
+            }
+        );
+        assert_eq!(lag_cell(Some(q)), "> 100");
+        assert_eq!(lag_cell(quantile(&b, 0.99)), "15.0 (≤ 20)");
+    }
+
+    #[test]
+    fn instances_are_summed_and_the_warm_up_subtracted() {
+        let before = vec![METRICS.to_owned(), String::new()];
+        let second = METRICS
+            .replace("} 100", "} 150")
+            .replace("applied_total 100", "applied_total 150");
+        let after = vec![METRICS.replace("} 100", "} 200"), second];
+        let p = Phase::new(2, Value::Null, &before, &after);
+        // Instance 1 gained 100 in (0.01, 0.02] and beyond; instance 2 reports 150 there from scratch.
+        assert_eq!(p.lag.last(), Some(&(f64::INFINITY, 250.0)));
+        assert_eq!(p.lag[3], (0.01, 98.0));
+        assert_eq!(p.applied, 150.0);
+    }
+
+    #[test]
+    fn redis_addresses() {
+        assert_eq!(
+            redis_addr("redis://127.0.0.1:6379").as_deref(),
+            Some("127.0.0.1:6379")
+        );
+        assert_eq!(
+            redis_addr("redis://user:pw@cache/2").as_deref(),
+            Some("cache:6379")
+        );
+        assert_eq!(redis_addr("rediss://x"), None);
+        assert_eq!(redis_addr("redis://"), None);
+    }
+
+    #[test]
+    fn dev_token_from_the_demo_log() {
+        let log = "2026-11-22T10:00:00Z  INFO created database\n\nCalendar service on http://127.0.0.1:8081/graphql (GraphiQL: open it in a browser)\nDev token for user 1 (send as `Authorization: Bearer <token>`):\neyJ.abc.def\n\n";
+        assert_eq!(
+            dev_token(log),
+            Some(("Dev token for user 1".to_owned(), "eyJ.abc.def".to_owned()))
+        );
+        assert_eq!(dev_token("nothing here"), None);
+    }
+}
