@@ -181,7 +181,14 @@ impl Relay {
                     self.seq.fetch_add(1, Ordering::Relaxed),
                 );
                 inv.outbox_id = Some(row.id);
-                inv.sent_at_ms = u64::try_from(row.created_at.timestamp_millis()).unwrap_or(0);
+                // The lag clock starts when the write is acknowledged. A writer still waiting
+                // for this row acknowledges right after the publish, so "now" is a (slightly
+                // early) ack time; a row nobody waits for any more (an orphan, or a writer that
+                // gave up waiting) was acknowledged at the latest when it was written.
+                let waited_for = self.waiters.lock().unwrap().contains_key(&row.id);
+                if !waited_for {
+                    inv.sent_at_ms = u64::try_from(row.created_at.timestamp_millis()).unwrap_or(0);
+                }
                 inv.trace_context = row.trace_context.clone();
                 self.bus.publish(inv)
             });
