@@ -11,6 +11,7 @@ mod outbox;
 mod reads;
 mod rows;
 pub mod seed;
+mod statement;
 mod writes;
 
 pub use error::{Conflict, StorageError};
@@ -19,6 +20,7 @@ pub use outbox::{ClaimedOutbox, OutboxRow};
 pub use reads::{VersionedList, WindowRows};
 pub use seed::{NoProgress, Progress, Scale, SeedSummary, UnknownScale};
 pub use sqlx::PgPool;
+pub use statement::DEFAULT_SLOW_STATEMENT;
 pub use writes::{EventPatch, NewAttendee, NewEvent, NewReservation};
 
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub struct StoreStats {
     cache_backed: AtomicU64,
     /// What the change sink answered for the last commit (e.g. a consistency token).
     commit_token: std::sync::Mutex<Option<String>>,
+    /// Slow statements by name (see [`StoreStats::slow_statements`]).
+    slow: statement::SlowStatements,
 }
 
 impl StoreStats {
@@ -98,6 +102,8 @@ pub struct Store {
     origin: Option<Arc<str>>,
     /// The writing request's W3C trace context, carried in its outbox rows to the bus.
     trace_context: Option<Arc<Vec<(String, String)>>>,
+    /// Statements at least this slow are logged and counted (see [`statement`]).
+    slow_threshold: std::time::Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -119,6 +125,7 @@ impl Store {
             cache_backed: false,
             origin: None,
             trace_context: None,
+            slow_threshold: DEFAULT_SLOW_STATEMENT,
         }
     }
 

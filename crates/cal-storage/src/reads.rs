@@ -195,25 +195,34 @@ fn map<T>(
 }
 
 impl Store {
+    /// Sends one read statement, observed under `name` (see [`crate::statement`]).
     async fn fetch(
         &self,
+        name: &'static str,
         q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<PgRow>> {
+        let st = self.statement(name);
         let rows = q.fetch_all(self.pool()).await?;
-        self.counted(rows.len());
+        st.done(rows.len());
         Ok(rows)
     }
 
     pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>> {
         let rows = self
-            .fetch(sqlx::query(USERS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .fetch(
+                "users.by_ids",
+                sqlx::query(USERS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
+            )
             .await?;
         map(rows, rows::user)
     }
 
     pub async fn calendars_by_ids(&self, ids: &[CalendarId]) -> Result<Vec<Calendar>> {
         let rows = self
-            .fetch(sqlx::query(CALENDARS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .fetch(
+                "calendars.by_ids",
+                sqlx::query(CALENDARS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
+            )
             .await?;
         map(rows, rows::calendar)
     }
@@ -221,7 +230,10 @@ impl Store {
     /// Live (not deleted) events by id.
     pub async fn events_by_ids(&self, ids: &[EventId]) -> Result<Vec<Event>> {
         let rows = self
-            .fetch(sqlx::query(EVENTS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .fetch(
+                "events.by_ids",
+                sqlx::query(EVENTS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
+            )
             .await?;
         map(rows, rows::event)
     }
@@ -232,7 +244,10 @@ impl Store {
         ids: &[EventId],
     ) -> Result<Vec<VersionedList<Attendee>>> {
         let rows = self
-            .fetch(sqlx::query(ATTENDEES_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))))
+            .fetch(
+                "attendees.by_event_ids",
+                sqlx::query(ATTENDEES_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))),
+            )
             .await?;
         group_lists(&rows, |r| {
             let user: Option<i64> = sqlx::Row::try_get(r, "user_id")?;
@@ -248,7 +263,10 @@ impl Store {
         ids: &[EventId],
     ) -> Result<Vec<VersionedList<(Reservation, Resource)>>> {
         let rows = self
-            .fetch(sqlx::query(RESERVATIONS_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))))
+            .fetch(
+                "reservations.by_event_ids",
+                sqlx::query(RESERVATIONS_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))),
+            )
             .await?;
         group_lists(&rows, |r| {
             let id: Option<i64> = sqlx::Row::try_get(r, "id")?;
@@ -266,14 +284,20 @@ impl Store {
 
     pub async fn resources_by_ids(&self, ids: &[ResourceId]) -> Result<Vec<Resource>> {
         let rows = self
-            .fetch(sqlx::query(RESOURCES_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))))
+            .fetch(
+                "resources.by_ids",
+                sqlx::query(RESOURCES_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
+            )
             .await?;
         map(rows, rows::resource)
     }
 
     pub async fn reservation_by_id(&self, id: ReservationId) -> Result<Option<Reservation>> {
         let rows = self
-            .fetch(sqlx::query(RESERVATION_BY_ID.as_str()).bind(id.0))
+            .fetch(
+                "reservation.by_id",
+                sqlx::query(RESERVATION_BY_ID.as_str()).bind(id.0),
+            )
             .await?;
         Ok(map(rows, rows::reservation)?.into_iter().next())
     }
@@ -297,7 +321,7 @@ impl Store {
             limit,
         );
         let mut out = WindowRows::default();
-        for r in self.fetch(q).await? {
+        for r in self.fetch("events.in_window", q).await? {
             let part: i32 = sqlx::Row::try_get(&r, "part")?;
             let ev = rows::event(&r)?;
             match part {
@@ -323,7 +347,7 @@ impl Store {
         .bind(from)
         .bind(to)
         .bind(n);
-        let rows = self.fetch(q).await?;
+        let rows = self.fetch("calendars.most_active", q).await?;
         rows.iter()
             .map(|r| {
                 sqlx::Row::try_get::<i64, _>(r, 0)
@@ -336,7 +360,7 @@ impl Store {
     /// Calendars a user is a member of, with the role, ordered by calendar id.
     pub async fn memberships_of(&self, user: UserId) -> Result<Vec<(CalendarId, Role)>> {
         let q = sqlx::query(MEMBERSHIPS_OF).bind(user.0);
-        let rows = self.fetch(q).await?;
+        let rows = self.fetch("memberships.of_user", q).await?;
         rows.iter()
             .map(|r| {
                 use sqlx::Row;
@@ -363,7 +387,7 @@ impl Store {
         let q = sqlx::query(OWNERS_SHARING_WITH)
             .bind(viewer.0)
             .bind(raw(owners.iter().map(|i| i.0)));
-        let rows = self.fetch(q).await?;
+        let rows = self.fetch("owners.sharing_with", q).await?;
         rows.iter()
             .map(|r| {
                 sqlx::Row::try_get::<i64, _>(r, 0)
@@ -384,7 +408,7 @@ impl Store {
             sqlx::query(BUSY_OF_USERS).bind(raw(users.iter().map(|i| i.0))),
             window,
         );
-        let rows = self.fetch(q).await?;
+        let rows = self.fetch("busy.of_users", q).await?;
         intervals(rows, UserId)
     }
 
@@ -400,7 +424,7 @@ impl Store {
             .bind(window.to())
             .bind(window.from());
         let mut series = Vec::new();
-        for r in self.fetch(q).await? {
+        for r in self.fetch("busy.series_of_users", q).await? {
             series.push((UserId(sqlx::Row::try_get(&r, "who")?), rows::event(&r)?));
         }
         if series.is_empty() {
@@ -414,7 +438,7 @@ impl Store {
             .bind(window.earliest_overlapping_start())
             .bind(window.to());
         let mut overridden = Vec::new();
-        for r in self.fetch(q).await? {
+        for r in self.fetch("events.overridden_starts", q).await? {
             overridden.push((
                 EventId(sqlx::Row::try_get(&r, 0)?),
                 sqlx::Row::try_get(&r, 1)?,
@@ -433,7 +457,7 @@ impl Store {
             sqlx::query(BUSY_OF_RESOURCES).bind(raw(resources.iter().map(|i| i.0))),
             window,
         );
-        let rows = self.fetch(q).await?;
+        let rows = self.fetch("busy.of_resources", q).await?;
         intervals(rows, ResourceId)
     }
 }

@@ -107,6 +107,7 @@ impl Store {
             let keys =
                 cal_domain::cache_keys::invalidations(&tx.changes.events, &tx.changes.calendars);
             let first = tx.records.first().cloned().unwrap_or_default();
+            let st = self.statement("outbox.insert");
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, origin, created_at) \
                  VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id",
@@ -122,7 +123,7 @@ impl Store {
             .bind(self.origin.as_deref())
             .fetch_one(&mut *tx.tx)
             .await?;
-            self.counted(1);
+            st.done(1);
             tx.changes.outbox_id = Some(id);
         }
         tx.tx.commit().await?;
@@ -142,12 +143,13 @@ impl Store {
         if let Some((_, v)) = tx.changes.calendars.iter().find(|(c, _)| *c == calendar) {
             return Ok(*v);
         }
+        let st = self.statement("calendars.bump_version");
         let version: Option<i64> =
             sqlx::query_scalar("UPDATE calendars SET version = version + 1, updated_at = now() WHERE id = $1 RETURNING version")
                 .bind(calendar.0)
                 .fetch_optional(&mut **tx)
                 .await?;
-        self.counted(version.is_some() as usize);
+        st.done(version.is_some() as usize);
         let version = version.ok_or(StorageError::NotFound)?;
         tx.changes.calendars.retain(|(c, _)| *c != calendar);
         tx.changes.calendars.push((calendar, version));
@@ -191,6 +193,7 @@ impl Store {
         let sql = format!(
             "INSERT INTO users (email, name, avatar_url) VALUES ($1, $2, $3) RETURNING {USER_COLS}"
         );
+        let st = self.statement("users.insert");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(email)
             .bind(name)
@@ -198,7 +201,7 @@ impl Store {
             .fetch_one(self.pool())
             .await
             .map_err(StorageError::from_db)?;
-        self.counted(1);
+        st.done(1);
         Ok(rows::user(&row)?)
     }
 
@@ -212,6 +215,7 @@ impl Store {
         let sql = format!(
             "INSERT INTO resources (name, kind, capacity, location) VALUES ($1, $2, $3, $4) RETURNING {RESOURCE_COLS}"
         );
+        let st = self.statement("resources.insert");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(name)
             .bind(kind.as_str())
@@ -220,17 +224,18 @@ impl Store {
             .fetch_one(self.pool())
             .await
             .map_err(StorageError::from_db)?;
-        self.counted(1);
+        st.done(1);
         Ok(rows::resource(&row)?)
     }
 
     async fn calendar_in(&self, conn: &mut PgConnection, id: CalendarId) -> Result<Calendar> {
         let sql = format!("SELECT {CALENDAR_COLS} FROM {CALENDAR_FROM} WHERE c.id = $1");
+        let st = self.statement("calendars.by_id");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.0)
             .fetch_one(conn)
             .await?;
-        self.counted(1);
+        st.done(1);
         Ok(rows::calendar(&row)?)
     }
 
@@ -243,6 +248,7 @@ impl Store {
         time_zone: &str,
     ) -> Result<Calendar> {
         let mut tx = self.begin().await?;
+        let st = self.statement("calendars.insert");
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO calendars (owner_id, name, description, time_zone) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -253,7 +259,8 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(StorageError::from_db)?;
-        self.counted(1);
+        st.done(1);
+        let st = self.statement("calendar_members.insert_owner");
         sqlx::query(
             "INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, 'owner')",
         )
@@ -262,7 +269,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StorageError::from_db)?;
-        self.counted(1);
+        st.done(1);
         // A new calendar may have been cached as missing.
         tx.changes.calendars.push((CalendarId(id), 1));
         self.outbox(
@@ -292,6 +299,7 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         self.touch_calendar(&mut tx, calendar).await?;
+        let st = self.statement("calendar_members.upsert");
         let changed = sqlx::query(
             "INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, $3) \
              ON CONFLICT (calendar_id, user_id) DO UPDATE SET role = EXCLUDED.role \
@@ -304,7 +312,7 @@ impl Store {
         .await
         .map_err(StorageError::from_db)?
         .rows_affected();
-        self.counted(0);
+        st.done(0);
         if changed == 0 {
             return Err(StorageError::Invalid(
                 "the owner's role cannot be changed".into(),
@@ -327,13 +335,14 @@ impl Store {
     pub async fn unshare_calendar(&self, calendar: CalendarId, user: UserId) -> Result<bool> {
         let mut tx = self.begin().await?;
         self.touch_calendar(&mut tx, calendar).await?;
+        let st = self.statement("calendar_members.delete");
         let removed = sqlx::query("DELETE FROM calendar_members WHERE calendar_id = $1 AND user_id = $2 AND role <> 'owner'")
             .bind(calendar.0)
             .bind(user.0)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        self.counted(0);
+        st.done(0);
         if removed > 0 {
             self.outbox(
                 &mut tx,
@@ -370,12 +379,13 @@ impl Store {
             "UPDATE events SET version = version + 1, updated_at = now() \
              WHERE id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR version = $2) RETURNING {EVENT_COLS}"
         );
+        let st = self.statement("events.bump_version");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.0)
             .bind(expected)
             .fetch_optional(&mut *conn)
             .await?;
-        self.counted(row.is_some() as usize);
+        st.done(row.is_some() as usize);
         match row {
             Some(r) => Ok(rows::event(&r)?),
             None => Err(self.why_not_updated(conn, id, expected).await?),
@@ -388,12 +398,13 @@ impl Store {
         id: EventId,
         expected: Option<i64>,
     ) -> Result<StorageError> {
+        let st = self.statement("events.current_version");
         let current: Option<i64> =
             sqlx::query_scalar("SELECT version FROM events WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id.0)
                 .fetch_optional(conn)
                 .await?;
-        self.counted(current.is_some() as usize);
+        st.done(current.is_some() as usize);
         Ok(match (current, expected) {
             (Some(current), Some(expected)) => StorageError::VersionConflict { expected, current },
             _ => StorageError::NotFound,
@@ -411,6 +422,7 @@ impl Store {
         }
         let ids: Vec<i64> = attendees.iter().map(|a| a.user_id.0).collect();
         let optional: Vec<bool> = attendees.iter().map(|a| a.is_optional).collect();
+        let st = self.statement("attendees.insert");
         let n = sqlx::query(
             "INSERT INTO attendees (event_id, user_id, email, name, is_optional) \
              SELECT $1, u.id, u.email, u.name, x.optional \
@@ -424,7 +436,7 @@ impl Store {
         .await
         .map_err(StorageError::from_db)?
         .rows_affected();
-        self.counted(0);
+        st.done(0);
         if n as usize != ids.len() {
             return Err(StorageError::Invalid("unknown user among attendees".into()));
         }
@@ -448,6 +460,7 @@ impl Store {
              SELECT $1, x.r, x.s, x.e FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[]) AS x(r, s, e) \
              RETURNING {RESERVATION_COLS}"
         );
+        let st = self.statement("reservations.insert");
         let result = sqlx::query(AssertSqlSafe(sql))
             .bind(event.id.0)
             .bind(&res)
@@ -457,7 +470,7 @@ impl Store {
             .await;
         match result {
             Ok(rows) => {
-                self.counted(rows.len());
+                st.done(rows.len());
                 rows.iter()
                     .map(|r| {
                         rows::reservation(r).map_err(|e| InsertReservationError::Other(e.into()))
@@ -465,11 +478,11 @@ impl Store {
                     .collect()
             }
             Err(e) if StorageError::is_overlap(&e) => {
-                self.counted(0);
+                st.done(0);
                 Err(InsertReservationError::Overlap(res, starts, ends))
             }
             Err(e) => {
-                self.counted(0);
+                st.done(0);
                 Err(InsertReservationError::Other(StorageError::from_db(e)))
             }
         }
@@ -483,6 +496,7 @@ impl Store {
         starts: &[DateTime<Utc>],
         ends: &[DateTime<Utc>],
     ) -> Result<Vec<Conflict>> {
+        let st = self.statement("reservations.conflicts");
         let rows = sqlx::query(
             "SELECT DISTINCT r.resource_id, r.event_id, r.start_time, r.end_time FROM reservations r \
              JOIN unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS x(r, s, e) \
@@ -496,7 +510,7 @@ impl Store {
         .bind(event.map(|e| e.0))
         .fetch_all(self.pool())
         .await?;
-        self.counted(rows.len());
+        st.done(rows.len());
         rows.iter()
             .map(|r| {
                 Ok(Conflict {
@@ -570,6 +584,7 @@ impl Store {
                time_zone, all_day, status, transparency, rrule, series_end) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {EVENT_COLS}"
         );
+        let st = self.statement("events.insert");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(new.calendar_id.0)
             .bind(new.organizer_id.0)
@@ -587,7 +602,7 @@ impl Store {
             .fetch_one(&mut **tx)
             .await
             .map_err(StorageError::from_db)?;
-        self.counted(1);
+        st.done(1);
         let event = rows::event(&row)?;
         self.record_event(tx, &event).await?;
         Ok(event)
@@ -606,12 +621,13 @@ impl Store {
              WHERE recurring_event_id = $1 AND ($2::timestamptz IS NULL OR original_start_time = $2) \
                AND deleted_at IS NULL RETURNING {EVENT_COLS}"
         );
+        let st = self.statement("events.delete_overrides");
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(series.0)
             .bind(original_start)
             .fetch_all(&mut **tx)
             .await?;
-        self.counted(rows.len());
+        st.done(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         for r in &rows {
             let o = rows::event(r)?;
@@ -628,6 +644,7 @@ impl Store {
         from: EventId,
         to: EventId,
     ) -> Result<()> {
+        let st = self.statement("attendees.copy");
         sqlx::query(
             "INSERT INTO attendees (event_id, user_id, email, name, response_status, is_optional) \
              SELECT $2, user_id, email, name, response_status, is_optional FROM attendees WHERE event_id = $1",
@@ -636,7 +653,7 @@ impl Store {
         .bind(to.0)
         .execute(conn)
         .await?;
-        self.counted(0);
+        st.done(0);
         Ok(())
     }
 
@@ -683,6 +700,7 @@ impl Store {
                series_end = CASE WHEN $15 THEN $16 ELSE series_end END \
              WHERE id = $1 RETURNING {EVENT_COLS}"
         );
+        let st = self.statement("events.patch");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.0)
             .bind(&patch.title)
@@ -703,7 +721,7 @@ impl Store {
             .fetch_one(conn)
             .await
             .map_err(StorageError::from_db)?;
-        self.counted(1);
+        st.done(1);
         Ok(rows::event(&row)?)
     }
 
@@ -747,13 +765,15 @@ impl Store {
     pub async fn delete_event(&self, id: EventId, expected_version: Option<i64>) -> Result<Event> {
         let mut tx = self.begin().await?;
         let before = self.bump_event(&mut tx, id, expected_version).await?;
+        let st = self.statement("events.soft_delete");
         sqlx::query("UPDATE events SET deleted_at = now() WHERE id = $1")
             .bind(id.0)
             .execute(&mut *tx)
             .await?;
-        self.counted(0);
+        st.done(0);
         // A series goes with its overrides (each a changed fact of its own).
         self.delete_overrides(&mut tx, id, None).await?;
+        let st = self.statement("reservations.cancel_of_event");
         sqlx::query(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
              AND event_id IN (SELECT id FROM events WHERE id = $1 OR recurring_event_id = $1)",
@@ -761,7 +781,7 @@ impl Store {
         .bind(id.0)
         .execute(&mut *tx)
         .await?;
-        self.counted(0);
+        st.done(0);
         self.outbox(
             &mut tx,
             "event",
@@ -787,13 +807,14 @@ impl Store {
             "UPDATE attendees SET response_status = $3, updated_at = now() WHERE event_id = $1 AND user_id = $2 \
              RETURNING {ATTENDEE_COLS}"
         );
+        let st = self.statement("attendees.respond");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(event.0)
             .bind(user.0)
             .bind(status.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-        self.counted(row.is_some() as usize);
+        st.done(row.is_some() as usize);
         let Some(row) = row else {
             return Err(StorageError::NotFound);
         };
@@ -840,13 +861,14 @@ impl Store {
     ) -> Result<Event> {
         let mut tx = self.begin().await?;
         let ev = self.bump_event(&mut tx, event, expected).await?;
+        let st = self.statement("attendees.delete");
         let n = sqlx::query("DELETE FROM attendees WHERE event_id = $1 AND user_id = $2")
             .bind(event.0)
             .bind(user.0)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        self.counted(0);
+        st.done(0);
         if n == 0 {
             return Err(StorageError::NotFound);
         }
@@ -893,13 +915,14 @@ impl Store {
     /// Cancels a confirmed reservation. `NotFound` when it does not exist or is already cancelled.
     pub async fn cancel_reservation(&self, id: ReservationId) -> Result<Reservation> {
         let mut tx = self.begin().await?;
+        let st = self.statement("reservations.event_of");
         let event: Option<i64> = sqlx::query_scalar(
             "SELECT event_id FROM reservations WHERE id = $1 AND status = 'confirmed'",
         )
         .bind(id.0)
         .fetch_optional(&mut *tx)
         .await?;
-        self.counted(event.is_some() as usize);
+        st.done(event.is_some() as usize);
         let Some(event) = event else {
             return Err(StorageError::NotFound);
         };
@@ -907,11 +930,12 @@ impl Store {
         let sql = format!(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE id = $1 RETURNING {RESERVATION_COLS}"
         );
+        let st = self.statement("reservations.cancel");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.0)
             .fetch_one(&mut *tx)
             .await?;
-        self.counted(1);
+        st.done(1);
         let reservation = rows::reservation(&row)?;
         self.outbox(
             &mut tx,
@@ -932,6 +956,7 @@ impl Store {
         conn: &mut PgConnection,
         m: &Move,
     ) -> std::result::Result<(), InsertReservationError> {
+        let st = self.statement("reservations.move");
         let r = sqlx::query(
             "UPDATE reservations SET event_id = $2, \
                start_time = start_time + $3 * interval '1 microsecond', \
@@ -947,7 +972,7 @@ impl Store {
         .bind(m.range_end)
         .execute(conn)
         .await;
-        self.counted(0);
+        st.done(0);
         match r {
             Ok(_) => Ok(()),
             Err(e) if StorageError::is_overlap(&e) => Err(InsertReservationError::MoveOverlap(*m)),
@@ -966,12 +991,13 @@ impl Store {
             "SELECT {EVENT_COLS}, deleted_at IS NOT NULL AS deleted FROM events \
              WHERE recurring_event_id = $1 AND original_start_time = $2"
         );
+        let st = self.statement("events.override_of");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(series.0)
             .bind(original_start)
             .fetch_optional(self.pool())
             .await?;
-        self.counted(row.is_some() as usize);
+        st.done(row.is_some() as usize);
         match row {
             Some(r) => Ok(Some((rows::event(&r)?, r.try_get("deleted")?))),
             None => Ok(None),
@@ -993,16 +1019,18 @@ impl Store {
             "UPDATE events SET exdates = CASE WHEN $2 = ANY(exdates) THEN exdates ELSE array_append(exdates, $2) END \
              WHERE id = $1 RETURNING {EVENT_COLS}"
         );
+        let st = self.statement("events.add_exdate");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(series.0)
             .bind(original_start)
             .fetch_one(&mut *tx)
             .await?;
-        self.counted(1);
+        st.done(1);
         let after = rows::event(&row)?;
         let overrides = self
             .delete_overrides(&mut tx, series, Some(original_start))
             .await?;
+        let st = self.statement("reservations.cancel_of_instance");
         sqlx::query(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
                AND ((event_id = $1 AND start_time < $3 AND end_time > $2) OR event_id = ANY($4))",
@@ -1013,7 +1041,7 @@ impl Store {
         .bind(&overrides)
         .execute(&mut *tx)
         .await?;
-        self.counted(0);
+        st.done(0);
         self.outbox(
             &mut tx,
             "event",
@@ -1039,6 +1067,7 @@ impl Store {
     ) -> Result<Event> {
         let mut tx = self.begin().await?;
         let master = self.bump_event(&mut tx, series, expected).await?;
+        let st = self.statement("events.insert_override");
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO events (calendar_id, organizer_id, title, description, location, start_time, end_time, \
                time_zone, all_day, status, transparency, recurring_event_id, original_start_time, version) \
@@ -1051,7 +1080,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(StorageError::from_db)?;
-        self.counted(1);
+        st.done(1);
         let id = EventId(id);
         self.copy_attendees(&mut tx, series, id).await?;
         let after = self.apply_patch(&mut tx, id, patch).await?;
@@ -1089,6 +1118,7 @@ impl Store {
     ) -> Result<Event> {
         let mut tx = self.begin().await?;
         let before = self.bump_event(&mut tx, series, expected).await?;
+        let st = self.statement("events.truncate_series");
         sqlx::query("UPDATE events SET rrule = $2, series_end = $3 WHERE id = $1")
             .bind(series.0)
             .bind(truncated_rule)
@@ -1096,9 +1126,10 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(StorageError::from_db)?;
-        self.counted(0);
+        st.done(0);
         let created = self.insert_event(&mut tx, new_series).await?;
         self.copy_attendees(&mut tx, series, created.id).await?;
+        let st = self.statement("events.reparent_overrides");
         sqlx::query(
             "UPDATE events SET recurring_event_id = $2, updated_at = now() \
              WHERE recurring_event_id = $1 AND original_start_time >= $3",
@@ -1109,7 +1140,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(StorageError::from_db)?;
-        self.counted(0);
+        st.done(0);
         let moved = Move::all(
             series,
             created.id,

@@ -1,0 +1,128 @@
+//! One SQL statement as the store observes it. Every statement the store sends is bracketed by a
+//! [`Statement`] guard, created right before the statement with a short stable name
+//! (`users.by_ids`, `events.bump_version`, …) and finished with the number of rows:
+//!
+//! - a `db.statement` span (debug level: no cost unless a trace exporter or `RUST_LOG=debug`
+//!   wants it) with `db.system = "postgresql"`, `db.statement.name` and `db.rows`; it is a child
+//!   of whatever span is current (the cache's `db` tier step of a loader batch, a mutation);
+//! - the statement and row counters ([`crate::StoreStats`]);
+//! - slow-statement detection: a statement that took at least the store's threshold
+//!   ([`Store::with_slow_statement_threshold`], default [`DEFAULT_SLOW_STATEMENT`]) is logged at
+//!   warn with its name and duration — never its parameters — and counted per name
+//!   ([`crate::StoreStats::slow_statements`]).
+//!
+//! A guard dropped without [`Statement::done`] is a statement that failed: its span is marked as an
+//! error and nothing is counted (as before), but its duration still counts towards slowness.
+
+use crate::{Store, StoreStats};
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Statements at least this slow are logged and counted, unless the store says otherwise.
+pub const DEFAULT_SLOW_STATEMENT: Duration = Duration::from_millis(200);
+
+/// Slow statements per statement name; every name seen so far is present (with 0 when none was
+/// slow), so a metric built from it has a series per statement from the start.
+#[derive(Debug, Default)]
+pub(crate) struct SlowStatements(RwLock<BTreeMap<&'static str, AtomicU64>>);
+
+impl SlowStatements {
+    fn observe(&self, name: &'static str, slow: bool) {
+        if let Some(n) = self.0.read().unwrap().get(name) {
+            if slow {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        self.0
+            .write()
+            .unwrap()
+            .entry(name)
+            .or_default()
+            .fetch_add(slow as u64, Ordering::Relaxed);
+    }
+}
+
+impl StoreStats {
+    /// `(statement name, slow executions)` for every statement this store has sent (process-wide
+    /// figures: only the store's own stats count these).
+    pub fn slow_statements(&self) -> Vec<(&'static str, u64)> {
+        self.slow
+            .0
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(name, n)| (*name, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// One statement in flight; see the module docs.
+pub(crate) struct Statement<'a> {
+    store: &'a Store,
+    name: &'static str,
+    span: tracing::Span,
+    started: Instant,
+    done: bool,
+}
+
+impl Store {
+    /// A handle whose statements count as slow from `threshold` on.
+    pub fn with_slow_statement_threshold(&self, threshold: Duration) -> Store {
+        Store {
+            slow_threshold: threshold,
+            ..self.clone()
+        }
+    }
+
+    /// Starts observing the statement `name`; send it, then call [`Statement::done`].
+    pub(crate) fn statement(&self, name: &'static str) -> Statement<'_> {
+        let span = tracing::debug_span!(
+            "db.statement",
+            otel.name = name,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system = "postgresql",
+            db.statement.name = name,
+            db.rows = tracing::field::Empty,
+        );
+        Statement {
+            store: self,
+            name,
+            span,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+}
+
+impl Statement<'_> {
+    /// The statement succeeded and returned (or, for writes without `RETURNING`, is counted as)
+    /// `rows` rows.
+    pub(crate) fn done(mut self, rows: usize) {
+        self.span.record("db.rows", rows as i64);
+        self.store.counted(rows);
+        self.done = true;
+    }
+}
+
+impl Drop for Statement<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        let elapsed = self.started.elapsed();
+        let slow = elapsed >= self.store.slow_threshold;
+        self.store.global.slow.observe(self.name, slow);
+        if slow {
+            tracing::warn!(
+                statement = self.name,
+                elapsed_ms = elapsed.as_millis() as u64,
+                failed = !self.done,
+                "slow SQL statement"
+            );
+        }
+    }
+}
