@@ -41,8 +41,9 @@ use crate::{
     l1::{ENTRY_OVERHEAD, FillOutcome, L1, L1Entry, next_stamp},
     l2::{self, FillItem, L2, Stored},
     metrics::{self, Metrics},
-    xfetch,
+    spans, xfetch,
 };
+use tracing::Instrument;
 
 /// One value returned by a loader: which requested key (`index` into the `keys` slice passed to
 /// `get_many`), the value (`None`: the row does not exist) and the row's version (0 for a
@@ -331,6 +332,7 @@ impl TieredCache {
         // L1.
         match self.active_l1(stats) {
             Some(l1) => {
+                let span = spans::tier(metrics::L1, unique.len());
                 for &i in &unique {
                     let spec = &keys[i];
                     match self.l1_lookup::<V>(l1, &spec.key, now).await {
@@ -353,6 +355,8 @@ impl TieredCache {
                         }
                     }
                 }
+                let hits = unique.len() - need_l2.len() - need_db.len();
+                spans::found(&span, unique.len(), hits);
             }
             None => {
                 if let Some(stats) = stats {
@@ -366,8 +370,12 @@ impl TieredCache {
         if !need_l2.is_empty() {
             match &inner.l2 {
                 Some(l2) => {
+                    let (span, before) = (spans::tier(metrics::L2, need_l2.len()), need_db.len());
                     self.l2_lookup(l2, keys, &need_l2, now, stats, &mut out, &mut need_db)
-                        .await
+                        .instrument(span.clone())
+                        .await;
+                    let hits = need_l2.len() - (need_db.len() - before);
+                    spans::found(&span, need_l2.len(), hits);
                 }
                 None => need_db.extend_from_slice(&need_l2),
             }
@@ -377,8 +385,10 @@ impl TieredCache {
         if !need_db.is_empty() {
             need_db.sort_unstable();
             bump(stats, |s| &s.misses, need_db.len());
+            let span = spans::tier(metrics::DB, need_db.len());
             let loaded = self
                 .load_shared(keys, &need_db, started, stats, load)
+                .instrument(span.clone())
                 .await?;
             for &i in &need_db {
                 let found = loaded.get(&keys[i].key);
@@ -387,6 +397,11 @@ impl TieredCache {
                 }
                 out[i] = Some(found.and_then(|(v, _, _)| v.clone()));
             }
+            let hits = need_db
+                .iter()
+                .filter(|&&i| matches!(out[i], Some(Some(_))))
+                .count();
+            spans::found(&span, need_db.len(), hits);
         }
 
         let mut result = Vec::with_capacity(n);
@@ -812,6 +827,13 @@ impl TieredCache {
     /// The registry the cache's metrics live in (callers may add their own).
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// Starts every (tier, kind) counter series of these key kinds at zero.
+    pub fn declare_kinds(&self, kinds: &[&str]) {
+        kinds
+            .iter()
+            .for_each(|k| self.inner.metrics.declare_kind(k));
     }
 
     /// Drops every L1 entry (e.g. when the bus reports that invalidations were lost).

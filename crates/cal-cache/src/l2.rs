@@ -35,6 +35,7 @@ use crate::{
     error::CacheError,
     metrics::Metrics,
 };
+use tracing::Instrument;
 
 /// KEYS: n keys. ARGV: (version, ttl_ms, blob) per key. Stores a blob unless the key holds a
 /// value or tombstone with a newer version; returns 1 (stored) or 0 (refused) per key.
@@ -234,21 +235,37 @@ impl L2 {
         }
     }
 
-    /// Runs one Redis round trip through the breaker and the timeout. `None`: unavailable.
+    /// Runs one Redis round trip through the breaker and the timeout, in a `redis` span
+    /// (`db.operation.name` = `op`). `None`: unavailable.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        self.metrics.redis_requests.with_label_values(&[op]).inc();
         let Some(permit) = self.breaker.try_acquire() else {
             self.metrics
                 .redis_errors
-                .with_label_values(&["breaker_open"])
+                .with_label_values(&[crate::metrics::BREAKER_OPEN])
                 .inc();
             return None;
         };
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.timeout, f(self.manager.clone())).await {
+        let span = tracing::debug_span!(
+            "redis",
+            otel.name = op,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system = "redis",
+            db.operation.name = op,
+        );
+        let round_trip = tokio::time::timeout(self.timeout, f(self.manager.clone()))
+            .instrument(span.clone())
+            .await;
+        if !matches!(round_trip, Ok(Ok(_))) {
+            span.record("otel.status_code", "ERROR");
+        }
+        match round_trip {
             Ok(Ok(v)) => {
                 if permit.success() {
                     tracing::info!("redis is reachable again; circuit breaker closed");

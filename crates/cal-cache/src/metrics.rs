@@ -1,12 +1,21 @@
-//! The cache's Prometheus metrics: counters by tier (`l1`, `l2`, `db`) and key kind, Redis errors
-//! by operation, and gauges for the breaker, the L1 weight and the L2 epoch. This module only
-//! counts; it decides nothing.
+//! The cache's Prometheus metrics: counters by tier (`l1`, `l2`, `db`) and key kind, Redis calls
+//! and Redis errors by operation, and gauges for the breaker, the L1 weight and the L2 epoch. This
+//! module only counts; it decides nothing.
+//!
+//! Series start at zero where the label values are known up front (Redis operations here, key
+//! kinds once the caller declares them with [`crate::TieredCache::declare_kinds`]), so rates and
+//! ratios exist before the first event and every metric name is on `/metrics` from the start.
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 pub(crate) const L1: &str = "l1";
 pub(crate) const L2: &str = "l2";
 pub(crate) const DB: &str = "db";
+
+/// The `op` label of every Redis call (see `l2.rs`).
+pub(crate) const REDIS_OPS: [&str; 4] = ["info", "mget", "fill", "tombstone"];
+/// The `op` label of a call the open breaker skipped (errors only).
+pub(crate) const BREAKER_OPEN: &str = "breaker_open";
 
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
@@ -18,6 +27,7 @@ pub(crate) struct Metrics {
     pub coalesced: IntCounterVec,
     pub oversize: IntCounterVec,
     pub redis_errors: IntCounterVec,
+    pub redis_requests: IntCounterVec,
     pub breaker_state: IntGauge,
     pub l1_weighted_bytes: IntGauge,
     pub epoch: IntGauge,
@@ -62,6 +72,13 @@ impl Metrics {
                 ),
                 &["op"],
             )?,
+            redis_requests: IntCounterVec::new(
+                Opts::new(
+                    "cal_cache_redis_requests_total",
+                    "Redis calls attempted (those the open breaker skipped included), by operation",
+                ),
+                &["op"],
+            )?,
             breaker_state: IntGauge::new(
                 "cal_cache_breaker_state",
                 "Redis circuit breaker: 0 closed, 1 half-open, 2 open",
@@ -83,10 +100,34 @@ impl Metrics {
         registry.register(Box::new(m.coalesced.clone()))?;
         registry.register(Box::new(m.oversize.clone()))?;
         registry.register(Box::new(m.redis_errors.clone()))?;
+        registry.register(Box::new(m.redis_requests.clone()))?;
         registry.register(Box::new(m.breaker_state.clone()))?;
         registry.register(Box::new(m.l1_weighted_bytes.clone()))?;
         registry.register(Box::new(m.epoch.clone()))?;
+        for op in REDIS_OPS {
+            m.redis_requests.with_label_values(&[op]);
+            m.redis_errors.with_label_values(&[op]);
+        }
+        m.redis_errors.with_label_values(&[BREAKER_OPEN]);
         Ok(m)
+    }
+
+    /// Creates the zero series of every (tier, kind) pair each counter can report.
+    pub fn declare_kind(&self, kind: &str) {
+        let pairs: [(&IntCounterVec, &[&str]); 7] = [
+            (&self.hits, &[L1, L2, DB]),
+            (&self.misses, &[L1, L2, DB]),
+            (&self.fills, &[L1, L2]),
+            (&self.evictions, &[L1]),
+            (&self.refused_stale, &[L1, L2]),
+            (&self.coalesced, &[DB]),
+            (&self.oversize, &[DB]),
+        ];
+        for (counter, tiers) in pairs {
+            for tier in tiers {
+                counter.with_label_values(&[tier, kind]);
+            }
+        }
     }
 
     pub fn inc(counter: &IntCounterVec, tier: &str, kind: &str) {
