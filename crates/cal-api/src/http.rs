@@ -85,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         // The GraphQL extractor streams the body itself, so axum's DefaultBodyLimit would not
         // apply; this layer caps the body for every route and answers 413.
         .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
+        .layer(crate::observe::layer(&state))
         .with_state(state)
 }
 
@@ -94,6 +95,7 @@ async fn graphql_handler(
     req: GraphQLBatchRequest,
 ) -> Response {
     let mut batch = req.into_inner();
+    crate::observe::begin(&batch);
     if let BatchRequest::Batch(list) = &batch
         && list.len() > state.config.max_batch
     {
@@ -103,6 +105,7 @@ async fn graphql_handler(
             list.len()
         ))]);
         resp.extensions.clear();
+        crate::observe::errors(&resp);
         return GraphQLResponse(BatchResponse::Single(resp)).into_response();
     }
     let auth = headers
@@ -134,6 +137,7 @@ async fn graphql_handler(
                 let resp = GqlResponse::from_errors(vec![
                     async_graphql::Error::from(err).into_server_error(Default::default()),
                 ]);
+                crate::observe::errors(&resp);
                 return GraphQLResponse(BatchResponse::Single(resp)).into_response();
             }
         }
@@ -166,7 +170,7 @@ async fn graphql_handler(
             cache_stats.clone(),
         ));
     }
-    let mut resp = state.schema.execute_batch(batch).await;
+    let mut resp = crate::observe::execute(&state.schema, batch, &stats).await;
     match &mut resp {
         BatchResponse::Single(r) => tag_limit_errors(r),
         BatchResponse::Batch(list) => list.iter_mut().for_each(tag_limit_errors),
@@ -239,6 +243,7 @@ fn stats_value(
         "cacheMisses": c.misses,
         "cacheLoaded": c.loaded,
         "cacheCoalesced": c.coalesced,
+        "loaderBatches": crate::observe::loader_batches(),
     });
     if let Some(hit) = response_cache_hit {
         v["responseCacheHit"] = hit.into();

@@ -10,6 +10,7 @@
 //! - [`limits`]: depth and complexity limits with a stable error code;
 //! - [`tiers`]: cache key specs, the change sink that invalidates after commits, the bus consumer;
 //! - [`http`]: the router (`/graphql`, `/health`, `/ready`), body and batch limits, debug stats.
+//! - [`observe`]: the HTTP and GraphQL operation spans, request metrics, trace-context helpers.
 //!
 //! This crate reads no environment variables and installs no global subscriber.
 
@@ -19,6 +20,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod loaders;
+pub mod observe;
 pub mod relay;
 pub mod response_cache;
 pub mod schema;

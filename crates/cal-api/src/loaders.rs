@@ -4,7 +4,9 @@
 //! one SQL statement (`= ANY($1)`) for what is still missing, whose rows are filled back into
 //! both tiers with their versions.
 //!
-//! Values are viewer-independent facts; resolvers authorize after loading.
+//! Values are viewer-independent facts; resolvers authorize after loading. Every batch runs in a
+//! `loader.batch` span (loader = the key kind, `batch.size`) holding the cache's tier steps and
+//! the SQL statement, and is counted for the request (`extensions.stats.loaderBatches`).
 
 use crate::tiers::Tiers;
 use cal_cache::{Loaded as Filled, RequestStats};
@@ -19,6 +21,7 @@ use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// What a by-id loader yields: the fact, `None` when it does not exist, or the batch's shared error.
 pub type Loaded<T> = Result<Option<Arc<T>>, Arc<StorageError>>;
@@ -72,6 +75,7 @@ where
             self.kind.version_of,
         );
         let wanted = keys.to_vec();
+        let span = crate::observe::loader_batch(self.kind.kind.label(), keys.len());
         let result = tiers
             .cache
             .get_many(
@@ -100,6 +104,7 @@ where
                     )
                 },
             )
+            .instrument(span)
             .await;
         match result {
             Ok(values) => keys
@@ -136,6 +141,7 @@ where
             .collect();
         let (store, fetch) = (self.reach.store.clone(), self.fetch);
         let wanted = keys.to_vec();
+        let span = crate::observe::loader_batch(self.kind.label(), keys.len());
         let result = tiers
             .cache
             .get_many(
@@ -167,6 +173,7 @@ where
                     )
                 },
             )
+            .instrument(span)
             .await;
         match result {
             Ok(values) => keys

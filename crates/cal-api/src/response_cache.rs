@@ -142,6 +142,12 @@ impl ResponseCache {
 
     /// The stored response for `asked`, if every L1 entry it was built from is still current.
     pub async fn lookup(&self, asked: &Asked, l1: &TieredCache) -> Option<Arc<Stored>> {
+        let span = tracing::debug_span!(
+            "cache.response",
+            otel.name = "cache response",
+            cache.tier = "response",
+            cache.hit = tracing::field::Empty
+        );
         let key = asked.hash_key();
         let found = match self.entries.get(&key).await {
             Some(s) if s.asked == *asked => {
@@ -158,6 +164,7 @@ impl ResponseCache {
             Some(_) => self.metrics.hits.inc(),
             None => self.metrics.misses.inc(),
         }
+        span.record("cache.hit", found.is_some());
         found
     }
 
