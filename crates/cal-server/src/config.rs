@@ -23,7 +23,11 @@
 //! | `INVALIDATION_LIVENESS_MS` | with Kafka: distrust L1 when the stream's freshest message is older than this | `2000` |
 //! | `CONSISTENCY_WAIT_MS` | how long a mutation waits for its invalidation's position, and a read for a presented token | `1000` |
 //! | `RELAY_ENABLED`, `RELAY_GRACE_MS` | run this instance's outbox relay; age at which it takes over others' unpublished rows | `true`, `1000` |
-//! | `RUST_LOG` | log filter | `info` |
+//! | `DB_SLOW_STATEMENT_MS` | SQL statements at least this slow are logged (warn, name only) and counted | `200` |
+//! | `RUST_LOG` | log filter | `info,sqlx=warn` |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | OTLP/gRPC collector for traces (e.g. `http://jaeger:4317`); unset: no trace export | unset |
+//! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | trace resource (see `telemetry`) | `calendar`, unset |
+//! | `OTEL_TRACES_SAMPLER_ARG` | share of root traces sampled (parent-based) | `1` |
 
 use anyhow::{Context, Result, bail};
 use figment::Figment;
@@ -65,6 +69,7 @@ pub struct Settings {
     pub consistency_wait_ms: u64,
     pub relay_enabled: bool,
     pub relay_grace_ms: u64,
+    pub db_slow_statement_ms: u64,
 }
 
 fn no_secret<S: serde::Serializer>(_: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -101,6 +106,7 @@ impl Default for Settings {
             consistency_wait_ms: 1000,
             relay_enabled: true,
             relay_grace_ms: 1000,
+            db_slow_statement_ms: 200,
         }
     }
 }
@@ -142,6 +148,7 @@ impl Settings {
             "CONSISTENCY_WAIT_MS",
             "RELAY_ENABLED",
             "RELAY_GRACE_MS",
+            "DB_SLOW_STATEMENT_MS",
         ];
         fig = fig.merge(
             Env::raw()

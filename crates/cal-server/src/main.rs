@@ -6,14 +6,15 @@
 //! - `token`: mint a bearer token for a user (or fixtures for load tests);
 //! - `print-schema`: print the GraphQL SDL (what `schema.graphql` holds).
 //!
-//! Configuration: see [`config`]. This is the only crate that reads the environment or installs a
-//! global tracing subscriber.
+//! Configuration: see [`config`]; logs and traces: see [`telemetry`]. This is the only crate that
+//! reads the environment or installs a global tracing subscriber.
 
 mod config;
 mod serve;
 
 use anyhow::{Context, Result};
 use cal_domain::UserId;
+use cal_server::telemetry;
 use clap::{Parser, Subcommand};
 use config::Settings;
 use std::path::PathBuf;
@@ -69,13 +70,19 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref())?;
-    if !matches!(cli.cmd, Cmd::PrintSchema | Cmd::Token { .. }) {
-        serve::init_tracing(&settings);
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    // Logs and traces; the trace exporter needs the runtime, and is flushed before it goes.
+    let telemetry = if matches!(cli.cmd, Cmd::PrintSchema | Cmd::Token { .. }) {
+        None
+    } else {
+        let _runtime = rt.enter();
+        Some(telemetry::init(telemetry::TelemetryConfig::from_env(
+            !settings.dev_mode(),
+        ))?)
+    };
+    let result = rt.block_on(async move {
         match cli.cmd {
             Cmd::Serve { demo } => serve::serve(settings, demo).await,
             Cmd::Migrate => {
@@ -118,5 +125,9 @@ fn main() -> Result<()> {
                 Ok(())
             }
         }
-    })
+    });
+    if let Some(t) = telemetry {
+        t.shutdown();
+    }
+    result
 }

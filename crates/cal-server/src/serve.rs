@@ -1,5 +1,5 @@
 //! Wiring: database connection (creating the database if missing), migrations, the HTTP server
-//! with graceful shutdown, seeding with a progress bar, tracing set-up.
+//! with graceful shutdown, seeding with a progress bar. Logs and traces: `cal_server::telemetry`.
 
 use crate::config::Settings;
 use anyhow::{Context, Result};
@@ -18,20 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-pub fn init_tracing(settings: &Settings) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if settings.dev_mode() {
-        builder.init();
-    } else {
-        builder.json().init();
-    }
-}
-
 /// Connects (creating the database if it does not exist) and applies migrations.
 pub async fn connect_and_migrate(settings: &Settings) -> Result<Store> {
     let options = PgConnectOptions::from_str(&settings.database_url)
@@ -47,7 +33,8 @@ pub async fn connect_and_migrate(settings: &Settings) -> Result<Store> {
     cal_storage::migrate(&pool)
         .await
         .context("migrations failed")?;
-    Ok(Store::new(pool))
+    Ok(Store::new(pool)
+        .with_slow_statement_threshold(Duration::from_millis(settings.db_slow_statement_ms)))
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
