@@ -156,7 +156,12 @@ async fn graphql_handler(
     }
 
     let stats = Arc::new(StoreStats::default());
-    let store = state.store.with_request_stats(stats.clone());
+    // Writes carry the request's trace context through their outbox rows to the bus, so an
+    // invalidation applied on another instance links to this request in Jaeger.
+    let store = state
+        .store
+        .with_request_stats(stats.clone())
+        .with_trace_context(crate::observe::trace_context());
     let cache_stats = Arc::new(RequestStats::default());
     if past_l1 {
         cache_stats.bypass_l1();

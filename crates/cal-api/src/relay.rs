@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
+use tracing::Instrument;
 
 /// How the relay runs.
 #[derive(Debug, Clone)]
@@ -190,7 +191,16 @@ impl Relay {
                     inv.sent_at_ms = u64::try_from(row.created_at.timestamp_millis()).unwrap_or(0);
                 }
                 inv.trace_context = row.trace_context.clone();
-                self.bus.publish(inv)
+                let span = tracing::info_span!(
+                    "kafka.publish",
+                    otel.kind = "producer",
+                    messaging.system = %self.bus.name(),
+                    messaging.operation = "publish",
+                    messaging.outbox_id = row.id,
+                    cache.keys = row.keys.len() as i64,
+                );
+                crate::observe::set_remote_parent(&span, &row.trace_context);
+                self.bus.publish(inv).instrument(span)
             });
             let results = futures::future::join_all(sends).await;
             let mut published = Vec::with_capacity(results.len());

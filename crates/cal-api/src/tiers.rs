@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// The response cache's default bound.
 pub const DEFAULT_RESPONSE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -330,7 +331,18 @@ impl Tiers {
                 match msg {
                     Ok(inv) => {
                         if !inv.is_heartbeat() && inv.origin != me.origin {
-                            me.cache.apply_remote(&inv).await;
+                            let span = tracing::info_span!(
+                                "kafka.apply",
+                                otel.kind = "consumer",
+                                messaging.system = %me.bus.name(),
+                                messaging.operation = "process",
+                                messaging.message.origin = %inv.origin,
+                                messaging.outbox_id = inv.outbox_id.unwrap_or(-1),
+                                messaging.position = %inv.position.map(|p| p.to_string()).unwrap_or_default(),
+                                cache.keys = inv.keys.len() as i64,
+                            );
+                            crate::observe::set_remote_parent(&span, &inv.trace_context);
+                            me.cache.apply_remote(&inv).instrument(span).await;
                             me.stream_metrics.applied.inc();
                             let lag_ms = now_ms().saturating_sub(inv.sent_at_ms);
                             me.stream_metrics.lag.observe(lag_ms as f64 / 1000.0);

@@ -462,6 +462,33 @@ async fn month_view_traces_show_loaders_tiers_and_sql() {
             .all(|l| l["fields"]["statement"].is_string()
                 && l["span_id"].as_str().is_some_and(|s| s.len() == 16))
     );
+    // A write carries its request's trace context through its outbox row to the bus.
+    const WRITE: &str = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let created: Value = app
+        .client
+        .post(format!("http://{addr}/graphql"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{WRITE}-{PARENT_SPAN}-01"))
+        .json(&json!({ "query": r#"mutation { createCalendar(input: { name: "Traced", timeZone: "UTC" }) { id } }"# }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(created.get("errors").is_none(), "{created}");
+    let trace: Value =
+        sqlx::query_scalar("SELECT payload->'trace' FROM outbox ORDER BY id DESC LIMIT 1")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    let traceparent = trace
+        .as_array()
+        .and_then(|pairs| pairs.iter().find(|p| p[0] == "traceparent"))
+        .and_then(|p| p[1].as_str())
+        .unwrap_or_else(|| panic!("no traceparent in the outbox row: {trace}"));
+    assert!(traceparent.contains(WRITE), "{traceparent}");
+
     assert!(!text.contains(&token), "the bearer token was logged");
     assert!(!text.contains(TEST_SECRET), "the JWT secret was logged");
     assert!(
