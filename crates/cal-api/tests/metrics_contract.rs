@@ -8,11 +8,14 @@ use common::*;
 /// The metric names the deployment relies on.
 const LISTED: &str = include_str!("../../../deploy/metrics.txt");
 
-/// Prefixes this test checks. Pending (the invalidation metrics, exported by the Kafka stream
-/// work): `cal_invalidation_published_total`, `cal_invalidation_applied_total`,
-/// `cal_invalidation_publish_errors_total`, `cal_invalidation_lag_seconds`,
-/// `cal_invalidation_consumer_behind`, `cal_invalidation_outbox_pending`.
-const CHECKED: [&str; 4] = ["cal_graphql_", "cal_cache_", "cal_sql_", "cal_db_"];
+/// Prefixes this test checks: every name in the list.
+const CHECKED: [&str; 5] = [
+    "cal_graphql_",
+    "cal_cache_",
+    "cal_sql_",
+    "cal_db_",
+    "cal_invalidation_",
+];
 
 async fn scrape(app: &TestApp) -> String {
     let r = app.client.get(app.url("/metrics")).send().await.unwrap();
