@@ -9,7 +9,7 @@ use crate::ApiConfig;
 use crate::auth::viewer_from_header;
 use crate::error::ApiError;
 use crate::limits::{tag_limit_errors, too_complex};
-use crate::response_cache::{Asked, Stored};
+use crate::response_cache::{self, Asked};
 use crate::schema::{AppSchema, RequestCtx};
 use crate::tiers::Tiers;
 use crate::tiers::parse_token;
@@ -145,14 +145,22 @@ async fn graphql_handler(
 
     // A single read-only operation may be answered whole from the response cache.
     let responses = state.tiers.responses.as_ref().filter(|_| !past_l1);
-    let asked = match (&batch, responses) {
-        (BatchRequest::Single(req), Some(_)) => Asked::of(viewer, req),
-        _ => None,
+    let asked = match &batch {
+        BatchRequest::Single(req) => Asked::of(viewer, req),
+        BatchRequest::Batch(_) => None,
     };
     if let (Some(asked), Some(responses)) = (&asked, responses)
         && let Some(hit) = responses.lookup(asked, &state.tiers.cache).await
     {
-        return cached_response(&hit, debug);
+        return cached_response(&hit.headers, &hit.body, hit.dependencies(), debug);
+    }
+    // The shared tier: Redis is tombstoned before any write is acknowledged, so it needs no
+    // stream position (it also serves requests that read past L1).
+    let shared = state.tiers.cache.has_l2();
+    if let (Some(asked), true) = (&asked, shared)
+        && let Some(body) = response_cache::shared_lookup(&state.tiers.cache, asked).await
+    {
+        return cached_response(&response_cache::json_headers(), &body, 0, debug);
     }
 
     let stats = Arc::new(StoreStats::default());
@@ -181,20 +189,34 @@ async fn graphql_handler(
         BatchResponse::Batch(list) => list.iter_mut().for_each(tag_limit_errors),
     }
 
-    // Store the answer if it was built only from L1 entries (no error, no SQL past the cache).
-    if let (Some(asked), Some(responses), BatchResponse::Single(r)) = (asked, responses, &resp)
+    // Store the answer if it was built only from cached values (no error, no SQL past the
+    // cache, a query): beside L1 when every value came from an L1 entry, and in Redis with the
+    // versions of every value it was built from.
+    if let (Some(asked), BatchResponse::Single(r)) = (asked, &resp)
         && r.is_ok()
         && r.extensions.is_empty()
         && stats.uncached_statements() == 0
-        && let Some(deps) = cache_stats.deps()
+        && asked.is_query()
+        && (responses.is_some() || shared)
     {
         let (parts, body) = GraphQLResponse(resp).into_response().into_parts();
         let body = axum::body::to_bytes(body, usize::MAX)
             .await
             .expect("a response built in memory can be read back");
-        responses
-            .store(asked, deps, parts.headers.clone(), body.clone())
+        if shared {
+            response_cache::shared_store(
+                &state.tiers.cache,
+                &asked,
+                &cache_stats.versions(),
+                &body,
+            )
             .await;
+        }
+        if let (Some(responses), Some(deps)) = (responses, cache_stats.deps()) {
+            responses
+                .store(asked, deps, parts.headers.clone(), body.clone())
+                .await;
+        }
         if !debug {
             return Response::from_parts(parts, axum::body::Body::from(body));
         }
@@ -256,28 +278,33 @@ fn stats_value(
     async_graphql::Value::from_json(v).expect("a JSON object converts")
 }
 
-/// A response-cache hit: the stored bytes, plus `extensions.stats` when asked for (every
-/// dependency was an L1 lookup that hit; no SQL, no Redis).
-fn cached_response(hit: &Stored, debug: bool) -> Response {
+/// A response-cache hit: the stored bytes, plus `extensions.stats` when asked for (no SQL; from
+/// L1, `dependencies` entries were checked).
+fn cached_response(
+    headers: &HeaderMap,
+    stored: &[u8],
+    dependencies: usize,
+    debug: bool,
+) -> Response {
     let body = if debug {
         let snapshot = RequestStatsSnapshot {
-            l1_hits: hit.dependencies() as u64,
+            l1_hits: dependencies as u64,
             ..Default::default()
         };
         let stats =
             serde_json::to_string(&stats_value(&StoreStats::default(), &snapshot, Some(true)))
                 .expect("stats serialize");
         // Stored bodies are exactly `{"data":…}`: splice the extensions in before the last brace.
-        let mut body = hit.body[..hit.body.len() - 1].to_vec();
+        let mut body = stored[..stored.len() - 1].to_vec();
         body.extend_from_slice(b",\"extensions\":{\"stats\":");
         body.extend_from_slice(stats.as_bytes());
         body.extend_from_slice(b"}}");
         axum::body::Body::from(body)
     } else {
-        axum::body::Body::from(hit.body.clone())
+        axum::body::Body::from(stored.to_vec())
     };
     let mut resp = Response::new(body);
-    *resp.headers_mut() = hit.headers.clone();
+    *resp.headers_mut() = headers.clone();
     resp
 }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What identifies a response: who asked what.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Asked {
     viewer: Option<i64>,
     query: String,
@@ -60,7 +60,7 @@ impl Asked {
     }
 
     /// Whether the operation this request runs is a query (not a mutation or subscription).
-    fn is_query(&self) -> bool {
+    pub fn is_query(&self) -> bool {
         let Ok(doc) = async_graphql::parser::parse_query(&self.query) else {
             return false;
         };
@@ -73,6 +73,58 @@ impl Asked {
         };
         op.is_some_and(|op| op.node.ty == OperationType::Query)
     }
+}
+
+/// How long a response lives in the shared tier at most (validity is checked on every read; the
+/// TTL only bounds Redis memory).
+const SHARED_TTL: Duration = Duration::from_secs(60);
+
+fn shared_key(asked: &Asked) -> String {
+    use sha2::{Digest, Sha256};
+    let material = serde_json::to_vec(asked).expect("asked serializes");
+    let digest = Sha256::digest(&material);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("v1:response:{hex}")
+}
+
+/// The stored body for `asked` from the shared (Redis) tier, if every value it was built from is
+/// still at the version it was built from. The stored `Asked` is compared in full.
+pub async fn shared_lookup(cache: &TieredCache, asked: &Asked) -> Option<Bytes> {
+    let blob = cache.get_derived(&shared_key(asked)).await?;
+    // `{asked as JSON}\n{body}`: JSON text never holds a raw newline.
+    let split = blob.iter().position(|&b| b == b'\n')?;
+    let stored: Asked = serde_json::from_slice(&blob[..split]).ok()?;
+    (stored == *asked).then(|| Bytes::copy_from_slice(&blob[split + 1..]))
+}
+
+/// Stores `body` for `asked` in the shared tier with the versions of the values it was built from.
+pub async fn shared_store(
+    cache: &TieredCache,
+    asked: &Asked,
+    versions: &[(String, i64)],
+    body: &[u8],
+) {
+    if !asked.is_query() {
+        return;
+    }
+    let Ok(mut blob) = serde_json::to_vec(asked) else {
+        return;
+    };
+    blob.push(b'\n');
+    blob.extend_from_slice(body);
+    cache
+        .put_derived(&shared_key(asked), versions, &blob, SHARED_TTL)
+        .await;
+}
+
+/// The headers of a GraphQL response (as async-graphql-axum sets them).
+pub fn json_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/graphql-response+json"),
+    );
+    h
 }
 
 /// A stored response.

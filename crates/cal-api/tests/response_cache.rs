@@ -48,13 +48,21 @@ async fn repeated_reads_are_served_whole_until_something_they_read_changes() {
         .gql(Some(w.owner.id), MONTH_VIEW, vars.clone())
         .await));
 
-    // An invalidation heard from another instance (here: an attendee's profile) counts too.
-    let attendee = w.users[0].id;
-    let inv = cal_cache::Invalidation::new(
-        vec![(cache_keys::user_profile(attendee), i64::MAX)],
-        "another-instance",
-        1,
-    );
+    // A write on another instance (here: an attendee's profile) counts too: that writer
+    // tombstones Redis, then this instance hears the invalidation and evicts its L1.
+    let other = cal_cache::TieredCache::new(
+        cal_cache::CacheConfig {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            key_prefix: format!("test:{}:", app.db.name),
+            ..Default::default()
+        },
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap();
+    let keys = vec![(cache_keys::user_profile(w.users[0].id), i64::MAX)];
+    other.invalidate(&keys).await;
+    let inv = cal_cache::Invalidation::new(keys, "another-instance", 1);
     app.tiers.cache.apply_remote(&inv).await;
     let heard = app.gql(Some(w.owner.id), MONTH_VIEW, vars.clone()).await;
     assert!(!hit(&heard));
@@ -120,18 +128,43 @@ async fn reads_past_the_cache_and_mutations_are_never_stored() {
 }
 
 #[tokio::test]
-async fn switched_off_with_l1() {
+async fn without_l1_the_shared_tier_serves_until_a_version_changes() {
     let app = TestApp::spawn_full(|_| {}, |c| c.l1_enabled = false).await;
-    assert!(app.tiers.responses.is_none());
-    let w = world(&app, 2, 1).await;
-    app.gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
-        .await
-        .data();
-    let r = app
-        .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
-        .await;
-    assert!(r.0["extensions"]["stats"]["responseCacheHit"].is_null());
-    // Executed again, from Redis.
-    assert!(r.0["extensions"]["stats"]["l2Hits"].as_u64().unwrap() > 0);
-    assert_eq!(r.0["extensions"]["stats"]["l1Hits"], 0);
+    assert!(
+        app.tiers.responses.is_none(),
+        "the L1 response cache needs L1"
+    );
+    let w = world(&app, 6, 2).await;
+    let vars = month_vars(w.calendar);
+    let first = app.gql(Some(w.owner.id), MONTH_VIEW, vars.clone()).await;
+    assert!(first.0["extensions"]["stats"]["responseCacheHit"].is_null());
+    let second = app.gql(Some(w.owner.id), MONTH_VIEW, vars.clone()).await;
+    assert!(hit(&second), "{}", second.0);
+    assert_eq!(second.data(), first.data());
+    assert_eq!(second.sql_statements(), 0);
+
+    // Another viewer is another entry (and is refused by execution).
+    let stranger = app.user("Nosy").await;
+    let refused = app.gql(Some(stranger.id), MONTH_VIEW, vars.clone()).await;
+    assert_eq!(refused.code(), "FORBIDDEN");
+
+    // A write tombstones what it changed in Redis: the next read executes and sees it.
+    let upd = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { version } }";
+    let ev = &w.events[0];
+    app.gql(
+        Some(w.owner.id),
+        upd,
+        json!({ "e": ev.id.to_string(), "v": ev.version, "t": "Renamed" }),
+    )
+    .await
+    .data();
+    let after = app.gql(Some(w.owner.id), MONTH_VIEW, vars.clone()).await;
+    assert!(after.0["extensions"]["stats"]["responseCacheHit"].is_null());
+    assert_eq!(
+        after.data()["calendar"]["events"]["edges"][0]["node"]["title"],
+        "Renamed"
+    );
+    let again = app.gql(Some(w.owner.id), MONTH_VIEW, vars).await;
+    assert!(hit(&again));
+    assert_eq!(again.data(), after.data());
 }

@@ -74,6 +74,8 @@ pub struct RequestStats {
     pub coalesced: AtomicU64,
     /// The L1 entries (key, stamp) whose values this caller was given; see [`RequestStats::deps`].
     deps: Mutex<Vec<(String, u64)>>,
+    /// The keys and versions of every value this caller was given; see [`RequestStats::versions`].
+    versions: Mutex<Vec<(String, i64)>>,
     /// Some value was given that no L1 entry holds (L1 off, fill refused, value too large).
     untracked: std::sync::atomic::AtomicBool,
     /// This caller must neither read nor fill L1 (e.g. it waits for invalidations not yet heard).
@@ -91,11 +93,25 @@ pub struct RequestStatsSnapshot {
 }
 
 impl RequestStats {
-    fn record(&self, key: &str, stamp: Option<u64>) {
+    fn record(&self, key: &str, version: i64, stamp: Option<u64>) {
+        self.versions
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), version));
         match stamp {
             Some(stamp) => self.deps.lock().unwrap().push((key.to_owned(), stamp)),
             None => self.untracked.store(true, Ordering::Relaxed),
         }
+    }
+
+    /// Every key whose value this caller was given, with the value's version. While each key
+    /// still holds a value of that version in L2, the values are unchanged (see
+    /// [`TieredCache::get_derived`]).
+    pub fn versions(&self) -> Vec<(String, i64)> {
+        let mut v = self.versions.lock().unwrap().clone();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// From now on this caller's lookups skip L1 (reads and fills); L2 and the loader still serve.
@@ -199,7 +215,7 @@ impl fmt::Debug for TieredCache {
 
 enum Lookup<V> {
     /// The value and its entry's stamp.
-    Hit(Option<V>, u64),
+    Hit(Option<V>, i64, u64),
     /// Present but XFetch picked this caller to refresh it.
     Refresh,
     Miss,
@@ -336,11 +352,11 @@ impl TieredCache {
                 for &i in &unique {
                     let spec = &keys[i];
                     match self.l1_lookup::<V>(l1, &spec.key, now).await {
-                        Lookup::Hit(v, stamp) => {
+                        Lookup::Hit(v, version, stamp) => {
                             Metrics::inc(&inner.metrics.hits, metrics::L1, spec.kind);
                             bump(stats, |s| &s.l1_hits, 1);
                             if let Some(stats) = stats {
-                                stats.record(&spec.key, Some(stamp));
+                                stats.record(&spec.key, version, Some(stamp));
                             }
                             out[i] = Some(v);
                         }
@@ -393,7 +409,10 @@ impl TieredCache {
             for &i in &need_db {
                 let found = loaded.get(&keys[i].key);
                 if let Some(stats) = stats {
-                    stats.record(&keys[i].key, found.and_then(|(_, _, stamp)| *stamp));
+                    match found {
+                        Some((_, version, stamp)) => stats.record(&keys[i].key, *version, *stamp),
+                        None => stats.mark_untracked(),
+                    }
                 }
                 out[i] = Some(found.and_then(|(v, _, _)| v.clone()));
             }
@@ -462,7 +481,7 @@ impl TieredCache {
         ) {
             return Lookup::Refresh;
         }
-        Lookup::Hit(value.clone(), entry.stamp)
+        Lookup::Hit(value.clone(), entry.version, entry.stamp)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -549,7 +568,7 @@ impl TieredCache {
             Metrics::inc(&inner.metrics.hits, metrics::L2, spec.kind);
             bump(stats, |s| &s.l2_hits, 1);
             if let Some(stats) = stats {
-                stats.record(&spec.key, stamp);
+                stats.record(&spec.key, version, stamp);
             }
             out[i] = Some(value);
         }
@@ -817,6 +836,38 @@ impl TieredCache {
             }
         }
         true
+    }
+
+    /// A result derived from cached values, stored in L2 by [`TieredCache::put_derived`]: returned
+    /// only while every key it was derived from still holds, in L2, a value of the version it was
+    /// derived from (writers tombstone L2 before they acknowledge, so a write anywhere makes it
+    /// unavailable at once). Two round trips (the result, then one script over its keys).
+    pub async fn get_derived(&self, key: &str) -> Option<Vec<u8>> {
+        let l2 = self.inner.l2.as_ref()?;
+        let blob = l2.get_blob(key).await?;
+        let (deps, body): (Vec<(String, i64)>, Vec<u8>) = postcard::from_bytes(&blob).ok()?;
+        if deps.is_empty() || l2.versions_current(&deps).await? {
+            Some(body)
+        } else {
+            None
+        }
+    }
+
+    /// Stores `body`, derived from the values `deps` (key, version), for at most `ttl`.
+    pub async fn put_derived(&self, key: &str, deps: &[(String, i64)], body: &[u8], ttl: Duration) {
+        let Some(l2) = &self.inner.l2 else { return };
+        let Ok(blob) = postcard::to_allocvec(&(deps, body)) else {
+            return;
+        };
+        if blob.len() > self.inner.max_value_bytes {
+            return;
+        }
+        l2.set_blob(key, &blob, ttl).await;
+    }
+
+    /// Whether an L2 tier is configured.
+    pub fn has_l2(&self) -> bool {
+        self.inner.l2.is_some()
     }
 
     /// L1's time to live, when L1 is on.

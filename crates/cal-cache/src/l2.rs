@@ -76,6 +76,16 @@ end
 return #KEYS
 "#;
 
+/// KEYS: n keys. ARGV: the version each must hold. 1 when every key holds a value (not a
+/// tombstone) of exactly that version, else 0. Reads only each value's header.
+const VERSIONS_LUA: &str = r#"
+for i = 1, #KEYS do
+  local head = redis.call('GETRANGE', KEYS[i], 0, 24)
+  if string.match(head, '^V(%-?%d+):') ~= ARGV[i] then return 0 end
+end
+return 1
+"#;
+
 const WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// Tombstones that could not be written are kept (newest version per key) and written before
@@ -377,6 +387,61 @@ impl L2 {
             redis::cmd("MGET").arg(&full).query_async(&mut con).await
         })
         .await
+    }
+
+    /// One raw blob (a derived result), `None` when absent or L2 is unavailable.
+    pub async fn get_blob(&self, key: &str) -> Option<Vec<u8>> {
+        let ns = self.namespace().await?;
+        if !self.flush_pending_tombstones().await {
+            return None;
+        }
+        let full = format!("{ns}{key}");
+        self.call("get", |mut con| async move {
+            redis::cmd("GET")
+                .arg(&full)
+                .query_async::<Option<Vec<u8>>>(&mut con)
+                .await
+        })
+        .await
+        .flatten()
+    }
+
+    /// Whether every key holds a value of exactly its version (`None`: L2 unavailable).
+    pub async fn versions_current(&self, deps: &[(String, i64)]) -> Option<bool> {
+        let ns = self.namespace().await?;
+        let script = Script::new(VERSIONS_LUA);
+        let mut invocation = script.prepare_invoke();
+        for (key, version) in deps {
+            invocation
+                .key(format!("{ns}{key}"))
+                .arg(version.to_string());
+        }
+        let ok: i64 = self
+            .call("versions", |mut con| async move {
+                invocation.invoke_async(&mut con).await
+            })
+            .await?;
+        Some(ok == 1)
+    }
+
+    /// Stores a raw blob for `ttl` (best effort).
+    pub async fn set_blob(&self, key: &str, blob: &[u8], ttl: Duration) {
+        let Some(ns) = self.namespace().await else {
+            return;
+        };
+        let full = format!("{ns}{key}");
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _: Option<()> = self
+            .call("set", |mut con| async move {
+                redis::cmd("SET")
+                    .arg(&full)
+                    .arg(blob)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async(&mut con)
+                    .await
+            })
+            .await;
     }
 
     /// Versioned fill of all items in one script call. `None`: L2 unavailable; otherwise one
