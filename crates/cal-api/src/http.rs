@@ -154,9 +154,12 @@ async fn graphql_handler(
     {
         return cached_response(&hit.headers, &hit.body, hit.dependencies(), debug);
     }
-    // The shared tier: Redis is tombstoned before any write is acknowledged, so it needs no
-    // stream position (it also serves requests that read past L1).
-    let shared = state.tiers.cache.has_l2();
+    // The shared tier, for when L1 cannot answer: L1 off, distrusted (stream behind) or
+    // bypassed (a consistency token not yet applied). Redis is tombstoned before any write is
+    // acknowledged, so it needs no stream position. With L1 in use, executing from L1 entries
+    // is what keeps the L1 response cache filled, so the shared tier stays out of the way.
+    let shared =
+        state.tiers.cache.has_l2() && (responses.is_none() || state.tiers.cache.l1_distrusted());
     if let (Some(asked), true) = (&asked, shared)
         && let Some(body) = response_cache::shared_lookup(&state.tiers.cache, asked).await
     {
