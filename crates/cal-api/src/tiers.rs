@@ -17,10 +17,11 @@
 
 use crate::relay::{Relay, RelayConfig, RelayMetrics};
 use crate::response_cache::{ResponseCache, ResponseMetrics};
-use cal_cache::{InvalidationBus, KeySpec, Position, TieredCache};
+use cal_cache::{BusError, Invalidation, InvalidationBus, KeySpec, Position, TieredCache};
 use cal_domain::cache_keys::{self, KeyKind};
 use cal_storage::{ChangeSet, ChangeSink, Store};
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -320,48 +321,83 @@ impl Tiers {
     /// Applies every invalidation published by *other* instances to this process's L1 until the
     /// bus closes, and keeps [`Stream`] current. Own messages are not applied (the writer already
     /// evicted its L1) but count as applied positions and as proof of liveness.
+    ///
+    /// The loop runs on a thread of its own (with a single-threaded runtime), not on the
+    /// request runtime: a delivered invalidation is applied as soon as the OS wakes that thread,
+    /// instead of queueing behind request tasks on busy workers. It stops with the runtime that
+    /// called this (the returned task, which does nothing else, is dropped then) or when the bus
+    /// closes.
     pub fn spawn_consumer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        let mut stream = self.bus.subscribe();
+        let stream = self.bus.subscribe();
         if let Some(bound) = self.stream_config.liveness {
             self.spawn_liveness_monitor(bound);
         }
-        tokio::spawn(async move {
-            while let Some(msg) = stream.next().await {
-                match msg {
-                    Ok(inv) => {
-                        if !inv.is_heartbeat() && inv.origin != me.origin {
-                            let span = tracing::info_span!(
-                                "kafka.apply",
-                                otel.kind = "consumer",
-                                messaging.system = %me.bus.name(),
-                                messaging.operation = "process",
-                                messaging.message.origin = %inv.origin,
-                                messaging.outbox_id = inv.outbox_id.unwrap_or(-1),
-                                messaging.position = %inv.position.map(|p| p.to_string()).unwrap_or_default(),
-                                cache.keys = inv.keys.len() as i64,
-                            );
-                            crate::observe::set_remote_parent(&span, &inv.trace_context);
-                            me.cache.apply_remote(&inv).instrument(span).await;
-                            me.stream_metrics.applied.inc();
-                            let lag_ms = now_ms().saturating_sub(inv.sent_at_ms);
-                            me.stream_metrics.lag.observe(lag_ms as f64 / 1000.0);
-                        }
-                        me.stream
-                            .freshest_ms
-                            .fetch_max(inv.sent_at_ms, Ordering::AcqRel);
-                        if let Some(p) = inv.position {
-                            me.stream.applied_up_to(p);
-                        }
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        std::thread::Builder::new()
+            .name("cal-invalidations".into())
+            .spawn(move || {
+                let _guard = tracing::dispatcher::set_default(&dispatch);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime builds");
+                rt.block_on(async move {
+                    tokio::select! {
+                        () = me.consume(stream) => {}
+                        _ = stop_rx => {}
                     }
-                    Err(e) => {
-                        // Lost messages: nothing in L1 can be trusted any more.
-                        tracing::warn!(error = %e, "invalidation stream failed; clearing L1");
-                        me.cache.clear_l1();
+                });
+            })
+            // At start-up; an instance that cannot hear invalidations must not serve.
+            .expect("spawning the invalidation consumer thread");
+        // Held until the calling runtime shuts down; dropping it stops the thread.
+        tokio::spawn(async move {
+            let _stop = stop_tx;
+            std::future::pending::<()>().await
+        })
+    }
+
+    async fn consume(
+        self: Arc<Self>,
+        mut stream: BoxStream<'static, Result<Invalidation, BusError>>,
+    ) {
+        let me = self;
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(inv) => {
+                    if !inv.is_heartbeat() && inv.origin != me.origin {
+                        let span = tracing::info_span!(
+                            "kafka.apply",
+                            otel.kind = "consumer",
+                            messaging.system = %me.bus.name(),
+                            messaging.operation = "process",
+                            messaging.message.origin = %inv.origin,
+                            messaging.outbox_id = inv.outbox_id.unwrap_or(-1),
+                            messaging.position = %inv.position.map(|p| p.to_string()).unwrap_or_default(),
+                            cache.keys = inv.keys.len() as i64,
+                        );
+                        crate::observe::set_remote_parent(&span, &inv.trace_context);
+                        me.cache.apply_remote(&inv).instrument(span).await;
+                        me.stream_metrics.applied.inc();
+                        let lag_ms = now_ms().saturating_sub(inv.sent_at_ms);
+                        me.stream_metrics.lag.observe(lag_ms as f64 / 1000.0);
+                    }
+                    me.stream
+                        .freshest_ms
+                        .fetch_max(inv.sent_at_ms, Ordering::AcqRel);
+                    if let Some(p) = inv.position {
+                        me.stream.applied_up_to(p);
                     }
                 }
+                Err(e) => {
+                    // Lost messages: nothing in L1 can be trusted any more.
+                    tracing::warn!(error = %e, "invalidation stream failed; clearing L1");
+                    me.cache.clear_l1();
+                }
             }
-        })
+        }
     }
 
     /// Every tenth of the bound: distrust L1 while the freshest applied message is older than
