@@ -1,5 +1,6 @@
 //! Publish→deliver latency of the Kafka bus between two instances on a local `tansu` broker:
-//! `cargo run -p cal-bus-kafka --example latency [N]` (default 1000 messages, one at a time).
+//! `cargo run -p cal-bus-kafka --example latency [N]` (default 1000 messages, one at a time;
+//! `KAFKA_FETCH_WAIT_MS` sets the consumer's `fetch.wait.max.ms`).
 //! Prints percentiles of the publish acknowledgement and of the delivery to the other instance.
 
 use std::time::{Duration, Instant};
@@ -18,6 +19,11 @@ async fn main() {
     let cfg = |client: &str| KafkaConfig {
         topic: "cache.invalidate.latency".into(),
         client_id: client.into(),
+        fetch_wait: std::env::var("KAFKA_FETCH_WAIT_MS")
+            .ok()
+            .map_or(cal_bus_kafka::DEFAULT_FETCH_WAIT, |ms| {
+                Duration::from_millis(ms.parse().expect("KAFKA_FETCH_WAIT_MS is a number"))
+            }),
         ..KafkaConfig::new(broker.brokers())
     };
     let t0 = Instant::now();

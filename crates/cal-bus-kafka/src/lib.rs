@@ -43,10 +43,15 @@ pub struct KafkaConfig {
     /// How long [`InvalidationBus::publish`] waits for the broker's acknowledgement before it
     /// reports an error (`message.timeout.ms`; default 5 s).
     pub publish_timeout: Duration,
+    /// The longest a fetch waits at the broker for new messages (`fetch.wait.max.ms`). A broker
+    /// that holds every fetch for this long even when data arrives (tansu does) adds up to this
+    /// much to every delivery; shorter means more fetch requests while idle.
+    pub fetch_wait: Duration,
 }
 
 impl KafkaConfig {
-    /// The defaults for `brokers`: topic `cache.invalidate`, 1 partition, client id `cal`, 5 s.
+    /// The defaults for `brokers`: topic `cache.invalidate`, 1 partition, client id `cal`, 5 s
+    /// publish timeout, [`DEFAULT_FETCH_WAIT`].
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
@@ -63,6 +68,7 @@ impl Default for KafkaConfig {
             partitions: 1,
             client_id: "cal".into(),
             publish_timeout: Duration::from_secs(5),
+            fetch_wait: DEFAULT_FETCH_WAIT,
         }
     }
 }
@@ -91,6 +97,9 @@ pub enum KafkaBusError {
         source: KafkaError,
     },
 }
+
+/// The default [`KafkaConfig::fetch_wait`].
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(5);
 
 /// How long `connect` keeps trying to see the topic and read its watermarks.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -161,7 +170,10 @@ impl KafkaBus {
             // After a broker lost its log (an in-memory broker restarted), read what is there
             // rather than skip to the end.
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "5")
+            .set(
+                "fetch.wait.max.ms",
+                cfg.fetch_wait.as_millis().clamp(0, 300_000).to_string(),
+            )
             .set("fetch.min.bytes", "1")
             .set("fetch.error.backoff.ms", "10");
         let consumer: Arc<StreamConsumer> = Arc::new(consumer_config.create()?);

@@ -20,6 +20,7 @@
 //! | `CACHE_WARM_CALENDARS` | most active calendars warmed at start-up (0: none) | `100` |
 //! | `KAFKA_BROKERS` | Kafka bootstrap servers for cross-instance invalidation; unset means the in-process bus (one instance) | unset |
 //! | `KAFKA_TOPIC`, `KAFKA_PARTITIONS` | invalidation topic, and its partitions when this instance creates it | `cache.invalidate`, `1` |
+//! | `KAFKA_FETCH_WAIT_MS` | longest a consumer fetch waits at the broker (`fetch.wait.max.ms`); bounds the delivery delay on brokers that hold fetches | `5` |
 //! | `INVALIDATION_LIVENESS_MS` | with Kafka: distrust L1 when the stream's freshest message is older than this | `2000` |
 //! | `CONSISTENCY_WAIT_MS` | how long a mutation waits for its invalidation's position, and a read for a presented token | `1000` |
 //! | `RELAY_ENABLED`, `RELAY_GRACE_MS` | run this instance's outbox relay; age at which it takes over others' unpublished rows | `true`, `1000` |
@@ -65,6 +66,7 @@ pub struct Settings {
     pub kafka_brokers: Option<String>,
     pub kafka_topic: String,
     pub kafka_partitions: i32,
+    pub kafka_fetch_wait_ms: u64,
     pub invalidation_liveness_ms: u64,
     pub consistency_wait_ms: u64,
     pub relay_enabled: bool,
@@ -102,6 +104,7 @@ impl Default for Settings {
             kafka_brokers: None,
             kafka_topic: "cache.invalidate".into(),
             kafka_partitions: 1,
+            kafka_fetch_wait_ms: cal_bus_kafka::DEFAULT_FETCH_WAIT.as_millis() as u64,
             invalidation_liveness_ms: 2000,
             consistency_wait_ms: 1000,
             relay_enabled: true,
@@ -144,6 +147,7 @@ impl Settings {
             "KAFKA_BROKERS",
             "KAFKA_TOPIC",
             "KAFKA_PARTITIONS",
+            "KAFKA_FETCH_WAIT_MS",
             "INVALIDATION_LIVENESS_MS",
             "CONSISTENCY_WAIT_MS",
             "RELAY_ENABLED",
