@@ -272,7 +272,8 @@ impl Loaders {
                     version_of: |e| e.version,
                 },
             ),
-            // Resources are not changed through the API; their cached version is constant.
+            // A resource's version is its bookings version (the database bumps it whenever one of
+            // its reservations changes): it names the generation of its availability entries.
             resources: by_id(
                 reach,
                 |s, k| Box::pin(s.resources_by_ids(k)),
@@ -280,7 +281,7 @@ impl Loaders {
                     kind: KeyKind::Resource,
                     key: cache_keys::resource,
                     id_of: |r| r.id,
-                    version_of: |_| 0,
+                    version_of: |r| r.bookings_version,
                 },
             ),
             attendees: grouped(

@@ -432,7 +432,7 @@ impl Tiers {
 
 /// Keys made stale by a committed change, with the versions the new state carries.
 pub fn invalidations(changes: &ChangeSet) -> Vec<(String, i64)> {
-    cache_keys::invalidations(&changes.events, &changes.calendars)
+    cache_keys::invalidations(&changes.events, &changes.calendars, &changes.resources)
 }
 
 #[async_trait::async_trait]

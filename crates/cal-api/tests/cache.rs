@@ -437,3 +437,112 @@ async fn warming_fills_the_month_of_active_calendars() {
         "calendar and month bucket came from the warm cache"
     );
 }
+
+#[tokio::test]
+async fn resource_availability_is_cached_by_day_and_follows_every_booking_change() {
+    let app = TestApp::spawn().await;
+    // Event 0: Nov 1 08:00–09:00 in room 0; event 1: 09:30–10:30, no room.
+    let w = world(&app, 2, 1).await;
+    let room = w.rooms[0].id;
+    let avail = r#"query($r: ID!) { resourceAvailability(resourceId: $r, from: "2026-11-01T00:00:00Z", to: "2026-11-04T00:00:00Z") { busy { start end } } }"#;
+    let vars = json!({ "r": room.to_string() });
+    let busy = |r: &Gql| {
+        r.data()["resourceAvailability"]["busy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}..{}",
+                    i["start"].as_str().unwrap(),
+                    i["end"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let version = || async {
+        sqlx::query_scalar::<_, i64>("SELECT bookings_version FROM resources WHERE id = $1")
+            .bind(room.0)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+    };
+
+    // Cold: the resource, then all three days in one statement; warm: no SQL at all.
+    let cold = app.gql(Some(w.owner.id), avail, vars.clone()).await;
+    assert_eq!(
+        busy(&cold),
+        ["2026-11-01T08:00:00+00:00..2026-11-01T09:00:00+00:00"]
+    );
+    assert_eq!(cold.sql_statements(), 2, "{}", cold.0["extensions"]);
+    let warm = app.gql(Some(w.owner.id), avail, vars.clone()).await;
+    assert_eq!(warm.sql_statements(), 0, "{}", warm.0["extensions"]);
+    assert_eq!(warm.data(), cold.data());
+
+    // Booking the room for event 1 bumps the room's bookings version (database trigger) and
+    // the next read sees the booking.
+    let before = version().await;
+    let reserve =
+        "mutation($e: ID!, $r: ID!) { reserveResource(eventId: $e, resourceId: $r) { id } }";
+    let booked = app
+        .gql(
+            Some(w.owner.id),
+            reserve,
+            json!({ "e": w.events[1].id.to_string(), "r": room.to_string() }),
+        )
+        .await;
+    let reservation = booked.data()["reserveResource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        version().await > before,
+        "a booking bumps the bookings version"
+    );
+    let after_booking = app.gql(Some(w.owner.id), avail, vars.clone()).await;
+    assert_eq!(
+        busy(&after_booking),
+        [
+            "2026-11-01T08:00:00+00:00..2026-11-01T09:00:00+00:00",
+            "2026-11-01T09:30:00+00:00..2026-11-01T10:30:00+00:00"
+        ]
+    );
+
+    // Deleting event 0 releases its room; cancelling the new booking frees the day.
+    let delete = "mutation($e: ID!) { deleteEvent(id: $e) }";
+    app.gql(
+        Some(w.owner.id),
+        delete,
+        json!({ "e": w.events[0].id.to_string() }),
+    )
+    .await
+    .data();
+    let after_delete = app.gql(Some(w.owner.id), avail, vars.clone()).await;
+    assert_eq!(
+        busy(&after_delete),
+        ["2026-11-01T09:30:00+00:00..2026-11-01T10:30:00+00:00"]
+    );
+    let cancel = "mutation($r: ID!) { cancelReservation(reservationId: $r) { status } }";
+    app.gql(Some(w.owner.id), cancel, json!({ "r": reservation }))
+        .await
+        .data();
+    let after_cancel = app.gql(Some(w.owner.id), avail, vars.clone()).await;
+    assert!(busy(&after_cancel).is_empty(), "{:?}", busy(&after_cancel));
+
+    // A statement that touches no reservation of the room leaves its version (and cache) alone.
+    let settled = version().await;
+    let current: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
+        .bind(w.events[1].id.0)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    let rename = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { version } }";
+    app.gql(
+        Some(w.owner.id),
+        rename,
+        json!({ "e": w.events[1].id.to_string(), "v": current, "t": "Renamed" }),
+    )
+    .await
+    .data();
+    assert_eq!(version().await, settled);
+}

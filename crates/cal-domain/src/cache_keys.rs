@@ -8,8 +8,12 @@ use crate::{CalendarId, EventId, ResourceId, UserId};
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
 use std::time::Duration;
 
-/// Format version of every key and cached value.
+/// Format version of every key and cached value, except those below.
 pub const KEY_VERSION: &str = "v1";
+
+/// Format version of the keys whose values hold a resource (the resource itself, an event's
+/// reservations): v2 since resources carry their bookings version.
+pub const RESOURCE_KEY_VERSION: &str = "v2";
 
 /// The kinds of cached facts (also the `kind` label of cache metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,10 +25,11 @@ pub enum KeyKind {
     EventReservations,
     UserProfile,
     Resource,
+    ResourceAvailability,
 }
 
 impl KeyKind {
-    pub const ALL: [KeyKind; 7] = [
+    pub const ALL: [KeyKind; 8] = [
         KeyKind::CalendarSummary,
         KeyKind::MonthBucket,
         KeyKind::EventFull,
@@ -32,6 +37,7 @@ impl KeyKind {
         KeyKind::EventReservations,
         KeyKind::UserProfile,
         KeyKind::Resource,
+        KeyKind::ResourceAvailability,
     ];
 
     pub fn label(self) -> &'static str {
@@ -43,6 +49,7 @@ impl KeyKind {
             KeyKind::EventReservations => "event_reservations",
             KeyKind::UserProfile => "user_profile",
             KeyKind::Resource => "resource",
+            KeyKind::ResourceAvailability => "resource_availability",
         }
     }
 
@@ -55,6 +62,7 @@ impl KeyKind {
             KeyKind::EventFull => min(5),
             KeyKind::EventAttendees | KeyKind::EventReservations => min(2),
             KeyKind::UserProfile | KeyKind::Resource => min(30),
+            KeyKind::ResourceAvailability => min(1),
         }
     }
 }
@@ -83,15 +91,41 @@ pub fn event_attendees(id: EventId) -> String {
 }
 
 pub fn event_reservations(id: EventId) -> String {
-    format!("{KEY_VERSION}:event:{id}:reservations")
+    format!("{RESOURCE_KEY_VERSION}:event:{id}:reservations")
 }
 
 pub fn user_profile(id: UserId) -> String {
     format!("{KEY_VERSION}:user:{id}:profile")
 }
 
+/// A resource, as of its bookings version (the entry's version).
 pub fn resource(id: ResourceId) -> String {
-    format!("{KEY_VERSION}:resource:{id}")
+    format!("{RESOURCE_KEY_VERSION}:resource:{id}")
+}
+
+/// A resource's confirmed bookings that overlap the UTC day `date`, as of the resource's
+/// bookings version `generation` (bumped by every change of its reservations): like month
+/// buckets, a write never has to find the days it touched — readers of the resource's new
+/// version read new entries, the old ones age out.
+pub fn resource_availability(id: ResourceId, generation: i64, date: NaiveDate) -> String {
+    format!("{KEY_VERSION}:resource:{id}:g{generation}:availability:{date}")
+}
+
+/// The UTC days that `[from, to)` touches, in order.
+pub fn days_covering(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<NaiveDate> {
+    let mut out = Vec::new();
+    let mut d = from.date_naive();
+    while Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists")) < to {
+        out.push(d);
+        d = d.succ_opt().expect("a day after");
+    }
+    out
+}
+
+/// `[start, end)` of the UTC day `date`.
+pub fn day_span(date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+    let start = Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight exists"));
+    (start, start + chrono::Duration::days(1))
 }
 
 /// First days of the UTC months that `[from, to)` touches, in order.
@@ -141,9 +175,12 @@ pub fn invalidations_for_calendar(
 }
 
 /// Every key a committed transaction makes stale, once each, with the highest new version.
+/// `resources` are the resources whose bookings the transaction may have changed, with their
+/// bookings version after it (their availability entries are covered by the new generation).
 pub fn invalidations(
     events: &[EventChange],
     calendars: &[(CalendarId, i64)],
+    resources: &[(ResourceId, i64)],
 ) -> Vec<(String, i64)> {
     let mut keys: Vec<(String, i64)> = Vec::new();
     for e in events {
@@ -151,6 +188,9 @@ pub fn invalidations(
     }
     for (c, v) in calendars {
         keys.extend(invalidations_for_calendar(*c, *v));
+    }
+    for (r, v) in resources {
+        keys.push((resource(*r), *v));
     }
     keys.sort();
     keys.reverse();
@@ -179,7 +219,7 @@ mod tests {
                 calendar_version: 11,
             },
         ];
-        let keys = invalidations(&events, &[(c, 11)]);
+        let keys = invalidations(&events, &[(c, 11)], &[]);
         let summary: Vec<_> = keys
             .iter()
             .filter(|(k, _)| k == "v1:calendar:1:summary")

@@ -95,6 +95,10 @@ pub struct Resource {
     pub kind: ResourceKind,
     pub capacity: Option<i32>,
     pub location: Option<String>,
+    /// Bumped by every change to the resource's reservations: the version of the cached resource
+    /// and the generation of its cached availability.
+    #[serde(default)]
+    pub bookings_version: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

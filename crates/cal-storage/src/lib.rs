@@ -70,6 +70,9 @@ impl StoreStats {
 pub struct ChangeSet {
     pub events: Vec<cal_domain::cache_keys::EventChange>,
     pub calendars: Vec<(cal_domain::CalendarId, i64)>,
+    /// The resources booked by the changed events, with their bookings version after the commit
+    /// (bumped by the database whenever a reservation of theirs changed).
+    pub resources: Vec<(cal_domain::ResourceId, i64)>,
     /// The transaction's outbox row (it carries the same invalidations, durably).
     pub outbox_id: Option<i64>,
 }

@@ -33,7 +33,7 @@ pub(crate) const ATTENDEES_BY_EVENT_IDS: &str = "SELECT e.id AS list_event, e.ve
 /// Reservation lists (with the resource each books) and the version of their event.
 pub(crate) const RESERVATIONS_BY_EVENT_IDS: &str = "SELECT e.id AS list_event, e.version AS list_version, \
      r.id, r.event_id, r.resource_id, r.start_time, r.end_time, r.status, \
-     s.name, s.kind, s.capacity, s.location \
+     s.name, s.kind, s.capacity, s.location, s.bookings_version \
      FROM events e LEFT JOIN (reservations r JOIN resources s ON s.id = r.resource_id) \
        ON r.event_id = e.id AND r.event_id = ANY($1) \
      WHERE e.id = ANY($1) ORDER BY e.id, r.start_time, r.id";

@@ -106,7 +106,7 @@ pub(crate) fn attendee(r: &PgRow) -> Result<Attendee, sqlx::Error> {
     })
 }
 
-pub(crate) const RESOURCE_COLS: &str = "id, name, kind, capacity, location";
+pub(crate) const RESOURCE_COLS: &str = "id, name, kind, capacity, location, bookings_version";
 
 pub(crate) fn resource(r: &PgRow) -> Result<Resource, sqlx::Error> {
     resource_named(r, ResourceId(r.try_get("id")?))
@@ -135,5 +135,6 @@ pub(crate) fn resource_named(r: &PgRow, id: ResourceId) -> Result<Resource, sqlx
         kind: ResourceKind::parse(&kind).map_err(|e| corrupt("kind", e))?,
         capacity: r.try_get("capacity")?,
         location: r.try_get("location")?,
+        bookings_version: r.try_get("bookings_version")?,
     })
 }

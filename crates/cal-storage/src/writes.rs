@@ -104,8 +104,12 @@ impl Store {
     /// commits, then tells the sink (cache invalidation) what changed, before the caller answers.
     async fn commit(&self, mut tx: WriteTx) -> Result<()> {
         if !tx.records.is_empty() || !tx.changes.is_empty() {
-            let keys =
-                cal_domain::cache_keys::invalidations(&tx.changes.events, &tx.changes.calendars);
+            self.record_resources(&mut tx).await?;
+            let keys = cal_domain::cache_keys::invalidations(
+                &tx.changes.events,
+                &tx.changes.calendars,
+                &tx.changes.resources,
+            );
             let first = tx.records.first().cloned().unwrap_or_default();
             let st = self.statement("outbox.insert");
             let id: i64 = sqlx::query_scalar(
@@ -133,6 +137,31 @@ impl Store {
             let token = sink.committed(&tx.changes).await;
             self.record_commit_token(token);
         }
+        Ok(())
+    }
+
+    /// The resources that the changed events book or booked, with their bookings version as this
+    /// transaction leaves it. Every reservation change happens to a reservation of a changed
+    /// event, and the database bumps the resource's version on it (trigger), so this covers every
+    /// resource whose availability the transaction changed (and, harmlessly, a few it did not).
+    async fn record_resources(&self, tx: &mut WriteTx) -> Result<()> {
+        if tx.changes.events.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<i64> = tx.changes.events.iter().map(|c| c.event.0).collect();
+        let st = self.statement("resources.booked_by_events");
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT s.id, s.bookings_version FROM resources s \
+             WHERE s.id IN (SELECT resource_id FROM reservations WHERE event_id = ANY($1))",
+        )
+        .bind(&events)
+        .fetch_all(&mut **tx)
+        .await?;
+        st.done(rows.len());
+        tx.changes.resources = rows
+            .into_iter()
+            .map(|(id, v)| (cal_domain::ResourceId(id), v))
+            .collect();
         Ok(())
     }
 

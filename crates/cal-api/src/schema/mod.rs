@@ -3,6 +3,7 @@
 //! membership queries, which are one statement each.
 
 mod access;
+mod availability;
 mod buckets;
 pub use buckets::warm;
 mod mutation;

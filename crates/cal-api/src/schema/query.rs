@@ -230,8 +230,9 @@ impl QueryRoot {
         let res = one(&r.loaders.resources, id)
             .await?
             .ok_or(ApiError::NotFound)?;
-        let rows = r.store.busy_of_resources(&[id], &w).await?;
-        let busy = d::merge_intervals(rows.into_iter().map(|(_, i)| i).collect(), w.from(), w.to());
+        let booked =
+            super::availability::bookings(&r.tiers, &r.store, &r.cache_stats, &res, &w).await?;
+        let busy = d::merge_intervals(booked, w.from(), w.to());
         let free = d::free_gaps(&busy, w.from(), w.to());
         Ok(ResourceAvailability {
             resource: Resource(res),
