@@ -53,6 +53,11 @@ impl KeyKind {
         }
     }
 
+    /// The kind whose [`Self::label`] is `label`.
+    pub fn from_label(label: &str) -> Option<KeyKind> {
+        Self::ALL.into_iter().find(|k| k.label() == label)
+    }
+
     /// Default L2 (Redis) time to live.
     pub fn default_ttl(self) -> Duration {
         let min = |m: u64| Duration::from_secs(60 * m);
@@ -128,6 +133,33 @@ pub fn day_span(date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
     (start, start + chrono::Duration::days(1))
 }
 
+/// Per-kind TTL overrides written as `kind=seconds` pairs separated by commas (e.g.
+/// `month_bucket=120,user_profile=3600`; kinds by their [`KeyKind::label`]). Empty: none.
+pub fn parse_ttls(spec: &str) -> Result<std::collections::HashMap<KeyKind, Duration>, String> {
+    let mut out = std::collections::HashMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (label, secs) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}` is not kind=seconds"))?;
+        let kind = KeyKind::from_label(label.trim()).ok_or_else(|| {
+            let known: Vec<_> = KeyKind::ALL.iter().map(|k| k.label()).collect();
+            format!(
+                "unknown key kind `{}` (one of {})",
+                label.trim(),
+                known.join(", ")
+            )
+        })?;
+        let secs: u64 = secs.trim().parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+            format!(
+                "the TTL of `{}` must be a positive number of seconds",
+                label.trim()
+            )
+        })?;
+        out.insert(kind, Duration::from_secs(secs));
+    }
+    Ok(out)
+}
+
 /// First days of the UTC months that `[from, to)` touches, in order.
 pub fn months_covering(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<NaiveDate> {
     let mut out = Vec::new();
@@ -201,6 +233,26 @@ pub fn invalidations(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttl_overrides_parse_by_kind_label_and_reject_nonsense() {
+        let t = parse_ttls(" month_bucket=120, user_profile=3600 ").unwrap();
+        assert_eq!(t[&KeyKind::MonthBucket], Duration::from_secs(120));
+        assert_eq!(t[&KeyKind::UserProfile], Duration::from_secs(3600));
+        assert_eq!(t.len(), 2);
+        assert!(parse_ttls("").unwrap().is_empty());
+        assert!(
+            parse_ttls("nope=5")
+                .unwrap_err()
+                .contains("unknown key kind `nope`")
+        );
+        assert!(parse_ttls("month_bucket").is_err());
+        assert!(parse_ttls("month_bucket=0").is_err());
+        assert!(parse_ttls("month_bucket=-1").is_err());
+        for k in KeyKind::ALL {
+            assert_eq!(KeyKind::from_label(k.label()), Some(k));
+        }
+    }
 
     #[test]
     fn a_transaction_maps_to_each_key_once_with_its_newest_version() {

@@ -16,6 +16,7 @@
 //! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
 //! | `CACHE_L1_MAX_BYTES`, `CACHE_L1_TTL_SECS` | L1 size bound and TTL | `134217728`, `30` |
 //! | `CACHE_RESPONSE_MAX_BYTES` | bound of the whole-response cache beside L1 (0: off) | `33554432` |
+//! | `CACHE_TTLS` | per-kind L2 TTL overrides, `kind=seconds,…` (kinds: `calendar_summary`, `month_bucket`, `event_full`, `event_attendees`, `event_reservations`, `user_profile`, `resource`, `resource_availability`) | unset (10 min, 5, 5, 2, 2, 30, 30, 1 min) |
 //! | `CACHE_KEY_PREFIX` | prefix of every Redis key | `cal:` |
 //! | `CACHE_WARM_CALENDARS` | most active calendars warmed at start-up (0: none) | `100` |
 //! | `KAFKA_BROKERS` | Kafka bootstrap servers for cross-instance invalidation; unset means the in-process bus (one instance) | unset |
@@ -62,6 +63,7 @@ pub struct Settings {
     pub cache_l1_ttl_secs: u64,
     pub cache_response_max_bytes: u64,
     pub cache_key_prefix: String,
+    pub cache_ttls: Option<String>,
     pub cache_warm_calendars: i64,
     pub kafka_brokers: Option<String>,
     pub kafka_topic: String,
@@ -100,6 +102,7 @@ impl Default for Settings {
             cache_l1_ttl_secs: 30,
             cache_response_max_bytes: cal_api::tiers::DEFAULT_RESPONSE_CACHE_BYTES,
             cache_key_prefix: "cal:".into(),
+            cache_ttls: None,
             cache_warm_calendars: 100,
             kafka_brokers: None,
             kafka_topic: "cache.invalidate".into(),
@@ -143,6 +146,7 @@ impl Settings {
             "CACHE_L1_TTL_SECS",
             "CACHE_RESPONSE_MAX_BYTES",
             "CACHE_KEY_PREFIX",
+            "CACHE_TTLS",
             "CACHE_WARM_CALENDARS",
             "KAFKA_BROKERS",
             "KAFKA_TOPIC",
@@ -160,6 +164,7 @@ impl Settings {
                 .map(|k| k.as_str().to_lowercase().into()),
         );
         let s: Settings = fig.extract().context("invalid configuration")?;
+        s.ttls().context("invalid CACHE_TTLS")?;
         if !matches!(s.cal_env.as_str(), "dev" | "prod") {
             bail!("CAL_ENV must be `dev` or `prod`, not {:?}", s.cal_env);
         }
@@ -207,6 +212,15 @@ impl Settings {
         c.relay.enabled = self.relay_enabled;
         c.relay.grace = Duration::from_millis(self.relay_grace_ms);
         c
+    }
+
+    /// Per-kind L2 TTL overrides (`CACHE_TTLS`).
+    pub fn ttls(
+        &self,
+    ) -> Result<std::collections::HashMap<cal_domain::cache_keys::KeyKind, std::time::Duration>>
+    {
+        cal_domain::cache_keys::parse_ttls(self.cache_ttls.as_deref().unwrap_or(""))
+            .map_err(anyhow::Error::msg)
     }
 
     pub fn kafka_brokers(&self) -> Option<&str> {

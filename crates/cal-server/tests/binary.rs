@@ -180,6 +180,21 @@ fn prod_mode_requires_a_secret() {
 }
 
 #[test]
+fn bad_cache_ttls_stop_the_start_with_the_reason() {
+    let db = FreshDb::new("badttls");
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("CACHE_TTLS", "month_bucket=60,nope=5")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CACHE_TTLS"), "{err}");
+    assert!(err.contains("unknown key kind `nope`"), "{err}");
+}
+
+#[test]
 fn fixtures_for_load_tests_are_json() {
     let db = FreshDb::new("fixtures");
     let seed = Command::new(BIN)
