@@ -5,7 +5,7 @@
 //! Pure: no cache client, no clock. The values behind these keys are viewer-independent facts.
 
 use crate::{CalendarId, EventId, ResourceId, UserId};
-use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, Utc};
 use std::time::Duration;
 
 /// Format version of every key and cached value, except those below.
@@ -116,23 +116,6 @@ pub fn resource_availability(id: ResourceId, generation: i64, date: NaiveDate) -
     format!("{KEY_VERSION}:resource:{id}:g{generation}:availability:{date}")
 }
 
-/// The UTC days that `[from, to)` touches, in order.
-pub fn days_covering(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<NaiveDate> {
-    let mut out = Vec::new();
-    let mut d = from.date_naive();
-    while Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists")) < to {
-        out.push(d);
-        d = d.succ_opt().expect("a day after");
-    }
-    out
-}
-
-/// `[start, end)` of the UTC day `date`.
-pub fn day_span(date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
-    let start = Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight exists"));
-    (start, start + chrono::Duration::days(1))
-}
-
 /// Per-kind TTL overrides written as `kind=seconds` pairs separated by commas (e.g.
 /// `month_bucket=120,user_profile=3600`; kinds by their [`KeyKind::label`]). Empty: none.
 pub fn parse_ttls(spec: &str) -> Result<std::collections::HashMap<KeyKind, Duration>, String> {
@@ -160,22 +143,48 @@ pub fn parse_ttls(spec: &str) -> Result<std::collections::HashMap<KeyKind, Durat
     Ok(out)
 }
 
+fn midnight(day: NaiveDate) -> DateTime<Utc> {
+    day.and_time(NaiveTime::MIN).and_utc()
+}
+
+fn next_month(month: NaiveDate) -> NaiveDate {
+    month + Months::new(1)
+}
+
+fn next_day(day: NaiveDate) -> NaiveDate {
+    day.succ_opt().expect("a day after")
+}
+
+/// `first`, `next(first)`, … while its UTC midnight is before `to`.
+fn starts_before(
+    first: NaiveDate,
+    to: DateTime<Utc>,
+    next: fn(NaiveDate) -> NaiveDate,
+) -> Vec<NaiveDate> {
+    std::iter::successors(Some(first), |d| Some(next(*d)))
+        .take_while(|d| midnight(*d) < to)
+        .collect()
+}
+
 /// First days of the UTC months that `[from, to)` touches, in order.
 pub fn months_covering(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<NaiveDate> {
-    let mut out = Vec::new();
     let first = from.date_naive().with_day(1).expect("day 1 exists");
-    let mut m = first;
-    while Utc.from_utc_datetime(&m.and_hms_opt(0, 0, 0).expect("midnight exists")) < to {
-        out.push(m);
-        m = m + Months::new(1);
-    }
-    out
+    starts_before(first, to, next_month)
 }
 
 /// `[start, end)` of the UTC month beginning on `month`.
 pub fn month_span(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
-    let start = Utc.from_utc_datetime(&month.and_hms_opt(0, 0, 0).expect("midnight exists"));
-    (start, start + Months::new(1))
+    (midnight(month), midnight(next_month(month)))
+}
+
+/// The UTC days that `[from, to)` touches, in order.
+pub fn days_covering(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<NaiveDate> {
+    starts_before(from.date_naive(), to, next_day)
+}
+
+/// `[start, end)` of the UTC day `date`.
+pub fn day_span(date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+    (midnight(date), midnight(next_day(date)))
 }
 
 /// A committed change to an event, as the writer knows it.
@@ -233,6 +242,7 @@ pub fn invalidations(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
 
     #[test]
     fn ttl_overrides_parse_by_kind_label_and_reject_nonsense() {
@@ -297,6 +307,26 @@ mod tests {
         assert_eq!(event_full(EventId(9)), "v1:event:9:full");
         assert_eq!(event_attendees(EventId(9)), "v1:event:9:attendees");
         assert_eq!(user_profile(UserId(3)), "v1:user:3:profile");
+    }
+
+    #[test]
+    fn day_cover() {
+        let d = |y, mo, day| NaiveDate::from_ymd_opt(y, mo, day).unwrap();
+        let noon = t(2026, 11, 30) + chrono::Duration::hours(12);
+        assert_eq!(
+            days_covering(noon, t(2026, 12, 2)),
+            vec![d(2026, 11, 30), d(2026, 12, 1)]
+        );
+        assert_eq!(
+            days_covering(t(2026, 11, 1), t(2026, 11, 2)),
+            vec![d(2026, 11, 1)]
+        );
+        assert_eq!(day_span(d(2026, 12, 31)), (t(2026, 12, 31), t(2027, 1, 1)));
+        assert_eq!(
+            resource_availability(ResourceId(4), 9, d(2026, 12, 1)),
+            "v1:resource:4:g9:availability:2026-12-01"
+        );
+        assert_eq!(resource(ResourceId(4)), "v2:resource:4");
     }
 
     #[test]
