@@ -4,9 +4,10 @@
 //! its reservations). Readers take the version from the (cached) resource, so after a booking
 //! they read new entries; all missing days of a window are loaded with one statement.
 
-use crate::error::{ApiError, ApiResult};
+use super::spans::load_spans;
+use crate::error::ApiResult;
 use crate::tiers::Tiers;
-use cal_cache::{Loaded, RequestStats};
+use cal_cache::RequestStats;
 use cal_domain as d;
 use cal_domain::cache_keys::{self, KeyKind};
 use cal_storage::Store;
@@ -30,44 +31,21 @@ pub(crate) async fn bookings(
             )
         })
         .collect();
-    let (store, id, generation, wanted) = (
-        store.cache_backed(),
-        res.id,
+    let (store, id) = (store.cache_backed(), res.id);
+    let per_day = load_spans(
+        tiers,
+        stats,
+        &specs,
+        days.into_iter().map(cache_keys::day_span).collect(),
         res.bookings_version,
-        days.clone(),
-    );
-    let per_day = tiers
-        .cache
-        .get_many(&specs, Some(stats), move |missing: Vec<usize>| async move {
-            let (from, _) = cache_keys::day_span(wanted[missing[0]]);
-            let (_, to) = cache_keys::day_span(wanted[*missing.last().expect("a load has keys")]);
-            let span = d::TimeWindow::parse(from, to, chrono::Duration::days(3660))
-                .map_err(|e| cal_storage::StorageError::Invalid(e.0))?;
-            let rows = store.busy_of_resources(&[id], &span).await?;
-            Ok::<_, cal_storage::StorageError>(
-                missing
-                    .into_iter()
-                    .map(|i| {
-                        let (ds, de) = cache_keys::day_span(wanted[i]);
-                        let day: Vec<d::Interval> = rows
-                            .iter()
-                            .map(|(_, iv)| *iv)
-                            .filter(|iv| iv.start < de && iv.end > ds)
-                            .collect();
-                        Loaded {
-                            index: i,
-                            value: Some(day),
-                            version: generation,
-                        }
-                    })
-                    .collect(),
-            )
-        })
-        .await
-        .map_err(ApiError::from)?;
-    Ok(per_day
-        .iter()
-        .flatten()
-        .flat_map(|day| day.iter().copied())
-        .collect())
+        move |span| async move { store.busy_of_resources(&[id], &span).await },
+        |rows, (from, to)| {
+            rows.iter()
+                .map(|(_, booked)| *booked)
+                .filter(|b: &d::Interval| b.start < to && b.end > from)
+                .collect::<Vec<_>>()
+        },
+    )
+    .await?;
+    Ok(per_day.into_iter().flatten().flatten().collect())
 }

@@ -6,21 +6,16 @@
 //! All missing months of a window are loaded with one statement.
 
 use super::rc;
+use super::spans::load_spans;
+use crate::error::ApiResult;
 use crate::tiers::Tiers;
-use cal_cache::RequestStats;
-use cal_storage::Store;
-
-struct Reachable<'a> {
-    tiers: &'a Tiers,
-    store: &'a Store,
-    cache_stats: &'a RequestStats,
-}
-use crate::error::{ApiError, ApiResult};
 use async_graphql::Context;
 use cal_cache::Loaded as Filled;
+use cal_cache::RequestStats;
 use cal_domain as d;
 use cal_domain::cache_keys::{self, KeyKind};
 use cal_domain::{MAX_EVENT_DURATION, TimeWindow};
+use cal_storage::Store;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -89,55 +84,27 @@ pub(crate) async fn load_window(
     cal: &d::Calendar,
     w: &TimeWindow,
 ) -> ApiResult<Bucket> {
-    let r = Reachable {
-        tiers,
-        store,
-        cache_stats: stats,
-    };
     let months = cache_keys::months_covering(w.from(), w.to());
     let specs: Vec<_> = months
         .iter()
         .map(|m| {
-            r.tiers.spec(
+            tiers.spec(
                 KeyKind::MonthBucket,
                 cache_keys::month_bucket(cal.id, cal.version, *m),
             )
         })
         .collect();
-    let (store, cal_id, generation, wanted) =
-        (r.store.cache_backed(), cal.id, cal.version, months.clone());
-    let buckets = r
-        .tiers
-        .cache
-        .get_many(
-            &specs,
-            Some(r.cache_stats),
-            move |missing: Vec<usize>| async move {
-                let (from, _) = cache_keys::month_span(wanted[missing[0]]);
-                let (_, to) =
-                    cache_keys::month_span(wanted[*missing.last().expect("a load has keys")]);
-                let span = TimeWindow::parse(from, to, chrono::Duration::days(3660))
-                    .map_err(|e| cal_storage::StorageError::Invalid(e.0))?;
-                let rows = store
-                    .events_in_window(cal_id, &span, None, i64::MAX)
-                    .await?;
-                Ok::<_, cal_storage::StorageError>(
-                    missing
-                        .into_iter()
-                        .map(|i| {
-                            let (ms, me) = cache_keys::month_span(wanted[i]);
-                            Filled {
-                                index: i,
-                                value: Some(Bucket::month(&rows, ms, me)),
-                                version: generation,
-                            }
-                        })
-                        .collect(),
-                )
-            },
-        )
-        .await
-        .map_err(ApiError::from)?;
+    let (store, cal_id) = (store.cache_backed(), cal.id);
+    let buckets = load_spans(
+        tiers,
+        stats,
+        &specs,
+        months.into_iter().map(cache_keys::month_span).collect(),
+        cal.version,
+        move |span| async move { store.events_in_window(cal_id, &span, None, i64::MAX).await },
+        |rows, (from, to)| Bucket::month(rows, from, to),
+    )
+    .await?;
     let mut out = Bucket::default();
     let mut seen = HashSet::new();
     for b in buckets.iter().flatten() {

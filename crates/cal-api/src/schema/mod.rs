@@ -9,6 +9,7 @@ pub use buckets::warm;
 mod mutation;
 mod query;
 mod series;
+mod spans;
 mod types;
 
 pub use mutation::MutationRoot;
