@@ -363,15 +363,14 @@ impl Tiers {
         self: Arc<Self>,
         mut stream: BoxStream<'static, Result<Invalidation, BusError>>,
     ) {
-        let me = self;
         while let Some(msg) = stream.next().await {
             match msg {
                 Ok(inv) => {
-                    if !inv.is_heartbeat() && inv.origin != me.origin {
+                    if !inv.is_heartbeat() && inv.origin != self.origin {
                         let span = tracing::info_span!(
                             "kafka.apply",
                             otel.kind = "consumer",
-                            messaging.system = %me.bus.name(),
+                            messaging.system = %self.bus.name(),
                             messaging.operation = "process",
                             messaging.message.origin = %inv.origin,
                             messaging.outbox_id = inv.outbox_id.unwrap_or(-1),
@@ -379,22 +378,22 @@ impl Tiers {
                             cache.keys = inv.keys.len() as i64,
                         );
                         crate::observe::set_remote_parent(&span, &inv.trace_context);
-                        me.cache.apply_remote(&inv).instrument(span).await;
-                        me.stream_metrics.applied.inc();
+                        self.cache.apply_remote(&inv).instrument(span).await;
+                        self.stream_metrics.applied.inc();
                         let lag_ms = now_ms().saturating_sub(inv.sent_at_ms);
-                        me.stream_metrics.lag.observe(lag_ms as f64 / 1000.0);
+                        self.stream_metrics.lag.observe(lag_ms as f64 / 1000.0);
                     }
-                    me.stream
+                    self.stream
                         .freshest_ms
                         .fetch_max(inv.sent_at_ms, Ordering::AcqRel);
                     if let Some(p) = inv.position {
-                        me.stream.applied_up_to(p);
+                        self.stream.applied_up_to(p);
                     }
                 }
                 Err(e) => {
                     // Lost messages: nothing in L1 can be trusted any more.
                     tracing::warn!(error = %e, "invalidation stream failed; clearing L1");
-                    me.cache.clear_l1();
+                    self.cache.clear_l1();
                 }
             }
         }

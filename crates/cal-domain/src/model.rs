@@ -97,7 +97,6 @@ pub struct Resource {
     pub location: Option<String>,
     /// Bumped by every change to the resource's reservations: the version of the cached resource
     /// and the generation of its cached availability.
-    #[serde(default)]
     pub bookings_version: i64,
 }
 
