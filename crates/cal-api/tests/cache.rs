@@ -531,11 +531,7 @@ async fn resource_availability_is_cached_by_day_and_follows_every_booking_change
 
     // A statement that touches no reservation of the room leaves its version (and cache) alone.
     let settled = version().await;
-    let current: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-        .bind(w.events[1].id.0)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let current: i64 = app.event_version(w.events[1].id.0).await;
     let rename = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { version } }";
     app.gql(
         Some(w.owner.id),

@@ -87,11 +87,7 @@ async fn busy_intervals_merge_series_singles_and_respect_responses() {
     .data();
     // The Nov 4 occurrence moves to 16:00.
     let sid = series["id"].as_str().unwrap();
-    let v: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-        .bind(sid.parse::<i64>().unwrap())
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let v: i64 = app.event_version(sid.parse::<i64>().unwrap()).await;
     app.gql(Some(alice.id), "mutation($e: ID!, $v: Int!) { updateEvent(id: $e, expectedVersion: $v, input: { startTime: \"2026-11-04T16:00:00Z\", endTime: \"2026-11-04T17:00:00Z\" }) { id } }",
         json!({ "e": format!("{sid}_20261104T090000Z"), "v": v })).await.data();
 

@@ -126,20 +126,12 @@ async fn reserve_and_cancel_and_moving_an_event_moves_its_booking() {
     assert_eq!(resp.data()["reserveResource"]["status"], "CONFIRMED");
 
     // Moving event 1 onto event 0's slot collides through its booking.
-    let current: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-        .bind(ev1.id.0)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let current: i64 = app.event_version(ev1.id.0).await;
     let update = "mutation($e: ID!, $v: Int!, $s: DateTime!, $t: DateTime!) { updateEvent(id: $e, expectedVersion: $v, input: { startTime: $s, endTime: $t }) { version startTime reservations { startTime } } }";
     let clash = json!({ "e": ev1.id.to_string(), "v": current, "s": w.events[0].start_time.to_rfc3339(), "t": w.events[0].end_time.to_rfc3339() });
     let resp = app.gql(Some(w.owner.id), update, clash).await;
     assert_eq!(resp.code(), "RESOURCE_CONFLICT");
-    let after: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-        .bind(ev1.id.0)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let after: i64 = app.event_version(ev1.id.0).await;
     assert_eq!(after, current, "the failed move changed nothing");
 
     // A free slot moves the booking with the event.

@@ -294,11 +294,7 @@ async fn editing_this_this_and_following_and_all() {
     );
 
     // ALL, through the first series: renamed everywhere except the override, which keeps its own title.
-    let v: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-        .bind(series.parse::<i64>().unwrap())
-        .fetch_one(&s.app.db.pool)
-        .await
-        .unwrap();
+    let v: i64 = s.app.event_version(series.parse::<i64>().unwrap()).await;
     let resp = s
         .app
         .gql(

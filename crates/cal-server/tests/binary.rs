@@ -165,31 +165,33 @@ async fn serve_creates_the_database_answers_and_stops_on_sigterm() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// Runs `calendar serve` against `db` with `env` (a `None` value removes the variable), expects
+/// it to refuse to start and returns what it printed on stderr.
+fn serve_refuses(db: &FreshDb, env: &[(&str, Option<&str>)]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").env("DATABASE_URL", db.url());
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn prod_mode_requires_a_secret() {
     let db = FreshDb::new("nosecret");
-    let out = Command::new(BIN)
-        .arg("serve")
-        .env("DATABASE_URL", db.url())
-        .env("CAL_ENV", "prod")
-        .env_remove("JWT_SECRET")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET"));
+    let err = serve_refuses(&db, &[("CAL_ENV", Some("prod")), ("JWT_SECRET", None)]);
+    assert!(err.contains("JWT_SECRET"));
 }
 
 #[test]
 fn bad_cache_ttls_stop_the_start_with_the_reason() {
     let db = FreshDb::new("badttls");
-    let out = Command::new(BIN)
-        .arg("serve")
-        .env("DATABASE_URL", db.url())
-        .env("CACHE_TTLS", "month_bucket=60,nope=5")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refuses(&db, &[("CACHE_TTLS", Some("month_bucket=60,nope=5"))]);
     assert!(err.contains("CACHE_TTLS"), "{err}");
     assert!(err.contains("unknown key kind `nope`"), "{err}");
 }

@@ -128,6 +128,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// An event's current version, read from the database (the `expectedVersion` of a write).
+    pub async fn event_version(&self, id: i64) -> i64 {
+        sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
     /// Creates a calendar owned by `owner` directly in the database.
     pub async fn calendar(&self, owner: UserId, name: &str) -> CalendarId {
         self.store
