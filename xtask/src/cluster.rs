@@ -38,6 +38,10 @@ pub struct ClusterArgs {
     /// Database on the local PostgreSQL (created, migrated, and seeded with the demo data when empty).
     #[arg(long, default_value = "calendar_cluster")]
     database: String,
+    /// Nice value of the broker process (`0`: unchanged). On this one machine the broker shares
+    /// the cores with the load; a higher priority stands in for the broker's own machine.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    broker_nice: i32,
     /// Redis shared by the instances (L2 tier, key prefix `cluster:`).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -60,6 +64,10 @@ pub struct BenchClusterArgs {
     /// Drop, recreate and seed the database even when it holds the large scale for this month.
     #[arg(long)]
     reseed: bool,
+    /// Nice value of the broker process (`0`: unchanged). On this one machine the broker shares
+    /// the cores with the load; a higher priority stands in for the broker's own machine.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    broker_nice: i32,
     /// Concurrent virtual users.
     #[arg(long, default_value_t = 20)]
     vus: u32,
@@ -195,18 +203,26 @@ fn free_port() -> Result<u16> {
 }
 
 /// A tansu broker on a free loopback port with in-memory storage (the flags of
-/// `cal-test-support`'s `KafkaBroker`).
+/// `cal-test-support`'s `KafkaBroker`), at nice value `nice` (through `nice(1)`, which warns and
+/// runs it unchanged without the privilege; `0`: started directly).
 struct Broker {
     _child: KillOnDrop,
     port: u16,
 }
 
 impl Broker {
-    fn start(bin: &Path, log: &Path) -> Result<Broker> {
+    fn start(bin: &Path, nice: i32, log: &Path) -> Result<Broker> {
         let port = free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
         let out = std::fs::File::create(log)?;
-        let child = Command::new(bin)
+        let mut command = if nice == 0 {
+            Command::new(bin)
+        } else {
+            let mut c = Command::new("nice");
+            c.arg("-n").arg(nice.to_string()).arg(bin);
+            c
+        };
+        let child = command
             .args([
                 "broker",
                 "--listener-url",
@@ -534,7 +550,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
     let bin = bench::build_calendar(&root, args.release)?;
     check_stop(&stop)?;
 
-    let broker = Broker::start(&tansu, &dir.join("tansu.log"))?;
+    let broker = Broker::start(&tansu, args.broker_nice, &dir.join("tansu.log"))?;
     let brokers = broker.brokers();
     eprintln!("tansu broker on {brokers}");
     let database_url = bench::database_url(&args.database);
@@ -886,7 +902,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
     let (_, n_fixtures) = bench::write_fixtures(calendar, args.calendars, &fixtures_path)?;
     check_stop(&stop)?;
 
-    let broker = Broker::start(&tansu, &out_dir.join("tansu.log"))?;
+    let broker = Broker::start(&tansu, args.broker_nice, &out_dir.join("tansu.log"))?;
     let brokers = broker.brokers();
     let lb = Balancer::start(listener);
     let base_url = format!("http://127.0.0.1:{}", args.port);
@@ -1001,7 +1017,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         report.push_str(&format!("Large seed: {secs:.1} s\n\n"));
     }
     report.push_str(&format!(
-        "`{command}`: {} {} | {} | VUs {} | k6 {} after {} warm-up per phase | Zipf s={} over {n_fixtures} calendars | write ratio {} | window {from} .. {to}\n\n",
+        "`{command}`: {} {} | {} | VUs {} | k6 {} after {} warm-up per phase | Zipf s={} over {n_fixtures} calendars | write ratio {} | broker nice {} | window {from} .. {to}\n\n",
         bench::today(),
         bench::commit(&root),
         machine(),
@@ -1010,6 +1026,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         args.warmup,
         args.zipf,
         args.write_ratio,
+        args.broker_nice,
     ));
     report.push_str(&table_header());
     report.push('\n');

@@ -407,6 +407,13 @@ fn compose_runs_the_whole_stack() {
         );
         assert_eq!(env["LISTEN_ADDR"].as_str(), Some("0.0.0.0:8080"));
         assert_eq!(env["CAL_ENV"].as_str(), Some("prod"));
+        // The image runs as a non-root user: RLIMIT_NICE must allow the default
+        // INVALIDATION_THREAD_NICE of -10 (a ceiling of 20 - nice).
+        assert_eq!(
+            s["ulimits"]["nice"].as_i64(),
+            Some(30),
+            "{name} may raise its invalidation threads to nice -10"
+        );
     }
 
     assert!(volumes(service(&compose, "nginx")).contains(&"./nginx.conf:/etc/nginx/nginx.conf:ro"));

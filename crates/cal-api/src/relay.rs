@@ -9,7 +9,8 @@
 
 use cal_cache::{Invalidation, InvalidationBus, Position};
 use cal_storage::Store;
-use prometheus::{IntCounter, IntGauge};
+use futures::FutureExt;
+use prometheus::{Histogram, IntCounter, IntGauge};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ pub struct RelayMetrics {
     pub published: IntCounter,
     pub errors: IntCounter,
     pub pending: IntGauge,
+    /// Publish round trips (hand-over to the bus → broker acknowledgement).
+    pub publish: Histogram,
 }
 
 pub struct Relay {
@@ -200,7 +203,12 @@ impl Relay {
                     cache.keys = row.keys.len() as i64,
                 );
                 crate::observe::set_remote_parent(&span, &row.trace_context);
-                self.bus.publish(inv).instrument(span)
+                let publish = self.metrics.publish.clone();
+                let started = std::time::Instant::now();
+                self.bus.publish(inv).instrument(span).map(move |r| {
+                    publish.observe(started.elapsed().as_secs_f64());
+                    r
+                })
             });
             let results = futures::future::join_all(sends).await;
             let mut published = Vec::with_capacity(results.len());

@@ -45,6 +45,9 @@ pub struct StreamConfig {
     /// stream up to it before it reads past L1 instead.
     pub token_wait: Duration,
     pub relay: RelayConfig,
+    /// The nice value of the thread that applies invalidations (see [`cal_cache::priority`];
+    /// `None`: the process's priority).
+    pub thread_nice: Option<i32>,
 }
 
 impl Default for StreamConfig {
@@ -54,6 +57,7 @@ impl Default for StreamConfig {
             publish_wait: Duration::from_secs(1),
             token_wait: Duration::from_secs(1),
             relay: RelayConfig::default(),
+            thread_nice: None,
         }
     }
 }
@@ -142,6 +146,12 @@ impl Stream {
     }
 }
 
+/// Buckets of the invalidation latency histograms: fine around the 20 ms lag target.
+const LATENCY_BUCKETS: [f64; 19] = [
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02, 0.025, 0.03, 0.04, 0.05,
+    0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 /// Invalidation metrics.
 #[derive(Clone)]
 struct StreamMetrics {
@@ -162,9 +172,14 @@ impl StreamMetrics {
                 "cal_invalidation_lag_seconds",
                 "From a write's acknowledgement on one instance to its L1 eviction on this one",
             )
-            .buckets(vec![
-                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-            ]),
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let publish = Histogram::with_opts(
+            HistogramOpts::new(
+                "cal_invalidation_publish_seconds",
+                "From handing an invalidation to the bus to the broker's acknowledgement (this instance's relay)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         let behind = IntGauge::new(
             "cal_invalidation_consumer_behind",
@@ -188,6 +203,7 @@ impl StreamMetrics {
         registry.register(Box::new(published.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(pending.clone()))?;
+        registry.register(Box::new(publish.clone()))?;
         Ok(Self {
             applied,
             lag,
@@ -196,6 +212,7 @@ impl StreamMetrics {
                 published,
                 errors,
                 pending,
+                publish,
             },
         })
     }
@@ -335,10 +352,12 @@ impl Tiers {
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let nice = self.stream_config.thread_nice;
         std::thread::Builder::new()
             .name("cal-invalidations".into())
             .spawn(move || {
                 let _guard = tracing::dispatcher::set_default(&dispatch);
+                cal_cache::priority::apply(nice, "invalidation threads");
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -47,11 +47,15 @@ pub struct KafkaConfig {
     /// that holds every fetch for this long even when data arrives (tansu does) adds up to this
     /// much to every delivery; shorter means more fetch requests while idle.
     pub fetch_wait: Duration,
+    /// The nice value of librdkafka's threads (see [`cal_cache::priority`]): they carry the
+    /// invalidations, and on saturated cores a lower value than request handling's keeps the
+    /// lag's tail short. `None`: the priority of the thread that connects.
+    pub thread_nice: Option<i32>,
 }
 
 impl KafkaConfig {
     /// The defaults for `brokers`: topic `cache.invalidate`, 1 partition, client id `cal`, 5 s
-    /// publish timeout, [`DEFAULT_FETCH_WAIT`].
+    /// publish timeout, [`DEFAULT_FETCH_WAIT`], threads at the connecting thread's priority.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
@@ -69,6 +73,7 @@ impl Default for KafkaConfig {
             client_id: "cal".into(),
             publish_timeout: Duration::from_secs(5),
             fetch_wait: DEFAULT_FETCH_WAIT,
+            thread_nice: None,
         }
     }
 }
@@ -116,6 +121,7 @@ pub struct KafkaBus {
     /// The consumer `connect` positioned at the start positions; the first `subscribe` takes it.
     first_consumer: Mutex<Option<StreamConsumer>>,
     start: Vec<Position>,
+    thread_nice: Option<i32>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -155,7 +161,7 @@ impl KafkaBus {
             .set("enable.sparse.connections", "false")
             .set("message.timeout.ms", publish_ms.to_string())
             .set("request.timeout.ms", publish_ms.min(30_000).to_string());
-        let producer: FutureProducer = producer_config.create()?;
+        let producer: FutureProducer = create(&producer_config, cfg.thread_nice)?;
 
         create_topic(&common, &cfg).await?;
 
@@ -176,7 +182,7 @@ impl KafkaBus {
             )
             .set("fetch.min.bytes", "1")
             .set("fetch.error.backoff.ms", "10");
-        let consumer: Arc<StreamConsumer> = Arc::new(consumer_config.create()?);
+        let consumer: Arc<StreamConsumer> = Arc::new(create(&consumer_config, cfg.thread_nice)?);
 
         let partitions = wait_for_partitions(consumer.clone(), &cfg.topic, started).await?;
         if partitions.len() as i32 != cfg.partitions {
@@ -205,6 +211,7 @@ impl KafkaBus {
             consumer_config,
             first_consumer: Mutex::new(Some(consumer)),
             start,
+            thread_nice: cfg.thread_nice,
         })
     }
 
@@ -228,7 +235,7 @@ impl KafkaBus {
         if !Arc::ptr_eq(&current, broken) {
             return;
         }
-        match self.producer_config.create::<FutureProducer>() {
+        match create::<FutureProducer>(&self.producer_config, self.thread_nice) {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut *current, Arc::new(fresh));
                 drop(current);
@@ -329,13 +336,14 @@ impl InvalidationBus for KafkaBus {
         let first = self.first_consumer.lock().unwrap().take();
         let consumer = match first {
             Some(c) => c,
-            None => match self
-                .consumer_config
-                .clone()
-                .set("group.id", unique_group_id("cal-resubscribe"))
-                .create::<StreamConsumer>()
-                .map_err(KafkaBusError::from)
-                .and_then(|c| assign(&c, &self.topic, &self.start).map(|()| c))
+            None => match create::<StreamConsumer>(
+                self.consumer_config
+                    .clone()
+                    .set("group.id", unique_group_id("cal-resubscribe")),
+                self.thread_nice,
+            )
+            .map_err(KafkaBusError::from)
+            .and_then(|c| assign(&c, &self.topic, &self.start).map(|()| c))
             {
                 Ok(c) => c,
                 Err(e) => {
@@ -363,6 +371,14 @@ impl InvalidationBus for KafkaBus {
     fn name(&self) -> &'static str {
         "kafka"
     }
+}
+
+/// A client whose threads (librdkafka's, and rdkafka's polling thread) run at `nice`.
+fn create<C: rdkafka::config::FromClientConfig + Send>(
+    config: &ClientConfig,
+    nice: Option<i32>,
+) -> Result<C, KafkaError> {
+    cal_cache::priority::at_nice(nice, "kafka client threads", || config.create())
 }
 
 /// Errors after which the producer will not publish again.

@@ -31,6 +31,7 @@ pub mod hooks;
 mod l1;
 mod l2;
 mod metrics;
+pub mod priority;
 mod spans;
 pub mod xfetch;
 

@@ -22,6 +22,7 @@
 //! | `KAFKA_BROKERS` | Kafka bootstrap servers for cross-instance invalidation; unset means the in-process bus (one instance) | unset |
 //! | `KAFKA_TOPIC`, `KAFKA_PARTITIONS` | invalidation topic, and its partitions when this instance creates it | `cache.invalidate`, `1` |
 //! | `KAFKA_FETCH_WAIT_MS` | longest a consumer fetch waits at the broker (`fetch.wait.max.ms`); bounds the delivery delay on brokers that hold fetches | `5` |
+//! | `INVALIDATION_THREAD_NICE` | nice value (`-20..=19`) of the threads that carry invalidations (librdkafka's, and the one applying them), ahead of request handling; needs `CAP_SYS_NICE` (else a warning, and normal priority); `0`: the process's priority | `-10` |
 //! | `INVALIDATION_LIVENESS_MS` | with Kafka: distrust L1 when the stream's freshest message is older than this | `2000` |
 //! | `CONSISTENCY_WAIT_MS` | how long a mutation waits for its invalidation's position, and a read for a presented token | `1000` |
 //! | `RELAY_ENABLED`, `RELAY_GRACE_MS` | run this instance's outbox relay; age at which it takes over others' unpublished rows | `true`, `1000` |
@@ -69,6 +70,7 @@ pub struct Settings {
     pub kafka_topic: String,
     pub kafka_partitions: i32,
     pub kafka_fetch_wait_ms: u64,
+    pub invalidation_thread_nice: i32,
     pub invalidation_liveness_ms: u64,
     pub consistency_wait_ms: u64,
     pub relay_enabled: bool,
@@ -108,6 +110,7 @@ impl Default for Settings {
             kafka_topic: "cache.invalidate".into(),
             kafka_partitions: 1,
             kafka_fetch_wait_ms: cal_bus_kafka::DEFAULT_FETCH_WAIT.as_millis() as u64,
+            invalidation_thread_nice: -10,
             invalidation_liveness_ms: 2000,
             consistency_wait_ms: 1000,
             relay_enabled: true,
@@ -152,6 +155,7 @@ impl Settings {
             "KAFKA_TOPIC",
             "KAFKA_PARTITIONS",
             "KAFKA_FETCH_WAIT_MS",
+            "INVALIDATION_THREAD_NICE",
             "INVALIDATION_LIVENESS_MS",
             "CONSISTENCY_WAIT_MS",
             "RELAY_ENABLED",
@@ -167,6 +171,12 @@ impl Settings {
         s.ttls().context("invalid CACHE_TTLS")?;
         if !matches!(s.cal_env.as_str(), "dev" | "prod") {
             bail!("CAL_ENV must be `dev` or `prod`, not {:?}", s.cal_env);
+        }
+        if !(-20..=19).contains(&s.invalidation_thread_nice) {
+            bail!(
+                "INVALIDATION_THREAD_NICE must be a nice value between -20 and 19, not {}",
+                s.invalidation_thread_nice
+            );
         }
         Ok(s)
     }
@@ -211,7 +221,13 @@ impl Settings {
         c.token_wait = Duration::from_millis(self.consistency_wait_ms);
         c.relay.enabled = self.relay_enabled;
         c.relay.grace = Duration::from_millis(self.relay_grace_ms);
+        c.thread_nice = self.thread_nice();
         c
+    }
+
+    /// `INVALIDATION_THREAD_NICE`, `None` for 0 (the process's priority).
+    pub fn thread_nice(&self) -> Option<i32> {
+        Some(self.invalidation_thread_nice).filter(|&n| n != 0)
     }
 
     /// Per-kind L2 TTL overrides (`CACHE_TTLS`).

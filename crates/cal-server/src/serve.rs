@@ -209,6 +209,7 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
             kc.topic = settings.kafka_topic.clone();
             kc.partitions = settings.kafka_partitions;
             kc.fetch_wait = std::time::Duration::from_millis(settings.kafka_fetch_wait_ms);
+            kc.thread_nice = settings.thread_nice();
             kc.client_id = origin.clone();
             // Positions this instance at the end of every partition before it serves anything.
             let bus = KafkaBus::connect(kc)

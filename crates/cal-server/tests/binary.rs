@@ -197,6 +197,18 @@ fn bad_cache_ttls_stop_the_start_with_the_reason() {
 }
 
 #[test]
+fn a_nice_value_out_of_range_stops_the_start() {
+    let db = FreshDb::new("badnice");
+    for bad in ["-21", "20"] {
+        let err = serve_refuses(&db, &[("INVALIDATION_THREAD_NICE", Some(bad))]);
+        assert!(
+            err.contains("INVALIDATION_THREAD_NICE must be a nice value between -20 and 19"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
 fn fixtures_for_load_tests_are_json() {
     let db = FreshDb::new("fixtures");
     let seed = Command::new(BIN)
