@@ -11,7 +11,7 @@ use cal_cache::{Invalidation, InvalidationBus, Position};
 use cal_storage::Store;
 use futures::FutureExt;
 use prometheus::{Histogram, IntCounter, IntGauge};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +31,9 @@ pub struct RelayConfig {
     pub heartbeat: Option<Duration>,
     /// Rows per pass.
     pub batch: i64,
+    /// How long a writer waits for its row's position (`StreamConfig::publish_wait`): a writer
+    /// acknowledges at the latest this long after its row was written.
+    pub publish_wait: Duration,
 }
 
 impl Default for RelayConfig {
@@ -41,6 +44,7 @@ impl Default for RelayConfig {
             grace: Duration::from_secs(1),
             heartbeat: None,
             batch: 256,
+            publish_wait: Duration::from_secs(1),
         }
     }
 }
@@ -55,13 +59,58 @@ pub struct RelayMetrics {
     pub publish: Histogram,
 }
 
+/// A row was not published within the wait (the relay retries it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotPublished;
+
+/// How many positions of own rows published before their writer asked are kept.
+const EARLY_KEPT: usize = 1024;
+
+/// Positions between the relay and the writers that wait for them.
+#[derive(Default)]
+struct Handoff {
+    waiters: HashMap<i64, oneshot::Sender<Option<Position>>>,
+    /// Own rows published before their writer asked, oldest first (bounded: a writer asks
+    /// within milliseconds of its commit, or has given up).
+    early: VecDeque<(i64, Option<Position>)>,
+}
+
+impl Handoff {
+    /// The position of `outbox_id` if it is already published, else a receiver for it.
+    fn ask(
+        &mut self,
+        outbox_id: i64,
+    ) -> Result<Option<Position>, oneshot::Receiver<Option<Position>>> {
+        if let Some(i) = self.early.iter().position(|(id, _)| *id == outbox_id) {
+            let (_, position) = self.early.remove(i).expect("index in range");
+            return Ok(position);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.insert(outbox_id, tx);
+        Err(rx)
+    }
+
+    /// `outbox_id` is published at `position`: hands it to its waiter, or keeps it for the writer
+    /// that has not asked yet (`own`: this instance wrote the row).
+    fn published(&mut self, outbox_id: i64, own: bool, position: Option<Position>) {
+        if let Some(tx) = self.waiters.remove(&outbox_id) {
+            let _ = tx.send(position);
+        } else if own {
+            if self.early.len() == EARLY_KEPT {
+                self.early.pop_front();
+            }
+            self.early.push_back((outbox_id, position));
+        }
+    }
+}
+
 pub struct Relay {
     store: Store,
     bus: Arc<dyn InvalidationBus>,
     origin: String,
     cfg: RelayConfig,
     nudge: Notify,
-    waiters: Mutex<HashMap<i64, oneshot::Sender<Option<Position>>>>,
+    handoff: Mutex<Handoff>,
     seq: AtomicU64,
     metrics: RelayMetrics,
 }
@@ -80,7 +129,7 @@ impl Relay {
             origin,
             cfg,
             nudge: Notify::new(),
-            waiters: Mutex::new(HashMap::new()),
+            handoff: Mutex::new(Handoff::default()),
             seq: AtomicU64::new(0),
             metrics,
         })
@@ -136,22 +185,30 @@ impl Relay {
         }
     }
 
-    /// Asks for `outbox_id` to be published now and waits up to `wait` for its position
-    /// (`None`: not published in time, or the bus has no positions).
-    pub async fn publish_now(&self, outbox_id: i64, wait: Duration) -> Option<Position> {
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap().insert(outbox_id, tx);
+    /// Asks for `outbox_id` (a row this instance wrote) to be published now and waits up to
+    /// `wait` for its position (`Ok(None)`: published, but the bus has no positions). The row may
+    /// already be out: another writer's nudge can have the relay claim it while its own writer
+    /// was still tombstoning L2; its position is then answered at once.
+    pub async fn publish_now(
+        &self,
+        outbox_id: i64,
+        wait: Duration,
+    ) -> Result<Option<Position>, NotPublished> {
+        let rx = match self.handoff.lock().unwrap().ask(outbox_id) {
+            Ok(position) => return Ok(position),
+            Err(rx) => rx,
+        };
         self.nudge.notify_one();
         let got = tokio::time::timeout(wait, rx).await;
-        self.waiters.lock().unwrap().remove(&outbox_id);
+        self.handoff.lock().unwrap().waiters.remove(&outbox_id);
         match got {
-            Ok(Ok(position)) => position,
+            Ok(Ok(position)) => Ok(position),
             _ => {
                 tracing::warn!(
                     outbox_id,
                     "invalidation not published within the consistency wait; the relay will retry"
                 );
-                None
+                Err(NotPublished)
             }
         }
     }
@@ -185,14 +242,13 @@ impl Relay {
                     self.seq.fetch_add(1, Ordering::Relaxed),
                 );
                 inv.outbox_id = Some(row.id);
-                // The lag clock starts when the write is acknowledged. A writer still waiting
-                // for this row acknowledges right after the publish, so "now" is a (slightly
-                // early) ack time; a row nobody waits for any more (an orphan, or a writer that
-                // gave up waiting) was acknowledged at the latest when it was written.
-                let waited_for = self.waiters.lock().unwrap().contains_key(&row.id);
-                if !waited_for {
-                    inv.sent_at_ms = u64::try_from(row.created_at.timestamp_millis()).unwrap_or(0);
-                }
+                // The lag clock starts when the write is acknowledged: a writer still waiting
+                // acknowledges after this publish ("now" is early, so the lag is not understated);
+                // one that gave up did so `publish_wait` after writing its row at the latest.
+                let gave_up_by = row.created_at.timestamp_millis().saturating_add(
+                    i64::try_from(self.cfg.publish_wait.as_millis()).unwrap_or(i64::MAX),
+                );
+                inv.sent_at_ms = inv.sent_at_ms.min(u64::try_from(gave_up_by).unwrap_or(0));
                 inv.trace_context = row.trace_context.clone();
                 let span = tracing::info_span!(
                     "kafka.publish",
@@ -221,9 +277,11 @@ impl Relay {
                             row.id,
                             position.map_or_else(|| "local".to_owned(), |p| p.to_string()),
                         ));
-                        if let Some(tx) = self.waiters.lock().unwrap().remove(&row.id) {
-                            let _ = tx.send(position);
-                        }
+                        let own = row.origin.as_deref() == Some(self.origin.as_str());
+                        self.handoff
+                            .lock()
+                            .unwrap()
+                            .published(row.id, own, position);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -245,5 +303,51 @@ impl Relay {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: i64) -> Option<Position> {
+        Some(Position {
+            partition: 0,
+            offset,
+        })
+    }
+
+    #[test]
+    fn a_row_published_before_its_writer_asks_is_answered_at_once() {
+        let mut h = Handoff::default();
+        h.published(7, true, at(41));
+        assert_eq!(h.ask(7).ok(), Some(at(41)));
+        assert!(h.early.is_empty(), "answered once");
+        assert!(h.ask(7).is_err(), "a second ask waits");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_receives_its_position() {
+        let mut h = Handoff::default();
+        let rx = h.ask(8).expect_err("not published yet");
+        h.published(8, true, at(42));
+        assert_eq!(rx.await.unwrap(), at(42));
+        assert!(h.early.is_empty() && h.waiters.is_empty());
+    }
+
+    #[test]
+    fn other_instances_rows_are_not_kept_and_the_kept_ones_are_bounded() {
+        let mut h = Handoff::default();
+        h.published(1, false, at(1));
+        assert!(h.early.is_empty());
+        for id in 0..(EARLY_KEPT as i64 + 10) {
+            h.published(id, true, at(id));
+        }
+        assert_eq!(h.early.len(), EARLY_KEPT);
+        assert!(h.ask(5).is_err(), "the oldest were dropped");
+        assert_eq!(
+            h.ask(EARLY_KEPT as i64 + 9).ok(),
+            Some(at(EARLY_KEPT as i64 + 9))
+        );
     }
 }

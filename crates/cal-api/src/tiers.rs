@@ -327,7 +327,10 @@ impl Tiers {
             store,
             self.bus.clone(),
             self.origin.clone(),
-            self.stream_config.relay.clone(),
+            RelayConfig {
+                publish_wait: self.stream_config.publish_wait,
+                ..self.stream_config.relay.clone()
+            },
             self.stream_metrics.relay.clone(),
         );
         if self.relay.set(relay.clone()).is_ok() {
@@ -472,6 +475,8 @@ impl ChangeSink for Tiers {
         relay
             .publish_now(outbox_id, self.stream_config.publish_wait)
             .await
+            .ok()
+            .flatten()
             .map(|p| p.to_string())
     }
 }
