@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
-use tracing::Instrument;
 
 /// The response cache's default bound.
 pub const DEFAULT_RESPONSE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -400,7 +399,7 @@ impl Tiers {
                             cache.keys = inv.keys.len() as i64,
                         );
                         crate::observe::set_remote_parent(&span, &inv.trace_context);
-                        self.cache.apply_remote(&inv).instrument(span).await;
+                        span.in_scope(|| self.cache.apply_remote(&inv));
                         self.stream_metrics.applied.inc();
                         let lag_ms = now_ms().saturating_sub(inv.sent_at_ms);
                         self.stream_metrics.lag.observe(lag_ms as f64 / 1000.0);

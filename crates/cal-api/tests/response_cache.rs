@@ -63,7 +63,7 @@ async fn repeated_reads_are_served_whole_until_something_they_read_changes() {
     let keys = vec![(cache_keys::user_profile(w.users[0].id), i64::MAX)];
     other.invalidate(&keys).await;
     let inv = cal_cache::Invalidation::new(keys, "another-instance", 1);
-    app.tiers.cache.apply_remote(&inv).await;
+    app.tiers.cache.apply_remote(&inv);
     let heard = app.gql(Some(w.owner.id), MONTH_VIEW, vars.clone()).await;
     assert!(!hit(&heard));
     assert_eq!(heard.data(), after.data());

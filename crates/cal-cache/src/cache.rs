@@ -188,6 +188,8 @@ struct Inner {
     metrics: Metrics,
     registry: Registry,
     flights: SingleFlight<Vec<String>, SharedLoad>,
+    /// The runtime [`TieredCache::new`] ran on: background work started from other threads.
+    runtime: tokio::runtime::Handle,
     _health: Option<AbortOnDrop>,
 }
 
@@ -304,6 +306,7 @@ impl TieredCache {
                 metrics,
                 registry: registry.clone(),
                 flights: SingleFlight::new(),
+                runtime: tokio::runtime::Handle::current(),
                 _health: Some(AbortOnDrop(task.abort_handle())),
             }
         });
@@ -814,12 +817,17 @@ impl TieredCache {
     }
 
     /// Applies an invalidation published by another process: L1 only (the writer already wrote
-    /// the L2 tombstones). Async because L1's tombstone write takes moka's per-key lock.
-    pub async fn apply_remote(&self, inv: &Invalidation) {
+    /// the L2 tombstones). When this returns, L1 serves no older value of the keys: they are
+    /// marked stale at once; the moka eviction and tombstones follow on the runtime that created
+    /// this cache, so the (high-priority) consumer thread never waits for moka's maintenance.
+    pub fn apply_remote(&self, inv: &Invalidation) {
         if let Some(l1) = &self.inner.l1 {
-            for (key, version) in &inv.keys {
-                l1.invalidate(key, *version).await;
-            }
+            l1.mark(&inv.keys);
+            let l1 = l1.clone();
+            let keys = inv.keys.clone();
+            self.inner
+                .runtime
+                .spawn(async move { l1.apply_marks(&keys).await });
         }
     }
 

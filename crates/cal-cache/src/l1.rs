@@ -86,6 +86,25 @@ impl Expiry<String, L1Entry> for PerEntryTtl {
 pub(crate) struct L1 {
     entries: Cache<String, L1Entry>,
     tombstones: Cache<String, i64>,
+    marks: Arc<Marks>,
+}
+
+/// Invalidations marked but not yet applied to the moka caches (see [`L1::mark`]): key → the
+/// minimum version a value must have. Almost always empty; reads look inside only when not.
+#[derive(Default)]
+struct Marks {
+    len: std::sync::atomic::AtomicUsize,
+    map: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+impl Marks {
+    /// The minimum version marked for `key`, if any.
+    fn min(&self, key: &str) -> Option<i64> {
+        if self.len.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.map.lock().unwrap().get(key).copied()
+    }
 }
 
 impl L1 {
@@ -108,11 +127,50 @@ impl L1 {
         Self {
             entries,
             tombstones,
+            marks: Arc::default(),
         }
     }
 
+    /// The entry for `key`, unless a mark (see [`L1::mark`]) says it is stale.
     pub async fn get(&self, key: &str) -> Option<L1Entry> {
-        self.entries.get(key).await
+        let entry = self.entries.get(key).await?;
+        match self.marks.min(key) {
+            Some(min) if entry.version < min => None,
+            _ => Some(entry),
+        }
+    }
+
+    /// Makes every `(key, version)` stale at once, without touching moka: from the return on,
+    /// [`L1::get`] does not return an older value and [`L1::fill`] refuses one. Takes a plain
+    /// mutex for microseconds, so the invalidation consumer never waits for moka's maintenance
+    /// (which any moka write may have to run, or wait for, under load). [`L1::apply_marks`]
+    /// then does the eviction and keeps the tombstones.
+    pub fn mark(&self, keys: &[(String, i64)]) {
+        let mut map = self.marks.map.lock().unwrap();
+        for (key, version) in keys {
+            let min = map.entry(key.clone()).or_insert(*version);
+            *min = (*min).max(*version);
+        }
+        self.marks
+            .len
+            .store(map.len(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Applies `keys` (marked before) to moka with [`L1::invalidate`], then drops their marks
+    /// (a mark raised meanwhile to a newer version stays for its own apply).
+    pub async fn apply_marks(&self, keys: &[(String, i64)]) {
+        for (key, version) in keys {
+            self.invalidate(key, *version).await;
+        }
+        let mut map = self.marks.map.lock().unwrap();
+        for (key, version) in keys {
+            if map.get(key).is_some_and(|min| min <= version) {
+                map.remove(key);
+            }
+        }
+        self.marks
+            .len
+            .store(map.len(), std::sync::atomic::Ordering::Release);
     }
 
     /// Stores `entry` unless a tombstone or the current entry carries a newer version. Runs under
@@ -120,12 +178,18 @@ impl L1 {
     /// invalidation's tombstone and its eviction.
     pub async fn fill(&self, key: &str, entry: L1Entry) -> FillOutcome {
         let tombstones = &self.tombstones;
+        let marks = &self.marks;
         let version = entry.version;
         let result = self
             .entries
             .entry_by_ref(key)
             .and_compute_with(|existing| async move {
                 if let Some(min) = tombstones.get(key).await
+                    && version < min
+                {
+                    return Op::Nop;
+                }
+                if let Some(min) = marks.min(key)
                     && version < min
                 {
                     return Op::Nop;
@@ -146,7 +210,8 @@ impl L1 {
 
     /// Whether a value of `version` would be refused by a remembered tombstone.
     pub async fn is_tombstoned(&self, key: &str, version: i64) -> bool {
-        matches!(self.tombstones.get(key).await, Some(min) if version < min)
+        matches!(self.marks.min(key), Some(min) if version < min)
+            || matches!(self.tombstones.get(key).await, Some(min) if version < min)
     }
 
     /// Evicts `key` and remembers that only versions `>= version` may be stored again.
@@ -181,5 +246,71 @@ impl L1 {
     pub async fn run_pending_tasks(&self) {
         self.entries.run_pending_tasks().await;
         self.tombstones.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l1() -> L1 {
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        L1::new(1 << 20, Duration::from_secs(60), &metrics)
+    }
+
+    fn entry(version: i64) -> L1Entry {
+        L1Entry {
+            value: Arc::new(Some(version)),
+            version,
+            weight: 200,
+            ttl: Duration::from_secs(60),
+            delta_ms: 1,
+            expires_at_ms: u64::MAX,
+            kind: "test",
+            filled_at: Instant::now(),
+            stamp: next_stamp(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mark_hides_older_values_and_refuses_their_fills_at_once() {
+        let l1 = l1();
+        assert_eq!(l1.fill("k", entry(1)).await, FillOutcome::Stored);
+        l1.mark(&[("k".into(), 2)]);
+        assert!(l1.get("k").await.is_none(), "version 1 is stale");
+        assert_eq!(l1.fill("k", entry(1)).await, FillOutcome::RefusedStale);
+        assert!(l1.is_tombstoned("k", 1).await);
+        assert_eq!(l1.fill("k", entry(2)).await, FillOutcome::Stored);
+        assert_eq!(l1.get("k").await.map(|e| e.version), Some(2));
+    }
+
+    #[tokio::test]
+    async fn applying_marks_evicts_keeps_the_tombstone_and_drops_the_mark() {
+        let l1 = l1();
+        l1.fill("k", entry(1)).await;
+        let keys = [("k".to_string(), 2)];
+        l1.mark(&keys);
+        l1.apply_marks(&keys).await;
+        assert!(l1.marks.map.lock().unwrap().is_empty());
+        assert_eq!(l1.marks.len.load(std::sync::atomic::Ordering::Acquire), 0);
+        assert!(l1.get("k").await.is_none(), "evicted");
+        assert_eq!(
+            l1.fill("k", entry(1)).await,
+            FillOutcome::RefusedStale,
+            "the moka tombstone took over"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newer_mark_outlives_the_apply_of_an_older_one() {
+        let l1 = l1();
+        l1.mark(&[("k".into(), 2)]);
+        l1.mark(&[("k".into(), 3)]);
+        l1.apply_marks(&[("k".into(), 2)]).await;
+        assert_eq!(l1.marks.min("k"), Some(3));
+        assert_eq!(l1.fill("k", entry(2)).await, FillOutcome::RefusedStale);
+        l1.apply_marks(&[("k".into(), 3)]).await;
+        assert_eq!(l1.marks.min("k"), None);
+        assert_eq!(l1.fill("k", entry(2)).await, FillOutcome::RefusedStale);
     }
 }

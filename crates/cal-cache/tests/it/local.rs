@@ -103,7 +103,7 @@ async fn remote_invalidations_evict_l1_and_refuse_older_fills() {
         .await
         .unwrap();
     let inv = sub.next().await.unwrap().unwrap();
-    c.apply_remote(&inv).await;
+    c.apply_remote(&inv);
     assert!(c.l1_refuses("k", 1).await);
     assert!(!c.l1_refuses("k", 2).await);
 
