@@ -166,19 +166,16 @@ impl StreamMetrics {
             "cal_invalidation_applied_total",
             "Invalidations from other instances applied to this instance's L1",
         )?;
-        let lag = Histogram::with_opts(
-            HistogramOpts::new(
-                "cal_invalidation_lag_seconds",
-                "From a write's acknowledgement on one instance to its L1 eviction on this one",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let latency = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+        };
+        let lag = latency(
+            "cal_invalidation_lag_seconds",
+            "From a write's acknowledgement on one instance to its L1 eviction on this one",
         )?;
-        let publish = Histogram::with_opts(
-            HistogramOpts::new(
-                "cal_invalidation_publish_seconds",
-                "From handing an invalidation to the bus to the broker's acknowledgement (this instance's relay)",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let publish = latency(
+            "cal_invalidation_publish_seconds",
+            "From handing an invalidation to the bus to the broker's acknowledgement (this instance's relay)",
         )?;
         let behind = IntGauge::new(
             "cal_invalidation_consumer_behind",

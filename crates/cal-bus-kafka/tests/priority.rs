@@ -40,16 +40,9 @@ async fn client_threads_run_at_the_configured_nice_value() {
         target, before,
         "the test needs room below the current priority"
     );
-    let topic = format!(
-        "cache.invalidate.priority.{}.{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
     let bus = KafkaBus::connect(KafkaConfig {
-        topic,
+        // The broker is this test's own (in memory), so the topic needs no unique name.
+        topic: "cache.invalidate.priority".into(),
         client_id: "priority".into(),
         thread_nice: Some(target),
         ..KafkaConfig::new(broker.brokers())

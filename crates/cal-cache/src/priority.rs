@@ -27,10 +27,7 @@ pub fn set_current_thread_nice(nice: i32) -> std::io::Result<()> {
     #[cfg(not(target_os = "linux"))]
     {
         let _ = nice;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "per-thread nice values are a Linux feature",
-        ))
+        Err(unsupported())
     }
 }
 
@@ -43,11 +40,16 @@ pub fn current_thread_nice() -> std::io::Result<i32> {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "per-thread nice values are a Linux feature",
-        ))
+        Err(unsupported())
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unsupported() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "per-thread nice values are a Linux feature",
+    )
 }
 
 /// Gives the calling thread the nice value `nice` (`None`: leaves it alone). A failure is logged
