@@ -47,23 +47,30 @@ pub struct VersionedList<T> {
 }
 
 /// Groups rows of a `list_event`/`list_version` query; `item` is `None` for the NULL row of an
-/// event without items.
-fn group_lists<T>(
+/// event without items. `C` is what `item` needs to find its columns, built from the first row.
+fn group_lists<T, C>(
     rows: &[PgRow],
-    item: impl Fn(&PgRow) -> std::result::Result<Option<T>, sqlx::Error>,
+    cols: impl Fn(&PgRow) -> std::result::Result<C, sqlx::Error>,
+    item: impl Fn(&PgRow, &C) -> std::result::Result<Option<T>, sqlx::Error>,
 ) -> std::result::Result<Vec<VersionedList<T>>, sqlx::Error> {
-    use sqlx::Row;
+    let Some(first) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    let (list, c) = (
+        rows::Cols::of(first, &["list_event", "list_version"])?,
+        cols(first)?,
+    );
     let mut out: Vec<VersionedList<T>> = Vec::new();
     for r in rows {
-        let event = EventId(r.try_get("list_event")?);
+        let event = EventId(list.get(r, 0)?);
         if out.last().is_none_or(|l| l.event != event) {
             out.push(VersionedList {
                 event,
-                version: r.try_get("list_version")?,
+                version: list.get(r, 1)?,
                 items: Vec::new(),
             });
         }
-        if let Some(t) = item(r)? {
+        if let Some(t) = item(r, &c)? {
             out.last_mut().expect("pushed above").items.push(t);
         }
     }
@@ -194,6 +201,15 @@ fn map<T>(
         .collect()
 }
 
+/// [`rows::all`] with the store's error.
+fn all<T, const N: usize>(
+    rows: &[PgRow],
+    names: &[&str; N],
+    f: fn(&PgRow, &rows::Cols<N>) -> std::result::Result<T, sqlx::Error>,
+) -> Result<Vec<T>> {
+    rows::all(rows, names, f).map_err(StorageError::Database)
+}
+
 impl Store {
     /// Sends one read statement, observed under `name` (see [`crate::statement`]).
     async fn fetch(
@@ -214,7 +230,7 @@ impl Store {
                 sqlx::query(USERS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
             )
             .await?;
-        map(rows, rows::user)
+        all(&rows, &rows::USER, rows::user_at)
     }
 
     pub async fn calendars_by_ids(&self, ids: &[CalendarId]) -> Result<Vec<Calendar>> {
@@ -224,7 +240,7 @@ impl Store {
                 sqlx::query(CALENDARS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
             )
             .await?;
-        map(rows, rows::calendar)
+        all(&rows, &rows::CALENDAR, rows::calendar_at)
     }
 
     /// Live (not deleted) events by id.
@@ -235,7 +251,7 @@ impl Store {
                 sqlx::query(EVENTS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
             )
             .await?;
-        map(rows, rows::event)
+        all(&rows, &rows::EVENT, rows::event_at)
     }
 
     /// Attendees of the given (existing) events, each list with its event's version.
@@ -249,10 +265,14 @@ impl Store {
                 sqlx::query(ATTENDEES_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))),
             )
             .await?;
-        group_lists(&rows, |r| {
-            let user: Option<i64> = sqlx::Row::try_get(r, "user_id")?;
-            user.map(|_| rows::attendee(r)).transpose()
-        })
+        group_lists(
+            &rows,
+            |first| rows::Cols::of(first, &rows::ATTENDEE),
+            |r, c| {
+                let user: Option<i64> = sqlx::Row::try_get(r, c.at(1))?;
+                user.map(|_| rows::attendee_at(r, c)).transpose()
+            },
+        )
         .map_err(StorageError::Database)
     }
 
@@ -268,17 +288,26 @@ impl Store {
                 sqlx::query(RESERVATIONS_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))),
             )
             .await?;
-        group_lists(&rows, |r| {
-            let id: Option<i64> = sqlx::Row::try_get(r, "id")?;
-            match id {
-                None => Ok(None),
-                Some(_) => {
-                    let res = rows::reservation(r)?;
-                    let resource = rows::resource_named(r, res.resource_id)?;
-                    Ok(Some((res, resource)))
+        group_lists(
+            &rows,
+            |first| {
+                Ok((
+                    rows::Cols::of(first, &rows::RESERVATION)?,
+                    rows::Cols::of(first, &rows::RESOURCE)?,
+                ))
+            },
+            |r, (booking, resource)| {
+                let id: Option<i64> = sqlx::Row::try_get(r, booking.at(0))?;
+                match id {
+                    None => Ok(None),
+                    Some(_) => {
+                        let res = rows::reservation_at(r, booking)?;
+                        let resource = rows::resource_at(r, resource, res.resource_id)?;
+                        Ok(Some((res, resource)))
+                    }
                 }
-            }
-        })
+            },
+        )
         .map_err(StorageError::Database)
     }
 
@@ -321,9 +350,17 @@ impl Store {
             limit,
         );
         let mut out = WindowRows::default();
-        for r in self.fetch("events.in_window", q).await? {
-            let part: i32 = sqlx::Row::try_get(&r, "part")?;
-            let ev = rows::event(&r)?;
+        let found = self.fetch("events.in_window", q).await?;
+        let Some(first) = found.first() else {
+            return Ok(out);
+        };
+        let (cols, part_at) = (
+            rows::Cols::of(first, &rows::EVENT)?,
+            rows::Cols::of(first, &["part"])?.at(0),
+        );
+        for r in &found {
+            let part: i32 = sqlx::Row::try_get(r, part_at)?;
+            let ev = rows::event_at(r, &cols)?;
             match part {
                 0 => out.singles.push(ev),
                 1 => out.masters.push(ev),

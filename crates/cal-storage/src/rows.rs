@@ -1,8 +1,12 @@
 //! Row → domain mapping. Text columns with CHECK constraints become domain enums here.
+//!
+//! Columns are found by name, but once per result set ([`Cols::of`] on its first row), not for
+//! every row: sqlx looks a name up in a hash map on each `try_get`, which was ~3% of a cold
+//! month view's CPU. Enum columns are decoded as borrowed text and parsed, never copied.
 
 use cal_domain::*;
-use sqlx::Row;
 use sqlx::postgres::PgRow;
+use sqlx::{Column, Row};
 
 fn corrupt(col: &str, e: DomainError) -> sqlx::Error {
     sqlx::Error::ColumnDecode {
@@ -11,16 +15,60 @@ fn corrupt(col: &str, e: DomainError) -> sqlx::Error {
     }
 }
 
+/// Where a result set holds the columns a mapping reads, in the order of its name list.
+pub(crate) struct Cols<const N: usize>([usize; N]);
+
+impl<const N: usize> Cols<N> {
+    pub fn of(row: &PgRow, names: &[&str; N]) -> Result<Self, sqlx::Error> {
+        let mut at = [0; N];
+        for (slot, name) in at.iter_mut().zip(names) {
+            *slot = row.try_column(*name)?.ordinal();
+        }
+        Ok(Self(at))
+    }
+
+    /// The position of the `i`th column of the name list.
+    pub fn at(&self, i: usize) -> usize {
+        self.0[i]
+    }
+
+    pub fn get<'r, T>(&self, row: &'r PgRow, i: usize) -> Result<T, sqlx::Error>
+    where
+        T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        row.try_get(self.0[i])
+    }
+}
+
+/// Maps every row of a result set with one column lookup for all of them.
+pub(crate) fn all<T, const N: usize>(
+    rows: &[PgRow],
+    names: &[&str; N],
+    f: fn(&PgRow, &Cols<N>) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, sqlx::Error> {
+    let Some(first) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    let cols = Cols::of(first, names)?;
+    rows.iter().map(|r| f(r, &cols)).collect()
+}
+
 pub(crate) const USER_COLS: &str = "id, email, name, avatar_url, time_zone, version";
 
+pub(crate) const USER: [&str; 6] = ["id", "email", "name", "avatar_url", "time_zone", "version"];
+
 pub(crate) fn user(r: &PgRow) -> Result<User, sqlx::Error> {
+    user_at(r, &Cols::of(r, &USER)?)
+}
+
+pub(crate) fn user_at(r: &PgRow, c: &Cols<6>) -> Result<User, sqlx::Error> {
     Ok(User {
-        id: UserId(r.try_get("id")?),
-        email: r.try_get("email")?,
-        name: r.try_get("name")?,
-        avatar_url: r.try_get("avatar_url")?,
-        time_zone: r.try_get("time_zone")?,
-        version: r.try_get("version")?,
+        id: UserId(c.get(r, 0)?),
+        email: c.get(r, 1)?,
+        name: c.get(r, 2)?,
+        avatar_url: c.get(r, 3)?,
+        time_zone: c.get(r, 4)?,
+        version: c.get(r, 5)?,
     })
 }
 
@@ -32,9 +80,26 @@ pub(crate) const CALENDAR_FROM: &str = "calendars c LEFT JOIN LATERAL ( \
      SELECT array_agg(user_id ORDER BY user_id) AS member_ids, array_agg(role ORDER BY user_id) AS member_roles \
      FROM calendar_members WHERE calendar_id = c.id) m ON true";
 
+pub(crate) const CALENDAR: [&str; 10] = [
+    "id",
+    "owner_id",
+    "name",
+    "description",
+    "time_zone",
+    "version",
+    "created_at",
+    "updated_at",
+    "member_ids",
+    "member_roles",
+];
+
 pub(crate) fn calendar(r: &PgRow) -> Result<Calendar, sqlx::Error> {
-    let ids: Vec<i64> = r.try_get("member_ids")?;
-    let roles: Vec<String> = r.try_get("member_roles")?;
+    calendar_at(r, &Cols::of(r, &CALENDAR)?)
+}
+
+pub(crate) fn calendar_at(r: &PgRow, c: &Cols<10>) -> Result<Calendar, sqlx::Error> {
+    let ids: Vec<i64> = c.get(r, 8)?;
+    let roles: Vec<String> = c.get(r, 9)?;
     let members = ids
         .into_iter()
         .zip(roles)
@@ -46,14 +111,14 @@ pub(crate) fn calendar(r: &PgRow) -> Result<Calendar, sqlx::Error> {
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(Calendar {
-        id: CalendarId(r.try_get("id")?),
-        owner_id: UserId(r.try_get("owner_id")?),
-        name: r.try_get("name")?,
-        description: r.try_get("description")?,
-        time_zone: r.try_get("time_zone")?,
-        version: r.try_get("version")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
+        id: CalendarId(c.get(r, 0)?),
+        owner_id: UserId(c.get(r, 1)?),
+        name: c.get(r, 2)?,
+        description: c.get(r, 3)?,
+        time_zone: c.get(r, 4)?,
+        version: c.get(r, 5)?,
+        created_at: c.get(r, 6)?,
+        updated_at: c.get(r, 7)?,
         members,
     })
 }
@@ -62,79 +127,133 @@ pub(crate) const EVENT_COLS: &str = "id, calendar_id, organizer_id, title, descr
      time_zone, all_day, status, transparency, rrule, exdates, recurring_event_id, original_start_time, version, \
      created_at, updated_at";
 
+pub(crate) const EVENT: [&str; 19] = [
+    "id",
+    "calendar_id",
+    "organizer_id",
+    "title",
+    "description",
+    "location",
+    "start_time",
+    "end_time",
+    "time_zone",
+    "all_day",
+    "status",
+    "transparency",
+    "rrule",
+    "exdates",
+    "recurring_event_id",
+    "original_start_time",
+    "version",
+    "created_at",
+    "updated_at",
+];
+
 pub(crate) fn event(r: &PgRow) -> Result<Event, sqlx::Error> {
-    let status: String = r.try_get("status")?;
-    let transparency: String = r.try_get("transparency")?;
+    event_at(r, &Cols::of(r, &EVENT)?)
+}
+
+pub(crate) fn event_at(r: &PgRow, c: &Cols<19>) -> Result<Event, sqlx::Error> {
+    let status: &str = c.get(r, 10)?;
+    let transparency: &str = c.get(r, 11)?;
     Ok(Event {
-        id: EventId(r.try_get("id")?),
-        calendar_id: CalendarId(r.try_get("calendar_id")?),
-        organizer_id: UserId(r.try_get("organizer_id")?),
-        title: r.try_get("title")?,
-        description: r.try_get("description")?,
-        location: r.try_get("location")?,
-        start_time: r.try_get("start_time")?,
-        end_time: r.try_get("end_time")?,
-        time_zone: r.try_get("time_zone")?,
-        all_day: r.try_get("all_day")?,
-        status: EventStatus::parse(&status).map_err(|e| corrupt("status", e))?,
-        transparency: Transparency::parse(&transparency).map_err(|e| corrupt("transparency", e))?,
-        rrule: r.try_get("rrule")?,
-        exdates: r.try_get("exdates")?,
-        recurring_event_id: r
-            .try_get::<Option<i64>, _>("recurring_event_id")?
-            .map(EventId),
-        original_start_time: r.try_get("original_start_time")?,
-        version: r.try_get("version")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
+        id: EventId(c.get(r, 0)?),
+        calendar_id: CalendarId(c.get(r, 1)?),
+        organizer_id: UserId(c.get(r, 2)?),
+        title: c.get(r, 3)?,
+        description: c.get(r, 4)?,
+        location: c.get(r, 5)?,
+        start_time: c.get(r, 6)?,
+        end_time: c.get(r, 7)?,
+        time_zone: c.get(r, 8)?,
+        all_day: c.get(r, 9)?,
+        status: EventStatus::parse(status).map_err(|e| corrupt("status", e))?,
+        transparency: Transparency::parse(transparency).map_err(|e| corrupt("transparency", e))?,
+        rrule: c.get(r, 12)?,
+        exdates: c.get(r, 13)?,
+        recurring_event_id: c.get::<Option<i64>>(r, 14)?.map(EventId),
+        original_start_time: c.get(r, 15)?,
+        version: c.get(r, 16)?,
+        created_at: c.get(r, 17)?,
+        updated_at: c.get(r, 18)?,
     })
 }
 
 pub(crate) const ATTENDEE_COLS: &str =
     "event_id, user_id, email, name, response_status, is_optional";
 
+pub(crate) const ATTENDEE: [&str; 6] = [
+    "event_id",
+    "user_id",
+    "email",
+    "name",
+    "response_status",
+    "is_optional",
+];
+
 pub(crate) fn attendee(r: &PgRow) -> Result<Attendee, sqlx::Error> {
-    let status: String = r.try_get("response_status")?;
+    attendee_at(r, &Cols::of(r, &ATTENDEE)?)
+}
+
+pub(crate) fn attendee_at(r: &PgRow, c: &Cols<6>) -> Result<Attendee, sqlx::Error> {
+    let status: &str = c.get(r, 4)?;
     Ok(Attendee {
-        event_id: EventId(r.try_get("event_id")?),
-        user_id: UserId(r.try_get("user_id")?),
-        email: r.try_get("email")?,
-        name: r.try_get("name")?,
-        response_status: ResponseStatus::parse(&status)
+        event_id: EventId(c.get(r, 0)?),
+        user_id: UserId(c.get(r, 1)?),
+        email: c.get(r, 2)?,
+        name: c.get(r, 3)?,
+        response_status: ResponseStatus::parse(status)
             .map_err(|e| corrupt("response_status", e))?,
-        is_optional: r.try_get("is_optional")?,
+        is_optional: c.get(r, 5)?,
     })
 }
 
 pub(crate) const RESOURCE_COLS: &str = "id, name, kind, capacity, location, bookings_version";
 
 pub(crate) fn resource(r: &PgRow) -> Result<Resource, sqlx::Error> {
-    resource_named(r, ResourceId(r.try_get("id")?))
+    let id = ResourceId(r.try_get("id")?);
+    resource_at(r, &Cols::of(r, &RESOURCE)?, id)
 }
 
 pub(crate) const RESERVATION_COLS: &str = "id, event_id, resource_id, start_time, end_time, status";
 
+pub(crate) const RESERVATION: [&str; 6] = [
+    "id",
+    "event_id",
+    "resource_id",
+    "start_time",
+    "end_time",
+    "status",
+];
+
 pub(crate) fn reservation(r: &PgRow) -> Result<Reservation, sqlx::Error> {
-    let status: String = r.try_get("status")?;
+    reservation_at(r, &Cols::of(r, &RESERVATION)?)
+}
+
+pub(crate) fn reservation_at(r: &PgRow, c: &Cols<6>) -> Result<Reservation, sqlx::Error> {
+    let status: &str = c.get(r, 5)?;
     Ok(Reservation {
-        id: ReservationId(r.try_get("id")?),
-        event_id: EventId(r.try_get("event_id")?),
-        resource_id: ResourceId(r.try_get("resource_id")?),
-        start_time: r.try_get("start_time")?,
-        end_time: r.try_get("end_time")?,
-        status: ReservationStatus::parse(&status).map_err(|e| corrupt("status", e))?,
+        id: ReservationId(c.get(r, 0)?),
+        event_id: EventId(c.get(r, 1)?),
+        resource_id: ResourceId(c.get(r, 2)?),
+        start_time: c.get(r, 3)?,
+        end_time: c.get(r, 4)?,
+        status: ReservationStatus::parse(status).map_err(|e| corrupt("status", e))?,
     })
 }
 
-/// A resource whose columns were joined into a reservation row (`name, kind, capacity, location`).
-pub(crate) fn resource_named(r: &PgRow, id: ResourceId) -> Result<Resource, sqlx::Error> {
-    let kind: String = r.try_get("kind")?;
+/// The columns of a resource besides its id (in a reservation row they are joined in).
+pub(crate) const RESOURCE: [&str; 5] = ["name", "kind", "capacity", "location", "bookings_version"];
+
+/// The resource `id` whose other columns ([`RESOURCE`]) are in `r`.
+pub(crate) fn resource_at(r: &PgRow, c: &Cols<5>, id: ResourceId) -> Result<Resource, sqlx::Error> {
+    let kind: &str = c.get(r, 1)?;
     Ok(Resource {
         id,
-        name: r.try_get("name")?,
-        kind: ResourceKind::parse(&kind).map_err(|e| corrupt("kind", e))?,
-        capacity: r.try_get("capacity")?,
-        location: r.try_get("location")?,
-        bookings_version: r.try_get("bookings_version")?,
+        name: c.get(r, 0)?,
+        kind: ResourceKind::parse(kind).map_err(|e| corrupt("kind", e))?,
+        capacity: c.get(r, 2)?,
+        location: c.get(r, 3)?,
+        bookings_version: c.get(r, 4)?,
     })
 }
