@@ -29,6 +29,9 @@ pub struct ApiConfig {
     pub booking_horizon: Duration,
     /// Most occurrences one series may book in its horizon.
     pub max_booked_occurrences: usize,
+    /// Answer plain queries by direct execution (`schema/direct.rs`) where it applies; `false`
+    /// runs every request through async-graphql's executor (tests compare the two).
+    pub direct_execution: bool,
 }
 
 impl ApiConfig {
@@ -47,6 +50,7 @@ impl ApiConfig {
             max_list_input: 200,
             booking_horizon: Duration::days(365),
             max_booked_occurrences: 1000,
+            direct_execution: true,
         }
     }
 }

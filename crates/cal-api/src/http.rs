@@ -1,29 +1,39 @@
 //! The HTTP surface: `POST /graphql` (and GraphiQL on `GET /graphql` in dev mode), `/health`
 //! (liveness: the process answers) and `/ready` (the database answers).
 //!
-//! Per request this layer authenticates the bearer token, builds a fresh [`RequestCtx`] (viewer,
-//! loaders, statement counter) for every operation, enforces the body and batch limits, and, when
-//! the `x-debug-stats` header is present, reports the request's SQL figures in `extensions.stats`.
+//! A `POST /graphql` goes through these steps ([`graphql_handler`]):
+//! 1. who asks ([`Verifier`]) and what they asked for (the raw body, its consistency token);
+//! 2. the whole-response caches, keyed by viewer and body bytes, before any parsing;
+//! 3. parse the body, check the batch limit, attach the parsed document ([`Documents`]);
+//! 4. execute every operation with a fresh [`RequestCtx`] (viewer, loaders, statement counter);
+//! 5. keep the answer if it was built only from cached values, then add the consistency token
+//!    and, with the `x-debug-stats` header, the request's figures in `extensions.stats`.
+//!
+//! Responses are compressed (gzip, br, zstd) when the client accepts it: bodies from the
+//! response cache once per entry, others by tower-http's layer at its fastest setting.
 
 use crate::ApiConfig;
-use crate::auth::viewer_from_header;
+use crate::auth::{Verifier, Viewer};
+use crate::documents::Documents;
 use crate::error::ApiError;
 use crate::limits::{tag_limit_errors, too_complex};
-use crate::response_cache::{self, Asked};
-use crate::schema::{AppSchema, RequestCtx};
+use crate::response_cache::{self, Encoding, ResponseKey};
+use crate::schema::{AppSchema, Direct, RequestCtx};
 use crate::tiers::Tiers;
 use crate::tiers::parse_token;
 use async_graphql::http::GraphiQLSource;
+use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cal_cache::{RequestStats, RequestStatsSnapshot};
 use cal_storage::{Store, StoreStats};
 use std::sync::Arc;
+use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::limit::RequestBodyLimitLayer;
 
 /// Header that asks for per-request figures in `extensions.stats`.
@@ -34,9 +44,23 @@ pub const DEBUG_STATS_HEADER: &str = "x-debug-stats";
 /// wait, then it reads past L1).
 pub const CONSISTENCY_TOKEN_HEADER: &str = "x-consistency-token";
 
-/// Shared application context, cloned into every handler.
+/// The media type of every GraphQL answer.
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+
+/// Shared application context, cloned into every handler (one reference count: axum clones the
+/// state for every request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppContext>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppContext;
+    fn deref(&self) -> &AppContext {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct AppContext {
     pub schema: AppSchema,
     /// Writes through this store invalidate the cache tiers after they commit.
     pub store: Store,
@@ -44,6 +68,10 @@ pub struct AppState {
     pub tiers: Arc<Tiers>,
     /// Prometheus registry holding the cache metrics (rendered on `/metrics`).
     pub registry: prometheus::Registry,
+    pub verifier: Verifier,
+    pub documents: Documents,
+    /// Direct execution of plain queries (`None`: switched off by the configuration).
+    pub direct: Option<Direct>,
 }
 
 impl AppState {
@@ -61,13 +89,16 @@ impl AppState {
             .with_origin(tiers.origin());
         tiers.spawn_consumer();
         tiers.start_relay(store.clone());
-        Self {
+        Self(Arc::new(AppContext {
             schema: crate::build_schema(config.clone()),
+            direct: config.direct_execution.then(|| Direct::new(&config)),
             store,
+            verifier: Verifier::new(config.jwt_secret.clone()),
             config,
             tiers,
             registry,
-        }
+            documents: Documents::default(),
+        }))
     }
 }
 
@@ -82,90 +113,172 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        // The GraphQL extractor streams the body itself, so axum's DefaultBodyLimit would not
-        // apply; this layer caps the body for every route and answers 413.
+        // Responses that are not already encoded (from the response cache) are compressed per
+        // request, so at the fastest setting.
+        .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
+        // The handler reads the body itself; this layer caps it for every route and answers 413.
         .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
         .layer(crate::observe::layer(&state))
         .with_state(state)
 }
 
+/// A GraphQL answer that was not executed: a request error.
+fn refused(status: StatusCode, err: async_graphql::ServerError) -> Response {
+    let resp = GqlResponse::from_errors(vec![err]);
+    crate::observe::errors(&resp);
+    let body = serde_json::to_vec(&resp).expect("a response serializes");
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(GRAPHQL_RESPONSE),
+    );
+    r
+}
+
+/// Who asks, and how.
+struct Caller {
+    viewer: Viewer,
+    debug: bool,
+    encoding: Option<Encoding>,
+    /// Read past L1 (and the in-process response cache): a consistency token this instance
+    /// has not applied yet.
+    past_l1: bool,
+}
+
+impl Caller {
+    /// Reads the caller from the headers, waiting (bounded) for a presented consistency token.
+    async fn read(state: &AppState, headers: &HeaderMap) -> Result<Self, Response> {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let mut caller = Caller {
+            viewer: state.verifier.viewer(auth),
+            debug: headers.contains_key(DEBUG_STATS_HEADER),
+            encoding: Encoding::negotiate(
+                headers
+                    .get(header::ACCEPT_ENCODING)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+            past_l1: false,
+        };
+        // Read-your-writes across instances: wait until this instance has heard the writer's
+        // invalidation; if it does not arrive in time, read past L1 (and the response cache).
+        if let Some(token) = headers.get(CONSISTENCY_TOKEN_HEADER) {
+            let positions = token
+                .to_str()
+                .map_err(|_| "not ASCII text".to_owned())
+                .and_then(parse_token)
+                .map_err(|e| {
+                    let err = ApiError::bad_input(format!(
+                        "invalid {CONSISTENCY_TOKEN_HEADER} header (expected partition:offset[,…]): {e}"
+                    ));
+                    refused(
+                        StatusCode::OK,
+                        async_graphql::Error::from(err).into_server_error(Default::default()),
+                    )
+                })?;
+            caller.past_l1 = !state
+                .tiers
+                .stream
+                .wait_applied(&positions, state.tiers.stream_config.token_wait)
+                .await;
+        }
+        Ok(caller)
+    }
+}
+
+/// Where a cacheable answer may be kept.
+struct Keep {
+    key: ResponseKey,
+    /// The in-process response cache (L1 in use for this request).
+    local: bool,
+    /// The shared tier in Redis (L1 off, distrusted or bypassed).
+    shared: bool,
+}
+
 async fn graphql_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
-    req: GraphQLBatchRequest,
+    body: Bytes,
 ) -> Response {
-    let mut batch = req.into_inner();
+    let caller = match Caller::read(&state, &headers).await {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let tiers = &state.tiers;
+
+    // 2. The response caches, before anything is parsed. A batch (a JSON array) never is.
+    let responses = tiers
+        .responses
+        .as_ref()
+        .filter(|_| !caller.past_l1 && !tiers.cache.l1_distrusted());
+    // With L1 in use, executing from L1 entries is what keeps the in-process cache filled, so
+    // the shared tier stays out of the way; it serves when L1 cannot answer.
+    let shared = tiers.cache.has_l2() && responses.is_none();
+    let keep = ResponseKey::new(caller.viewer, &body)
+        .filter(|_| body.first() != Some(&b'['))
+        .map(|key| Keep {
+            key,
+            local: responses.is_some(),
+            shared,
+        });
+    if let Some(keep) = &keep {
+        if let Some(hit) = responses.and_then(|r| r.lookup(&keep.key, &tiers.cache)) {
+            crate::observe::cached(&hit.operation);
+            return cached_response(
+                hit.body.clone(),
+                caller.encoding.and_then(|e| Some((e, hit.encoded(e)?))),
+                hit.dependencies(),
+                caller.debug,
+            );
+        }
+        if keep.shared
+            && let Some((operation, body)) =
+                response_cache::shared_lookup(&tiers.cache, &keep.key).await
+        {
+            crate::observe::cached(&operation);
+            return cached_response(body, None, 0, caller.debug);
+        }
+    }
+
+    // 3. Parse.
+    let mut batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                async_graphql::ServerError::new(
+                    format!("the request body is not a GraphQL request: {e}"),
+                    None,
+                ),
+            );
+        }
+    };
     crate::observe::begin(&batch);
     if let BatchRequest::Batch(list) = &batch
         && list.len() > state.config.max_batch
     {
-        let mut resp = GqlResponse::from_errors(vec![too_complex(format!(
-            "a batch may hold at most {} operations (got {})",
-            state.config.max_batch,
-            list.len()
-        ))]);
-        resp.extensions.clear();
-        crate::observe::errors(&resp);
-        return GraphQLResponse(BatchResponse::Single(resp)).into_response();
+        return refused(
+            StatusCode::OK,
+            too_complex(format!(
+                "a batch may hold at most {} operations (got {})",
+                state.config.max_batch,
+                list.len()
+            )),
+        );
     }
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let viewer = viewer_from_header(&state.config.jwt_secret, auth);
-    let debug = headers.contains_key(DEBUG_STATS_HEADER);
-
-    // Read-your-writes across instances: wait until this instance has heard the writer's
-    // invalidation; if it does not arrive in time, read past L1 (and the response cache).
-    let mut past_l1 = false;
-    if let Some(token) = headers.get(CONSISTENCY_TOKEN_HEADER) {
-        let positions = token
-            .to_str()
-            .map_err(|_| "not ASCII text".to_owned())
-            .and_then(parse_token);
-        match positions {
-            Ok(positions) => {
-                past_l1 = !state
-                    .tiers
-                    .stream
-                    .wait_applied(&positions, state.tiers.stream_config.token_wait)
-                    .await;
-            }
-            Err(e) => {
-                let err = ApiError::bad_input(format!(
-                    "invalid {CONSISTENCY_TOKEN_HEADER} header (expected partition:offset[,…]): {e}"
-                ));
-                let resp = GqlResponse::from_errors(vec![
-                    async_graphql::Error::from(err).into_server_error(Default::default()),
-                ]);
-                crate::observe::errors(&resp);
-                return GraphQLResponse(BatchResponse::Single(resp)).into_response();
-            }
-        }
+    let mut query_only = true;
+    let mut document = None;
+    for request in batch.iter_mut() {
+        let doc = state.documents.attach(request);
+        query_only &= doc
+            .as_deref()
+            .and_then(|d| crate::documents::operation_type(d, request.operation_name.as_deref()))
+            == Some(OperationType::Query);
+        document = doc;
     }
 
-    // A single read-only operation may be answered whole from the response cache.
-    let responses = state.tiers.responses.as_ref().filter(|_| !past_l1);
-    let asked = match &batch {
-        BatchRequest::Single(req) => Asked::of(viewer, req),
-        BatchRequest::Batch(_) => None,
-    };
-    if let (Some(asked), Some(responses)) = (&asked, responses)
-        && let Some(hit) = responses.lookup(asked, &state.tiers.cache).await
-    {
-        return cached_response(&hit.headers, &hit.body, hit.dependencies(), debug);
-    }
-    // The shared tier, for when L1 cannot answer: L1 off, distrusted (stream behind) or
-    // bypassed (a consistency token not yet applied). Redis is tombstoned before any write is
-    // acknowledged, so it needs no stream position. With L1 in use, executing from L1 entries
-    // is what keeps the L1 response cache filled, so the shared tier stays out of the way.
-    let shared =
-        state.tiers.cache.has_l2() && (responses.is_none() || state.tiers.cache.l1_distrusted());
-    if let (Some(asked), true) = (&asked, shared)
-        && let Some(body) = response_cache::shared_lookup(&state.tiers.cache, asked).await
-    {
-        return cached_response(&response_cache::json_headers(), &body, 0, debug);
-    }
-
+    // 4. Execute.
     let stats = Arc::new(StoreStats::default());
     // Writes carry the request's trace context through their outbox rows to the bus, so an
     // invalidation applied on another instance links to this request in Jaeger.
@@ -174,17 +287,50 @@ async fn graphql_handler(
         .with_request_stats(stats.clone())
         .with_trace_context(crate::observe::trace_context());
     let cache_stats = Arc::new(RequestStats::default());
-    if past_l1 {
+    if caller.past_l1 {
         cache_stats.bypass_l1();
     }
-    for request in batch.iter_mut() {
-        request.data.insert(RequestCtx::new(
-            viewer,
+    let keep = keep.filter(|k| query_only && (k.local || k.shared));
+    if let (Some(_), Some(responses)) = (&keep, responses) {
+        responses.missed();
+    }
+    if keep.as_ref().is_some_and(|k| k.shared) {
+        cache_stats.track_versions();
+    }
+    let request_ctx = || {
+        Arc::new(RequestCtx::new(
+            caller.viewer,
             store.clone(),
             state.config.clone(),
             state.tiers.clone(),
             cache_stats.clone(),
-        ));
+        ))
+    };
+
+    // A plain query is answered by direct execution where it applies.
+    let mut direct_body = None;
+    if let (BatchRequest::Single(req), Some(direct), true, Some(doc)) =
+        (&mut batch, &state.direct, query_only, &document)
+    {
+        let ctx = request_ctx();
+        direct_body = crate::observe::execute_direct(req, &stats, direct.execute(&ctx, doc, req))
+            .await
+            .map(Bytes::from);
+        // The slow path reuses this request's loaders (and what they already loaded).
+        if direct_body.is_none() {
+            req.data.insert(ctx);
+        }
+    }
+    if let Some(body) = direct_body {
+        return finish_direct(&state, &caller, keep, responses, &stats, &cache_stats, body).await;
+    }
+    for request in batch.iter_mut() {
+        if !request
+            .data
+            .contains_key(&std::any::TypeId::of::<Arc<RequestCtx>>())
+        {
+            request.data.insert(request_ctx());
+        }
     }
     let mut resp = crate::observe::execute(&state.schema, batch, &stats).await;
     match &mut resp {
@@ -192,42 +338,18 @@ async fn graphql_handler(
         BatchResponse::Batch(list) => list.iter_mut().for_each(tag_limit_errors),
     }
 
-    // Store the answer if it was built only from cached values (no error, no SQL past the
-    // cache, a query): beside L1 when every value came from an L1 entry, and in Redis with the
-    // versions of every value it was built from.
-    if let (Some(asked), BatchResponse::Single(r)) = (asked, &resp)
+    // 5. Keep the answer if it was built only from cached values (no error, no SQL past the
+    // cache, a query).
+    if let (Some(keep), BatchResponse::Single(r)) = (&keep, &resp)
         && r.is_ok()
         && r.extensions.is_empty()
         && stats.uncached_statements() == 0
-        && asked.is_query()
-        && (responses.is_some() || shared)
     {
-        let (parts, body) = GraphQLResponse(resp).into_response().into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .expect("a response built in memory can be read back");
-        if shared {
-            response_cache::shared_store(
-                &state.tiers.cache,
-                &asked,
-                &cache_stats.versions(),
-                &body,
-            )
-            .await;
-        }
-        if let (Some(responses), Some(deps)) = (responses, cache_stats.deps()) {
-            responses
-                .store(asked, deps, parts.headers.clone(), body.clone())
-                .await;
-        }
-        if !debug {
-            return Response::from_parts(parts, axum::body::Body::from(body));
-        }
-        // With the debug header, answer with the figures added (rare: load tests and tests).
-        resp = BatchResponse::Single(
-            serde_json::from_slice(&body).expect("a response serialized here parses back"),
-        );
+        let body = Bytes::from(serde_json::to_vec(r).expect("a response serializes"));
+        store_answer(&state, keep, responses, &cache_stats, &body).await;
+        return answer(&caller, responses, &stats, &cache_stats, body);
     }
+
     let token = stats.commit_token();
     if let (Some(token), BatchResponse::Single(r)) = (&token, &mut resp) {
         r.extensions.insert(
@@ -235,7 +357,7 @@ async fn graphql_handler(
             async_graphql::Value::from(token.as_str()),
         );
     }
-    if debug {
+    if caller.debug {
         let value = stats_value(&stats, &cache_stats.snapshot(), responses.map(|_| false));
         match &mut resp {
             BatchResponse::Single(r) => {
@@ -248,15 +370,84 @@ async fn graphql_handler(
             }
         }
     }
-    let mut response = GraphQLResponse(resp).into_response();
+    let mut response = json_response(Bytes::from(
+        serde_json::to_vec(&resp).expect("a response serializes"),
+    ));
     if let Some(token) = token
-        && let Ok(value) = axum::http::HeaderValue::from_str(&token)
+        && let Ok(value) = HeaderValue::from_str(&token)
     {
         response
             .headers_mut()
             .insert(CONSISTENCY_TOKEN_HEADER, value);
     }
     response
+}
+
+/// The answer of a direct execution (`{"data":…}`: no errors, a query), kept like any other
+/// answer built only from cached values.
+async fn finish_direct(
+    state: &AppState,
+    caller: &Caller,
+    keep: Option<Keep>,
+    responses: Option<&response_cache::ResponseCache>,
+    stats: &StoreStats,
+    cache_stats: &RequestStats,
+    body: Bytes,
+) -> Response {
+    if let Some(keep) = &keep
+        && stats.uncached_statements() == 0
+    {
+        store_answer(state, keep, responses, cache_stats, &body).await;
+    }
+    answer(caller, responses, stats, cache_stats, body)
+}
+
+/// Keeps a cacheable answer in the response caches `keep` names.
+async fn store_answer(
+    state: &AppState,
+    keep: &Keep,
+    responses: Option<&response_cache::ResponseCache>,
+    cache_stats: &RequestStats,
+    body: &Bytes,
+) {
+    let operation = crate::observe::operation().unwrap_or_default();
+    if keep.shared {
+        response_cache::shared_store(
+            &state.tiers.cache,
+            &keep.key,
+            &cache_stats.versions(),
+            &operation,
+            body,
+        )
+        .await;
+    }
+    if let (true, Some(responses), Some(deps)) = (keep.local, responses, cache_stats.deps()) {
+        responses.store(keep.key.clone(), deps, operation, body.clone());
+    }
+}
+
+/// A `{"data":…}` answer, with `extensions.stats` when asked for.
+fn answer(
+    caller: &Caller,
+    responses: Option<&response_cache::ResponseCache>,
+    stats: &StoreStats,
+    cache_stats: &RequestStats,
+    body: Bytes,
+) -> Response {
+    if caller.debug {
+        let value = stats_value(stats, &cache_stats.snapshot(), responses.map(|_| false));
+        return json_response(with_stats(&body, &value));
+    }
+    json_response(body)
+}
+
+fn json_response(body: Bytes) -> Response {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(GRAPHQL_RESPONSE),
+    );
+    r
 }
 
 /// The per-request figures reported under `extensions.stats`.
@@ -281,39 +472,59 @@ fn stats_value(
     async_graphql::Value::from_json(v).expect("a JSON object converts")
 }
 
-/// A response-cache hit: the stored bytes, plus `extensions.stats` when asked for (no SQL; from
-/// L1, `dependencies` entries were checked).
+/// `body` (a response object without extensions, `{"data":…}`) with `extensions.stats` added,
+/// spliced in before the closing brace; `body` unchanged if it is not such an object.
+fn with_stats(body: &Bytes, stats: &async_graphql::Value) -> Bytes {
+    let Some(inner) = body.strip_suffix(b"}").filter(|b| b.starts_with(b"{")) else {
+        return body.clone();
+    };
+    let stats = serde_json::to_string(stats).expect("stats serialize");
+    let mut out = Vec::with_capacity(body.len() + stats.len() + 32);
+    out.extend_from_slice(inner);
+    out.extend_from_slice(b",\"extensions\":{\"stats\":");
+    out.extend_from_slice(stats.as_bytes());
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
+}
+
+/// A response-cache hit: the stored bytes (in `encoded`'s encoding when the client accepts one
+/// and it could be made), plus `extensions.stats` when asked for (no SQL; `dependencies` keys
+/// were checked).
 fn cached_response(
-    headers: &HeaderMap,
-    stored: &[u8],
+    body: Bytes,
+    encoded: Option<(Encoding, Bytes)>,
     dependencies: usize,
     debug: bool,
 ) -> Response {
-    let body = if debug {
+    if debug {
         let snapshot = RequestStatsSnapshot {
             l1_hits: dependencies as u64,
             ..Default::default()
         };
-        let stats =
-            serde_json::to_string(&stats_value(&StoreStats::default(), &snapshot, Some(true)))
-                .expect("stats serialize");
-        // Stored bodies are exactly `{"data":…}`: splice the extensions in before the last brace.
-        let mut body = stored[..stored.len() - 1].to_vec();
-        body.extend_from_slice(b",\"extensions\":{\"stats\":");
-        body.extend_from_slice(stats.as_bytes());
-        body.extend_from_slice(b"}}");
-        axum::body::Body::from(body)
-    } else {
-        axum::body::Body::from(stored.to_vec())
-    };
-    let mut resp = Response::new(body);
-    *resp.headers_mut() = headers.clone();
-    resp
+        let stats = stats_value(&StoreStats::default(), &snapshot, Some(true));
+        return json_response(with_stats(&body, &stats));
+    }
+    match encoded {
+        Some((encoding, bytes)) => {
+            let mut r = json_response(bytes);
+            r.headers_mut().insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(encoding.header()),
+            );
+            r.headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            r
+        }
+        None => json_response(body),
+    }
 }
 
 /// Prometheus text: the cache tiers' counters plus the database statement totals.
 async fn metrics(State(state): State<AppState>) -> Response {
     use prometheus::Encoder;
+    if let Some(responses) = &state.tiers.responses {
+        responses.weighted_size();
+    }
     let mut body = Vec::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(e) = encoder.encode(&state.registry.gather(), &mut body) {
@@ -350,6 +561,24 @@ async fn ready(State(state): State<AppState>) -> Response {
                 Json(serde_json::json!({ "status": "database unavailable" })),
             )
                 .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_are_spliced_into_a_data_object_and_nothing_else() {
+        let stats = async_graphql::Value::from_json(serde_json::json!({ "l1Hits": 3 })).unwrap();
+        let body = Bytes::from_static(br#"{"data":{"me":{"id":"1"}}}"#);
+        let out: serde_json::Value = serde_json::from_slice(&with_stats(&body, &stats)).unwrap();
+        assert_eq!(out["data"]["me"]["id"], "1");
+        assert_eq!(out["extensions"]["stats"]["l1Hits"], 3);
+        for odd in [&b""[..], b"}", b"[1]", b"{"] {
+            let odd = Bytes::copy_from_slice(odd);
+            assert_eq!(with_stats(&odd, &stats), odd, "{odd:?}");
         }
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod documents;
 pub mod error;
 pub mod http;
 pub mod limits;

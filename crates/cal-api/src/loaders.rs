@@ -9,7 +9,7 @@
 //! the SQL statement, and is counted for the request (`extensions.stats.loaderBatches`).
 
 use crate::tiers::Tiers;
-use cal_cache::{Loaded as Filled, RequestStats};
+use cal_cache::{GetSize, Loaded as Filled, RequestStats};
 use cal_domain::cache_keys::{self, KeyKind};
 use cal_domain::*;
 use cal_storage::{StorageError, Store, VersionedList};
@@ -60,7 +60,7 @@ pub struct ById<K, T> {
 impl<K, T> BatchFn<K, Loaded<T>> for ById<K, T>
 where
     K: Eq + Hash + Copy + Send + Sync + 'static,
-    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
 {
     async fn load(&mut self, keys: &[K]) -> HashMap<K, Loaded<T>> {
         let tiers = &self.reach.tiers;
@@ -107,11 +107,7 @@ where
             .instrument(span)
             .await;
         match result {
-            Ok(values) => keys
-                .iter()
-                .zip(values)
-                .map(|(k, v)| (*k, Ok(v.map(Arc::new))))
-                .collect(),
+            Ok(values) => keys.iter().zip(values).map(|(k, v)| (*k, Ok(v))).collect(),
             Err(e) => {
                 let e = Arc::new(e);
                 keys.iter().map(|k| (*k, Err(e.clone()))).collect()
@@ -131,7 +127,7 @@ pub struct Grouped<T> {
 
 impl<T> BatchFn<EventId, LoadedList<T>> for Grouped<T>
 where
-    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
 {
     async fn load(&mut self, keys: &[EventId]) -> HashMap<EventId, LoadedList<T>> {
         let tiers = &self.reach.tiers;
@@ -179,7 +175,7 @@ where
             Ok(values) => keys
                 .iter()
                 .zip(values)
-                .map(|(k, v)| (*k, Ok(Arc::new(v.unwrap_or_default()))))
+                .map(|(k, v)| (*k, Ok(v.unwrap_or_else(|| Arc::new(Vec::new())))))
                 .collect(),
             Err(e) => {
                 let e = Arc::new(e);
@@ -195,6 +191,27 @@ pub type Booking = (Reservation, Resource);
 pub type ByIdLoader<K, T> = Loader<K, Loaded<T>, ById<K, T>>;
 pub type GroupedLoader<T> = Loader<EventId, LoadedList<T>, Grouped<T>>;
 
+impl<K: Copy, T> Clone for ById<K, T> {
+    fn clone(&self) -> Self {
+        Self {
+            reach: self.reach.clone(),
+            fetch: self.fetch,
+            kind: self.kind.clone(),
+        }
+    }
+}
+
+impl<T> Clone for Grouped<T> {
+    fn clone(&self) -> Self {
+        Self {
+            reach: self.reach.clone(),
+            fetch: self.fetch,
+            kind: self.kind,
+            key: self.key,
+        }
+    }
+}
+
 /// The loaders of one request.
 pub struct Loaders {
     pub users: ByIdLoader<UserId, User>,
@@ -203,6 +220,19 @@ pub struct Loaders {
     pub resources: ByIdLoader<ResourceId, Resource>,
     pub attendees: GroupedLoader<Attendee>,
     pub reservations: GroupedLoader<Booking>,
+    /// The batch functions behind `users`, `attendees` and `reservations`, for a batch whose
+    /// keys are all known up front (a page's prefetch): [`Loaders::load_now`] runs it at once and
+    /// primes the loader, without the loader's wait for more keys.
+    users_fn: ById<UserId, User>,
+    attendees_fn: Grouped<Attendee>,
+    reservations_fn: Grouped<Booking>,
+}
+
+/// Which loader [`Loaders::load_now`] fills.
+pub enum Batch<'a> {
+    Users(&'a [UserId]),
+    Attendees(&'a [EventId]),
+    Reservations(&'a [EventId]),
 }
 
 /// Larger than any batch a valid request can produce, so a request never splits a batch in two.
@@ -211,7 +241,7 @@ const MAX_BATCH: usize = 100_000;
 fn by_id<K, T>(reach: &Reach, fetch: Fetch<K, T>, kind: Kind<K, T>) -> ByIdLoader<K, T>
 where
     K: Eq + Hash + Copy + Send + Sync + std::fmt::Debug + 'static,
-    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
 {
     Loader::new(ById {
         reach: reach.clone(),
@@ -221,37 +251,73 @@ where
     .with_max_batch_size(MAX_BATCH)
 }
 
-fn grouped<T>(
-    reach: &Reach,
-    fetch: FetchLists<T>,
-    kind: KeyKind,
-    key: fn(EventId) -> String,
-) -> GroupedLoader<T>
-where
-    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-{
-    Loader::new(Grouped {
-        reach: reach.clone(),
-        fetch,
-        kind,
-        key,
-    })
-    .with_max_batch_size(MAX_BATCH)
+impl<K, T> Clone for Kind<K, T> {
+    fn clone(&self) -> Self {
+        Self {
+            kind: self.kind,
+            key: self.key,
+            id_of: self.id_of,
+            version_of: self.version_of,
+        }
+    }
 }
 
 impl Loaders {
+    /// Loads the batch through the tiers now (one get_many, one statement for what is missing)
+    /// and primes its loader with every value, so later loads of those keys are memo hits.
+    /// Errors are primed too: a resolver then reports the batch's error, as with a normal load.
+    pub async fn load_now(&self, batch: Batch<'_>) {
+        match batch {
+            Batch::Users(keys) => {
+                let got = self.users_fn.clone().load(keys).await;
+                self.users.prime_many(got).await;
+            }
+            Batch::Attendees(keys) => {
+                let got = self.attendees_fn.clone().load(keys).await;
+                self.attendees.prime_many(got).await;
+            }
+            Batch::Reservations(keys) => {
+                let got = self.reservations_fn.clone().load(keys).await;
+                self.reservations.prime_many(got).await;
+            }
+        }
+    }
+
     pub fn new(reach: &Reach) -> Self {
+        let users = Kind {
+            kind: KeyKind::UserProfile,
+            key: cache_keys::user_profile,
+            id_of: |u: &User| u.id,
+            version_of: |u: &User| u.version,
+        };
+        let users_fetch: Fetch<UserId, User> = |s, k| Box::pin(s.users_by_ids(k));
+        let attendees_fetch: FetchLists<Attendee> = |s, k| Box::pin(s.attendees_by_event_ids(k));
+        let reservations_fetch: FetchLists<Booking> =
+            |s, k| Box::pin(s.reservations_by_event_ids(k));
+        let attendees_fn = Grouped {
+            reach: reach.clone(),
+            fetch: attendees_fetch,
+            kind: KeyKind::EventAttendees,
+            key: cache_keys::event_attendees,
+        };
+        let reservations_fn = Grouped {
+            reach: reach.clone(),
+            fetch: reservations_fetch,
+            kind: KeyKind::EventReservations,
+            key: cache_keys::event_reservations,
+        };
+        let users_fn = ById {
+            reach: reach.clone(),
+            fetch: users_fetch,
+            kind: users,
+        };
         Self {
-            users: by_id(
-                reach,
-                |s, k| Box::pin(s.users_by_ids(k)),
-                Kind {
-                    kind: KeyKind::UserProfile,
-                    key: cache_keys::user_profile,
-                    id_of: |u| u.id,
-                    version_of: |u| u.version,
-                },
-            ),
+            users_fn: users_fn.clone(),
+            attendees_fn: attendees_fn.clone(),
+            reservations_fn: reservations_fn.clone(),
+            users: Loader::new(users_fn).with_max_batch_size(MAX_BATCH),
+            attendees: Loader::new(attendees_fn).with_max_batch_size(MAX_BATCH),
+            reservations: Loader::new(reservations_fn).with_max_batch_size(MAX_BATCH),
             calendars: by_id(
                 reach,
                 |s, k| Box::pin(s.calendars_by_ids(k)),
@@ -283,18 +349,6 @@ impl Loaders {
                     id_of: |r| r.id,
                     version_of: |r| r.bookings_version,
                 },
-            ),
-            attendees: grouped(
-                reach,
-                |s, k| Box::pin(s.attendees_by_event_ids(k)),
-                KeyKind::EventAttendees,
-                cache_keys::event_attendees,
-            ),
-            reservations: grouped(
-                reach,
-                |s, k| Box::pin(s.reservations_by_event_ids(k)),
-                KeyKind::EventReservations,
-                cache_keys::event_reservations,
             ),
         }
     }

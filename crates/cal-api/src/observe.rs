@@ -77,6 +77,7 @@ struct Metrics {
     duration: HistogramVec,
     errors: IntCounterVec,
     statements: Histogram,
+    direct: IntCounterVec,
 }
 
 impl Metrics {
@@ -104,10 +105,21 @@ impl Metrics {
                 )
                 .buckets(STATEMENT_BUCKETS.to_vec()),
             )?,
+            direct: IntCounterVec::new(
+                Opts::new(
+                    "cal_graphql_direct_executions_total",
+                    "Queries offered to direct execution, by outcome (answered, or fallback to async-graphql)",
+                ),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;
         registry.register(Box::new(m.statements.clone()))?;
+        registry.register(Box::new(m.direct.clone()))?;
+        for outcome in ["answered", "fallback"] {
+            m.direct.with_label_values(&[outcome]);
+        }
         for code in CODES.into_iter().chain([UNCODED]) {
             m.errors.with_label_values(&[code]);
         }
@@ -194,6 +206,8 @@ struct Report {
     codes: Vec<String>,
     statements: u64,
     loader_batches: u64,
+    /// Whether direct execution answered (`Some(true)`) or stepped aside, when it was tried.
+    direct: Option<bool>,
 }
 
 tokio::task_local! {
@@ -320,6 +334,21 @@ pub fn begin(batch: &BatchRequest) {
     with_report(|r| r.operation = Some(label));
 }
 
+/// Hook: the handler answers from a whole-response cache, for an operation labelled `label`
+/// (as [`begin`] labelled it when the response was built); no statements.
+pub fn cached(label: &str) {
+    Span::current().record("graphql.operation.name", label);
+    with_report(|r| r.operation = Some(label.to_owned()));
+}
+
+/// The current request's operation label, once [`begin`] has named it.
+pub fn operation() -> Option<String> {
+    REPORT
+        .try_with(|r| r.lock().unwrap().operation.clone())
+        .ok()
+        .flatten()
+}
+
 /// Hook: the handler answers `resp` without executing it (rejected batch, bad header).
 pub fn errors(resp: &GqlResponse) {
     with_report(|r| r.codes.extend(error_codes(resp)));
@@ -363,6 +392,49 @@ pub async fn execute(schema: &AppSchema, batch: BatchRequest, stats: &StoreStats
         r.statements = stats.statements();
     });
     resp
+}
+
+/// Hook: runs `direct` (direct execution of `req`, see `schema/direct.rs`) in a
+/// `graphql.operation` span and, when it answers, reports the request's statement count
+/// (`stats`) like [`execute`]. `None`: it stepped aside (the span says so) and the caller runs
+/// [`execute`].
+pub async fn execute_direct(
+    req: &async_graphql::Request,
+    stats: &StoreStats,
+    direct: impl std::future::Future<Output = Option<Vec<u8>>>,
+) -> Option<Vec<u8>> {
+    let span = operation_span(req);
+    span.record("graphql.direct", true);
+    let body = direct.instrument(span.clone()).await;
+    match &body {
+        Some(_) => with_report(|r| {
+            r.statements = stats.statements();
+            r.direct = Some(true);
+        }),
+        None => {
+            span.record("graphql.direct", false);
+            with_report(|r| r.direct = Some(false));
+        }
+    }
+    body
+}
+
+fn operation_span(req: &async_graphql::Request) -> Span {
+    let name = operation_name(req);
+    let span = tracing::info_span!(
+        "graphql.operation",
+        otel.name = %format_args!("graphql {}", name.as_deref().unwrap_or("anonymous")),
+        otel.status_code = Empty,
+        graphql.operation.name = name.as_deref().unwrap_or(""),
+        graphql.document.hash = Empty,
+        graphql.errors = Empty,
+        graphql.error.codes = Empty,
+        graphql.direct = Empty,
+    );
+    if !span.is_disabled() {
+        span.record("graphql.document.hash", document_hash(&req.query).as_str());
+    }
+    span
 }
 
 async fn execute_one(schema: &AppSchema, req: async_graphql::Request) -> GqlResponse {
@@ -594,6 +666,11 @@ impl Metrics {
         }
         if !rejected {
             self.statements.observe(report.statements as f64);
+        }
+        if let Some(answered) = report.direct {
+            self.direct
+                .with_label_values(&[if answered { "answered" } else { "fallback" }])
+                .inc();
         }
     }
 }

@@ -1,145 +1,182 @@
-//! Whole responses of read-only operations, kept in-process beside L1 and served only while every
-//! L1 entry they were built from is still in L1, unchanged.
+//! Whole responses of read-only operations, decided before any GraphQL work: kept in-process
+//! beside L1 and served while nothing they were built from has been invalidated, and (the shared
+//! tier) in Redis with the versions of their values, for when L1 cannot answer.
 //!
 //! Why: a warm month view costs no SQL and no Redis, yet resolving its ~1,500 fields and writing
-//! ~66 KB of JSON is most of its time. When the same viewer asks the same operation with the same
-//! variables again, and nothing it read has changed, the answer is the same bytes.
+//! ~66 KB of JSON is most of its time. When the same viewer sends the same request again and
+//! nothing it read has changed, the answer is the same bytes, so a hit should cost about what
+//! writing those bytes costs.
 //!
-//! Why it is never staler than L1: while executing, the cache records every L1 entry (key and
-//! stamp) whose value it handed to the request ([`cal_cache::RequestStats::deps`]). A response is
-//! stored only if *all* of its data came that way — no error, no SQL statement outside the cache
-//! loaders (membership lists, free/busy, writes), only query operations — and it is served only
-//! if every recorded entry is still in L1 with the same stamp. An invalidation (local or from the
-//! bus), an L1 clear, an expiry or a refill of any of them changes that, so the response is
-//! rebuilt. Authorization is part of the response: entries are keyed by the viewer, and the
-//! calendar summaries (members and roles) it was checked against are dependencies like any other.
+//! The key is the viewer and the request body exactly as received (query, operation name,
+//! variables, extensions), compared in full: no parse, no JSON decode, and a hash collision can
+//! cost a miss but never serve another request's answer. Two spellings of one request are two
+//! entries; one client always sends the same spelling.
 //!
-//! Keys are compared in full (viewer, query text, operation name, variables), never by hash
-//! alone, so a hash collision can cost a miss but never serve another request's answer.
+//! Why an entry is never staler than L1: while executing, the cache records, for every value it
+//! hands to the request, the invalidation generation of its key taken *before* the value was
+//! read ([`cal_cache::RequestStats::deps`]). A response is stored only if all of its data came
+//! through the cache loaders — no error, no SQL outside them (membership lists, free/busy,
+//! writes), a query operation — and it is served only while every recorded generation and the L1
+//! epoch are unchanged: any invalidation of one of its keys (a local write, one heard on the bus),
+//! an L1 clear or distrust ends it. That check is O(keys) atomic loads. Authorization is part of
+//! the response: entries are keyed by the viewer, and the calendar summaries (members and roles)
+//! it was checked against are dependencies like any other.
+//!
+//! Bodies are kept as [`Bytes`], written to the socket without a copy, and compressed at most
+//! once per entry and encoding: the first hit that accepts gzip, br or zstd compresses the body
+//! and keeps the result beside it.
 
 use crate::auth::Viewer;
-use async_graphql::parser::types::{DocumentOperations, OperationType};
 use axum::body::Bytes;
-use axum::http::HeaderMap;
-use cal_cache::TieredCache;
-use moka::future::Cache;
-use prometheus::{IntCounter, Registry};
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use cal_cache::{Deps, TieredCache};
+use moka::sync::Cache;
+use prometheus::{IntCounter, IntGauge, Registry};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// What identifies a response: who asked what.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Asked {
-    viewer: Option<i64>,
-    query: String,
-    operation: Option<String>,
-    /// The variables as JSON text.
-    variables: String,
+/// What identifies a response: who sent which request bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseKey {
+    viewer: i64,
+    request: Bytes,
+    hash: u64,
 }
 
-impl Asked {
-    /// `None` for requests that are never cached (no signed-in viewer, variables that do not
-    /// serialize).
-    pub fn of(viewer: Viewer, req: &async_graphql::Request) -> Option<Self> {
+impl ResponseKey {
+    /// `None` for requests that are never cached (no signed-in viewer).
+    pub fn new(viewer: Viewer, request: &Bytes) -> Option<Self> {
         let Viewer::User(user) = viewer else {
             return None;
         };
+        let mut h = std::hash::DefaultHasher::new();
+        user.0.hash(&mut h);
+        request.hash(&mut h);
         Some(Self {
-            viewer: Some(user.0),
-            query: req.query.clone(),
-            operation: req.operation_name.clone(),
-            variables: serde_json::to_string(&req.variables).ok()?,
+            viewer: user.0,
+            request: request.clone(),
+            hash: h.finish(),
         })
     }
+}
 
-    fn hash_key(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.hash(&mut h);
-        h.finish()
+/// A compressed variant of a stored body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Gzip,
+    Brotli,
+    Zstd,
+}
+
+impl Encoding {
+    pub fn header(self) -> &'static str {
+        match self {
+            Encoding::Gzip => "gzip",
+            Encoding::Brotli => "br",
+            Encoding::Zstd => "zstd",
+        }
     }
 
-    /// Whether the operation this request runs is a query (not a mutation or subscription).
-    pub fn is_query(&self) -> bool {
-        let Ok(doc) = async_graphql::parser::parse_query(&self.query) else {
-            return false;
+    /// The best encoding an `Accept-Encoding` header allows (zstd, then br, then gzip; a `q=0`
+    /// refuses one), or `None` for identity.
+    pub fn negotiate(accept: Option<&str>) -> Option<Self> {
+        let accept = accept?;
+        let mut best: Option<(Encoding, u8)> = None;
+        for part in accept.split(',') {
+            let mut it = part.split(';');
+            let name = it.next().unwrap_or("").trim();
+            let refused = it.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            if refused {
+                continue;
+            }
+            let candidate = match name.to_ascii_lowercase().as_str() {
+                "zstd" => (Encoding::Zstd, 3),
+                "br" => (Encoding::Brotli, 2),
+                "gzip" | "x-gzip" => (Encoding::Gzip, 1),
+                _ => continue,
+            };
+            if best.is_none_or(|(_, rank)| candidate.1 > rank) {
+                best = Some(candidate);
+            }
+        }
+        best.map(|(e, _)| e)
+    }
+
+    /// Compresses `body` (at the encoding's best-ratio setting that still runs in a few ms for
+    /// a month view: it is done once per stored entry).
+    pub fn compress(self, body: &[u8]) -> Option<Bytes> {
+        use std::io::Write;
+        let out = match self {
+            Encoding::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+                e.write_all(body).ok()?;
+                e.finish().ok()?
+            }
+            Encoding::Brotli => {
+                let mut out = Vec::new();
+                {
+                    let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                    w.write_all(body).ok()?;
+                }
+                out
+            }
+            Encoding::Zstd => zstd::bulk::compress(body, 6).ok()?,
         };
-        let op = match (&doc.operations, &self.operation) {
-            (DocumentOperations::Single(op), _) => Some(op),
-            (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
-            // A lone named operation runs without being named.
-            (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
-            (DocumentOperations::Multiple(_), None) => None,
-        };
-        op.is_some_and(|op| op.node.ty == OperationType::Query)
+        Some(Bytes::from(out))
     }
-}
-
-/// How long a response lives in the shared tier at most (validity is checked on every read; the
-/// TTL only bounds Redis memory).
-const SHARED_TTL: Duration = Duration::from_secs(60);
-
-fn shared_key(asked: &Asked) -> String {
-    use sha2::{Digest, Sha256};
-    let material = serde_json::to_vec(asked).expect("asked serializes");
-    let digest = Sha256::digest(&material);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("v1:response:{hex}")
-}
-
-/// The stored body for `asked` from the shared (Redis) tier, if every value it was built from is
-/// still at the version it was built from. The stored `Asked` is compared in full.
-pub async fn shared_lookup(cache: &TieredCache, asked: &Asked) -> Option<Bytes> {
-    let blob = cache.get_derived(&shared_key(asked)).await?;
-    // `{asked as JSON}\n{body}`: JSON text never holds a raw newline.
-    let split = blob.iter().position(|&b| b == b'\n')?;
-    let stored: Asked = serde_json::from_slice(&blob[..split]).ok()?;
-    (stored == *asked).then(|| Bytes::copy_from_slice(&blob[split + 1..]))
-}
-
-/// Stores `body` for `asked` in the shared tier with the versions of the values it was built from.
-pub async fn shared_store(
-    cache: &TieredCache,
-    asked: &Asked,
-    versions: &[(String, i64)],
-    body: &[u8],
-) {
-    if !asked.is_query() {
-        return;
-    }
-    let Ok(mut blob) = serde_json::to_vec(asked) else {
-        return;
-    };
-    blob.push(b'\n');
-    blob.extend_from_slice(body);
-    cache
-        .put_derived(&shared_key(asked), versions, &blob, SHARED_TTL)
-        .await;
-}
-
-/// The headers of a GraphQL response (as async-graphql-axum sets them).
-pub fn json_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        axum::http::header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/graphql-response+json"),
-    );
-    h
 }
 
 /// A stored response.
 pub struct Stored {
-    asked: Asked,
-    deps: Vec<(String, u64)>,
-    pub headers: HeaderMap,
+    key: ResponseKey,
+    deps: Deps,
+    /// The operation's metrics label (see [`crate::observe`]), reported again on every hit.
+    pub operation: String,
     /// `{"data":…}`: no errors and no extensions.
     pub body: Bytes,
+    gzip: OnceLock<Option<Bytes>>,
+    brotli: OnceLock<Option<Bytes>>,
+    zstd: OnceLock<Option<Bytes>>,
 }
 
 impl Stored {
-    /// How many L1 entries this response was built from.
+    /// How many keys this response was built from.
     pub fn dependencies(&self) -> usize {
         self.deps.len()
+    }
+
+    /// The body in `encoding`, compressed on first use and kept.
+    pub fn encoded(&self, encoding: Encoding) -> Option<Bytes> {
+        let slot = match encoding {
+            Encoding::Gzip => &self.gzip,
+            Encoding::Brotli => &self.brotli,
+            Encoding::Zstd => &self.zstd,
+        };
+        slot.get_or_init(|| encoding.compress(&self.body)).clone()
+    }
+
+    fn weight(&self) -> u32 {
+        let compressed: usize = [&self.gzip, &self.brotli, &self.zstd]
+            .iter()
+            .filter_map(|s| s.get().and_then(|b| b.as_ref()).map(Bytes::len))
+            .sum();
+        // A compressed variant added after insertion is not re-weighed: allow for one up front
+        // (month views compress about 8x).
+        let allowance = self.body.len() / 6;
+        u32::try_from(
+            self.body.len()
+                + compressed.max(allowance)
+                + self.key.request.len()
+                + self.operation.len()
+                + self.deps.weight()
+                + OVERHEAD,
+        )
+        .unwrap_or(u32::MAX)
     }
 }
 
@@ -148,21 +185,31 @@ impl Stored {
 pub struct ResponseMetrics {
     hits: IntCounter,
     misses: IntCounter,
+    weighted: IntGauge,
 }
 
 impl ResponseMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let hits = IntCounter::new(
             "cal_cache_response_hits_total",
-            "Responses served whole because every L1 entry they were built from is unchanged",
+            "Responses served whole because nothing they were built from was invalidated",
         )?;
         let misses = IntCounter::new(
             "cal_cache_response_misses_total",
             "Cacheable requests that had to be executed (no entry, or a dependency changed)",
         )?;
+        let weighted = IntGauge::new(
+            "cal_cache_response_weighted_bytes",
+            "Memory the whole-response cache holds by its weigher (bodies, compressed copies, keys, dependencies)",
+        )?;
         registry.register(Box::new(hits.clone()))?;
         registry.register(Box::new(misses.clone()))?;
-        Ok(Self { hits, misses })
+        registry.register(Box::new(weighted.clone()))?;
+        Ok(Self {
+            hits,
+            misses,
+            weighted,
+        })
     }
 }
 
@@ -173,77 +220,121 @@ pub struct ResponseCache {
     metrics: ResponseMetrics,
 }
 
-/// Per-entry bookkeeping besides body, query and dependency keys.
-const OVERHEAD: usize = 256;
+/// Per-entry bookkeeping besides bodies, request and dependencies (this struct, moka's entry).
+const OVERHEAD: usize = 512;
 
 impl ResponseCache {
-    /// A cache of at most `max_bytes`, whose entries live at most `ttl` (L1's: dependencies
-    /// expire then anyway).
+    /// A cache of at most `max_bytes`, whose entries live at most `ttl` (L1's).
     pub fn new(max_bytes: u64, ttl: Duration, metrics: ResponseMetrics) -> Self {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_k: &u64, v: &Arc<Stored>| {
-                let deps: usize = v.deps.iter().map(|(k, _)| k.len() + 8).sum();
-                u32::try_from(v.body.len() + v.asked.query.len() + deps + OVERHEAD)
-                    .unwrap_or(u32::MAX)
-            })
+            .weigher(|_k: &u64, v: &Arc<Stored>| v.weight())
             .time_to_live(ttl)
             .build();
         Self { entries, metrics }
     }
 
-    /// The stored response for `asked`, if every L1 entry it was built from is still current.
-    pub async fn lookup(&self, asked: &Asked, l1: &TieredCache) -> Option<Arc<Stored>> {
+    /// The stored response for `key`, if nothing it was built from has been invalidated since.
+    /// Counts a hit; a caller that then executes a cacheable request counts the miss
+    /// ([`ResponseCache::missed`]), since only it knows whether the request was cacheable.
+    pub fn lookup(&self, key: &ResponseKey, cache: &TieredCache) -> Option<Arc<Stored>> {
+        // Debug level: never created without a trace exporter or RUST_LOG=debug.
         let span = tracing::debug_span!(
             "cache.response",
             otel.name = "cache response",
             cache.tier = "response",
             cache.hit = tracing::field::Empty
         );
-        let key = asked.hash_key();
-        let found = match self.entries.get(&key).await {
-            Some(s) if s.asked == *asked => {
-                if l1.deps_current(&s.deps).await {
+        let found = match self.entries.get(&key.hash) {
+            Some(s) if s.key == *key => {
+                if cache.deps_current(&s.deps) {
                     Some(s)
                 } else {
-                    self.entries.invalidate(&key).await;
+                    self.entries.invalidate(&key.hash);
                     None
                 }
             }
             _ => None,
         };
-        match &found {
-            Some(_) => self.metrics.hits.inc(),
-            None => self.metrics.misses.inc(),
+        if found.is_some() {
+            self.metrics.hits.inc();
         }
         span.record("cache.hit", found.is_some());
         found
     }
 
-    /// Stores a response built only from the L1 entries `deps`, if `asked` is a query.
-    pub async fn store(
-        &self,
-        asked: Asked,
-        deps: Vec<(String, u64)>,
-        headers: HeaderMap,
-        body: Bytes,
-    ) {
-        if !asked.is_query() {
-            return;
-        }
-        let key = asked.hash_key();
-        self.entries
-            .insert(
-                key,
-                Arc::new(Stored {
-                    asked,
-                    deps,
-                    headers,
-                    body,
-                }),
-            )
-            .await;
+    /// A cacheable request found no current entry and was executed.
+    pub fn missed(&self) {
+        self.metrics.misses.inc();
     }
+
+    /// Stores a query's response built only from cached values with dependencies `deps`.
+    pub fn store(&self, key: ResponseKey, deps: Deps, operation: String, body: Bytes) {
+        let hash = key.hash;
+        self.entries.insert(
+            hash,
+            Arc::new(Stored {
+                key,
+                deps,
+                operation,
+                body,
+                gzip: OnceLock::new(),
+                brotli: OnceLock::new(),
+                zstd: OnceLock::new(),
+            }),
+        );
+    }
+
+    /// Bytes held (moka's weighted size, after pending maintenance); also sets the gauge.
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        let size = self.entries.weighted_size();
+        self.metrics
+            .weighted
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+        size
+    }
+}
+
+/// How long a response lives in the shared tier at most (validity is checked on every read; the
+/// TTL only bounds Redis memory).
+const SHARED_TTL: Duration = Duration::from_secs(60);
+
+fn shared_key(key: &ResponseKey) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(key.viewer.to_be_bytes());
+    h.update(&key.request);
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("v2:response:{hex}")
+}
+
+/// The stored body (and operation label) for `key` from the shared (Redis) tier, if every value
+/// it was built from is still at the version it was built from. The stored viewer and request
+/// are compared in full.
+pub async fn shared_lookup(cache: &TieredCache, key: &ResponseKey) -> Option<(String, Bytes)> {
+    let blob = cache.get_derived(&shared_key(key)).await?;
+    let (viewer, request, operation, body): (i64, &[u8], &str, &[u8]) =
+        postcard::from_bytes(&blob).ok()?;
+    (viewer == key.viewer && request == key.request.as_ref())
+        .then(|| (operation.to_owned(), Bytes::copy_from_slice(body)))
+}
+
+/// Stores `body` for `key` in the shared tier with the versions of the values it was built from.
+pub async fn shared_store(
+    cache: &TieredCache,
+    key: &ResponseKey,
+    versions: &[(String, i64)],
+    operation: &str,
+    body: &[u8],
+) {
+    let Ok(blob) = postcard::to_allocvec(&(key.viewer, key.request.as_ref(), operation, body))
+    else {
+        return;
+    };
+    cache
+        .put_derived(&shared_key(key), versions, &blob, SHARED_TTL)
+        .await;
 }
 
 #[cfg(test)]
@@ -251,57 +342,58 @@ mod tests {
     use super::*;
     use cal_domain::UserId;
 
-    fn asked(query: &str, op: Option<&str>) -> Asked {
-        let mut req = async_graphql::Request::new(query);
-        if let Some(op) = op {
-            req = req.operation_name(op);
-        }
-        Asked::of(Viewer::User(UserId(1)), &req).unwrap()
-    }
-
-    #[test]
-    fn only_queries_are_cacheable() {
-        assert!(asked("{ me { id } }", None).is_query());
-        assert!(asked("query A { me { id } }", None).is_query());
-        assert!(!asked("mutation { x }", None).is_query());
-        let both = "query A { me { id } } mutation B { x }";
-        assert!(asked(both, Some("A")).is_query());
-        assert!(!asked(both, Some("B")).is_query());
-        assert!(!asked(both, None).is_query());
-        assert!(!asked("query {", None).is_query());
-    }
-
     #[test]
     fn anonymous_and_invalid_viewers_are_not_cached() {
-        let req = async_graphql::Request::new("{ me { id } }");
-        assert!(Asked::of(Viewer::Anonymous, &req).is_none());
-        assert!(Asked::of(Viewer::Invalid, &req).is_none());
+        let body = Bytes::from_static(b"{\"query\":\"{ me { id } }\"}");
+        assert!(ResponseKey::new(Viewer::Anonymous, &body).is_none());
+        assert!(ResponseKey::new(Viewer::Invalid, &body).is_none());
     }
 
     #[test]
-    fn viewer_and_variables_are_part_of_the_key() {
-        let q = "query($id: ID!) { event(id: $id) { id } }";
-        let vars = |id: &str| async_graphql::Variables::from_json(serde_json::json!({ "id": id }));
-        let a = Asked::of(
-            Viewer::User(UserId(1)),
-            &async_graphql::Request::new(q).variables(vars("1")),
-        );
-        let b = Asked::of(
-            Viewer::User(UserId(2)),
-            &async_graphql::Request::new(q).variables(vars("1")),
-        );
-        let c = Asked::of(
-            Viewer::User(UserId(1)),
-            &async_graphql::Request::new(q).variables(vars("2")),
-        );
-        assert_ne!(a, b);
-        assert_ne!(a, c);
+    fn viewer_and_request_bytes_are_the_key() {
+        let a = Bytes::from_static(b"{\"query\":\"{ me { id } }\"}");
+        let b = Bytes::from_static(b"{\"query\": \"{ me { id } }\"}");
+        let k = |u, body: &Bytes| ResponseKey::new(Viewer::User(UserId(u)), body).unwrap();
+        assert_eq!(k(1, &a), k(1, &a));
+        assert_ne!(k(1, &a), k(2, &a));
+        assert_ne!(k(1, &a), k(1, &b), "another spelling is another entry");
+        assert_ne!(shared_key(&k(1, &a)), shared_key(&k(2, &a)));
+    }
+
+    #[test]
+    fn accept_encoding_negotiation() {
+        assert_eq!(Encoding::negotiate(None), None);
+        assert_eq!(Encoding::negotiate(Some("identity")), None);
+        assert_eq!(Encoding::negotiate(Some("gzip")), Some(Encoding::Gzip));
         assert_eq!(
-            a,
-            Asked::of(
-                Viewer::User(UserId(1)),
-                &async_graphql::Request::new(q).variables(vars("1"))
-            )
+            Encoding::negotiate(Some("gzip, deflate, br")),
+            Some(Encoding::Brotli)
         );
+        assert_eq!(
+            Encoding::negotiate(Some("gzip, br;q=0, zstd")),
+            Some(Encoding::Zstd)
+        );
+        assert_eq!(Encoding::negotiate(Some("br;q=0")), None);
+    }
+
+    #[test]
+    fn every_encoding_round_trips() {
+        use std::io::Read;
+        let body = br#"{"data":{"calendar":{"id":"1","name":"Team"}}}"#.repeat(50);
+        let gz = Encoding::Gzip.compress(&body).unwrap();
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, body);
+        let br = Encoding::Brotli.compress(&body).unwrap();
+        let mut out = Vec::new();
+        brotli::Decompressor::new(&br[..], 4096)
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, body);
+        let zs = Encoding::Zstd.compress(&body).unwrap();
+        assert_eq!(zstd::bulk::decompress(&zs, body.len()).unwrap(), body);
+        assert!(gz.len() < body.len() / 4 && br.len() < body.len() / 4);
     }
 }

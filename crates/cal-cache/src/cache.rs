@@ -1,33 +1,41 @@
 //! [`TieredCache`]: batch read-through over L1 and L2 with one loader call per batch, versioned
 //! fills, invalidation, single-flight and early refresh. It owns the order of operations; the
 //! tiers own their storage. It must not interpret keys or values: keys are opaque strings built
-//! by the caller and values are any `Serialize + DeserializeOwned` type.
+//! by the caller and values are any `Serialize + DeserializeOwned + GetSize` type, handed out as
+//! shared `Arc<V>` (an L1 hit copies nothing).
 //!
 //! Single-flight keying: concurrent calls share one load when the sorted list of keys they still
-//! miss after L1 and L2 is identical (e.g. 500 concurrent identical month views produce one
-//! loader call). Overlapping but different batches are not merged: that would require splitting
-//! one caller's loader across others' keys, and identical batches are the stampede that matters.
-//! The leader loads and fills; followers clone its values. If the leader's loader fails, its
-//! error goes to the leader only and each follower runs its own loader (the error type need not
-//! be `Clone`). A leader first re-checks L1 for entries filled after its request started, so a
-//! caller that arrives just after a flight finished does not load again.
+//! miss after L1 and L2 is identical *and* each key is at the same invalidation generation (see
+//! [`crate::generations`]): a caller that starts after an invalidation of one of its keys never
+//! joins a load that may have read the database before the write. Overlapping but different
+//! batches are not merged: that would require splitting one caller's loader across others' keys,
+//! and identical batches are the stampede that matters. The leader loads and fills; followers
+//! share its values. If the leader's loader fails, its error goes to the leader only and each
+//! follower runs its own loader (the error type need not be `Clone`). A leader first re-checks
+//! L1 for entries filled after its request started, so a caller that arrives just after a flight
+//! finished does not load again.
 //!
-//! Serialization is postcard (compact, not self-describing): cached types must not rely on
-//! `#[serde(flatten)]`, untagged enums or `skip_serializing_if`. Bump the key's version when a
-//! cached type's shape changes.
+//! Serialization (for L2 only) is postcard (compact, not self-describing): cached types must not
+//! rely on `#[serde(flatten)]`, untagged enums or `skip_serializing_if`. Bump the key's version
+//! when a cached type's shape changes. Nothing is serialized when there is no L2.
+//!
+//! Cost per batch, as the cold path needs it: per key one hash for its generation slot, one L1
+//! lookup and at most one L2 decode; metrics are counted per batch (one increment per tier and
+//! kind), and per-request bookkeeping ([`RequestStats`]) stores slot numbers, not key strings.
 
 use std::{
     any::Any,
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt,
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use get_size2::GetSize;
 use prometheus::{Registry, TextEncoder};
 use serde::{Serialize, de::DeserializeOwned};
 use singleflight_async::SingleFlight;
@@ -37,10 +45,11 @@ use crate::{
     bus::Invalidation,
     config::{CacheConfig, KeySpec},
     error::CacheError,
+    generations::{Generations, Snapshot},
     hooks::FillHooks,
-    l1::{ENTRY_OVERHEAD, FillOutcome, L1, L1Entry, next_stamp},
+    l1::{ENTRY_OVERHEAD, FillOutcome, L1, L1Entry},
     l2::{self, FillItem, L2, Stored},
-    metrics::{self, Metrics},
+    metrics::{self, Metrics, Tally},
     spans, xfetch,
 };
 use tracing::Instrument;
@@ -60,9 +69,34 @@ pub struct Loaded<V> {
     pub version: i64,
 }
 
+/// What a caller's result depended on: the invalidation generation of every key whose value it
+/// was given, taken before the value was read, and the L1 epoch. See
+/// [`TieredCache::deps_current`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deps {
+    epoch: u64,
+    snapshots: Vec<Snapshot>,
+}
+
+impl Deps {
+    /// How many keys (generation slots) the result depended on.
+    pub fn len(&self) -> usize {
+        self.snapshots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.snapshots.is_empty()
+    }
+
+    /// Bytes this list occupies (for a cache's weigher).
+    pub fn weight(&self) -> usize {
+        std::mem::size_of::<Self>() + self.snapshots.len() * std::mem::size_of::<Snapshot>()
+    }
+}
+
 /// Per-request counters a caller can pass to `get_many` and report (e.g. in a response
-/// extension or a log line).
-#[derive(Debug, Default)]
+/// extension or a log line), and the request's dependencies for result caches.
+#[derive(Debug)]
 pub struct RequestStats {
     pub l1_hits: AtomicU64,
     pub l2_hits: AtomicU64,
@@ -72,17 +106,39 @@ pub struct RequestStats {
     pub loaded: AtomicU64,
     /// Keys this caller got from another caller's concurrent load.
     pub coalesced: AtomicU64,
-    /// The L1 entries (key, stamp) whose values this caller was given; see [`RequestStats::deps`].
-    deps: Mutex<Vec<(String, u64)>>,
+    /// The oldest L1 epoch any of this caller's lookups started in (`u64::MAX`: none yet).
+    epoch: AtomicU64,
+    /// Generation snapshots of every key whose value this caller was given.
+    deps: Mutex<Vec<Snapshot>>,
+    /// Whether to keep `versions` (only a result stored in the shared tier needs them).
+    track_versions: AtomicBool,
     /// The keys and versions of every value this caller was given; see [`RequestStats::versions`].
     versions: Mutex<Vec<(String, i64)>>,
-    /// Some value was given that no L1 entry holds (L1 off, fill refused, value too large).
-    untracked: std::sync::atomic::AtomicBool,
+    /// Some value was given that the caches may already know to be stale (its fill was refused).
+    untracked: AtomicBool,
     /// This caller must neither read nor fill L1 (e.g. it waits for invalidations not yet heard).
-    bypass_l1: std::sync::atomic::AtomicBool,
+    bypass_l1: AtomicBool,
 }
 
-/// A plain copy of [`RequestStats`].
+impl Default for RequestStats {
+    fn default() -> Self {
+        Self {
+            l1_hits: AtomicU64::new(0),
+            l2_hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            loaded: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
+            epoch: AtomicU64::new(u64::MAX),
+            deps: Mutex::new(Vec::new()),
+            track_versions: AtomicBool::new(false),
+            versions: Mutex::new(Vec::new()),
+            untracked: AtomicBool::new(false),
+            bypass_l1: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A plain copy of [`RequestStats`]' counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RequestStatsSnapshot {
     pub l1_hits: u64,
@@ -93,20 +149,15 @@ pub struct RequestStatsSnapshot {
 }
 
 impl RequestStats {
-    fn record(&self, key: &str, version: i64, stamp: Option<u64>) {
-        self.versions
-            .lock()
-            .unwrap()
-            .push((key.to_owned(), version));
-        match stamp {
-            Some(stamp) => self.deps.lock().unwrap().push((key.to_owned(), stamp)),
-            None => self.untracked.store(true, Ordering::Relaxed),
-        }
+    /// From now on, also keep the key and version of every value given (for
+    /// [`RequestStats::versions`]); off by default because it copies every key.
+    pub fn track_versions(&self) {
+        self.track_versions.store(true, Ordering::Relaxed);
     }
 
-    /// Every key whose value this caller was given, with the value's version. While each key
-    /// still holds a value of that version in L2, the values are unchanged (see
-    /// [`TieredCache::get_derived`]).
+    /// Every key whose value this caller was given, with the value's version (only recorded
+    /// after [`RequestStats::track_versions`]). While each key still holds a value of that
+    /// version in L2, the values are unchanged (see [`TieredCache::get_derived`]).
     pub fn versions(&self) -> Vec<(String, i64)> {
         let mut v = self.versions.lock().unwrap().clone();
         v.sort_unstable();
@@ -119,22 +170,32 @@ impl RequestStats {
         self.bypass_l1.store(true, Ordering::Relaxed);
     }
 
+    fn bypasses_l1(&self) -> bool {
+        self.bypass_l1.load(Ordering::Relaxed)
+    }
+
     /// Marks the caller's result as depending on something the cache does not track.
     pub fn mark_untracked(&self) {
         self.untracked.store(true, Ordering::Relaxed);
     }
 
-    /// Every L1 entry (key, stamp) whose value this caller was given, or `None` if some value
-    /// came from elsewhere. While [`TieredCache::deps_current`] holds for the list, every one of
-    /// those values is still what L1 would serve: a result computed only from them is current.
-    pub fn deps(&self) -> Option<Vec<(String, u64)>> {
+    /// What the caller's result depended on, or `None` if some value it was given may already
+    /// be stale (a refused fill) or something untracked was used. While
+    /// [`TieredCache::deps_current`] holds for it, nothing those values came from has been
+    /// invalidated: a result computed only from them is current.
+    pub fn deps(&self) -> Option<Deps> {
         if self.untracked.load(Ordering::Relaxed) {
             return None;
         }
-        let mut deps = self.deps.lock().unwrap().clone();
-        deps.sort_unstable();
-        deps.dedup();
-        Some(deps)
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut snapshots = self.deps.lock().unwrap().clone();
+        snapshots.sort_unstable();
+        snapshots.dedup();
+        Some(Deps {
+            // No lookup at all: depends on nothing, valid in the current epoch only.
+            epoch: if epoch == u64::MAX { 0 } else { epoch },
+            snapshots,
+        })
     }
 
     pub fn snapshot(&self) -> RequestStatsSnapshot {
@@ -149,7 +210,9 @@ impl RequestStats {
 }
 
 fn bump(stats: Option<&RequestStats>, field: fn(&RequestStats) -> &AtomicU64, n: usize) {
-    if let Some(stats) = stats {
+    if let Some(stats) = stats
+        && n > 0
+    {
         field(stats).fetch_add(n as u64, Ordering::Relaxed);
     }
 }
@@ -172,22 +235,35 @@ pub struct CacheStatus {
     pub pending_tombstones: usize,
 }
 
+/// A loaded value on its way into the tiers: (index into the keys, value, version, serialized
+/// payload when L2 will store it, too large to cache).
+type Prepared<V> = (usize, Option<Arc<V>>, i64, Option<Vec<u8>>, bool);
+
+/// One key's outcome of a shared load, in the flight's (sorted) key order: the value, its
+/// version, and whether a tier refused to store it because it knows a newer version.
+struct Slot<V> {
+    value: Option<Arc<V>>,
+    version: i64,
+    refused: bool,
+}
+
 type SharedLoad = Option<Arc<dyn Any + Send + Sync>>;
-/// Loaded values by key: value, version and the stamp of the L1 entry holding it (if stored).
-type LoadedMap<V> = HashMap<String, (Option<V>, i64, Option<u64>)>;
+/// A flight: the keys still missing, sorted, each with its generation when the caller started.
+type FlightKey = Vec<(String, u64)>;
 
 struct Inner {
     l1: Option<L1>,
     /// Set while this process cannot trust its L1 (its invalidation stream is behind).
-    l1_distrusted: std::sync::atomic::AtomicBool,
+    l1_distrusted: AtomicBool,
     l2: Option<L2>,
+    generations: Arc<Generations>,
     l1_ttl: Duration,
     max_value_bytes: usize,
     xfetch_beta: f64,
     hooks: Option<Arc<dyn FillHooks>>,
     metrics: Metrics,
     registry: Registry,
-    flights: SingleFlight<Vec<String>, SharedLoad>,
+    flights: SingleFlight<FlightKey, SharedLoad>,
     /// The runtime [`TieredCache::new`] ran on: background work started from other threads.
     runtime: tokio::runtime::Handle,
     _health: Option<AbortOnDrop>,
@@ -216,8 +292,8 @@ impl fmt::Debug for TieredCache {
 }
 
 enum Lookup<V> {
-    /// The value and its entry's stamp.
-    Hit(Option<V>, i64, u64),
+    /// The value and its version.
+    Hit(Option<Arc<V>>, i64),
     /// Present but XFetch picked this caller to refresh it.
     Refresh,
     Miss,
@@ -234,8 +310,20 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn weight(payload_len: usize, key_len: usize) -> u32 {
-    u32::try_from(payload_len + key_len + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+/// What an L1 entry holding `value` under `key` occupies in memory.
+fn weight<V: GetSize>(value: Option<&V>, key_len: usize) -> u32 {
+    let value_size = value.map_or(0, |v| std::mem::size_of::<V>() + v.get_heap_size());
+    u32::try_from(value_size + key_len + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+/// How much larger than its serialized form a value may be in L1 before it counts as too large
+/// to cache (when there is no L2 and so no serialized form to compare with `max_value_bytes`).
+const L1_SIZE_FACTOR: usize = 4;
+
+fn erase<V: Send + Sync + 'static>(value: &Option<Arc<V>>) -> Option<Arc<dyn Any + Send + Sync>> {
+    value
+        .as_ref()
+        .map(|v| v.clone() as Arc<dyn Any + Send + Sync>)
 }
 
 impl TieredCache {
@@ -244,6 +332,7 @@ impl TieredCache {
     /// Tokio runtime (it spawns the periodic Redis health check).
     pub async fn new(cfg: CacheConfig, registry: &Registry) -> Result<Self, CacheError> {
         let metrics = Metrics::register(registry)?;
+        let generations = Arc::new(Generations::new());
         let l1 = cfg
             .l1_enabled
             .then(|| L1::new(cfg.l1_max_bytes, cfg.tombstone_ttl, &metrics));
@@ -255,10 +344,12 @@ impl TieredCache {
                     metrics.breaker_state.clone(),
                 );
                 let l1_for_reset = l1.clone();
+                let generations = generations.clone();
                 let on_reset = Box::new(move || {
                     if let Some(l1) = &l1_for_reset {
                         l1.clear();
                     }
+                    generations.bump_epoch();
                 });
                 Some(L2::new(
                     url,
@@ -297,8 +388,9 @@ impl TieredCache {
             });
             Inner {
                 l1,
-                l1_distrusted: std::sync::atomic::AtomicBool::new(false),
+                l1_distrusted: AtomicBool::new(false),
                 l2,
+                generations,
                 l1_ttl: cfg.l1_ttl,
                 max_value_bytes: cfg.max_value_bytes,
                 xfetch_beta: cfg.xfetch_beta,
@@ -323,9 +415,9 @@ impl TieredCache {
         keys: &[KeySpec],
         stats: Option<&RequestStats>,
         load: F,
-    ) -> Result<Vec<Option<V>>, E>
+    ) -> Result<Vec<Option<Arc<V>>>, E>
     where
-        V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        V: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
         E: Send,
         F: FnOnce(Vec<usize>) -> Fut + Send,
         Fut: Future<Output = Result<Vec<Loaded<V>>, E>> + Send,
@@ -333,7 +425,8 @@ impl TieredCache {
         let inner = &*self.inner;
         let started = Instant::now();
         let n = keys.len();
-        let mut out: Vec<Option<Option<V>>> = (0..n).map(|_| None).collect();
+        let mut out: Vec<Option<Option<Arc<V>>>> = (0..n).map(|_| None).collect();
+        let mut tally = Tally::default();
 
         // Duplicate keys in one request are looked up and loaded once.
         let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(n);
@@ -343,6 +436,29 @@ impl TieredCache {
             .map(|(i, k)| *first_of.entry(k.key.as_str()).or_insert(i))
             .collect();
         let unique: Vec<usize> = (0..n).filter(|&i| canon[i] == i).collect();
+
+        // Generations before any value is read (see `generations`).
+        if let Some(stats) = stats {
+            stats
+                .epoch
+                .fetch_min(inner.generations.epoch(), Ordering::AcqRel);
+        }
+        let snapshots: Vec<Snapshot> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                if canon[i] == i {
+                    inner.generations.snapshot(&k.key)
+                } else {
+                    Snapshot {
+                        slot: 0,
+                        generation: 0,
+                    }
+                }
+            })
+            .collect();
+        // Versions of the values handed out, for `RequestStats::versions`.
+        let mut versions: Vec<(usize, i64)> = Vec::new();
 
         let now = now_ms();
         let mut need_l2 = Vec::new();
@@ -355,34 +471,27 @@ impl TieredCache {
                 for &i in &unique {
                     let spec = &keys[i];
                     match self.l1_lookup::<V>(l1, &spec.key, now).await {
-                        Lookup::Hit(v, version, stamp) => {
-                            Metrics::inc(&inner.metrics.hits, metrics::L1, spec.kind);
-                            bump(stats, |s| &s.l1_hits, 1);
-                            if let Some(stats) = stats {
-                                stats.record(&spec.key, version, Some(stamp));
-                            }
+                        Lookup::Hit(v, version) => {
+                            tally.add(spec.kind, Tally::L1_HIT);
+                            versions.push((i, version));
                             out[i] = Some(v);
                         }
                         Lookup::Refresh => {
                             // L2 holds the same near-expiry value: go straight to the loader.
-                            Metrics::inc(&inner.metrics.misses, metrics::L1, spec.kind);
+                            tally.add(spec.kind, Tally::L1_MISS);
                             need_db.push(i);
                         }
                         Lookup::Miss => {
-                            Metrics::inc(&inner.metrics.misses, metrics::L1, spec.kind);
+                            tally.add(spec.kind, Tally::L1_MISS);
                             need_l2.push(i);
                         }
                     }
                 }
                 let hits = unique.len() - need_l2.len() - need_db.len();
+                bump(stats, |s| &s.l1_hits, hits);
                 spans::found(&span, unique.len(), hits);
             }
-            None => {
-                if let Some(stats) = stats {
-                    stats.mark_untracked();
-                }
-                need_l2 = unique
-            }
+            None => need_l2 = unique,
         }
 
         // L2: one round trip for all of L1's misses.
@@ -390,10 +499,21 @@ impl TieredCache {
             match &inner.l2 {
                 Some(l2) => {
                     let (span, before) = (spans::tier(metrics::L2, need_l2.len()), need_db.len());
-                    self.l2_lookup(l2, keys, &need_l2, now, stats, &mut out, &mut need_db)
-                        .instrument(span.clone())
-                        .await;
+                    self.l2_lookup(
+                        l2,
+                        keys,
+                        &need_l2,
+                        now,
+                        stats,
+                        &mut out,
+                        &mut need_db,
+                        &mut versions,
+                        &mut tally,
+                    )
+                    .instrument(span.clone())
+                    .await;
                     let hits = need_l2.len() - (need_db.len() - before);
+                    bump(stats, |s| &s.l2_hits, hits);
                     spans::found(&span, need_l2.len(), hits);
                 }
                 None => need_db.extend_from_slice(&need_l2),
@@ -405,44 +525,56 @@ impl TieredCache {
             need_db.sort_unstable();
             bump(stats, |s| &s.misses, need_db.len());
             let span = spans::tier(metrics::DB, need_db.len());
-            let loaded = self
-                .load_shared(keys, &need_db, started, stats, load)
+            let result = self
+                .load_shared(keys, &need_db, &snapshots, started, stats, load, &mut tally)
                 .instrument(span.clone())
-                .await?;
-            for &i in &need_db {
-                let found = loaded.get(&keys[i].key);
-                if let Some(stats) = stats {
-                    match found {
-                        Some((_, version, stamp)) => stats.record(&keys[i].key, *version, *stamp),
-                        None => stats.mark_untracked(),
-                    }
+                .await;
+            let (order, loaded) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    tally.flush(&inner.metrics);
+                    return Err(e);
                 }
-                out[i] = Some(found.and_then(|(v, _, _)| v.clone()));
+            };
+            let mut hits = 0;
+            for (&i, slot) in order.iter().zip(loaded.iter()) {
+                if slot.refused
+                    && let Some(stats) = stats
+                {
+                    stats.mark_untracked();
+                }
+                hits += usize::from(slot.value.is_some());
+                versions.push((i, slot.version));
+                out[i] = Some(slot.value.clone());
             }
-            let hits = need_db
-                .iter()
-                .filter(|&&i| matches!(out[i], Some(Some(_))))
-                .count();
             spans::found(&span, need_db.len(), hits);
         }
+        tally.flush(&inner.metrics);
 
-        let mut result = Vec::with_capacity(n);
-        for i in 0..n {
-            let c = canon[i];
-            let v = if c == i {
-                out[i].clone()
-            } else {
-                out[c].clone()
-            };
-            result.push(v.flatten());
+        if let Some(stats) = stats {
+            let mut deps = stats.deps.lock().unwrap();
+            deps.extend(
+                (0..n)
+                    .filter(|&i| canon[i] == i && out[i].is_some())
+                    .map(|i| snapshots[i]),
+            );
+            drop(deps);
+            if stats.track_versions.load(Ordering::Relaxed) {
+                stats
+                    .versions
+                    .lock()
+                    .unwrap()
+                    .extend(versions.iter().map(|&(i, v)| (keys[i].key.clone(), v)));
+            }
         }
-        Ok(result)
+
+        Ok((0..n).map(|i| out[canon[i]].clone().flatten()).collect())
     }
 
     /// L1, unless it is off, distrusted by the process, or bypassed by this caller.
     fn active_l1(&self, stats: Option<&RequestStats>) -> Option<&L1> {
         if self.inner.l1_distrusted.load(Ordering::Acquire)
-            || stats.is_some_and(|s| s.bypass_l1.load(Ordering::Relaxed))
+            || stats.is_some_and(RequestStats::bypasses_l1)
         {
             return None;
         }
@@ -466,14 +598,18 @@ impl TieredCache {
 
     async fn l1_lookup<V>(&self, l1: &L1, key: &str, now: u64) -> Lookup<V>
     where
-        V: Clone + 'static,
+        V: Send + Sync + 'static,
     {
         let Some(entry) = l1.get(key).await else {
             return Lookup::Miss;
         };
-        let Some(value) = entry.value.downcast_ref::<Option<V>>() else {
-            // Another type cached under this key: a caller bug; treat as a miss.
-            return Lookup::Miss;
+        let value = match entry.value {
+            None => None,
+            Some(any) => match any.downcast::<V>() {
+                Ok(v) => Some(v),
+                // Another type cached under this key: a caller bug; treat as a miss.
+                Err(_) => return Lookup::Miss,
+            },
         };
         if xfetch::should_refresh(
             now,
@@ -484,7 +620,7 @@ impl TieredCache {
         ) {
             return Lookup::Refresh;
         }
-        Lookup::Hit(value.clone(), entry.version, entry.stamp)
+        Lookup::Hit(value, entry.version)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -495,10 +631,12 @@ impl TieredCache {
         need_l2: &[usize],
         now: u64,
         stats: Option<&RequestStats>,
-        out: &mut [Option<Option<V>>],
+        out: &mut [Option<Option<Arc<V>>>],
         need_db: &mut Vec<usize>,
+        versions: &mut Vec<(usize, i64)>,
+        tally: &mut Tally,
     ) where
-        V: DeserializeOwned + Clone + Send + Sync + 'static,
+        V: DeserializeOwned + GetSize + Send + Sync + 'static,
     {
         let inner = &*self.inner;
         let names: Vec<&str> = need_l2.iter().map(|&i| keys[i].key.as_str()).collect();
@@ -509,6 +647,7 @@ impl TieredCache {
                 return;
             }
         };
+        let l1 = self.active_l1(stats);
         for (&i, blob) in need_l2.iter().zip(blobs) {
             let spec = &keys[i];
             let found = blob.as_deref().and_then(l2::decode).and_then(|s| match s {
@@ -519,11 +658,11 @@ impl TieredCache {
                     payload,
                 } => postcard::from_bytes::<Option<V>>(payload)
                     .ok()
-                    .map(|v| (version, delta_ms, expires_at_ms, payload.len(), v)),
+                    .map(|v| (version, delta_ms, expires_at_ms, v.map(Arc::new))),
                 Stored::Tombstone { .. } => None,
             });
-            let Some((version, delta_ms, expires_at_ms, len, value)) = found else {
-                Metrics::inc(&inner.metrics.misses, metrics::L2, spec.kind);
+            let Some((version, delta_ms, expires_at_ms, value)) = found else {
+                tally.add(spec.kind, Tally::L2_MISS);
                 need_db.push(i);
                 continue;
             };
@@ -534,80 +673,82 @@ impl TieredCache {
                 expires_at_ms,
                 xfetch::sample(),
             ) {
-                Metrics::inc(&inner.metrics.misses, metrics::L2, spec.kind);
+                tally.add(spec.kind, Tally::L2_MISS);
                 need_db.push(i);
                 continue;
             }
-            let mut stamp = None;
-            if let Some(l1) = self.active_l1(stats) {
+            if let Some(l1) = l1 {
                 let left = Duration::from_millis(expires_at_ms.saturating_sub(now).max(1));
-                let entry_stamp = next_stamp();
                 let entry = L1Entry {
-                    value: Arc::new(value.clone()),
+                    value: erase(&value),
                     version,
-                    weight: weight(len, spec.key.len()),
+                    weight: weight(value.as_deref(), spec.key.len()),
                     ttl: inner.l1_ttl.min(spec.ttl).min(left),
                     delta_ms,
                     expires_at_ms,
                     kind: spec.kind,
                     filled_at: Instant::now(),
-                    stamp: entry_stamp,
                 };
                 match l1.fill(&spec.key, entry).await {
-                    FillOutcome::Stored => {
-                        stamp = Some(entry_stamp);
-                        Metrics::inc(&inner.metrics.fills, metrics::L1, spec.kind)
-                    }
+                    FillOutcome::Stored => tally.add(spec.kind, Tally::L1_FILL),
                     FillOutcome::RefusedStale => {
                         // This process already saw an invalidation newer than the L2 copy
                         // (e.g. Redis was unreachable for the writer's tombstone): don't serve it.
-                        Metrics::inc(&inner.metrics.refused_stale, metrics::L1, spec.kind);
-                        Metrics::inc(&inner.metrics.misses, metrics::L2, spec.kind);
+                        tally.add(spec.kind, Tally::L1_REFUSED);
+                        tally.add(spec.kind, Tally::L2_MISS);
                         need_db.push(i);
                         continue;
                     }
                 }
             }
-            Metrics::inc(&inner.metrics.hits, metrics::L2, spec.kind);
-            bump(stats, |s| &s.l2_hits, 1);
-            if let Some(stats) = stats {
-                stats.record(&spec.key, version, stamp);
-            }
+            tally.add(spec.kind, Tally::L2_HIT);
+            versions.push((i, version));
             out[i] = Some(value);
         }
     }
 
-    /// Runs the loader through the single-flight group keyed on the sorted missing keys.
+    /// Runs the loader through the single-flight group keyed on the sorted missing keys and
+    /// their generations. Returns the missing indexes in flight order and one slot per index.
+    #[allow(clippy::too_many_arguments)]
     async fn load_shared<V, E, F, Fut>(
         &self,
         keys: &[KeySpec],
         missing: &[usize],
+        snapshots: &[Snapshot],
         started: Instant,
         stats: Option<&RequestStats>,
         load: F,
-    ) -> Result<Arc<LoadedMap<V>>, E>
+        tally: &mut Tally,
+    ) -> Result<(Vec<usize>, Arc<Vec<Slot<V>>>), E>
     where
-        V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        V: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
         E: Send,
         F: FnOnce(Vec<usize>) -> Fut + Send,
         Fut: Future<Output = Result<Vec<Loaded<V>>, E>> + Send,
     {
-        let mut flight_key: Vec<String> = missing.iter().map(|&i| keys[i].key.clone()).collect();
-        flight_key.sort_unstable();
+        let mut order = missing.to_vec();
+        order.sort_unstable_by(|&a, &b| keys[a].key.cmp(&keys[b].key));
+        let flight_key: FlightKey = order
+            .iter()
+            .map(|&i| (keys[i].key.clone(), snapshots[i].generation))
+            .collect();
         // The loader is FnOnce and the single-flight closure may not run (we are a follower):
         // keep it in a slot so we can still run it ourselves if the leader fails.
         let load_slot = Mutex::new(Some(load));
         let err_slot: Mutex<Option<E>> = Mutex::new(None);
+        let leader_tally = Mutex::new(Tally::default());
         let shared = self
             .inner
             .flights
             .work(flight_key, || async {
                 let load = load_slot.lock().unwrap().take()?;
-                match self
-                    .load_and_fill(keys, missing, started, stats, load)
-                    .await
-                {
-                    Ok(map) => Some(map as Arc<dyn Any + Send + Sync>),
+                let mut t = Tally::default();
+                let result = self
+                    .load_and_fill(keys, &order, started, stats, load, &mut t)
+                    .await;
+                *leader_tally.lock().unwrap() = t;
+                match result {
+                    Ok(slots) => Some(slots as Arc<dyn Any + Send + Sync>),
                     Err(e) => {
                         *err_slot.lock().unwrap() = Some(e);
                         None
@@ -615,192 +756,249 @@ impl TieredCache {
                 }
             })
             .await;
+        tally.merge(&leader_tally.into_inner().unwrap());
         if let Some(e) = err_slot.into_inner().unwrap() {
             return Err(e);
         }
         let load = load_slot.into_inner().unwrap();
         let led = load.is_none();
-        if let Some(map) = shared.and_then(|any| any.downcast::<LoadedMap<V>>().ok()) {
+        if let Some(slots) = shared.and_then(|any| any.downcast::<Vec<Slot<V>>>().ok()) {
             if !led {
                 for &i in missing {
-                    Metrics::inc(&self.inner.metrics.coalesced, metrics::DB, keys[i].kind);
+                    tally.add(keys[i].kind, Tally::COALESCED);
                 }
                 bump(stats, |s| &s.coalesced, missing.len());
             }
-            return Ok(map);
+            return Ok((order, slots));
         }
         // The leader failed (its error went to it) or produced another type: load ourselves.
         let load = load.expect("a leader always returns a result or an error");
-        self.load_and_fill(keys, missing, started, stats, load)
-            .await
+        let slots = self
+            .load_and_fill(keys, &order, started, stats, load, tally)
+            .await?;
+        Ok((order, slots))
     }
 
-    /// Calls the loader for `missing` (minus entries filled since the request started), then
-    /// fills L2 and L1 with version checks.
+    /// Calls the loader for `order` (minus entries filled since the request started), then
+    /// fills L2 and L1 with version checks. Returns one slot per index of `order`, in its order.
     async fn load_and_fill<V, E, F, Fut>(
         &self,
         keys: &[KeySpec],
-        missing: &[usize],
+        order: &[usize],
         started: Instant,
         stats: Option<&RequestStats>,
         load: F,
-    ) -> Result<Arc<LoadedMap<V>>, E>
+        tally: &mut Tally,
+    ) -> Result<Arc<Vec<Slot<V>>>, E>
     where
-        V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        V: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
         F: FnOnce(Vec<usize>) -> Fut,
         Fut: Future<Output = Result<Vec<Loaded<V>>, E>>,
     {
         let inner = &*self.inner;
-        let mut map: LoadedMap<V> = HashMap::with_capacity(missing.len());
-        let mut still = Vec::with_capacity(missing.len());
-        for &i in missing {
-            if let Some(l1) = self.active_l1(stats)
+        let mut slots: Vec<Option<Slot<V>>> = (0..order.len()).map(|_| None).collect();
+        // Where each key index sits in `order`.
+        let position: HashMap<usize, usize> =
+            order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+        let mut still = Vec::with_capacity(order.len());
+        let l1 = self.active_l1(stats);
+        for (p, &i) in order.iter().enumerate() {
+            if let Some(l1) = l1
                 && let Some(entry) = l1.get(&keys[i].key).await
                 && entry.filled_at >= started
-                && let Some(v) = entry.value.downcast_ref::<Option<V>>()
             {
-                map.insert(
-                    keys[i].key.clone(),
-                    (v.clone(), entry.version, Some(entry.stamp)),
-                );
-                continue;
+                let value = match entry.value {
+                    None => Some(None),
+                    Some(any) => any.downcast::<V>().ok().map(Some),
+                };
+                if let Some(value) = value {
+                    slots[p] = Some(Slot {
+                        value,
+                        version: entry.version,
+                        refused: false,
+                    });
+                    continue;
+                }
             }
             still.push(i);
         }
-        if still.is_empty() {
-            return Ok(Arc::new(map));
+        if !still.is_empty() {
+            still.sort_unstable();
+            let t0 = Instant::now();
+            let loaded = load(still.clone()).await?;
+            let delta_ms = ms(t0.elapsed());
+            bump(stats, |s| &s.loaded, still.len());
+            let names: Vec<String> = match &inner.hooks {
+                Some(_) => still.iter().map(|&i| keys[i].key.clone()).collect(),
+                None => Vec::new(),
+            };
+            if let Some(hooks) = &inner.hooks {
+                hooks.after_load(&names).await;
+            }
+            self.fill(
+                keys, &position, &mut slots, &still, loaded, delta_ms, l1, tally,
+            )
+            .await;
+            if let Some(hooks) = &inner.hooks {
+                hooks.after_fill(&names).await;
+            }
         }
+        Ok(Arc::new(
+            slots
+                .into_iter()
+                .map(|s| {
+                    s.unwrap_or(Slot {
+                        value: None,
+                        version: 0,
+                        refused: false,
+                    })
+                })
+                .collect(),
+        ))
+    }
 
-        let t0 = Instant::now();
-        let loaded = load(still.clone()).await?;
-        let delta_ms = ms(t0.elapsed());
-        bump(stats, |s| &s.loaded, still.len());
-        let names: Vec<String> = still.iter().map(|&i| keys[i].key.clone()).collect();
-        if let Some(hooks) = &inner.hooks {
-            hooks.after_load(&names).await;
-        }
-
-        struct Prepared<V> {
-            index: usize,
-            value: Option<V>,
-            version: i64,
-            payload: Option<Vec<u8>>,
-            stamp: Option<u64>,
-        }
-        let mut wanted: HashSet<usize> = still.iter().copied().collect();
-        let mut prepared = Vec::with_capacity(still.len());
+    /// Fills what the loader returned into L2 (one script call) and then L1, and records each
+    /// value in its slot. A value L2 refuses as stale is not put into L1 either: that covers a
+    /// writer in another process whose bus message has not arrived yet.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill<V>(
+        &self,
+        keys: &[KeySpec],
+        position: &HashMap<usize, usize>,
+        slots: &mut [Option<Slot<V>>],
+        asked: &[usize],
+        loaded: Vec<Loaded<V>>,
+        delta_ms: u64,
+        l1: Option<&L1>,
+        tally: &mut Tally,
+    ) where
+        V: Serialize + GetSize + Send + Sync + 'static,
+    {
+        let inner = &*self.inner;
+        let mut wanted: std::collections::HashSet<usize> = asked.iter().copied().collect();
+        let now = now_ms();
+        let mut prepared: Vec<Prepared<V>> = Vec::with_capacity(asked.len());
         for item in loaded {
             if !wanted.remove(&item.index) {
                 continue; // not asked for, or answered twice
             }
             let kind = keys[item.index].kind;
-            let counter = if item.value.is_some() {
-                &inner.metrics.hits
-            } else {
-                &inner.metrics.misses
+            tally.add(
+                kind,
+                if item.value.is_some() {
+                    Tally::DB_HIT
+                } else {
+                    Tally::DB_MISS
+                },
+            );
+            let (payload, oversize) = match &inner.l2 {
+                Some(_) => match postcard::to_allocvec(&item.value) {
+                    Ok(p) if p.len() <= inner.max_value_bytes => (Some(p), false),
+                    Ok(_) => {
+                        tally.add(kind, Tally::OVERSIZE);
+                        (None, true)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, kind, "value could not be serialized; not cached");
+                        (None, true)
+                    }
+                },
+                None => (None, false),
             };
-            Metrics::inc(counter, metrics::DB, kind);
-            let payload = match postcard::to_allocvec(&item.value) {
-                Ok(p) if p.len() <= inner.max_value_bytes => Some(p),
-                Ok(_) => {
-                    Metrics::inc(&inner.metrics.oversize, metrics::DB, kind);
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, kind, "value could not be serialized; not cached");
-                    None
-                }
-            };
-            prepared.push(Prepared {
-                index: item.index,
-                value: item.value,
-                version: item.version,
+            prepared.push((
+                item.index,
+                item.value.map(Arc::new),
+                item.version,
                 payload,
-                stamp: None,
-            });
+                oversize,
+            ));
         }
 
-        let now = now_ms();
-        // L2 first: its answer (refused as stale) also stops the L1 fill, which covers a
-        // writer in another process whose bus message has not arrived yet.
+        // L2 first: its answer (refused as stale) also stops the L1 fill.
         let mut in_l2 = vec![false; prepared.len()];
         let mut refused = vec![false; prepared.len()];
         if let Some(l2) = &inner.l2 {
-            let mut slots = Vec::new();
+            let mut which = Vec::new();
             let mut items = Vec::new();
-            for (p_idx, p) in prepared.iter().enumerate() {
-                if let Some(payload) = &p.payload {
-                    let spec = &keys[p.index];
-                    slots.push(p_idx);
+            for (p_idx, (index, _, version, payload, _)) in prepared.iter().enumerate() {
+                if let Some(payload) = payload {
+                    let spec = &keys[*index];
+                    which.push(p_idx);
                     items.push(FillItem {
                         key: &spec.key,
-                        version: p.version,
+                        version: *version,
                         ttl: spec.ttl,
-                        blob: l2::encode_value(p.version, delta_ms, now + ms(spec.ttl), payload),
+                        blob: l2::encode_value(*version, delta_ms, now + ms(spec.ttl), payload),
                     });
                 }
             }
             if let Some(flags) = l2.fill(&items).await {
-                for (p_idx, stored) in slots.into_iter().zip(flags) {
-                    let kind = keys[prepared[p_idx].index].kind;
+                for (p_idx, stored) in which.into_iter().zip(flags) {
+                    let kind = keys[prepared[p_idx].0].kind;
                     if stored {
                         in_l2[p_idx] = true;
-                        Metrics::inc(&inner.metrics.fills, metrics::L2, kind);
+                        tally.add(kind, Tally::L2_FILL);
                     } else {
                         refused[p_idx] = true;
-                        Metrics::inc(&inner.metrics.refused_stale, metrics::L2, kind);
+                        tally.add(kind, Tally::L2_REFUSED);
                     }
                 }
             }
         }
-        if let Some(l1) = self.active_l1(stats) {
-            for (p_idx, p) in prepared.iter_mut().enumerate() {
-                let Some(payload) = &p.payload else { continue };
-                let spec = &keys[p.index];
-                if refused[p_idx] {
-                    Metrics::inc(&inner.metrics.refused_stale, metrics::L1, spec.kind);
-                    continue;
-                }
-                let ttl = inner.l1_ttl.min(spec.ttl);
-                // XFetch aims at the expiry that sends callers to the loader: L2's if the value
-                // is there, otherwise L1's.
-                let lowest = if in_l2[p_idx] { spec.ttl } else { ttl };
-                let entry = L1Entry {
-                    value: Arc::new(p.value.clone()),
-                    version: p.version,
-                    weight: weight(payload.len(), spec.key.len()),
-                    ttl,
-                    delta_ms,
-                    expires_at_ms: now + ms(lowest),
-                    kind: spec.kind,
-                    filled_at: Instant::now(),
-                    stamp: next_stamp(),
-                };
-                let stamp = entry.stamp;
-                let counter = match l1.fill(&spec.key, entry).await {
-                    FillOutcome::Stored => {
-                        p.stamp = Some(stamp);
-                        &inner.metrics.fills
+        for (p_idx, (index, value, version, _, oversize)) in prepared.into_iter().enumerate() {
+            let spec = &keys[index];
+            let mut refused_here = refused[p_idx];
+            if let Some(l1) = l1 {
+                let size = weight(value.as_deref(), spec.key.len());
+                // Without L2 nothing was serialized: bound the decoded size instead, at
+                // `L1_SIZE_FACTOR` times the serialized bound (decoded values are larger).
+                let too_large = inner.l2.is_none()
+                    && size as usize > inner.max_value_bytes.saturating_mul(L1_SIZE_FACTOR);
+                if too_large {
+                    tally.add(spec.kind, Tally::OVERSIZE);
+                } else if oversize {
+                    // counted when it was serialized
+                } else if refused_here {
+                    tally.add(spec.kind, Tally::L1_REFUSED);
+                } else {
+                    let ttl = inner.l1_ttl.min(spec.ttl);
+                    // XFetch aims at the expiry that sends callers to the loader: L2's if
+                    // the value is there, otherwise L1's.
+                    let lowest = if in_l2[p_idx] { spec.ttl } else { ttl };
+                    let entry = L1Entry {
+                        value: erase(&value),
+                        version,
+                        weight: size,
+                        ttl,
+                        delta_ms,
+                        expires_at_ms: now + ms(lowest),
+                        kind: spec.kind,
+                        filled_at: Instant::now(),
+                    };
+                    match l1.fill(&spec.key, entry).await {
+                        FillOutcome::Stored => tally.add(spec.kind, Tally::L1_FILL),
+                        FillOutcome::RefusedStale => {
+                            refused_here = true;
+                            tally.add(spec.kind, Tally::L1_REFUSED);
+                        }
                     }
-                    FillOutcome::RefusedStale => &inner.metrics.refused_stale,
-                };
-                Metrics::inc(counter, metrics::L1, spec.kind);
+                }
             }
+            slots[position[&index]] = Some(Slot {
+                value,
+                version,
+                refused: refused_here,
+            });
         }
-        if let Some(hooks) = &inner.hooks {
-            hooks.after_fill(&names).await;
-        }
-        for p in prepared {
-            map.insert(keys[p.index].key.clone(), (p.value, p.version, p.stamp));
-        }
-        Ok(Arc::new(map))
     }
 
     /// Call after committing: every `(key, new_version)` gets a tombstone in L1 (the minimum
-    /// version a later fill must carry) and then in L2 (one script call replacing older values
-    /// with `T{version}` for `tombstone_ttl`). A fill with an older version, e.g. from a reader
-    /// that loaded before the commit, is then refused in both tiers. Publish the same list on
-    /// the [`crate::InvalidationBus`] so other processes evict their L1.
+    /// version a later fill must carry), a new generation, and then a tombstone in L2 (one script
+    /// call replacing older values with `T{version}` for `tombstone_ttl`). A fill with an older
+    /// version, e.g. from a reader that loaded before the commit, is then refused in both tiers,
+    /// results built from the old values stop being current, and no later reader joins a load
+    /// that started before. Publish the same list on the [`crate::InvalidationBus`] so other
+    /// processes do the same to their L1.
     ///
     /// If Redis is unreachable the L2 tombstones are kept and written before this process's next
     /// L2 read or fill (or by the periodic health check); until then other processes rely on
@@ -811,18 +1009,28 @@ impl TieredCache {
                 l1.invalidate(key, *version).await;
             }
         }
+        for (key, _) in keys {
+            self.inner.generations.bump(key);
+        }
         if let Some(l2) = &self.inner.l2 {
             l2.tombstone(keys).await;
         }
     }
 
-    /// Applies an invalidation published by another process: L1 only (the writer already wrote
-    /// the L2 tombstones). When this returns, L1 serves no older value of the keys: they are
-    /// marked stale at once; the moka eviction and tombstones follow on the runtime that created
-    /// this cache, so the (high-priority) consumer thread never waits for moka's maintenance.
+    /// Applies an invalidation published by another process: L1 and the generations only (the
+    /// writer already wrote the L2 tombstones). When this returns, L1 serves no older value of
+    /// the keys and results built from them are no longer current: the keys are marked stale
+    /// and their generations bumped at once; the moka eviction and tombstones follow on the
+    /// runtime that created this cache, so the (high-priority) consumer thread never waits for
+    /// moka's maintenance.
     pub fn apply_remote(&self, inv: &Invalidation) {
         if let Some(l1) = &self.inner.l1 {
             l1.mark(&inv.keys);
+        }
+        for (key, _) in &inv.keys {
+            self.inner.generations.bump(key);
+        }
+        if let Some(l1) = &self.inner.l1 {
             let l1 = l1.clone();
             let keys = inv.keys.clone();
             self.inner
@@ -831,19 +1039,15 @@ impl TieredCache {
         }
     }
 
-    /// Whether every `(key, stamp)` is still the entry L1 holds for `key`: nothing invalidated,
-    /// replaced or expired any of them since they were read (see [`RequestStats::deps`]).
-    pub async fn deps_current(&self, deps: &[(String, u64)]) -> bool {
-        let Some(l1) = self.active_l1(None) else {
-            return false;
-        };
-        for (key, stamp) in deps {
-            match l1.get(key).await {
-                Some(entry) if entry.stamp == *stamp => {}
-                _ => return false,
-            }
-        }
-        true
+    /// Whether nothing `deps` was built from has been invalidated since (no generation bump,
+    /// no L1 clear) and L1 is in use: a result computed only from those values is still
+    /// current. O(deps) atomic loads, no locks (see [`RequestStats::deps`]).
+    pub fn deps_current(&self, deps: &Deps) -> bool {
+        self.active_l1(None).is_some()
+            && self
+                .inner
+                .generations
+                .unchanged(deps.epoch, &deps.snapshots)
     }
 
     /// A result derived from cached values, stored in L2 by [`TieredCache::put_derived`]: returned
@@ -895,11 +1099,13 @@ impl TieredCache {
             .for_each(|k| self.inner.metrics.declare_kind(k));
     }
 
-    /// Drops every L1 entry (e.g. when the bus reports that invalidations were lost).
+    /// Drops every L1 entry (e.g. when the bus reports that invalidations were lost); results
+    /// built before are no longer current.
     pub fn clear_l1(&self) {
         if let Some(l1) = &self.inner.l1 {
             l1.clear();
         }
+        self.inner.generations.bump_epoch();
     }
 
     /// Tiers, breaker state, epoch and sizes.

@@ -27,6 +27,7 @@ pub mod bus;
 pub mod cache;
 pub mod config;
 mod error;
+mod generations;
 pub mod hooks;
 mod l1;
 mod l2;
@@ -37,7 +38,8 @@ pub mod xfetch;
 
 pub use breaker::BreakerState;
 pub use bus::{BusError, InProcessBus, Invalidation, InvalidationBus, Position};
-pub use cache::{CacheStatus, Loaded, RequestStats, RequestStatsSnapshot, TieredCache};
+pub use cache::{CacheStatus, Deps, Loaded, RequestStats, RequestStatsSnapshot, TieredCache};
 pub use config::{CacheConfig, KeySpec};
 pub use error::CacheError;
+pub use get_size2::GetSize;
 pub use hooks::FillHooks;

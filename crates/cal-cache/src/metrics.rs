@@ -134,3 +134,105 @@ impl Metrics {
         counter.with_label_values(&[tier, kind]).inc();
     }
 }
+
+/// Counts of one batch, flushed to the counters once ([`Tally::flush`]): a label lookup per
+/// (counter, tier, kind) and batch instead of one per key.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Per key kind (a batch almost always has one), a count per event.
+    kinds: Vec<(&'static str, [u64; Tally::EVENTS])>,
+}
+
+impl Tally {
+    pub const L1_HIT: usize = 0;
+    pub const L1_MISS: usize = 1;
+    pub const L2_HIT: usize = 2;
+    pub const L2_MISS: usize = 3;
+    pub const DB_HIT: usize = 4;
+    pub const DB_MISS: usize = 5;
+    pub const L1_FILL: usize = 6;
+    pub const L2_FILL: usize = 7;
+    pub const L1_REFUSED: usize = 8;
+    pub const L2_REFUSED: usize = 9;
+    pub const COALESCED: usize = 10;
+    pub const OVERSIZE: usize = 11;
+    const EVENTS: usize = 12;
+
+    fn counts(&mut self, kind: &'static str) -> &mut [u64; Self::EVENTS] {
+        let i = match self.kinds.iter().position(|(k, _)| *k == kind) {
+            Some(i) => i,
+            None => {
+                self.kinds.push((kind, [0; Self::EVENTS]));
+                self.kinds.len() - 1
+            }
+        };
+        &mut self.kinds[i].1
+    }
+
+    pub fn add(&mut self, kind: &'static str, event: usize) {
+        self.counts(kind)[event] += 1;
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        for (kind, counts) in &other.kinds {
+            for (mine, n) in self.counts(kind).iter_mut().zip(counts) {
+                *mine += n;
+            }
+        }
+    }
+
+    /// Adds the counts to the metrics and resets them.
+    pub fn flush(&mut self, m: &Metrics) {
+        for (kind, counts) in self.kinds.drain(..) {
+            let targets: [(&IntCounterVec, &str); Self::EVENTS] = [
+                (&m.hits, L1),
+                (&m.misses, L1),
+                (&m.hits, L2),
+                (&m.misses, L2),
+                (&m.hits, DB),
+                (&m.misses, DB),
+                (&m.fills, L1),
+                (&m.fills, L2),
+                (&m.refused_stale, L1),
+                (&m.refused_stale, L2),
+                (&m.coalesced, DB),
+                (&m.oversize, DB),
+            ];
+            for (event, (counter, tier)) in targets.into_iter().enumerate() {
+                if counts[event] > 0 {
+                    counter
+                        .with_label_values(&[tier, kind])
+                        .inc_by(counts[event]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_counts_per_kind_and_flushes_once() {
+        let m = Metrics::register(&Registry::new()).unwrap();
+        let mut t = Tally::default();
+        t.add("user", Tally::L1_HIT);
+        t.add("user", Tally::L1_HIT);
+        t.add("event", Tally::DB_MISS);
+        let mut other = Tally::default();
+        other.add("user", Tally::L1_HIT);
+        other.add("room", Tally::L2_FILL);
+        t.merge(&other);
+        t.flush(&m);
+        assert_eq!(m.hits.with_label_values(&[L1, "user"]).get(), 3);
+        assert_eq!(m.misses.with_label_values(&[DB, "event"]).get(), 1);
+        assert_eq!(m.fills.with_label_values(&[L2, "room"]).get(), 1);
+        t.flush(&m);
+        assert_eq!(
+            m.hits.with_label_values(&[L1, "user"]).get(),
+            3,
+            "flush resets"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 macro_rules! text_enum {
     ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, get_size2::GetSize)]
         pub enum $name { $($variant),+ }
 
         impl $name {

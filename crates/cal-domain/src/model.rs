@@ -6,9 +6,10 @@ use crate::{
     ResponseStatus, Role, Transparency, UserId,
 };
 use chrono::{DateTime, Utc};
+use get_size2::GetSize;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, GetSize)]
 pub struct User {
     pub id: UserId,
     pub email: String,
@@ -18,7 +19,7 @@ pub struct User {
     pub version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, GetSize)]
 pub struct Calendar {
     pub id: CalendarId,
     pub owner_id: UserId,
@@ -43,13 +44,13 @@ impl Calendar {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, GetSize)]
 pub struct Member {
     pub user_id: UserId,
     pub role: Role,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, GetSize)]
 pub struct Event {
     pub id: EventId,
     pub calendar_id: CalendarId,
@@ -78,7 +79,7 @@ impl AsRef<Event> for Event {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, GetSize)]
 pub struct Attendee {
     pub event_id: EventId,
     pub user_id: UserId,
@@ -88,7 +89,7 @@ pub struct Attendee {
     pub is_optional: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, GetSize)]
 pub struct Resource {
     pub id: ResourceId,
     pub name: String,
@@ -100,7 +101,7 @@ pub struct Resource {
     pub bookings_version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, GetSize)]
 pub struct Reservation {
     pub id: ReservationId,
     pub event_id: EventId,

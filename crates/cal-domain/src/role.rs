@@ -4,7 +4,7 @@ use crate::DomainError;
 use serde::{Deserialize, Serialize};
 
 /// A member's role on a calendar, strongest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, get_size2::GetSize)]
 pub enum Role {
     Owner,
     Writer,

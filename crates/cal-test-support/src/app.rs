@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
+static SIBLINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct TestApp {
     pub addr: SocketAddr,
     /// The app's own store: writes through it invalidate the app's cache like mutations do.
@@ -20,8 +22,9 @@ pub struct TestApp {
     pub config: Arc<ApiConfig>,
     pub client: reqwest::Client,
     users: std::sync::atomic::AtomicU64,
-    // Last: dropped after the server task's handle so the database goes last.
-    pub db: TestDb,
+    // Last: dropped after the server task's handle so the database goes last (shared with
+    // sibling apps over the same database).
+    pub db: Arc<TestDb>,
 }
 
 impl TestApp {
@@ -40,7 +43,29 @@ impl TestApp {
         tweak: impl FnOnce(&mut ApiConfig),
         tweak_cache: impl FnOnce(&mut CacheConfig),
     ) -> TestApp {
-        let db = TestDb::new().await;
+        Self::spawn_on(Arc::new(TestDb::new().await), tweak, tweak_cache).await
+    }
+
+    /// A second app over this app's database (its own cache under its own key prefix, its own
+    /// in-process bus): e.g. to compare two configurations on the same data.
+    pub async fn spawn_sibling(
+        &self,
+        tweak: impl FnOnce(&mut ApiConfig),
+        tweak_cache: impl FnOnce(&mut CacheConfig),
+    ) -> TestApp {
+        let n = SIBLINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::spawn_on(self.db.clone(), tweak, |c| {
+            c.key_prefix = format!("{}sibling{n}:", c.key_prefix);
+            tweak_cache(c)
+        })
+        .await
+    }
+
+    async fn spawn_on(
+        db: Arc<TestDb>,
+        tweak: impl FnOnce(&mut ApiConfig),
+        tweak_cache: impl FnOnce(&mut CacheConfig),
+    ) -> TestApp {
         let mut config = ApiConfig::new(TEST_SECRET);
         tweak(&mut config);
         let mut cache_config = CacheConfig {
@@ -105,6 +130,35 @@ impl TestApp {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// Posts `body` to `/graphql` as `user` without the debug header; returns status, the
+    /// response headers and the body text exactly as sent.
+    pub async fn post_text(
+        &self,
+        user: Option<UserId>,
+        body: &Value,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let mut req = self.client.post(self.url("/graphql")).json(body);
+        if let Some(u) = user {
+            req = req.bearer_auth(self.token(u));
+        }
+        let resp = req.send().await.expect("server reachable");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        (status, headers, resp.text().await.unwrap())
+    }
+
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("server reachable")
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Runs one GraphQL operation as `user`; asserts HTTP 200 and returns the JSON response.

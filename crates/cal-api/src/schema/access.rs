@@ -16,12 +16,7 @@ pub(crate) async fn calendar_with_role(
     ctx: &Context<'_>,
     id: CalendarId,
 ) -> ApiResult<(Arc<Calendar>, Role)> {
-    let me = viewer(ctx)?;
-    let cal = one(&rc(ctx).loaders.calendars, id)
-        .await?
-        .ok_or(ApiError::Forbidden)?;
-    let role = cal.role_of(me).ok_or(ApiError::Forbidden)?;
-    Ok((cal, role))
+    rc(ctx).calendar_with_role(id).await
 }
 
 /// How the viewer relates to an event.

@@ -47,5 +47,9 @@ pub(crate) async fn bookings(
         },
     )
     .await?;
-    Ok(per_day.into_iter().flatten().flatten().collect())
+    Ok(per_day
+        .into_iter()
+        .flatten()
+        .flat_map(|day| day.iter().copied().collect::<Vec<_>>())
+        .collect())
 }

@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 /// What a window (or one month) shows, before series expansion.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, get_size2::GetSize)]
 pub(crate) struct Bucket {
     // `Arc`s: a warm read shares the cached rows instead of copying them.
     pub singles: Vec<Arc<d::Event>>,

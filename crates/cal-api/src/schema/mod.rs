@@ -6,6 +6,7 @@ mod access;
 mod availability;
 mod buckets;
 pub use buckets::warm;
+mod direct;
 mod mutation;
 mod query;
 mod series;
@@ -31,6 +32,12 @@ pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// Builds the schema. Request-scoped data ([`RequestCtx`]) is attached per request by the HTTP layer.
 pub fn build_schema(config: Arc<ApiConfig>) -> AppSchema {
+    builder(&config).finish()
+}
+
+fn builder(
+    config: &Arc<ApiConfig>,
+) -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
     let mut builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
         .limit_depth(config.max_depth)
         .limit_complexity(config.max_complexity)
@@ -39,7 +46,71 @@ pub fn build_schema(config: Arc<ApiConfig>) -> AppSchema {
     if !config.dev_mode {
         builder = builder.disable_introspection();
     }
-    builder.finish()
+    builder
+}
+
+/// The same schema, limits and rules, but it only parses and validates: executing a request
+/// answers `{"data": null}` without resolving anything (see [`Direct`]).
+fn build_validator(config: &Arc<ApiConfig>) -> AppSchema {
+    builder(config).extension(ValidateOnly).finish()
+}
+
+/// An extension that stops every request after validation.
+struct ValidateOnly;
+
+impl async_graphql::extensions::ExtensionFactory for ValidateOnly {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(ValidateOnly)
+    }
+}
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for ValidateOnly {
+    async fn execute(
+        &self,
+        _ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        _operation_name: Option<&str>,
+        _next: async_graphql::extensions::NextExecute<'_>,
+    ) -> async_graphql::Response {
+        async_graphql::Response::new(async_graphql::Value::Null)
+    }
+}
+
+/// Direct execution of plain queries (see `direct.rs`): async-graphql validates the request,
+/// then, if every field is one the direct executor serves, it writes the answer itself.
+#[derive(Clone)]
+pub struct Direct {
+    validator: AppSchema,
+}
+
+impl Direct {
+    pub fn new(config: &Arc<ApiConfig>) -> Self {
+        Self {
+            validator: build_validator(config),
+        }
+    }
+
+    /// The response body (`{"data":…}`) of `req`, or `None` when the request is invalid or not
+    /// one the direct executor serves (run it through async-graphql then).
+    pub async fn execute(
+        &self,
+        r: &RequestCtx,
+        doc: &async_graphql::parser::types::ExecutableDocument,
+        req: &async_graphql::Request,
+    ) -> Option<Vec<u8>> {
+        let mut check =
+            async_graphql::Request::new(req.query.clone()).variables(req.variables.clone());
+        if let Some(op) = &req.operation_name {
+            check = check.operation_name(op.clone());
+        }
+        check.set_parsed_query(doc.clone());
+        if !self.validator.execute(check).await.errors.is_empty() {
+            return None;
+        }
+        direct::execute(r, doc, req.operation_name.as_deref(), &req.variables)
+            .await
+            .ok()
+    }
 }
 
 /// Everything one request's resolvers share: the viewer, its loaders and a statement-counting store.
@@ -77,14 +148,35 @@ impl RequestCtx {
     }
 }
 
+impl RequestCtx {
+    /// The authenticated viewer, or UNAUTHENTICATED.
+    pub(crate) fn viewer_id(&self) -> ApiResult<UserId> {
+        match self.viewer {
+            Viewer::User(id) => Ok(id),
+            Viewer::Anonymous | Viewer::Invalid => Err(ApiError::Unauthenticated),
+        }
+    }
+
+    /// A calendar together with the viewer's role on it; FORBIDDEN when the viewer holds none
+    /// (also when the calendar does not exist).
+    pub(crate) async fn calendar_with_role(
+        &self,
+        id: cal_domain::CalendarId,
+    ) -> ApiResult<(Arc<cal_domain::Calendar>, cal_domain::Role)> {
+        let me = self.viewer_id()?;
+        let cal = crate::loaders::one(&self.loaders.calendars, id)
+            .await?
+            .ok_or(ApiError::Forbidden)?;
+        let role = cal.role_of(me).ok_or(ApiError::Forbidden)?;
+        Ok((cal, role))
+    }
+}
+
 pub(crate) fn rc<'a>(ctx: &Context<'a>) -> &'a RequestCtx {
-    ctx.data_unchecked::<RequestCtx>()
+    ctx.data_unchecked::<Arc<RequestCtx>>()
 }
 
 /// The authenticated viewer, or UNAUTHENTICATED.
 pub(crate) fn viewer(ctx: &Context<'_>) -> ApiResult<UserId> {
-    match rc(ctx).viewer {
-        Viewer::User(id) => Ok(id),
-        Viewer::Anonymous | Viewer::Invalid => Err(ApiError::Unauthenticated),
-    }
+    rc(ctx).viewer_id()
 }

@@ -5,13 +5,14 @@
 
 use crate::error::{ApiError, ApiResult};
 use crate::tiers::Tiers;
-use cal_cache::{KeySpec, Loaded, RequestStats};
+use cal_cache::{GetSize, KeySpec, Loaded, RequestStats};
 use cal_domain::TimeWindow;
 use cal_storage::StorageError;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
+use std::sync::Arc;
 
 /// `[start, end)`.
 pub(crate) type Span = (DateTime<Utc>, DateTime<Utc>);
@@ -26,9 +27,9 @@ pub(crate) async fn load_spans<R, V, Load, Fut>(
     version: i64,
     load: Load,
     cut: fn(&R, Span) -> V,
-) -> ApiResult<Vec<Option<V>>>
+) -> ApiResult<Vec<Option<Arc<V>>>>
 where
-    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    V: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
     Load: FnOnce(TimeWindow) -> Fut + Send,
     Fut: Future<Output = Result<R, StorageError>> + Send,
 {

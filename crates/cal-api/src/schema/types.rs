@@ -4,7 +4,7 @@
 use super::access::{calendar_with_role, event_access};
 use super::{rc, viewer};
 use crate::error::{ApiError, ApiResult};
-use crate::loaders::{Booking, one};
+use crate::loaders::{Batch, Booking, one};
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use cal_domain as d;
@@ -242,132 +242,192 @@ impl Calendar {
         time_zone: Option<String>,
     ) -> ApiResult<Connection<String, Event>> {
         self.require_details()?;
-        let r = rc(ctx);
-        let w = window(ctx, from, to)?;
-        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
-        let first = match first {
-            None => r.config.default_page_size,
-            Some(n) if n >= 0 && (n as usize) <= r.config.max_page_size => n as usize,
-            Some(n) => {
-                return Err(ApiError::bad_input(format!(
-                    "`first` must be between 0 and {} (got {n})",
-                    r.config.max_page_size
-                )));
-            }
-        };
-        let after = after.as_deref().map(EventCursor::decode).transpose()?;
-        let mut rows = super::buckets::window_rows(ctx, &self.cal, &w).await?;
-        // Stored rows of the window after the cursor (series occurrences are cut by `place`).
-        rows.singles.retain(|e| {
-            e.start_time < w.to()
-                && e.end_time > w.from()
-                && after.is_none_or(|a| EventCursor::row(e.start_time, e.id) > a)
-        });
-        let mut placed = d::instances::place(
-            &rows.singles,
-            &rows.masters,
-            &rows.overrides,
-            w.from(),
-            w.to(),
+        let args = PageArgs {
+            from,
+            to,
+            first,
             after,
-            first + 1,
-        )
-        .map_err(|e| ApiError::Internal(format!("stored series cannot be expanded: {}", e.0)))?;
-        let has_next = placed.len() > first;
-        placed.truncate(first);
-        // One Arc per stored row, shared by all the occurrences it generates.
-        let arcs: HashMap<d::EventId, Arc<d::Event>> = rows
-            .singles
-            .iter()
-            .chain(&rows.masters)
-            .map(|e| (e.id, e.clone()))
-            .collect();
-        let used: Vec<Arc<d::Event>> = {
-            let mut ids: Vec<d::EventId> = placed.iter().map(|p| p.event.id).collect();
-            ids.sort();
-            ids.dedup();
-            ids.iter().map(|id| arcs[id].clone()).collect()
+            time_zone,
         };
-        r.loaders
-            .events
-            .prime_many(used.iter().map(|e| (e.id, Ok(Some(e.clone())))))
-            .await;
-        prefetch(ctx, &used).await?;
-        let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges.extend(placed.iter().map(|p| {
-            Edge::new(
-                p.cursor().encode(),
-                Event {
-                    row: arcs[&p.event.id].clone(),
-                    occurrence: p.occurrence,
-                    tz,
-                },
-            )
-        }));
+        let page = events_page(rc(ctx), &self.cal, args, Wants::of(&ctx.look_ahead())).await?;
+        let mut conn = Connection::new(page.has_previous, page.has_next);
+        conn.edges.extend(
+            page.edges
+                .into_iter()
+                .map(|(cursor, event)| Edge::new(cursor, event)),
+        );
         Ok(conn)
     }
+}
+
+/// The arguments of `Calendar.events`.
+pub(crate) struct PageArgs {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub first: Option<i32>,
+    pub after: Option<String>,
+    pub time_zone: Option<String>,
+}
+
+/// What the selection under a page of events asks for, so that it can be loaded in as few
+/// batches as possible before any field is resolved.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Wants {
+    pub attendees: bool,
+    pub attendee_users: bool,
+    pub organizer: bool,
+    pub reservations: bool,
+}
+
+impl Wants {
+    /// From a look-ahead at the connection's selection (`edges.node` or `nodes`).
+    fn of(la: &async_graphql::Lookahead<'_>) -> Self {
+        let edges = la.field("edges");
+        let nodes = [edges.field("node"), la.field("nodes")];
+        let wants = |path: &[&str]| {
+            nodes.iter().any(|n| {
+                let mut cur = n.field(path[0]);
+                for p in &path[1..] {
+                    cur = cur.field(p);
+                }
+                cur.exists()
+            })
+        };
+        Wants {
+            attendees: wants(&["attendees"]),
+            attendee_users: wants(&["attendees", "user"]),
+            organizer: wants(&["organizer"]),
+            reservations: wants(&["reservations"]),
+        }
+    }
+}
+
+/// One page of `Calendar.events`: the edges (cursor, event) in order and whether pages exist
+/// before and after it. Everything `wants` names has been loaded into the request's loaders.
+pub(crate) struct EventPage {
+    pub edges: Vec<(String, Event)>,
+    pub has_previous: bool,
+    pub has_next: bool,
+}
+
+/// `Calendar.events` for a viewer allowed to read `cal`'s details.
+pub(crate) async fn events_page(
+    r: &super::RequestCtx,
+    cal: &d::Calendar,
+    args: PageArgs,
+    wants: Wants,
+) -> ApiResult<EventPage> {
+    let w = TimeWindow::parse(args.from, args.to, r.config.max_window)?;
+    let tz = args
+        .time_zone
+        .as_deref()
+        .map(d::parse_time_zone)
+        .transpose()?;
+    let first = match args.first {
+        None => r.config.default_page_size,
+        Some(n) if n >= 0 && (n as usize) <= r.config.max_page_size => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad_input(format!(
+                "`first` must be between 0 and {} (got {n})",
+                r.config.max_page_size
+            )));
+        }
+    };
+    let after = args.after.as_deref().map(EventCursor::decode).transpose()?;
+    let mut rows = super::buckets::load_window(&r.tiers, &r.store, &r.cache_stats, cal, &w).await?;
+    // Stored rows of the window after the cursor (series occurrences are cut by `place`).
+    rows.singles.retain(|e| {
+        e.start_time < w.to()
+            && e.end_time > w.from()
+            && after.is_none_or(|a| EventCursor::row(e.start_time, e.id) > a)
+    });
+    let mut placed = d::instances::place(
+        &rows.singles,
+        &rows.masters,
+        &rows.overrides,
+        w.from(),
+        w.to(),
+        after,
+        first + 1,
+    )
+    .map_err(|e| ApiError::Internal(format!("stored series cannot be expanded: {}", e.0)))?;
+    let has_next = placed.len() > first;
+    placed.truncate(first);
+    // One Arc per stored row, shared by all the occurrences it generates.
+    let arcs: HashMap<d::EventId, Arc<d::Event>> = rows
+        .singles
+        .iter()
+        .chain(&rows.masters)
+        .map(|e| (e.id, e.clone()))
+        .collect();
+    let used: Vec<Arc<d::Event>> = {
+        let mut ids: Vec<d::EventId> = placed.iter().map(|p| p.event.id).collect();
+        ids.sort();
+        ids.dedup();
+        ids.iter().map(|id| arcs[id].clone()).collect()
+    };
+    r.loaders
+        .events
+        .prime_many(used.iter().map(|e| (e.id, Ok(Some(e.clone())))))
+        .await;
+    prefetch(r, &used, wants).await?;
+    Ok(EventPage {
+        edges: placed
+            .iter()
+            .map(|p| {
+                (
+                    p.cursor().encode(),
+                    Event {
+                        row: arcs[&p.event.id].clone(),
+                        occurrence: p.occurrence,
+                        tz,
+                    },
+                )
+            })
+            .collect(),
+        has_previous: after.is_some(),
+        has_next,
+    })
 }
 
 /// Loads, in as few batches as possible, what the selection under a page of events will ask for:
 /// attendees and reservations (one statement each, concurrently), then every user the page shows
 /// (organizers and attendees together, one statement). Field resolvers then hit the loaders' memo.
-async fn prefetch(ctx: &Context<'_>, events: &[Arc<d::Event>]) -> ApiResult<()> {
+async fn prefetch(r: &super::RequestCtx, events: &[Arc<d::Event>], wants: Wants) -> ApiResult<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let la = ctx.look_ahead();
-    let edges = la.field("edges");
-    let nodes = [edges.field("node"), la.field("nodes")];
-    let wants = |path: &[&str]| {
-        nodes.iter().any(|n| {
-            let mut cur = n.field(path[0]);
-            for p in &path[1..] {
-                cur = cur.field(p);
-            }
-            cur.exists()
-        })
-    };
-    let (want_attendees, want_attendee_users) =
-        (wants(&["attendees"]), wants(&["attendees", "user"]));
-    let (want_organizer, want_reservations) = (wants(&["organizer"]), wants(&["reservations"]));
-    let loaders = &rc(ctx).loaders;
+    let loaders = &r.loaders;
     let ids: Vec<d::EventId> = events.iter().map(|e| e.id).collect();
+    // Every key is known: load at once rather than through the loaders' wait for more keys.
     let attendees = async {
-        if want_attendees {
-            loaders.attendees.try_load_many(ids.clone()).await.map(Some)
-        } else {
-            Ok(None)
+        if wants.attendees {
+            loaders.load_now(Batch::Attendees(&ids)).await;
         }
     };
     let reservations = async {
-        if want_reservations {
-            loaders
-                .reservations
-                .try_load_many(ids.clone())
-                .await
-                .map(|_| ())
-        } else {
-            Ok(())
+        if wants.reservations {
+            loaders.load_now(Batch::Reservations(&ids)).await;
         }
     };
-    let (attendees, reservations) = futures::join!(attendees, reservations);
-    reservations.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let attendees = attendees.map_err(|e| ApiError::Internal(e.to_string()))?;
+    futures::join!(attendees, reservations);
     let mut users = BTreeSet::new();
-    if want_organizer {
+    if wants.organizer {
         users.extend(events.iter().map(|e| e.organizer_id));
     }
-    if want_attendee_users && let Some(map) = attendees {
-        for list in map.values().flatten() {
+    if wants.attendee_users {
+        let lists = loaders
+            .attendees
+            .try_load_many(ids)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        for list in lists.values().flatten() {
             users.extend(list.iter().map(|a| a.user_id));
         }
     }
     if !users.is_empty() {
-        loaders
-            .users
-            .try_load_many(users.into_iter().collect())
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let users: Vec<d::UserId> = users.into_iter().collect();
+        loaders.load_now(Batch::Users(&users)).await;
     }
     Ok(())
 }
@@ -405,6 +465,57 @@ impl Event {
             _ => t.fixed_offset(),
         }
     }
+
+    // The field values, shared by the resolvers below and by direct execution (`direct.rs`).
+
+    pub(crate) fn id_text(&self) -> String {
+        d::instances::instance_id(&self.row, self.occurrence)
+            .map_or_else(|| self.row.id.to_string(), |i| i.format())
+    }
+
+    pub(crate) fn start_rendered(&self) -> DateTime<FixedOffset> {
+        self.render(self.start())
+    }
+
+    pub(crate) fn end_rendered(&self) -> DateTime<FixedOffset> {
+        self.render(self.end())
+    }
+
+    pub(crate) fn first_date(&self) -> Option<NaiveDate> {
+        self.row.all_day.then(|| self.start().date_naive())
+    }
+
+    pub(crate) fn end_day(&self) -> Option<NaiveDate> {
+        self.row.all_day.then(|| self.end().date_naive())
+    }
+
+    pub(crate) fn recurring_id(&self) -> Option<d::EventId> {
+        match self.occurrence {
+            Some(_) => Some(self.row.id),
+            None => self.row.recurring_event_id,
+        }
+    }
+
+    pub(crate) fn original_start_rendered(&self) -> Option<DateTime<FixedOffset>> {
+        self.occurrence
+            .map(|o| o.original_start)
+            .or(self.row.original_start_time)
+            .map(|t| self.render(t))
+    }
+
+    pub(crate) fn recurs(&self) -> bool {
+        self.row.rrule.is_some() || self.row.recurring_event_id.is_some()
+    }
+
+    /// Of the event's bookings, those of this event (for an occurrence, those overlapping it).
+    pub(crate) fn own_bookings<'a>(
+        &self,
+        list: &'a [Booking],
+    ) -> impl Iterator<Item = &'a Booking> {
+        let (start, end, occurrence) = (self.start(), self.end(), self.occurrence.is_some());
+        list.iter()
+            .filter(move |(r, _)| !occurrence || (r.start_time < end && r.end_time > start))
+    }
 }
 
 #[Object]
@@ -412,8 +523,7 @@ impl Event {
     /// Stable id: the row id for single events and series, `seriesId_originalStartUTC` (e.g.
     /// `42_20261122T090000Z`) for an occurrence of a series, overridden or not. Usable with `event(id)`.
     async fn id(&self) -> ID {
-        ID(d::instances::instance_id(&self.row, self.occurrence)
-            .map_or_else(|| self.row.id.to_string(), |i| i.format()))
+        ID(self.id_text())
     }
     /// The calendar holding the event; null when the viewer sees the event only as an invitee.
     async fn calendar(&self, ctx: &Context<'_>) -> ApiResult<Option<Calendar>> {
@@ -437,18 +547,18 @@ impl Event {
     }
     /// Start instant, with the offset of the requested zone (UTC when none was asked for).
     async fn start_time(&self) -> DateTime<FixedOffset> {
-        self.render(self.start())
+        self.start_rendered()
     }
     async fn end_time(&self) -> DateTime<FixedOffset> {
-        self.render(self.end())
+        self.end_rendered()
     }
     /// For all-day events, the first day (`YYYY-MM-DD`), the same in every zone.
     async fn start_date(&self) -> Option<NaiveDate> {
-        self.row.all_day.then(|| self.start().date_naive())
+        self.first_date()
     }
     /// For all-day events, the day after the last one (exclusive end, as in iCalendar).
     async fn end_date(&self) -> Option<NaiveDate> {
-        self.row.all_day.then(|| self.end().date_naive())
+        self.end_day()
     }
     /// IANA time zone the event was scheduled in.
     async fn time_zone(&self) -> &str {
@@ -472,21 +582,15 @@ impl Event {
     }
     /// The series this is an occurrence of (generated or overridden).
     async fn recurring_event_id(&self) -> Option<ID> {
-        match self.occurrence {
-            Some(_) => Some(ID(self.row.id.to_string())),
-            None => self.row.recurring_event_id.map(|i| ID(i.to_string())),
-        }
+        self.recurring_id().map(|i| ID(i.to_string()))
     }
     /// Where the series' rule put this occurrence (it may have been moved since).
     async fn original_start_time(&self) -> Option<DateTime<FixedOffset>> {
-        self.occurrence
-            .map(|o| o.original_start)
-            .or(self.row.original_start_time)
-            .map(|t| self.render(t))
+        self.original_start_rendered()
     }
     /// Whether this is a series master or one of its occurrences.
     async fn is_recurring(&self) -> bool {
-        self.row.rrule.is_some() || self.row.recurring_event_id.is_some()
+        self.recurs()
     }
     /// Bumped on every change; pass it back as `expectedVersion` when updating.
     async fn version(&self) -> i64 {
@@ -512,12 +616,8 @@ impl Event {
     #[graphql(complexity = "2 * child_complexity + 1")]
     async fn reservations(&self, ctx: &Context<'_>) -> ApiResult<Vec<Reservation>> {
         let list = one(&rc(ctx).loaders.reservations, self.row.id).await?;
-        let (start, end) = (self.start(), self.end());
-        Ok(list
-            .iter()
-            .filter(|(r, _)| {
-                self.occurrence.is_none() || (r.start_time < end && r.end_time > start)
-            })
+        Ok(self
+            .own_bookings(&list)
             .cloned()
             .map(Reservation::from)
             .collect())

@@ -23,6 +23,7 @@ async fn l1_l2_and_loader_each_serve_their_part_of_a_batch() {
     let got = a
         .get_many(&keys, Some(&stats), db.loader(&keys))
         .await
+        .map(plain)
         .unwrap();
     assert_eq!(
         got,
@@ -42,6 +43,7 @@ async fn l1_l2_and_loader_each_serve_their_part_of_a_batch() {
     let again = a
         .get_many(&keys, Some(&stats), db.loader(&keys))
         .await
+        .map(plain)
         .unwrap();
     assert_eq!(again, got);
     assert_eq!(db.calls(), 1);
@@ -53,6 +55,7 @@ async fn l1_l2_and_loader_each_serve_their_part_of_a_batch() {
     let from_l2 = b
         .get_many(&keys, Some(&stats), db.loader(&keys))
         .await
+        .map(plain)
         .unwrap();
     assert_eq!(from_l2, got);
     assert_eq!(db.calls(), 1);
@@ -60,13 +63,17 @@ async fn l1_l2_and_loader_each_serve_their_part_of_a_batch() {
     let stats = RequestStats::default();
     b.get_many(&keys, Some(&stats), db.loader(&keys))
         .await
+        .map(plain)
         .unwrap();
     assert_eq!(stats.snapshot().l1_hits, 4, "L2 hits were filled into L1");
 
     // A mixed batch on B: L1 hit, L2-only key, two cold keys (one repeated).
     db.set("v1:event:6", "six", 1);
     let only_a = specs(&["v1:event:6"]);
-    a.get_many(&only_a, None, db.loader(&only_a)).await.unwrap();
+    a.get_many(&only_a, None, db.loader(&only_a))
+        .await
+        .map(plain)
+        .unwrap();
     db.set("v1:event:4", "four", 1);
     db.set("v1:event:5", "five", 2);
     let mixed = specs(&[
@@ -81,6 +88,7 @@ async fn l1_l2_and_loader_each_serve_their_part_of_a_batch() {
     let got = b
         .get_many(&mixed, Some(&stats), db.loader(&mixed))
         .await
+        .map(plain)
         .unwrap();
     assert_eq!(
         redis.command_calls("mget").await - mget_before,
@@ -124,7 +132,11 @@ async fn l1_only_without_redis_url() {
     let c = cache(config(None, &unique_prefix())).await;
     let keys = specs(&["k", "missing"]);
     for _ in 0..3 {
-        let got = c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+        let got = c
+            .get_many(&keys, None, db.loader(&keys))
+            .await
+            .map(plain)
+            .unwrap();
         assert_eq!(got, vec![Some("v".to_owned()), None]);
     }
     assert_eq!(db.calls(), 1);
@@ -144,7 +156,10 @@ async fn switches_turn_tiers_off() {
     let c = cache(cfg).await;
     let keys = specs(&["k"]);
     for _ in 0..3 {
-        c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+        c.get_many(&keys, None, db.loader(&keys))
+            .await
+            .map(plain)
+            .unwrap();
     }
     assert_eq!(db.calls(), 3, "cold path: every call loads");
     assert_eq!(redis.command_calls("mget").await, 0);
@@ -162,9 +177,16 @@ async fn values_over_the_size_limit_are_not_cached() {
     let big = specs(&["big"]);
     let small = specs(&["small"]);
     for _ in 0..2 {
-        let got = c.get_many(&big, None, db.loader(&big)).await.unwrap();
+        let got = c
+            .get_many(&big, None, db.loader(&big))
+            .await
+            .map(plain)
+            .unwrap();
         assert_eq!(got[0].as_deref().map(str::len), Some(1000));
-        c.get_many(&small, None, db.loader(&small)).await.unwrap();
+        c.get_many(&small, None, db.loader(&small))
+            .await
+            .map(plain)
+            .unwrap();
     }
     assert_eq!(db.calls(), 3, "big loaded twice, small once");
     assert!(redis.get_raw(&c.redis_key("big").unwrap()).await.is_none());

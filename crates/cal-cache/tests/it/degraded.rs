@@ -22,7 +22,10 @@ async fn redis_outage_restart_and_data_loss() {
 
     db.set("a", "alpha", 1);
     let a = specs(&["a"]);
-    c.get_many(&a, None, db.loader(&a)).await.unwrap();
+    c.get_many(&a, None, db.loader(&a))
+        .await
+        .map(plain)
+        .unwrap();
     assert_eq!(c.status().epoch, 0);
     assert_eq!(c.status().breaker, Some(BreakerState::Closed));
 
@@ -31,7 +34,11 @@ async fn redis_outage_restart_and_data_loss() {
         let name = format!("d{i}");
         db.set(&name, &name, 1);
         let keys = specs(&[&name]);
-        let got = c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+        let got = c
+            .get_many(&keys, None, db.loader(&keys))
+            .await
+            .map(plain)
+            .unwrap();
         assert_eq!(got, vec![Some(name)]);
     }
     assert_eq!(c.status().breaker, Some(BreakerState::Open));
@@ -47,7 +54,10 @@ async fn redis_outage_restart_and_data_loss() {
     assert_eq!(metric(&rendered, "cal_cache_breaker_state", &[]), 2.0);
     // L1 still serves what it had.
     let calls = db.calls();
-    c.get_many(&a, None, db.loader(&a)).await.unwrap();
+    c.get_many(&a, None, db.loader(&a))
+        .await
+        .map(plain)
+        .unwrap();
     assert_eq!(db.calls(), calls);
 
     // Redis comes back empty on the same port: after the cool-down the cache uses L2 again.
@@ -73,7 +83,10 @@ async fn redis_outage_restart_and_data_loss() {
         i += 1;
         db.set(&name, &name, 1);
         let keys = specs(&[&name]);
-        c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+        c.get_many(&keys, None, db.loader(&keys))
+            .await
+            .map(plain)
+            .unwrap();
     }
     let status = c.status();
     assert_eq!(status.breaker, Some(BreakerState::Closed));
@@ -81,7 +94,10 @@ async fn redis_outage_restart_and_data_loss() {
 
     // L1 was cleared by the epoch change: "a" is loaded again and lands in the new L2.
     let calls = db.calls();
-    c.get_many(&a, None, db.loader(&a)).await.unwrap();
+    c.get_many(&a, None, db.loader(&a))
+        .await
+        .map(plain)
+        .unwrap();
     assert_eq!(db.calls(), calls + 1);
     let key = c.redis_key("a").unwrap();
     assert!(redis.get_raw(&key).await.is_some());
@@ -94,6 +110,7 @@ async fn redis_outage_restart_and_data_loss() {
     let got = other
         .get_many(&a, Some(&stats), db.loader(&a))
         .await
+        .map(plain)
         .unwrap();
     assert_eq!(got, vec![Some("alpha".to_owned())]);
     assert_eq!(stats.snapshot().l2_hits, 1);
@@ -115,7 +132,11 @@ async fn redis_absent_at_start_is_not_an_error() {
     db.set("k", "v", 1);
     let keys = specs(&["k"]);
     for _ in 0..10 {
-        let got = c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+        let got = c
+            .get_many(&keys, None, db.loader(&keys))
+            .await
+            .map(plain)
+            .unwrap();
         assert_eq!(got, vec![Some("v".to_owned())]);
     }
     assert_eq!(db.calls(), 1, "L1 still works");
@@ -135,7 +156,11 @@ async fn tombstones_that_failed_during_a_stall_are_written_afterwards() {
     cfg.l1_enabled = false;
     let other = cache(cfg).await;
     let a = specs(&["a"]);
-    writer.get_many(&a, None, db.loader(&a)).await.unwrap();
+    writer
+        .get_many(&a, None, db.loader(&a))
+        .await
+        .map(plain)
+        .unwrap();
 
     // Redis stalls while the writer commits and invalidates: the tombstone write times out.
     redis.freeze(true);
@@ -146,7 +171,11 @@ async fn tombstones_that_failed_during_a_stall_are_written_afterwards() {
 
     // The writer's next use of L2 writes the tombstone first.
     let b = specs(&["b"]);
-    writer.get_many(&b, None, db.loader(&b)).await.unwrap();
+    writer
+        .get_many(&b, None, db.loader(&b))
+        .await
+        .map(plain)
+        .unwrap();
     assert_eq!(writer.status().pending_tombstones, 0);
     let raw = redis
         .get_raw(&writer.redis_key("a").unwrap())
@@ -155,6 +184,10 @@ async fn tombstones_that_failed_during_a_stall_are_written_afterwards() {
     assert_eq!(raw, b"T2");
 
     // Another process does not get the old value from L2.
-    let got = other.get_many(&a, None, db.loader(&a)).await.unwrap();
+    let got = other
+        .get_many(&a, None, db.loader(&a))
+        .await
+        .map(plain)
+        .unwrap();
     assert_eq!(got, vec![Some("v2".to_owned())]);
 }

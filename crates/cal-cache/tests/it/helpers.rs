@@ -236,3 +236,11 @@ pub fn metric(rendered: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0.0, |v| v.parse().unwrap())
 }
+
+/// `get_many`'s values as plain strings, for comparisons.
+pub fn plain(values: Vec<Option<Arc<String>>>) -> Vec<Option<String>> {
+    values
+        .into_iter()
+        .map(|v| v.map(|s| s.as_ref().clone()))
+        .collect()
+}

@@ -23,7 +23,10 @@ async fn l1_weight_stays_under_the_bound() {
         }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let keys = specs(&refs);
-        c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+        c.get_many(&keys, None, db.loader(&keys))
+            .await
+            .map(plain)
+            .unwrap();
     }
     c.run_pending_tasks().await;
     let status = c.status();
@@ -56,7 +59,11 @@ async fn xfetch_refreshes_early_only_when_beta_says_so() {
         let c = cache(cfg).await;
         let keys = specs(&["k"]);
         for _ in 0..3 {
-            let got = c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+            let got = c
+                .get_many(&keys, None, db.loader(&keys))
+                .await
+                .map(plain)
+                .unwrap();
             assert_eq!(got, vec![Some("v".to_owned())]);
         }
         // beta = 0: loaded once, then hits. A huge beta turns a 20 ms load into a head start far
@@ -74,8 +81,14 @@ async fn metrics_render_by_tier_and_kind() {
         cal_cache::KeySpec::new("k", "user", Duration::from_secs(60)),
         cal_cache::KeySpec::new("gone", "user", Duration::from_secs(60)),
     ];
-    c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
-    c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+    c.get_many(&keys, None, db.loader(&keys))
+        .await
+        .map(plain)
+        .unwrap();
+    c.get_many(&keys, None, db.loader(&keys))
+        .await
+        .map(plain)
+        .unwrap();
     let r = c.render();
     let user = |tier| [("tier", tier), ("kind", "user")];
     assert_eq!(metric(&r, "cal_cache_hits_total", &user("l1")), 2.0);
@@ -95,7 +108,10 @@ async fn remote_invalidations_evict_l1_and_refuse_older_fills() {
     let bus: Arc<dyn InvalidationBus> = Arc::new(InProcessBus::default());
     let mut sub = bus.subscribe();
     let keys = specs(&["k"]);
-    c.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+    c.get_many(&keys, None, db.loader(&keys))
+        .await
+        .map(plain)
+        .unwrap();
 
     // Another process commits version 2 and publishes.
     db.set("k", "v2", 2);
@@ -111,6 +127,7 @@ async fn remote_invalidations_evict_l1_and_refuse_older_fills() {
     let got = c
         .get_many(&keys, Some(&stats), db.loader(&keys))
         .await
+        .map(plain)
         .unwrap();
     assert_eq!(got, vec![Some("v2".to_owned())]);
     assert_eq!(stats.snapshot().loaded, 1);

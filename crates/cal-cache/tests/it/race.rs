@@ -169,6 +169,7 @@ impl Subject for Tiered {
         self.0
             .get_many(&keys, None, gated_loader(db, gate))
             .await
+            .map(plain)
             .unwrap()
             .remove(0)
     }
@@ -180,6 +181,7 @@ impl Subject for Tiered {
         self.0
             .get_many(&keys, None, db.loader(&keys))
             .await
+            .map(plain)
             .unwrap()
             .remove(0)
     }
@@ -226,7 +228,11 @@ async fn stale_fill_after_invalidation_is_refused_in_both_tiers() {
     let other = cache(cfg).await;
     let db = Db::new();
     let keys = specs(&[KEY]);
-    let got = other.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+    let got = other
+        .get_many(&keys, None, db.loader(&keys))
+        .await
+        .map(plain)
+        .unwrap();
     assert_eq!(got, vec![Some("v2".to_owned())]);
     assert_eq!(db.calls(), 0);
 }
@@ -259,7 +265,11 @@ async fn every_interleaving_ends_consistent_with_tombstones() {
         let db = Db::new();
         db.set(KEY, "v2", 2);
         let keys = specs(&[KEY]);
-        let got = fresh.get_many(&keys, None, db.loader(&keys)).await.unwrap();
+        let got = fresh
+            .get_many(&keys, None, db.loader(&keys))
+            .await
+            .map(plain)
+            .unwrap();
         assert_eq!(got[0], truth, "L2 after order {order:?}");
     }
 }
@@ -334,4 +344,75 @@ async fn delete_on_write_serves_stale_values_in_some_interleaving() {
         stale_found,
         "without tombstones the race must be observable"
     );
+}
+
+/// A reader that starts after a write was acknowledged (commit, then invalidation) must not
+/// share a load that read the database before the commit: it misses L1 (evicted) and L2
+/// (tombstone) while that older load is still in flight, and must load again rather than join it.
+#[tokio::test]
+async fn a_reader_after_the_acknowledgement_does_not_join_an_older_flight() {
+    let redis = RedisServer::start();
+    let gate = Gate::new();
+    let c = tiered(&redis, &unique_prefix(), &gate).await;
+    let db = Db::new();
+    db.set(KEY, "v1", 1);
+    let keys = specs(&[KEY]);
+
+    // Reader A reads v1 from the database and is paused before its fill.
+    let first = tokio::spawn({
+        let (c, db, gate) = (c.clone(), db.clone(), gate.clone());
+        async move { Tiered(c).gated_read(db, gate).await }
+    });
+    gate.load_go.add_permits(1);
+    Gate::wait(&gate.loaded).await;
+
+    // The writer commits v2 and invalidates: the write is acknowledged.
+    db.set(KEY, "v2", 2);
+    c.invalidate(&[(KEY.to_owned(), 2)]).await;
+
+    // Reader B starts now. Give it two seconds; if it joined A's flight it waits for A.
+    let second = tokio::spawn({
+        let (c, db) = (c.clone(), db.clone());
+        async move {
+            let keys = specs(&[KEY]);
+            c.get_many(&keys, None, db.loader(&keys))
+                .await
+                .map(plain)
+                .unwrap()
+                .remove(0)
+        }
+    });
+    let joined = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while !second.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_err();
+    gate.fill_go.add_permits(1);
+    let b = second.await.unwrap();
+    let a = first.await.unwrap();
+    assert!(!joined, "the later reader waited for the earlier load");
+    assert_eq!(
+        b.as_deref(),
+        Some("v2"),
+        "the later reader got the pre-write row"
+    );
+    assert_eq!(
+        a.as_deref(),
+        Some("v1"),
+        "the earlier reader started before the write"
+    );
+    assert_eq!(
+        db.calls(),
+        1,
+        "B loaded once, with its own (ungated) loader"
+    );
+    // And the cache keeps v2: A's late fill was refused.
+    let got = c
+        .get_many(&keys, None, db.loader(&keys))
+        .await
+        .map(plain)
+        .unwrap();
+    assert_eq!(got, vec![Some("v2".to_owned())]);
 }
