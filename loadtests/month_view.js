@@ -7,9 +7,14 @@
 //   VUS       virtual users (default 20)
 //   DURATION  how long to run (default 30s)
 //   FROM, TO  the window, RFC 3339 (default: the current UTC month)
+//   MONTHS    instead of FROM/TO: several windows, `from/to` pairs separated by commas; every
+//             (fixture, window) pair is one item, ranked fixture-major (item r is fixture
+//             floor(r / windows), window r % windows), so the Zipf draw is over all pairs
 //   SUMMARY   if set, the end-of-test summary is also written there as JSON
-//   ZIPF      Zipf exponent s (e.g. 1.1): fixture i is picked with probability proportional to
-//             1/(i+1)^s, so the first fixtures are hot; unset: uniform
+//   ZIPF      Zipf exponent s (e.g. 1.1): item i is picked with probability proportional to
+//             1/(i+1)^s, so the first items are hot; unset: uniform
+//   DEBUG_STATS  `0`: do not send `x-debug-stats` (the per-request figures below are then absent;
+//             read the server's /metrics instead); default: send it
 //   WRITE_RATIO  share of iterations (e.g. 0.01) that write instead of only reading: they read the
 //             month view of their calendar (counted as a read), then rename one of its events
 //             with `updateEvent`; unset: 0 (reads only)
@@ -60,10 +65,26 @@ function zipfCdf(n, s) {
   return cdf;
 }
 
-const CDF = ZIPF > 0 ? zipfCdf(fixtures.length, ZIPF) : null;
+function monthStart(offset) {
+  const now = new Date();
+  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + offset, 1)).toISOString();
+}
+
+// The windows every fixture is read in: MONTHS, else FROM/TO, else the current UTC month.
+const WINDOWS = (__ENV.MONTHS || `${__ENV.FROM || monthStart(0)}/${__ENV.TO || monthStart(1)}`)
+  .split(',')
+  .filter((w) => w.trim() !== '')
+  .map((w) => {
+    const [from, to] = w.trim().split('/');
+    if (!from || !to) throw new Error(`MONTHS: "${w}" is not a from/to pair`);
+    return { from, to };
+  });
+const ITEMS = fixtures.length * WINDOWS.length;
+
+const CDF = ZIPF > 0 ? zipfCdf(ITEMS, ZIPF) : null;
 
 function pickIndex() {
-  if (!CDF) return Math.floor(Math.random() * fixtures.length);
+  if (!CDF) return Math.floor(Math.random() * ITEMS);
   const u = Math.random();
   let lo = 0;
   let hi = CDF.length - 1;
@@ -74,14 +95,6 @@ function pickIndex() {
   }
   return lo;
 }
-
-function monthStart(offset) {
-  const now = new Date();
-  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + offset, 1)).toISOString();
-}
-
-const FROM = __ENV.FROM || monthStart(0);
-const TO = __ENV.TO || monthStart(1);
 
 // The contract query itself (k6 resolves the path against this script's folder), so the load
 // test always sends exactly what clients send.
@@ -128,15 +141,15 @@ export const options = {
   },
 };
 
+const DEBUG_STATS = __ENV.DEBUG_STATS !== '0';
+
 function send(f, payload, name) {
-  return http.post(`${BASE_URL}/graphql`, JSON.stringify(payload), {
-    headers: {
-      'Content-Type': 'application/json',
-      Authorization: `Bearer ${f.token}`,
-      'x-debug-stats': '1',
-    },
-    tags: { name },
-  });
+  const headers = {
+    'Content-Type': 'application/json',
+    Authorization: `Bearer ${f.token}`,
+  };
+  if (DEBUG_STATS) headers['x-debug-stats'] = '1';
+  return http.post(`${BASE_URL}/graphql`, JSON.stringify(payload), { headers, tags: { name } });
 }
 
 function post(f, payload, name) {
@@ -161,10 +174,10 @@ function addStats(stats) {
 
 // One month view read, with its checks and figures; returns the parsed body (for a writing
 // iteration, which needs the events' versions).
-function readMonth(f, query) {
+function readMonth(f, w, query) {
   const [res, body] = post(
     f,
-    { query, variables: { calendarId: f.calendarId, from: FROM, to: TO } },
+    { query, variables: { calendarId: f.calendarId, from: w.from, to: w.to } },
     'MonthView',
   );
   const ok = check(res, {
@@ -186,10 +199,10 @@ function readMonth(f, query) {
 // the bottleneck. It relies on what JSON guarantees: a quote inside a string is escaped, so an
 // unescaped `"errors":` can only be a key (the schema has no field of that name), and the body
 // of this query starts with the calendar's id; the extensions are the last member.
-function readMonthLight(f) {
+function readMonthLight(f, w) {
   const res = send(
     f,
-    { query: QUERY, variables: { calendarId: f.calendarId, from: FROM, to: TO } },
+    { query: QUERY, variables: { calendarId: f.calendarId, from: w.from, to: w.to } },
     'MonthView',
   );
   const text = typeof res.body === 'string' ? res.body : '';
@@ -243,11 +256,13 @@ function renameOne(f, body) {
 }
 
 export default function () {
-  const f = fixtures[pickIndex()];
+  const item = pickIndex();
+  const f = fixtures[Math.floor(item / WINDOWS.length)];
+  const w = WINDOWS[item % WINDOWS.length];
   if (WRITE_RATIO > 0 && Math.random() < WRITE_RATIO) {
-    renameOne(f, readMonth(f, QUERY_WITH_VERSIONS));
+    renameOne(f, readMonth(f, w, QUERY_WITH_VERSIONS));
   } else {
-    readMonthLight(f);
+    readMonthLight(f, w);
   }
 }
 

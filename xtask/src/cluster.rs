@@ -826,7 +826,7 @@ fn machine() -> String {
 }
 
 /// Whether `database` exists and holds the large scale with events in `[from, to)`.
-fn large_seed_present(database: &str, from: &str, to: &str) -> Result<bool> {
+pub(crate) fn large_seed_present(database: &str, from: &str, to: &str) -> Result<bool> {
     let psql = |db: &str, sql: &str| -> Result<String> {
         let out = Command::new("psql")
             .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db])
@@ -890,7 +890,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
     let (from, to) = bench::current_month();
     let mut seed_secs = None;
     if args.reseed || !large_seed_present(&args.database, &from, &to)? {
-        seed_secs = Some(bench::seed_large(&args.database, calendar)?);
+        seed_secs = Some(bench::seed_large(&args.database, None, calendar)?);
     } else {
         eprintln!(
             "reusing {} (large scale for this month); --reseed recreates it",
