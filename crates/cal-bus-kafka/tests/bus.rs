@@ -486,3 +486,54 @@ async fn an_undecodable_message_is_reported_and_the_stream_goes_on() {
     let got = next(&mut sub).await;
     assert_eq!((got.seq, got.position), (1, p));
 }
+
+/// Several instances publish to the same partition at once (their invalidations and
+/// heartbeats): the position each publish reports must be the offset its message has when
+/// consumed. A consistency token is that reported position; one that named an earlier
+/// message would let a reader stop waiting before the write's invalidation arrived.
+#[tokio::test]
+async fn concurrent_producers_get_the_positions_their_messages_are_consumed_at() {
+    const N: u64 = 300;
+    let broker = KafkaBroker::start();
+    let t = topic("producers");
+    let producers: Vec<Arc<KafkaBus>> =
+        futures::future::join_all(["a", "b", "c"].map(|name| connect(&broker, &t, 1, name)))
+            .await
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+    let reader = connect(&broker, &t, 1, "reader").await;
+    let mut sub = reader.subscribe();
+
+    let sends = producers.iter().enumerate().flat_map(|(p, bus)| {
+        (0..N).map(move |seq| {
+            let bus = bus.clone();
+            let origin = format!("p{p}");
+            async move {
+                let pos = bus.publish(inv(&origin, seq)).await.unwrap().unwrap();
+                ((origin, seq), pos)
+            }
+        })
+    });
+    let published: BTreeMap<(String, u64), Position> = futures::stream::iter(sends)
+        .buffer_unordered(96)
+        .collect()
+        .await;
+    assert_eq!(published.len() as u64, 3 * N);
+
+    let mut mismatched = Vec::new();
+    for _ in 0..3 * N {
+        let got = next(&mut sub).await;
+        let reported = published[&(got.origin.clone(), got.seq)];
+        if Some(reported) != got.position {
+            mismatched.push((got.origin.clone(), got.seq, reported, got.position));
+        }
+    }
+    assert!(
+        mismatched.is_empty(),
+        "{} of {} messages were consumed at another position than their publish reported, e.g. {:?}",
+        mismatched.len(),
+        3 * N,
+        &mismatched[..mismatched.len().min(5)]
+    );
+}
