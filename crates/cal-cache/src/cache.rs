@@ -36,6 +36,7 @@ use std::{
 };
 
 use get_size2::GetSize;
+use std::hash::BuildHasher as _;
 use prometheus::{Registry, TextEncoder};
 use serde::{Serialize, de::DeserializeOwned};
 use singleflight_async::SingleFlight;
@@ -248,8 +249,42 @@ struct Slot<V> {
 }
 
 type SharedLoad = Option<Arc<dyn Any + Send + Sync>>;
+
 /// A flight: the keys still missing, sorted, each with its generation when the caller started.
-type FlightKey = Vec<(String, u64)>;
+/// The single-flight map hashes only a fingerprint of the list (one word instead of every key
+/// through SipHash) and compares lists in full, so a collision costs a comparison, never a wrong
+/// join.
+#[derive(Clone)]
+struct FlightKey {
+    fingerprint: u64,
+    keys: Arc<[(String, u64)]>,
+}
+
+impl FlightKey {
+    fn new(keys: Vec<(String, u64)>) -> Self {
+        let fingerprint = foldhash::fast::FixedState::with_seed(7).hash_one(&keys);
+        Self {
+            fingerprint,
+            keys: keys.into(),
+        }
+    }
+}
+
+impl PartialEq for FlightKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint && self.keys == other.keys
+    }
+}
+
+impl Eq for FlightKey {}
+
+impl std::hash::Hash for FlightKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.fingerprint);
+    }
+}
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Inner {
     l1: Option<L1>,
@@ -429,7 +464,7 @@ impl TieredCache {
         let mut tally = Tally::default();
 
         // Duplicate keys in one request are looked up and loaded once.
-        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(n);
+        let mut first_of: Map<&str, usize> = Map::with_capacity_and_hasher(n, Default::default());
         let canon: Vec<usize> = keys
             .iter()
             .enumerate()
@@ -728,10 +763,12 @@ impl TieredCache {
     {
         let mut order = missing.to_vec();
         order.sort_unstable_by(|&a, &b| keys[a].key.cmp(&keys[b].key));
-        let flight_key: FlightKey = order
-            .iter()
-            .map(|&i| (keys[i].key.clone(), snapshots[i].generation))
-            .collect();
+        let flight_key = FlightKey::new(
+            order
+                .iter()
+                .map(|&i| (keys[i].key.clone(), snapshots[i].generation))
+                .collect(),
+        );
         // The loader is FnOnce and the single-flight closure may not run (we are a follower):
         // keep it in a slot so we can still run it ourselves if the leader fails.
         let load_slot = Mutex::new(Some(load));
@@ -798,8 +835,7 @@ impl TieredCache {
         let inner = &*self.inner;
         let mut slots: Vec<Option<Slot<V>>> = (0..order.len()).map(|_| None).collect();
         // Where each key index sits in `order`.
-        let position: HashMap<usize, usize> =
-            order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+        let position: Map<usize, usize> = order.iter().enumerate().map(|(p, &i)| (i, p)).collect();
         let mut still = Vec::with_capacity(order.len());
         let l1 = self.active_l1(stats);
         for (p, &i) in order.iter().enumerate() {
@@ -864,7 +900,7 @@ impl TieredCache {
     async fn fill<V>(
         &self,
         keys: &[KeySpec],
-        position: &HashMap<usize, usize>,
+        position: &Map<usize, usize>,
         slots: &mut [Option<Slot<V>>],
         asked: &[usize],
         loaded: Vec<Loaded<V>>,
@@ -875,7 +911,8 @@ impl TieredCache {
         V: Serialize + GetSize + Send + Sync + 'static,
     {
         let inner = &*self.inner;
-        let mut wanted: std::collections::HashSet<usize> = asked.iter().copied().collect();
+        let mut wanted: std::collections::HashSet<usize, foldhash::fast::RandomState> =
+            asked.iter().copied().collect();
         let now = now_ms();
         let mut prepared: Vec<Prepared<V>> = Vec::with_capacity(asked.len());
         for item in loaded {

@@ -25,17 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// 2^18 slots (2 MiB): a key shares its slot with a given other key with probability 4e-6.
 const SLOTS: usize = 1 << 18;
 
-/// A fixed hash (not per-process random): slots are only compared within one process, and a
-/// fixed seed keeps them cheap to compute and reproducible in tests.
-#[derive(Clone, Copy, Default)]
-struct FixedState;
-
-impl BuildHasher for FixedState {
-    type Hasher = std::hash::DefaultHasher;
-    fn build_hasher(&self) -> Self::Hasher {
-        std::hash::DefaultHasher::new()
-    }
-}
+/// A fixed-seed hash (slots are only compared within one process; a fixed seed keeps them
+/// reproducible in tests), and a fast one: every key of every batch is hashed once.
+const SLOT_HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x9e37_79b9);
 
 pub(crate) struct Generations {
     slots: Box<[AtomicU64]>,
@@ -58,7 +50,7 @@ impl Generations {
     }
 
     pub fn slot(key: &str) -> u32 {
-        let mut h = FixedState.build_hasher();
+        let mut h = SLOT_HASH.build_hasher();
         h.write(key.as_bytes());
         (h.finish() as usize & (SLOTS - 1)) as u32
     }

@@ -76,10 +76,13 @@ impl Expiry<String, L1Entry> for PerEntryTtl {
     }
 }
 
+/// moka's maps hash with foldhash instead of SipHash: every key of every batch is hashed.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Clone)]
 pub(crate) struct L1 {
-    entries: Cache<String, L1Entry>,
-    tombstones: Cache<String, i64>,
+    entries: Cache<String, L1Entry, Hasher>,
+    tombstones: Cache<String, i64, Hasher>,
     marks: Arc<Marks>,
 }
 
@@ -113,11 +116,11 @@ impl L1 {
                     Metrics::inc(&evictions, TIER, v.kind);
                 }
             })
-            .build();
+            .build_with_hasher(Hasher::default());
         let tombstones = Cache::builder()
             .max_capacity(MAX_TOMBSTONES)
             .time_to_live(tombstone_ttl)
-            .build();
+            .build_with_hasher(Hasher::default());
         Self {
             entries,
             tombstones,
