@@ -282,10 +282,15 @@ async fn graphql_handler(
     let stats = Arc::new(StoreStats::default());
     // Writes carry the request's trace context through their outbox rows to the bus, so an
     // invalidation applied on another instance links to this request in Jaeger.
-    let store = state
+    let mut store = state
         .store
         .with_request_stats(stats.clone())
         .with_trace_context(crate::observe::trace_context());
+    // A query's reads share one connection. Not a mutation's: a writer holding a read connection
+    // while it waits for a transaction's could exhaust the pool.
+    if query_only {
+        store = store.with_request_connection();
+    }
     let cache_stats = Arc::new(RequestStats::default());
     if caller.past_l1 {
         cache_stats.bypass_l1();
@@ -316,6 +321,7 @@ async fn graphql_handler(
         direct_body = crate::observe::execute_direct(req, &stats, direct.execute(&ctx, doc, req))
             .await
             .map(Bytes::from);
+        store.release_connection().await;
         // The slow path reuses this request's loaders (and what they already loaded).
         if direct_body.is_none() {
             req.data.insert(ctx);
@@ -333,6 +339,7 @@ async fn graphql_handler(
         }
     }
     let mut resp = crate::observe::execute(&state.schema, batch, &stats).await;
+    store.release_connection().await;
     match &mut resp {
         BatchResponse::Single(r) => tag_limit_errors(r),
         BatchResponse::Batch(list) => list.iter_mut().for_each(tag_limit_errors),

@@ -14,6 +14,9 @@
 //!
 //! This crate reads no environment variables and installs no global subscriber.
 
+// The request handler's future nests async-graphql's deep execution futures.
+#![recursion_limit = "256"]
+
 pub mod auth;
 pub mod config;
 pub mod documents;

@@ -26,7 +26,7 @@ use crate::metrics::{L1 as TIER, Metrics};
 /// Memory an entry costs beyond its value and key: this struct, moka's entry, its access-order
 /// and write-order nodes, its hash-table slot and the key `String` header. Measured: filling L1
 /// with 200,000 small entries grew the process by this much per entry beyond value and key
-/// (`cargo test -p cal-cache --release -- --ignored entry_overhead`).
+/// (`cargo test -p cal-cache --release --lib -- --ignored entry_overhead --nocapture`).
 pub(crate) const ENTRY_OVERHEAD: usize = 280;
 
 /// Tombstones are bounded by count; losing one under extreme invalidation churn only reopens the
@@ -273,6 +273,43 @@ mod tests {
             kind: "test",
             filled_at: Instant::now(),
         }
+    }
+
+    /// Resident set size of this process, from `/proc/self/statm` (pages × 4 KiB).
+    fn rss_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    /// Measures what [`ENTRY_OVERHEAD`] claims: fills an L1 with 200,000 entries and divides the
+    /// process's growth, less keys and values, by the count. A measurement (it needs a process
+    /// of its own and a release build), hence ignored:
+    /// `cargo test -p cal-cache --release --lib -- --ignored entry_overhead --nocapture`.
+    #[tokio::test]
+    #[ignore = "measurement; run alone in release"]
+    async fn entry_overhead() {
+        const N: usize = 200_000;
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let l1 = L1::new(1 << 34, Duration::from_secs(600), &metrics);
+        let keys: Vec<String> = (0..N).map(|i| format!("event:{i:010}")).collect();
+        let key_bytes: usize = keys.iter().map(|k| k.capacity()).sum();
+        let before = rss_bytes();
+        for (i, key) in keys.iter().enumerate() {
+            l1.fill(key, entry(i as i64)).await;
+        }
+        l1.entries.run_pending_tasks().await;
+        assert_eq!(l1.entry_count() as usize, N);
+        let grown = rss_bytes().saturating_sub(before);
+        // Each value is an `Arc<i64>` (16 bytes of counts, 8 of value); the cache keeps its own
+        // copy of every key.
+        let per_entry = grown.saturating_sub(key_bytes + N * 24) / N;
+        println!("L1 entry overhead: {per_entry} bytes measured, {ENTRY_OVERHEAD} assumed");
+        assert!(
+            per_entry <= ENTRY_OVERHEAD,
+            "an entry costs {per_entry} bytes beyond key and value, more than the {ENTRY_OVERHEAD} \
+             the weigher counts"
+        );
     }
 
     #[tokio::test]

@@ -218,7 +218,17 @@ impl Store {
         q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<PgRow>> {
         let st = self.statement(name);
-        let rows = q.fetch_all(self.pool()).await?;
+        let rows = match &self.conn {
+            None => q.fetch_all(self.pool()).await?,
+            Some(rc) => {
+                let mut held = rc.conn.lock().await;
+                let conn = match held.as_mut() {
+                    Some(conn) => conn,
+                    None => held.insert(self.pool().acquire().await?),
+                };
+                q.fetch_all(&mut **conn).await?
+            }
+        };
         st.done(rows.len());
         Ok(rows)
     }
