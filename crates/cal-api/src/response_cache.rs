@@ -31,7 +31,7 @@ use axum::body::Bytes;
 use cal_cache::{Deps, TieredCache};
 use moka::sync::Cache;
 use prometheus::{IntCounter, IntGauge, Registry};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -49,13 +49,12 @@ impl ResponseKey {
         let Viewer::User(user) = viewer else {
             return None;
         };
-        let mut h = std::hash::DefaultHasher::new();
-        user.0.hash(&mut h);
-        request.hash(&mut h);
+        // Collisions only cost a miss (the key is compared in full), so a fast hash will do.
+        let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one((user.0, &request[..]));
         Some(Self {
             viewer: user.0,
             request: request.clone(),
-            hash: h.finish(),
+            hash,
         })
     }
 }
@@ -271,6 +270,10 @@ impl ResponseCache {
     /// Stores a query's response built only from cached values with dependencies `deps`.
     pub fn store(&self, key: ResponseKey, deps: Deps, operation: String, body: Bytes) {
         let hash = key.hash;
+        // The body was written into a growing buffer, whose capacity can be up to twice its
+        // length, and `Bytes` keeps all of it. A stored copy of exactly its length is what the
+        // weigher counts (one memcpy per stored response).
+        let body = Bytes::copy_from_slice(&body);
         self.entries.insert(
             hash,
             Arc::new(Stored {

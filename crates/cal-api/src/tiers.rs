@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// The response cache's default bound.
-pub const DEFAULT_RESPONSE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_RESPONSE_CACHE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// How this instance takes part in the invalidation stream.
 #[derive(Debug, Clone)]

@@ -36,10 +36,10 @@ use std::{
 };
 
 use get_size2::GetSize;
-use std::hash::BuildHasher as _;
 use prometheus::{Registry, TextEncoder};
 use serde::{Serialize, de::DeserializeOwned};
 use singleflight_async::SingleFlight;
+use std::hash::BuildHasher as _;
 
 use crate::{
     breaker::{Breaker, BreakerState},

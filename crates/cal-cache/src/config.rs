@@ -68,7 +68,7 @@ impl Default for CacheConfig {
             l1_enabled: true,
             l2_enabled: true,
             l1_max_bytes: 128 * 1024 * 1024,
-            l1_ttl: Duration::from_secs(30),
+            l1_ttl: Duration::from_secs(300),
             redis_url: None,
             redis_timeout: Duration::from_millis(100),
             breaker_failures: 5,

@@ -14,8 +14,8 @@
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may drain on SIGTERM | `20` |
 //! | `REDIS_URL` | Redis for the L2 cache; unset means L1 only | unset |
 //! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
-//! | `CACHE_L1_MAX_BYTES`, `CACHE_L1_TTL_SECS` | L1 size bound and TTL | `134217728`, `30` |
-//! | `CACHE_RESPONSE_MAX_BYTES` | bound of the whole-response cache beside L1 (0: off) | `33554432` |
+//! | `CACHE_L1_MAX_BYTES`, `CACHE_L1_TTL_SECS` | L1 size bound and TTL | `134217728`, `300` |
+//! | `CACHE_RESPONSE_MAX_BYTES` | bound of the whole-response cache beside L1 (0: off) | `536870912` |
 //! | `CACHE_TTLS` | per-kind L2 TTL overrides, `kind=seconds,…` (kinds: `calendar_summary`, `month_bucket`, `event_full`, `event_attendees`, `event_reservations`, `user_profile`, `resource`, `resource_availability`) | unset (10 min, 5, 5, 2, 2, 30, 30, 1 min) |
 //! | `CACHE_KEY_PREFIX` | prefix of every Redis key | `cal:` |
 //! | `CACHE_WARM_CALENDARS` | most active calendars warmed at start-up (0: none) | `100` |
@@ -101,7 +101,7 @@ impl Default for Settings {
             cache_l1: true,
             cache_l2: true,
             cache_l1_max_bytes: 128 * 1024 * 1024,
-            cache_l1_ttl_secs: 30,
+            cache_l1_ttl_secs: 300,
             cache_response_max_bytes: cal_api::tiers::DEFAULT_RESPONSE_CACHE_BYTES,
             cache_key_prefix: "cal:".into(),
             cache_ttls: None,
