@@ -83,7 +83,7 @@ where
                 Some(&self.reach.stats),
                 move |missing: Vec<usize>| async move {
                     let ids: Vec<K> = missing.iter().map(|&i| wanted[i]).collect();
-                    let mut rows: HashMap<K, T> = fetch(&store, &ids)
+                    let mut rows: foldhash::HashMap<K, T> = fetch(&store, &ids)
                         .await?
                         .into_iter()
                         .map(|r| (id_of(&r), r))
@@ -145,11 +145,12 @@ where
                 Some(&self.reach.stats),
                 move |missing: Vec<usize>| async move {
                     let ids: Vec<EventId> = missing.iter().map(|&i| wanted[i]).collect();
-                    let mut lists: HashMap<EventId, VersionedList<T>> = fetch(&store, &ids)
-                        .await?
-                        .into_iter()
-                        .map(|l| (l.event, l))
-                        .collect();
+                    let mut lists: foldhash::HashMap<EventId, VersionedList<T>> =
+                        fetch(&store, &ids)
+                            .await?
+                            .into_iter()
+                            .map(|l| (l.event, l))
+                            .collect();
                     Ok::<_, StorageError>(
                         missing
                             .into_iter()

@@ -85,9 +85,9 @@ struct Memo<'a> {
 /// What one `Calendar.events` selection needs, loaded before anything is written.
 struct Loaded {
     page: EventPage,
-    attendees: HashMap<d::EventId, Arc<Vec<d::Attendee>>>,
-    bookings: HashMap<d::EventId, Arc<Vec<Booking>>>,
-    users: HashMap<d::UserId, Arc<d::User>>,
+    attendees: foldhash::HashMap<d::EventId, Arc<Vec<d::Attendee>>>,
+    bookings: foldhash::HashMap<d::EventId, Arc<Vec<Booking>>>,
+    users: foldhash::HashMap<d::UserId, Arc<d::User>>,
 }
 
 impl<'a> Exec<'a> {
@@ -615,9 +615,9 @@ async fn gather(r: &RequestCtx, page: EventPage, wants: Wants) -> R<Loaded> {
     let loaders = &r.loaders;
     let mut loaded = Loaded {
         page,
-        attendees: HashMap::new(),
-        bookings: HashMap::new(),
-        users: HashMap::new(),
+        attendees: Default::default(),
+        bookings: Default::default(),
+        users: Default::default(),
     };
     if ids.is_empty() {
         return Ok(loaded);

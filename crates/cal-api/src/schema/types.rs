@@ -12,7 +12,7 @@ use cal_domain::Occurrence;
 use cal_domain::{EventCursor, TimeWindow};
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use chrono_tz::Tz;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 macro_rules! mirror_enum {
@@ -354,7 +354,7 @@ pub(crate) async fn events_page(
     let has_next = placed.len() > first;
     placed.truncate(first);
     // One Arc per stored row, shared by all the occurrences it generates.
-    let arcs: HashMap<d::EventId, Arc<d::Event>> = rows
+    let arcs: foldhash::HashMap<d::EventId, Arc<d::Event>> = rows
         .singles
         .iter()
         .chain(&rows.masters)
