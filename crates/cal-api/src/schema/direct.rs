@@ -317,10 +317,7 @@ impl<'a> Exec<'a> {
         pages: &[Loaded],
     ) -> R<()> {
         let mut pages = pages.iter();
-        out.push(b'{');
-        for (i, f) in self.fields(set, "Calendar")?.into_iter().enumerate() {
-            comma(out, i);
-            key(out, f);
+        object(out, &self.fields(set, "Calendar")?, |out, f| {
             match f.name.node.as_str() {
                 "__typename" => string(out, "Calendar"),
                 "id" => string(out, &cal.id.to_string()),
@@ -337,9 +334,8 @@ impl<'a> Exec<'a> {
                 }
                 _ => return Err(Fallback),
             }
-        }
-        out.push(b'}');
-        Ok(())
+            Ok(())
+        })
     }
 
     fn connection(
@@ -349,67 +345,49 @@ impl<'a> Exec<'a> {
         set: &'a SelectionSet,
         l: &Loaded,
     ) -> R<()> {
-        out.push(b'{');
-        for (i, f) in self.fields(set, "EventConnection")?.into_iter().enumerate() {
-            comma(out, i);
-            key(out, f);
+        object(out, &self.fields(set, "EventConnection")?, |out, f| {
             match f.name.node.as_str() {
                 "__typename" => string(out, "EventConnection"),
                 "edges" => {
                     let fields = self.fields(&f.selection_set.node, "EventEdge")?;
-                    out.push(b'[');
-                    for (n, (cursor, event)) in l.page.edges.iter().enumerate() {
-                        comma(out, n);
-                        out.push(b'{');
-                        for (j, e) in fields.iter().enumerate() {
-                            comma(out, j);
-                            key(out, e);
+                    array(out, &l.page.edges, |out, (cursor, event)| {
+                        object(out, &fields, |out, e| {
                             match e.name.node.as_str() {
                                 "__typename" => string(out, "EventEdge"),
                                 "cursor" => string(out, cursor),
                                 "node" => self.event(out, memo, &e.selection_set.node, event, l)?,
                                 _ => return Err(Fallback),
                             }
-                        }
-                        out.push(b'}');
-                    }
-                    out.push(b']');
+                            Ok(())
+                        })
+                    })?;
                 }
-                "nodes" => {
-                    out.push(b'[');
-                    for (n, (_, event)) in l.page.edges.iter().enumerate() {
-                        comma(out, n);
-                        self.event(out, memo, &f.selection_set.node, event, l)?;
-                    }
-                    out.push(b']');
-                }
+                "nodes" => array(out, &l.page.edges, |out, (_, event)| {
+                    self.event(out, memo, &f.selection_set.node, event, l)
+                })?,
                 "pageInfo" => {
-                    out.push(b'{');
                     let first = l.page.edges.first().map(|(c, _)| c.as_str());
                     let last = l.page.edges.last().map(|(c, _)| c.as_str());
-                    for (j, p) in self
-                        .fields(&f.selection_set.node, "PageInfo")?
-                        .into_iter()
-                        .enumerate()
-                    {
-                        comma(out, j);
-                        key(out, p);
-                        match p.name.node.as_str() {
-                            "__typename" => string(out, "PageInfo"),
-                            "hasPreviousPage" => boolean(out, l.page.has_previous),
-                            "hasNextPage" => boolean(out, l.page.has_next),
-                            "startCursor" => opt_string(out, first),
-                            "endCursor" => opt_string(out, last),
-                            _ => return Err(Fallback),
-                        }
-                    }
-                    out.push(b'}');
+                    object(
+                        out,
+                        &self.fields(&f.selection_set.node, "PageInfo")?,
+                        |out, p| {
+                            match p.name.node.as_str() {
+                                "__typename" => string(out, "PageInfo"),
+                                "hasPreviousPage" => boolean(out, l.page.has_previous),
+                                "hasNextPage" => boolean(out, l.page.has_next),
+                                "startCursor" => opt_string(out, first),
+                                "endCursor" => opt_string(out, last),
+                                _ => return Err(Fallback),
+                            }
+                            Ok(())
+                        },
+                    )?;
                 }
                 _ => return Err(Fallback),
             }
-        }
-        out.push(b'}');
-        Ok(())
+            Ok(())
+        })
     }
 
     fn event(
@@ -421,10 +399,8 @@ impl<'a> Exec<'a> {
         l: &Loaded,
     ) -> R<()> {
         let row = &ev.row;
-        out.push(b'{');
-        for (i, f) in self.fields_of(memo, set, "Event")?.iter().enumerate() {
-            comma(out, i);
-            key(out, f);
+        let fields = self.fields_of(memo, set, "Event")?;
+        object(out, &fields, |out, f| {
             match f.name.node.as_str() {
                 "__typename" => string(out, "Event"),
                 "id" => string(out, &ev.id_text()),
@@ -443,14 +419,10 @@ impl<'a> Exec<'a> {
                     enum_name(super::types::Transparency::from(row.transparency))?,
                 ),
                 "rrule" => opt_string(out, row.rrule.as_deref()),
-                "exdates" => {
-                    out.push(b'[');
-                    for (n, t) in row.exdates.iter().enumerate() {
-                        comma(out, n);
-                        string(out, &t.to_rfc3339());
-                    }
-                    out.push(b']');
-                }
+                "exdates" => array(out, &row.exdates, |out, t| {
+                    string(out, &t.to_rfc3339());
+                    Ok(())
+                })?,
                 "recurringEventId" => {
                     opt_string(out, ev.recurring_id().map(|i| i.to_string()).as_deref())
                 }
@@ -472,35 +444,25 @@ impl<'a> Exec<'a> {
                 "attendees" => {
                     let list = l.attendees.get(&row.id).ok_or(Fallback)?;
                     let fields = self.fields_of(memo, &f.selection_set.node, "Attendee")?;
-                    out.push(b'[');
-                    for (n, a) in list.iter().enumerate() {
-                        comma(out, n);
-                        self.attendee(out, memo, &fields, a, l)?;
-                    }
-                    out.push(b']');
+                    array(out, list.iter(), |out, a| {
+                        self.attendee(out, memo, &fields, a, l)
+                    })?;
                 }
                 "reservations" => {
                     let list = l.bookings.get(&row.id).ok_or(Fallback)?;
                     let fields = self.fields_of(memo, &f.selection_set.node, "Reservation")?;
-                    out.push(b'[');
-                    for (n, b) in ev.own_bookings(list).enumerate() {
-                        comma(out, n);
-                        self.reservation(out, memo, &fields, b)?;
-                    }
-                    out.push(b']');
+                    array(out, ev.own_bookings(list), |out, b| {
+                        self.reservation(out, memo, &fields, b)
+                    })?;
                 }
                 _ => return Err(Fallback),
             }
-        }
-        out.push(b'}');
-        Ok(())
+            Ok(())
+        })
     }
 
     fn user(&self, out: &mut Vec<u8>, fields: &[&'a Field], u: &d::User) -> R<()> {
-        out.push(b'{');
-        for (i, f) in fields.iter().enumerate() {
-            comma(out, i);
-            key(out, f);
+        object(out, fields, |out, f| {
             match f.name.node.as_str() {
                 "__typename" => string(out, "User"),
                 "id" => string(out, &u.id.to_string()),
@@ -510,9 +472,8 @@ impl<'a> Exec<'a> {
                 // `email` is not served here: who may see it is the resolver's rule alone.
                 _ => return Err(Fallback),
             }
-        }
-        out.push(b'}');
-        Ok(())
+            Ok(())
+        })
     }
 
     fn attendee(
@@ -523,10 +484,7 @@ impl<'a> Exec<'a> {
         a: &d::Attendee,
         l: &Loaded,
     ) -> R<()> {
-        out.push(b'{');
-        for (i, f) in fields.iter().enumerate() {
-            comma(out, i);
-            key(out, f);
+        object(out, fields, |out, f| {
             match f.name.node.as_str() {
                 "__typename" => string(out, "Attendee"),
                 "user" => {
@@ -543,9 +501,8 @@ impl<'a> Exec<'a> {
                 "isOptional" => boolean(out, a.is_optional),
                 _ => return Err(Fallback),
             }
-        }
-        out.push(b'}');
-        Ok(())
+            Ok(())
+        })
     }
 
     fn reservation(
@@ -555,10 +512,7 @@ impl<'a> Exec<'a> {
         fields: &[&'a Field],
         (r, res): &Booking,
     ) -> R<()> {
-        out.push(b'{');
-        for (i, f) in fields.iter().enumerate() {
-            comma(out, i);
-            key(out, f);
+        object(out, fields, |out, f| {
             match f.name.node.as_str() {
                 "__typename" => string(out, "Reservation"),
                 "id" => string(out, &r.id.to_string()),
@@ -570,14 +524,8 @@ impl<'a> Exec<'a> {
                     enum_name(super::types::ReservationStatus::from(r.status))?,
                 ),
                 "resource" => {
-                    out.push(b'{');
-                    for (j, g) in self
-                        .fields_of(memo, &f.selection_set.node, "Resource")?
-                        .iter()
-                        .enumerate()
-                    {
-                        comma(out, j);
-                        key(out, g);
+                    let fields = self.fields_of(memo, &f.selection_set.node, "Resource")?;
+                    object(out, &fields, |out, g| {
                         match g.name.node.as_str() {
                             "__typename" => string(out, "Resource"),
                             "id" => string(out, &res.id.to_string()),
@@ -592,14 +540,13 @@ impl<'a> Exec<'a> {
                             "location" => opt_string(out, res.location.as_deref()),
                             _ => return Err(Fallback),
                         }
-                    }
-                    out.push(b'}');
+                        Ok(())
+                    })?;
                 }
                 _ => return Err(Fallback),
             }
-        }
-        out.push(b'}');
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -670,6 +617,37 @@ async fn gather(r: &RequestCtx, page: EventPage, wants: Wants) -> R<Loaded> {
         }
     }
     Ok(loaded)
+}
+
+/// `{"key":value,…}` over `fields`, each value written by `value`.
+fn object<'f>(
+    out: &mut Vec<u8>,
+    fields: &[&'f Field],
+    mut value: impl FnMut(&mut Vec<u8>, &'f Field) -> R<()>,
+) -> R<()> {
+    out.push(b'{');
+    for (i, f) in fields.iter().enumerate() {
+        comma(out, i);
+        key(out, f);
+        value(out, f)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// `[item,…]`, each written by `item`.
+fn array<T>(
+    out: &mut Vec<u8>,
+    items: impl IntoIterator<Item = T>,
+    mut item: impl FnMut(&mut Vec<u8>, T) -> R<()>,
+) -> R<()> {
+    out.push(b'[');
+    for (i, x) in items.into_iter().enumerate() {
+        comma(out, i);
+        item(out, x)?;
+    }
+    out.push(b']');
+    Ok(())
 }
 
 fn comma(out: &mut Vec<u8>, i: usize) {
