@@ -441,27 +441,20 @@ fn run_mode(args: &BenchArgs, setup: &Setup, mode: Mode) -> Result<(ModeResult, 
         let auth = format!("Bearer {}", setup.wrk_token);
         let plain = fixed_request(setup, &auth, None)?;
         let gzip = fixed_request(setup, &auth, Some("gzip"))?;
-        let script = setup.out_dir.join(format!("wrk-{name}.lua"));
-        std::fs::write(&script, wrk_lua("POST", &setup.wrk_body, &auth, None))?;
-        wrk_plain = Some(run_wrk(
-            args,
-            wrk,
-            &script,
-            &format!("http://{}/graphql", setup.listen),
-            &setup.out_dir.join(format!("wrk-{name}.txt")),
-        )?);
-        let script = setup.out_dir.join(format!("wrk-{name}-gzip.lua"));
-        std::fs::write(
-            &script,
-            wrk_lua("POST", &setup.wrk_body, &auth, Some("gzip")),
-        )?;
-        wrk_gzip = Some(run_wrk(
-            args,
-            wrk,
-            &script,
-            &format!("http://{}/graphql", setup.listen),
-            &setup.out_dir.join(format!("wrk-{name}-gzip.txt")),
-        )?);
+        for (encoding, suffix, result) in [
+            (None, "", &mut wrk_plain),
+            (Some("gzip"), "-gzip", &mut wrk_gzip),
+        ] {
+            let script = setup.out_dir.join(format!("wrk-{name}{suffix}.lua"));
+            std::fs::write(&script, wrk_lua("POST", &setup.wrk_body, &auth, encoding))?;
+            *result = Some(run_wrk(
+                args,
+                wrk,
+                &script,
+                &format!("http://{}/graphql", setup.listen),
+                &setup.out_dir.join(format!("wrk-{name}{suffix}.txt")),
+            )?);
+        }
         if mode == Mode::L1l2 {
             captured = Some((plain, gzip));
         }

@@ -438,19 +438,7 @@ fn operation_span(req: &async_graphql::Request) -> Span {
 }
 
 async fn execute_one(schema: &AppSchema, req: async_graphql::Request) -> GqlResponse {
-    let name = operation_name(&req);
-    let span = tracing::info_span!(
-        "graphql.operation",
-        otel.name = %format_args!("graphql {}", name.as_deref().unwrap_or("anonymous")),
-        otel.status_code = Empty,
-        graphql.operation.name = name.as_deref().unwrap_or(""),
-        graphql.document.hash = Empty,
-        graphql.errors = Empty,
-        graphql.error.codes = Empty,
-    );
-    if !span.is_disabled() {
-        span.record("graphql.document.hash", document_hash(&req.query).as_str());
-    }
+    let span = operation_span(&req);
     let mut resp = schema.execute(req).instrument(span.clone()).await;
     crate::limits::tag_limit_errors(&mut resp);
     if !resp.errors.is_empty() {
