@@ -625,3 +625,115 @@ async fn reserving_for_a_series_or_one_occurrence() {
             .unwrap();
     assert_eq!(booked, 4);
 }
+
+/// Two writers delete the same override holding the same `expectedVersion`, from separate
+/// connections, both past any check the API could make on a (cached) row before either reaches
+/// the database: the database decides, exactly one succeeds and the other gets VERSION_CONFLICT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deletes_of_one_override_let_exactly_one_win() {
+    let s = setup().await;
+    let created = s
+        .create(
+            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+            "rrule": "FREQ=DAILY;COUNT=5" }),
+        )
+        .await;
+    let series = created.data()["createEvent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let version = created.data()["createEvent"]["version"].as_i64().unwrap();
+    let occurrence = format!("{series}_20261103T090000Z");
+    let upd = "mutation($e: ID!, $v: Int!) { updateEvent(id: $e, expectedVersion: $v, input: { title: \"Own\" }, scope: THIS) { id version } }";
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            upd,
+            json!({ "e": occurrence, "v": version }),
+        )
+        .await;
+    let override_version = resp.data()["updateEvent"]["version"].as_i64().unwrap();
+    let override_id: i64 = sqlx::query_scalar(
+        "SELECT id FROM events WHERE recurring_event_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(series.parse::<i64>().unwrap())
+    .fetch_one(&s.app.db.pool)
+    .await
+    .unwrap();
+    // Both writers read the override (warming the cache) before either deletes.
+    let read = "query($e: ID!) { event(id: $e) { version } }";
+    let r = s
+        .app
+        .gql(Some(s.owner.id), read, json!({ "e": occurrence }))
+        .await;
+    assert_eq!(r.data()["event"]["version"], override_version);
+
+    // Hold the series row, so both deletes get past the API and queue in the database.
+    let mut blocker = s.app.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM events WHERE id = $1 FOR UPDATE")
+        .bind(series.parse::<i64>().unwrap())
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let del = "mutation($e: ID!, $v: Int) { deleteEvent(id: $e, expectedVersion: $v) }";
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let (app, owner, occurrence) = (s.app.client.clone(), s.owner.id, occurrence.clone());
+            let url = s.app.url("/graphql");
+            let token = s.app.token(owner);
+            tokio::spawn(async move {
+                app.post(url)
+                    .bearer_auth(token)
+                    .json(&json!({ "query": del, "variables": { "e": occurrence, "v": override_version } }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    // Both wait on a row lock (the series row, or the override row the other one holds).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&s.app.db.pool)
+        .await
+        .unwrap();
+        if waiting >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both deletes should be waiting on a row lock, {waiting} are"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    blocker.rollback().await.unwrap();
+    let mut answers = Vec::new();
+    for w in writers {
+        answers.push(w.await.unwrap());
+    }
+    let wins = answers
+        .iter()
+        .filter(|a| a["data"]["deleteEvent"] == true)
+        .count();
+    let conflicts: Vec<&Value> = answers
+        .iter()
+        .filter(|a| a["errors"][0]["extensions"]["code"] == "VERSION_CONFLICT")
+        .collect();
+    assert_eq!(wins, 1, "exactly one delete wins: {answers:?}");
+    assert_eq!(conflicts.len(), 1, "the other conflicts: {answers:?}");
+    let deleted: bool =
+        sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM events WHERE id = $1")
+            .bind(override_id)
+            .fetch_one(&s.app.db.pool)
+            .await
+            .unwrap();
+    assert!(deleted);
+}

@@ -1043,7 +1043,23 @@ impl Store {
         expected: Option<i64>,
     ) -> Result<Event> {
         let mut tx = self.begin().await?;
-        let before = self.bump_event(&mut tx, series, expected).await?;
+        let after = self
+            .remove_instance(&mut tx, series, original_start, occurrence_end, expected)
+            .await?;
+        self.commit(tx).await?;
+        Ok(after)
+    }
+
+    /// The body of [`Store::delete_instance`], inside the caller's transaction.
+    async fn remove_instance(
+        &self,
+        tx: &mut WriteTx,
+        series: EventId,
+        original_start: DateTime<Utc>,
+        occurrence_end: DateTime<Utc>,
+        expected: Option<i64>,
+    ) -> Result<Event> {
+        let before = self.bump_event(tx, series, expected).await?;
         let sql = format!(
             "UPDATE events SET exdates = CASE WHEN $2 = ANY(exdates) THEN exdates ELSE array_append(exdates, $2) END \
              WHERE id = $1 RETURNING {EVENT_COLS}"
@@ -1052,12 +1068,12 @@ impl Store {
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(series.0)
             .bind(original_start)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut **tx)
             .await?;
         st.done(1);
         let after = rows::event(&row)?;
         let overrides = self
-            .delete_overrides(&mut tx, series, Some(original_start))
+            .delete_overrides(tx, series, Some(original_start))
             .await?;
         let st = self.statement("reservations.cancel_of_instance");
         sqlx::query(
@@ -1068,19 +1084,66 @@ impl Store {
         .bind(original_start)
         .bind(occurrence_end)
         .bind(&overrides)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         st.done(0);
         self.outbox(
-            &mut tx,
+            tx,
             "event",
             series.0,
             "event.instance_deleted",
             event_payload(Some(&before), &after),
         )
         .await?;
+        Ok(after)
+    }
+
+    /// Deletes an override row, checking `expected` against the override itself in the same
+    /// statement that locks it (compare-and-set: of two writers holding the same version, exactly
+    /// one wins, the other gets [`StorageError::VersionConflict`]), then removes its occurrence
+    /// from the series like [`Store::delete_instance`].
+    pub async fn delete_override(&self, id: EventId, expected: Option<i64>) -> Result<Event> {
+        let mut tx = self.begin().await?;
+        let row = match self.bump_event_row(&mut tx, id, expected).await {
+            Ok(row) => row,
+            // Deleted in the meantime by a writer that held the same version: to this writer
+            // it is a change it did not see, not a missing row.
+            Err(StorageError::NotFound) if expected.is_some() => {
+                return Err(self.deleted_under(&mut tx, id, expected).await?);
+            }
+            Err(e) => return Err(e),
+        };
+        let (Some(series), Some(original)) = (row.recurring_event_id, row.original_start_time)
+        else {
+            return Err(StorageError::NotFound);
+        };
+        let after = self
+            .remove_instance(&mut tx, series, original, row.end_time, None)
+            .await?;
         self.commit(tx).await?;
         Ok(after)
+    }
+
+    /// Why a delete with `expected` found no live row: a conflict if the row exists (deleted at
+    /// another version), otherwise not found.
+    async fn deleted_under(
+        &self,
+        conn: &mut PgConnection,
+        id: EventId,
+        expected: Option<i64>,
+    ) -> Result<StorageError> {
+        let st = self.statement("events.version_any");
+        let current: Option<i64> = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(conn)
+            .await?;
+        st.done(current.is_some() as usize);
+        Ok(match (current, expected) {
+            (Some(current), Some(expected)) if current != expected => {
+                StorageError::VersionConflict { expected, current }
+            }
+            _ => StorageError::NotFound,
+        })
     }
 
     /// Turns one generated occurrence into an override row (copying the master's fields, attendees

@@ -501,22 +501,9 @@ impl MutationRoot {
                 rc(ctx).loaders.events.clear(master.id).await;
             }
             Target::Override { row } => {
-                if let Some(v) = expected_version
-                    && v != row.version
-                {
-                    return Err(ApiError::VersionConflict {
-                        expected: v,
-                        current: row.version,
-                    });
-                }
-                let (series, original) = (row.recurring_event_id, row.original_start_time);
-                let (Some(series), Some(original)) = (series, original) else {
-                    return Err(ApiError::NotFound);
-                };
-                store
-                    .delete_instance(series, original, row.end_time, None)
-                    .await?;
-                rc(ctx).loaders.events.clear(series).await;
+                // `row` may come from a cache: the database checks `expectedVersion`.
+                let series = store.delete_override(row.id, expected_version).await?;
+                rc(ctx).loaders.events.clear(series.id).await;
             }
         }
         Ok(true)
