@@ -1,5 +1,7 @@
-//! The outbox relay: publishes every committed write's outbox row on the invalidation bus, in id
-//! order, and marks it published with its stream position. A writer nudges it right after its
+//! The outbox relay: writes the L2 tombstones of every committed write's outbox row, publishes
+//! the row on the invalidation bus, in id order, and marks it published with its stream position
+//! (only once its tombstones are written: a row whose tombstones failed is published, so other
+//! instances' L1 hear of it, but stays unpublished in the outbox and is retried). A writer nudges it right after its
 //! commit and waits (bounded) for its row's position — the consistency token its client gets.
 //! It also sweeps, every poll interval, rows any instance left unpublished longer than a grace
 //! period (a writer that died between commit and publish), so no invalidation is lost.
@@ -7,8 +9,9 @@
 //! In Kafka mode it also sends a heartbeat at a fixed interval: every instance measures how far
 //! behind its consumer is by the freshest message it has applied (see [`crate::tiers::Stream`]).
 
+use cal_cache::TieredCache;
 use cal_cache::{Invalidation, InvalidationBus, Position};
-use cal_storage::Store;
+use cal_storage::{OutboxRow, Store};
 use futures::FutureExt;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use std::collections::{HashMap, VecDeque};
@@ -34,6 +37,12 @@ pub struct RelayConfig {
     /// How long a writer waits for its row's position (`StreamConfig::publish_wait`): a writer
     /// acknowledges at the latest this long after its row was written.
     pub publish_wait: Duration,
+    /// How long published rows stay in the change log before the pruner deletes them.
+    pub retention: Duration,
+    /// How often the pruner runs (and refreshes the change log's size metrics).
+    pub prune_every: Duration,
+    /// Rows deleted per prune statement.
+    pub prune_batch: i64,
 }
 
 impl Default for RelayConfig {
@@ -45,16 +54,29 @@ impl Default for RelayConfig {
             heartbeat: None,
             batch: 256,
             publish_wait: Duration::from_secs(1),
+            retention: DEFAULT_RETENTION,
+            prune_every: Duration::from_secs(60),
+            prune_batch: 1000,
         }
     }
 }
+
+/// Default change-log retention: 7 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Relay counters (registered by [`crate::tiers::Tiers`]).
 #[derive(Clone)]
 pub struct RelayMetrics {
     pub published: IntCounter,
     pub errors: IntCounter,
+    /// Relay passes whose L2 tombstones could not be written (the rows stay unpublished).
+    pub tombstone_failures: IntCounter,
     pub pending: IntGauge,
+    /// Rows in the change log, and the age of the oldest one (refreshed by the pruner).
+    pub log_rows: IntGauge,
+    pub log_oldest_age: prometheus::Gauge,
+    /// Rows the pruner deleted.
+    pub pruned: IntCounter,
     /// Publish round trips (hand-over to the bus → broker acknowledgement).
     pub publish: Histogram,
 }
@@ -65,6 +87,10 @@ pub struct NotPublished;
 
 /// How many positions of own rows published before their writer asked are kept.
 const EARLY_KEPT: usize = 1024;
+
+/// How many rows published while their L2 tombstones failed are remembered, so that they are not
+/// published again on every pass until Redis is back (beyond that they are simply re-sent).
+const AWAITING_KEPT: usize = 100_000;
 
 /// Positions between the relay and the writers that wait for them.
 #[derive(Default)]
@@ -106,11 +132,14 @@ impl Handoff {
 
 pub struct Relay {
     store: Store,
+    cache: TieredCache,
     bus: Arc<dyn InvalidationBus>,
     origin: String,
     cfg: RelayConfig,
     nudge: Notify,
     handoff: Mutex<Handoff>,
+    /// Rows published (id → stream position) whose L2 tombstones have not been written yet.
+    awaiting: Mutex<HashMap<i64, String>>,
     seq: AtomicU64,
     metrics: RelayMetrics,
 }
@@ -118,6 +147,7 @@ pub struct Relay {
 impl Relay {
     pub fn new(
         store: Store,
+        cache: TieredCache,
         bus: Arc<dyn InvalidationBus>,
         origin: String,
         cfg: RelayConfig,
@@ -125,19 +155,23 @@ impl Relay {
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
+            cache,
             bus,
             origin,
             cfg,
             nudge: Notify::new(),
             handoff: Mutex::new(Handoff::default()),
+            awaiting: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             metrics,
         })
     }
 
-    /// Starts the heartbeat loop (if configured) and the publishing loop (if enabled).
+    /// Starts the heartbeat loop (if configured), the change-log pruner and the publishing loop
+    /// (if enabled).
     pub fn spawn(self: &Arc<Self>) {
         self.spawn_heartbeat();
+        self.spawn_pruner();
         if !self.cfg.enabled {
             tracing::warn!(
                 "the outbox relay is switched off: other instances' relays sweep this one's rows"
@@ -161,6 +195,48 @@ impl Relay {
                 }
             }
         });
+    }
+
+    /// Deletes published rows older than the retention, in small batches (each its own short
+    /// statement that skips locked rows), and keeps the change log's size metrics current.
+    fn spawn_pruner(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.cfg.prune_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.prune().await;
+            }
+        });
+    }
+
+    /// One pruning round: batches until fewer than a full batch is left, then the size.
+    pub async fn prune(&self) {
+        loop {
+            match self
+                .store
+                .prune_outbox(self.cfg.retention, self.cfg.prune_batch)
+                .await
+            {
+                Ok(n) => {
+                    self.metrics.pruned.inc_by(n);
+                    if n < self.cfg.prune_batch.max(1) as u64 {
+                        break;
+                    }
+                    // Let other statements in between batches.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the change log failed");
+                    break;
+                }
+            }
+        }
+        if let Ok((rows, age)) = self.store.outbox_size().await {
+            self.metrics.log_rows.set(rows);
+            self.metrics.log_oldest_age.set(age.as_secs_f64());
+        }
     }
 
     /// Heartbeats prove the stream alive to every consumer, this instance's included.
@@ -214,12 +290,15 @@ impl Relay {
     }
 
     /// Publishes what is pending, batch by batch, until nothing of ours (or orphaned) is left or
-    /// the bus fails.
+    /// the bus fails. Every batch's L2 tombstones are written before it is marked published:
+    /// whoever publishes a row (its writer's relay, or another instance's after the writer died
+    /// between its commit and its own tombstones) repairs Redis first, from the durable row.
     async fn pass(&self) {
+        let mut after = 0;
         loop {
             let claimed = match self
                 .store
-                .claim_outbox(&self.origin, self.cfg.grace, self.cfg.batch)
+                .claim_outbox(&self.origin, self.cfg.grace, after, self.cfg.batch)
                 .await
             {
                 Ok(c) => c,
@@ -228,69 +307,48 @@ impl Relay {
                     return;
                 }
             };
-            if claimed.rows.is_empty() {
+            let Some(last) = claimed.rows.last().map(|r| r.id) else {
                 let _ = claimed.finish(&[]).await;
                 return;
-            }
+            };
+            after = last;
             let full = claimed.rows.len() as i64 >= self.cfg.batch;
-            // Sent in id order; the producer keeps that order (idempotent, one in flight per
-            // partition as far as ordering is concerned).
-            let sends = claimed.rows.iter().map(|row| {
-                let mut inv = Invalidation::new(
-                    row.keys.clone(),
-                    row.origin.clone().unwrap_or_else(|| self.origin.clone()),
-                    self.seq.fetch_add(1, Ordering::Relaxed),
+            let tombstoned = self.cache.tombstone_l2(&batch_keys(&claimed.rows)).await;
+            if !tombstoned {
+                self.metrics.tombstone_failures.inc();
+                tracing::warn!(
+                    rows = claimed.rows.len(),
+                    "writing the L2 tombstones of outbox rows failed; publishing them, but they stay \
+                     unpublished in the outbox until the tombstones are written"
                 );
-                inv.outbox_id = Some(row.id);
-                // The lag clock starts when the write is acknowledged: a writer still waiting
-                // acknowledges after this publish ("now" is early, so the lag is not understated);
-                // one that gave up did so `publish_wait` after writing its row at the latest.
-                let gave_up_by = row.created_at.timestamp_millis().saturating_add(
-                    i64::try_from(self.cfg.publish_wait.as_millis()).unwrap_or(i64::MAX),
-                );
-                inv.sent_at_ms = inv.sent_at_ms.min(u64::try_from(gave_up_by).unwrap_or(0));
-                inv.trace_context = row.trace_context.clone();
-                let span = tracing::info_span!(
-                    "kafka.publish",
-                    otel.kind = "producer",
-                    messaging.system = %self.bus.name(),
-                    messaging.operation = "publish",
-                    messaging.outbox_id = row.id,
-                    cache.keys = row.keys.len() as i64,
-                );
-                crate::observe::set_remote_parent(&span, &row.trace_context);
-                let publish = self.metrics.publish.clone();
-                let started = std::time::Instant::now();
-                self.bus.publish(inv).instrument(span).map(move |r| {
-                    publish.observe(started.elapsed().as_secs_f64());
-                    r
-                })
-            });
-            let results = futures::future::join_all(sends).await;
-            let mut published = Vec::with_capacity(results.len());
-            let mut failed = false;
-            for (row, result) in claimed.rows.iter().zip(results) {
-                match result {
-                    Ok(position) if !failed => {
-                        self.metrics.published.inc();
-                        published.push((
-                            row.id,
-                            position.map_or_else(|| "local".to_owned(), |p| p.to_string()),
-                        ));
-                        let own = row.origin.as_deref() == Some(self.origin.as_str());
-                        self.handoff
-                            .lock()
-                            .unwrap()
-                            .published(row.id, own, position);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        // Keep order: nothing after a failed row counts as published this pass.
-                        self.metrics.errors.inc();
-                        tracing::warn!(error = %e, outbox_id = row.id, "publishing an invalidation failed; retrying");
-                        failed = true;
+            }
+            // Rows an earlier pass published while their tombstones failed go out once.
+            let (mut published, fresh): (Vec<(i64, String)>, Vec<&OutboxRow>) = {
+                let awaiting = self.awaiting.lock().unwrap();
+                let mut published = Vec::new();
+                let mut fresh = Vec::new();
+                for row in &claimed.rows {
+                    match awaiting.get(&row.id) {
+                        Some(position) => published.push((row.id, position.clone())),
+                        None => fresh.push(row),
                     }
                 }
+                (published, fresh)
+            };
+            let (sent, failed) = self.publish(&fresh).await;
+            if tombstoned {
+                let mut awaiting = self.awaiting.lock().unwrap();
+                for (id, _) in &published {
+                    awaiting.remove(id);
+                }
+                drop(awaiting);
+                published.extend(sent);
+            } else {
+                let mut awaiting = self.awaiting.lock().unwrap();
+                if awaiting.len() < AWAITING_KEPT {
+                    awaiting.extend(sent);
+                }
+                published.clear();
             }
             if let Err(e) = claimed.finish(&published).await {
                 tracing::warn!(error = %e, "marking outbox rows published failed; they will be sent again");
@@ -304,6 +362,81 @@ impl Relay {
             }
         }
     }
+
+    /// Publishes `rows` in id order; answers `(id, position)` for the ones that went out before
+    /// the first failure, and whether one failed (nothing after it counts as published).
+    async fn publish(&self, rows: &[&OutboxRow]) -> (Vec<(i64, String)>, bool) {
+        // Sent in id order; the producer keeps that order (idempotent, one in flight per
+        // partition as far as ordering is concerned).
+        let sends = rows.iter().map(|row| {
+            let mut inv = Invalidation::new(
+                row.keys.clone(),
+                row.origin.clone().unwrap_or_else(|| self.origin.clone()),
+                self.seq.fetch_add(1, Ordering::Relaxed),
+            );
+            inv.outbox_id = Some(row.id);
+            // The lag clock starts when the write is acknowledged: a writer still waiting
+            // acknowledges after this publish ("now" is early, so the lag is not understated);
+            // one that gave up did so `publish_wait` after writing its row at the latest.
+            let gave_up_by = row.created_at.timestamp_millis().saturating_add(
+                i64::try_from(self.cfg.publish_wait.as_millis()).unwrap_or(i64::MAX),
+            );
+            inv.sent_at_ms = inv.sent_at_ms.min(u64::try_from(gave_up_by).unwrap_or(0));
+            inv.trace_context = row.trace_context.clone();
+            let span = tracing::info_span!(
+                "kafka.publish",
+                otel.kind = "producer",
+                messaging.system = %self.bus.name(),
+                messaging.operation = "publish",
+                messaging.outbox_id = row.id,
+                cache.keys = row.keys.len() as i64,
+            );
+            crate::observe::set_remote_parent(&span, &row.trace_context);
+            let publish = self.metrics.publish.clone();
+            let started = std::time::Instant::now();
+            self.bus.publish(inv).instrument(span).map(move |r| {
+                publish.observe(started.elapsed().as_secs_f64());
+                r
+            })
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut sent = Vec::with_capacity(results.len());
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(position) => {
+                    self.metrics.published.inc();
+                    sent.push((
+                        row.id,
+                        position.map_or_else(|| "local".to_owned(), |p| p.to_string()),
+                    ));
+                    let own = row.origin.as_deref() == Some(self.origin.as_str());
+                    self.handoff
+                        .lock()
+                        .unwrap()
+                        .published(row.id, own, position);
+                }
+                Err(e) => {
+                    // Keep order: nothing after a failed row counts as published this pass.
+                    self.metrics.errors.inc();
+                    tracing::warn!(error = %e, outbox_id = row.id, "publishing an invalidation failed; retrying");
+                    return (sent, true);
+                }
+            }
+        }
+        (sent, false)
+    }
+}
+
+/// Every key the rows made stale, once, with the highest version any of them carries.
+fn batch_keys(rows: &[OutboxRow]) -> Vec<(String, i64)> {
+    let mut keys: HashMap<&str, i64> = HashMap::new();
+    for row in rows {
+        for (key, version) in &row.keys {
+            let v = keys.entry(key.as_str()).or_insert(*version);
+            *v = (*v).max(*version);
+        }
+    }
+    keys.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 #[cfg(test)]

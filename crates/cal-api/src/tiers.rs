@@ -189,6 +189,22 @@ impl StreamMetrics {
             "cal_invalidation_publish_errors_total",
             "Outbox rows whose publish failed (retried)",
         )?;
+        let tombstone_failures = IntCounter::new(
+            "cal_invalidation_tombstone_failures_total",
+            "Relay passes whose L2 tombstones could not be written (their rows are retried)",
+        )?;
+        let log_rows = IntGauge::new(
+            "cal_outbox_rows",
+            "Rows in the change log (outbox), published or not",
+        )?;
+        let log_oldest_age = prometheus::Gauge::new(
+            "cal_outbox_oldest_age_seconds",
+            "Age of the oldest row in the change log (outbox)",
+        )?;
+        let pruned = IntCounter::new(
+            "cal_outbox_pruned_total",
+            "Published change-log rows deleted after the retention",
+        )?;
         let pending = IntGauge::new(
             "cal_invalidation_outbox_pending",
             "Outbox rows not yet published (all instances)",
@@ -198,6 +214,10 @@ impl StreamMetrics {
         registry.register(Box::new(behind.clone()))?;
         registry.register(Box::new(published.clone()))?;
         registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(tombstone_failures.clone()))?;
+        registry.register(Box::new(log_rows.clone()))?;
+        registry.register(Box::new(log_oldest_age.clone()))?;
+        registry.register(Box::new(pruned.clone()))?;
         registry.register(Box::new(pending.clone()))?;
         registry.register(Box::new(publish.clone()))?;
         Ok(Self {
@@ -207,7 +227,11 @@ impl StreamMetrics {
             relay: RelayMetrics {
                 published,
                 errors,
+                tombstone_failures,
                 pending,
+                log_rows,
+                log_oldest_age,
+                pruned,
                 publish,
             },
         })
@@ -227,6 +251,7 @@ pub struct Tiers {
     relay: OnceLock<Arc<Relay>>,
     ttls: HashMap<KeyKind, Duration>,
     origin: String,
+    failpoints: Failpoints,
 }
 
 impl std::fmt::Debug for Tiers {
@@ -275,6 +300,7 @@ impl Tiers {
             relay: OnceLock::new(),
             ttls,
             origin,
+            failpoints: Failpoints::default(),
         };
         tiers.set_response_cache_bytes(DEFAULT_RESPONSE_CACHE_BYTES);
         tiers
@@ -300,6 +326,16 @@ impl Tiers {
         }
     }
 
+    /// Arms failure injection (tests of crashes only).
+    pub fn with_failpoints(self, failpoints: Failpoints) -> Self {
+        if failpoints.kill_after_commit {
+            tracing::warn!(
+                "failpoint kill-after-commit is armed: the first write kills this process"
+            );
+        }
+        Self { failpoints, ..self }
+    }
+
     fn set_response_cache_bytes(&mut self, bytes: u64) {
         self.responses = match (self.cache.l1_ttl(), &self.response_metrics, bytes) {
             (Some(ttl), Some(metrics), 1..) => {
@@ -321,6 +357,7 @@ impl Tiers {
     pub fn start_relay(self: &Arc<Self>, store: Store) {
         let relay = Relay::new(
             store,
+            self.cache.clone(),
             self.bus.clone(),
             self.origin.clone(),
             RelayConfig {
@@ -454,27 +491,65 @@ pub fn invalidations(changes: &ChangeSet) -> Vec<(String, i64)> {
 
 #[async_trait::async_trait]
 impl ChangeSink for Tiers {
-    /// L2 tombstones and local L1 eviction (both inside `invalidate`), then the relay publishes
-    /// the outbox row; answers its stream position (`partition:offset`) when the bus has one.
+    /// Local L1 eviction and new generations, then the relay writes the L2 tombstones and
+    /// publishes the outbox row; answers its stream position (`partition:offset`) when the bus
+    /// has one. When no relay confirms the publish in time (none running, switched off, or the
+    /// bus is slow), the writer writes the L2 tombstones itself before it acknowledges, so a
+    /// read after the acknowledgement never gets the old value from Redis either.
     async fn committed(&self, changes: &ChangeSet) -> Option<String> {
         let keys = invalidations(changes);
-        self.cache.invalidate(&keys).await;
-        let (Some(relay), Some(outbox_id)) = (self.relay.get(), changes.outbox_id) else {
+        if self.failpoints.kill_after_commit {
+            failpoint_kill("kill-after-commit");
+        }
+        self.cache.invalidate_local(&keys).await;
+        let relay = self
+            .relay
+            .get()
+            .filter(|_| self.stream_config.relay.enabled);
+        if let (Some(relay), Some(outbox_id)) = (relay, changes.outbox_id)
+            && let Ok(position) = relay
+                .publish_now(outbox_id, self.stream_config.publish_wait)
+                .await
+        {
+            return position.map(|p| p.to_string());
+        }
+        if relay.is_none() && self.relay.get().is_none() {
             tracing::warn!(
                 "no relay running: the invalidation reaches other instances only through TTLs and L2 tombstones"
             );
-            return None;
-        };
-        if !self.stream_config.relay.enabled {
-            return None;
         }
-        relay
-            .publish_now(outbox_id, self.stream_config.publish_wait)
-            .await
-            .ok()
-            .flatten()
-            .map(|p| p.to_string())
+        self.cache.tombstone_l2(&keys).await;
+        None
     }
+}
+
+/// Failure injection for tests of what a crash costs. Off unless armed explicitly
+/// (`CAL_FAILPOINTS`, see the README); never armed by any default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Failpoints {
+    /// The process kills itself (SIGKILL) right after a write's commit, before any cache
+    /// invalidation: its L1, its L2 tombstones and its relay never hear of the write.
+    pub kill_after_commit: bool,
+}
+
+impl Failpoints {
+    /// Parses a comma-separated list of failpoint names.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut fp = Self::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "kill-after-commit" => fp.kill_after_commit = true,
+                other => return Err(format!("unknown failpoint {other:?}")),
+            }
+        }
+        Ok(fp)
+    }
+}
+
+fn failpoint_kill(name: &str) -> ! {
+    tracing::error!(failpoint = name, "failpoint: killing this process");
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    std::process::abort()
 }
 
 /// Parses a consistency token header: positions separated by commas.

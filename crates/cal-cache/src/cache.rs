@@ -1041,6 +1041,12 @@ impl TieredCache {
     /// L2 read or fill (or by the periodic health check); until then other processes rely on
     /// the bus message (their L1 tombstones refuse the old L2 value).
     pub async fn invalidate(&self, keys: &[(String, i64)]) {
+        self.invalidate_local(keys).await;
+        self.tombstone_l2(keys).await;
+    }
+
+    /// The in-process half of [`TieredCache::invalidate`]: L1 tombstones and new generations.
+    pub async fn invalidate_local(&self, keys: &[(String, i64)]) {
         if let Some(l1) = &self.inner.l1 {
             for (key, version) in keys {
                 l1.invalidate(key, *version).await;
@@ -1049,8 +1055,16 @@ impl TieredCache {
         for (key, _) in keys {
             self.inner.generations.bump(key);
         }
-        if let Some(l2) = &self.inner.l2 {
-            l2.tombstone(keys).await;
+    }
+
+    /// The shared half of [`TieredCache::invalidate`]: L2 tombstones for every key, in one
+    /// script call. `true` when they are written (or there is no L2). On `false` they are also
+    /// kept and written before this process's next L2 read or fill, but the caller must not
+    /// count on that surviving the process: the outbox relay retries from the durable row.
+    pub async fn tombstone_l2(&self, keys: &[(String, i64)]) -> bool {
+        match &self.inner.l2 {
+            Some(l2) => l2.tombstone(keys).await,
+            None => true,
         }
     }
 

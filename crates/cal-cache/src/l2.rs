@@ -476,9 +476,10 @@ impl L2 {
     /// Writes tombstones for all keys in one script call. If L2 is unavailable they are kept
     /// and written before the next read or fill, so a Redis that was briefly unreachable for
     /// the writer does not go on serving the old values afterwards.
-    pub async fn tombstone(&self, keys: &[(String, i64)]) {
+    /// `true` when they were written now.
+    pub async fn tombstone(&self, keys: &[(String, i64)]) -> bool {
         let _ = self.flush_pending_tombstones().await;
-        self.write_tombstones(keys).await;
+        self.write_tombstones(keys).await
     }
 
     async fn write_tombstones(&self, keys: &[(String, i64)]) -> bool {

@@ -26,6 +26,8 @@
 //! | `INVALIDATION_LIVENESS_MS` | with Kafka: distrust L1 when the stream's freshest message is older than this | `2000` |
 //! | `CONSISTENCY_WAIT_MS` | how long a mutation waits for its invalidation's position, and a read for a presented token | `1000` |
 //! | `RELAY_ENABLED`, `RELAY_GRACE_MS` | run this instance's outbox relay; age at which it takes over others' unpublished rows | `true`, `1000` |
+//! | `OUTBOX_RETENTION_SECS`, `OUTBOX_PRUNE_INTERVAL_SECS` | how long published change-log (outbox) rows are kept (unpublished rows are never pruned); how often the pruner deletes older ones, in batches of 1,000 | `604800` (7 days), `60` |
+//! | `CAL_FAILPOINTS` | failure injection for crash tests only, e.g. `kill-after-commit` (the process SIGKILLs itself right after a write's commit); never set it in production | unset |
 //! | `DB_SLOW_STATEMENT_MS` | SQL statements at least this slow are logged (warn, name only) and counted | `200` |
 //! | `RUST_LOG` | log filter | `info,sqlx=warn` |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | OTLP/gRPC collector for traces (e.g. `http://jaeger:4317`); unset: no trace export | unset |
@@ -75,6 +77,9 @@ pub struct Settings {
     pub consistency_wait_ms: u64,
     pub relay_enabled: bool,
     pub relay_grace_ms: u64,
+    pub outbox_retention_secs: u64,
+    pub outbox_prune_interval_secs: u64,
+    pub cal_failpoints: Option<String>,
     pub db_slow_statement_ms: u64,
 }
 
@@ -115,6 +120,9 @@ impl Default for Settings {
             consistency_wait_ms: 1000,
             relay_enabled: true,
             relay_grace_ms: 1000,
+            outbox_retention_secs: 7 * 24 * 3600,
+            outbox_prune_interval_secs: 60,
+            cal_failpoints: None,
             db_slow_statement_ms: 200,
         }
     }
@@ -160,6 +168,9 @@ impl Settings {
             "CONSISTENCY_WAIT_MS",
             "RELAY_ENABLED",
             "RELAY_GRACE_MS",
+            "OUTBOX_RETENTION_SECS",
+            "OUTBOX_PRUNE_INTERVAL_SECS",
+            "CAL_FAILPOINTS",
             "DB_SLOW_STATEMENT_MS",
         ];
         fig = fig.merge(
@@ -169,6 +180,9 @@ impl Settings {
         );
         let s: Settings = fig.extract().context("invalid configuration")?;
         s.ttls().context("invalid CACHE_TTLS")?;
+        s.failpoints()
+            .map_err(anyhow::Error::msg)
+            .context("invalid CAL_FAILPOINTS")?;
         if !matches!(s.cal_env.as_str(), "dev" | "prod") {
             bail!("CAL_ENV must be `dev` or `prod`, not {:?}", s.cal_env);
         }
@@ -221,8 +235,15 @@ impl Settings {
         c.token_wait = Duration::from_millis(self.consistency_wait_ms);
         c.relay.enabled = self.relay_enabled;
         c.relay.grace = Duration::from_millis(self.relay_grace_ms);
+        c.relay.retention = Duration::from_secs(self.outbox_retention_secs);
+        c.relay.prune_every = Duration::from_secs(self.outbox_prune_interval_secs.max(1));
         c.thread_nice = self.thread_nice();
         c
+    }
+
+    /// `CAL_FAILPOINTS`: failure injection, off unless set.
+    pub fn failpoints(&self) -> Result<cal_api::tiers::Failpoints, String> {
+        cal_api::tiers::Failpoints::parse(self.cal_failpoints.as_deref().unwrap_or(""))
     }
 
     /// `INVALIDATION_THREAD_NICE`, `None` for 0 (the process's priority).

@@ -236,7 +236,8 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
     let shared = settings.kafka_brokers().is_some();
     let tiers = Tiers::new(cache, bus, settings.ttls()?, origin)
         .with_response_cache_bytes(settings.cache_response_max_bytes)
-        .with_stream_config(settings.stream_config(shared));
+        .with_stream_config(settings.stream_config(shared))
+        .with_failpoints(settings.failpoints().map_err(anyhow::Error::msg)?);
     tiers.stream.start_at(&start);
     Ok((Arc::new(tiers), registry))
 }

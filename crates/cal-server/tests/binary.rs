@@ -247,3 +247,81 @@ fn print_schema_matches_the_contract_file() {
             .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), file);
 }
+
+/// The change log is pruned in the background: published rows older than the retention go,
+/// unpublished and recent rows stay, and the size metrics say what is left.
+#[tokio::test]
+async fn the_change_log_is_pruned_after_its_retention() {
+    let db = FreshDb::new("prune");
+    let port = free_port();
+    let mut server = Server(spawn(
+        &db,
+        port,
+        &[
+            ("JWT_SECRET", SECRET),
+            ("OUTBOX_PRUNE_INTERVAL_SECS", "1"),
+            // The relay must not publish the unpublished row below (it would then be prunable).
+            ("RELAY_ENABLED", "false"),
+        ],
+    ));
+    let client = reqwest::Client::new();
+    wait_ready(&client, port).await;
+    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    // Three published rows 10 days old, one unpublished as old, one published just now.
+    for (age_days, published) in [(10, true), (10, true), (10, false), (10, true), (0, true)] {
+        sqlx::query(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, \
+             published_at, stream_position) \
+             VALUES ('event', 1, 'event.updated', '{}', now() - make_interval(days => $1), \
+             CASE WHEN $2 THEN now() END, CASE WHEN $2 THEN '0:1' END)",
+        )
+        .bind(age_days)
+        .bind(published)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(f64::NAN)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "cal_outbox_rows ") == 2.0 {
+            assert_eq!(metric(&text, "cal_outbox_pruned_total "), 3.0);
+            let age = metric(&text, "cal_outbox_oldest_age_seconds ");
+            assert!(
+                (age / 86_400.0 - 10.0).abs() < 0.01,
+                "the oldest row left is the unpublished one, 10 days old: {age}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change log was not pruned: {}",
+            text.lines()
+                .filter(|l| l.starts_with("cal_outbox"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left: Vec<(bool, i32)> = sqlx::query_as(
+        "SELECT published_at IS NOT NULL, extract(day FROM now() - created_at)::int FROM outbox ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left, vec![(false, 10), (true, 0)]);
+    pool.close().await;
+    let _ = server.0.kill();
+}

@@ -6,11 +6,15 @@
 //! - a broker paused (SIGSTOP) during writes: writes succeed, reads stay within the liveness
 //!   bound, and every missed invalidation arrives afterwards;
 //! - an instance killed and restarted during writes serves nothing stale once ready;
-//! - a relay killed between commit and publish: after restart the invalidation is delivered.
+//! - a relay killed between commit and publish: after restart the invalidation is delivered;
+//! - a writer killed between its commit and its L2 tombstones, and a writer that exits after
+//!   writing through a Redis outage: another instance's relay repairs Redis from the outbox, so
+//!   an instance without L1 (and the shared response tier) stops serving the old value within
+//!   the relay grace plus the liveness bound.
 
-use cal_domain::{EventId, EventStatus, Transparency, UserId};
+use cal_domain::{CalendarId, EventId, EventStatus, Transparency, UserId};
 use cal_storage::{NewEvent, Store};
-use cal_test_support::{KafkaBroker, TestDb};
+use cal_test_support::{KafkaBroker, RedisServer, TestDb};
 use chrono::{TimeZone, Utc};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -192,6 +196,7 @@ struct Cluster {
     client: reqwest::Client,
     base_env: Vec<(String, String)>,
     owner: UserId,
+    calendar: CalendarId,
     events: Vec<EventId>,
 }
 
@@ -257,6 +262,7 @@ impl Cluster {
             client: reqwest::Client::new(),
             base_env,
             owner,
+            calendar,
             events: ids,
         }
     }
@@ -676,4 +682,186 @@ async fn an_invalidation_left_by_a_dead_relay_is_delivered_after_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(b.metric(&c.client, "cal_invalidation_applied_total").await >= 1.0);
+}
+
+const MONTH: &str = r#"query($c: ID!) { calendar(id: $c) { events(from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z") { edges { node { id version } } } } }"#;
+
+/// The version of `ev` in the month view of the cluster's calendar, read through `inst`.
+async fn month_version(c: &Cluster, inst: &Instance, token: &str, ev: EventId) -> i64 {
+    let (body, _) = gql(
+        &c.client,
+        inst,
+        token,
+        None,
+        MONTH,
+        json!({ "c": c.calendar.to_string() }),
+    )
+    .await;
+    body["data"]["calendar"]["events"]["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("month view failed: {body}"))
+        .iter()
+        .find(|e| e["node"]["id"] == ev.to_string())
+        .and_then(|e| e["node"]["version"].as_i64())
+        .expect("the event is in the month view")
+}
+
+async fn unpublished(c: &Cluster) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&c.db.pool)
+        .await
+        .unwrap()
+}
+
+async fn db_version(c: &Cluster, ev: EventId) -> i64 {
+    sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
+        .bind(ev.0)
+        .fetch_one(&c.db.pool)
+        .await
+        .unwrap()
+}
+
+/// Reads `ev` through `reader` (no L1: Redis and the shared response tier answer) until both the
+/// event and the month view show `version`, at most `within`; then a few more reads must agree.
+async fn assert_repaired(
+    c: &Cluster,
+    reader: &Instance,
+    token: &str,
+    ev: EventId,
+    version: i64,
+    within: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        let (single, month) = (
+            read_version(c, reader, token, None, ev).await,
+            month_version(c, reader, token, ev).await,
+        );
+        if single == version && month == version {
+            break;
+        }
+        assert!(
+            started.elapsed() < within,
+            "after {:?} the reader still serves version {single} (event) / {month} (month view), \
+             the database has {version}: nobody repaired Redis",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(read_version(c, reader, token, None, ev).await, version);
+        assert_eq!(month_version(c, reader, token, ev).await, version);
+    }
+}
+
+/// Reads `ev` through `reader` until a read comes from Redis (event and month view both warm).
+async fn warm(c: &Cluster, reader: &Instance, token: &str, ev: EventId) -> i64 {
+    let v = read_version(c, reader, token, None, ev).await;
+    assert_eq!(month_version(c, reader, token, ev).await, v);
+    assert_eq!(read_version(c, reader, token, None, ev).await, v);
+    assert_eq!(month_version(c, reader, token, ev).await, v);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_killed_between_commit_and_tombstones_leaves_redis_repaired() {
+    let c = Arc::new(Cluster::new(2).await);
+    let mut a = Instance::spawn(c.env(&[("CAL_FAILPOINTS", "kill-after-commit")]), "a");
+    let b = Instance::spawn(
+        c.env(&[("CACHE_L1", "false"), ("RELAY_GRACE_MS", "300")]),
+        "b",
+    );
+    a.wait_ready(&c.client).await;
+    b.wait_ready(&c.client).await;
+    let token = c.token();
+    let ev = c.events[0];
+    let before = warm(&c, &b, &token, ev).await;
+
+    // The write commits, then A dies at once: no L1 eviction, no tombstone, no publish.
+    let current = db_version(&c, ev).await;
+    let sent = c
+        .client
+        .post(a.url())
+        .bearer_auth(&token)
+        .json(&json!({ "query": WRITE, "variables": { "e": ev.to_string(), "v": current, "t": "after the crash" } }))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the writer died before answering: {sent:?}");
+    let status = a.child.as_mut().unwrap().wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "killed by SIGKILL"
+    );
+    a.child = None;
+    let after = db_version(&c, ev).await;
+    assert_eq!(after, before + 1, "the write committed");
+
+    // B's relay takes the orphaned row over after its grace, tombstones Redis, then publishes.
+    assert_repaired(
+        &c,
+        &b,
+        &token,
+        ev,
+        after,
+        Duration::from_millis(300) + LIVENESS * 2,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_that_exits_after_a_redis_outage_leaves_redis_repaired() {
+    let c = Arc::new(Cluster::new(2).await);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut a = Instance::spawn(c.env(&[("REDIS_URL", &url)]), "a");
+    let b = Instance::spawn(
+        c.env(&[
+            ("REDIS_URL", &url),
+            ("CACHE_L1", "false"),
+            ("RELAY_GRACE_MS", "300"),
+        ]),
+        "b",
+    );
+    a.wait_ready(&c.client).await;
+    b.wait_ready(&c.client).await;
+    a.wait_trusting_l1(&c.client).await;
+    let token = c.token();
+    let ev = c.events[0];
+    let before = warm(&c, &b, &token, ev).await;
+    // The set-up's own rows (written before any relay ran) are out first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unpublished(&c).await > 0 {
+        assert!(Instant::now() < deadline, "set-up rows never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Redis freezes (keeping every value) while A writes; A acknowledges, then exits with its
+    // tombstones unwritten.
+    redis.pause();
+    let lock = tokio::sync::Mutex::new(());
+    let (after, _) = write(&c, &a, &token, ev, &lock).await;
+    assert_eq!(after, before + 1);
+    assert!(
+        a.metric(&c.client, "cal_invalidation_tombstone_failures_total")
+            .await
+            >= 1.0,
+        "A's relay could not write the tombstones"
+    );
+    assert_eq!(
+        unpublished(&c).await,
+        1,
+        "a row whose tombstones were never written is not marked published"
+    );
+    a.kill();
+    redis.resume();
+    assert_repaired(
+        &c,
+        &b,
+        &token,
+        ev,
+        after,
+        Duration::from_millis(300) + LIVENESS * 2,
+    )
+    .await;
 }

@@ -2,8 +2,8 @@
 //! payload lists the cache keys it made stale (`payload.keys`, `[[key, version], …]`) and the
 //! instance that wrote it (`origin`). A relay claims rows with [`Store::claim_outbox`] — its own
 //! instance's rows at once, anybody's once they have waited longer than a grace period (their
-//! writer died between commit and publish) — publishes them in id order and marks them with
-//! [`ClaimedOutbox::finish`]. Claimed rows stay locked (`FOR UPDATE SKIP LOCKED`) until then, so
+//! writer died between commit and publish) — writes their L2 tombstones, publishes them in id
+//! order and marks them with [`ClaimedOutbox::finish`]. Claimed rows stay locked (`FOR UPDATE SKIP LOCKED`) until then, so
 //! two relays never publish the same row at the same time, and a relay that dies mid-way leaves
 //! its rows to be claimed again: delivery is at least once, which invalidations tolerate.
 
@@ -32,25 +32,27 @@ pub struct ClaimedOutbox {
 }
 
 impl Store {
-    /// Locks up to `limit` unpublished rows, oldest first: those written by `origin`, and any
-    /// older than `grace`. Rows another relay holds are skipped.
+    /// Locks up to `limit` unpublished rows with ids above `after`, oldest first: those written
+    /// by `origin`, and any older than `grace`. Rows another relay holds are skipped.
     pub async fn claim_outbox(
         &self,
         origin: &str,
         grace: Duration,
+        after: i64,
         limit: i64,
     ) -> Result<ClaimedOutbox, StorageError> {
         let mut tx = self.pool().begin().await?;
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
         let rows = sqlx::query(
             "SELECT id, payload, origin, created_at FROM outbox \
-             WHERE published_at IS NULL \
+             WHERE published_at IS NULL AND id > $4 \
                AND (origin = $1 OR created_at < clock_timestamp() - make_interval(secs => $2::float8 / 1000)) \
              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
         )
         .bind(origin)
         .bind(grace_ms as f64)
         .bind(limit)
+        .bind(after)
         .fetch_all(&mut *tx)
         .await?;
         let rows = rows
@@ -68,6 +70,42 @@ impl Store {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(ClaimedOutbox { tx, rows })
+    }
+
+    /// Deletes up to `limit` published rows written more than `retention` ago, oldest first,
+    /// and answers how many went. Unpublished rows are never pruned, whatever their age. Rows
+    /// another transaction holds are skipped, so a prune never waits for (or blocks) a writer
+    /// or a relay: writers only insert new rows, relays lock unpublished ones.
+    pub async fn prune_outbox(&self, retention: Duration, limit: i64) -> Result<u64, StorageError> {
+        let st = self.statement("outbox.prune");
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let done = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+               WHERE published_at IS NOT NULL \
+                 AND created_at < clock_timestamp() - make_interval(secs => $1::float8 / 1000) \
+               ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(retention_ms as f64)
+        .bind(limit)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        st.done(done as usize);
+        Ok(done)
+    }
+
+    /// The change log's size: `(rows, age of the oldest row)`, for metrics.
+    pub async fn outbox_size(&self) -> Result<(i64, Duration), StorageError> {
+        let st = self.statement("outbox.size");
+        let (rows, age_ms): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), (extract(epoch FROM clock_timestamp() - min(created_at)) * 1000)::float8 \
+             FROM outbox",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        st.done(1);
+        let age = Duration::from_millis(age_ms.unwrap_or(0.0).max(0.0) as u64);
+        Ok((rows, age))
     }
 
     /// Unpublished rows (all origins), for metrics.

@@ -112,3 +112,61 @@ async fn writes_report_their_changes_after_commit() {
         .unwrap();
     assert_eq!(stored, changed.calendar_version);
 }
+
+/// The change log keeps published rows for the retention and unpublished rows for ever; the
+/// pruner deletes in batches of the size asked, oldest first.
+#[tokio::test]
+async fn pruning_the_change_log_keeps_unpublished_and_recent_rows() {
+    let db = TestDb::new().await;
+    let store = Store::new(db.pool.clone());
+    // 5 old published rows, 2 old unpublished ones, 3 recent published ones.
+    for (age_days, published) in [
+        (10, true),
+        (10, false),
+        (9, true),
+        (9, true),
+        (8, true),
+        (8, false),
+        (8, true),
+        (1, true),
+        (0, true),
+        (0, true),
+    ] {
+        sqlx::query(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, \
+             published_at, stream_position) \
+             VALUES ('event', 1, 'event.updated', '{}', now() - make_interval(days => $1), \
+             CASE WHEN $2 THEN now() END, CASE WHEN $2 THEN '0:1' END)",
+        )
+        .bind(age_days)
+        .bind(published)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    assert_eq!(store.prune_outbox(week, 2).await.unwrap(), 2, "a batch");
+    assert_eq!(store.prune_outbox(week, 2).await.unwrap(), 2);
+    assert_eq!(
+        store.prune_outbox(week, 2).await.unwrap(),
+        1,
+        "the last old one"
+    );
+    assert_eq!(store.prune_outbox(week, 2).await.unwrap(), 0);
+    let left: Vec<(bool, i32)> = sqlx::query_as(
+        "SELECT published_at IS NOT NULL, extract(day FROM now() - created_at)::int FROM outbox ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        left,
+        vec![(false, 10), (false, 8), (true, 1), (true, 0), (true, 0)]
+    );
+    let (rows, oldest) = store.outbox_size().await.unwrap();
+    assert_eq!(rows, 5);
+    assert!(
+        (oldest.as_secs_f64() / 86_400.0 - 10.0).abs() < 0.01,
+        "the oldest row is 10 days old: {oldest:?}"
+    );
+}
