@@ -32,6 +32,8 @@ pub struct ApiConfig {
     /// Answer plain queries by direct execution (`schema/direct.rs`) where it applies; `false`
     /// runs every request through async-graphql's executor (tests compare the two).
     pub direct_execution: bool,
+    /// Operator secret for the `/admin` endpoints (`x-admin-token`); `None`: they answer 403.
+    pub admin_token: Option<SecretString>,
 }
 
 impl ApiConfig {
@@ -51,6 +53,7 @@ impl ApiConfig {
             booking_horizon: Duration::days(365),
             max_booked_occurrences: 1000,
             direct_execution: true,
+            admin_token: None,
         }
     }
 }

@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/admin/purge", axum::routing::post(crate::admin::purge))
         // Responses that are not already encoded (from the response cache) are compressed per
         // request, so at the fastest setting.
         .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))

@@ -17,6 +17,7 @@
 // The request handler's future nests async-graphql's deep execution futures.
 #![recursion_limit = "256"]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod documents;

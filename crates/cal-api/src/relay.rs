@@ -88,6 +88,9 @@ pub struct NotPublished;
 /// How many positions of own rows published before their writer asked are kept.
 const EARLY_KEPT: usize = 1024;
 
+/// The origin of messages for rows that no instance wrote.
+const UNOWNED: &str = "change-log";
+
 /// How many rows published while their L2 tombstones failed are remembered, so that they are not
 /// published again on every pass until Redis is back (beyond that they are simply re-sent).
 const AWAITING_KEPT: usize = 100_000;
@@ -369,12 +372,15 @@ impl Relay {
         // Sent in id order; the producer keeps that order (idempotent, one in flight per
         // partition as far as ordering is concerned).
         let sends = rows.iter().map(|row| {
+            // A row no instance wrote (e.g. `calendar purge`) is nobody's own message: every
+            // consumer, this instance's included, applies it.
             let mut inv = Invalidation::new(
-                row.keys.clone(),
-                row.origin.clone().unwrap_or_else(|| self.origin.clone()),
+                row_keys(row),
+                row.origin.clone().unwrap_or_else(|| UNOWNED.to_owned()),
                 self.seq.fetch_add(1, Ordering::Relaxed),
             );
             inv.outbox_id = Some(row.id);
+            inv.purge_all = row.changed.purge_all;
             // The lag clock starts when the write is acknowledged: a writer still waiting
             // acknowledges after this publish ("now" is early, so the lag is not understated);
             // one that gave up did so `publish_wait` after writing its row at the latest.
@@ -389,7 +395,7 @@ impl Relay {
                 messaging.system = %self.bus.name(),
                 messaging.operation = "publish",
                 messaging.outbox_id = row.id,
-                cache.keys = row.keys.len() as i64,
+                cache.keys = inv.keys.len() as i64,
             );
             crate::observe::set_remote_parent(&span, &row.trace_context);
             let publish = self.metrics.publish.clone();
@@ -427,16 +433,24 @@ impl Relay {
     }
 }
 
+/// The cache keys a change-log row made stale: derived from the facts it records (rows written
+/// before the change log recorded facts only carry their keys).
+fn row_keys(row: &OutboxRow) -> Vec<(String, i64)> {
+    let mut keys = crate::tiers::invalidations(&row.changed);
+    keys.extend(row.legacy_keys.iter().cloned());
+    keys
+}
+
 /// Every key the rows made stale, once, with the highest version any of them carries.
 fn batch_keys(rows: &[OutboxRow]) -> Vec<(String, i64)> {
-    let mut keys: HashMap<&str, i64> = HashMap::new();
+    let mut keys: HashMap<String, i64> = HashMap::new();
     for row in rows {
-        for (key, version) in &row.keys {
-            let v = keys.entry(key.as_str()).or_insert(*version);
-            *v = (*v).max(*version);
+        for (key, version) in row_keys(row) {
+            let v = keys.entry(key).or_insert(version);
+            *v = (*v).max(version);
         }
     }
-    keys.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    keys.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -326,6 +326,19 @@ impl Tiers {
         }
     }
 
+    /// Applies the newest purge of everything recorded in the change log (at start-up, before
+    /// serving: an instance that starts after a purge never reads what it dropped).
+    pub async fn load_purge_generation(
+        &self,
+        store: &Store,
+    ) -> Result<(), cal_storage::StorageError> {
+        let generation = store.purge_generation().await?;
+        if generation > 0 {
+            self.cache.purge_all(generation);
+        }
+        Ok(())
+    }
+
     /// Arms failure injection (tests of crashes only).
     pub fn with_failpoints(self, failpoints: Failpoints) -> Self {
         if failpoints.kill_after_commit {
@@ -484,9 +497,15 @@ impl Tiers {
     }
 }
 
-/// Keys made stale by a committed change, with the versions the new state carries.
+/// Keys made stale by a committed change, with the versions the new state carries: the one
+/// place where change-log facts become cache keys.
 pub fn invalidations(changes: &ChangeSet) -> Vec<(String, i64)> {
-    cache_keys::invalidations(&changes.events, &changes.calendars, &changes.resources)
+    cache_keys::invalidations(
+        &changes.events,
+        &changes.calendars,
+        &changes.resources,
+        &changes.users,
+    )
 }
 
 #[async_trait::async_trait]
@@ -500,6 +519,9 @@ impl ChangeSink for Tiers {
         let keys = invalidations(changes);
         if self.failpoints.kill_after_commit {
             failpoint_kill("kill-after-commit");
+        }
+        if let Some(generation) = changes.purge_all {
+            self.cache.purge_all(generation);
         }
         self.cache.invalidate_local(&keys).await;
         let relay = self

@@ -91,6 +91,7 @@ async fn both_instances_receive_a_message_with_the_published_position_and_all_fi
         origin: "host-a/1234".into(),
         seq: u64::MAX - 1,
         outbox_id: Some(4_000_000_001),
+        purge_all: Some(4_000_000_001),
         sent_at_ms: 1_767_225_600_123,
         trace_context: vec![
             (

@@ -57,6 +57,10 @@ pub struct Invalidation {
     pub seq: u64,
     /// The durable outbox row this message publishes, if any.
     pub outbox_id: Option<i64>,
+    /// An operator purge of every cached value, by its generation
+    /// ([`crate::TieredCache::purge_all`]).
+    #[serde(default)]
+    pub purge_all: Option<i64>,
     /// Unix milliseconds when the write was acknowledged (or the heartbeat sent): the start of
     /// the invalidation lag, and the freshness a reader compares its clock with.
     pub sent_at_ms: u64,
@@ -75,6 +79,7 @@ impl Invalidation {
             origin: origin.into(),
             seq,
             outbox_id: None,
+            purge_all: None,
             sent_at_ms: crate::cache::now_ms(),
             trace_context: Vec::new(),
             position: None,
@@ -87,7 +92,7 @@ impl Invalidation {
     }
 
     pub fn is_heartbeat(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && self.purge_all.is_none()
     }
 }
 

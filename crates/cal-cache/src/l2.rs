@@ -20,7 +20,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -168,6 +168,9 @@ pub(crate) struct L2 {
     needs_check: AtomicBool,
     check_lock: tokio::sync::Mutex<()>,
     epoch: AtomicU64,
+    /// The newest operator purge of everything this process knows (0: none); part of the key
+    /// namespace, so that nothing written before it is read again.
+    purge: AtomicI64,
     round_trips: AtomicU64,
     metrics: Metrics,
     fill_script: Script,
@@ -211,6 +214,7 @@ impl L2 {
             needs_check: AtomicBool::new(true),
             check_lock: tokio::sync::Mutex::new(()),
             epoch: AtomicU64::new(0),
+            purge: AtomicI64::new(0),
             round_trips: AtomicU64::new(0),
             metrics,
             fill_script: Script::new(FILL_LUA),
@@ -338,7 +342,10 @@ impl L2 {
             changed
         };
         let tag: String = run_id.chars().take(12).collect();
-        let ns: Arc<str> = Arc::from(format!("{}e{}:", self.prefix, tag));
+        let ns: Arc<str> = match self.purge.load(Ordering::Acquire) {
+            0 => Arc::from(format!("{}e{}:", self.prefix, tag)),
+            purge => Arc::from(format!("{}e{}p{}:", self.prefix, tag, purge)),
+        };
         *self.namespace.write().unwrap() = Some(ns.clone());
         if changed {
             let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
@@ -350,6 +357,25 @@ impl L2 {
             (self.on_reset)();
         }
         Some(ns)
+    }
+
+    /// Moves to the namespace of purge `generation` if it is newer than the one in use, clearing
+    /// L1 (`true` when it moved).
+    pub fn set_purge_generation(&self, generation: i64) -> bool {
+        if self.purge.fetch_max(generation, Ordering::AcqRel) >= generation {
+            return false;
+        }
+        self.needs_check.store(true, Ordering::Release);
+        tracing::warn!(
+            generation,
+            "purge of every cached value: new L2 namespace, L1 cleared"
+        );
+        (self.on_reset)();
+        true
+    }
+
+    pub fn purge_generation(&self) -> i64 {
+        self.purge.load(Ordering::Acquire)
     }
 
     /// Forces a run_id check (the periodic health check).

@@ -188,7 +188,7 @@ pub fn day_span(date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
 }
 
 /// A committed change to an event, as the writer knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EventChange {
     pub event: EventId,
     pub event_version: i64,
@@ -218,10 +218,12 @@ pub fn invalidations_for_calendar(
 /// Every key a committed transaction makes stale, once each, with the highest new version.
 /// `resources` are the resources whose bookings the transaction may have changed, with their
 /// bookings version after it (their availability entries are covered by the new generation).
+/// `users` are users whose profile changed (or was purged), with their new version.
 pub fn invalidations(
     events: &[EventChange],
     calendars: &[(CalendarId, i64)],
     resources: &[(ResourceId, i64)],
+    users: &[(UserId, i64)],
 ) -> Vec<(String, i64)> {
     let mut keys: Vec<(String, i64)> = Vec::new();
     for e in events {
@@ -232,6 +234,9 @@ pub fn invalidations(
     }
     for (r, v) in resources {
         keys.push((resource(*r), *v));
+    }
+    for (u, v) in users {
+        keys.push((user_profile(*u), *v));
     }
     keys.sort();
     keys.reverse();
@@ -281,7 +286,8 @@ mod tests {
                 calendar_version: 11,
             },
         ];
-        let keys = invalidations(&events, &[(c, 11)], &[]);
+        let keys = invalidations(&events, &[(c, 11)], &[], &[(UserId(4), 2)]);
+        assert!(keys.contains(&("v1:user:4:profile".to_owned(), 2)));
         let summary: Vec<_> = keys
             .iter()
             .filter(|(k, _)| k == "v1:calendar:1:summary")
@@ -289,7 +295,7 @@ mod tests {
         assert_eq!(summary, vec![&("v1:calendar:1:summary".to_owned(), 11)]);
         assert!(keys.contains(&("v1:event:7:attendees".to_owned(), 3)));
         assert!(keys.contains(&("v1:event:8:full".to_owned(), 1)));
-        assert_eq!(keys.len(), 7);
+        assert_eq!(keys.len(), 8);
     }
 
     fn t(y: i32, m: u32, d: u32) -> DateTime<Utc> {

@@ -6,6 +6,7 @@
 //! | `DATABASE_URL` | PostgreSQL URL; the database is created if missing | `postgres://postgres@127.0.0.1:5432/calendar` |
 //! | `LISTEN_ADDR` | address to serve on | `127.0.0.1:8080` |
 //! | `JWT_SECRET` | HS256 secret for bearer tokens (required outside dev mode, ≥ 32 bytes) | a fixed dev secret in dev mode |
+//! | `ADMIN_TOKEN` | operator secret for `POST /admin/purge` (header `x-admin-token`, ≥ 16 bytes); unset: the admin endpoints answer 403 | unset |
 //! | `CAL_ENV` | `dev` (GraphiQL, introspection, pretty logs) or `prod` | `dev` |
 //! | `DB_MAX_CONNECTIONS` | pool size | `20` |
 //! | `MAX_WINDOW_DAYS` | longest `from..to` window | `62` |
@@ -50,6 +51,8 @@ pub struct Settings {
     pub listen_addr: String,
     #[serde(serialize_with = "no_secret")]
     pub jwt_secret: Option<SecretString>,
+    #[serde(serialize_with = "no_secret")]
+    pub admin_token: Option<SecretString>,
     pub cal_env: String,
     pub db_max_connections: u32,
     pub max_window_days: i64,
@@ -93,6 +96,7 @@ impl Default for Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/calendar".into(),
             listen_addr: "127.0.0.1:8080".into(),
             jwt_secret: None,
+            admin_token: None,
             cal_env: "dev".into(),
             db_max_connections: 20,
             max_window_days: 62,
@@ -141,6 +145,7 @@ impl Settings {
             "DATABASE_URL",
             "LISTEN_ADDR",
             "JWT_SECRET",
+            "ADMIN_TOKEN",
             "CAL_ENV",
             "DB_MAX_CONNECTIONS",
             "MAX_WINDOW_DAYS",
@@ -274,6 +279,11 @@ impl Settings {
         c.max_complexity = self.max_complexity;
         c.max_batch = self.max_batch;
         c.max_body_bytes = self.max_body_bytes;
+        c.admin_token = match &self.admin_token {
+            Some(t) if t.expose_secret().len() >= 16 => Some(t.clone()),
+            Some(_) => bail!("ADMIN_TOKEN must be at least 16 bytes"),
+            None => None,
+        };
         Ok(c)
     }
 }

@@ -4,6 +4,8 @@
 //! - `migrate`: apply migrations;
 //! - `seed`: write deterministic demo or large-scale data;
 //! - `token`: mint a bearer token for a user (or fixtures for load tests);
+//! - `purge`: drop cached copies of a calendar, event, user or resource (or of everything) on every
+//!   instance and in Redis, through the change log;
 //! - `print-schema`: print the GraphQL SDL (what `schema.graphql` holds).
 //!
 //! Configuration: see [`config`]; logs and traces: see [`telemetry`]. This is the only crate that
@@ -70,6 +72,26 @@ enum Cmd {
         #[arg(long, default_value_t = 24)]
         ttl_hours: i64,
     },
+    /// Drop cached copies on every instance and in Redis, through the change log (a purge is
+    /// a change-log row: the instances' relays tombstone Redis and publish it like any write).
+    #[command(group(clap::ArgGroup::new("scope").required(true)))]
+    Purge {
+        /// A calendar: its summary, its month views and every event in it.
+        #[arg(long, group = "scope")]
+        calendar: Option<i64>,
+        /// An event (a series with its overrides).
+        #[arg(long, group = "scope")]
+        event: Option<i64>,
+        /// A user's profile.
+        #[arg(long, group = "scope")]
+        user: Option<i64>,
+        /// A resource and its availability.
+        #[arg(long, group = "scope")]
+        resource: Option<i64>,
+        /// Every cached value.
+        #[arg(long, group = "scope")]
+        all: bool,
+    },
     /// Print the GraphQL schema (SDL).
     PrintSchema,
 }
@@ -81,7 +103,10 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     // Logs and traces; the trace exporter needs the runtime, and is flushed before it goes.
-    let telemetry = if matches!(cli.cmd, Cmd::PrintSchema | Cmd::Token { .. }) {
+    let telemetry = if matches!(
+        cli.cmd,
+        Cmd::PrintSchema | Cmd::Token { .. } | Cmd::Purge { .. }
+    ) {
         None
     } else {
         let _runtime = rt.enter();
@@ -122,6 +147,43 @@ fn main() -> Result<()> {
                         anyhow::bail!("give a user id (`calendar token 1`) or --calendar-owners N")
                     }
                 }
+            }
+            Cmd::Purge {
+                calendar,
+                event,
+                user,
+                resource,
+                all,
+            } => {
+                use cal_storage::PurgeScope;
+                let positive = |id: i64| {
+                    (id > 0)
+                        .then_some(id)
+                        .context("ids are positive integers")
+                };
+                let scope = match (calendar, event, user, resource, all) {
+                    (Some(id), ..) => PurgeScope::Calendar(cal_domain::CalendarId(positive(id)?)),
+                    (_, Some(id), ..) => PurgeScope::Event(cal_domain::EventId(positive(id)?)),
+                    (_, _, Some(id), ..) => PurgeScope::User(UserId(positive(id)?)),
+                    (_, _, _, Some(id), _) => {
+                        PurgeScope::Resource(cal_domain::ResourceId(positive(id)?))
+                    }
+                    _ => PurgeScope::All,
+                };
+                let store = serve::connect_and_migrate(&settings).await?;
+                let purged = store
+                    .purge(scope)
+                    .await
+                    .with_context(|| format!("purging {scope:?}"))?;
+                println!(
+                    "{}",
+                    serde_json::json!({ "outboxId": purged.outbox_id, "facts": purged.facts })
+                );
+                eprintln!(
+                    "purge recorded as change-log row {}; every instance's relay publishes it within its grace period",
+                    purged.outbox_id
+                );
+                Ok(())
             }
             Cmd::PrintSchema => {
                 let config = cal_api::ApiConfig::new(config::DEV_JWT_SECRET);

@@ -180,6 +180,10 @@ pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
     tracing::info!(%addr, dev_mode = api.dev_mode, "serving GraphQL on /graphql");
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let (tiers, registry) = build_tiers(&settings).await?;
+    tiers
+        .load_purge_generation(&store)
+        .await
+        .context("reading the newest purge from the change log")?;
     let state = AppState::new(store, api, tiers.clone(), registry);
     spawn_warming(&settings, tiers, state.store.clone());
     let app = router(state);

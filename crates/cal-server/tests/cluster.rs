@@ -865,3 +865,101 @@ async fn a_writer_that_exits_after_a_redis_outage_leaves_redis_repaired() {
     )
     .await;
 }
+
+async fn title(c: &Cluster, inst: &Instance, token: &str, ev: EventId) -> String {
+    const TITLE: &str = "query($e: ID!) { event(id: $e) { title } }";
+    let (body, _) = gql(
+        &c.client,
+        inst,
+        token,
+        None,
+        TITLE,
+        json!({ "e": ev.to_string() }),
+    )
+    .await;
+    body["data"]["event"]["title"]
+        .as_str()
+        .unwrap_or_else(|| panic!("read failed: {body}"))
+        .to_owned()
+}
+
+/// Runs `calendar purge ARGS` against the cluster's database; answers its change-log row id.
+fn cli_purge(c: &Cluster, args: &[&str]) -> i64 {
+    let url = &c
+        .base_env
+        .iter()
+        .find(|(k, _)| k == "DATABASE_URL")
+        .unwrap()
+        .1;
+    let out = Command::new(BIN)
+        .arg("purge")
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "calendar purge {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    answer["outboxId"].as_i64().unwrap()
+}
+
+/// `calendar purge` from a separate process reaches every instance and Redis: an instance with
+/// L1 and one without (Redis and the shared response tier) both stop serving copies the
+/// operator changed by hand, for one event and then for everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calendar_purge_reaches_every_instance_and_redis() {
+    let c = Arc::new(Cluster::new(2).await);
+    let a = Instance::spawn(c.env(&[("RELAY_GRACE_MS", "300")]), "a");
+    let b = Instance::spawn(
+        c.env(&[("CACHE_L1", "false"), ("RELAY_GRACE_MS", "300")]),
+        "b",
+    );
+    a.wait_ready(&c.client).await;
+    b.wait_ready(&c.client).await;
+    a.wait_trusting_l1(&c.client).await;
+    let token = c.token();
+    let (a, b) = (&a, &b);
+    for (scope, ev, new) in [
+        (
+            vec!["--event".to_owned(), c.events[0].to_string()],
+            c.events[0],
+            "purged event",
+        ),
+        (vec!["--all".to_owned()], c.events[1], "purged everything"),
+    ] {
+        for inst in [a, b] {
+            title(&c, inst, &token, ev).await;
+            let old = title(&c, inst, &token, ev).await;
+            assert_ne!(old, new);
+        }
+        sqlx::query("UPDATE events SET title = $2 WHERE id = $1")
+            .bind(ev.0)
+            .bind(new)
+            .execute(&c.db.pool)
+            .await
+            .unwrap();
+        for inst in [a, b] {
+            assert_ne!(
+                title(&c, inst, &token, ev).await,
+                new,
+                "served from a cache before the purge"
+            );
+        }
+        let args: Vec<&str> = scope.iter().map(String::as_str).collect();
+        cli_purge(&c, &args);
+        let deadline = Instant::now() + Duration::from_millis(300) + LIVENESS * 2;
+        for inst in [a, b] {
+            while title(&c, inst, &token, ev).await != new {
+                assert!(
+                    Instant::now() < deadline,
+                    "instance {} still serves the old title after `calendar purge {args:?}`",
+                    inst.port
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

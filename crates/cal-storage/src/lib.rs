@@ -8,6 +8,7 @@
 mod error;
 pub mod explain;
 mod outbox;
+mod purge;
 mod reads;
 mod rows;
 pub mod seed;
@@ -17,6 +18,7 @@ mod writes;
 pub use error::{Conflict, StorageError};
 pub use explain::seq_scans;
 pub use outbox::{ClaimedOutbox, OutboxRow};
+pub use purge::{PurgeScope, Purged};
 pub use reads::{VersionedList, WindowRows};
 pub use seed::{NoProgress, Progress, Scale, SeedSummary, UnknownScale};
 pub use sqlx::PgPool;
@@ -64,22 +66,35 @@ impl StoreStats {
     }
 }
 
-/// What one committed write changed: the events (with their new versions) and the calendars
-/// whose version (cache generation) it bumped.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What one committed write changed: the events (with their new versions), the calendars whose
+/// version (cache generation) it bumped, the resources and users whose version moved, and
+/// whether it was a purge of everything. It is written, as facts and never as cache keys, into
+/// the transaction's change-log (outbox) row (`payload.changed`), from which every instance's
+/// relay and consumer derive what to invalidate.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ChangeSet {
     pub events: Vec<cal_domain::cache_keys::EventChange>,
     pub calendars: Vec<(cal_domain::CalendarId, i64)>,
     /// The resources booked by the changed events, with their bookings version after the commit
     /// (bumped by the database whenever a reservation of theirs changed).
     pub resources: Vec<(cal_domain::ResourceId, i64)>,
-    /// The transaction's outbox row (it carries the same invalidations, durably).
+    /// Users whose profile version moved (a purge of the user).
+    pub users: Vec<(cal_domain::UserId, i64)>,
+    /// A purge of every cached value: the new purge generation (the row's own id).
+    pub purge_all: Option<i64>,
+    /// The transaction's outbox row (it carries the same facts, durably).
+    #[serde(skip)]
     pub outbox_id: Option<i64>,
 }
 
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.calendars.is_empty()
+        self.events.is_empty()
+            && self.calendars.is_empty()
+            && self.resources.is_empty()
+            && self.users.is_empty()
+            && self.purge_all.is_none()
     }
 }
 

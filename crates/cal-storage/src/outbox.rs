@@ -1,13 +1,15 @@
-//! The outbox side of the invalidation relay. Every write transaction appends one row whose
-//! payload lists the cache keys it made stale (`payload.keys`, `[[key, version], …]`) and the
-//! instance that wrote it (`origin`). A relay claims rows with [`Store::claim_outbox`] — its own
+//! The change log (outbox) and the relay's side of it. Every write transaction appends one row
+//! whose payload records what happened (`payload.changes`: aggregate, id, kind of change, the
+//! time window it touches) and which facts moved to which version (`payload.changed`, a
+//! [`ChangeSet`]), plus the instance that wrote it (`origin`). Cache keys are derived from it by
+//! whoever reads it; this crate never knows them. A relay claims rows with [`Store::claim_outbox`] — its own
 //! instance's rows at once, anybody's once they have waited longer than a grace period (their
 //! writer died between commit and publish) — writes their L2 tombstones, publishes them in id
 //! order and marks them with [`ClaimedOutbox::finish`]. Claimed rows stay locked (`FOR UPDATE SKIP LOCKED`) until then, so
 //! two relays never publish the same row at the same time, and a relay that dies mid-way leaves
 //! its rows to be claimed again: delivery is at least once, which invalidations tolerate.
 
-use crate::{StorageError, Store};
+use crate::{ChangeSet, StorageError, Store};
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row, Transaction};
 use std::time::Duration;
@@ -16,8 +18,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
     pub id: i64,
-    /// `(key, new_version)` pairs the transaction made stale.
-    pub keys: Vec<(String, i64)>,
+    /// What the transaction changed (facts with their new versions, never cache keys); a purge
+    /// of everything carries this row's id as its generation.
+    pub changed: ChangeSet,
+    /// `(key, new_version)` pairs, in rows written before the change log recorded facts only.
+    pub legacy_keys: Vec<(String, i64)>,
     pub origin: Option<String>,
     /// When the row was written, right before its transaction committed.
     pub created_at: DateTime<Utc>,
@@ -59,9 +64,18 @@ impl Store {
             .iter()
             .map(|r| {
                 let payload: serde_json::Value = r.try_get("payload")?;
+                let id = r.try_get("id")?;
+                let mut changed: ChangeSet =
+                    serde_json::from_value(payload["changed"].clone()).unwrap_or_default();
+                if changed.purge_all.is_some() {
+                    changed.purge_all = Some(id);
+                }
+                changed.outbox_id = Some(id);
                 Ok(OutboxRow {
-                    id: r.try_get("id")?,
-                    keys: serde_json::from_value(payload["keys"].clone()).unwrap_or_default(),
+                    id,
+                    changed,
+                    legacy_keys: serde_json::from_value(payload["keys"].clone())
+                        .unwrap_or_default(),
                     origin: r.try_get("origin")?,
                     created_at: r.try_get("created_at")?,
                     trace_context: serde_json::from_value(payload["trace"].clone())
@@ -73,7 +87,8 @@ impl Store {
     }
 
     /// Deletes up to `limit` published rows written more than `retention` ago, oldest first,
-    /// and answers how many went. Unpublished rows are never pruned, whatever their age. Rows
+    /// and answers how many went. Unpublished rows are never pruned, whatever their age, nor are
+    /// purges of everything (an instance starting later reads the newest one's generation). Rows
     /// another transaction holds are skipped, so a prune never waits for (or blocks) a writer
     /// or a relay: writers only insert new rows, relays lock unpublished ones.
     pub async fn prune_outbox(&self, retention: Duration, limit: i64) -> Result<u64, StorageError> {
@@ -81,7 +96,7 @@ impl Store {
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let done = sqlx::query(
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-               WHERE published_at IS NOT NULL \
+               WHERE published_at IS NOT NULL AND event_type <> 'purge.all' \
                  AND created_at < clock_timestamp() - make_interval(secs => $1::float8 / 1000) \
                ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )
@@ -92,6 +107,17 @@ impl Store {
         .rows_affected();
         st.done(done as usize);
         Ok(done)
+    }
+
+    /// The newest purge of everything in the change log (its row id; 0: none).
+    pub async fn purge_generation(&self) -> Result<i64, StorageError> {
+        let st = self.statement("outbox.purge_generation");
+        let generation: Option<i64> =
+            sqlx::query_scalar("SELECT max(id) FROM outbox WHERE event_type = 'purge.all'")
+                .fetch_one(self.pool())
+                .await?;
+        st.done(1);
+        Ok(generation.unwrap_or(0))
     }
 
     /// The change log's size: `(rows, age of the oldest row)`, for metrics.

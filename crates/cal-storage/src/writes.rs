@@ -73,7 +73,7 @@ pub struct EventPatch {
 /// the commit (and only then).
 pub(crate) struct WriteTx {
     tx: Transaction<'static, Postgres>,
-    changes: ChangeSet,
+    pub(crate) changes: ChangeSet,
     /// What happened, one record per change; written as the transaction's outbox row.
     records: Vec<serde_json::Value>,
 }
@@ -92,7 +92,7 @@ impl std::ops::DerefMut for WriteTx {
 }
 
 impl Store {
-    async fn begin(&self) -> Result<WriteTx> {
+    pub(crate) async fn begin(&self) -> Result<WriteTx> {
         Ok(WriteTx {
             tx: self.pool().begin().await?,
             changes: ChangeSet::default(),
@@ -102,14 +102,10 @@ impl Store {
 
     /// Appends the transaction's outbox row (what happened and the cache keys it made stale),
     /// commits, then tells the sink (cache invalidation) what changed, before the caller answers.
-    async fn commit(&self, mut tx: WriteTx) -> Result<()> {
+    /// Answers the transaction's outbox row id (`None`: it changed nothing).
+    pub(crate) async fn commit(&self, mut tx: WriteTx) -> Result<Option<i64>> {
         if !tx.records.is_empty() || !tx.changes.is_empty() {
             self.record_resources(&mut tx).await?;
-            let keys = cal_domain::cache_keys::invalidations(
-                &tx.changes.events,
-                &tx.changes.calendars,
-                &tx.changes.resources,
-            );
             let first = tx.records.first().cloned().unwrap_or_default();
             let st = self.statement("outbox.insert");
             let id: i64 = sqlx::query_scalar(
@@ -121,7 +117,7 @@ impl Store {
             .bind(first["type"].as_str().unwrap_or("changed"))
             .bind(json!({
                 "changes": tx.records,
-                "keys": keys,
+                "changed": tx.changes,
                 "trace": self.trace_context.as_deref().cloned().unwrap_or_default(),
             }))
             .bind(self.origin.as_deref())
@@ -129,6 +125,10 @@ impl Store {
             .await?;
             st.done(1);
             tx.changes.outbox_id = Some(id);
+            if tx.changes.purge_all.is_some() {
+                // A purge's generation is its own row id (see `OutboxRow::changed`).
+                tx.changes.purge_all = Some(id);
+            }
         }
         tx.tx.commit().await?;
         if let Some(sink) = &self.sink
@@ -137,7 +137,7 @@ impl Store {
             let token = sink.committed(&tx.changes).await;
             self.record_commit_token(token);
         }
-        Ok(())
+        Ok(tx.changes.outbox_id)
     }
 
     /// The resources that the changed events book or booked, with their bookings version as this
@@ -166,7 +166,11 @@ impl Store {
     }
 
     /// Bumps the calendar's version (its cache generation) and records the change.
-    async fn touch_calendar(&self, tx: &mut WriteTx, calendar: CalendarId) -> Result<i64> {
+    pub(crate) async fn touch_calendar(
+        &self,
+        tx: &mut WriteTx,
+        calendar: CalendarId,
+    ) -> Result<i64> {
         // One bump per transaction is enough: the generation only has to differ from the one
         // readers saw before the commit.
         if let Some((_, v)) = tx.changes.calendars.iter().find(|(c, _)| *c == calendar) {
@@ -186,7 +190,7 @@ impl Store {
     }
 
     /// Records that `ev` (as now stored) changed, bumping its calendar's generation.
-    async fn record_event(&self, tx: &mut WriteTx, ev: &Event) -> Result<()> {
+    pub(crate) async fn record_event(&self, tx: &mut WriteTx, ev: &Event) -> Result<()> {
         let calendar_version = self.touch_calendar(tx, ev.calendar_id).await?;
         tx.changes.events.retain(|c| c.event != ev.id);
         tx.changes.events.push(EventChange {
@@ -200,7 +204,7 @@ impl Store {
 
     /// Records what happened; [`Store::commit`] writes the transaction's records as its one
     /// outbox row.
-    async fn outbox(
+    pub(crate) async fn outbox(
         &self,
         tx: &mut WriteTx,
         aggregate: &str,

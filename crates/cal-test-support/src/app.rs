@@ -86,6 +86,10 @@ impl TestApp {
             Default::default(),
             db.name.clone(),
         ));
+        tiers
+            .load_purge_generation(&Store::new(db.pool.clone()))
+            .await
+            .expect("the change log is readable");
         let state = AppState::new(Store::new(db.pool.clone()), config, tiers.clone(), registry);
         let store = state.store.clone();
         let config = state.config.clone();

@@ -1,0 +1,157 @@
+//! Operator purges: drop cached copies of some facts (or of everything) on every instance and in
+//! Redis, through the change log like any other write.
+//!
+//! A purge of an event, a calendar, a user or a resource is a transaction that moves the
+//! versions of what it names (content is left as it is) and records them in the change log: the
+//! ordinary path then tombstones the old versions in L1 and L2 on every instance, and a fill of
+//! an older copy is refused. A purge of everything is a change-log row marked `purge_all`; its id
+//! becomes the purge generation that every instance folds into its Redis key namespace (nothing
+//! old is read again, with no KEYS or SCAN) and that clears every L1.
+
+use crate::{StorageError, Store};
+use cal_domain::cache_keys::EventChange;
+use cal_domain::{CalendarId, EventId, ResourceId, UserId};
+use serde_json::json;
+
+/// What a purge drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeScope {
+    /// An event, with its overrides when it is a series (its details, attendees, bookings).
+    Event(EventId),
+    /// A calendar and every event in it (summary, month views, events).
+    Calendar(CalendarId),
+    /// A user's profile.
+    User(UserId),
+    /// A resource and its availability.
+    Resource(ResourceId),
+    /// Every cached value.
+    All,
+}
+
+impl PurgeScope {
+    fn label(self) -> (&'static str, i64) {
+        match self {
+            PurgeScope::Event(id) => ("event", id.0),
+            PurgeScope::Calendar(id) => ("calendar", id.0),
+            PurgeScope::User(id) => ("user", id.0),
+            PurgeScope::Resource(id) => ("resource", id.0),
+            PurgeScope::All => ("all", 0),
+        }
+    }
+}
+
+/// What a committed purge did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purged {
+    /// Its change-log row.
+    pub outbox_id: i64,
+    /// How many facts (events, calendars, users, resources) it moved to a new version.
+    pub facts: usize,
+}
+
+impl Store {
+    /// Purges `scope`; [`StorageError::NotFound`] when it names nothing that exists.
+    pub async fn purge(&self, scope: PurgeScope) -> Result<Purged, StorageError> {
+        let mut tx = self.begin().await?;
+        let mut facts = 0;
+        match scope {
+            PurgeScope::Event(id) => {
+                let rows = self
+                    .purge_events(&mut tx, "id = $1 OR recurring_event_id = $1", id.0)
+                    .await?;
+                if rows.is_empty() {
+                    return Err(StorageError::NotFound);
+                }
+                facts += self.record_purged_events(&mut tx, &rows).await?;
+            }
+            PurgeScope::Calendar(id) => {
+                // The calendar first: a calendar that does not exist is not found.
+                self.touch_calendar(&mut tx, id).await?;
+                facts += 1;
+                let rows = self.purge_events(&mut tx, "calendar_id = $1", id.0).await?;
+                facts += self.record_purged_events(&mut tx, &rows).await?;
+            }
+            PurgeScope::User(id) => {
+                let st = self.statement("users.purge");
+                let version: Option<i64> = sqlx::query_scalar(
+                    "UPDATE users SET version = version + 1 WHERE id = $1 RETURNING version",
+                )
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+                st.done(version.is_some() as usize);
+                let version = version.ok_or(StorageError::NotFound)?;
+                tx.changes.users.push((id, version));
+                facts += 1;
+            }
+            PurgeScope::Resource(id) => {
+                let st = self.statement("resources.purge");
+                let version: Option<i64> = sqlx::query_scalar(
+                    "UPDATE resources SET bookings_version = bookings_version + 1 WHERE id = $1 \
+                     RETURNING bookings_version",
+                )
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+                st.done(version.is_some() as usize);
+                let version = version.ok_or(StorageError::NotFound)?;
+                tx.changes.resources.push((id, version));
+                facts += 1;
+            }
+            PurgeScope::All => {
+                // The generation is the row's id, set when the row is written.
+                tx.changes.purge_all = Some(0);
+            }
+        }
+        let (kind, id) = scope.label();
+        self.outbox(
+            &mut tx,
+            "purge",
+            id,
+            &format!("purge.{kind}"),
+            json!({ "scope": kind, "id": id }),
+        )
+        .await?;
+        let outbox_id = self.commit(tx).await?.unwrap_or(0);
+        Ok(Purged { outbox_id, facts })
+    }
+
+    /// Moves the version of every event matching `filter` (with `$1` bound to `id`), deleted
+    /// or not: a cached deletion is a cached fact too. Answers (event, new version, calendar).
+    async fn purge_events(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        filter: &'static str,
+        id: i64,
+    ) -> Result<Vec<(i64, i64, i64)>, StorageError> {
+        let st = self.statement("events.purge");
+        let sql = format!(
+            "UPDATE events SET version = version + 1 WHERE {filter} \
+             RETURNING id, version, calendar_id"
+        );
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_all(conn)
+            .await?;
+        st.done(rows.len());
+        Ok(rows)
+    }
+
+    async fn record_purged_events(
+        &self,
+        tx: &mut crate::writes::WriteTx,
+        rows: &[(i64, i64, i64)],
+    ) -> Result<usize, StorageError> {
+        for (event, version, calendar) in rows {
+            let calendar = CalendarId(*calendar);
+            let calendar_version = self.touch_calendar(tx, calendar).await?;
+            tx.changes.events.push(EventChange {
+                event: EventId(*event),
+                event_version: *version,
+                calendar,
+                calendar_version,
+            });
+        }
+        Ok(rows.len())
+    }
+}
