@@ -17,6 +17,8 @@ pub struct ApiConfig {
     pub default_page_size: usize,
     /// Deepest selection set.
     pub max_depth: usize,
+    /// Most aliased fields in one document (counted before execution).
+    pub max_aliases: usize,
     /// Highest complexity (list fields multiply their children by `first`).
     pub max_complexity: usize,
     /// Most operations in one batched HTTP request.
@@ -46,6 +48,7 @@ impl ApiConfig {
             max_page_size: 200,
             default_page_size: 50,
             max_depth: 12,
+            max_aliases: 30,
             max_complexity: 20_000,
             max_batch: 10,
             max_body_bytes: 256 * 1024,

@@ -53,7 +53,7 @@ pub const MAX_OPERATIONS: usize = 200;
 /// The `code` label of an error without `extensions.code`.
 pub const UNCODED: &str = "GRAPHQL_VALIDATION_FAILED";
 /// Every `extensions.code` the API gives (their series start at zero).
-pub const CODES: [&str; 8] = [
+pub const CODES: [&str; 10] = [
     "BAD_USER_INPUT",
     "NOT_FOUND",
     "FORBIDDEN",
@@ -61,6 +61,8 @@ pub const CODES: [&str; 8] = [
     "VERSION_CONFLICT",
     "RESOURCE_CONFLICT",
     "QUERY_TOO_COMPLEX",
+    "GRAPHQL_PARSE_FAILED",
+    "GRAPHQL_VALIDATION_FAILED",
     "INTERNAL_SERVER_ERROR",
 ];
 

@@ -319,3 +319,96 @@ async fn malformed_requests_do_not_crash() {
         .await
         .data();
 }
+
+/// Errors raised before execution carry a code too, outside dev mode they suggest nothing, and
+/// a document with too many aliases is refused before any field resolves.
+#[tokio::test]
+async fn request_errors_have_codes_and_no_suggestions_and_aliases_are_bounded() {
+    let (app, w) = setup().await;
+    let me = Some(w.owner.id);
+    let q = "query($f: DateTime!) { calendar(id: \"1\") { events(from: $f, to: \"2026-12-01T00:00:00Z\") { edges { node { id } } } } }";
+    let resp = app
+        .gql(me, q, json!({ "f": "the first of november" }))
+        .await;
+    assert_eq!(
+        resp.code(),
+        "BAD_USER_INPUT",
+        "a malformed DateTime variable: {}",
+        resp.0
+    );
+    let resp = app
+        .gql(me, "{ calendar(id: \"1\") { events(from: \"yesterday\", to: \"2026-12-01T00:00:00Z\") { edges { node { id } } } } }", json!({}))
+        .await;
+    assert_eq!(
+        resp.code(),
+        "BAD_USER_INPUT",
+        "a malformed DateTime literal: {}",
+        resp.0
+    );
+    let resp = app.gql(me, "{ me { nam } }", json!({})).await;
+    assert_eq!(resp.code(), "GRAPHQL_VALIDATION_FAILED", "{}", resp.0);
+    assert!(
+        !resp.message().contains("Did you mean"),
+        "no suggestions outside dev mode: {}",
+        resp.message()
+    );
+    let resp = app
+        .gql(
+            me,
+            "query($x: ID!) { me { id } calendar(id: $y) { id } }",
+            json!({ "x": "1" }),
+        )
+        .await;
+    assert_eq!(resp.code(), "GRAPHQL_VALIDATION_FAILED", "{}", resp.0);
+    let resp = app.gql(me, "{ me { id ", json!({})).await;
+    assert_eq!(resp.code(), "GRAPHQL_PARSE_FAILED", "{}", resp.0);
+    // Only the depth limit: shallow enough for complexity, one level too deep.
+    let mut deep = "id".to_owned();
+    for _ in 0..3 {
+        deep = format!(
+            "calendar {{ events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\", first: 1) {{ edges {{ node {{ {deep} }} }} }} }}"
+        );
+    }
+    let resp = app
+        .gql(
+            me,
+            &format!("{{ event(id: \"1\") {{ {deep} }} }}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(resp.code(), "QUERY_TOO_COMPLEX", "{}", resp.0);
+    // Aliases: the bound passes, one more is refused, whatever the fields cost.
+    let aliased = |n: usize| {
+        let fields: String = (0..n)
+            .map(|i| format!(" c{i}: calendar(id: \"{}\") {{ id }}", w.calendar))
+            .collect();
+        format!("{{{fields} }}")
+    };
+    let resp = app
+        .gql(me, &aliased(app.config.max_aliases), json!({}))
+        .await;
+    assert_eq!(
+        resp.0["data"]["c0"]["id"],
+        w.calendar.to_string(),
+        "{}",
+        resp.0
+    );
+    let resp = app.gql(me, &aliased(1000), json!({})).await;
+    assert_eq!(resp.code(), "QUERY_TOO_COMPLEX", "{}", resp.0);
+    assert!(resp.0["data"].is_null(), "nothing was executed: {}", resp.0);
+    assert_eq!(resp.sql_statements(), 0, "refused before any load");
+}
+
+/// In dev mode the validation hints stay (they help whoever writes the queries).
+#[tokio::test]
+async fn dev_mode_keeps_suggestions() {
+    let app = TestApp::spawn_with(|c| c.dev_mode = true).await;
+    let user = app.user("Dev").await;
+    let resp = app.gql(Some(user.id), "{ me { nam } }", json!({})).await;
+    assert_eq!(resp.code(), "GRAPHQL_VALIDATION_FAILED");
+    assert!(
+        resp.message().contains("Did you mean"),
+        "{}",
+        resp.message()
+    );
+}

@@ -11,7 +11,7 @@
 //! | `DB_MAX_CONNECTIONS` | pool size | `20` |
 //! | `MAX_WINDOW_DAYS` | longest `from..to` window | `62` |
 //! | `MAX_PAGE_SIZE` | largest `first` | `200` |
-//! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `10`, `262144` |
+//! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_ALIASES`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `30`, `10`, `262144` |
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may drain on SIGTERM | `20` |
 //! | `REDIS_URL` | Redis for the L2 cache; unset means L1 only | unset |
 //! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
@@ -58,6 +58,7 @@ pub struct Settings {
     pub max_window_days: i64,
     pub max_page_size: usize,
     pub max_depth: usize,
+    pub max_aliases: usize,
     pub max_complexity: usize,
     pub max_batch: usize,
     pub max_body_bytes: usize,
@@ -102,6 +103,7 @@ impl Default for Settings {
             max_window_days: 62,
             max_page_size: 200,
             max_depth: 12,
+            max_aliases: 30,
             max_complexity: 20_000,
             max_batch: 10,
             max_body_bytes: 256 * 1024,
@@ -151,6 +153,7 @@ impl Settings {
             "MAX_WINDOW_DAYS",
             "MAX_PAGE_SIZE",
             "MAX_DEPTH",
+            "MAX_ALIASES",
             "MAX_COMPLEXITY",
             "MAX_BATCH",
             "MAX_BODY_BYTES",
@@ -276,6 +279,7 @@ impl Settings {
         c.max_window = chrono::Duration::days(self.max_window_days);
         c.max_page_size = self.max_page_size;
         c.max_depth = self.max_depth;
+        c.max_aliases = self.max_aliases;
         c.max_complexity = self.max_complexity;
         c.max_batch = self.max_batch;
         c.max_body_bytes = self.max_body_bytes;

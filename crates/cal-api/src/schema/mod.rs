@@ -42,9 +42,11 @@ fn builder(
         .limit_depth(config.max_depth)
         .limit_complexity(config.max_complexity)
         .limit_recursive_depth(64)
+        .limit_aliases(config.max_aliases)
         .data(config.clone());
     if !config.dev_mode {
-        builder = builder.disable_introspection();
+        // Neither the schema nor "Did you mean …" hints for strangers.
+        builder = builder.disable_introspection().disable_suggestions();
     }
     builder
 }
