@@ -11,7 +11,7 @@
 //!   ones, become labels; the rest are `other`); `outcome` is `error` when any operation answered
 //!   an error (or the request was rejected before it was read), `ok` otherwise;
 //! - `cal_graphql_errors_total{code}`, one per error, by `extensions.code`
-//!   ([`UNCODED`] when the error has none: parse and validation errors);
+//!   ([`UNCODED`] for an error that has none; every error the API answers has one);
 //! - `cal_db_statements_per_request`: the request's SQL statements (0 for answers from the
 //!   whole-response cache).
 //!

@@ -113,7 +113,8 @@ async fn graphql_metrics_follow_operations_and_errors() {
         )
     };
     assert_eq!(errors("UNAUTHENTICATED"), Some(1.0), "{text}");
-    assert_eq!(errors("GRAPHQL_VALIDATION_FAILED"), Some(1.0), "{text}");
+    assert_eq!(errors("GRAPHQL_PARSE_FAILED"), Some(1.0), "{text}");
+    assert_eq!(errors("GRAPHQL_VALIDATION_FAILED"), Some(0.0), "{text}");
     assert_eq!(
         errors("NOT_FOUND"),
         Some(0.0),

@@ -104,3 +104,89 @@ async fn without_redis_the_service_runs_on_l1_alone() {
     assert_eq!(warm.sql_statements(), 0);
     assert!(!app.tiers.cache.status().l2_enabled);
 }
+
+/// Whatever Redis holds under the service's keys (empty, truncated, random or a wrong header),
+/// a read treats it as a miss: correct answers from the database, never a panic or a 500.
+#[tokio::test]
+async fn garbage_in_redis_is_a_miss_never_a_panic() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let app = TestApp::spawn_full(
+        |_| {},
+        |c| {
+            c.redis_url = Some(url);
+            c.l1_enabled = false;
+        },
+    )
+    .await;
+    let w = world(&app, 6, 2).await;
+    let me = Some(w.owner.id);
+    let truth = app
+        .gql(me, MONTH_VIEW, month_vars(w.calendar))
+        .await
+        .data()
+        .clone();
+    let warm = app.gql(me, MONTH_VIEW, month_vars(w.calendar)).await;
+    assert!(from_redis(&warm), "the second read came from Redis");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let keys: Vec<String> = cli(&["--scan", "--pattern", "*"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        keys.len() > 10,
+        "the service cached under many keys: {keys:?}"
+    );
+    let garbage: [&[u8]; 7] = [
+        b"",
+        b"V",
+        b"V12",
+        b"V12:",
+        b"T",
+        b"V1:0:0:\xff\xfe\x00\x01",
+        b"\x00\x01\x02 not a value at all",
+    ];
+    for (round, bad) in garbage.iter().enumerate() {
+        for key in &keys {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &redis.port.to_string(), "-x", "SET", key])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write;
+                    child.stdin.take().unwrap().write_all(bad)?;
+                    child.wait()
+                })
+                .unwrap();
+            assert!(out.success());
+        }
+        for _ in 0..2 {
+            let (status, body) = app
+                .post_raw(
+                    me,
+                    json!({ "query": MONTH_VIEW, "variables": month_vars(w.calendar) }),
+                )
+                .await;
+            assert_eq!(status, 200, "round {round}: {body}");
+            assert_eq!(body["data"], truth, "round {round}: {body}");
+        }
+        let ev = w.events[0].id.to_string();
+        let r = app
+            .gql(
+                me,
+                "query($e: ID!) { event(id: $e) { id title } }",
+                json!({ "e": ev }),
+            )
+            .await;
+        assert_eq!(r.data()["event"]["id"], ev, "round {round}");
+    }
+}
