@@ -15,6 +15,8 @@
 //             1/(i+1)^s, so the first items are hot; unset: uniform
 //   DEBUG_STATS  `0`: do not send `x-debug-stats` (the per-request figures below are then absent;
 //             read the server's /metrics instead); default: send it
+//   ADMIN_TOKEN  the server's operator secret, sent as `x-admin-token` with `x-debug-stats`: outside
+//             dev mode the server adds the figures only for it
 //   WRITE_RATIO  share of iterations (e.g. 0.01) that write instead of only reading: they read the
 //             month view of their calendar (counted as a read), then rename one of its events
 //             with `updateEvent`; unset: 0 (reads only)
@@ -148,7 +150,11 @@ function send(f, payload, name) {
     'Content-Type': 'application/json',
     Authorization: `Bearer ${f.token}`,
   };
-  if (DEBUG_STATS) headers['x-debug-stats'] = '1';
+  if (DEBUG_STATS) {
+    headers['x-debug-stats'] = '1';
+    // Outside dev mode the figures are for operators only.
+    if (__ENV.ADMIN_TOKEN) headers['x-admin-token'] = __ENV.ADMIN_TOKEN;
+  }
   return http.post(`${BASE_URL}/graphql`, JSON.stringify(payload), { headers, tags: { name } });
 }
 

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Only used against a local throwaway server; long enough for the server's minimum key length.
 const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret";
+/// The operator secret of benchmark servers (it unlocks `x-debug-stats` in prod mode).
+pub(crate) const ADMIN_TOKEN: &str = "bench-operator-token-bench";
 
 /// Which cache tiers the server runs with.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

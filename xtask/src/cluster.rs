@@ -385,6 +385,8 @@ impl Shared<'_> {
         let out = std::fs::File::create(&log)?;
         cmd.env("LISTEN_ADDR", &addr)
             .env("CAL_ENV", self.cal_env)
+            // The operator secret unlocks `x-debug-stats` (the bench's hit ratio) in prod.
+            .env("ADMIN_TOKEN", crate::bench::ADMIN_TOKEN)
             .env("KAFKA_BROKERS", self.brokers)
             .env("KAFKA_TOPIC", self.topic)
             .env("REDIS_URL", self.redis_url)
@@ -924,6 +926,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
                 .env("TO", &to)
                 .env("ZIPF", args.zipf.to_string())
                 .env("WRITE_RATIO", args.write_ratio.to_string())
+                .env("ADMIN_TOKEN", crate::bench::ADMIN_TOKEN)
                 .env("SUMMARY", summary),
         )?;
         Ok(serde_json::from_slice(

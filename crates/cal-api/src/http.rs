@@ -154,7 +154,12 @@ impl Caller {
             .and_then(|v| v.to_str().ok());
         let mut caller = Caller {
             viewer: state.verifier.viewer(auth),
-            debug: headers.contains_key(DEBUG_STATS_HEADER),
+            // Per-request figures tell whether something exists and whether others looked at
+            // it recently: outside dev mode only an operator gets them.
+            debug: headers.contains_key(DEBUG_STATS_HEADER)
+                && (state.config.dev_mode
+                    || crate::admin::is_operator(state.config.admin_token.as_ref(), headers)
+                        .is_ok()),
             encoding: Encoding::negotiate(
                 headers
                     .get(header::ACCEPT_ENCODING)
@@ -369,10 +374,12 @@ async fn graphql_handler(
         let value = stats_value(&stats, &cache_stats.snapshot(), responses.map(|_| false));
         match &mut resp {
             BatchResponse::Single(r) => {
-                r.extensions.insert("stats".to_owned(), value);
+                if !is_denied(r) {
+                    r.extensions.insert("stats".to_owned(), value);
+                }
             }
             BatchResponse::Batch(list) => {
-                for r in list {
+                for r in list.iter_mut().filter(|r| !is_denied(r)) {
                     r.extensions.insert("stats".to_owned(), value.clone());
                 }
             }
@@ -442,7 +449,7 @@ fn answer(
     cache_stats: &RequestStats,
     body: Bytes,
 ) -> Response {
-    if caller.debug {
+    if caller.debug && !is_denied_body(&body) {
         let value = stats_value(stats, &cache_stats.snapshot(), responses.map(|_| false));
         return json_response(with_stats(&body, &value));
     }
@@ -478,6 +485,32 @@ fn stats_value(
         v["responseCacheHit"] = hit.into();
     }
     async_graphql::Value::from_json(v).expect("a JSON object converts")
+}
+
+/// Codes of answers that must carry no figures: how much a denied request read would tell
+/// whether the thing exists, and whether someone else looked at it recently.
+const DENIED: [&str; 2] = ["FORBIDDEN", "UNAUTHENTICATED"];
+
+fn is_denied(resp: &GqlResponse) -> bool {
+    resp.errors.iter().any(|e| {
+        matches!(
+            e.extensions.as_ref().and_then(|x| x.get("code")),
+            Some(async_graphql::Value::String(code)) if DENIED.contains(&code.as_str())
+        )
+    })
+}
+
+/// The same for an answer already serialized (direct execution).
+fn is_denied_body(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| {
+        v["errors"].as_array().is_some_and(|errors| {
+            errors.iter().any(|e| {
+                e["extensions"]["code"]
+                    .as_str()
+                    .is_some_and(|c| DENIED.contains(&c))
+            })
+        })
+    })
 }
 
 /// `body` (a response object without extensions, `{"data":…}`) with `extensions.stats` added,

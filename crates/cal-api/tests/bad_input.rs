@@ -412,3 +412,63 @@ async fn dev_mode_keeps_suggestions() {
         resp.message()
     );
 }
+
+/// Outside dev mode `x-debug-stats` needs the operator secret, and a denied answer never carries
+/// figures (they would tell whether the thing exists and whether others read it recently).
+#[tokio::test]
+async fn debug_stats_are_for_operators_and_never_on_denied_answers() {
+    let (app, w) = setup().await;
+    let stranger = app.user("Stranger").await;
+    let ask = |user: UserId, admin: Option<&'static str>| {
+        let req = app
+            .client
+            .post(app.url("/graphql"))
+            .bearer_auth(app.token(user))
+            .header("x-debug-stats", "1")
+            .json(&json!({ "query": MONTH_VIEW, "variables": month_vars(w.calendar) }));
+        let req = match admin {
+            Some(t) => req.header("x-admin-token", t),
+            None => req,
+        };
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let owner = w.owner.id;
+    let body = ask(owner, None).await;
+    assert!(body["data"]["calendar"].is_object(), "{body}");
+    assert!(
+        body["extensions"]["stats"].is_null(),
+        "no figures without the secret: {body}"
+    );
+    let body = ask(owner, Some("not-the-operator-token")).await;
+    assert!(
+        body["extensions"]["stats"].is_null(),
+        "nor with a wrong one: {body}"
+    );
+    let body = ask(owner, Some(cal_test_support::TEST_ADMIN_TOKEN)).await;
+    assert!(
+        body["extensions"]["stats"]["sqlStatements"].is_number(),
+        "{body}"
+    );
+    // Denied, even for the operator's header (through the executor and direct execution alike).
+    let body = ask(stranger.id, Some(cal_test_support::TEST_ADMIN_TOKEN)).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
+    assert!(
+        body["extensions"]["stats"].is_null(),
+        "a denied answer carries no figures: {body}"
+    );
+    let q = "query($c: ID!) { calendar(id: $c) { name } }";
+    let (_, body) = app
+        .post_raw(
+            Some(stranger.id),
+            json!({ "query": q, "variables": { "c": w.calendar.to_string() } }),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
+    assert!(body["extensions"]["stats"].is_null(), "{body}");
+}

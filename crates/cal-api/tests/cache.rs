@@ -63,6 +63,7 @@ async fn warm_month_view_issues_no_sql_and_cold_path_is_unchanged() {
         .post(format!("http://{addr}/graphql"))
         .bearer_auth(app.token(w.owner.id))
         .header("x-debug-stats", "1")
+        .header("x-admin-token", cal_test_support::TEST_ADMIN_TOKEN)
         .json(&body)
         .send()
         .await

@@ -235,7 +235,7 @@ async fn the_admin_endpoint_refuses_strangers_and_bad_requests_with_codes() {
     assert_eq!(rows, 0, "nothing refused left a row");
 
     // Without a configured secret nobody gets in.
-    let closed = TestApp::spawn().await;
+    let closed = TestApp::spawn_with(|c| c.admin_token = None).await;
     let (s, v) = purge(&closed, Some(ADMIN), json!({ "all": true })).await;
     assert_eq!((s, code(&v).as_str()), (403, "FORBIDDEN"));
 }

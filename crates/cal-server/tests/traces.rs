@@ -11,7 +11,7 @@ use cal_cache::{CacheConfig, InProcessBus, TieredCache};
 use cal_domain::{EventStatus, ResourceKind, Transparency};
 use cal_server::telemetry::{self, TelemetryConfig};
 use cal_storage::{NewAttendee, NewEvent, NewReservation};
-use cal_test_support::{TEST_SECRET, TestApp};
+use cal_test_support::{TEST_ADMIN_TOKEN, TEST_SECRET, TestApp};
 use chrono::{Duration as Days, TimeZone, Utc};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -245,7 +245,9 @@ async fn month_view_traces_show_loaders_tiers_and_sql() {
         "traces".into(),
     ));
     let store = app.store.with_slow_statement_threshold(Duration::ZERO);
-    let state = AppState::new(store, ApiConfig::new(TEST_SECRET), tiers, registry);
+    let mut config = ApiConfig::new(TEST_SECRET);
+    config.admin_token = Some(secrecy::SecretString::from(TEST_ADMIN_TOKEN));
+    let state = AppState::new(store, config, tiers, registry);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, cal_api::router(state)).await.unwrap() });
@@ -259,6 +261,7 @@ async fn month_view_traces_show_loaders_tiers_and_sql() {
                 .post(format!("http://{addr}/graphql"))
                 .bearer_auth(token)
                 .header("x-debug-stats", "1")
+                .header("x-admin-token", TEST_ADMIN_TOKEN)
                 .header("traceparent", format!("00-{trace}-{PARENT_SPAN}-01"))
                 .json(&json!({ "query": MONTH_VIEW, "variables": vars }))
                 .send()

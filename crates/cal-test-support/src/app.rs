@@ -12,6 +12,10 @@ use std::sync::Arc;
 
 pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
+/// The operator secret every [`TestApp`] is configured with (`x-admin-token`): it unlocks
+/// `x-debug-stats` outside dev mode.
+pub const TEST_ADMIN_TOKEN: &str = "test-operator-token-0123456789";
+
 static SIBLINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 pub struct TestApp {
@@ -67,6 +71,7 @@ impl TestApp {
         tweak_cache: impl FnOnce(&mut CacheConfig),
     ) -> TestApp {
         let mut config = ApiConfig::new(TEST_SECRET);
+        config.admin_token = Some(secrecy::SecretString::from(TEST_ADMIN_TOKEN));
         tweak(&mut config);
         let mut cache_config = CacheConfig {
             redis_url: Some(
@@ -123,6 +128,7 @@ impl TestApp {
             .client
             .post(self.url("/graphql"))
             .header("x-debug-stats", "1")
+            .header(cal_api::admin::ADMIN_TOKEN_HEADER, TEST_ADMIN_TOKEN)
             .json(&body);
         if let Some(u) = user {
             req = req.bearer_auth(self.token(u));

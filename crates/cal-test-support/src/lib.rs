@@ -11,7 +11,7 @@ mod db;
 mod kafka;
 mod redis;
 
-pub use app::{Gql, TEST_SECRET, TestApp};
+pub use app::{Gql, TEST_ADMIN_TOKEN, TEST_SECRET, TestApp};
 pub use db::{TestDb, admin_url};
 pub use kafka::{KafkaBroker, tansu_bin};
 pub use redis::RedisServer;
