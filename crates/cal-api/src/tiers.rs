@@ -2,12 +2,12 @@
 //! per-kind TTLs, the change sink that turns committed writes into invalidations, the outbox
 //! relay, and the bus consumer that applies other instances' invalidations to this process's L1.
 //!
-//! Write order, as the consistency argument needs it: the transaction commits (with its outbox
-//! row) → L2 tombstones carrying the new versions → local L1 eviction → the relay publishes the
-//! outbox row on the bus. The mutation answers only after the L1 eviction and (bounded) the
-//! publish, whose stream position is its consistency token: the same instance never serves the
-//! old value, and another instance presented the token waits until it has applied the stream up
-//! to it.
+//! Write order, as the consistency argument needs it: the transaction commits (with its
+//! change-log row) → local L1 eviction → the relay writes the row's L2 tombstones, then publishes
+//! it on the bus (the writer tombstones L2 itself if no relay confirms in time). The mutation
+//! answers only after the L1 eviction and (bounded) the publish, whose stream position is its
+//! consistency token: the same instance never serves the old value, and another instance
+//! presented the token waits until it has applied the stream up to it.
 //!
 //! Bounded staleness: in Kafka mode every relay sends heartbeats, and [`Stream`] tracks the
 //! freshest message this instance applied. When that is older than the liveness bound (broker
