@@ -114,6 +114,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/admin/purge", axum::routing::post(crate::admin::purge))
+        // A panicking handler answers 500 with a coded GraphQL error instead of dropping the
+        // connection; it is logged and counted.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            PanicResponse::new(&state.registry),
+        ))
         // Responses that are not already encoded (from the response cache) are compressed per
         // request, so at the fastest setting.
         .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
@@ -121,6 +126,53 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
         .layer(crate::observe::layer(&state))
         .with_state(state)
+}
+
+/// What a panicking handler answers: 500 with `INTERNAL_SERVER_ERROR` and no detail (the panic
+/// message goes to the log only), counted in `cal_http_panics_total`.
+#[derive(Clone)]
+struct PanicResponse {
+    panics: prometheus::IntCounter,
+}
+
+impl PanicResponse {
+    fn new(registry: &prometheus::Registry) -> Self {
+        let panics = prometheus::IntCounter::new(
+            "cal_http_panics_total",
+            "Requests whose handler panicked (answered 500)",
+        )
+        .expect("a valid metric");
+        if let Err(e) = registry.register(Box::new(panics.clone())) {
+            tracing::warn!(error = %e, "cal_http_panics_total not registered");
+        }
+        Self { panics }
+    }
+}
+
+impl tower_http::catch_panic::ResponseForPanic for PanicResponse {
+    type ResponseBody = axum::body::Body;
+
+    fn response_for_panic(
+        &mut self,
+        err: Box<dyn std::any::Any + Send + 'static>,
+    ) -> axum::http::Response<Self::ResponseBody> {
+        let detail = err
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| err.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string panic".to_owned());
+        tracing::error!(panic = %detail, "a request handler panicked");
+        self.panics.inc();
+        let body = serde_json::json!({
+            "errors": [{ "message": "internal error", "extensions": { "code": "INTERNAL_SERVER_ERROR" } }]
+        });
+        let mut r = (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    }
 }
 
 /// A GraphQL answer that was not executed: a request error.
@@ -207,6 +259,11 @@ async fn graphql_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if state.tiers.failpoints().panic_in_handler
+        && headers.get("x-failpoint").is_some_and(|v| v == "panic")
+    {
+        panic!("failpoint panic-in-handler");
+    }
     let caller = match Caller::read(&state, &headers).await {
         Ok(c) => c,
         Err(resp) => return resp,

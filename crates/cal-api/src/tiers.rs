@@ -339,6 +339,11 @@ impl Tiers {
         Ok(())
     }
 
+    /// The armed failpoints.
+    pub fn failpoints(&self) -> Failpoints {
+        self.failpoints
+    }
+
     /// Arms failure injection (tests of crashes only).
     pub fn with_failpoints(self, failpoints: Failpoints) -> Self {
         if failpoints.kill_after_commit {
@@ -552,6 +557,8 @@ pub struct Failpoints {
     /// The process kills itself (SIGKILL) right after a write's commit, before any cache
     /// invalidation: its L1, its L2 tombstones and its relay never hear of the write.
     pub kill_after_commit: bool,
+    /// A GraphQL request carrying `x-failpoint: panic` panics in its handler.
+    pub panic_in_handler: bool,
 }
 
 impl Failpoints {
@@ -561,6 +568,7 @@ impl Failpoints {
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "kill-after-commit" => fp.kill_after_commit = true,
+                "panic-in-handler" => fp.panic_in_handler = true,
                 other => return Err(format!("unknown failpoint {other:?}")),
             }
         }

@@ -28,7 +28,7 @@
 //! | `CONSISTENCY_WAIT_MS` | how long a mutation waits for its invalidation's position, and a read for a presented token | `1000` |
 //! | `RELAY_ENABLED`, `RELAY_GRACE_MS` | run this instance's outbox relay; age at which it takes over others' unpublished rows | `true`, `1000` |
 //! | `OUTBOX_RETENTION_SECS`, `OUTBOX_PRUNE_INTERVAL_SECS` | how long published change-log (outbox) rows are kept (unpublished rows are never pruned); how often the pruner deletes older ones, in batches of 1,000 | `604800` (7 days), `60` |
-//! | `CAL_FAILPOINTS` | failure injection for crash tests only, e.g. `kill-after-commit` (the process SIGKILLs itself right after a write's commit); never set it in production | unset |
+//! | `CAL_FAILPOINTS` | failure injection for crash tests only: `kill-after-commit` (the process SIGKILLs itself right after a write's commit), `panic-in-handler` (a request with `x-failpoint: panic` panics); never set it in production | unset |
 //! | `DB_SLOW_STATEMENT_MS` | SQL statements at least this slow are logged (warn, name only) and counted | `200` |
 //! | `RUST_LOG` | log filter | `info,sqlx=warn` |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | OTLP/gRPC collector for traces (e.g. `http://jaeger:4317`); unset: no trace export | unset |

@@ -325,3 +325,70 @@ async fn the_change_log_is_pruned_after_its_retention() {
     pool.close().await;
     let _ = server.0.kill();
 }
+
+/// A handler that panics answers 500 with a coded GraphQL error (no detail), is counted, and the
+/// server goes on answering (the panic is injected with `CAL_FAILPOINTS=panic-in-handler`).
+#[tokio::test]
+async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
+    let db = FreshDb::new("panic");
+    let port = free_port();
+    let _server = Server(spawn(
+        &db,
+        port,
+        &[
+            ("JWT_SECRET", SECRET),
+            ("CAL_FAILPOINTS", "panic-in-handler"),
+        ],
+    ));
+    let client = reqwest::Client::new();
+    wait_ready(&client, port).await;
+    let url = format!("http://127.0.0.1:{port}/graphql");
+    let resp = client
+        .post(&url)
+        .header("x-failpoint", "panic")
+        .json(&serde_json::json!({ "query": "{ me { id } }" }))
+        .send()
+        .await
+        .expect("an answer, not a dropped connection");
+    assert_eq!(resp.status(), 500);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "INTERNAL_SERVER_ERROR",
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains("failpoint"),
+        "no panic detail: {body}"
+    );
+    // The next request is served as usual.
+    let body: serde_json::Value = client
+        .post(&url)
+        .json(&serde_json::json!({ "query": "{ me { id } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{body}"
+    );
+    let metrics = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "cal_http_panics_total 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("panic"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
