@@ -95,6 +95,18 @@ async fn wait_ready(client: &reqwest::Client, port: u16) {
     }
 }
 
+/// The server's `/metrics` text.
+async fn metrics_text(client: &reqwest::Client, port: u16) -> String {
+    client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn serve_creates_the_database_answers_and_stops_on_sigterm() {
     let db = FreshDb::new("serve");
@@ -269,17 +281,7 @@ async fn the_change_log_is_pruned_after_its_retention() {
     let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
     // Three published rows 10 days old, one unpublished as old, one published just now.
     for (age_days, published) in [(10, true), (10, true), (10, false), (10, true), (0, true)] {
-        sqlx::query(
-            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, \
-             published_at, stream_position) \
-             VALUES ('event', 1, 'event.updated', '{}', now() - make_interval(days => $1), \
-             CASE WHEN $2 THEN now() END, CASE WHEN $2 THEN '0:1' END)",
-        )
-        .bind(age_days)
-        .bind(published)
-        .execute(&pool)
-        .await
-        .unwrap();
+        cal_test_support::insert_outbox_row(&pool, age_days, published).await;
     }
     let metric = |text: &str, name: &str| -> f64 {
         text.lines()
@@ -288,14 +290,7 @@ async fn the_change_log_is_pruned_after_its_retention() {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let text = client
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&client, port).await;
         if metric(&text, "cal_outbox_rows ") == 2.0 {
             assert_eq!(metric(&text, "cal_outbox_pruned_total "), 3.0);
             let age = metric(&text, "cal_outbox_oldest_age_seconds ");
@@ -374,14 +369,7 @@ async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
         body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
         "{body}"
     );
-    let metrics = client
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, port).await;
     assert!(
         metrics.lines().any(|l| l == "cal_http_panics_total 1"),
         "{}",

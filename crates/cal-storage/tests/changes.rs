@@ -132,17 +132,7 @@ async fn pruning_the_change_log_keeps_unpublished_and_recent_rows() {
         (0, true),
         (0, true),
     ] {
-        sqlx::query(
-            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, \
-             published_at, stream_position) \
-             VALUES ('event', 1, 'event.updated', '{}', now() - make_interval(days => $1), \
-             CASE WHEN $2 THEN now() END, CASE WHEN $2 THEN '0:1' END)",
-        )
-        .bind(age_days)
-        .bind(published)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+        cal_test_support::insert_outbox_row(&db.pool, age_days, published).await;
     }
     let week = std::time::Duration::from_secs(7 * 24 * 3600);
     assert_eq!(store.prune_outbox(week, 2).await.unwrap(), 2, "a batch");

@@ -12,6 +12,6 @@ mod kafka;
 mod redis;
 
 pub use app::{Gql, TEST_ADMIN_TOKEN, TEST_SECRET, TestApp};
-pub use db::{TestDb, admin_url};
+pub use db::{TestDb, admin_url, insert_outbox_row};
 pub use kafka::{KafkaBroker, tansu_bin};
 pub use redis::RedisServer;
