@@ -16,7 +16,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cal_domain::{CalendarId, EventId, ResourceId, UserId};
 use cal_storage::PurgeScope;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -39,39 +38,13 @@ struct PurgeRequest {
 
 impl PurgeRequest {
     fn scope(&self) -> Result<PurgeScope, String> {
-        let positive = |id: i64| {
-            (id > 0)
-                .then_some(id)
-                .ok_or_else(|| format!("ids are positive integers, not {id}"))
-        };
-        let named = [
-            self.calendar.is_some(),
-            self.event.is_some(),
-            self.user.is_some(),
-            self.resource.is_some(),
+        PurgeScope::named(
+            self.calendar,
+            self.event,
+            self.user,
+            self.resource,
             self.all,
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if named != 1 {
-            return Err(
-                "name exactly one of calendar, event, user, resource (an id) or all (true)".into(),
-            );
-        }
-        Ok(match *self {
-            Self {
-                calendar: Some(id), ..
-            } => PurgeScope::Calendar(CalendarId(positive(id)?)),
-            Self {
-                event: Some(id), ..
-            } => PurgeScope::Event(EventId(positive(id)?)),
-            Self { user: Some(id), .. } => PurgeScope::User(UserId(positive(id)?)),
-            Self {
-                resource: Some(id), ..
-            } => PurgeScope::Resource(ResourceId(positive(id)?)),
-            _ => PurgeScope::All,
-        })
+        )
     }
 }
 

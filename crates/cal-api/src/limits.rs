@@ -1,4 +1,5 @@
-//! Depth, complexity and alias limits, and the codes of errors raised before execution. async-graphql enforces both during validation (built-in
+//! Depth, complexity and alias limits, and the codes of errors raised before execution.
+//! async-graphql enforces the limits during validation (built-in
 //! `limit_depth` / `limit_complexity`); its errors carry no code, so the HTTP layer tags them
 //! `QUERY_TOO_COMPLEX` here.
 //!
@@ -36,9 +37,7 @@ fn set_code(e: &mut ServerError, code: &str) {
 fn request_error_code(message: &str) -> &'static str {
     if LIMIT_MESSAGES.iter().any(|m| message.starts_with(m)) {
         "QUERY_TOO_COMPLEX"
-    } else if message.starts_with(" --> ")
-        || message.contains("expected ") && message.contains(" --> ")
-    {
+    } else if message.contains(" --> ") {
         "GRAPHQL_PARSE_FAILED"
     } else if is_bad_value(message) {
         "BAD_USER_INPUT"

@@ -316,7 +316,8 @@ impl Relay {
             };
             after = last;
             let full = claimed.rows.len() as i64 >= self.cfg.batch;
-            let tombstoned = self.cache.tombstone_l2(&batch_keys(&claimed.rows)).await;
+            let keys: Vec<Vec<(String, i64)>> = claimed.rows.iter().map(row_keys).collect();
+            let tombstoned = self.cache.tombstone_l2(&batch_keys(&keys)).await;
             if !tombstoned {
                 self.metrics.tombstone_failures.inc();
                 tracing::warn!(
@@ -326,14 +327,14 @@ impl Relay {
                 );
             }
             // Rows an earlier pass published while their tombstones failed go out once.
-            let (mut published, fresh): (Vec<(i64, String)>, Vec<&OutboxRow>) = {
+            let (mut published, fresh): (Vec<(i64, String)>, Vec<RowKeys<'_>>) = {
                 let awaiting = self.awaiting.lock().unwrap();
                 let mut published = Vec::new();
                 let mut fresh = Vec::new();
-                for row in &claimed.rows {
+                for (row, keys) in claimed.rows.iter().zip(&keys) {
                     match awaiting.get(&row.id) {
                         Some(position) => published.push((row.id, position.clone())),
-                        None => fresh.push(row),
+                        None => fresh.push((row, keys.as_slice())),
                     }
                 }
                 (published, fresh)
@@ -368,19 +369,19 @@ impl Relay {
 
     /// Publishes `rows` in id order; answers `(id, position)` for the ones that went out before
     /// the first failure, and whether one failed (nothing after it counts as published).
-    async fn publish(&self, rows: &[&OutboxRow]) -> (Vec<(i64, String)>, bool) {
+    async fn publish(&self, rows: &[RowKeys<'_>]) -> (Vec<(i64, String)>, bool) {
         // Sent in id order; the producer keeps that order (idempotent, one in flight per
         // partition as far as ordering is concerned).
-        let sends = rows.iter().map(|row| {
+        let sends = rows.iter().map(|&(row, keys)| {
             // A row no instance wrote (e.g. `calendar purge`) is nobody's own message: every
             // consumer, this instance's included, applies it.
             let mut inv = Invalidation::new(
-                row_keys(row),
+                keys.to_vec(),
                 row.origin.clone().unwrap_or_else(|| UNOWNED.to_owned()),
                 self.seq.fetch_add(1, Ordering::Relaxed),
             );
             inv.outbox_id = Some(row.id);
-            inv.purge_all = row.changed.purge_all;
+            inv.purge_all = row.changed.purge_all.then_some(row.id);
             // The lag clock starts when the write is acknowledged: a writer still waiting
             // acknowledges after this publish ("now" is early, so the lag is not understated);
             // one that gave up did so `publish_wait` after writing its row at the latest.
@@ -407,7 +408,7 @@ impl Relay {
         });
         let results = futures::future::join_all(sends).await;
         let mut sent = Vec::with_capacity(results.len());
-        for (row, result) in rows.iter().zip(results) {
+        for ((row, _), result) in rows.iter().zip(results) {
             match result {
                 Ok(position) => {
                     self.metrics.published.inc();
@@ -433,6 +434,9 @@ impl Relay {
     }
 }
 
+/// A row with the cache keys it made stale.
+type RowKeys<'a> = (&'a OutboxRow, &'a [(String, i64)]);
+
 /// The cache keys a change-log row made stale: derived from the facts it records (rows written
 /// before the change log recorded facts only carry their keys).
 fn row_keys(row: &OutboxRow) -> Vec<(String, i64)> {
@@ -441,16 +445,14 @@ fn row_keys(row: &OutboxRow) -> Vec<(String, i64)> {
     keys
 }
 
-/// Every key the rows made stale, once, with the highest version any of them carries.
-fn batch_keys(rows: &[OutboxRow]) -> Vec<(String, i64)> {
-    let mut keys: HashMap<String, i64> = HashMap::new();
-    for row in rows {
-        for (key, version) in row_keys(row) {
-            let v = keys.entry(key).or_insert(version);
-            *v = (*v).max(version);
-        }
+/// Every key of the rows' key lists, once, with the highest version any of them carries.
+fn batch_keys(rows: &[Vec<(String, i64)>]) -> Vec<(String, i64)> {
+    let mut keys: HashMap<&str, i64> = HashMap::new();
+    for (key, version) in rows.iter().flatten() {
+        let v = keys.entry(key.as_str()).or_insert(*version);
+        *v = (*v).max(*version);
     }
-    keys.into_iter().collect()
+    keys.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 #[cfg(test)]

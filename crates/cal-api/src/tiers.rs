@@ -525,7 +525,9 @@ impl ChangeSink for Tiers {
         if self.failpoints.kill_after_commit {
             failpoint_kill("kill-after-commit");
         }
-        if let Some(generation) = changes.purge_all {
+        if changes.purge_all
+            && let Some(generation) = changes.outbox_id
+        {
             self.cache.purge_all(generation);
         }
         self.cache.invalidate_local(&keys).await;
@@ -540,7 +542,7 @@ impl ChangeSink for Tiers {
         {
             return position.map(|p| p.to_string());
         }
-        if relay.is_none() && self.relay.get().is_none() {
+        if self.relay.get().is_none() {
             tracing::warn!(
                 "no relay running: the invalidation reaches other instances only through TTLs and L2 tombstones"
             );

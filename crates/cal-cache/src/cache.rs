@@ -301,8 +301,8 @@ struct Inner {
     flights: SingleFlight<FlightKey, SharedLoad>,
     /// The runtime [`TieredCache::new`] ran on: background work started from other threads.
     runtime: tokio::runtime::Handle,
-    /// The newest purge of everything applied, when there is no L2 to hold it.
-    purged_up_to: std::sync::Mutex<i64>,
+    /// The newest purge of everything applied (0: none).
+    purge: std::sync::atomic::AtomicI64,
     _health: Option<AbortOnDrop>,
 }
 
@@ -436,7 +436,7 @@ impl TieredCache {
                 registry: registry.clone(),
                 flights: SingleFlight::new(),
                 runtime: tokio::runtime::Handle::current(),
-                purged_up_to: std::sync::Mutex::new(0),
+                purge: std::sync::atomic::AtomicI64::new(0),
                 _health: Some(AbortOnDrop(task.abort_handle())),
             }
         });
@@ -1156,36 +1156,29 @@ impl TieredCache {
             .for_each(|k| self.inner.metrics.declare_kind(k));
     }
 
-    /// Drops every L1 entry (e.g. when the bus reports that invalidations were lost); results
-    /// built before are no longer current.
     /// Applies an operator purge of every cached value, `generation` being its change-log row:
     /// L1 is cleared, results built before stop being current, and L2 moves to a key namespace
     /// of that generation (the old values are never read again and age out by their TTL; no
     /// KEYS or SCAN). Idempotent: an older or repeated generation does nothing.
     pub fn purge_all(&self, generation: i64) {
+        use std::sync::atomic::Ordering;
+        if self.inner.purge.fetch_max(generation, Ordering::AcqRel) >= generation {
+            return;
+        }
         match &self.inner.l2 {
-            Some(l2) => {
-                l2.set_purge_generation(generation);
-            }
-            None => {
-                let mut known = self.inner.purged_up_to.lock().unwrap();
-                if *known < generation {
-                    *known = generation;
-                    drop(known);
-                    self.clear_l1();
-                }
-            }
+            // Clears L1 too (the namespace reset).
+            Some(l2) => l2.renew_namespace(generation),
+            None => self.clear_l1(),
         }
     }
 
     /// The newest purge of everything applied (0: none).
     pub fn purge_generation(&self) -> i64 {
-        match &self.inner.l2 {
-            Some(l2) => l2.purge_generation(),
-            None => *self.inner.purged_up_to.lock().unwrap(),
-        }
+        self.inner.purge.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Drops every L1 entry (e.g. when the bus reports that invalidations were lost); results
+    /// built before are no longer current.
     pub fn clear_l1(&self) {
         if let Some(l1) = &self.inner.l1 {
             l1.clear();

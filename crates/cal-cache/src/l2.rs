@@ -168,8 +168,8 @@ pub(crate) struct L2 {
     needs_check: AtomicBool,
     check_lock: tokio::sync::Mutex<()>,
     epoch: AtomicU64,
-    /// The newest operator purge of everything this process knows (0: none); part of the key
-    /// namespace, so that nothing written before it is read again.
+    /// The purge generation the key namespace is built from (0: none; set by
+    /// [`L2::renew_namespace`]), so that nothing written before a purge is read again.
     purge: AtomicI64,
     round_trips: AtomicU64,
     metrics: Metrics,
@@ -359,23 +359,16 @@ impl L2 {
         Some(ns)
     }
 
-    /// Moves to the namespace of purge `generation` if it is newer than the one in use, clearing
-    /// L1 (`true` when it moved).
-    pub fn set_purge_generation(&self, generation: i64) -> bool {
-        if self.purge.fetch_max(generation, Ordering::AcqRel) >= generation {
-            return false;
-        }
+    /// Moves to the key namespace of purge `generation` (the caller applies each generation
+    /// once, newest last) and clears L1.
+    pub fn renew_namespace(&self, generation: i64) {
+        self.purge.store(generation, Ordering::Release);
         self.needs_check.store(true, Ordering::Release);
         tracing::warn!(
             generation,
             "purge of every cached value: new L2 namespace, L1 cleared"
         );
         (self.on_reset)();
-        true
-    }
-
-    pub fn purge_generation(&self) -> i64 {
-        self.purge.load(Ordering::Acquire)
     }
 
     /// Forces a run_id check (the periodic health check).

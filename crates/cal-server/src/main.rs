@@ -155,21 +155,9 @@ fn main() -> Result<()> {
                 resource,
                 all,
             } => {
-                use cal_storage::PurgeScope;
-                let positive = |id: i64| {
-                    (id > 0)
-                        .then_some(id)
-                        .context("ids are positive integers")
-                };
-                let scope = match (calendar, event, user, resource, all) {
-                    (Some(id), ..) => PurgeScope::Calendar(cal_domain::CalendarId(positive(id)?)),
-                    (_, Some(id), ..) => PurgeScope::Event(cal_domain::EventId(positive(id)?)),
-                    (_, _, Some(id), ..) => PurgeScope::User(UserId(positive(id)?)),
-                    (_, _, _, Some(id), _) => {
-                        PurgeScope::Resource(cal_domain::ResourceId(positive(id)?))
-                    }
-                    _ => PurgeScope::All,
-                };
+                let scope =
+                    cal_storage::PurgeScope::named(calendar, event, user, resource, all)
+                        .map_err(anyhow::Error::msg)?;
                 let store = serve::connect_and_migrate(&settings).await?;
                 let purged = store
                     .purge(scope)

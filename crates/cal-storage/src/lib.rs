@@ -81,8 +81,8 @@ pub struct ChangeSet {
     pub resources: Vec<(cal_domain::ResourceId, i64)>,
     /// Users whose profile version moved (a purge of the user).
     pub users: Vec<(cal_domain::UserId, i64)>,
-    /// A purge of every cached value: the new purge generation (the row's own id).
-    pub purge_all: Option<i64>,
+    /// A purge of every cached value; its generation is the change-log row's id (`outbox_id`).
+    pub purge_all: bool,
     /// The transaction's outbox row (it carries the same facts, durably).
     #[serde(skip)]
     pub outbox_id: Option<i64>,
@@ -94,7 +94,7 @@ impl ChangeSet {
             && self.calendars.is_empty()
             && self.resources.is_empty()
             && self.users.is_empty()
-            && self.purge_all.is_none()
+            && !self.purge_all
     }
 }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
     pub id: i64,
-    /// What the transaction changed (facts with their new versions, never cache keys); a purge
-    /// of everything carries this row's id as its generation.
+    /// What the transaction changed (facts with their new versions, never cache keys), with
+    /// `outbox_id` set to this row's id (a purge of everything's generation).
     pub changed: ChangeSet,
     /// `(key, new_version)` pairs, in rows written before the change log recorded facts only.
     pub legacy_keys: Vec<(String, i64)>,
@@ -67,9 +67,6 @@ impl Store {
                 let id = r.try_get("id")?;
                 let mut changed: ChangeSet =
                     serde_json::from_value(payload["changed"].clone()).unwrap_or_default();
-                if changed.purge_all.is_some() {
-                    changed.purge_all = Some(id);
-                }
                 changed.outbox_id = Some(id);
                 Ok(OutboxRow {
                     id,

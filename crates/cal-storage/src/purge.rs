@@ -29,6 +29,39 @@ pub enum PurgeScope {
 }
 
 impl PurgeScope {
+    /// The scope that exactly one of the arguments names (an id, or `all`), as the CLI and the
+    /// admin endpoint take it.
+    pub fn named(
+        calendar: Option<i64>,
+        event: Option<i64>,
+        user: Option<i64>,
+        resource: Option<i64>,
+        all: bool,
+    ) -> Result<Self, String> {
+        let named = [calendar, event, user, resource]
+            .iter()
+            .filter(|id| id.is_some())
+            .count()
+            + usize::from(all);
+        if named != 1 {
+            return Err(
+                "name exactly one of calendar, event, user, resource (an id) or all (true)".into(),
+            );
+        }
+        let positive = |id: i64| {
+            (id > 0)
+                .then_some(id)
+                .ok_or_else(|| format!("ids are positive integers, not {id}"))
+        };
+        Ok(match (calendar, event, user, resource) {
+            (Some(id), ..) => PurgeScope::Calendar(CalendarId(positive(id)?)),
+            (_, Some(id), ..) => PurgeScope::Event(EventId(positive(id)?)),
+            (_, _, Some(id), _) => PurgeScope::User(UserId(positive(id)?)),
+            (_, _, _, Some(id)) => PurgeScope::Resource(ResourceId(positive(id)?)),
+            _ => PurgeScope::All,
+        })
+    }
+
     fn label(self) -> (&'static str, i64) {
         match self {
             PurgeScope::Event(id) => ("event", id.0),
@@ -98,10 +131,8 @@ impl Store {
                 tx.changes.resources.push((id, version));
                 facts += 1;
             }
-            PurgeScope::All => {
-                // The generation is the row's id, set when the row is written.
-                tx.changes.purge_all = Some(0);
-            }
+            // The generation is the row's id.
+            PurgeScope::All => tx.changes.purge_all = true,
         }
         let (kind, id) = scope.label();
         self.outbox(

@@ -125,10 +125,6 @@ impl Store {
             .await?;
             st.done(1);
             tx.changes.outbox_id = Some(id);
-            if tx.changes.purge_all.is_some() {
-                // A purge's generation is its own row id (see `OutboxRow::changed`).
-                tx.changes.purge_all = Some(id);
-            }
         }
         tx.tx.commit().await?;
         if let Some(sink) = &self.sink
