@@ -26,7 +26,6 @@ pub mod http;
 pub mod limits;
 pub mod loaders;
 pub mod observe;
-pub mod relay;
 pub mod response_cache;
 pub mod schema;
 pub mod tiers;

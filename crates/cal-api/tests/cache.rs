@@ -42,18 +42,20 @@ async fn warm_month_view_issues_no_sql_and_cold_path_is_unchanged() {
     )
     .await
     .unwrap();
-    let other = cal_api::tiers::Tiers::new(
+    let other = Arc::new(cal_api::tiers::Tiers::with_bus(
         cache,
         Arc::new(cal_cache::InProcessBus::default()),
-        Default::default(),
-        "b".into(),
-    );
+        "b",
+    ));
     let state = cal_api::AppState::new(
         app.store.clone(),
         (*app.config).clone(),
-        Arc::new(other),
+        other.clone(),
         registry,
     );
+    let _sync = other
+        .sync
+        .start(state.store.clone(), std::future::pending());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, cal_api::router(state)).await.unwrap() });

@@ -230,14 +230,14 @@ impl Settings {
     }
 
     /// The invalidation stream's settings; `shared` when a Kafka bus connects the instances.
-    pub fn stream_config(&self, shared: bool) -> cal_api::tiers::StreamConfig {
+    pub fn sync_config(&self, shared: bool) -> Result<cal_sync::SyncConfig, String> {
         use std::time::Duration;
         let mut c = if shared {
-            let mut c = cal_api::tiers::StreamConfig::shared();
+            let mut c = cal_sync::SyncConfig::shared();
             c.liveness = Some(Duration::from_millis(self.invalidation_liveness_ms));
             c
         } else {
-            cal_api::tiers::StreamConfig::default()
+            cal_sync::SyncConfig::default()
         };
         c.publish_wait = Duration::from_millis(self.consistency_wait_ms);
         c.token_wait = Duration::from_millis(self.consistency_wait_ms);
@@ -246,7 +246,8 @@ impl Settings {
         c.relay.retention = Duration::from_secs(self.outbox_retention_secs);
         c.relay.prune_every = Duration::from_secs(self.outbox_prune_interval_secs.max(1));
         c.thread_nice = self.thread_nice();
-        c
+        c.kill_after_commit = self.failpoints()?.kill_after_commit;
+        Ok(c)
     }
 
     /// `CAL_FAILPOINTS`: failure injection, off unless set.

@@ -9,6 +9,7 @@ use cal_bus_kafka::{KafkaBus, KafkaConfig};
 use cal_cache::{InProcessBus, InvalidationBus, Position, TieredCache};
 use cal_storage::Store;
 use cal_storage::seed::{Progress, Scale};
+use cal_sync::Invalidator;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -181,13 +182,25 @@ pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let (tiers, registry) = build_tiers(&settings).await?;
     tiers
+        .sync
         .load_purge_generation(&store)
         .await
         .context("reading the newest purge from the change log")?;
     let state = AppState::new(store, api, tiers.clone(), registry);
+    // The relay and the consumer outlive the HTTP server: requests still draining after the
+    // signal write change-log rows that must go out, so they stop only once it has returned.
+    let stop_sync = tokio_util::sync::CancellationToken::new();
+    let sync = tiers
+        .sync
+        .start(state.store.clone(), stop_sync.clone().cancelled_owned());
     spawn_warming(&settings, tiers, state.store.clone());
     let app = router(state);
-    run(listener, app, shutdown_signal(), grace).await
+    let served = run(listener, app, shutdown_signal(), grace).await;
+    stop_sync.cancel();
+    if tokio::time::timeout(grace, sync.join()).await.is_err() {
+        tracing::warn!("the invalidation tasks did not stop within the grace period");
+    }
+    served
 }
 
 /// The cache tiers: L1 always (unless switched off), L2 when `REDIS_URL` is set, and the
@@ -238,11 +251,16 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
         }
     };
     let shared = settings.kafka_brokers().is_some();
-    let tiers = Tiers::new(cache, bus, settings.ttls()?, origin)
+    let sync = Invalidator::new(
+        cache.clone(),
+        bus,
+        origin,
+        settings.sync_config(shared).map_err(anyhow::Error::msg)?,
+    );
+    sync.progress().start_at(&start);
+    let tiers = Tiers::new(cache, sync, settings.ttls()?)
         .with_response_cache_bytes(settings.cache_response_max_bytes)
-        .with_stream_config(settings.stream_config(shared))
         .with_failpoints(settings.failpoints().map_err(anyhow::Error::msg)?);
-    tiers.stream.start_at(&start);
     Ok((Arc::new(tiers), registry))
 }
 

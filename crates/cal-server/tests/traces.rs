@@ -238,16 +238,18 @@ async fn month_view_traces_show_loaders_tiers_and_sql() {
     )
     .await
     .unwrap();
-    let tiers = Arc::new(Tiers::new(
+    let tiers = Arc::new(Tiers::with_bus(
         cache,
         Arc::new(InProcessBus::default()),
-        Default::default(),
-        "traces".into(),
+        "traces",
     ));
     let store = app.store.with_slow_statement_threshold(Duration::ZERO);
     let mut config = ApiConfig::new(TEST_SECRET);
     config.admin_token = Some(secrecy::SecretString::from(TEST_ADMIN_TOKEN));
-    let state = AppState::new(store, config, tiers, registry);
+    let state = AppState::new(store, config, tiers.clone(), registry);
+    let _sync = tiers
+        .sync
+        .start(state.store.clone(), std::future::pending());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, cal_api::router(state)).await.unwrap() });

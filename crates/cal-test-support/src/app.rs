@@ -26,6 +26,7 @@ pub struct TestApp {
     pub config: Arc<ApiConfig>,
     pub client: reqwest::Client,
     users: std::sync::atomic::AtomicU64,
+    _sync: (tokio_util::sync::DropGuard, cal_sync::Running),
     // Last: dropped after the server task's handle so the database goes last (shared with
     // sibling apps over the same database).
     pub db: Arc<TestDb>,
@@ -85,18 +86,23 @@ impl TestApp {
         let cache = TieredCache::new(cache_config, &registry)
             .await
             .expect("cache config is valid");
-        let tiers = Arc::new(Tiers::new(
+        let tiers = Arc::new(Tiers::with_bus(
             cache,
             Arc::new(InProcessBus::default()),
-            Default::default(),
             db.name.clone(),
         ));
         tiers
+            .sync
             .load_purge_generation(&Store::new(db.pool.clone()))
             .await
             .expect("the change log is readable");
         let state = AppState::new(Store::new(db.pool.clone()), config, tiers.clone(), registry);
         let store = state.store.clone();
+        // The relay and the consumer stop when the app is dropped.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let sync = tiers
+            .sync
+            .start(store.clone(), stop.clone().cancelled_owned());
         let config = state.config.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -110,6 +116,7 @@ impl TestApp {
             config,
             client: reqwest::Client::new(),
             users: Default::default(),
+            _sync: (stop.drop_guard(), sync),
             db,
         }
     }

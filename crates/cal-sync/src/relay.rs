@@ -7,79 +7,22 @@
 //! period (a writer that died between commit and publish), so no invalidation is lost.
 //!
 //! In Kafka mode it also sends a heartbeat at a fixed interval: every instance measures how far
-//! behind its consumer is by the freshest message it has applied (see [`crate::tiers::Stream`]).
+//! behind its consumer is by the freshest message it has applied (see [`crate::StreamProgress`]).
 
+use crate::config::RelayConfig;
+use crate::metrics::RelayMetrics;
 use cal_cache::TieredCache;
 use cal_cache::{Invalidation, InvalidationBus, Position};
 use cal_storage::{OutboxRow, Store};
 use futures::FutureExt;
-use prometheus::{Histogram, IntCounter, IntGauge};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-/// How the relay runs.
-#[derive(Debug, Clone)]
-pub struct RelayConfig {
-    /// Publish at all (tests switch it off to play a relay that died after the commit).
-    pub enabled: bool,
-    /// How often to sweep for rows nobody published.
-    pub poll: Duration,
-    /// How old another instance's unpublished row must be before this relay takes it over.
-    pub grace: Duration,
-    /// Heartbeat interval (`None`: no heartbeats, e.g. the in-process bus).
-    pub heartbeat: Option<Duration>,
-    /// Rows per pass.
-    pub batch: i64,
-    /// How long a writer waits for its row's position (`StreamConfig::publish_wait`): a writer
-    /// acknowledges at the latest this long after its row was written.
-    pub publish_wait: Duration,
-    /// How long published rows stay in the change log before the pruner deletes them.
-    pub retention: Duration,
-    /// How often the pruner runs (and refreshes the change log's size metrics).
-    pub prune_every: Duration,
-    /// Rows deleted per prune statement.
-    pub prune_batch: i64,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            poll: Duration::from_millis(250),
-            grace: Duration::from_secs(1),
-            heartbeat: None,
-            batch: 256,
-            publish_wait: Duration::from_secs(1),
-            retention: DEFAULT_RETENTION,
-            prune_every: Duration::from_secs(60),
-            prune_batch: 1000,
-        }
-    }
-}
-
-/// Default change-log retention: 7 days.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Relay counters (registered by [`crate::tiers::Tiers`]).
-#[derive(Clone)]
-pub struct RelayMetrics {
-    pub published: IntCounter,
-    pub errors: IntCounter,
-    /// Relay passes whose L2 tombstones could not be written (the rows stay unpublished).
-    pub tombstone_failures: IntCounter,
-    pub pending: IntGauge,
-    /// Rows in the change log, and the age of the oldest one (refreshed by the pruner).
-    pub log_rows: IntGauge,
-    pub log_oldest_age: prometheus::Gauge,
-    /// Rows the pruner deleted.
-    pub pruned: IntCounter,
-    /// Publish round trips (hand-over to the bus → broker acknowledgement).
-    pub publish: Histogram,
-}
 
 /// A row was not published within the wait (the relay retries it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +82,8 @@ pub struct Relay {
     bus: Arc<dyn InvalidationBus>,
     origin: String,
     cfg: RelayConfig,
+    /// How long a writer waits for its row's position ([`crate::SyncConfig::publish_wait`]).
+    publish_wait: Duration,
     nudge: Notify,
     handoff: Mutex<Handoff>,
     /// Rows published (id → stream position) whose L2 tombstones have not been written yet.
@@ -148,12 +93,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         cache: TieredCache,
         bus: Arc<dyn InvalidationBus>,
         origin: String,
         cfg: RelayConfig,
+        publish_wait: Duration,
         metrics: RelayMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -162,6 +108,7 @@ impl Relay {
             bus,
             origin,
             cfg,
+            publish_wait,
             nudge: Notify::new(),
             handoff: Mutex::new(Handoff::default()),
             awaiting: Mutex::new(HashMap::new()),
@@ -171,47 +118,55 @@ impl Relay {
     }
 
     /// Starts the heartbeat loop (if configured), the change-log pruner and the publishing loop
-    /// (if enabled).
-    pub fn spawn(self: &Arc<Self>) {
-        self.spawn_heartbeat();
-        self.spawn_pruner();
+    /// (if enabled) in `tasks`; each ends when `stop` is cancelled, the publisher after one last
+    /// pass.
+    pub(crate) fn run(self: &Arc<Self>, tasks: &mut JoinSet<()>, stop: &CancellationToken) {
+        if let Some(every) = self.cfg.heartbeat {
+            tasks.spawn(self.clone().heartbeat(every, stop.clone()));
+        }
+        tasks.spawn(self.clone().prune_every(stop.clone()));
         if !self.cfg.enabled {
             tracing::warn!(
                 "the outbox relay is switched off: other instances' relays sweep this one's rows"
             );
             return;
         }
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut last_pending = std::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = me.nudge.notified() => {}
-                    _ = tokio::time::sleep(me.cfg.poll) => {}
-                }
-                me.pass().await;
-                if last_pending.elapsed() >= Duration::from_secs(1) {
-                    last_pending = std::time::Instant::now();
-                    if let Ok(n) = me.store.outbox_pending().await {
-                        me.metrics.pending.set(n);
-                    }
+        tasks.spawn(self.clone().publish_loop(stop.clone()));
+    }
+
+    async fn publish_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut last_pending = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.nudge.notified() => {}
+                _ = tokio::time::sleep(self.cfg.poll) => {}
+                () = stop.cancelled() => {
+                    self.pass().await;
+                    return;
                 }
             }
-        });
+            self.pass().await;
+            if last_pending.elapsed() >= Duration::from_secs(1) {
+                last_pending = std::time::Instant::now();
+                if let Ok(n) = self.store.outbox_pending().await {
+                    self.metrics.pending.set(n);
+                }
+            }
+        }
     }
 
     /// Deletes published rows older than the retention, in small batches (each its own short
     /// statement that skips locked rows), and keeps the change log's size metrics current.
-    fn spawn_pruner(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.cfg.prune_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                me.prune().await;
+    async fn prune_every(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.prune_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
             }
-        });
+            self.prune().await;
+        }
     }
 
     /// One pruning round: batches until fewer than a full batch is left, then the size.
@@ -243,24 +198,22 @@ impl Relay {
     }
 
     /// Heartbeats prove the stream alive to every consumer, this instance's included.
-    fn spawn_heartbeat(self: &Arc<Self>) {
-        if let Some(every) = self.cfg.heartbeat {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let beat = Invalidation::heartbeat(
-                        me.origin.clone(),
-                        me.seq.fetch_add(1, Ordering::Relaxed),
-                    );
-                    // A stalled broker makes this wait; the next beat goes out after it.
-                    if let Err(e) = me.bus.publish(beat).await {
-                        tracing::debug!(error = %e, "heartbeat not published");
-                    }
-                }
-            });
+    async fn heartbeat(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let beat = Invalidation::heartbeat(
+                self.origin.clone(),
+                self.seq.fetch_add(1, Ordering::Relaxed),
+            );
+            // A stalled broker makes this wait; the next beat goes out after it.
+            if let Err(e) = self.bus.publish(beat).await {
+                tracing::debug!(error = %e, "heartbeat not published");
+            }
         }
     }
 
@@ -385,9 +338,10 @@ impl Relay {
             // The lag clock starts when the write is acknowledged: a writer still waiting
             // acknowledges after this publish ("now" is early, so the lag is not understated);
             // one that gave up did so `publish_wait` after writing its row at the latest.
-            let gave_up_by = row.created_at.timestamp_millis().saturating_add(
-                i64::try_from(self.cfg.publish_wait.as_millis()).unwrap_or(i64::MAX),
-            );
+            let gave_up_by = row
+                .created_at
+                .timestamp_millis()
+                .saturating_add(i64::try_from(self.publish_wait.as_millis()).unwrap_or(i64::MAX));
             inv.sent_at_ms = inv.sent_at_ms.min(u64::try_from(gave_up_by).unwrap_or(0));
             inv.trace_context = row.trace_context.clone();
             let span = tracing::info_span!(
@@ -398,7 +352,7 @@ impl Relay {
                 messaging.outbox_id = row.id,
                 cache.keys = inv.keys.len() as i64,
             );
-            crate::observe::set_remote_parent(&span, &row.trace_context);
+            crate::trace::set_remote_parent(&span, &row.trace_context);
             let publish = self.metrics.publish.clone();
             let started = std::time::Instant::now();
             self.bus.publish(inv).instrument(span).map(move |r| {
@@ -440,7 +394,7 @@ type RowKeys<'a> = (&'a OutboxRow, &'a [(String, i64)]);
 /// The cache keys a change-log row made stale: derived from the facts it records (rows written
 /// before the change log recorded facts only carry their keys).
 fn row_keys(row: &OutboxRow) -> Vec<(String, i64)> {
-    let mut keys = crate::tiers::invalidations(&row.changed);
+    let mut keys = crate::invalidations(&row.changed);
     keys.extend(row.legacy_keys.iter().cloned());
     keys
 }

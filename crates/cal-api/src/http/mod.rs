@@ -12,6 +12,8 @@
 //! Responses are compressed (gzip, br, zstd) when the client accepts it: bodies from the
 //! response cache once per entry, others by tower-http's layer at its fastest setting.
 
+mod observe;
+
 use crate::ApiConfig;
 use crate::auth::{Verifier, Viewer};
 use crate::documents::Documents;
@@ -20,7 +22,6 @@ use crate::limits::{tag_limit_errors, too_complex};
 use crate::response_cache::{self, Encoding, ResponseKey};
 use crate::schema::{AppSchema, Direct, RequestCtx};
 use crate::tiers::Tiers;
-use crate::tiers::parse_token;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
@@ -75,8 +76,8 @@ pub struct AppContext {
 }
 
 impl AppState {
-    /// Wires the store to the tiers (commits invalidate) and starts applying other instances'
-    /// invalidations from the bus.
+    /// Wires the store to the tiers (commits invalidate). The invalidator's relay and consumer
+    /// are started by whoever runs the server ([`cal_sync::Invalidator::start`]).
     pub fn new(
         store: Store,
         config: ApiConfig,
@@ -85,10 +86,8 @@ impl AppState {
     ) -> Self {
         let config = Arc::new(config);
         let store = store
-            .with_change_sink(tiers.clone())
-            .with_origin(tiers.origin());
-        tiers.spawn_consumer();
-        tiers.start_relay(store.clone());
+            .with_change_sink(tiers.sync.clone())
+            .with_origin(tiers.sync.origin());
         Self(Arc::new(AppContext {
             schema: crate::build_schema(config.clone()),
             direct: config.direct_execution.then(|| Direct::new(&config)),
@@ -124,7 +123,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
         // The handler reads the body itself; this layer caps it for every route and answers 413.
         .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
-        .layer(crate::observe::layer(&state))
+        .layer(observe::layer(&state))
         .with_state(state)
 }
 
@@ -225,7 +224,7 @@ impl Caller {
             let positions = token
                 .to_str()
                 .map_err(|_| "not ASCII text".to_owned())
-                .and_then(parse_token)
+                .and_then(cal_sync::parse_token)
                 .map_err(|e| {
                     let err = ApiError::bad_input(format!(
                         "invalid {CONSISTENCY_TOKEN_HEADER} header (expected partition:offset[,…]): {e}"
@@ -235,10 +234,10 @@ impl Caller {
                         async_graphql::Error::from(err).into_server_error(Default::default()),
                     )
                 })?;
-            caller.past_l1 = !state
-                .tiers
-                .stream
-                .wait_applied(&positions, state.tiers.stream_config.token_wait)
+            let sync = &state.tiers.sync;
+            caller.past_l1 = !sync
+                .progress()
+                .wait_applied(&positions, sync.config().token_wait)
                 .await;
         }
         Ok(caller)
@@ -348,7 +347,7 @@ async fn graphql_handler(
     let mut store = state
         .store
         .with_request_stats(stats.clone())
-        .with_trace_context(crate::observe::trace_context());
+        .with_trace_context(cal_sync::trace::current_context());
     // A query's reads share one connection. Not a mutation's: a writer holding a read connection
     // while it waits for a transaction's could exhaust the pool.
     if query_only {
@@ -381,7 +380,7 @@ async fn graphql_handler(
         (&mut batch, &state.direct, query_only, &document)
     {
         let ctx = request_ctx();
-        direct_body = crate::observe::execute_direct(req, &stats, direct.execute(&ctx, doc, req))
+        direct_body = observe::execute_direct(req, &stats, direct.execute(&ctx, doc, req))
             .await
             .map(Bytes::from);
         store.release_connection().await;
@@ -401,7 +400,7 @@ async fn graphql_handler(
             request.data.insert(request_ctx());
         }
     }
-    let mut resp = crate::observe::execute(&state.schema, batch, &stats).await;
+    let mut resp = observe::execute(&state.schema, batch, &stats).await;
     store.release_connection().await;
     match &mut resp {
         BatchResponse::Single(r) => tag_limit_errors(r),

@@ -1,0 +1,210 @@
+//! The relay and the consumer run without an HTTP server: over a store, a cache and a bus, they
+//! repair Redis from the change log before they publish, and they stop when told to, after a
+//! last pass.
+
+use cal_cache::{
+    CacheConfig, InProcessBus, Invalidation, InvalidationBus, KeySpec, Loaded, TieredCache,
+};
+use cal_domain::cache_keys;
+use cal_domain::*;
+use cal_storage::{NewEvent, Store};
+use cal_sync::{Invalidator, RelayConfig, SyncConfig};
+use cal_test_support::TestDb;
+use chrono::{TimeZone, Utc};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+async fn cache(db: &TestDb, l1: bool) -> TieredCache {
+    TieredCache::new(
+        CacheConfig {
+            redis_url: Some(
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()),
+            ),
+            key_prefix: format!("test:{}:sync:", db.name),
+            l1_enabled: l1,
+            ..CacheConfig::default()
+        },
+        &prometheus::Registry::new(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Reads `key` through a fresh cache with L1 off: `true` when L2 answered, `false` when the
+/// loader had to run (a miss or a tombstone).
+async fn served_by_l2(db: &TestDb, key: &str, version: i64) -> bool {
+    let cache = cache(db, false).await;
+    let loads = AtomicUsize::new(0);
+    let spec = KeySpec::new(key.to_owned(), "event", Duration::from_secs(600));
+    cache
+        .get_many::<String, (), _, _>(&[spec], None, |missing| {
+            loads.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok(missing
+                    .into_iter()
+                    .map(|index| Loaded {
+                        index,
+                        value: Some(format!("v{version}")),
+                        version,
+                    })
+                    .collect())
+            }
+        })
+        .await
+        .unwrap();
+    loads.load(Ordering::SeqCst) == 0
+}
+
+async fn world(store: &Store) -> Event {
+    let owner = store
+        .create_user("o@example.test", "O", None)
+        .await
+        .unwrap();
+    let cal = store
+        .create_calendar(owner.id, "C", None, "UTC")
+        .await
+        .unwrap();
+    let start = Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap();
+    store
+        .create_event(&NewEvent {
+            calendar_id: cal.id,
+            organizer_id: owner.id,
+            title: "t".into(),
+            description: None,
+            location: None,
+            start_time: start,
+            end_time: start + chrono::Duration::hours(1),
+            time_zone: "UTC".into(),
+            all_day: false,
+            status: EventStatus::Confirmed,
+            transparency: Transparency::Busy,
+            rrule: None,
+            series_end: None,
+            attendees: vec![],
+            reservations: vec![],
+        })
+        .await
+        .unwrap()
+}
+
+async fn newest_row(db: &TestDb) -> (i64, bool) {
+    sqlx::query_as("SELECT id, published_at IS NOT NULL FROM outbox ORDER BY id DESC LIMIT 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+fn quick_relay() -> SyncConfig {
+    SyncConfig {
+        relay: RelayConfig {
+            poll: Duration::from_millis(20),
+            grace: Duration::from_millis(50),
+            ..RelayConfig::default()
+        },
+        ..SyncConfig::default()
+    }
+}
+
+/// Waits for the message of change-log row `id` on `messages`.
+async fn message_of(
+    messages: &mut futures::stream::BoxStream<'static, Result<Invalidation, cal_cache::BusError>>,
+    id: i64,
+) -> Invalidation {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let inv = messages.next().await.expect("bus open").expect("no loss");
+            if inv.outbox_id == Some(id) {
+                return inv;
+            }
+        }
+    })
+    .await
+    .expect("the row's message was published")
+}
+
+#[tokio::test]
+async fn a_dead_writers_row_is_tombstoned_in_redis_then_published() {
+    let db = TestDb::new().await;
+    // The writer: commits with a change-log row, then "dies" (no change sink runs).
+    let writer = Store::new(db.pool.clone()).with_origin("dead-writer");
+    let ev = world(&writer).await;
+    let key = cache_keys::event_full(ev.id);
+    // Redis holds the event at its current version, as a reader left it.
+    assert!(
+        !served_by_l2(&db, &key, ev.version).await,
+        "first read loads"
+    );
+    assert!(served_by_l2(&db, &key, ev.version).await, "then L2 has it");
+    let updated = writer
+        .update_event(
+            ev.id,
+            ev.version,
+            &cal_storage::EventPatch {
+                title: Some("new".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(updated.version > ev.version);
+    let (row, published) = newest_row(&db).await;
+    assert!(!published);
+
+    // Another instance's relay, with no HTTP server anywhere.
+    let bus: Arc<dyn InvalidationBus> = Arc::new(InProcessBus::default());
+    let mut messages = bus.subscribe();
+    let sync = Invalidator::new(
+        cache(&db, true).await,
+        bus,
+        "survivor".into(),
+        quick_relay(),
+    );
+    let running = sync.start(Store::new(db.pool.clone()), std::future::pending());
+    let inv = message_of(&mut messages, row).await;
+    assert_eq!(
+        inv.origin, "dead-writer",
+        "published on the writer's behalf"
+    );
+    assert!(
+        inv.keys
+            .iter()
+            .any(|(k, v)| *k == key && *v == updated.version),
+        "{:?}",
+        inv.keys
+    );
+    // Tombstones go first: by the time the message is out, Redis no longer serves the old row.
+    assert!(
+        !served_by_l2(&db, &key, ev.version).await,
+        "Redis still served the version the dead writer replaced"
+    );
+    running.stop();
+    tokio::time::timeout(Duration::from_secs(20), running.join())
+        .await
+        .expect("the tasks stop when told to");
+    assert!(newest_row(&db).await.1, "marked published");
+}
+
+#[tokio::test]
+async fn shutdown_publishes_own_rows_left_behind_then_joins() {
+    let db = TestDb::new().await;
+    let bus: Arc<dyn InvalidationBus> = Arc::new(InProcessBus::default());
+    let mut messages = bus.subscribe();
+    let mut cfg = quick_relay();
+    // No sweep before the shutdown: only the last pass can publish.
+    cfg.relay.poll = Duration::from_secs(3600);
+    let sync = Invalidator::new(cache(&db, true).await, bus, "me".into(), cfg);
+    let running = sync.start(Store::new(db.pool.clone()), std::future::pending());
+    // A write of this instance whose writer never asked the relay (no change sink).
+    let writer = Store::new(db.pool.clone()).with_origin("me");
+    world(&writer).await;
+    let (row, published) = newest_row(&db).await;
+    assert!(!published);
+    running.stop();
+    tokio::time::timeout(Duration::from_secs(20), running.join())
+        .await
+        .expect("the tasks stop when told to");
+    assert!(newest_row(&db).await.1, "the last pass published the row");
+    message_of(&mut messages, row).await;
+}
