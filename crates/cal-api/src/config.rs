@@ -36,6 +36,10 @@ pub struct ApiConfig {
     pub direct_execution: bool,
     /// Operator secret for the `/admin` endpoints (`x-admin-token`); `None`: they answer 403.
     pub admin_token: Option<SecretString>,
+    /// Most SQL statements one HTTP request may send (then `BUDGET_EXCEEDED`).
+    pub max_request_statements: u64,
+    /// Most rows one HTTP request may read (then `BUDGET_EXCEEDED`).
+    pub max_request_rows: u64,
 }
 
 impl ApiConfig {
@@ -57,6 +61,16 @@ impl ApiConfig {
             max_booked_occurrences: 1000,
             direct_execution: true,
             admin_token: None,
+            max_request_statements: 200,
+            max_request_rows: 200_000,
+        }
+    }
+
+    /// The runtime budget of one request.
+    pub fn budget(&self) -> cal_storage::Budget {
+        cal_storage::Budget {
+            statements: self.max_request_statements,
+            rows: self.max_request_rows,
         }
     }
 }

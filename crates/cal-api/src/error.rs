@@ -24,6 +24,8 @@ pub enum ApiError {
         conflicts: Vec<cal_storage::Conflict>,
     },
     TooComplex(String),
+    /// The request spent its budget of statements or rows ([`cal_storage::Budget`]).
+    BudgetExceeded(String),
     /// Logged with its detail; the client sees only "internal error".
     Internal(String),
 }
@@ -38,6 +40,7 @@ impl ApiError {
             ApiError::VersionConflict { .. } => "VERSION_CONFLICT",
             ApiError::ResourceConflict { .. } => "RESOURCE_CONFLICT",
             ApiError::TooComplex(_) => "QUERY_TOO_COMPLEX",
+            ApiError::BudgetExceeded(_) => "BUDGET_EXCEEDED",
             ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -45,7 +48,9 @@ impl ApiError {
     /// The message shown to clients.
     pub fn message(&self) -> String {
         match self {
-            ApiError::BadInput(m) | ApiError::TooComplex(m) => m.clone(),
+            ApiError::BadInput(m) | ApiError::TooComplex(m) | ApiError::BudgetExceeded(m) => {
+                m.clone()
+            }
             ApiError::NotFound => "not found".into(),
             ApiError::Forbidden => "forbidden".into(),
             ApiError::Unauthenticated => {
@@ -100,6 +105,7 @@ impl From<StorageError> for ApiError {
                 };
                 ApiError::ResourceConflict { message, conflicts }
             }
+            e @ StorageError::BudgetExceeded { .. } => ApiError::BudgetExceeded(e.to_string()),
             StorageError::Database(e) => ApiError::Internal(e.to_string()),
         }
     }
@@ -107,8 +113,12 @@ impl From<StorageError> for ApiError {
 
 impl From<std::sync::Arc<StorageError>> for ApiError {
     fn from(e: std::sync::Arc<StorageError>) -> Self {
-        // Loader errors are shared between the keys of one batch; only database errors happen there.
-        ApiError::Internal(e.to_string())
+        // Loader errors are shared between the keys of one batch: database errors, or the
+        // request's budget running out.
+        match &*e {
+            StorageError::BudgetExceeded { .. } => ApiError::BudgetExceeded(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `MAX_WINDOW_DAYS` | longest `from..to` window | `62` |
 //! | `MAX_PAGE_SIZE` | largest `first` | `200` |
 //! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_ALIASES`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `30`, `10`, `262144` |
+//! | `MAX_REQUEST_STATEMENTS`, `MAX_REQUEST_ROWS` | runtime budget of one request (`BUDGET_EXCEEDED` past it) | `200`, `200000` |
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may drain on SIGTERM | `20` |
 //! | `REDIS_URL` | Redis for the L2 cache; unset means L1 only | unset |
 //! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
@@ -59,6 +60,8 @@ pub struct Settings {
     pub max_page_size: usize,
     pub max_depth: usize,
     pub max_aliases: usize,
+    pub max_request_statements: u64,
+    pub max_request_rows: u64,
     pub max_complexity: usize,
     pub max_batch: usize,
     pub max_body_bytes: usize,
@@ -104,6 +107,8 @@ impl Default for Settings {
             max_page_size: 200,
             max_depth: 12,
             max_aliases: 30,
+            max_request_statements: 200,
+            max_request_rows: 200_000,
             max_complexity: 20_000,
             max_batch: 10,
             max_body_bytes: 256 * 1024,
@@ -154,6 +159,8 @@ impl Settings {
             "MAX_PAGE_SIZE",
             "MAX_DEPTH",
             "MAX_ALIASES",
+            "MAX_REQUEST_STATEMENTS",
+            "MAX_REQUEST_ROWS",
             "MAX_COMPLEXITY",
             "MAX_BATCH",
             "MAX_BODY_BYTES",
@@ -281,6 +288,11 @@ impl Settings {
         c.max_page_size = self.max_page_size;
         c.max_depth = self.max_depth;
         c.max_aliases = self.max_aliases;
+        if self.max_request_statements == 0 || self.max_request_rows == 0 {
+            bail!("MAX_REQUEST_STATEMENTS and MAX_REQUEST_ROWS must be at least 1");
+        }
+        c.max_request_statements = self.max_request_statements;
+        c.max_request_rows = self.max_request_rows;
         c.max_complexity = self.max_complexity;
         c.max_batch = self.max_batch;
         c.max_body_bytes = self.max_body_bytes;

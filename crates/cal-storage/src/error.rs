@@ -25,6 +25,9 @@ pub enum StorageError {
     Invalid(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The request has spent its budget (see [`crate::Budget`]); nothing more was sent.
+    #[error("the request exceeded its budget of {limit} {what}")]
+    BudgetExceeded { what: &'static str, limit: u64 },
 }
 
 impl StorageError {

@@ -43,9 +43,46 @@ pub struct StoreStats {
     commit_token: std::sync::Mutex<Option<String>>,
     /// Slow statements by name (see [`StoreStats::slow_statements`]).
     slow: statement::SlowStatements,
+    /// The most a request may spend (`None`: no ceiling, e.g. the store's own figures).
+    budget: Option<Budget>,
+}
+
+/// A request's ceiling on what it may cost the database: once it has sent `statements`
+/// statements or read `rows` rows, its next statement is refused with
+/// [`StorageError::BudgetExceeded`] instead of being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub statements: u64,
+    pub rows: u64,
 }
 
 impl StoreStats {
+    /// Figures for one request, which may spend at most `budget`.
+    pub fn with_budget(budget: Budget) -> Self {
+        Self {
+            budget: Some(budget),
+            ..Self::default()
+        }
+    }
+
+    /// `Err` when the next statement would go past the budget.
+    pub(crate) fn check_budget(&self) -> Result<(), StorageError> {
+        let Some(b) = self.budget else { return Ok(()) };
+        if self.statements() >= b.statements {
+            return Err(StorageError::BudgetExceeded {
+                what: "statements",
+                limit: b.statements,
+            });
+        }
+        if self.rows() > b.rows {
+            return Err(StorageError::BudgetExceeded {
+                what: "rows",
+                limit: b.rows,
+            });
+        }
+        Ok(())
+    }
+
     pub fn statements(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }
@@ -249,7 +286,7 @@ impl Store {
 
     /// `SELECT 1`, for readiness.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.pool).await?; // not a request statement
         Ok(())
     }
 }

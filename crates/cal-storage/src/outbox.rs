@@ -32,6 +32,7 @@ pub struct OutboxRow {
 
 /// Rows claimed by one relay pass; they stay locked until [`ClaimedOutbox::finish`] or drop.
 pub struct ClaimedOutbox {
+    store: Store,
     tx: Transaction<'static, Postgres>,
     pub rows: Vec<OutboxRow>,
 }
@@ -46,7 +47,10 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<ClaimedOutbox, StorageError> {
+        let st = self.statement("tx.begin")?;
         let mut tx = self.pool().begin().await?;
+        st.done(0);
+        let st = self.statement("outbox.claim")?;
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
         let rows = sqlx::query(
             "SELECT id, payload, origin, created_at FROM outbox \
@@ -60,6 +64,7 @@ impl Store {
         .bind(after)
         .fetch_all(&mut *tx)
         .await?;
+        st.done(rows.len());
         let rows = rows
             .iter()
             .map(|r| {
@@ -80,7 +85,11 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok(ClaimedOutbox { tx, rows })
+        Ok(ClaimedOutbox {
+            store: self.clone(),
+            tx,
+            rows,
+        })
     }
 
     /// Deletes up to `limit` published rows written more than `retention` ago, oldest first,
@@ -89,7 +98,7 @@ impl Store {
     /// another transaction holds are skipped, so a prune never waits for (or blocks) a writer
     /// or a relay: writers only insert new rows, relays lock unpublished ones.
     pub async fn prune_outbox(&self, retention: Duration, limit: i64) -> Result<u64, StorageError> {
-        let st = self.statement("outbox.prune");
+        let st = self.statement("outbox.prune")?;
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let done = sqlx::query(
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
@@ -108,7 +117,7 @@ impl Store {
 
     /// The newest purge of everything in the change log (its row id; 0: none).
     pub async fn purge_generation(&self) -> Result<i64, StorageError> {
-        let st = self.statement("outbox.purge_generation");
+        let st = self.statement("outbox.purge_generation")?;
         let generation: Option<i64> =
             sqlx::query_scalar("SELECT max(id) FROM outbox WHERE event_type = 'purge.all'")
                 .fetch_one(self.pool())
@@ -119,7 +128,7 @@ impl Store {
 
     /// The change log's size: `(rows, age of the oldest row)`, for metrics.
     pub async fn outbox_size(&self) -> Result<(i64, Duration), StorageError> {
-        let st = self.statement("outbox.size");
+        let st = self.statement("outbox.size")?;
         let (rows, age_ms): (i64, Option<f64>) = sqlx::query_as(
             "SELECT count(*), (extract(epoch FROM clock_timestamp() - min(created_at)) * 1000)::float8 \
              FROM outbox",
@@ -133,19 +142,22 @@ impl Store {
 
     /// Unpublished rows (all origins), for metrics.
     pub async fn outbox_pending(&self) -> Result<i64, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(self.pool())
-                .await?,
-        )
+        let st = self.statement("outbox.pending")?;
+        let n = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(self.pool())
+            .await?;
+        st.done(1);
+        Ok(n)
     }
 }
 
 impl ClaimedOutbox {
     /// Marks `published` (id, stream position) as sent and releases every claimed row; rows not
     /// listed stay unpublished for the next pass.
-    pub async fn finish(mut self, published: &[(i64, String)]) -> Result<(), StorageError> {
+    pub async fn finish(self, published: &[(i64, String)]) -> Result<(), StorageError> {
+        let Self { store, mut tx, .. } = self;
         if !published.is_empty() {
+            let st = store.statement("outbox.mark_published")?;
             let ids: Vec<i64> = published.iter().map(|(id, _)| *id).collect();
             let positions: Vec<&str> = published.iter().map(|(_, p)| p.as_str()).collect();
             sqlx::query(
@@ -154,10 +166,13 @@ impl ClaimedOutbox {
             )
             .bind(&ids)
             .bind(&positions)
-            .execute(&mut *self.tx)
+            .execute(&mut *tx)
             .await?;
+            st.done(published.len());
         }
-        self.tx.commit().await?;
+        let st = store.statement("tx.commit")?;
+        tx.commit().await?;
+        st.done(0);
         Ok(())
     }
 }

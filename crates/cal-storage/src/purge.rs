@@ -105,7 +105,7 @@ impl Store {
                 facts += self.record_purged_events(&mut tx, &rows).await?;
             }
             PurgeScope::User(id) => {
-                let st = self.statement("users.purge");
+                let st = self.statement("users.purge")?;
                 let version: Option<i64> = sqlx::query_scalar(
                     "UPDATE users SET version = version + 1 WHERE id = $1 RETURNING version",
                 )
@@ -118,7 +118,7 @@ impl Store {
                 facts += 1;
             }
             PurgeScope::Resource(id) => {
-                let st = self.statement("resources.purge");
+                let st = self.statement("resources.purge")?;
                 let version: Option<i64> = sqlx::query_scalar(
                     "UPDATE resources SET bookings_version = bookings_version + 1 WHERE id = $1 \
                      RETURNING bookings_version",
@@ -155,7 +155,7 @@ impl Store {
         filter: &'static str,
         id: i64,
     ) -> Result<Vec<(i64, i64, i64)>, StorageError> {
-        let st = self.statement("events.purge");
+        let st = self.statement("events.purge")?;
         let sql = format!(
             "UPDATE events SET version = version + 1 WHERE {filter} \
              RETURNING id, version, calendar_id"

@@ -217,7 +217,7 @@ impl Store {
         name: &'static str,
         q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<PgRow>> {
-        let st = self.statement(name);
+        let st = self.statement(name)?;
         let rows = match &self.conn {
             None => q.fetch_all(self.pool()).await?,
             Some(rc) => {
@@ -226,7 +226,7 @@ impl Store {
                     Some(conn) => conn,
                     None => held.insert(self.pool().acquire().await?),
                 };
-                q.fetch_all(&mut **conn).await?
+                q.fetch_all(&mut **conn).await? // same statement
             }
         };
         st.done(rows.len());

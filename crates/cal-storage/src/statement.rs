@@ -14,7 +14,7 @@
 //! A guard dropped without [`Statement::done`] is a statement that failed: its span is marked as an
 //! error and nothing is counted (as before), but its duration still counts towards slowness.
 
-use crate::{Store, StoreStats};
+use crate::{StorageError, Store, StoreStats};
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,8 +77,12 @@ impl Store {
         }
     }
 
-    /// Starts observing the statement `name`; send it, then call [`Statement::done`].
-    pub(crate) fn statement(&self, name: &'static str) -> Statement<'_> {
+    /// Starts observing the statement `name`; send it, then call [`Statement::done`]. Refused
+    /// (nothing to send) when the request has spent its budget.
+    pub(crate) fn statement(&self, name: &'static str) -> Result<Statement<'_>, StorageError> {
+        if let Some(request) = &self.request {
+            request.check_budget()?;
+        }
         let span = tracing::debug_span!(
             "db.statement",
             otel.name = name,
@@ -88,13 +92,13 @@ impl Store {
             db.statement.name = name,
             db.rows = tracing::field::Empty,
         );
-        Statement {
+        Ok(Statement {
             store: self,
             name,
             span,
             started: Instant::now(),
             done: false,
-        }
+        })
     }
 }
 
@@ -124,5 +128,77 @@ impl Drop for Statement<'_> {
                 "slow SQL statement"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every file of the crate that talks to PostgreSQL on behalf of a request or the relay
+    /// (`seed.rs` is a one-off command's bulk load; `explain.rs` reads plans for tests).
+    const SOURCES: [(&str, &str); 5] = [
+        ("lib.rs", include_str!("lib.rs")),
+        ("outbox.rs", include_str!("outbox.rs")),
+        ("purge.rs", include_str!("purge.rs")),
+        ("reads.rs", include_str!("reads.rs")),
+        ("writes.rs", include_str!("writes.rs")),
+    ];
+
+    /// What sends a statement (or a transaction's BEGIN/COMMIT) to the server. (`Store::begin`
+    /// and `Store::fetch` are the store's own guarded wrappers.)
+    const SENDS: [&str; 6] = [
+        ".fetch_all(",
+        ".fetch_one(",
+        ".fetch_optional(",
+        ".execute(",
+        "pool().begin()",
+        ".commit()",
+    ];
+
+    /// Marks a send that is deliberately not a request's statement (seeding, readiness), or a
+    /// second way of sending the statement of the guard above it.
+    const EXEMPT: [&str; 2] = ["// not a request statement", "// same statement"];
+
+    /// Every statement the store sends is observed: within each function, no more sends than
+    /// `statement(…)` guards. A query added without its guard fails here, so no statement can
+    /// bypass the request's count (and its budget) by accident.
+    #[test]
+    fn every_statement_is_observed() {
+        let mut unguarded = Vec::new();
+        for (file, text) in SOURCES {
+            let (mut guards, mut sends) = (0, Vec::new());
+            let mut check = |guards: &mut usize, sends: &mut Vec<(usize, String)>| {
+                if sends.len() > *guards {
+                    unguarded.extend(sends.iter().map(|(n, l)| format!("{file}:{n}: {l}")));
+                }
+                *guards = 0;
+                sends.clear();
+            };
+            for (n, line) in text.lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("fn ")
+                    || code.starts_with("pub fn ")
+                    || code.starts_with("pub(crate) fn ")
+                    || code.starts_with("async fn ")
+                    || code.starts_with("pub async fn ")
+                    || code.starts_with("pub(crate) async fn ")
+                    || code.starts_with("#[cfg(test)]")
+                {
+                    check(&mut guards, &mut sends);
+                }
+                if code.starts_with("//") || EXEMPT.iter().any(|e| line.contains(e)) {
+                    continue;
+                }
+                guards += line.matches(".statement(").count();
+                if SENDS.iter().any(|s| line.contains(s)) {
+                    sends.push((n + 1, code.to_owned()));
+                }
+            }
+            check(&mut guards, &mut sends);
+        }
+        assert!(
+            unguarded.is_empty(),
+            "statements sent without a `statement(…)` guard:\n{}",
+            unguarded.join("\n")
+        );
     }
 }

@@ -92,9 +92,13 @@ impl std::ops::DerefMut for WriteTx {
 }
 
 impl Store {
+    /// Takes a connection and sends `BEGIN` (counted like any statement).
     pub(crate) async fn begin(&self) -> Result<WriteTx> {
+        let st = self.statement("tx.begin")?;
+        let tx = self.pool().begin().await?;
+        st.done(0);
         Ok(WriteTx {
-            tx: self.pool().begin().await?,
+            tx,
             changes: ChangeSet::default(),
             records: Vec::new(),
         })
@@ -107,7 +111,7 @@ impl Store {
         if !tx.records.is_empty() || !tx.changes.is_empty() {
             self.record_resources(&mut tx).await?;
             let first = tx.records.first().cloned().unwrap_or_default();
-            let st = self.statement("outbox.insert");
+            let st = self.statement("outbox.insert")?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, origin, created_at) \
                  VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id",
@@ -126,7 +130,9 @@ impl Store {
             st.done(1);
             tx.changes.outbox_id = Some(id);
         }
+        let st = self.statement("tx.commit")?;
         tx.tx.commit().await?;
+        st.done(0);
         if let Some(sink) = &self.sink
             && !tx.changes.is_empty()
         {
@@ -145,7 +151,7 @@ impl Store {
             return Ok(());
         }
         let events: Vec<i64> = tx.changes.events.iter().map(|c| c.event.0).collect();
-        let st = self.statement("resources.booked_by_events");
+        let st = self.statement("resources.booked_by_events")?;
         let rows: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT s.id, s.bookings_version FROM resources s \
              WHERE s.id IN (SELECT resource_id FROM reservations WHERE event_id = ANY($1))",
@@ -172,7 +178,7 @@ impl Store {
         if let Some((_, v)) = tx.changes.calendars.iter().find(|(c, _)| *c == calendar) {
             return Ok(*v);
         }
-        let st = self.statement("calendars.bump_version");
+        let st = self.statement("calendars.bump_version")?;
         let version: Option<i64> =
             sqlx::query_scalar("UPDATE calendars SET version = version + 1, updated_at = now() WHERE id = $1 RETURNING version")
                 .bind(calendar.0)
@@ -222,7 +228,7 @@ impl Store {
         let sql = format!(
             "INSERT INTO users (email, name, avatar_url) VALUES ($1, $2, $3) RETURNING {USER_COLS}"
         );
-        let st = self.statement("users.insert");
+        let st = self.statement("users.insert")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(email)
             .bind(name)
@@ -244,7 +250,7 @@ impl Store {
         let sql = format!(
             "INSERT INTO resources (name, kind, capacity, location) VALUES ($1, $2, $3, $4) RETURNING {RESOURCE_COLS}"
         );
-        let st = self.statement("resources.insert");
+        let st = self.statement("resources.insert")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(name)
             .bind(kind.as_str())
@@ -259,7 +265,7 @@ impl Store {
 
     async fn calendar_in(&self, conn: &mut PgConnection, id: CalendarId) -> Result<Calendar> {
         let sql = format!("SELECT {CALENDAR_COLS} FROM {CALENDAR_FROM} WHERE c.id = $1");
-        let st = self.statement("calendars.by_id");
+        let st = self.statement("calendars.by_id")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.0)
             .fetch_one(conn)
@@ -277,7 +283,7 @@ impl Store {
         time_zone: &str,
     ) -> Result<Calendar> {
         let mut tx = self.begin().await?;
-        let st = self.statement("calendars.insert");
+        let st = self.statement("calendars.insert")?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO calendars (owner_id, name, description, time_zone) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -289,7 +295,7 @@ impl Store {
         .await
         .map_err(StorageError::from_db)?;
         st.done(1);
-        let st = self.statement("calendar_members.insert_owner");
+        let st = self.statement("calendar_members.insert_owner")?;
         sqlx::query(
             "INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, 'owner')",
         )
@@ -328,7 +334,7 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         self.touch_calendar(&mut tx, calendar).await?;
-        let st = self.statement("calendar_members.upsert");
+        let st = self.statement("calendar_members.upsert")?;
         let changed = sqlx::query(
             "INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, $3) \
              ON CONFLICT (calendar_id, user_id) DO UPDATE SET role = EXCLUDED.role \
@@ -364,7 +370,7 @@ impl Store {
     pub async fn unshare_calendar(&self, calendar: CalendarId, user: UserId) -> Result<bool> {
         let mut tx = self.begin().await?;
         self.touch_calendar(&mut tx, calendar).await?;
-        let st = self.statement("calendar_members.delete");
+        let st = self.statement("calendar_members.delete")?;
         let removed = sqlx::query("DELETE FROM calendar_members WHERE calendar_id = $1 AND user_id = $2 AND role <> 'owner'")
             .bind(calendar.0)
             .bind(user.0)
@@ -408,7 +414,7 @@ impl Store {
             "UPDATE events SET version = version + 1, updated_at = now() \
              WHERE id = $1 AND deleted_at IS NULL AND ($2::bigint IS NULL OR version = $2) RETURNING {EVENT_COLS}"
         );
-        let st = self.statement("events.bump_version");
+        let st = self.statement("events.bump_version")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.0)
             .bind(expected)
@@ -427,7 +433,7 @@ impl Store {
         id: EventId,
         expected: Option<i64>,
     ) -> Result<StorageError> {
-        let st = self.statement("events.current_version");
+        let st = self.statement("events.current_version")?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT version FROM events WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id.0)
@@ -451,7 +457,7 @@ impl Store {
         }
         let ids: Vec<i64> = attendees.iter().map(|a| a.user_id.0).collect();
         let optional: Vec<bool> = attendees.iter().map(|a| a.is_optional).collect();
-        let st = self.statement("attendees.insert");
+        let st = self.statement("attendees.insert")?;
         let n = sqlx::query(
             "INSERT INTO attendees (event_id, user_id, email, name, is_optional) \
              SELECT $1, u.id, u.email, u.name, x.optional \
@@ -489,7 +495,9 @@ impl Store {
              SELECT $1, x.r, x.s, x.e FROM unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[]) AS x(r, s, e) \
              RETURNING {RESERVATION_COLS}"
         );
-        let st = self.statement("reservations.insert");
+        let st = self
+            .statement("reservations.insert")
+            .map_err(InsertReservationError::Other)?;
         let result = sqlx::query(AssertSqlSafe(sql))
             .bind(event.id.0)
             .bind(&res)
@@ -525,7 +533,7 @@ impl Store {
         starts: &[DateTime<Utc>],
         ends: &[DateTime<Utc>],
     ) -> Result<Vec<Conflict>> {
-        let st = self.statement("reservations.conflicts");
+        let st = self.statement("reservations.conflicts")?;
         let rows = sqlx::query(
             "SELECT DISTINCT r.resource_id, r.event_id, r.start_time, r.end_time FROM reservations r \
              JOIN unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS x(r, s, e) \
@@ -565,6 +573,10 @@ impl Store {
             InsertReservationError::Other(e) => e,
             InsertReservationError::MoveOverlap(m) => {
                 // The transaction is gone; the bookings are still where they were.
+                let st = match self.statement("reservations.move_conflicts") {
+                    Ok(st) => st,
+                    Err(e) => return e,
+                };
                 let wanted = sqlx::query(
                     "SELECT resource_id, start_time + $2 * interval '1 microsecond' AS s, \
                             start_time + ($2 + $3) * interval '1 microsecond' AS e \
@@ -582,6 +594,7 @@ impl Store {
                     Ok(rows) => rows,
                     Err(e) => return e.into(),
                 };
+                st.done(wanted.len());
                 let mut res = Vec::new();
                 let mut starts = Vec::new();
                 let mut ends = Vec::new();
@@ -613,7 +626,7 @@ impl Store {
                time_zone, all_day, status, transparency, rrule, series_end) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {EVENT_COLS}"
         );
-        let st = self.statement("events.insert");
+        let st = self.statement("events.insert")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(new.calendar_id.0)
             .bind(new.organizer_id.0)
@@ -650,7 +663,7 @@ impl Store {
              WHERE recurring_event_id = $1 AND ($2::timestamptz IS NULL OR original_start_time = $2) \
                AND deleted_at IS NULL RETURNING {EVENT_COLS}"
         );
-        let st = self.statement("events.delete_overrides");
+        let st = self.statement("events.delete_overrides")?;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(series.0)
             .bind(original_start)
@@ -673,7 +686,7 @@ impl Store {
         from: EventId,
         to: EventId,
     ) -> Result<()> {
-        let st = self.statement("attendees.copy");
+        let st = self.statement("attendees.copy")?;
         sqlx::query(
             "INSERT INTO attendees (event_id, user_id, email, name, response_status, is_optional) \
              SELECT $2, user_id, email, name, response_status, is_optional FROM attendees WHERE event_id = $1",
@@ -729,7 +742,7 @@ impl Store {
                series_end = CASE WHEN $15 THEN $16 ELSE series_end END \
              WHERE id = $1 RETURNING {EVENT_COLS}"
         );
-        let st = self.statement("events.patch");
+        let st = self.statement("events.patch")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.0)
             .bind(&patch.title)
@@ -794,7 +807,7 @@ impl Store {
     pub async fn delete_event(&self, id: EventId, expected_version: Option<i64>) -> Result<Event> {
         let mut tx = self.begin().await?;
         let before = self.bump_event(&mut tx, id, expected_version).await?;
-        let st = self.statement("events.soft_delete");
+        let st = self.statement("events.soft_delete")?;
         sqlx::query("UPDATE events SET deleted_at = now() WHERE id = $1")
             .bind(id.0)
             .execute(&mut *tx)
@@ -802,7 +815,7 @@ impl Store {
         st.done(0);
         // A series goes with its overrides (each a changed fact of its own).
         self.delete_overrides(&mut tx, id, None).await?;
-        let st = self.statement("reservations.cancel_of_event");
+        let st = self.statement("reservations.cancel_of_event")?;
         sqlx::query(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
              AND event_id IN (SELECT id FROM events WHERE id = $1 OR recurring_event_id = $1)",
@@ -836,7 +849,7 @@ impl Store {
             "UPDATE attendees SET response_status = $3, updated_at = now() WHERE event_id = $1 AND user_id = $2 \
              RETURNING {ATTENDEE_COLS}"
         );
-        let st = self.statement("attendees.respond");
+        let st = self.statement("attendees.respond")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(event.0)
             .bind(user.0)
@@ -890,7 +903,7 @@ impl Store {
     ) -> Result<Event> {
         let mut tx = self.begin().await?;
         let ev = self.bump_event(&mut tx, event, expected).await?;
-        let st = self.statement("attendees.delete");
+        let st = self.statement("attendees.delete")?;
         let n = sqlx::query("DELETE FROM attendees WHERE event_id = $1 AND user_id = $2")
             .bind(event.0)
             .bind(user.0)
@@ -944,7 +957,7 @@ impl Store {
     /// Cancels a confirmed reservation. `NotFound` when it does not exist or is already cancelled.
     pub async fn cancel_reservation(&self, id: ReservationId) -> Result<Reservation> {
         let mut tx = self.begin().await?;
-        let st = self.statement("reservations.event_of");
+        let st = self.statement("reservations.event_of")?;
         let event: Option<i64> = sqlx::query_scalar(
             "SELECT event_id FROM reservations WHERE id = $1 AND status = 'confirmed'",
         )
@@ -959,7 +972,7 @@ impl Store {
         let sql = format!(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE id = $1 RETURNING {RESERVATION_COLS}"
         );
-        let st = self.statement("reservations.cancel");
+        let st = self.statement("reservations.cancel")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.0)
             .fetch_one(&mut *tx)
@@ -985,7 +998,9 @@ impl Store {
         conn: &mut PgConnection,
         m: &Move,
     ) -> std::result::Result<(), InsertReservationError> {
-        let st = self.statement("reservations.move");
+        let st = self
+            .statement("reservations.move")
+            .map_err(InsertReservationError::Other)?;
         let r = sqlx::query(
             "UPDATE reservations SET event_id = $2, \
                start_time = start_time + $3 * interval '1 microsecond', \
@@ -1020,7 +1035,7 @@ impl Store {
             "SELECT {EVENT_COLS}, deleted_at IS NOT NULL AS deleted FROM events \
              WHERE recurring_event_id = $1 AND original_start_time = $2"
         );
-        let st = self.statement("events.override_of");
+        let st = self.statement("events.override_of")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(series.0)
             .bind(original_start)
@@ -1064,7 +1079,7 @@ impl Store {
             "UPDATE events SET exdates = CASE WHEN $2 = ANY(exdates) THEN exdates ELSE array_append(exdates, $2) END \
              WHERE id = $1 RETURNING {EVENT_COLS}"
         );
-        let st = self.statement("events.add_exdate");
+        let st = self.statement("events.add_exdate")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(series.0)
             .bind(original_start)
@@ -1075,7 +1090,7 @@ impl Store {
         let overrides = self
             .delete_overrides(tx, series, Some(original_start))
             .await?;
-        let st = self.statement("reservations.cancel_of_instance");
+        let st = self.statement("reservations.cancel_of_instance")?;
         sqlx::query(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
                AND ((event_id = $1 AND start_time < $3 AND end_time > $2) OR event_id = ANY($4))",
@@ -1132,7 +1147,7 @@ impl Store {
         id: EventId,
         expected: Option<i64>,
     ) -> Result<StorageError> {
-        let st = self.statement("events.version_any");
+        let st = self.statement("events.version_any")?;
         let current: Option<i64> = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
             .bind(id.0)
             .fetch_optional(conn)
@@ -1159,7 +1174,7 @@ impl Store {
     ) -> Result<Event> {
         let mut tx = self.begin().await?;
         let master = self.bump_event(&mut tx, series, expected).await?;
-        let st = self.statement("events.insert_override");
+        let st = self.statement("events.insert_override")?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO events (calendar_id, organizer_id, title, description, location, start_time, end_time, \
                time_zone, all_day, status, transparency, recurring_event_id, original_start_time, version) \
@@ -1210,7 +1225,7 @@ impl Store {
     ) -> Result<Event> {
         let mut tx = self.begin().await?;
         let before = self.bump_event(&mut tx, series, expected).await?;
-        let st = self.statement("events.truncate_series");
+        let st = self.statement("events.truncate_series")?;
         sqlx::query("UPDATE events SET rrule = $2, series_end = $3 WHERE id = $1")
             .bind(series.0)
             .bind(truncated_rule)
@@ -1221,7 +1236,7 @@ impl Store {
         st.done(0);
         let created = self.insert_event(&mut tx, new_series).await?;
         self.copy_attendees(&mut tx, series, created.id).await?;
-        let st = self.statement("events.reparent_overrides");
+        let st = self.statement("events.reparent_overrides")?;
         sqlx::query(
             "UPDATE events SET recurring_event_id = $2, updated_at = now() \
              WHERE recurring_event_id = $1 AND original_start_time >= $3",

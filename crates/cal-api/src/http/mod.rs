@@ -341,7 +341,7 @@ async fn graphql_handler(
     }
 
     // 4. Execute.
-    let stats = Arc::new(StoreStats::default());
+    let stats = Arc::new(StoreStats::with_budget(state.config.budget()));
     // Writes carry the request's trace context through their outbox rows to the bus, so an
     // invalidation applied on another instance links to this request in Jaeger.
     let mut store = state
@@ -419,6 +419,21 @@ async fn graphql_handler(
         return answer(&caller, responses, &stats, &cache_stats, body);
     }
 
+    // What the request cost, on every answer that is not a denial (how much a denied request
+    // read would tell whether the thing exists).
+    let cost = cost_value(&stats);
+    match &mut resp {
+        BatchResponse::Single(r) => {
+            if !is_denied(r) {
+                r.extensions.insert("cost".to_owned(), cost);
+            }
+        }
+        BatchResponse::Batch(list) => {
+            for r in list.iter_mut().filter(|r| !is_denied(r)) {
+                r.extensions.insert("cost".to_owned(), cost.clone());
+            }
+        }
+    }
     let token = stats.commit_token();
     if let (Some(token), BatchResponse::Single(r)) = (&token, &mut resp) {
         r.extensions.insert(
@@ -482,6 +497,8 @@ async fn store_answer(
     body: &Bytes,
 ) {
     let operation = crate::observe::operation().unwrap_or_default();
+    // A later hit costs nothing: that is what it reports.
+    let body = &with_extensions(body, &[("cost", zero_cost())]);
     if keep.shared {
         response_cache::shared_store(
             &state.tiers.cache,
@@ -497,7 +514,8 @@ async fn store_answer(
     }
 }
 
-/// A `{"data":…}` answer, with `extensions.stats` when asked for.
+/// A `{"data":…}` answer (never an error: those are not kept), with `extensions.cost` and,
+/// when asked for, `extensions.stats`.
 fn answer(
     caller: &Caller,
     responses: Option<&response_cache::ResponseCache>,
@@ -505,11 +523,37 @@ fn answer(
     cache_stats: &RequestStats,
     body: Bytes,
 ) -> Response {
+    let cost = cost_value(stats);
     if caller.debug && !is_denied_body(&body) {
         let value = stats_value(stats, &cache_stats.snapshot(), responses.map(|_| false));
-        return json_response(with_stats(&body, &value));
+        return json_response(with_extensions(&body, &[("cost", cost), ("stats", value)]));
     }
-    json_response(body)
+    json_response(with_extensions(&body, &[("cost", cost)]))
+}
+
+/// What the request cost the database, under `extensions.cost`: statements, rows and loader
+/// batches (no per-tier cache figures: those would tell of other viewers' activity).
+fn cost_value(stats: &StoreStats) -> async_graphql::Value {
+    async_graphql::Value::from_json(serde_json::json!({
+        "statements": stats.statements(),
+        "rows": stats.rows(),
+        "loaderBatches": crate::observe::loader_batches(),
+    }))
+    .expect("a JSON object converts")
+}
+
+/// The cost of an answer from a response cache.
+fn zero_cost() -> async_graphql::Value {
+    cost_value(&StoreStats::default())
+}
+
+/// The tail that [`store_answer`] gives every kept body: `,"extensions":{"cost":{…zero…}}}`.
+fn zero_cost_tail() -> &'static [u8] {
+    static TAIL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    TAIL.get_or_init(|| {
+        let body = with_extensions(&Bytes::from_static(b"{}"), &[("cost", zero_cost())]);
+        [&b","[..], &body[1..]].concat()
+    })
 }
 
 fn json_response(body: Bytes) -> Response {
@@ -569,17 +613,26 @@ fn is_denied_body(body: &[u8]) -> bool {
     })
 }
 
-/// `body` (a response object without extensions, `{"data":…}`) with `extensions.stats` added,
-/// spliced in before the closing brace; `body` unchanged if it is not such an object.
-fn with_stats(body: &Bytes, stats: &async_graphql::Value) -> Bytes {
+/// `body` (a response object without extensions, `{"data":…}`) with an `extensions` object of
+/// `entries` spliced in before the closing brace; `body` unchanged if it is not such an object.
+fn with_extensions(body: &Bytes, entries: &[(&str, async_graphql::Value)]) -> Bytes {
     let Some(inner) = body.strip_suffix(b"}").filter(|b| b.starts_with(b"{")) else {
         return body.clone();
     };
-    let stats = serde_json::to_string(stats).expect("stats serialize");
-    let mut out = Vec::with_capacity(body.len() + stats.len() + 32);
+    let mut out = Vec::with_capacity(body.len() + 128);
     out.extend_from_slice(inner);
-    out.extend_from_slice(b",\"extensions\":{\"stats\":");
-    out.extend_from_slice(stats.as_bytes());
+    if inner.len() > 1 {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"extensions\":{");
+    for (i, (name, value)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, name).expect("a name serializes");
+        out.push(b':');
+        serde_json::to_writer(&mut out, value).expect("a value serializes");
+    }
     out.extend_from_slice(b"}}");
     Bytes::from(out)
 }
@@ -599,7 +652,15 @@ fn cached_response(
             ..Default::default()
         };
         let stats = stats_value(&StoreStats::default(), &snapshot, Some(true));
-        return json_response(with_stats(&body, &stats));
+        // Kept bodies end with their (zero) cost; the figures go beside it.
+        let data = body
+            .strip_suffix(zero_cost_tail())
+            .map(|b| Bytes::from([b, &b"}"[..]].concat()))
+            .unwrap_or(body);
+        return json_response(with_extensions(
+            &data,
+            &[("cost", zero_cost()), ("stats", stats)],
+        ));
     }
     match encoded {
         Some((encoding, bytes)) => {
@@ -667,15 +728,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stats_are_spliced_into_a_data_object_and_nothing_else() {
+    fn extensions_are_spliced_into_a_data_object_and_nothing_else() {
         let stats = async_graphql::Value::from_json(serde_json::json!({ "l1Hits": 3 })).unwrap();
         let body = Bytes::from_static(br#"{"data":{"me":{"id":"1"}}}"#);
-        let out: serde_json::Value = serde_json::from_slice(&with_stats(&body, &stats)).unwrap();
+        let spliced = with_extensions(&body, &[("cost", zero_cost()), ("stats", stats.clone())]);
+        let out: serde_json::Value = serde_json::from_slice(&spliced).unwrap();
         assert_eq!(out["data"]["me"]["id"], "1");
         assert_eq!(out["extensions"]["stats"]["l1Hits"], 3);
+        assert_eq!(out["extensions"]["cost"]["statements"], 0);
         for odd in [&b""[..], b"}", b"[1]", b"{"] {
             let odd = Bytes::copy_from_slice(odd);
-            assert_eq!(with_stats(&odd, &stats), odd, "{odd:?}");
+            assert_eq!(
+                with_extensions(&odd, &[("stats", stats.clone())]),
+                odd,
+                "{odd:?}"
+            );
         }
+        let kept = with_extensions(&body, &[("cost", zero_cost())]);
+        assert!(
+            kept.ends_with(zero_cost_tail()),
+            "kept bodies end with the zero cost"
+        );
     }
 }
