@@ -1,12 +1,25 @@
 //! API limits and switches. Plain data: the binary decides where the values come from.
 
+use crate::jwks::JwksSource;
 use chrono::Duration;
 use secrecy::SecretString;
 
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// HS256 secret for bearer tokens.
+    /// HS256 secret for bearer tokens: what [`crate::auth::mint`] signs with and, while
+    /// `accept_hs256` is on, what HS256 tokens are checked against.
     pub jwt_secret: SecretString,
+    /// Accept HS256 tokens (dev, tests, `calendar token`); the binary turns it off in prod when
+    /// no `JWT_SECRET` is configured, leaving only JWKS-signed tokens.
+    pub accept_hs256: bool,
+    /// RS256/ES256 signing keys (a fixed set or a URL); `None`: HS256 only.
+    pub jwks: Option<JwksSource>,
+    /// Required `iss` of JWKS-signed tokens; `None`: not checked.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of JWKS-signed tokens (one of theirs); `None`: not checked.
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (whole seconds).
+    pub jwt_leeway: std::time::Duration,
     /// Development mode: GraphiQL on `GET /graphql` and schema introspection.
     pub dev_mode: bool,
     /// Longest `[from, to)` window a query may ask for.
@@ -47,6 +60,11 @@ impl ApiConfig {
     pub fn new(jwt_secret: impl Into<String>) -> Self {
         Self {
             jwt_secret: SecretString::from(jwt_secret.into()),
+            accept_hs256: true,
+            jwks: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: crate::auth::DEFAULT_LEEWAY,
             dev_mode: false,
             max_window: Duration::days(62),
             max_page_size: 200,

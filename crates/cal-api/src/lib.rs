@@ -2,7 +2,8 @@
 //!
 //! A tour:
 //! - [`config`]: limits and switches, as a plain struct (the binary fills it from the environment);
-//! - [`auth`]: HS256 bearer tokens → the viewer's user id;
+//! - [`auth`]: bearer tokens (HS256 with the shared secret, RS256/ES256 from a JWKS) → the
+//!   viewer's user id; [`jwks`]: the key sets, read from a file or fetched and refreshed;
 //! - [`error`]: the one error enum and its stable `extensions.code`s;
 //! - [`loaders`]: one set of DataLoaders per request, each batch one SQL statement;
 //! - [`schema`]: the GraphQL types, queries and mutations; authorization happens in resolvers,
@@ -23,6 +24,7 @@ pub mod config;
 pub mod documents;
 pub mod error;
 pub mod http;
+pub mod jwks;
 pub mod limits;
 pub mod loaders;
 pub mod observe;

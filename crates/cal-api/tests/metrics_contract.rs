@@ -9,7 +9,8 @@ use common::*;
 const LISTED: &str = include_str!("../../../deploy/metrics.txt");
 
 /// Prefixes this test checks: every name in the list.
-const CHECKED: [&str; 5] = [
+const CHECKED: [&str; 6] = [
+    "cal_auth_",
     "cal_graphql_",
     "cal_cache_",
     "cal_sql_",

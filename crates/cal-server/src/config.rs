@@ -5,7 +5,12 @@
 //! |---|---|---|
 //! | `DATABASE_URL` | PostgreSQL URL; the database is created if missing | `postgres://postgres@127.0.0.1:5432/calendar` |
 //! | `LISTEN_ADDR` | address to serve on | `127.0.0.1:8080` |
-//! | `JWT_SECRET` | HS256 secret for bearer tokens (required outside dev mode, ≥ 32 bytes) | a fixed dev secret in dev mode |
+//! | `JWT_SECRET` | HS256 secret for bearer tokens (≥ 32 bytes); outside dev mode HS256 tokens are accepted only when it is set, and it or a JWKS source is required | a fixed dev secret in dev mode |
+//! | `JWT_JWKS_FILE` | JWKS file with the RS256/ES256 keys of an external issuer, read at start-up (exclusive with `JWT_JWKS_URL`) | unset |
+//! | `JWT_JWKS_URL` | `http://` URL of a JWKS, fetched at start-up and refreshed in the background, keeping the last good set when a fetch fails (no TLS client in this build: `https://` is refused) | unset |
+//! | `JWT_JWKS_REFRESH_SECS` | how often `JWT_JWKS_URL` is fetched (≥ 1); a token with an unknown `kid` fetches it early, at most once per 30 s | `300` |
+//! | `JWT_ISSUER`, `JWT_AUDIENCE` | required `iss` / `aud` of JWKS-signed tokens; unset: not checked | unset |
+//! | `JWT_LEEWAY_SECS` | clock skew allowed on `exp` and `nbf` (`0..=300`) | `30` |
 //! | `ADMIN_TOKEN` | operator secret for `POST /admin/purge` (header `x-admin-token`, ≥ 16 bytes); unset: the admin endpoints answer 403 | unset |
 //! | `CAL_ENV` | `dev` (GraphiQL, introspection, pretty logs) or `prod` | `dev` |
 //! | `DB_MAX_CONNECTIONS` | pool size | `20` |
@@ -52,6 +57,12 @@ pub struct Settings {
     pub listen_addr: String,
     #[serde(serialize_with = "no_secret")]
     pub jwt_secret: Option<SecretString>,
+    pub jwt_jwks_file: Option<String>,
+    pub jwt_jwks_url: Option<String>,
+    pub jwt_jwks_refresh_secs: u64,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway_secs: u64,
     #[serde(serialize_with = "no_secret")]
     pub admin_token: Option<SecretString>,
     pub cal_env: String,
@@ -100,6 +111,12 @@ impl Default for Settings {
             database_url: "postgres://postgres@127.0.0.1:5432/calendar".into(),
             listen_addr: "127.0.0.1:8080".into(),
             jwt_secret: None,
+            jwt_jwks_file: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_secs: cal_api::jwks::DEFAULT_REFRESH.as_secs(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_secs: cal_api::auth::DEFAULT_LEEWAY.as_secs(),
             admin_token: None,
             cal_env: "dev".into(),
             db_max_connections: 20,
@@ -152,6 +169,12 @@ impl Settings {
             "DATABASE_URL",
             "LISTEN_ADDR",
             "JWT_SECRET",
+            "JWT_JWKS_FILE",
+            "JWT_JWKS_URL",
+            "JWT_JWKS_REFRESH_SECS",
+            "JWT_ISSUER",
+            "JWT_AUDIENCE",
+            "JWT_LEEWAY_SECS",
             "ADMIN_TOKEN",
             "CAL_ENV",
             "DB_MAX_CONNECTIONS",
@@ -201,6 +224,7 @@ impl Settings {
         if !matches!(s.cal_env.as_str(), "dev" | "prod") {
             bail!("CAL_ENV must be `dev` or `prod`, not {:?}", s.cal_env);
         }
+        s.check_auth()?;
         if !(-20..=19).contains(&s.invalidation_thread_nice) {
             bail!(
                 "INVALIDATION_THREAD_NICE must be a nice value between -20 and 19, not {}",
@@ -222,6 +246,73 @@ impl Settings {
             None if self.dev_mode() => Ok(SecretString::from(DEV_JWT_SECRET)),
             None => bail!("JWT_SECRET is required when CAL_ENV=prod"),
         }
+    }
+
+    /// The HS256 secret the server accepts tokens with: `JWT_SECRET`, or the dev secret in dev
+    /// mode; `None` in prod without `JWT_SECRET` (then only JWKS-signed tokens are accepted).
+    fn hs256_secret(&self) -> Result<Option<SecretString>> {
+        match &self.jwt_secret {
+            Some(_) => self.secret().map(Some),
+            None if self.dev_mode() => Ok(Some(SecretString::from(DEV_JWT_SECRET))),
+            None => Ok(None),
+        }
+    }
+
+    fn jwks_file(&self) -> Option<&str> {
+        self.jwt_jwks_file.as_deref().filter(|f| !f.is_empty())
+    }
+
+    fn jwks_url(&self) -> Option<&str> {
+        self.jwt_jwks_url.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// The token settings, checked without reading the JWKS file (that happens in
+    /// [`Settings::api_config`]).
+    fn check_auth(&self) -> Result<()> {
+        if self.jwks_file().is_some() && self.jwks_url().is_some() {
+            bail!("set JWT_JWKS_FILE or JWT_JWKS_URL, not both");
+        }
+        if let Some(url) = self.jwks_url() {
+            if url.starts_with("https://") {
+                bail!(
+                    "JWT_JWKS_URL: this build has no TLS client, so an https:// URL cannot be \
+                     fetched; use an http:// URL (e.g. a sidecar or proxy on the host) or JWT_JWKS_FILE"
+                );
+            }
+            if !url.starts_with("http://") {
+                bail!("JWT_JWKS_URL must be an http:// URL");
+            }
+        }
+        if self.jwt_jwks_refresh_secs == 0 {
+            bail!("JWT_JWKS_REFRESH_SECS must be at least 1");
+        }
+        if self.jwt_leeway_secs > 300 {
+            bail!(
+                "JWT_LEEWAY_SECS must be at most 300 (clock skew, not a validity extension), not {}",
+                self.jwt_leeway_secs
+            );
+        }
+        if !self.dev_mode()
+            && self.jwt_secret.is_none()
+            && self.jwks_file().is_none()
+            && self.jwks_url().is_none()
+        {
+            bail!("CAL_ENV=prod needs JWT_SECRET or a JWKS source (JWT_JWKS_FILE or JWT_JWKS_URL)");
+        }
+        Ok(())
+    }
+
+    /// Where RS256/ES256 keys come from; reads and checks the JWKS file.
+    fn jwks_source(&self) -> Result<Option<cal_api::jwks::JwksSource>> {
+        use cal_api::jwks::{JwksSource, KeySet};
+        if let Some(file) = self.jwks_file() {
+            let set = KeySet::from_file(file).with_context(|| format!("JWT_JWKS_FILE {file}"))?;
+            return Ok(Some(JwksSource::Static(set)));
+        }
+        Ok(self.jwks_url().map(|url| JwksSource::Url {
+            url: url.to_owned(),
+            refresh: std::time::Duration::from_secs(self.jwt_jwks_refresh_secs),
+        }))
     }
 
     pub fn cache_config(&self) -> cal_cache::CacheConfig {
@@ -281,8 +372,17 @@ impl Settings {
     }
 
     pub fn api_config(&self) -> Result<cal_api::ApiConfig> {
-        let mut c = cal_api::ApiConfig::new("placeholder");
-        c.jwt_secret = self.secret()?;
+        self.check_auth()?;
+        let mut c = cal_api::ApiConfig::new("hs256-is-off-without-a-secret");
+        match self.hs256_secret()? {
+            Some(secret) => c.jwt_secret = secret,
+            None => c.accept_hs256 = false,
+        }
+        c.jwks = self.jwks_source()?;
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        c.jwt_issuer = nonempty(&self.jwt_issuer);
+        c.jwt_audience = nonempty(&self.jwt_audience);
+        c.jwt_leeway = std::time::Duration::from_secs(self.jwt_leeway_secs);
         c.dev_mode = self.dev_mode();
         c.max_window = chrono::Duration::days(self.max_window_days);
         c.max_page_size = self.max_page_size;
@@ -302,5 +402,91 @@ impl Settings {
             None => None,
         };
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWKS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../cal-api/tests/fixtures/jwks.json"
+    );
+
+    fn prod(tweak: impl FnOnce(&mut Settings)) -> Settings {
+        let mut s = Settings {
+            cal_env: "prod".into(),
+            ..Settings::default()
+        };
+        tweak(&mut s);
+        s
+    }
+
+    fn refused(s: Settings) -> String {
+        format!("{:#}", s.api_config().expect_err("refused"))
+    }
+
+    #[test]
+    fn prod_needs_a_secret_or_a_jwks_source() {
+        assert!(refused(prod(|_| {})).contains("JWT_SECRET or a JWKS source"));
+        // A JWKS file alone: RS256/ES256 only, HS256 off.
+        let c = prod(|s| s.jwt_jwks_file = Some(JWKS.into()))
+            .api_config()
+            .unwrap();
+        assert!(!c.accept_hs256);
+        assert!(matches!(c.jwks, Some(cal_api::jwks::JwksSource::Static(ref k)) if k.len() == 3));
+        // A secret alone: HS256 as before.
+        let c = prod(|s| s.jwt_secret = Some(SecretString::from("x".repeat(32))))
+            .api_config()
+            .unwrap();
+        assert!(c.accept_hs256 && c.jwks.is_none());
+        // Dev mode keeps the dev secret next to a JWKS.
+        let mut dev = Settings {
+            jwt_jwks_url: Some("http://127.0.0.1:1/jwks".into()),
+            jwt_issuer: Some("https://idp.test".into()),
+            jwt_audience: Some(String::new()),
+            ..Settings::default()
+        };
+        dev.jwt_leeway_secs = 5;
+        let c = dev.api_config().unwrap();
+        assert!(c.accept_hs256);
+        assert_eq!(c.jwt_secret.expose_secret(), DEV_JWT_SECRET);
+        assert!(matches!(
+            c.jwks,
+            Some(cal_api::jwks::JwksSource::Url { refresh, .. }) if refresh.as_secs() == 300
+        ));
+        assert_eq!(c.jwt_issuer.as_deref(), Some("https://idp.test"));
+        assert_eq!(c.jwt_audience, None, "empty means unset");
+        assert_eq!(c.jwt_leeway.as_secs(), 5);
+    }
+
+    #[test]
+    fn bad_token_settings_stop_the_start_with_the_reason() {
+        let both = refused(prod(|s| {
+            s.jwt_jwks_file = Some(JWKS.into());
+            s.jwt_jwks_url = Some("http://idp/jwks".into());
+        }));
+        assert!(both.contains("not both"), "{both}");
+        let tls = refused(prod(|s| s.jwt_jwks_url = Some("https://idp/jwks".into())));
+        assert!(tls.contains("no TLS client"), "{tls}");
+        let scheme = refused(prod(|s| s.jwt_jwks_url = Some("ftp://idp/jwks".into())));
+        assert!(scheme.contains("http://"), "{scheme}");
+        let missing = refused(prod(|s| {
+            s.jwt_jwks_file = Some("/nonexistent/jwks.json".into())
+        }));
+        assert!(missing.contains("JWT_JWKS_FILE"), "{missing}");
+        let leeway = refused(prod(|s| {
+            s.jwt_jwks_file = Some(JWKS.into());
+            s.jwt_leeway_secs = 301;
+        }));
+        assert!(leeway.contains("JWT_LEEWAY_SECS"), "{leeway}");
+        let refresh = refused(prod(|s| {
+            s.jwt_jwks_url = Some("http://idp/jwks".into());
+            s.jwt_jwks_refresh_secs = 0;
+        }));
+        assert!(refresh.contains("JWT_JWKS_REFRESH_SECS"), "{refresh}");
+        let short = refused(prod(|s| s.jwt_secret = Some(SecretString::from("short"))));
+        assert!(short.contains("at least 32 bytes"), "{short}");
     }
 }

@@ -92,7 +92,7 @@ impl AppState {
             schema: crate::build_schema(config.clone()),
             direct: config.direct_execution.then(|| Direct::new(&config)),
             store,
-            verifier: Verifier::new(config.jwt_secret.clone()),
+            verifier: Verifier::new(&config, &registry),
             config,
             tiers,
             registry,
@@ -204,7 +204,7 @@ impl Caller {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let mut caller = Caller {
-            viewer: state.verifier.viewer(auth),
+            viewer: state.verifier.viewer(auth).await,
             // Per-request figures tell whether something exists and whether others looked at
             // it recently: outside dev mode only an operator gets them.
             debug: headers.contains_key(DEBUG_STATS_HEADER)
