@@ -36,7 +36,7 @@ pub const EARLY_REFRESH_GAP: Duration = Duration::from_secs(30);
 pub enum JwksSource {
     /// A fixed set, e.g. read with [`KeySet::from_file`].
     Static(KeySet),
-    /// A set fetched from `url` (plain `http://`: this build has no TLS client) every `refresh`,
+    /// A set fetched from `url` (`https://`, or plain `http://`) every `refresh`,
     /// and early (at most once per [`EARLY_REFRESH_GAP`]) for a token with an unknown `kid`.
     Url { url: String, refresh: Duration },
 }
@@ -243,7 +243,7 @@ impl Remote {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .build()
-            .expect("a plain-HTTP client builds (no TLS backend to initialise)");
+            .expect("an HTTP client with the bundled WebPKI roots builds");
         Self {
             url,
             client,

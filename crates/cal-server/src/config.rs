@@ -7,7 +7,7 @@
 //! | `LISTEN_ADDR` | address to serve on | `127.0.0.1:8080` |
 //! | `JWT_SECRET` | HS256 secret for bearer tokens (≥ 32 bytes); outside dev mode HS256 tokens are accepted only when it is set, and it or a JWKS source is required | a fixed dev secret in dev mode |
 //! | `JWT_JWKS_FILE` | JWKS file with the RS256/ES256 keys of an external issuer, read at start-up (exclusive with `JWT_JWKS_URL`) | unset |
-//! | `JWT_JWKS_URL` | `http://` URL of a JWKS, fetched at start-up and refreshed in the background, keeping the last good set when a fetch fails (no TLS client in this build: `https://` is refused) | unset |
+//! | `JWT_JWKS_URL` | `https://` (or `http://`) URL of a JWKS, fetched at start-up and refreshed in the background, keeping the last good set when a fetch fails | unset |
 //! | `JWT_JWKS_REFRESH_SECS` | how often `JWT_JWKS_URL` is fetched (≥ 1); a token with an unknown `kid` fetches it early, at most once per 30 s | `300` |
 //! | `JWT_ISSUER`, `JWT_AUDIENCE` | required `iss` / `aud` of JWKS-signed tokens; unset: not checked | unset |
 //! | `JWT_LEEWAY_SECS` | clock skew allowed on `exp` and `nbf` (`0..=300`) | `30` |
@@ -272,16 +272,11 @@ impl Settings {
         if self.jwks_file().is_some() && self.jwks_url().is_some() {
             bail!("set JWT_JWKS_FILE or JWT_JWKS_URL, not both");
         }
-        if let Some(url) = self.jwks_url() {
-            if url.starts_with("https://") {
-                bail!(
-                    "JWT_JWKS_URL: this build has no TLS client, so an https:// URL cannot be \
-                     fetched; use an http:// URL (e.g. a sidecar or proxy on the host) or JWT_JWKS_FILE"
-                );
-            }
-            if !url.starts_with("http://") {
-                bail!("JWT_JWKS_URL must be an http:// URL");
-            }
+        if let Some(url) = self.jwks_url()
+            && !url.starts_with("https://")
+            && !url.starts_with("http://")
+        {
+            bail!("JWT_JWKS_URL must be an https:// or http:// URL");
         }
         if self.jwt_jwks_refresh_secs == 0 {
             bail!("JWT_JWKS_REFRESH_SECS must be at least 1");
@@ -468,8 +463,6 @@ mod tests {
             s.jwt_jwks_url = Some("http://idp/jwks".into());
         }));
         assert!(both.contains("not both"), "{both}");
-        let tls = refused(prod(|s| s.jwt_jwks_url = Some("https://idp/jwks".into())));
-        assert!(tls.contains("no TLS client"), "{tls}");
         let scheme = refused(prod(|s| s.jwt_jwks_url = Some("ftp://idp/jwks".into())));
         assert!(scheme.contains("http://"), "{scheme}");
         let missing = refused(prod(|s| {
