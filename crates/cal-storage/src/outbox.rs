@@ -46,7 +46,7 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<ClaimedOutbox, StorageError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = crate::pool::once_more_if_lost(|| self.pool().begin()).await?;
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
         let rows = sqlx::query(
             "SELECT id, payload, origin, created_at FROM outbox \

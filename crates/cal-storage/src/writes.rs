@@ -92,9 +92,11 @@ impl std::ops::DerefMut for WriteTx {
 }
 
 impl Store {
+    /// Starts a write transaction; once more on a fresh connection if the first one was dead
+    /// (nothing was done on it: see [`crate::pool`]).
     pub(crate) async fn begin(&self) -> Result<WriteTx> {
         Ok(WriteTx {
-            tx: self.pool().begin().await?,
+            tx: crate::pool::once_more_if_lost(|| self.pool().begin()).await?,
             changes: ChangeSet::default(),
             records: Vec::new(),
         })

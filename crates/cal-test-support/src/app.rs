@@ -65,7 +65,9 @@ impl TestApp {
         .await
     }
 
-    async fn spawn_on(
+    /// Spawns over `db` (e.g. one made by [`TestDb::on`] on a cluster of the test's own, with the
+    /// pool the test chose).
+    pub async fn spawn_on(
         db: Arc<TestDb>,
         tweak: impl FnOnce(&mut ApiConfig),
         tweak_cache: impl FnOnce(&mut CacheConfig),
