@@ -173,6 +173,11 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The sum of the series of `name` that carry `labels`, scraped now (see [`crate::metric_sum`]).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::metric_sum(&self.metrics().await, name, labels)
+    }
+
     /// Runs one GraphQL operation as `user`; asserts HTTP 200 and returns the JSON response.
     pub async fn gql(&self, user: Option<UserId>, query: &str, variables: Value) -> Gql {
         let (status, body) = self
