@@ -211,13 +211,41 @@ async fn stale_versions_are_version_conflicts() {
     );
 }
 
+/// Rounds of `calendar → events → edges → node` in [`deep_but_cheap`].
+const DEPTH_ROUNDS: usize = 3;
+
+/// `calendar(id:)` followed [`DEPTH_ROUNDS`] times through its first event back to the
+/// calendar: 2 + 4 × 3 = 14 levels, beyond the default depth limit (12), while each list asks
+/// for one item, so its complexity is far below the default limit (20,000).
+fn deep_but_cheap(calendar: CalendarId) -> String {
+    let mut q = "id".to_owned();
+    for _ in 0..DEPTH_ROUNDS {
+        q = format!(
+            "id events(from: \"2026-11-01T00:00:00Z\", to: \"2026-12-01T00:00:00Z\", first: 1) \
+             {{ edges {{ node {{ calendar {{ {q} }} }} }} }}"
+        );
+    }
+    format!("{{ calendar(id: \"{calendar}\") {{ {q} }} }}")
+}
+
 #[tokio::test]
 async fn depth_complexity_batch_and_body_limits() {
     let (app, w) = setup().await;
-    // Too deep.
-    let deep = "{ me { id } calendar(id: \"1\") { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\") { edges { node { calendar { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\") { edges { node { calendar { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\") { edges { node { id } } } } } } } } } } } } }";
-    let resp = app.gql(Some(w.owner.id), deep, json!({})).await;
-    assert_eq!(resp.code(), "QUERY_TOO_COMPLEX");
+    // Too deep, and only that: every list asks for one item, so the query costs little. Asked
+    // anonymously, here and below: the limits are checked before anything runs, and a missing
+    // limit shows as an answer rather than as a 14-level execution (which overflows a test
+    // thread's 2 MiB stack in debug builds).
+    let deep = deep_but_cheap(w.calendar);
+    let resp = app.gql(None, &deep, json!({})).await;
+    assert_eq!(resp.code(), "QUERY_TOO_COMPLEX", "{}", resp.0);
+    assert_eq!(resp.message(), "Query is nested too deep.", "{}", resp.0);
+    assert!(resp.0["data"].is_null(), "nothing was executed: {}", resp.0);
+    // Within every other limit: where only the depth limit is higher, the same query passes
+    // validation and reaches its first resolver.
+    let deeper = app.spawn_sibling(|c| c.max_depth = 1_000, |_| {}).await;
+    let resp = deeper.gql(None, &deep, json!({})).await;
+    assert_eq!(resp.code(), "UNAUTHENTICATED", "{}", resp.0);
+    assert_eq!(resp.0["errors"][0]["path"][0], "calendar", "{}", resp.0);
     // Too complex: list fields count their `first`.
     let wide = "{ calendar(id: \"1\") { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\", first: 200) { edges { node { id title attendees { user { id name email avatarUrl timeZone } } organizer { id name } reservations { resource { id name kind } } } } } } }";
     let resp = app
@@ -232,6 +260,7 @@ async fn depth_complexity_batch_and_body_limits() {
         )
         .await;
     assert_eq!(resp.code(), "QUERY_TOO_COMPLEX", "{}", resp.0);
+    assert_eq!(resp.message(), "Query is too complex.", "{}", resp.0);
     // The month view itself is well within the limits.
     let resp = app
         .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
@@ -371,12 +400,13 @@ async fn request_errors_have_codes_and_no_suggestions_and_aliases_are_bounded() 
     }
     let resp = app
         .gql(
-            me,
+            None,
             &format!("{{ event(id: \"1\") {{ {deep} }} }}"),
             json!({}),
         )
         .await;
     assert_eq!(resp.code(), "QUERY_TOO_COMPLEX", "{}", resp.0);
+    assert_eq!(resp.message(), "Query is nested too deep.", "{}", resp.0);
     // Aliases: the bound passes, one more is refused, whatever the fields cost.
     let aliased = |n: usize| {
         let fields: String = (0..n)

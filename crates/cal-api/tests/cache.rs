@@ -3,6 +3,7 @@
 //! concurrent misses share one load, and a warm cache never leaks to a non-member.
 
 mod common;
+use cal_test_support::metric_sum;
 use common::*;
 use std::sync::Arc;
 
@@ -262,6 +263,9 @@ async fn concurrent_misses_share_one_load_per_key() {
     )
     .await
     .data();
+    let coalesced_before = app
+        .metric("cal_cache_coalesced_total", &[("tier", "db")])
+        .await;
     let mut tasks = Vec::new();
     for _ in 0..500 {
         let app = app.clone();
@@ -271,14 +275,16 @@ async fn concurrent_misses_share_one_load_per_key() {
             app.gql(Some(owner), MONTH_VIEW, month_vars(cal)).await
         }));
     }
-    let (mut loaded, mut statements) = (0, 0);
+    let (mut loaded, mut statements, mut coalesced) = (0, 0, 0);
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(
             r.data()["calendar"]["events"]["edges"][0]["node"]["title"],
             "fresh"
         );
-        loaded += r.0["extensions"]["stats"]["cacheLoaded"].as_u64().unwrap();
+        let stats = &r.0["extensions"]["stats"];
+        loaded += stats["cacheLoaded"].as_u64().unwrap();
+        coalesced += stats["cacheCoalesced"].as_u64().unwrap();
         // Each request's own count (a shared load counts for the request that ran it); the
         // process-wide figure also holds the relay's background statements.
         statements += r.sql_statements();
@@ -294,18 +300,22 @@ async fn concurrent_misses_share_one_load_per_key() {
         statements, 4,
         "500 concurrent requests took {statements} statements"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
+    // Requests that missed a key while its load ran joined that load; each key they got from
+    // it is counted once in the followers' metric.
+    assert!(
+        coalesced > 0,
+        "some of 500 concurrent requests joined a load"
+    );
+    let shared = app
+        .metric("cal_cache_coalesced_total", &[("tier", "db")])
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("cal_cache_coalesced_total"), "{metrics}");
+        - coalesced_before;
+    assert_eq!(shared, coalesced as f64, "followers' keys counted");
 }
 
+/// The series move by what three month views do (all of them start at zero): the first misses
+/// both tiers and fills them, the second is a whole-response hit, the third (other variables,
+/// same month) is a response miss served from L1 without SQL.
 #[tokio::test]
 async fn metrics_expose_tiers_and_kinds() {
     let app = TestApp::spawn().await;
@@ -313,6 +323,7 @@ async fn metrics_expose_tiers_and_kinds() {
     app.gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
         .await
         .data();
+    let cold = app.metrics().await;
     app.gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
         .await
         .data();
@@ -322,17 +333,40 @@ async fn metrics_expose_tiers_and_kinds() {
     let r = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
-    for needle in [
-        "cal_cache_hits_total{kind=\"month_bucket\",tier=\"l1\"}",
-        "cal_cache_misses_total",
-        "cal_cache_fills_total",
-        "cal_cache_breaker_state",
-        "cal_sql_statements_total",
-        "cal_cache_response_hits_total 1",
-        "cal_cache_response_misses_total 2",
+    let bucket = |tier| [("kind", "month_bucket"), ("tier", tier)];
+    for (name, labels, at_cold, now) in [
+        ("cal_cache_misses_total", bucket("l1"), 1.0, 1.0),
+        ("cal_cache_misses_total", bucket("l2"), 1.0, 1.0),
+        ("cal_cache_fills_total", bucket("l1"), 1.0, 1.0),
+        ("cal_cache_fills_total", bucket("l2"), 1.0, 1.0),
+        ("cal_cache_hits_total", bucket("l1"), 0.0, 1.0),
+        ("cal_cache_hits_total", bucket("l2"), 0.0, 0.0),
     ] {
-        assert!(text.contains(needle), "missing {needle} in\n{text}");
+        let got = (
+            metric_sum(&cold, name, &labels),
+            metric_sum(&text, name, &labels),
+        );
+        assert_eq!(
+            got,
+            (at_cold, now),
+            "{name} {labels:?} after the first read, at the end"
+        );
     }
+    for (name, at_cold, now) in [
+        ("cal_cache_response_hits_total", 0.0, 1.0),
+        ("cal_cache_response_misses_total", 1.0, 2.0),
+        ("cal_cache_breaker_state", 0.0, 0.0),
+    ] {
+        let got = (metric_sum(&cold, name, &[]), metric_sum(&text, name, &[]));
+        assert_eq!(
+            got,
+            (at_cold, now),
+            "{name} after the first read, at the end"
+        );
+    }
+    let sql = |m: &str| metric_sum(m, "cal_sql_statements_total", &[]);
+    assert!(sql(&cold) > 0.0, "the cold read is counted");
+    assert_eq!(sql(&text), sql(&cold), "the warm reads sent no SQL");
 }
 
 /// Pauses the first fill of one key after its load, until released.
@@ -402,24 +436,19 @@ async fn a_reader_that_loaded_before_a_write_cannot_fill_the_old_value() {
         assert_eq!(now.data()["event"]["title"], "new");
         assert_eq!(now.data()["event"]["version"], ev.version + 1);
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let refused: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("cal_cache_refused_stale_total{") && l.contains("event_full"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(
-        refused >= 1.0,
-        "the stale fill was refused and counted:\n{metrics}"
-    );
+    // Refused once in each tier (both hold the write's tombstone), and counted there.
+    let metrics = app.metrics().await;
+    for tier in ["l1", "l2"] {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "cal_cache_refused_stale_total",
+                &[("kind", "event_full"), ("tier", tier)]
+            ),
+            1.0,
+            "the stale fill was refused and counted in {tier}"
+        );
+    }
 }
 
 #[tokio::test]

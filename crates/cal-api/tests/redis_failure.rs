@@ -2,7 +2,7 @@
 //! succeeds from PostgreSQL (plus L1), and the tier comes back by itself when Redis does.
 
 mod common;
-use cal_test_support::RedisServer;
+use cal_test_support::{RedisServer, metric_sum};
 use common::*;
 use std::time::Duration;
 
@@ -38,11 +38,14 @@ async fn requests_survive_redis_dying_and_the_tier_recovers() {
     assert!(from_redis(&warm), "served by Redis while it is up");
 
     let mut failures = 0;
+    let (mut up, mut down) = (String::new(), String::new());
     for i in 0..60 {
         if i == 10 {
+            up = app.metrics().await;
             redis.kill();
         }
         if i == 40 {
+            down = app.metrics().await;
             redis.restart();
         }
         let r = app
@@ -76,18 +79,31 @@ async fn requests_survive_redis_dying_and_the_tier_recovers() {
         status.epoch >= 1,
         "a restarted, empty Redis is detected: {status:?}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Counted: nothing while Redis was up; while it was dead, every call it was sent failed or
+    // was skipped by the open breaker, and each of the 30 requests sent at least one.
+    let errors = |m: &str| metric_sum(m, "cal_cache_redis_errors_total", &[]);
+    let calls = |m: &str| metric_sum(m, "cal_cache_redis_requests_total", &[]);
+    assert_eq!(errors(&up), 0.0, "no Redis errors while it is up");
+    assert!(calls(&up) > 0.0, "Redis was used while up");
+    let (failed, sent) = (errors(&down) - errors(&up), calls(&down) - calls(&up));
+    assert_eq!(
+        failed, sent,
+        "every call to the dead Redis is counted as an error"
+    );
     assert!(
-        metrics.contains("cal_cache_redis_errors_total"),
-        "errors are counted"
+        sent >= 30.0,
+        "{sent} Redis calls for 30 requests while it was dead"
+    );
+    let now = app.metrics().await;
+    assert_eq!(
+        metric_sum(&now, "cal_cache_epoch", &[]),
+        1.0,
+        "one restart of Redis detected"
+    );
+    assert_eq!(
+        metric_sum(&now, "cal_cache_breaker_state", &[]),
+        0.0,
+        "breaker closed again"
     );
 }
 

@@ -12,7 +12,7 @@ use cal_storage::seed::{Progress, Scale};
 use cal_sync::Invalidator;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,13 +28,7 @@ pub async fn connect_and_migrate(settings: &Settings) -> Result<Store> {
         .context("DATABASE_URL is not a valid PostgreSQL URL")?
         .disable_statement_logging();
     create_database_if_missing(&options).await?;
-    // No ping before every acquire (sqlx's default): it was one extra round trip per statement,
-    // ~8% of a cold month view's server CPU. A connection that broke (database restarted) fails
-    // its next statement instead and sqlx closes it; `/ready` reports the outage.
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .test_before_acquire(false)
+    let pool = cal_storage::pool_options(settings.db_max_connections)
         .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL")?;

@@ -377,22 +377,30 @@ async fn write(
     (v, header)
 }
 
-/// Acknowledged writes: (event, version, when acknowledged).
-type Acks = Arc<Mutex<Vec<(EventId, i64, Instant)>>>;
+/// Acknowledged writes: (event, version, when acknowledged, index of the writing instance).
+type Acks = Arc<Mutex<Vec<(EventId, i64, Instant, usize)>>>;
 
 /// The newest version of `ev` acknowledged before `t`.
 fn newest_acked_before(acks: &Acks, ev: EventId, t: Instant) -> Option<i64> {
     acks.lock()
         .unwrap()
         .iter()
-        .filter(|(e, _, at)| *e == ev && *at < t)
-        .map(|(_, v, _)| *v)
+        .filter(|(e, _, at, _)| *e == ev && *at < t)
+        .map(|(_, v, _, _)| *v)
         .max()
 }
 
-/// Mixed load over `instances` for `reads` reads (1% writes) by `workers` tasks. Returns
-/// (reads older than the newest write acknowledged `bound` before the read started, reads
-/// older than the newest write acknowledged before it started at all).
+/// What [`mixed_load`] saw.
+struct LoadOutcome {
+    /// Reads older than the newest write acknowledged `bound` before the read started.
+    stale: usize,
+    /// Reads older than the newest write acknowledged before the read started at all.
+    raced: usize,
+    /// Acknowledged writes per instance (by index in `instances`).
+    writes: Vec<usize>,
+}
+
+/// Mixed load over `instances` for `reads` reads (1% writes) by `workers` tasks.
 async fn mixed_load(
     c: &Arc<Cluster>,
     instances: &Arc<Vec<Instance>>,
@@ -400,7 +408,7 @@ async fn mixed_load(
     reads: usize,
     workers: usize,
     bound: Duration,
-) -> (usize, usize) {
+) -> LoadOutcome {
     let token = c.token();
     let acks: Acks = Arc::new(Mutex::new(Vec::new()));
     let write_lock = Arc::new(tokio::sync::Mutex::new(()));
@@ -418,16 +426,17 @@ async fn mixed_load(
         tasks.push(tokio::spawn(async move {
             let (mut violations, mut within_bound) = (0, 0);
             for n in 0..per {
-                let (ev, inst) = {
+                let (ev, at) = {
                     let mut rng = rand::rng();
                     (
                         c.events[rng.random_range(0..c.events.len())],
-                        &instances[alive[rng.random_range(0..alive.len())]],
+                        alive[rng.random_range(0..alive.len())],
                     )
                 };
+                let inst = &instances[at];
                 if n % 99 == 98 {
                     let (v, _) = write(&c, inst, &token, ev, &write_lock).await;
-                    acks.lock().unwrap().push((ev, v, Instant::now()));
+                    acks.lock().unwrap().push((ev, v, Instant::now(), at));
                     continue;
                 }
                 let started = Instant::now();
@@ -442,18 +451,39 @@ async fn mixed_load(
             (violations, within_bound)
         }));
     }
-    let mut totals = (0, 0);
+    let mut out = LoadOutcome {
+        stale: 0,
+        raced: 0,
+        writes: vec![0; instances.len()],
+    };
     for t in tasks {
         let (v, w) = t.await.unwrap();
-        totals.0 += v;
-        totals.1 += w;
+        out.stale += v;
+        out.raced += w;
     }
-    totals
+    for (.., at) in acks.lock().unwrap().iter() {
+        out.writes[*at] += 1;
+    }
+    out
 }
 
+/// What the README promises about invalidation lag is a bound, not a speed: a read that starts
+/// the liveness bound after a write was acknowledged is never older than it (an instance whose
+/// stream is behind stops trusting its L1). Its p50/p99 figures are benchmark results of a
+/// release build on an idle machine, so they are printed here, not asserted. What is asserted
+/// besides the bound is counted, not timed: every acknowledged write is applied exactly once by
+/// each other instance, and each applied invalidation is one observation of the lag histogram.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_stay_within_the_lag_bound_under_mixed_load() {
     let c = Arc::new(Cluster::new(20).await);
+    // The fixture's own change-log rows invalidate nothing (nothing is cached yet): marked
+    // published, they are not delivered, so the instances count only the load's writes.
+    sqlx::query(
+        "UPDATE outbox SET published_at = now(), stream_position = '0:0' WHERE published_at IS NULL",
+    )
+    .execute(&c.db.pool)
+    .await
+    .unwrap();
     let instances = Arc::new(c.instances(3).await);
     // Warm every instance (L1 and response caches) before measuring.
     let token = c.token();
@@ -462,27 +492,65 @@ async fn three_instances_stay_within_the_lag_bound_under_mixed_load() {
             read_version(&c, inst, &token, None, *ev).await;
         }
     }
+    const APPLIED: &str = "cal_invalidation_applied_total";
+    for i in instances.iter() {
+        assert_eq!(
+            i.metric(&c.client, APPLIED).await,
+            0.0,
+            "nothing to apply before the load"
+        );
+    }
     let bound = LIVENESS;
-    let (stale, newer_than_read) = mixed_load(&c, &instances, &[0, 1, 2], 20_400, 8, bound).await;
-    let lag = summed_lag(&instances.iter().collect::<Vec<_>>(), &c.client).await;
-    let applied: f64 = {
-        let mut n = 0.0;
+    let load = mixed_load(&c, &instances, &[0, 1, 2], 20_400, 8, bound).await;
+    let writes: usize = load.writes.iter().sum();
+    // Each instance applies the writes of the two others (not its own: its writer evicted L1).
+    let expected: Vec<f64> = load
+        .writes
+        .iter()
+        .map(|own| (writes - own) as f64)
+        .collect();
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got.clear();
         for i in instances.iter() {
-            n += i.metric(&c.client, "cal_invalidation_applied_total").await;
+            got.push(i.metric(&c.client, APPLIED).await);
         }
-        n
-    };
+        if got.iter().zip(&expected).all(|(g, e)| g >= e) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        got, expected,
+        "{writes} writes {:?} applied once by each other instance",
+        load.writes
+    );
+    for (i, inst) in instances.iter().enumerate() {
+        let observed = inst
+            .metric(&c.client, "cal_invalidation_lag_seconds_count")
+            .await;
+        assert_eq!(
+            observed, got[i],
+            "instance {i}: one lag observation per applied invalidation"
+        );
+    }
+    let lag = summed_lag(&instances.iter().collect::<Vec<_>>(), &c.client).await;
+    assert_eq!(
+        lag.last().map(|b| b.1),
+        Some(got.iter().sum()),
+        "the +Inf bucket holds every observation"
+    );
     eprintln!(
-        "20,000 reads, ~200 writes over 3 instances: {stale} reads older than a write acknowledged {bound:?} before; \
-         {newer_than_read} reads raced a write acknowledged shortly before them; invalidation lag p50 <= {}s, p99 <= {}s over {applied} applied invalidations",
+        "20,000 reads, {writes} writes over 3 instances: {} reads older than a write acknowledged {bound:?} before; \
+         {} reads raced a write acknowledged shortly before them; invalidation lag p50 <= {}s, p99 <= {}s over {} applied invalidations",
+        load.stale,
+        load.raced,
         quantile(&lag, 0.5),
-        quantile(&lag, 0.99)
+        quantile(&lag, 0.99),
+        got.iter().sum::<f64>()
     );
-    assert_eq!(stale, 0, "no read may be staler than the bound");
-    assert!(
-        applied >= 2.0 * 190.0,
-        "every write reaches the two other instances"
-    );
+    assert_eq!(load.stale, 0, "no read may be staler than the bound");
+    assert!(writes >= 190, "the load wrote ({writes})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -543,7 +611,9 @@ async fn a_paused_broker_costs_speed_not_correctness() {
     // Mixed load while the broker is stopped; reads may be stale only within the liveness
     // bound plus one monitor tick.
     let bound = LIVENESS + Duration::from_millis(400);
-    let (stale, _) = mixed_load(&c, &instances, &[0, 1, 2], 1_600, 4, bound).await;
+    let stale = mixed_load(&c, &instances, &[0, 1, 2], 1_600, 4, bound)
+        .await
+        .stale;
     let behind = instances[0]
         .metric(&c.client, "cal_invalidation_consumer_behind")
         .await;
@@ -620,7 +690,9 @@ async fn a_restarted_instance_serves_nothing_stale_once_ready() {
     }
     list[2].wait_ready(&c.client).await;
     let instances = Arc::new(list);
-    let (stale, _) = mixed_load(&c, &instances, &[2], 2_000, 4, LIVENESS).await;
+    let stale = mixed_load(&c, &instances, &[2], 2_000, 4, LIVENESS)
+        .await
+        .stale;
     assert_eq!(stale, 0);
     // And right after ready, with no bound at all: C agrees with the database.
     for ev in &c.events {

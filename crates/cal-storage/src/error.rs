@@ -24,10 +24,19 @@ pub enum StorageError {
     #[error("{0}")]
     Invalid(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     /// The request has spent its budget (see [`crate::Budget`]); nothing more was sent.
     #[error("the request exceeded its budget of {limit} {what}")]
     BudgetExceeded { what: &'static str, limit: u64 },
+}
+
+/// Every driver error the store passes on goes through here, so a lost connection is noticed
+/// wherever it happens (see [`crate::pool`]).
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        crate::pool::note_if_lost(&e);
+        StorageError::Database(e)
+    }
 }
 
 impl StorageError {
@@ -51,11 +60,11 @@ impl StorageError {
                 }
                 "events_location_check" => "location is too long",
                 "events_rrule_check" => "rrule is too long",
-                _ => return StorageError::Database(e),
+                _ => return e.into(),
             };
             return StorageError::Invalid(msg.to_owned());
         }
-        StorageError::Database(e)
+        e.into()
     }
 
     pub(crate) fn is_overlap(e: &sqlx::Error) -> bool {

@@ -8,6 +8,7 @@
 mod error;
 pub mod explain;
 mod outbox;
+mod pool;
 mod purge;
 mod reads;
 mod rows;
@@ -18,6 +19,7 @@ mod writes;
 pub use error::{Conflict, StorageError};
 pub use explain::seq_scans;
 pub use outbox::{ClaimedOutbox, OutboxRow};
+pub use pool::{ACQUIRE_TIMEOUT, is_connection_lost, pool_options};
 pub use purge::{PurgeScope, Purged};
 pub use reads::{VersionedList, WindowRows};
 pub use seed::{NoProgress, Progress, Scale, SeedSummary, UnknownScale};
@@ -284,9 +286,10 @@ impl Store {
         }
     }
 
-    /// `SELECT 1`, for readiness.
+    /// `SELECT 1`, for readiness; once more on a fresh connection if the first one was dead
+    /// (see [`pool`]): the answer is about the database now, not about a past restart.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?; // not a request statement
+        pool::once_more_if_lost(|| sqlx::query("SELECT 1").execute(&self.pool)).await?; // not a request statement
         Ok(())
     }
 }

@@ -48,7 +48,7 @@ impl Store {
         limit: i64,
     ) -> Result<ClaimedOutbox, StorageError> {
         let st = self.statement("tx.begin")?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = crate::pool::once_more_if_lost(|| self.pool().begin()).await?;
         st.done(0);
         let st = self.statement("outbox.claim")?;
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);

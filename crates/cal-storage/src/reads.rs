@@ -226,7 +226,12 @@ impl Store {
                     Some(conn) => conn,
                     None => held.insert(self.pool().acquire().await?),
                 };
-                q.fetch_all(&mut **conn).await? // same statement
+                let rows = q.fetch_all(&mut **conn).await; // same statement
+                // A dead connection is not kept for the request's next read.
+                if rows.as_ref().is_err_and(crate::is_connection_lost) {
+                    held.take();
+                }
+                rows?
             }
         };
         st.done(rows.len());

@@ -92,10 +92,11 @@ impl std::ops::DerefMut for WriteTx {
 }
 
 impl Store {
-    /// Takes a connection and sends `BEGIN` (counted like any statement).
+    /// Starts a write transaction (`BEGIN`, counted like any statement); once more on a fresh
+    /// connection if the first one was dead (nothing was done on it: see [`crate::pool`]).
     pub(crate) async fn begin(&self) -> Result<WriteTx> {
         let st = self.statement("tx.begin")?;
-        let tx = self.pool().begin().await?;
+        let tx = crate::pool::once_more_if_lost(|| self.pool().begin()).await?;
         st.done(0);
         Ok(WriteTx {
             tx,

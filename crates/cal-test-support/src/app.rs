@@ -66,7 +66,9 @@ impl TestApp {
         .await
     }
 
-    async fn spawn_on(
+    /// Spawns over `db` (e.g. one made by [`TestDb::on`] on a cluster of the test's own, with the
+    /// pool the test chose).
+    pub async fn spawn_on(
         db: Arc<TestDb>,
         tweak: impl FnOnce(&mut ApiConfig),
         tweak_cache: impl FnOnce(&mut CacheConfig),
@@ -176,6 +178,11 @@ impl TestApp {
             .text()
             .await
             .unwrap()
+    }
+
+    /// The sum of the series of `name` that carry `labels`, scraped now (see [`crate::metric_sum`]).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        crate::metric_sum(&self.metrics().await, name, labels)
     }
 
     /// Runs one GraphQL operation as `user`; asserts HTTP 200 and returns the JSON response.

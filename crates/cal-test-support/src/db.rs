@@ -4,8 +4,10 @@
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection, PgPool};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 /// The server every test database lives on.
@@ -27,14 +29,33 @@ pub struct TestDb {
     pub name: String,
     pub pool: PgPool,
     pub options: PgConnectOptions,
+    /// The server it lives on (any database of it), to drop it from.
+    server: String,
 }
 
-static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+/// The migrated template's name per server URL, found or built once per test binary.
+static TEMPLATES: Mutex<BTreeMap<String, Arc<OnceCell<String>>>> = Mutex::new(BTreeMap::new());
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl TestDb {
+    /// A database on the shared server at [`admin_url`], with a pool of 10 (sqlx defaults).
     pub async fn new() -> TestDb {
-        let template = TEMPLATE.get_or_init(ensure_template).await.clone();
+        Self::on(&admin_url(), PgPoolOptions::new().max_connections(10)).await
+    }
+
+    /// A database on the server at `server_url` (e.g. a [`crate::PgCluster`] of the test's own),
+    /// cloned from that server's migrated template, with its pool built from `pool`.
+    pub async fn on(server_url: &str, pool: PgPoolOptions) -> TestDb {
+        let cell = TEMPLATES
+            .lock()
+            .unwrap()
+            .entry(server_url.to_owned())
+            .or_default()
+            .clone();
+        let template = cell
+            .get_or_init(|| ensure_template(server_url))
+            .await
+            .clone();
         let name = format!(
             "cal_test_{}_{}_{}",
             std::process::id(),
@@ -45,7 +66,7 @@ impl TestDb {
                 .as_micros()
                 % 1_000_000_000
         );
-        let mut admin = admin_conn().await;
+        let mut admin = admin_conn(server_url).await;
         // Cloning fails while anything else is connected to the template; retry briefly.
         let mut attempt = 0;
         loop {
@@ -64,9 +85,8 @@ impl TestDb {
                 Err(e) => panic!("cannot create test database {name}: {e}"),
             }
         }
-        let options = with_database(&admin_url(), &name);
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
+        let options = with_database(server_url, &name);
+        let pool = pool
             .connect_with(options.clone())
             .await
             .expect("connect to test db");
@@ -74,6 +94,7 @@ impl TestDb {
             name,
             pool,
             options,
+            server: server_url.to_owned(),
         }
     }
 }
@@ -81,6 +102,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        let server = self.server.clone();
         // Drop may run on the test's runtime thread, which we must not wait on (the pool's tasks
         // live there): use a short-lived runtime on another thread, and let `WITH (FORCE)` end the
         // pool's connections instead of closing the pool.
@@ -91,7 +113,7 @@ impl Drop for TestDb {
                 .unwrap();
             rt.block_on(async move {
                 if let Ok(mut admin) =
-                    PgConnection::connect_with(&with_database(&admin_url(), "postgres")).await
+                    PgConnection::connect_with(&with_database(&server, "postgres")).await
                 {
                     let _ = sqlx::query(AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
@@ -105,18 +127,23 @@ impl Drop for TestDb {
     }
 }
 
-async fn admin_conn() -> PgConnection {
+async fn admin_conn(server_url: &str) -> PgConnection {
     PgConnection::connect_with(
-        &PgConnectOptions::from_str(&admin_url())
+        &PgConnectOptions::from_str(server_url)
             .unwrap()
             .disable_statement_logging(),
     )
     .await
-    .expect("PostgreSQL must be running at DATABASE_URL (default 127.0.0.1:5432)")
+    .unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL must be running at {server_url} (DATABASE_URL, default 127.0.0.1:5432): {e}"
+        )
+    })
 }
 
-/// Creates the migrated template for the current migration set if it does not exist yet.
-async fn ensure_template() -> String {
+/// Creates the migrated template for the current migration set on the server at `server_url` if
+/// it does not exist yet.
+async fn ensure_template(server_url: &str) -> String {
     let checksum: u64 = cal_storage::MIGRATOR
         .iter()
         .fold(0xcbf29ce484222325, |h, m| {
@@ -125,7 +152,7 @@ async fn ensure_template() -> String {
                 .fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
         });
     let name = format!("cal_tmpl_{:016x}", checksum);
-    let mut admin = admin_conn().await;
+    let mut admin = admin_conn(server_url).await;
     sqlx::query("SELECT pg_advisory_lock(727272)")
         .execute(&mut admin)
         .await
@@ -150,7 +177,7 @@ async fn ensure_template() -> String {
             .unwrap();
         let pool = PgPoolOptions::new()
             .max_connections(1)
-            .connect_with(with_database(&admin_url(), &building))
+            .connect_with(with_database(server_url, &building))
             .await
             .unwrap();
         cal_storage::migrate(&pool)
