@@ -101,6 +101,7 @@ fn main() -> Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(serve::REQUEST_THREAD_STACK)
         .build()?;
     // Logs and traces; the trace exporter needs the runtime, and is flushed before it goes.
     let telemetry = if matches!(

@@ -296,6 +296,12 @@ fn spawn_warming(settings: &Settings, tiers: Arc<Tiers>, store: Store) {
     });
 }
 
+/// Stack of every thread that resolves requests. Resolving nests a future per selection level;
+/// a query within the depth limit (`MAX_DEPTH` 12: calendar → events → node → calendar, twice)
+/// overflowed the default 2 MiB in a debug build and aborted the process. 8 MiB leaves room for
+/// the limit with a margin; it is address space, paged in only as deep as a request goes.
+pub const REQUEST_THREAD_STACK: usize = 8 * 1024 * 1024;
+
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish
 /// (at most `grace`).
 ///
@@ -323,6 +329,7 @@ pub async fn run(
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<()>>();
         std::thread::Builder::new()
             .name(format!("http-{i}"))
+            .stack_size(REQUEST_THREAD_STACK)
             .spawn(move || {
                 let served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

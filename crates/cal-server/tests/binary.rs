@@ -380,3 +380,68 @@ async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
             .join("\n")
     );
 }
+
+/// A query within the depth limit that nests calendars through events twice: in a debug build
+/// it overflowed the default 2 MiB thread stack and aborted the whole process.
+#[tokio::test]
+async fn a_deep_query_within_the_limits_is_answered_not_a_crash() {
+    let db = FreshDb::new("deep");
+    let port = free_port();
+    let _server = Server(spawn(&db, port, &[("JWT_SECRET", SECRET)]));
+    let client = reqwest::Client::new();
+    wait_ready(&client, port).await;
+    let store = cal_storage::Store::new(sqlx::PgPool::connect(&db.url()).await.unwrap());
+    let owner = store
+        .create_user("deep@example.test", "Deep", None)
+        .await
+        .unwrap();
+    let cal = store
+        .create_calendar(owner.id, "C", None, "UTC")
+        .await
+        .unwrap();
+    let start = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, 2, 9, 0, 0).unwrap();
+    store
+        .create_event(&cal_storage::NewEvent {
+            calendar_id: cal.id,
+            organizer_id: owner.id,
+            title: "t".into(),
+            description: None,
+            location: None,
+            start_time: start,
+            end_time: start + chrono::Duration::hours(1),
+            time_zone: "UTC".into(),
+            all_day: false,
+            status: cal_domain::EventStatus::Confirmed,
+            transparency: cal_domain::Transparency::Busy,
+            rrule: None,
+            series_end: None,
+            attendees: vec![],
+            reservations: vec![],
+        })
+        .await
+        .unwrap();
+    let w = r#"from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z", first: 1"#;
+    let query = format!(
+        "query($c: ID!) {{ calendar(id: $c) {{ events({w}) {{ edges {{ node {{ calendar {{ \
+         events({w}) {{ edges {{ node {{ calendar {{ id name }} }} }} }} }} }} }} }} }} }}"
+    );
+    let token = cal_api::auth::mint(
+        &secrecy::SecretString::from(SECRET),
+        owner.id,
+        chrono::Duration::hours(1),
+    );
+    let body: serde_json::Value = client
+        .post(format!("http://127.0.0.1:{port}/graphql"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "query": query, "variables": { "c": cal.id.to_string() } }))
+        .send()
+        .await
+        .expect("an answer, not a dropped connection")
+        .json()
+        .await
+        .unwrap();
+    assert!(body["errors"].is_null(), "{body}");
+    let inner = &body["data"]["calendar"]["events"]["edges"][0]["node"]["calendar"]["events"]["edges"]
+        [0]["node"]["calendar"];
+    assert_eq!(inner["name"], "C", "{body}");
+}
