@@ -63,16 +63,20 @@ impl Handoff {
     }
 
     /// `outbox_id` is published at `position`: hands it to its waiter, or keeps it for the writer
-    /// that has not asked yet (`own`: this instance wrote the row).
-    fn published(&mut self, outbox_id: i64, own: bool, position: Option<Position>) {
+    /// that has not asked yet (`own`: this instance wrote the row). Answers whether a writer was
+    /// waiting for it.
+    fn published(&mut self, outbox_id: i64, own: bool, position: Option<Position>) -> bool {
         if let Some(tx) = self.waiters.remove(&outbox_id) {
             let _ = tx.send(position);
-        } else if own {
+            return true;
+        }
+        if own {
             if self.early.len() == EARLY_KEPT {
                 self.early.pop_front();
             }
             self.early.push_back((outbox_id, position));
         }
+        false
     }
 }
 
@@ -362,7 +366,28 @@ impl Relay {
         });
         let results = futures::future::join_all(sends).await;
         let mut sent = Vec::with_capacity(results.len());
-        for ((row, _), result) in rows.iter().zip(results) {
+        // Own rows no writer was waiting for: the writer may never have heard its commit (the
+        // connection dropped after the server committed), so nobody evicted this instance's L1,
+        // and the consumer skips this instance's own messages. Evicting again is harmless
+        // (version-monotonic) when the writer is still on its way.
+        let mut unheard: Vec<(String, i64)> = Vec::new();
+        let failed = self.record_sent(rows, results, &mut sent, &mut unheard);
+        if !unheard.is_empty() {
+            self.cache.invalidate_local(&unheard).await;
+        }
+        (sent, failed)
+    }
+
+    /// Records the results of one publishing round in id order, up to the first failure;
+    /// answers whether one failed.
+    fn record_sent(
+        &self,
+        rows: &[RowKeys<'_>],
+        results: Vec<Result<Option<Position>, cal_cache::BusError>>,
+        sent: &mut Vec<(i64, String)>,
+        unheard: &mut Vec<(String, i64)>,
+    ) -> bool {
+        for ((row, keys), result) in rows.iter().zip(results) {
             match result {
                 Ok(position) => {
                     self.metrics.published.inc();
@@ -371,20 +396,24 @@ impl Relay {
                         position.map_or_else(|| "local".to_owned(), |p| p.to_string()),
                     ));
                     let own = row.origin.as_deref() == Some(self.origin.as_str());
-                    self.handoff
+                    let waited = self
+                        .handoff
                         .lock()
                         .unwrap()
                         .published(row.id, own, position);
+                    if own && !waited {
+                        unheard.extend(keys.iter().cloned());
+                    }
                 }
                 Err(e) => {
                     // Keep order: nothing after a failed row counts as published this pass.
                     self.metrics.errors.inc();
                     tracing::warn!(error = %e, outbox_id = row.id, "publishing an invalidation failed; retrying");
-                    return (sent, true);
+                    return true;
                 }
             }
         }
-        (sent, false)
+        false
     }
 }
 

@@ -35,7 +35,11 @@ async fn cache(db: &TestDb, l1: bool) -> TieredCache {
 /// Reads `key` through a fresh cache with L1 off: `true` when L2 answered, `false` when the
 /// loader had to run (a miss or a tombstone).
 async fn served_by_l2(db: &TestDb, key: &str, version: i64) -> bool {
-    let cache = cache(db, false).await;
+    served(&cache(db, false).await, key, version).await
+}
+
+/// Reads `key` through `cache`: `true` when a tier answered, `false` when the loader ran.
+async fn served(cache: &TieredCache, key: &str, version: i64) -> bool {
     let loads = AtomicUsize::new(0);
     let spec = KeySpec::new(key.to_owned(), "event", Duration::from_secs(600));
     cache
@@ -207,4 +211,45 @@ async fn shutdown_publishes_own_rows_left_behind_then_joins() {
         .expect("the tasks stop when told to");
     assert!(newest_row(&db).await.1, "the last pass published the row");
     message_of(&mut messages, row).await;
+}
+
+#[tokio::test]
+async fn an_own_write_whose_writer_never_heard_its_commit_leaves_no_old_value_in_l1() {
+    let db = TestDb::new().await;
+    let setup = Store::new(db.pool.clone());
+    let ev = world(&setup).await;
+    let key = cache_keys::event_full(ev.id);
+    let bus: Arc<dyn InvalidationBus> = Arc::new(InProcessBus::default());
+    let mut messages = bus.subscribe();
+    let l1 = cache(&db, true).await;
+    let sync = Invalidator::new(l1.clone(), bus, "me".into(), quick_relay());
+    // This instance's L1 holds the event as it is now.
+    assert!(!served(&l1, &key, ev.version).await, "first read loads");
+    assert!(served(&l1, &key, ev.version).await, "then L1 has it");
+    // The write commits on the server, but its writer never hears it (the connection dropped
+    // before the answer): no change sink runs, nothing evicts this L1.
+    let writer = Store::new(db.pool.clone()).with_origin("me");
+    writer
+        .update_event(
+            ev.id,
+            ev.version,
+            &cal_storage::EventPatch {
+                title: Some("new".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (row, _) = newest_row(&db).await;
+    let running = sync.start(Store::new(db.pool.clone()), std::future::pending());
+    message_of(&mut messages, row).await;
+    // The pass that published the row has finished once the tasks are joined.
+    running.stop();
+    tokio::time::timeout(Duration::from_secs(20), running.join())
+        .await
+        .expect("the tasks stop when told to");
+    assert!(
+        !served(&l1, &key, ev.version).await,
+        "this instance's L1 still served the version its own write replaced"
+    );
 }
