@@ -2,7 +2,9 @@
 //! (liveness: the process answers) and `/ready` (the database answers).
 //!
 //! A `POST /graphql` goes through these steps ([`graphql_handler`]):
-//! 1. who asks ([`Verifier`]) and what they asked for (the raw body, its consistency token);
+//! 1. who asks ([`Verifier`]) and what they asked for (the raw body, read under
+//!    `max_body_bytes`: an oversized one is drained and answered 413 `PAYLOAD_TOO_LARGE`, see
+//!    `body.rs`; its consistency token);
 //! 2. the whole-response caches, keyed by viewer and body bytes, before any parsing;
 //! 3. parse the body, check the batch limit, attach the parsed document ([`Documents`]);
 //! 4. execute every operation with a fresh [`RequestCtx`] (viewer, loaders, statement counter);
@@ -113,7 +115,13 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/admin/purge", axum::routing::post(crate::admin::purge))
+        // `/graphql` reads its body itself (`body.rs`: a clean 413); the admin endpoint's is
+        // capped by this layer.
+        .route(
+            "/admin/purge",
+            axum::routing::post(crate::admin::purge)
+                .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes)),
+        )
         // A panicking handler answers 500 with a coded GraphQL error instead of dropping the
         // connection; it is logged and counted.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -122,8 +130,6 @@ pub fn router(state: AppState) -> Router {
         // Responses that are not already encoded (from the response cache) are compressed per
         // request, so at the fastest setting.
         .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
-        // The handler reads the body itself; this layer caps it for every route and answers 413.
-        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
         .layer(crate::observe::layer(&state))
         .with_state(state)
 }
@@ -185,6 +191,31 @@ fn refused(status: StatusCode, err: async_graphql::ServerError) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static(GRAPHQL_RESPONSE),
     );
+    r
+}
+
+/// A request error with `extensions.code`.
+fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::ServerError {
+    use async_graphql::ErrorExtensions;
+    async_graphql::Error::new(message)
+        .extend_with(|_, e| e.set("code", code))
+        .into_server_error(Default::default())
+}
+
+/// 413 `PAYLOAD_TOO_LARGE`; with `Connection: close` when the body was not read to its end
+/// (the connection cannot carry another request then).
+fn too_large(limit: usize, drained: bool) -> Response {
+    let mut r = refused(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        coded(
+            "PAYLOAD_TOO_LARGE",
+            format!("the request body is larger than {limit} bytes (MAX_BODY_BYTES)"),
+        ),
+    );
+    if !drained {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 
@@ -257,8 +288,20 @@ struct Keep {
 async fn graphql_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    let body = match crate::body::read(&headers, body, state.config.max_body_bytes).await {
+        crate::body::Read::Body(body) => body,
+        crate::body::Read::TooLarge { drained } => {
+            return too_large(state.config.max_body_bytes, drained);
+        }
+        crate::body::Read::Broken => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                coded("BAD_USER_INPUT", "the request body could not be read"),
+            );
+        }
+    };
     if state.tiers.failpoints().panic_in_handler
         && headers.get("x-failpoint").is_some_and(|v| v == "panic")
     {

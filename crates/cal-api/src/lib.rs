@@ -9,7 +9,8 @@
 //!   after data is loaded, so loaded facts never depend on the viewer;
 //! - [`limits`]: depth and complexity limits with a stable error code;
 //! - [`tiers`]: cache key specs, the change sink that invalidates after commits, the bus consumer;
-//! - [`http`]: the router (`/graphql`, `/health`, `/ready`), body and batch limits, debug stats.
+//! - [`http`]: the router (`/graphql`, `/health`, `/ready`), body and batch limits, debug stats;
+//!   `body` reads a request body under its limit and answers an oversized one with a clean 413.
 //! - [`observe`]: the HTTP and GraphQL operation spans, request metrics, trace-context helpers.
 //!
 //! This crate reads no environment variables and installs no global subscriber.
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod auth;
+mod body;
 pub mod config;
 pub mod documents;
 pub mod error;
