@@ -36,6 +36,17 @@ pub struct ApiConfig {
     pub direct_execution: bool,
     /// Operator secret for the `/admin` endpoints (`x-admin-token`); `None`: they answer 403.
     pub admin_token: Option<SecretString>,
+    /// Requests per viewer on `POST /graphql` (see `rate_limit.rs`); `None`: no limit. Must pass
+    /// [`crate::rate_limit::quota`] (the binary checks it when it reads its settings).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket per viewer: `burst` requests at once, refilled at `per_second` (which may be
+/// below 1: `0.1` is one request every ten seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 impl ApiConfig {
@@ -57,6 +68,7 @@ impl ApiConfig {
             max_booked_occurrences: 1000,
             direct_execution: true,
             admin_token: None,
+            rate_limit: None,
         }
     }
 }

@@ -53,7 +53,7 @@ pub const MAX_OPERATIONS: usize = 200;
 /// The `code` label of an error without `extensions.code`.
 pub const UNCODED: &str = "GRAPHQL_VALIDATION_FAILED";
 /// Every `extensions.code` the API gives (their series start at zero).
-pub const CODES: [&str; 11] = [
+pub const CODES: [&str; 12] = [
     "BAD_USER_INPUT",
     "NOT_FOUND",
     "FORBIDDEN",
@@ -65,6 +65,7 @@ pub const CODES: [&str; 11] = [
     "GRAPHQL_VALIDATION_FAILED",
     "INTERNAL_SERVER_ERROR",
     "PAYLOAD_TOO_LARGE",
+    "RATE_LIMITED",
 ];
 
 const DURATION_BUCKETS: [f64; 14] = [
