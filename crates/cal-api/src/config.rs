@@ -53,6 +53,17 @@ pub struct ApiConfig {
     pub max_request_statements: u64,
     /// Most rows one HTTP request may read (then `BUDGET_EXCEEDED`).
     pub max_request_rows: u64,
+    /// Requests per viewer on `POST /graphql` (see `rate_limit.rs`); `None`: no limit. Must pass
+    /// [`crate::rate_limit::quota`] (the binary checks it when it reads its settings).
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket per viewer: `burst` requests at once, refilled at `per_second` (which may be
+/// below 1: `0.1` is one request every ten seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 impl ApiConfig {
@@ -81,6 +92,7 @@ impl ApiConfig {
             admin_token: None,
             max_request_statements: 200,
             max_request_rows: 200_000,
+            rate_limit: None,
         }
     }
 

@@ -10,8 +10,10 @@
 //!   after data is loaded, so loaded facts never depend on the viewer;
 //! - [`limits`]: depth and complexity limits with a stable error code;
 //! - [`tiers`]: cache key specs, the change sink that invalidates after commits, the bus consumer;
-//! - [`http`]: the router (`/graphql`, `/health`, `/ready`), body and batch limits, debug stats.
-//! - [`observe`]: the HTTP and GraphQL operation spans, request metrics, trace-context helpers.
+//! - [`http`]: the router (`/graphql`, `/health`, `/ready`), body and batch limits, debug stats;
+//!   `body` reads a request body under its limit and answers an oversized one with a clean 413.
+//! - [`observe`]: the HTTP and GraphQL operation spans, request metrics, trace-context helpers;
+//! - [`rate_limit`]: per-viewer token buckets on `POST /graphql` (429 `RATE_LIMITED`).
 //!
 //! This crate reads no environment variables and installs no global subscriber.
 
@@ -20,6 +22,7 @@
 
 pub mod admin;
 pub mod auth;
+mod body;
 pub mod config;
 pub mod documents;
 pub mod error;
@@ -28,10 +31,11 @@ pub mod jwks;
 pub mod limits;
 pub mod loaders;
 pub mod observe;
+pub mod rate_limit;
 pub mod response_cache;
 pub mod schema;
 pub mod tiers;
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, RateLimit};
 pub use http::{AppState, router};
 pub use schema::{AppSchema, build_schema, warm};

@@ -22,7 +22,7 @@ pub const MAX_OPERATIONS: usize = 200;
 /// The `code` label of an error without `extensions.code`.
 pub const UNCODED: &str = "GRAPHQL_VALIDATION_FAILED";
 /// Every `extensions.code` the API gives (their series start at zero).
-pub const CODES: [&str; 11] = [
+pub const CODES: [&str; 13] = [
     "BAD_USER_INPUT",
     "NOT_FOUND",
     "FORBIDDEN",
@@ -34,6 +34,8 @@ pub const CODES: [&str; 11] = [
     "GRAPHQL_PARSE_FAILED",
     "GRAPHQL_VALIDATION_FAILED",
     "INTERNAL_SERVER_ERROR",
+    "PAYLOAD_TOO_LARGE",
+    "RATE_LIMITED",
 ];
 
 /// What the layer learns about one request from the hooks.

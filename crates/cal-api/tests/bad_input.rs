@@ -284,8 +284,12 @@ async fn depth_complexity_batch_and_body_limits() {
     assert_eq!(body.as_array().unwrap().len(), 2);
     // Oversized body.
     let huge = json!({ "query": format!("{{ me {{ id }} }} #{}", "x".repeat(300 * 1024)) });
-    let (status, _) = app.post_raw(Some(w.owner.id), huge).await;
+    let (status, body) = app.post_raw(Some(w.owner.id), huge).await;
     assert_eq!(status, 413);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE",
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -141,7 +141,7 @@ query Every($c: ID!, $f: DateTime!, $t: DateTime!, $n: Int = 50, $tz: String) {
           timeZone allDay status transparency rrule exdates recurringEventId
           originalStartTime isRecurring version createdAt updatedAt
           organizer { __typename id name avatarUrl timeZone }
-          attendees { __typename email name responseStatus isOptional user { id name avatarUrl timeZone } }
+          attendees { __typename name responseStatus isOptional user { id name avatarUrl timeZone } }
           reservations { __typename id eventId startTime endTime status
             resource { __typename id name kind capacity location } }
         }
@@ -240,6 +240,8 @@ async fn everything_else_falls_back_with_the_same_answer() {
         // Fields it does not serve.
         "query($c: ID!) { calendar(id: $c) { owner { id } members { role } } }",
         "query($c: ID!) { calendar(id: $c) { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-12-01T00:00:00Z\") { nodes { id canEdit myResponse calendar { id } organizer { email } } } } }",
+        // Emails, whose visibility is the resolvers' rule alone.
+        "query($c: ID!) { calendar(id: $c) { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-12-01T00:00:00Z\") { nodes { id attendees { email } } } } }",
         "{ me { id name } }",
         // Directives.
         "query($c: ID!, $x: Boolean!) { calendar(id: $c) { id name @include(if: $x) } }",

@@ -18,6 +18,7 @@
 //! | `MAX_PAGE_SIZE` | largest `first` | `200` |
 //! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_ALIASES`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `30`, `10`, `262144` |
 //! | `MAX_REQUEST_STATEMENTS`, `MAX_REQUEST_ROWS` | runtime budget of one request (`BUDGET_EXCEEDED` past it) | `200`, `200000` |
+//! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | per-viewer limit on `POST /graphql`: a bucket of `BURST` requests per user (one shared by all requests without a valid token) refilled at `PER_SECOND` (may be fractional); more answer 429 `RATE_LIMITED` with `Retry-After`; set both or neither, `0`: off (so off in dev mode unless set) | `0`, `0` (off) |
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may drain on SIGTERM | `20` |
 //! | `REDIS_URL` | Redis for the L2 cache; unset means L1 only | unset |
 //! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
@@ -76,6 +77,8 @@ pub struct Settings {
     pub max_complexity: usize,
     pub max_batch: usize,
     pub max_body_bytes: usize,
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: u32,
     pub shutdown_grace_secs: u64,
     pub redis_url: Option<String>,
     pub cache_l1: bool,
@@ -129,6 +132,8 @@ impl Default for Settings {
             max_complexity: 20_000,
             max_batch: 10,
             max_body_bytes: 256 * 1024,
+            rate_limit_per_second: 0.0,
+            rate_limit_burst: 0,
             shutdown_grace_secs: 20,
             redis_url: None,
             cache_l1: true,
@@ -187,6 +192,8 @@ impl Settings {
             "MAX_COMPLEXITY",
             "MAX_BATCH",
             "MAX_BODY_BYTES",
+            "RATE_LIMIT_PER_SECOND",
+            "RATE_LIMIT_BURST",
             "SHUTDOWN_GRACE_SECS",
             "REDIS_URL",
             "CACHE_L1",
@@ -218,6 +225,7 @@ impl Settings {
         );
         let s: Settings = fig.extract().context("invalid configuration")?;
         s.ttls().context("invalid CACHE_TTLS")?;
+        s.rate_limit()?;
         s.failpoints()
             .map_err(anyhow::Error::msg)
             .context("invalid CAL_FAILPOINTS")?;
@@ -362,6 +370,24 @@ impl Settings {
             .map_err(anyhow::Error::msg)
     }
 
+    /// `RATE_LIMIT_PER_SECOND` and `RATE_LIMIT_BURST`: `None` when both are 0 (off).
+    pub fn rate_limit(&self) -> Result<Option<cal_api::RateLimit>> {
+        let (per_second, burst) = (self.rate_limit_per_second, self.rate_limit_burst);
+        if per_second == 0.0 && burst == 0 {
+            return Ok(None);
+        }
+        if per_second == 0.0 || burst == 0 {
+            bail!(
+                "set both RATE_LIMIT_PER_SECOND and RATE_LIMIT_BURST to limit requests, or neither (got {per_second} and {burst})"
+            );
+        }
+        let limit = cal_api::RateLimit { per_second, burst };
+        cal_api::rate_limit::quota(&limit)
+            .map_err(anyhow::Error::msg)
+            .context("invalid RATE_LIMIT_PER_SECOND")?;
+        Ok(Some(limit))
+    }
+
     pub fn kafka_brokers(&self) -> Option<&str> {
         self.kafka_brokers.as_deref().filter(|b| !b.is_empty())
     }
@@ -391,6 +417,7 @@ impl Settings {
         c.max_complexity = self.max_complexity;
         c.max_batch = self.max_batch;
         c.max_body_bytes = self.max_body_bytes;
+        c.rate_limit = self.rate_limit()?;
         c.admin_token = match &self.admin_token {
             Some(t) if t.expose_secret().len() >= 16 => Some(t.clone()),
             Some(_) => bail!("ADMIN_TOKEN must be at least 16 bytes"),

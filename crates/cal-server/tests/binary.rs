@@ -221,6 +221,75 @@ fn a_nice_value_out_of_range_stops_the_start() {
 }
 
 #[test]
+fn a_rate_limit_needs_both_settings_and_a_positive_rate() {
+    let db = FreshDb::new("badrate");
+    let cases = [
+        (
+            Some("2"),
+            None,
+            "set both RATE_LIMIT_PER_SECOND and RATE_LIMIT_BURST",
+        ),
+        (
+            None,
+            Some("5"),
+            "set both RATE_LIMIT_PER_SECOND and RATE_LIMIT_BURST",
+        ),
+        (
+            Some("-1"),
+            Some("5"),
+            "positive number of requests per second",
+        ),
+        (Some("2000000000"), Some("5"), "too many"),
+    ];
+    for (rate, burst, expected) in cases {
+        let err = serve_refuses(
+            &db,
+            &[("RATE_LIMIT_PER_SECOND", rate), ("RATE_LIMIT_BURST", burst)],
+        );
+        assert!(err.contains(expected), "{rate:?} {burst:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_rate_limit_settings_limit_graphql_requests() {
+    let db = FreshDb::new("rate");
+    let port = free_port();
+    // Dev mode, one request per 100 s: requests without a token share one bucket.
+    let env = [("RATE_LIMIT_PER_SECOND", "0.01"), ("RATE_LIMIT_BURST", "2")];
+    let _server = Server(spawn(&db, port, &env));
+    let client = reqwest::Client::new();
+    wait_ready(&client, port).await;
+    let ask = || {
+        client
+            .post(format!("http://127.0.0.1:{port}/graphql"))
+            .json(&serde_json::json!({ "query": "{ me { id } }" }))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(ask().await.unwrap().status(), 200);
+    }
+    let refused = ask().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=100).contains(&retry), "{retry}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body}"
+    );
+    assert!(
+        metrics_text(&client, port)
+            .await
+            .lines()
+            .any(|l| l == "cal_rate_limited_total 1")
+    );
+}
+
+#[test]
 fn fixtures_for_load_tests_are_json() {
     let db = FreshDb::new("fixtures");
     let seed = Command::new(BIN)

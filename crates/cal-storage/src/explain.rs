@@ -93,6 +93,11 @@ impl Store {
                 Box::new(|q| q.bind(s.owner).bind(&s.users)),
             ),
             (
+                "users_sharing_calendar_with",
+                reads::USERS_SHARING_CALENDAR_WITH,
+                Box::new(|q| q.bind(s.owner).bind(&s.users)),
+            ),
+            (
                 "busy_of_users",
                 reads::BUSY_OF_USERS,
                 Box::new(|q| reads::bind_window(q.bind(&busy_users), w)),

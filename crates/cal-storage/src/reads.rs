@@ -120,6 +120,13 @@ pub struct WindowRows {
 pub(crate) const MEMBERSHIPS_OF: &str =
     "SELECT calendar_id, role FROM calendar_members WHERE user_id = $1 ORDER BY calendar_id";
 
+/// `$1` the viewer, `$2` the users: those of them who are a member (any role) of a calendar the
+/// viewer is a member of. Both sides are index-only (`calendar_members_user_idx`, then the primary
+/// key `(calendar_id, user_id)`).
+pub(crate) const USERS_SHARING_CALENDAR_WITH: &str = "SELECT DISTINCT o.user_id FROM calendar_members m \
+     JOIN calendar_members o ON o.calendar_id = m.calendar_id \
+     WHERE m.user_id = $1 AND o.user_id = ANY($2)";
+
 pub(crate) const OWNERS_SHARING_WITH: &str = "SELECT DISTINCT c.owner_id FROM calendar_members m JOIN calendars c ON c.id = m.calendar_id \
      WHERE m.user_id = $1 AND c.owner_id = ANY($2)";
 
@@ -440,6 +447,26 @@ impl Store {
             .bind(viewer.0)
             .bind(raw(owners.iter().map(|i| i.0)));
         let rows = self.fetch("owners.sharing_with", q).await?;
+        rows.iter()
+            .map(|r| {
+                sqlx::Row::try_get::<i64, _>(r, 0)
+                    .map(UserId)
+                    .map_err(StorageError::Database)
+            })
+            .collect()
+    }
+
+    /// Of `users`, those who are a member (any role) of at least one calendar `viewer` is a member
+    /// of: the people whose email `viewer` may see.
+    pub async fn users_sharing_calendar_with(
+        &self,
+        viewer: UserId,
+        users: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        let q = sqlx::query(USERS_SHARING_CALENDAR_WITH)
+            .bind(viewer.0)
+            .bind(raw(users.iter().map(|i| i.0)));
+        let rows = self.fetch("users.sharing_calendar_with", q).await?;
         rows.iter()
             .map(|r| {
                 sqlx::Row::try_get::<i64, _>(r, 0)

@@ -39,6 +39,7 @@ async fn hot_reads_do_not_seq_scan_big_tables() {
         "events_in_window",
         "events_in_window_after_cursor",
         "memberships_of",
+        "users_sharing_calendar_with",
         "busy_of_users",
         "busy_of_resources",
     ] {

@@ -2,7 +2,10 @@
 //! (liveness: the process answers) and `/ready` (the database answers).
 //!
 //! A `POST /graphql` goes through these steps ([`graphql_handler`]):
-//! 1. who asks ([`Verifier`]) and what they asked for (the raw body, its consistency token);
+//! 1. who asks ([`Verifier`]) and what they asked for (the raw body, read under
+//!    `max_body_bytes`: an oversized one is drained and answered 413 `PAYLOAD_TOO_LARGE`, see
+//!    `body.rs`; its consistency token);
+//!    Then the viewer's rate limit (`rate_limit.rs`: 429 `RATE_LIMITED`), before anything else;
 //! 2. the whole-response caches, keyed by viewer and body bytes, before any parsing;
 //! 3. parse the body, check the batch limit, attach the parsed document ([`Documents`]);
 //! 4. execute every operation with a fresh [`RequestCtx`] (viewer, loaders, statement counter);
@@ -73,6 +76,10 @@ pub struct AppContext {
     pub documents: Documents,
     /// Direct execution of plain queries (`None`: switched off by the configuration).
     pub direct: Option<Direct>,
+    /// Per-viewer request limit on `POST /graphql` (`None`: off).
+    rate_limiter: Option<crate::rate_limit::Limiter>,
+    /// Requests refused by it (`cal_rate_limited_total`, registered whether or not it is on).
+    rate_limited: prometheus::IntCounter,
 }
 
 impl AppState {
@@ -88,7 +95,26 @@ impl AppState {
         let store = store
             .with_change_sink(tiers.sync.clone())
             .with_origin(tiers.sync.origin());
+        let rate_limiter = config.rate_limit.map(|limit| {
+            tracing::info!(
+                per_second = limit.per_second,
+                burst = limit.burst,
+                "per-viewer rate limit on POST /graphql"
+            );
+            crate::rate_limit::Limiter::new(&limit)
+                .expect("the rate limit was validated with rate_limit::quota")
+        });
+        let rate_limited = prometheus::IntCounter::new(
+            "cal_rate_limited_total",
+            "POST /graphql requests refused with 429 by the per-viewer rate limit",
+        )
+        .expect("a valid metric");
+        if let Err(e) = registry.register(Box::new(rate_limited.clone())) {
+            tracing::warn!(error = %e, "cal_rate_limited_total not registered");
+        }
         Self(Arc::new(AppContext {
+            rate_limiter,
+            rate_limited,
             schema: crate::build_schema(config.clone()),
             direct: config.direct_execution.then(|| Direct::new(&config)),
             store,
@@ -112,7 +138,13 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/admin/purge", axum::routing::post(crate::admin::purge))
+        // `/graphql` reads its body itself (`body.rs`: a clean 413); the admin endpoint's is
+        // capped by this layer.
+        .route(
+            "/admin/purge",
+            axum::routing::post(crate::admin::purge)
+                .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes)),
+        )
         // A panicking handler answers 500 with a coded GraphQL error instead of dropping the
         // connection; it is logged and counted.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -121,8 +153,6 @@ pub fn router(state: AppState) -> Router {
         // Responses that are not already encoded (from the response cache) are compressed per
         // request, so at the fastest setting.
         .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
-        // The handler reads the body itself; this layer caps it for every route and answers 413.
-        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
         .layer(observe::layer(&state))
         .with_state(state)
 }
@@ -187,6 +217,53 @@ fn refused(status: StatusCode, err: async_graphql::ServerError) -> Response {
     r
 }
 
+/// A request error with `extensions.code`.
+fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::ServerError {
+    let mut extensions = async_graphql::ErrorExtensionValues::default();
+    extensions.set("code", code);
+    let mut e = async_graphql::ServerError::new(message, None);
+    e.extensions = Some(extensions);
+    e
+}
+
+/// 413 `PAYLOAD_TOO_LARGE`; with `Connection: close` when the body was not read to its end
+/// (the connection cannot carry another request then).
+fn too_large(limit: usize, drained: bool) -> Response {
+    let mut r = refused(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        coded(
+            "PAYLOAD_TOO_LARGE",
+            format!("the request body is larger than {limit} bytes (MAX_BODY_BYTES)"),
+        ),
+    );
+    if !drained {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// 429 `RATE_LIMITED` with `Retry-After` when `viewer`'s bucket is empty (counted).
+fn rate_limited(state: &AppState, viewer: Viewer) -> Option<Response> {
+    let wait = state
+        .rate_limiter
+        .as_ref()?
+        .check(crate::rate_limit::Key::from(viewer))
+        .err()?;
+    state.rate_limited.inc();
+    let secs = crate::rate_limit::retry_after_secs(wait);
+    let mut r = refused(
+        StatusCode::TOO_MANY_REQUESTS,
+        coded(
+            "RATE_LIMITED",
+            format!("too many requests: retry in {secs} s"),
+        ),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    Some(r)
+}
+
 /// Who asks, and how.
 struct Caller {
     viewer: Viewer,
@@ -198,13 +275,18 @@ struct Caller {
 }
 
 impl Caller {
-    /// Reads the caller from the headers, waiting (bounded) for a presented consistency token.
-    async fn read(state: &AppState, headers: &HeaderMap) -> Result<Self, Response> {
+    /// The viewer a request's `Authorization` header names.
+    async fn viewer(state: &AppState, headers: &HeaderMap) -> Viewer {
         let auth = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
+        state.verifier.viewer(auth).await
+    }
+
+    /// Reads the caller from the headers, waiting (bounded) for a presented consistency token.
+    async fn read(state: &AppState, headers: &HeaderMap, viewer: Viewer) -> Result<Self, Response> {
         let mut caller = Caller {
-            viewer: state.verifier.viewer(auth).await,
+            viewer,
             // Per-request figures tell whether something exists and whether others looked at
             // it recently: outside dev mode only an operator gets them.
             debug: headers.contains_key(DEBUG_STATS_HEADER)
@@ -256,14 +338,31 @@ struct Keep {
 async fn graphql_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    let body = match crate::body::read(&headers, body, state.config.max_body_bytes).await {
+        crate::body::Read::Body(body) => body,
+        crate::body::Read::TooLarge { drained } => {
+            return too_large(state.config.max_body_bytes, drained);
+        }
+        crate::body::Read::Broken => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                coded("BAD_USER_INPUT", "the request body could not be read"),
+            );
+        }
+    };
     if state.tiers.failpoints().panic_in_handler
         && headers.get("x-failpoint").is_some_and(|v| v == "panic")
     {
         panic!("failpoint panic-in-handler");
     }
-    let caller = match Caller::read(&state, &headers).await {
+    // 1. Who asks, and whether they may ask now: the limit comes before the response cache.
+    let viewer = Caller::viewer(&state, &headers).await;
+    if let Some(refusal) = rate_limited(&state, viewer) {
+        return refusal;
+    }
+    let caller = match Caller::read(&state, &headers, viewer).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };

@@ -469,7 +469,8 @@ impl<'a> Exec<'a> {
                 "name" => string(out, &u.name),
                 "avatarUrl" => opt_string(out, u.avatar_url.as_deref()),
                 "timeZone" => string(out, &u.time_zone),
-                // `email` is not served here: who may see it is the resolver's rule alone.
+                // `email` (here and on `Attendee`) is not served: who may see it is the
+                // resolver's rule alone (`emails.rs`).
                 _ => return Err(Fallback),
             }
             Ok(())
@@ -492,7 +493,6 @@ impl<'a> Exec<'a> {
                     let fields = self.fields_of(memo, &f.selection_set.node, "User")?;
                     self.user(out, &fields, user)?;
                 }
-                "email" => opt_string(out, a.email.as_deref()),
                 "name" => opt_string(out, a.name.as_deref()),
                 "responseStatus" => string(
                     out,

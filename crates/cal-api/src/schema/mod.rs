@@ -7,6 +7,7 @@ mod availability;
 mod buckets;
 pub use buckets::warm;
 mod direct;
+mod emails;
 mod mutation;
 mod query;
 mod series;
@@ -124,6 +125,8 @@ pub struct RequestCtx {
     pub tiers: Arc<Tiers>,
     /// This request's cache figures (hits per tier), reported with `x-debug-stats`.
     pub cache_stats: Arc<RequestStats>,
+    /// Whose email this request's viewer may see (see `emails.rs`).
+    pub(crate) emails: emails::EmailRule,
 }
 
 impl RequestCtx {
@@ -142,6 +145,7 @@ impl RequestCtx {
         Self {
             viewer,
             loaders: Loaders::new(&reach),
+            emails: emails::EmailRule::new(viewer, store.clone()),
             store,
             config,
             tiers,

@@ -52,8 +52,10 @@ impl User {
     async fn name(&self) -> &str {
         &self.0.name
     }
-    async fn email(&self) -> &str {
-        &self.0.email
+    /// Visible only to the user and to users who share a calendar with them (both members of
+    /// at least one common calendar, any role); `null` for everyone else.
+    async fn email(&self, ctx: &Context<'_>) -> ApiResult<Option<&str>> {
+        rc(ctx).emails.shown(self.0.id, &self.0.email).await
     }
     async fn avatar_url(&self) -> Option<&str> {
         self.0.avatar_url.as_deref()
@@ -654,8 +656,14 @@ impl Attendee {
     async fn user(&self, ctx: &Context<'_>) -> ApiResult<User> {
         load_user(ctx, self.a().user_id).await
     }
-    async fn email(&self) -> Option<&str> {
-        self.a().email.as_deref()
+    /// The invitee's email as recorded on the invitation: the same rule as `User.email`
+    /// (the invitee, or someone sharing a calendar with them), `null` for everyone else.
+    async fn email(&self, ctx: &Context<'_>) -> ApiResult<Option<&str>> {
+        let a = self.a();
+        match &a.email {
+            Some(email) => rc(ctx).emails.shown(a.user_id, email).await,
+            None => Ok(None),
+        }
     }
     async fn name(&self) -> Option<&str> {
         self.a().name.as_deref()
