@@ -12,7 +12,7 @@
 use crate::error::ApiError;
 use crate::http::AppState;
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -91,7 +91,19 @@ fn error(e: ApiError) -> Response {
 }
 
 /// `POST /admin/purge`.
-pub async fn purge(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn purge(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let limit = state.config.max_body_bytes;
+    let body = match crate::body::read(&headers, body, limit).await {
+        crate::body::Read::Body(body) => body,
+        crate::body::Read::TooLarge { drained } => {
+            return crate::http::too_large(limit, drained);
+        }
+        crate::body::Read::Broken => {
+            return error(ApiError::BadInput(
+                "the request body could not be read".into(),
+            ));
+        }
+    };
     if let Err(e) = is_operator(state.config.admin_token.as_ref(), &headers) {
         return error(e);
     }

@@ -193,3 +193,34 @@ async fn a_client_that_sends_everything_first_reads_the_413_and_keeps_its_connec
         assert_eq!(body["data"]["me"]["id"], me.id.to_string());
     }
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_answers_an_oversized_body_413_too() {
+    let app = TestApp::spawn().await;
+    for (body, what) in [
+        (
+            reqwest::Body::from(padded(EIGHT_MIB)),
+            "8 MiB with Content-Length",
+        ),
+        (chunked(EIGHT_MIB), "8 MiB chunked"),
+    ] {
+        let resp = app
+            .client
+            .post(app.url("/admin/purge"))
+            .header(
+                cal_api::admin::ADMIN_TOKEN_HEADER,
+                cal_test_support::TEST_ADMIN_TOKEN,
+            )
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: transport error {e:?}"));
+        assert_eq!(resp.status().as_u16(), 413, "{what}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE",
+            "{what}: {body}"
+        );
+    }
+}

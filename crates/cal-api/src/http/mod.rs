@@ -38,7 +38,6 @@ use cal_cache::{RequestStats, RequestStatsSnapshot};
 use cal_storage::{Store, StoreStats};
 use std::sync::Arc;
 use tower_http::compression::{CompressionLayer, CompressionLevel};
-use tower_http::limit::RequestBodyLimitLayer;
 
 /// Header that asks for per-request figures in `extensions.stats`.
 pub const DEBUG_STATS_HEADER: &str = "x-debug-stats";
@@ -138,13 +137,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        // `/graphql` reads its body itself (`body.rs`: a clean 413); the admin endpoint's is
-        // capped by this layer.
-        .route(
-            "/admin/purge",
-            axum::routing::post(crate::admin::purge)
-                .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes)),
-        )
+        // Both POST routes read their bodies themselves (`body.rs`: a clean 413).
+        .route("/admin/purge", axum::routing::post(crate::admin::purge))
         // A panicking handler answers 500 with a coded GraphQL error instead of dropping the
         // connection; it is logged and counted.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
@@ -228,7 +222,7 @@ fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::Serve
 
 /// 413 `PAYLOAD_TOO_LARGE`; with `Connection: close` when the body was not read to its end
 /// (the connection cannot carry another request then).
-fn too_large(limit: usize, drained: bool) -> Response {
+pub(crate) fn too_large(limit: usize, drained: bool) -> Response {
     let mut r = refused(
         StatusCode::PAYLOAD_TOO_LARGE,
         coded(
