@@ -12,8 +12,8 @@ use cal_storage::seed::{Progress, Scale};
 use cal_sync::Invalidator;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
+use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, Executor};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,11 @@ pub async fn connect_and_migrate(settings: &Settings) -> Result<Store> {
     let options = PgConnectOptions::from_str(&settings.database_url)
         .context("DATABASE_URL is not a valid PostgreSQL URL")?
         .disable_statement_logging();
-    create_database_if_missing(&options).await?;
+    cal_storage::create_database_if_missing(&options)
+        .await
+        .context(
+            "cannot create the database (connecting to the maintenance database `postgres`)",
+        )?;
     let pool = cal_storage::pool_options(settings.db_max_connections)
         .connect_with(options)
         .await
@@ -37,31 +41,6 @@ pub async fn connect_and_migrate(settings: &Settings) -> Result<Store> {
         .context("migrations failed")?;
     Ok(Store::new(pool)
         .with_slow_statement_threshold(Duration::from_millis(settings.db_slow_statement_ms)))
-}
-
-async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
-    let Some(db) = options.get_database().map(str::to_owned) else {
-        return Ok(());
-    };
-    if sqlx::PgConnection::connect_with(options).await.is_ok() {
-        return Ok(());
-    }
-    let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres"))
-        .await
-        .context("cannot connect to PostgreSQL (maintenance database `postgres`)")?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&db)
-            .fetch_one(&mut admin)
-            .await?;
-    if !exists {
-        let quoted = db.replace('"', "\"\"");
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
-            .await?;
-        tracing::info!(database = %db, "created database");
-    }
-    Ok(())
 }
 
 struct Bar(ProgressBar);
@@ -117,20 +96,15 @@ pub async fn print_fixtures(
     ttl: chrono::Duration,
 ) -> Result<()> {
     let store = connect_and_migrate(settings).await?;
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT id, owner_id FROM (SELECT id, owner_id, row_number() OVER (ORDER BY id) AS rn, count(*) OVER () AS total \
-         FROM calendars) c WHERE (rn - 1) % greatest(total / $1, 1) = 0 ORDER BY id LIMIT $1",
-    )
-    .bind(n.max(1))
-    .fetch_all(store.pool())
-    .await?;
-    let fixtures: Vec<serde_json::Value> = rows
+    let fixtures: Vec<serde_json::Value> = store
+        .spread_calendars(n)
+        .await?
         .into_iter()
         .map(|(cal, owner)| {
             serde_json::json!({
                 "calendarId": cal.to_string(),
                 "userId": owner.to_string(),
-                "token": cal_api::auth::mint(secret, cal_domain::UserId(owner), ttl),
+                "token": cal_api::auth::mint(secret, owner, ttl),
             })
         })
         .collect();
@@ -146,18 +120,12 @@ pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
     let addr = listener.local_addr()?;
     if demo {
-        let empty: bool = sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM users)")
-            .fetch_one(store.pool())
-            .await?;
-        let demo_user = if empty {
-            seed(&store, Scale::Demo, None).await?.demo_user_id
-        } else {
-            tracing::info!("database already has data; not seeding");
-            cal_domain::UserId(
-                sqlx::query_scalar("SELECT min(id) FROM users")
-                    .fetch_one(store.pool())
-                    .await?,
-            )
+        let demo_user = match store.first_user().await? {
+            None => seed(&store, Scale::Demo, None).await?.demo_user_id,
+            Some(user) => {
+                tracing::info!("database already has data; not seeding");
+                user
+            }
         };
         let token = cal_api::auth::mint(&api.jwt_secret, demo_user, chrono::Duration::days(7));
         println!(

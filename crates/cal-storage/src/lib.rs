@@ -7,6 +7,7 @@
 
 mod error;
 pub mod explain;
+mod ops;
 mod outbox;
 mod pool;
 mod purge;
@@ -18,6 +19,7 @@ mod writes;
 
 pub use error::{Conflict, StorageError};
 pub use explain::seq_scans;
+pub use ops::create_database_if_missing;
 pub use outbox::{ClaimedOutbox, OutboxRow};
 pub use pool::{ACQUIRE_TIMEOUT, is_connection_lost, pool_options};
 pub use purge::{PurgeScope, Purged};

@@ -135,8 +135,9 @@ impl Drop for Statement<'_> {
 mod tests {
     /// Every file of the crate that talks to PostgreSQL on behalf of a request or the relay
     /// (`seed.rs` is a one-off command's bulk load; `explain.rs` reads plans for tests).
-    const SOURCES: [(&str, &str); 5] = [
+    const SOURCES: [(&str, &str); 6] = [
         ("lib.rs", include_str!("lib.rs")),
+        ("ops.rs", include_str!("ops.rs")),
         ("outbox.rs", include_str!("outbox.rs")),
         ("purge.rs", include_str!("purge.rs")),
         ("reads.rs", include_str!("reads.rs")),
