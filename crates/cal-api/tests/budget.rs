@@ -65,6 +65,17 @@ async fn every_answer_reports_its_cost_and_a_cached_answer_costs_nothing() {
     assert!(cost(&denied).is_null(), "{}", denied.0);
 }
 
+/// The answer says the budget ran out, and nothing else went wrong.
+fn assert_budget_exceeded(resp: &Gql) {
+    let codes = resp.codes();
+    assert!(codes.iter().any(|c| c == "BUDGET_EXCEEDED"), "{}", resp.0);
+    assert!(
+        !codes.iter().any(|c| c == "INTERNAL_SERVER_ERROR"),
+        "{}",
+        resp.0
+    );
+}
+
 #[tokio::test]
 async fn a_request_past_its_statement_budget_is_refused_before_the_statement() {
     let app = TestApp::spawn_with(|c| c.max_request_statements = 2).await;
@@ -72,16 +83,7 @@ async fn a_request_past_its_statement_budget_is_refused_before_the_statement() {
     let resp = app
         .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
         .await;
-    assert!(
-        resp.codes().iter().any(|c| c == "BUDGET_EXCEEDED"),
-        "{}",
-        resp.0
-    );
-    assert!(
-        !resp.codes().iter().any(|c| c == "INTERNAL_SERVER_ERROR"),
-        "{}",
-        resp.0
-    );
+    assert_budget_exceeded(&resp);
     assert_eq!(
         cost(&resp)["statements"],
         2,
@@ -99,11 +101,7 @@ async fn a_request_past_its_row_budget_is_refused() {
     let resp = app
         .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
         .await;
-    assert!(
-        resp.codes().iter().any(|c| c == "BUDGET_EXCEEDED"),
-        "{}",
-        resp.0
-    );
+    assert_budget_exceeded(&resp);
     assert!(resp.message().contains("rows"), "{}", resp.message());
 }
 

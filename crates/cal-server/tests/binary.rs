@@ -470,23 +470,7 @@ async fn a_deep_query_within_the_limits_is_answered_not_a_crash() {
         .unwrap();
     let start = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, 2, 9, 0, 0).unwrap();
     store
-        .create_event(&cal_storage::NewEvent {
-            calendar_id: cal.id,
-            organizer_id: owner.id,
-            title: "t".into(),
-            description: None,
-            location: None,
-            start_time: start,
-            end_time: start + chrono::Duration::hours(1),
-            time_zone: "UTC".into(),
-            all_day: false,
-            status: cal_domain::EventStatus::Confirmed,
-            transparency: cal_domain::Transparency::Busy,
-            rrule: None,
-            series_end: None,
-            attendees: vec![],
-            reservations: vec![],
-        })
+        .create_event(&cal_test_support::one_hour_event(cal.id, owner.id, start))
         .await
         .unwrap();
     let w = r#"from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z", first: 1"#;

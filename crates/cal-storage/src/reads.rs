@@ -443,17 +443,8 @@ impl Store {
         viewer: UserId,
         owners: &[UserId],
     ) -> Result<Vec<UserId>> {
-        let q = sqlx::query(OWNERS_SHARING_WITH)
-            .bind(viewer.0)
-            .bind(raw(owners.iter().map(|i| i.0)));
-        let rows = self.fetch("owners.sharing_with", q).await?;
-        rows.iter()
-            .map(|r| {
-                sqlx::Row::try_get::<i64, _>(r, 0)
-                    .map(UserId)
-                    .map_err(StorageError::Database)
-            })
-            .collect()
+        self.users_related_to("owners.sharing_with", OWNERS_SHARING_WITH, viewer, owners)
+            .await
     }
 
     /// Of `users`, those who are a member (any role) of at least one calendar `viewer` is a member
@@ -463,11 +454,29 @@ impl Store {
         viewer: UserId,
         users: &[UserId],
     ) -> Result<Vec<UserId>> {
-        let q = sqlx::query(USERS_SHARING_CALENDAR_WITH)
+        self.users_related_to(
+            "users.sharing_calendar_with",
+            USERS_SHARING_CALENDAR_WITH,
+            viewer,
+            users,
+        )
+        .await
+    }
+
+    /// Runs `sql` (`$1` the viewer, `$2` the user ids) and reads the user ids it answers.
+    async fn users_related_to(
+        &self,
+        name: &'static str,
+        sql: &'static str,
+        viewer: UserId,
+        users: &[UserId],
+    ) -> Result<Vec<UserId>> {
+        let q = sqlx::query(sql)
             .bind(viewer.0)
             .bind(raw(users.iter().map(|i| i.0)));
-        let rows = self.fetch("users.sharing_calendar_with", q).await?;
-        rows.iter()
+        self.fetch(name, q)
+            .await?
+            .iter()
             .map(|r| {
                 sqlx::Row::try_get::<i64, _>(r, 0)
                     .map(UserId)

@@ -20,10 +20,7 @@ fn now_ms() -> u64 {
 /// request runtime: a delivered invalidation is applied as soon as the OS wakes that thread,
 /// instead of queueing behind request tasks on busy workers. It stops when `stop` is cancelled
 /// or the bus closes.
-pub(crate) fn spawn(
-    me: Arc<Invalidator>,
-    stop: CancellationToken,
-) -> Option<std::thread::JoinHandle<()>> {
+pub(crate) fn spawn(me: Arc<Invalidator>, stop: CancellationToken) -> std::thread::JoinHandle<()> {
     let stream = me.bus.subscribe();
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
     let nice = me.config.thread_nice;
@@ -44,7 +41,7 @@ pub(crate) fn spawn(
             });
         });
     // At start-up; an instance that cannot hear invalidations must not serve.
-    Some(thread.expect("spawning the invalidation consumer thread"))
+    thread.expect("spawning the invalidation consumer thread")
 }
 
 /// Own messages are not applied (the writer already evicted its L1) but count as applied

@@ -100,9 +100,10 @@ impl Invalidator {
     }
 
     /// Starts the consumer (on a thread of its own), the liveness monitor and the relay over
-    /// `store` (publisher, heartbeats, pruner), once. They run until `shutdown` resolves or the
+    /// `store` (publisher, heartbeats, pruner). They run until `shutdown` resolves or the
     /// runtime that called this shuts down; [`Running::join`] waits for them. The relay makes
-    /// one last pass on shutdown, so rows written while the server drained go out.
+    /// one last pass on shutdown, so rows written while the server drained go out. A second
+    /// call starts nothing (its `Running` holds no task).
     pub fn start(
         self: &Arc<Self>,
         store: Store,
@@ -110,6 +111,23 @@ impl Invalidator {
     ) -> Running {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let relay = Relay::new(
+            store,
+            self.cache.clone(),
+            self.bus.clone(),
+            self.origin.clone(),
+            self.config.relay.clone(),
+            self.config.publish_wait,
+            self.relay_metrics.clone(),
+        );
+        if self.relay.set(relay.clone()).is_err() {
+            tracing::warn!("the invalidator was already started; not starting it again");
+            return Running {
+                stop,
+                tasks,
+                consumer: None,
+            };
+        }
         // Cancels when the signal comes, and when the runtime drops this task.
         let guard = stop.clone().drop_guard();
         let stopped = stop.clone();
@@ -120,7 +138,7 @@ impl Invalidator {
                 () = stopped.cancelled() => {}
             }
         });
-        let consumer = crate::consumer::spawn(self.clone(), stop.clone());
+        let consumer = Some(crate::consumer::spawn(self.clone(), stop.clone()));
         if let Some(bound) = self.config.liveness {
             tasks.spawn(crate::consumer::monitor_liveness(
                 self.clone(),
@@ -128,20 +146,7 @@ impl Invalidator {
                 stop.clone(),
             ));
         }
-        let relay = Relay::new(
-            store,
-            self.cache.clone(),
-            self.bus.clone(),
-            self.origin.clone(),
-            self.config.relay.clone(),
-            self.config.publish_wait,
-            self.relay_metrics.clone(),
-        );
-        if self.relay.set(relay.clone()).is_ok() {
-            relay.run(&mut tasks, &stop);
-        } else {
-            tracing::warn!("the invalidator was already started; not starting a second relay");
-        }
+        relay.run(&mut tasks, &stop);
         Running {
             stop,
             tasks,

@@ -7,9 +7,9 @@ use cal_cache::{
 };
 use cal_domain::cache_keys;
 use cal_domain::*;
-use cal_storage::{NewEvent, Store};
+use cal_storage::Store;
 use cal_sync::{Invalidator, RelayConfig, SyncConfig};
-use cal_test_support::TestDb;
+use cal_test_support::{TestDb, one_hour_event};
 use chrono::{TimeZone, Utc};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -72,23 +72,22 @@ async fn world(store: &Store) -> Event {
         .unwrap();
     let start = Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap();
     store
-        .create_event(&NewEvent {
-            calendar_id: cal.id,
-            organizer_id: owner.id,
-            title: "t".into(),
-            description: None,
-            location: None,
-            start_time: start,
-            end_time: start + chrono::Duration::hours(1),
-            time_zone: "UTC".into(),
-            all_day: false,
-            status: EventStatus::Confirmed,
-            transparency: Transparency::Busy,
-            rrule: None,
-            series_end: None,
-            attendees: vec![],
-            reservations: vec![],
-        })
+        .create_event(&one_hour_event(cal.id, owner.id, start))
+        .await
+        .unwrap()
+}
+
+/// Gives `ev` a new title through `store` (no change sink: nobody is told of the commit).
+async fn retitle(store: &Store, ev: &Event) -> Event {
+    store
+        .update_event(
+            ev.id,
+            ev.version,
+            &cal_storage::EventPatch {
+                title: Some("new".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
 }
@@ -141,17 +140,7 @@ async fn a_dead_writers_row_is_tombstoned_in_redis_then_published() {
         "first read loads"
     );
     assert!(served_by_l2(&db, &key, ev.version).await, "then L2 has it");
-    let updated = writer
-        .update_event(
-            ev.id,
-            ev.version,
-            &cal_storage::EventPatch {
-                title: Some("new".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let updated = retitle(&writer, &ev).await;
     assert!(updated.version > ev.version);
     let (row, published) = newest_row(&db).await;
     assert!(!published);
@@ -229,17 +218,7 @@ async fn an_own_write_whose_writer_never_heard_its_commit_leaves_no_old_value_in
     // The write commits on the server, but its writer never hears it (the connection dropped
     // before the answer): no change sink runs, nothing evicts this L1.
     let writer = Store::new(db.pool.clone()).with_origin("me");
-    writer
-        .update_event(
-            ev.id,
-            ev.version,
-            &cal_storage::EventPatch {
-                title: Some("new".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    retitle(&writer, &ev).await;
     let (row, _) = newest_row(&db).await;
     let running = sync.start(Store::new(db.pool.clone()), std::future::pending());
     message_of(&mut messages, row).await;

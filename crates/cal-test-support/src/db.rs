@@ -212,3 +212,29 @@ pub async fn insert_outbox_row(pool: &PgPool, age_days: i32, published: bool) {
     .await
     .expect("an outbox row is written");
 }
+
+/// A plain one-hour event (confirmed, busy, UTC, no attendees or bookings) starting at `start`:
+/// the smallest write a test of the storage or the change log needs.
+pub fn one_hour_event(
+    calendar: cal_domain::CalendarId,
+    organizer: cal_domain::UserId,
+    start: chrono::DateTime<chrono::Utc>,
+) -> cal_storage::NewEvent {
+    cal_storage::NewEvent {
+        calendar_id: calendar,
+        organizer_id: organizer,
+        title: "t".into(),
+        description: None,
+        location: None,
+        start_time: start,
+        end_time: start + chrono::Duration::hours(1),
+        time_zone: "UTC".into(),
+        all_day: false,
+        status: cal_domain::EventStatus::Confirmed,
+        transparency: cal_domain::Transparency::Busy,
+        rrule: None,
+        series_end: None,
+        attendees: vec![],
+        reservations: vec![],
+    }
+}

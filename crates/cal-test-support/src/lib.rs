@@ -16,7 +16,7 @@ mod pg;
 mod redis;
 
 pub use app::{Gql, TEST_ADMIN_TOKEN, TEST_SECRET, TestApp};
-pub use db::{TestDb, admin_url, insert_outbox_row};
+pub use db::{TestDb, admin_url, insert_outbox_row, one_hour_event};
 pub use kafka::{KafkaBroker, tansu_bin};
 pub use metrics::metric_sum;
 pub use pg::PgCluster;

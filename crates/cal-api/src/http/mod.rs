@@ -514,19 +514,7 @@ async fn graphql_handler(
 
     // What the request cost, on every answer that is not a denial (how much a denied request
     // read would tell whether the thing exists).
-    let cost = cost_value(&stats);
-    match &mut resp {
-        BatchResponse::Single(r) => {
-            if !is_denied(r) {
-                r.extensions.insert("cost".to_owned(), cost);
-            }
-        }
-        BatchResponse::Batch(list) => {
-            for r in list.iter_mut().filter(|r| !is_denied(r)) {
-                r.extensions.insert("cost".to_owned(), cost.clone());
-            }
-        }
-    }
+    insert_unless_denied(&mut resp, "cost", &cost_value(&stats));
     let token = stats.commit_token();
     if let (Some(token), BatchResponse::Single(r)) = (&token, &mut resp) {
         r.extensions.insert(
@@ -536,18 +524,7 @@ async fn graphql_handler(
     }
     if caller.debug {
         let value = stats_value(&stats, &cache_stats.snapshot(), responses.map(|_| false));
-        match &mut resp {
-            BatchResponse::Single(r) => {
-                if !is_denied(r) {
-                    r.extensions.insert("stats".to_owned(), value);
-                }
-            }
-            BatchResponse::Batch(list) => {
-                for r in list.iter_mut().filter(|r| !is_denied(r)) {
-                    r.extensions.insert("stats".to_owned(), value.clone());
-                }
-            }
-        }
+        insert_unless_denied(&mut resp, "stats", &value);
     }
     let mut response = json_response(Bytes::from(
         serde_json::to_vec(&resp).expect("a response serializes"),
@@ -627,17 +604,37 @@ fn answer(
 /// What the request cost the database, under `extensions.cost`: statements, rows and loader
 /// batches (no per-tier cache figures: those would tell of other viewers' activity).
 fn cost_value(stats: &StoreStats) -> async_graphql::Value {
+    cost(
+        stats.statements(),
+        stats.rows(),
+        crate::observe::loader_batches(),
+    )
+}
+
+fn cost(statements: u64, rows: u64, loader_batches: u64) -> async_graphql::Value {
     async_graphql::Value::from_json(serde_json::json!({
-        "statements": stats.statements(),
-        "rows": stats.rows(),
-        "loaderBatches": crate::observe::loader_batches(),
+        "statements": statements,
+        "rows": rows,
+        "loaderBatches": loader_batches,
     }))
     .expect("a JSON object converts")
 }
 
-/// The cost of an answer from a response cache.
+/// The cost of an answer from a response cache. A constant: it is also built inside a request
+/// that ran loaders (when its answer is kept), whose own batches it must not report.
 fn zero_cost() -> async_graphql::Value {
-    cost_value(&StoreStats::default())
+    cost(0, 0, 0)
+}
+
+/// Adds `name: value` to the extensions of every answer of `resp` that is not a denial.
+fn insert_unless_denied(resp: &mut BatchResponse, name: &str, value: &async_graphql::Value) {
+    let answers: Vec<&mut GqlResponse> = match resp {
+        BatchResponse::Single(r) => vec![r],
+        BatchResponse::Batch(list) => list.iter_mut().collect(),
+    };
+    for r in answers.into_iter().filter(|r| !is_denied(r)) {
+        r.extensions.insert(name.to_owned(), value.clone());
+    }
 }
 
 /// The tail that [`store_answer`] gives every kept body: `,"extensions":{"cost":{…zero…}}}`.
