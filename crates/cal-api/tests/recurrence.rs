@@ -737,3 +737,49 @@ async fn concurrent_deletes_of_one_override_let_exactly_one_win() {
             .unwrap();
     assert!(deleted);
 }
+
+#[tokio::test]
+async fn deleting_an_override_at_a_version_it_no_longer_has_is_a_conflict() {
+    let s = setup().await;
+    let created = s
+        .create(
+            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+            "rrule": "FREQ=DAILY;COUNT=5" }),
+        )
+        .await;
+    let series = created.data()["createEvent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let version = created.data()["createEvent"]["version"].as_i64().unwrap();
+    let occurrence = format!("{series}_20261103T090000Z");
+    let upd = "mutation($e: ID!, $v: Int!) { updateEvent(id: $e, expectedVersion: $v, input: { title: \"Own\" }, scope: THIS) { id version } }";
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            upd,
+            json!({ "e": occurrence, "v": version }),
+        )
+        .await;
+    let override_version = resp.data()["updateEvent"]["version"].as_i64().unwrap();
+    // The override moves on in the database behind the caches' back (another writer whose
+    // invalidation this instance has not heard): only the database knows its version now.
+    sqlx::query(
+        "UPDATE events SET version = version + 1 WHERE recurring_event_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(series.parse::<i64>().unwrap())
+    .execute(&s.app.db.pool)
+    .await
+    .unwrap();
+    let del = "mutation($e: ID!, $v: Int) { deleteEvent(id: $e, expectedVersion: $v) }";
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            del,
+            json!({ "e": occurrence, "v": override_version }),
+        )
+        .await;
+    assert_eq!(resp.code(), "VERSION_CONFLICT", "{}", resp.0);
+}
