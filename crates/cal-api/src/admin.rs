@@ -96,7 +96,7 @@ pub async fn purge(State(state): State<AppState>, headers: HeaderMap, body: Body
     let body = match crate::body::read(&headers, body, limit).await {
         crate::body::Read::Body(body) => body,
         crate::body::Read::TooLarge { drained } => {
-            return crate::http::too_large(limit, drained);
+            return crate::http::too_large(crate::http::wire::Media::Json, limit, drained);
         }
         crate::body::Read::Broken => {
             return error(ApiError::BadInput(

@@ -56,6 +56,45 @@ pub struct ApiConfig {
     /// Requests per viewer on `POST /graphql` (see `rate_limit.rs`); `None`: no limit. Must pass
     /// [`crate::rate_limit::quota`] (the binary checks it when it reads its settings).
     pub rate_limit: Option<RateLimit>,
+    /// Persisted queries: automatic (APQ, the default), a manifest's safelist, or off.
+    pub persisted_queries: crate::persisted::PersistedMode,
+    /// Origins whose browser scripts may call the API (CORS); none by default.
+    pub cors_origins: CorsOrigins,
+}
+
+/// Which origins CORS lets in.
+#[derive(Debug, Clone)]
+pub enum CorsOrigins {
+    /// Any origin (`Access-Control-Allow-Origin: *`; bearer tokens, no cookies).
+    Any,
+    /// Exactly these (`https://app.example.com`); an empty list lets none in.
+    List(Vec<axum::http::HeaderValue>),
+}
+
+impl CorsOrigins {
+    /// Parses a comma-separated list of origins, or `*`.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let list = list.trim();
+        if list == "*" {
+            return Ok(Self::Any);
+        }
+        let mut origins = Vec::new();
+        for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (scheme, rest) = origin
+                .split_once("://")
+                .ok_or_else(|| format!("{origin:?} is not an origin (scheme://host[:port])"))?;
+            if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains('/') {
+                return Err(format!(
+                    "{origin:?} is not an origin (scheme://host[:port], no path)"
+                ));
+            }
+            origins.push(
+                axum::http::HeaderValue::from_str(origin)
+                    .map_err(|_| format!("{origin:?} is not a valid header value"))?,
+            );
+        }
+        Ok(Self::List(origins))
+    }
 }
 
 /// A token bucket per viewer: `burst` requests at once, refilled at `per_second` (which may be
@@ -93,6 +132,8 @@ impl ApiConfig {
             max_request_statements: 200,
             max_request_rows: 200_000,
             rate_limit: None,
+            persisted_queries: Default::default(),
+            cors_origins: CorsOrigins::List(Vec::new()),
         }
     }
 
@@ -101,6 +142,26 @@ impl ApiConfig {
         cal_storage::Budget {
             statements: self.max_request_statements,
             rows: self.max_request_rows,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_origins_parse() {
+        assert!(matches!(CorsOrigins::parse("*"), Ok(CorsOrigins::Any)));
+        assert!(matches!(CorsOrigins::parse(""), Ok(CorsOrigins::List(l)) if l.is_empty()));
+        let Ok(CorsOrigins::List(l)) =
+            CorsOrigins::parse("https://app.example.com, http://localhost:3000")
+        else {
+            panic!("a list")
+        };
+        assert_eq!(l, ["https://app.example.com", "http://localhost:3000"]);
+        for bad in ["app.example.com", "ftp://x", "https://x/path", "https://"] {
+            assert!(CorsOrigins::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -10,8 +10,13 @@
 //!   after data is loaded, so loaded facts never depend on the viewer;
 //! - [`limits`]: depth and complexity limits with a stable error code;
 //! - [`tiers`]: cache key specs, the change sink that invalidates after commits, the bus consumer;
-//! - [`http`]: the router (`/graphql`, `/health`, `/ready`), body and batch limits, debug stats;
-//!   `body` reads a request body under its limit and answers an oversized one with a clean 413.
+//! - [`http`]: the router (`/graphql` over GET and POST, `/health`, `/ready`), body and batch
+//!   limits, debug stats; `http::wire` is the GraphQL-over-HTTP wire format (media types,
+//!   `Accept`, strict request decoding), `http::conditional` the `ETag`/304 and caching headers;
+//!   `body` reads a request body under its limit and answers an oversized one with a clean 413;
+//! - [`persisted`]: persisted queries (Apollo's APQ in L1 and Redis, or a manifest's safelist);
+//! - [`documents`]: parsed documents by query text;
+//! - [`response_cache`]: whole answers of queries, in process and in Redis;
 //! - [`observe`]: the HTTP and GraphQL operation spans, request metrics, trace-context helpers;
 //! - [`rate_limit`]: per-viewer token buckets on `POST /graphql` (429 `RATE_LIMITED`).
 //!
@@ -31,11 +36,13 @@ pub mod jwks;
 pub mod limits;
 pub mod loaders;
 pub mod observe;
+pub mod persisted;
 pub mod rate_limit;
 pub mod response_cache;
 pub mod schema;
 pub mod tiers;
 
-pub use config::{ApiConfig, RateLimit};
+pub use config::{ApiConfig, CorsOrigins, RateLimit};
 pub use http::{AppState, router};
+pub use persisted::{Manifest, PersistedMode};
 pub use schema::{AppSchema, build_schema, warm};

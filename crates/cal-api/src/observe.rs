@@ -22,7 +22,7 @@ pub const MAX_OPERATIONS: usize = 200;
 /// The `code` label of an error without `extensions.code`.
 pub const UNCODED: &str = "GRAPHQL_VALIDATION_FAILED";
 /// Every `extensions.code` the API gives (their series start at zero).
-pub const CODES: [&str; 13] = [
+pub const CODES: [&str; 22] = [
     "BAD_USER_INPUT",
     "NOT_FOUND",
     "FORBIDDEN",
@@ -36,6 +36,15 @@ pub const CODES: [&str; 13] = [
     "INTERNAL_SERVER_ERROR",
     "PAYLOAD_TOO_LARGE",
     "RATE_LIMITED",
+    "BAD_REQUEST",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "NOT_ACCEPTABLE",
+    "METHOD_NOT_ALLOWED",
+    "PERSISTED_QUERY_NOT_FOUND",
+    "PERSISTED_QUERY_HASH_MISMATCH",
+    "PERSISTED_QUERY_NOT_SUPPORTED",
+    "PERSISTED_QUERY_NOT_IN_LIST",
+    "QUERY_NOT_IN_SAFELIST",
 ];
 
 /// What the layer learns about one request from the hooks.

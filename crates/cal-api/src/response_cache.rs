@@ -27,7 +27,9 @@
 //! and keeps the result beside it.
 
 use crate::auth::Viewer;
+use crate::http::wire::Media;
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use cal_cache::{Deps, TieredCache};
 use moka::sync::Cache;
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -35,24 +37,34 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// What identifies a response: who sent which request bytes.
+/// How a request came: its bytes are a POST body or a GET query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Post = 0,
+    Get = 1,
+}
+
+/// What identifies a response: who sent which request bytes, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseKey {
     viewer: i64,
+    kind: RequestKind,
     request: Bytes,
     hash: u64,
 }
 
 impl ResponseKey {
     /// `None` for requests that are never cached (no signed-in viewer).
-    pub fn new(viewer: Viewer, request: &Bytes) -> Option<Self> {
+    pub fn new(viewer: Viewer, kind: RequestKind, request: &Bytes) -> Option<Self> {
         let Viewer::User(user) = viewer else {
             return None;
         };
         // Collisions only cost a miss (the key is compared in full), so a fast hash will do.
-        let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one((user.0, &request[..]));
+        let hash =
+            foldhash::fast::FixedState::with_seed(0x5eed).hash_one((user.0, kind, &request[..]));
         Some(Self {
             viewer: user.0,
+            kind,
             request: request.clone(),
             hash,
         })
@@ -76,27 +88,31 @@ impl Encoding {
         }
     }
 
-    /// The best encoding an `Accept-Encoding` header allows (zstd, then br, then gzip; a `q=0`
-    /// refuses one), or `None` for identity.
+    /// The best encoding an `Accept-Encoding` header allows, by quality and then zstd, br,
+    /// gzip (the order tower-http's compression layer uses, so that an answer from the response
+    /// cache and an executed one come in the same coding); a `q=0` refuses one; `None` for
+    /// identity.
     pub fn negotiate(accept: Option<&str>) -> Option<Self> {
         let accept = accept?;
-        let mut best: Option<(Encoding, u8)> = None;
+        let mut best: Option<(Encoding, (u16, u8))> = None;
         for part in accept.split(',') {
             let mut it = part.split(';');
             let name = it.next().unwrap_or("").trim();
-            let refused = it.any(|p| {
-                let p = p.trim();
-                p.strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            if refused {
+            let q = it
+                .filter_map(|p| p.trim().strip_prefix("q=").map(str::trim))
+                .map(|q| {
+                    q.parse::<f32>()
+                        .map_or(0, |q| (q.clamp(0.0, 1.0) * 1000.0) as u16)
+                })
+                .next()
+                .unwrap_or(1000);
+            if q == 0 {
                 continue;
             }
             let candidate = match name.to_ascii_lowercase().as_str() {
-                "zstd" => (Encoding::Zstd, 3),
-                "br" => (Encoding::Brotli, 2),
-                "gzip" | "x-gzip" => (Encoding::Gzip, 1),
+                "zstd" => (Encoding::Zstd, (q, 3)),
+                "br" => (Encoding::Brotli, (q, 2)),
+                "gzip" | "x-gzip" => (Encoding::Gzip, (q, 1)),
                 _ => continue,
             };
             if best.is_none_or(|(_, rank)| candidate.1 > rank) {
@@ -141,9 +157,16 @@ pub struct Stored {
     gzip: OnceLock<Option<Bytes>>,
     brotli: OnceLock<Option<Bytes>>,
     zstd: OnceLock<Option<Bytes>>,
+    /// The entity tag per media type (see `http/conditional.rs`), computed on first use.
+    etags: [OnceLock<HeaderValue>; 2],
 }
 
 impl Stored {
+    /// The body's entity tag for `media`, made by `compute` on first use and kept.
+    pub fn etag(&self, media: Media, compute: impl FnOnce() -> HeaderValue) -> HeaderValue {
+        self.etags[media as usize].get_or_init(compute).clone()
+    }
+
     /// How many keys this response was built from.
     pub fn dependencies(&self) -> usize {
         self.deps.len()
@@ -284,6 +307,7 @@ impl ResponseCache {
                 gzip: OnceLock::new(),
                 brotli: OnceLock::new(),
                 zstd: OnceLock::new(),
+                etags: Default::default(),
             }),
         );
     }
@@ -307,9 +331,10 @@ fn shared_key(key: &ResponseKey) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(key.viewer.to_be_bytes());
+    h.update([key.kind as u8]);
     h.update(&key.request);
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("v2:response:{hex}")
+    format!("v3:response:{hex}")
 }
 
 /// The stored body (and operation label) for `key` from the shared (Redis) tier, if every value
@@ -317,9 +342,9 @@ fn shared_key(key: &ResponseKey) -> String {
 /// are compared in full.
 pub async fn shared_lookup(cache: &TieredCache, key: &ResponseKey) -> Option<(String, Bytes)> {
     let blob = cache.get_derived(&shared_key(key)).await?;
-    let (viewer, request, operation, body): (i64, &[u8], &str, &[u8]) =
+    let (viewer, kind, request, operation, body): (i64, u8, &[u8], &str, &[u8]) =
         postcard::from_bytes(&blob).ok()?;
-    (viewer == key.viewer && request == key.request.as_ref())
+    (viewer == key.viewer && kind == key.kind as u8 && request == key.request.as_ref())
         .then(|| (operation.to_owned(), Bytes::copy_from_slice(body)))
 }
 
@@ -331,8 +356,13 @@ pub async fn shared_store(
     operation: &str,
     body: &[u8],
 ) {
-    let Ok(blob) = postcard::to_allocvec(&(key.viewer, key.request.as_ref(), operation, body))
-    else {
+    let Ok(blob) = postcard::to_allocvec(&(
+        key.viewer,
+        key.kind as u8,
+        key.request.as_ref(),
+        operation,
+        body,
+    )) else {
         return;
     };
     cache
@@ -348,16 +378,21 @@ mod tests {
     #[test]
     fn anonymous_and_invalid_viewers_are_not_cached() {
         let body = Bytes::from_static(b"{\"query\":\"{ me { id } }\"}");
-        assert!(ResponseKey::new(Viewer::Anonymous, &body).is_none());
-        assert!(ResponseKey::new(Viewer::Invalid, &body).is_none());
+        assert!(ResponseKey::new(Viewer::Anonymous, RequestKind::Post, &body).is_none());
+        assert!(ResponseKey::new(Viewer::Invalid, RequestKind::Get, &body).is_none());
     }
 
     #[test]
     fn viewer_and_request_bytes_are_the_key() {
         let a = Bytes::from_static(b"{\"query\":\"{ me { id } }\"}");
         let b = Bytes::from_static(b"{\"query\": \"{ me { id } }\"}");
-        let k = |u, body: &Bytes| ResponseKey::new(Viewer::User(UserId(u)), body).unwrap();
+        let k = |u, body: &Bytes| {
+            ResponseKey::new(Viewer::User(UserId(u)), RequestKind::Post, body).unwrap()
+        };
         assert_eq!(k(1, &a), k(1, &a));
+        let get = ResponseKey::new(Viewer::User(UserId(1)), RequestKind::Get, &a).unwrap();
+        assert_ne!(k(1, &a), get, "a GET is not a POST of the same bytes");
+        assert_ne!(shared_key(&k(1, &a)), shared_key(&get));
         assert_ne!(k(1, &a), k(2, &a));
         assert_ne!(k(1, &a), k(1, &b), "another spelling is another entry");
         assert_ne!(shared_key(&k(1, &a)), shared_key(&k(2, &a)));
@@ -377,6 +412,15 @@ mod tests {
             Some(Encoding::Zstd)
         );
         assert_eq!(Encoding::negotiate(Some("br;q=0")), None);
+        assert_eq!(
+            Encoding::negotiate(Some("zstd;q=0.5, br")),
+            Some(Encoding::Brotli),
+            "quality first"
+        );
+        assert_eq!(
+            Encoding::negotiate(Some("gzip;q=0.8, deflate")),
+            Some(Encoding::Gzip)
+        );
     }
 
     #[test]

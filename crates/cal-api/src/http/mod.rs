@@ -15,21 +15,24 @@
 //! Responses are compressed (gzip, br, zstd) when the client accepts it: bodies from the
 //! response cache once per entry, others by tower-http's layer at its fastest setting.
 
+mod conditional;
 mod observe;
+pub mod wire;
 
 use crate::ApiConfig;
 use crate::auth::{Verifier, Viewer};
 use crate::documents::Documents;
 use crate::error::ApiError;
 use crate::limits::{tag_limit_errors, too_complex};
-use crate::response_cache::{self, Encoding, ResponseKey};
+use crate::persisted::PersistedQueries;
+use crate::response_cache::{self, Encoding, RequestKind, ResponseKey};
 use crate::schema::{AppSchema, Direct, RequestCtx};
 use crate::tiers::Tiers;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -38,6 +41,7 @@ use cal_cache::{RequestStats, RequestStatsSnapshot};
 use cal_storage::{Store, StoreStats};
 use std::sync::Arc;
 use tower_http::compression::{CompressionLayer, CompressionLevel};
+use wire::Media;
 
 /// Header that asks for per-request figures in `extensions.stats`.
 pub const DEBUG_STATS_HEADER: &str = "x-debug-stats";
@@ -46,9 +50,6 @@ pub const DEBUG_STATS_HEADER: &str = "x-debug-stats";
 /// is answered only after this instance has applied the invalidation stream up to it (bounded
 /// wait, then it reads past L1).
 pub const CONSISTENCY_TOKEN_HEADER: &str = "x-consistency-token";
-
-/// The media type of every GraphQL answer.
-const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 
 /// Shared application context, cloned into every handler (one reference count: axum clones the
 /// state for every request).
@@ -73,6 +74,8 @@ pub struct AppContext {
     pub registry: prometheus::Registry,
     pub verifier: Verifier,
     pub documents: Documents,
+    /// Persisted queries (APQ or a safelist), by the configuration.
+    pub persisted: PersistedQueries,
     /// Direct execution of plain queries (`None`: switched off by the configuration).
     pub direct: Option<Direct>,
     /// Per-viewer request limit on `POST /graphql` (`None`: off).
@@ -118,6 +121,7 @@ impl AppState {
             direct: config.direct_execution.then(|| Direct::new(&config)),
             store,
             verifier: Verifier::new(&config, &registry),
+            persisted: PersistedQueries::new(config.persisted_queries.clone()),
             config,
             tiers,
             registry,
@@ -127,13 +131,9 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let graphql = if state.config.dev_mode {
-        get(graphiql).post(graphql_handler)
-    } else {
-        axum::routing::post(graphql_handler)
-    };
+    let cors = cors_layer(&state.config.cors_origins);
     Router::new()
-        .route("/graphql", graphql)
+        .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -147,8 +147,44 @@ pub fn router(state: AppState) -> Router {
         // Responses that are not already encoded (from the response cache) are compressed per
         // request, so at the fastest setting.
         .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
+        // Outside compression: the entity tag names the coding, and a 304 drops the body before
+        // it is compressed.
+        .layer(axum::middleware::from_fn(conditional::layer))
         .layer(observe::layer(&state))
+        // Outermost: a preflight is answered here, before anything else runs.
+        .layer(cors)
         .with_state(state)
+}
+
+/// CORS for browsers on other origins: the configured ones (none by default), GET and POST, the
+/// headers a GraphQL client sends, and the tag and consistency token readable by scripts.
+/// Preflights (`OPTIONS`) are answered by the layer itself and cached by the browser for 10 min.
+fn cors_layer(origins: &crate::config::CorsOrigins) -> tower_http::cors::CorsLayer {
+    use crate::config::CorsOrigins;
+    use axum::http::{HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = match origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(list.iter().cloned()),
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static(CONSISTENCY_TOKEN_HEADER),
+            HeaderName::from_static("apollographql-client-name"),
+            HeaderName::from_static("apollographql-client-version"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::RETRY_AFTER,
+            HeaderName::from_static(CONSISTENCY_TOKEN_HEADER),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// What a panicking handler answers: 500 with `INTERNAL_SERVER_ERROR` and no detail (the panic
@@ -198,21 +234,20 @@ impl tower_http::catch_panic::ResponseForPanic for PanicResponse {
     }
 }
 
-/// A GraphQL answer that was not executed: a request error.
-fn refused(status: StatusCode, err: async_graphql::ServerError) -> Response {
+/// A GraphQL answer that was not executed: a request error (`{"errors":[…]}`, no `data`).
+fn refused(media: Media, status: StatusCode, err: async_graphql::ServerError) -> Response {
     let resp = GqlResponse::from_errors(vec![err]);
     crate::observe::errors(&resp);
-    let body = serde_json::to_vec(&resp).expect("a response serializes");
+    let body = serde_json::to_vec(&serde_json::json!({ "errors": resp.errors }))
+        .expect("a response serializes");
     let mut r = (status, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(GRAPHQL_RESPONSE),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, media.content_type());
     r
 }
 
 /// A request error with `extensions.code`.
-fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::ServerError {
+pub(crate) fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::ServerError {
     let mut extensions = async_graphql::ErrorExtensionValues::default();
     extensions.set("code", code);
     let mut e = async_graphql::ServerError::new(message, None);
@@ -222,8 +257,9 @@ fn coded(code: &'static str, message: impl Into<String>) -> async_graphql::Serve
 
 /// 413 `PAYLOAD_TOO_LARGE`; with `Connection: close` when the body was not read to its end
 /// (the connection cannot carry another request then).
-pub(crate) fn too_large(limit: usize, drained: bool) -> Response {
+pub(crate) fn too_large(media: Media, limit: usize, drained: bool) -> Response {
     let mut r = refused(
+        media,
         StatusCode::PAYLOAD_TOO_LARGE,
         coded(
             "PAYLOAD_TOO_LARGE",
@@ -238,7 +274,7 @@ pub(crate) fn too_large(limit: usize, drained: bool) -> Response {
 }
 
 /// 429 `RATE_LIMITED` with `Retry-After` when `viewer`'s bucket is empty (counted).
-fn rate_limited(state: &AppState, viewer: Viewer) -> Option<Response> {
+fn rate_limited(state: &AppState, media: Media, viewer: Viewer) -> Option<Response> {
     let wait = state
         .rate_limiter
         .as_ref()?
@@ -247,6 +283,7 @@ fn rate_limited(state: &AppState, viewer: Viewer) -> Option<Response> {
     state.rate_limited.inc();
     let secs = crate::rate_limit::retry_after_secs(wait);
     let mut r = refused(
+        media,
         StatusCode::TOO_MANY_REQUESTS,
         coded(
             "RATE_LIMITED",
@@ -261,6 +298,7 @@ fn rate_limited(state: &AppState, viewer: Viewer) -> Option<Response> {
 /// Who asks, and how.
 struct Caller {
     viewer: Viewer,
+    media: Media,
     debug: bool,
     encoding: Option<Encoding>,
     /// Read past L1 (and the in-process response cache): a consistency token this instance
@@ -278,9 +316,15 @@ impl Caller {
     }
 
     /// Reads the caller from the headers, waiting (bounded) for a presented consistency token.
-    async fn read(state: &AppState, headers: &HeaderMap, viewer: Viewer) -> Result<Self, Response> {
+    async fn read(
+        state: &AppState,
+        headers: &HeaderMap,
+        media: Media,
+        viewer: Viewer,
+    ) -> Result<Self, Response> {
         let mut caller = Caller {
             viewer,
+            media,
             // Per-request figures tell whether something exists and whether others looked at
             // it recently: outside dev mode only an operator gets them.
             debug: headers.contains_key(DEBUG_STATS_HEADER)
@@ -306,7 +350,8 @@ impl Caller {
                         "invalid {CONSISTENCY_TOKEN_HEADER} header (expected partition:offset[,…]): {e}"
                     ));
                     refused(
-                        StatusCode::OK,
+                        media,
+                        media.request_error_status(),
                         async_graphql::Error::from(err).into_server_error(Default::default()),
                     )
                 })?;
@@ -329,23 +374,98 @@ struct Keep {
     shared: bool,
 }
 
-async fn graphql_handler(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+/// A GraphQL request as it came over HTTP, before it is decoded.
+enum Incoming {
+    /// A POST body (a request object or a batch).
+    Post(Bytes),
+    /// A GET query string (one request; queries only).
+    Get(String),
+}
+
+/// The media type the client accepts (`None`: nothing this endpoint writes).
+fn negotiate(headers: &HeaderMap) -> Option<Media> {
+    Media::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))
+}
+
+/// 406 `NOT_ACCEPTABLE`.
+fn not_acceptable() -> Response {
+    refused(
+        Media::Json,
+        StatusCode::NOT_ACCEPTABLE,
+        coded(
+            "NOT_ACCEPTABLE",
+            "this endpoint answers application/graphql-response+json or application/json",
+        ),
+    )
+}
+
+/// `POST /graphql`: a JSON body (`Content-Type: application/json`).
+async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let Some(media) = negotiate(&headers) else {
+        return not_acceptable();
+    };
+    if !wire::json_content_type(&headers) {
+        return refused(
+            media,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            coded(
+                "UNSUPPORTED_MEDIA_TYPE",
+                "a POST body must be `Content-Type: application/json` (UTF-8)",
+            ),
+        );
+    }
     let body = match crate::body::read(&headers, body, state.config.max_body_bytes).await {
         crate::body::Read::Body(body) => body,
         crate::body::Read::TooLarge { drained } => {
-            return too_large(state.config.max_body_bytes, drained);
+            return too_large(media, state.config.max_body_bytes, drained);
         }
         crate::body::Read::Broken => {
             return refused(
+                media,
                 StatusCode::BAD_REQUEST,
-                coded("BAD_USER_INPUT", "the request body could not be read"),
+                wire::bad_request("the request body could not be read"),
             );
         }
     };
+    serve(state, headers, media, Incoming::Post(body)).await
+}
+
+/// `GET /graphql?query=…&operationName=…&variables=…&extensions=…`: a query (a mutation answers
+/// 405). In dev mode a browser asking for a page without a query gets GraphiQL.
+async fn graphql_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let raw = raw.unwrap_or_default();
+    let names_a_request = raw
+        .split('&')
+        .any(|p| p.starts_with("query=") || p.starts_with("extensions="));
+    if state.config.dev_mode && !names_a_request && wire::wants_html(&headers) {
+        return graphiql().await.into_response();
+    }
+    let Some(media) = negotiate(&headers) else {
+        return not_acceptable();
+    };
+    serve(state, headers, media, Incoming::Get(raw)).await
+}
+
+/// 405 for an operation other than a query over GET.
+fn post_only(media: Media) -> Response {
+    let mut r = refused(
+        media,
+        StatusCode::METHOD_NOT_ALLOWED,
+        coded(
+            "METHOD_NOT_ALLOWED",
+            "only queries may be sent with GET; send mutations with POST",
+        ),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    r
+}
+
+async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Incoming) -> Response {
     if state.tiers.failpoints().panic_in_handler
         && headers.get("x-failpoint").is_some_and(|v| v == "panic")
     {
@@ -353,10 +473,10 @@ async fn graphql_handler(
     }
     // 1. Who asks, and whether they may ask now: the limit comes before the response cache.
     let viewer = Caller::viewer(&state, &headers).await;
-    if let Some(refusal) = rate_limited(&state, viewer) {
+    if let Some(refusal) = rate_limited(&state, media, viewer) {
         return refusal;
     }
-    let caller = match Caller::read(&state, &headers, viewer).await {
+    let caller = match Caller::read(&state, &headers, media, viewer).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };
@@ -370,17 +490,29 @@ async fn graphql_handler(
     // With L1 in use, executing from L1 entries is what keeps the in-process cache filled, so
     // the shared tier stays out of the way; it serves when L1 cannot answer.
     let shared = tiers.cache.has_l2() && responses.is_none();
-    let keep = ResponseKey::new(caller.viewer, &body)
-        .filter(|_| body.first() != Some(&b'['))
-        .map(|key| Keep {
-            key,
-            local: responses.is_some(),
-            shared,
-        });
+    let key = match &incoming {
+        Incoming::Post(body) if body.first() != Some(&b'[') => {
+            ResponseKey::new(caller.viewer, RequestKind::Post, body)
+        }
+        Incoming::Post(_) => None,
+        Incoming::Get(raw) => ResponseKey::new(
+            caller.viewer,
+            RequestKind::Get,
+            &Bytes::copy_from_slice(raw.as_bytes()),
+        ),
+    };
+    let keep = key.map(|key| Keep {
+        key,
+        local: responses.is_some(),
+        shared,
+    });
     if let Some(keep) = &keep {
         if let Some(hit) = responses.and_then(|r| r.lookup(&keep.key, &tiers.cache)) {
             crate::observe::cached(&hit.operation);
+            let tag = hit.etag(media, || kept_etag(media, &hit.body));
             return cached_response(
+                media,
+                tag,
                 hit.body.clone(),
                 caller.encoding.and_then(|e| Some((e, hit.encoded(e)?))),
                 hit.dependencies(),
@@ -392,29 +524,28 @@ async fn graphql_handler(
                 response_cache::shared_lookup(&tiers.cache, &keep.key).await
         {
             crate::observe::cached(&operation);
-            return cached_response(body, None, 0, caller.debug);
+            let tag = kept_etag(media, &body);
+            return cached_response(media, tag, body, None, 0, caller.debug);
         }
     }
 
-    // 3. Parse.
-    let mut batch: BatchRequest = match serde_json::from_slice(&body) {
+    // 3. Decode and parse.
+    let get = matches!(incoming, Incoming::Get(_));
+    let decoded = match &incoming {
+        Incoming::Post(body) => wire::decode_body(body),
+        Incoming::Get(raw) => wire::decode_query_string(raw).map(BatchRequest::Single),
+    };
+    let mut batch = match decoded {
         Ok(b) => b,
-        Err(e) => {
-            return refused(
-                StatusCode::BAD_REQUEST,
-                async_graphql::ServerError::new(
-                    format!("the request body is not a GraphQL request: {e}"),
-                    None,
-                ),
-            );
-        }
+        Err(e) => return refused(media, StatusCode::BAD_REQUEST, e),
     };
     crate::observe::begin(&batch);
     if let BatchRequest::Batch(list) = &batch
         && list.len() > state.config.max_batch
     {
         return refused(
-            StatusCode::OK,
+            media,
+            media.request_error_status(),
             too_complex(format!(
                 "a batch may hold at most {} operations (got {})",
                 state.config.max_batch,
@@ -424,12 +555,28 @@ async fn graphql_handler(
     }
     let mut query_only = true;
     let mut document = None;
-    for request in batch.iter_mut() {
+    // (Not `batch.iter_mut()`: that iterator is not `Send`, and this loop awaits.)
+    let requests: Vec<&mut async_graphql::Request> = match &mut batch {
+        BatchRequest::Single(r) => vec![r],
+        BatchRequest::Batch(list) => list.iter_mut().collect(),
+    };
+    for request in requests {
+        // Persisted queries: the document named by its hash, or checked against it.
+        let registration = match state.persisted.resolve(&tiers.cache, request).await {
+            Ok(r) => r,
+            Err(e) => return refused(media, media.request_error_status(), e),
+        };
         let doc = state.documents.attach(request);
-        query_only &= doc
+        if let (Some(registration), Some(_)) = (registration, &doc) {
+            state.persisted.register(&tiers.cache, registration).await;
+        }
+        let kind = doc
             .as_deref()
-            .and_then(|d| crate::documents::operation_type(d, request.operation_name.as_deref()))
-            == Some(OperationType::Query);
+            .and_then(|d| crate::documents::operation_type(d, request.operation_name.as_deref()));
+        if get && kind.is_some_and(|k| k != OperationType::Query) {
+            return post_only(media);
+        }
+        query_only &= kind == Some(OperationType::Query);
         document = doc;
     }
 
@@ -526,9 +673,13 @@ async fn graphql_handler(
         let value = stats_value(&stats, &cache_stats.snapshot(), responses.map(|_| false));
         insert_unless_denied(&mut resp, "stats", &value);
     }
-    let mut response = json_response(Bytes::from(
-        serde_json::to_vec(&resp).expect("a response serializes"),
-    ));
+    let mut response = match resp {
+        BatchResponse::Single(r) => single_response(media, query_only, r),
+        batch => json_response(
+            media,
+            Bytes::from(serde_json::to_vec(&batch).expect("a response serializes")),
+        ),
+    };
     if let Some(token) = token
         && let Ok(value) = HeaderValue::from_str(&token)
     {
@@ -537,6 +688,56 @@ async fn graphql_handler(
             .insert(CONSISTENCY_TOKEN_HEADER, value);
     }
     response
+}
+
+/// Whether an executed answer is a request error: nothing was executed (the document did not
+/// parse or validate, the variables did not coerce), so there is no `data` and no error has a
+/// path.
+fn is_request_error(r: &GqlResponse) -> bool {
+    r.data == async_graphql::Value::Null
+        && !r.errors.is_empty()
+        && r.errors.iter().all(|e| e.path.is_empty())
+}
+
+/// One executed answer: a request error without `data` (4xx under
+/// `application/graphql-response+json`), or a result (200; a query's with its `ETag`).
+fn single_response(media: Media, query: bool, mut r: GqlResponse) -> Response {
+    let extensions: Vec<(String, async_graphql::Value)> =
+        std::mem::take(&mut r.extensions).into_iter().collect();
+    let entries: Vec<(&str, async_graphql::Value)> = extensions
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let splice = |head: Vec<u8>| {
+        let head = Bytes::from(head);
+        if entries.is_empty() {
+            head
+        } else {
+            with_extensions(&head, &entries)
+        }
+    };
+    if is_request_error(&r) {
+        let head = serde_json::to_vec(&serde_json::json!({ "errors": r.errors }))
+            .expect("a response serializes");
+        let mut resp = json_response(media, splice(head));
+        *resp.status_mut() = media.request_error_status();
+        return resp;
+    }
+    let head = serde_json::to_vec(&r).expect("a response serializes");
+    let tag = query.then(|| conditional::etag(media, &head, b""));
+    let mut resp = json_response(media, splice(head));
+    if let Some(tag) = tag {
+        resp.headers_mut().insert(header::ETAG, tag);
+    }
+    resp
+}
+
+/// The tag of a kept body: the bytes before its (zero) cost, closed.
+fn kept_etag(media: Media, body: &Bytes) -> HeaderValue {
+    match body.strip_suffix(zero_cost_tail()) {
+        Some(head) => conditional::etag(media, head, b"}"),
+        None => conditional::etag(media, body, b""),
+    }
 }
 
 /// The answer of a direct execution (`{"data":…}`: no errors, a query), kept like any other
@@ -594,11 +795,18 @@ fn answer(
     body: Bytes,
 ) -> Response {
     let cost = cost_value(stats);
-    if caller.debug && !is_denied_body(&body) {
+    let tag = conditional::etag(caller.media, &body, b"");
+    let mut r = if caller.debug && !is_denied_body(&body) {
         let value = stats_value(stats, &cache_stats.snapshot(), responses.map(|_| false));
-        return json_response(with_extensions(&body, &[("cost", cost), ("stats", value)]));
-    }
-    json_response(with_extensions(&body, &[("cost", cost)]))
+        json_response(
+            caller.media,
+            with_extensions(&body, &[("cost", cost), ("stats", value)]),
+        )
+    } else {
+        json_response(caller.media, with_extensions(&body, &[("cost", cost)]))
+    };
+    r.headers_mut().insert(header::ETAG, tag);
+    r
 }
 
 /// What the request cost the database, under `extensions.cost`: statements, rows and loader
@@ -646,12 +854,10 @@ fn zero_cost_tail() -> &'static [u8] {
     })
 }
 
-fn json_response(body: Bytes) -> Response {
+fn json_response(media: Media, body: Bytes) -> Response {
     let mut r = Response::new(Body::from(body));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(GRAPHQL_RESPONSE),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, media.content_type());
     r
 }
 
@@ -731,6 +937,20 @@ fn with_extensions(body: &Bytes, entries: &[(&str, async_graphql::Value)]) -> By
 /// and it could be made), plus `extensions.stats` when asked for (no SQL; `dependencies` keys
 /// were checked).
 fn cached_response(
+    media: Media,
+    tag: HeaderValue,
+    body: Bytes,
+    encoded: Option<(Encoding, Bytes)>,
+    dependencies: usize,
+    debug: bool,
+) -> Response {
+    let mut r = cached_body(media, body, encoded, dependencies, debug);
+    r.headers_mut().insert(header::ETAG, tag);
+    r
+}
+
+fn cached_body(
+    media: Media,
     body: Bytes,
     encoded: Option<(Encoding, Bytes)>,
     dependencies: usize,
@@ -747,23 +967,21 @@ fn cached_response(
             .strip_suffix(zero_cost_tail())
             .map(|b| Bytes::from([b, &b"}"[..]].concat()))
             .unwrap_or(body);
-        return json_response(with_extensions(
-            &data,
-            &[("cost", zero_cost()), ("stats", stats)],
-        ));
+        return json_response(
+            media,
+            with_extensions(&data, &[("cost", zero_cost()), ("stats", stats)]),
+        );
     }
     match encoded {
         Some((encoding, bytes)) => {
-            let mut r = json_response(bytes);
+            let mut r = json_response(media, bytes);
             r.headers_mut().insert(
                 header::CONTENT_ENCODING,
                 HeaderValue::from_static(encoding.header()),
             );
-            r.headers_mut()
-                .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
             r
         }
-        None => json_response(body),
+        None => json_response(media, body),
     }
 }
 
