@@ -19,6 +19,9 @@
 //! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_ALIASES`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `30`, `10`, `262144` |
 //! | `MAX_REQUEST_STATEMENTS`, `MAX_REQUEST_ROWS` | runtime budget of one request (`BUDGET_EXCEEDED` past it) | `200`, `200000` |
 //! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | per-viewer limit on `POST /graphql`: a bucket of `BURST` requests per user (one shared by all requests without a valid token) refilled at `PER_SECOND` (may be fractional); more answer 429 `RATE_LIMITED` with `Retry-After`; set both or neither, `0`: off (so off in dev mode unless set) | `0`, `0` (off) |
+//! | `PERSISTED_QUERIES` | `apq` (Apollo's automatic persisted queries, registered in L1 and Redis), `safelist` (only the operations of `PERSISTED_QUERY_MANIFEST` run), or `off` | `apq` |
+//! | `PERSISTED_QUERY_MANIFEST` | path of an Apollo persisted-query manifest (`apollo-persisted-query-manifest`, version 1); required by `safelist` | unset |
+//! | `CORS_ALLOWED_ORIGINS` | origins whose browser scripts may call the API, comma-separated (`https://app.example.com`), or `*` | unset: none in prod, `*` in dev |
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may drain on SIGTERM | `20` |
 //! | `REDIS_URL` | Redis for the L2 cache; unset means L1 only | unset |
 //! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
@@ -79,6 +82,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub rate_limit_per_second: f64,
     pub rate_limit_burst: u32,
+    pub persisted_queries: String,
+    pub persisted_query_manifest: Option<String>,
+    pub cors_allowed_origins: Option<String>,
     pub shutdown_grace_secs: u64,
     pub redis_url: Option<String>,
     pub cache_l1: bool,
@@ -134,6 +140,9 @@ impl Default for Settings {
             max_body_bytes: 256 * 1024,
             rate_limit_per_second: 0.0,
             rate_limit_burst: 0,
+            persisted_queries: "apq".to_owned(),
+            persisted_query_manifest: None,
+            cors_allowed_origins: None,
             shutdown_grace_secs: 20,
             redis_url: None,
             cache_l1: true,
@@ -194,6 +203,9 @@ impl Settings {
             "MAX_BODY_BYTES",
             "RATE_LIMIT_PER_SECOND",
             "RATE_LIMIT_BURST",
+            "PERSISTED_QUERIES",
+            "PERSISTED_QUERY_MANIFEST",
+            "CORS_ALLOWED_ORIGINS",
             "SHUTDOWN_GRACE_SECS",
             "REDIS_URL",
             "CACHE_L1",
@@ -233,6 +245,13 @@ impl Settings {
             bail!("CAL_ENV must be `dev` or `prod`, not {:?}", s.cal_env);
         }
         s.check_auth()?;
+        s.cors_origins()?;
+        if !matches!(s.persisted_queries.as_str(), "apq" | "safelist" | "off") {
+            bail!(
+                "PERSISTED_QUERIES must be `apq`, `safelist` or `off`, not {:?}",
+                s.persisted_queries
+            );
+        }
         if !(-20..=19).contains(&s.invalidation_thread_nice) {
             bail!(
                 "INVALIDATION_THREAD_NICE must be a nice value between -20 and 19, not {}",
@@ -388,6 +407,44 @@ impl Settings {
         Ok(Some(limit))
     }
 
+    /// `CORS_ALLOWED_ORIGINS`: unset lets any origin in dev mode and none in prod.
+    pub fn cors_origins(&self) -> Result<cal_api::CorsOrigins> {
+        match self.cors_allowed_origins.as_deref() {
+            None if self.dev_mode() => Ok(cal_api::CorsOrigins::Any),
+            None => Ok(cal_api::CorsOrigins::List(Vec::new())),
+            Some(list) => cal_api::CorsOrigins::parse(list)
+                .map_err(anyhow::Error::msg)
+                .context("invalid CORS_ALLOWED_ORIGINS"),
+        }
+    }
+
+    /// `PERSISTED_QUERIES` and, for `safelist`, the manifest it reads.
+    pub fn persisted_queries(&self) -> Result<cal_api::PersistedMode> {
+        let manifest = self
+            .persisted_query_manifest
+            .as_deref()
+            .filter(|p| !p.is_empty());
+        match (self.persisted_queries.as_str(), manifest) {
+            ("apq", None) => Ok(cal_api::PersistedMode::Automatic),
+            ("off", None) => Ok(cal_api::PersistedMode::Off),
+            ("safelist", Some(path)) => {
+                let manifest = cal_api::Manifest::load(Path::new(path))
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("invalid PERSISTED_QUERY_MANIFEST {path}"))?;
+                tracing::info!(operations = manifest.len(), "persisted-query safelist");
+                Ok(cal_api::PersistedMode::Safelist(std::sync::Arc::new(
+                    manifest,
+                )))
+            }
+            ("safelist", None) => {
+                bail!("PERSISTED_QUERIES=safelist needs PERSISTED_QUERY_MANIFEST (a manifest file)")
+            }
+            (mode, _) => bail!(
+                "PERSISTED_QUERY_MANIFEST is read only with PERSISTED_QUERIES=safelist (not {mode:?})"
+            ),
+        }
+    }
+
     pub fn kafka_brokers(&self) -> Option<&str> {
         self.kafka_brokers.as_deref().filter(|b| !b.is_empty())
     }
@@ -418,6 +475,8 @@ impl Settings {
         c.max_batch = self.max_batch;
         c.max_body_bytes = self.max_body_bytes;
         c.rate_limit = self.rate_limit()?;
+        c.persisted_queries = self.persisted_queries()?;
+        c.cors_origins = self.cors_origins()?;
         c.admin_token = match &self.admin_token {
             Some(t) if t.expose_secret().len() >= 16 => Some(t.clone()),
             Some(_) => bail!("ADMIN_TOKEN must be at least 16 bytes"),
@@ -481,6 +540,50 @@ mod tests {
         assert_eq!(c.jwt_issuer.as_deref(), Some("https://idp.test"));
         assert_eq!(c.jwt_audience, None, "empty means unset");
         assert_eq!(c.jwt_leeway.as_secs(), 5);
+    }
+
+    #[test]
+    fn persisted_queries_and_cors_settings() {
+        let c = prod(|s| s.jwt_secret = Some(SecretString::from("x".repeat(32))));
+        assert!(matches!(
+            c.persisted_queries().unwrap(),
+            cal_api::PersistedMode::Automatic
+        ));
+        assert!(matches!(c.cors_origins().unwrap(), cal_api::CorsOrigins::List(l) if l.is_empty()));
+        let dev = Settings::default();
+        assert!(matches!(
+            dev.cors_origins().unwrap(),
+            cal_api::CorsOrigins::Any
+        ));
+        let mut s = c.clone();
+        s.persisted_queries = "safelist".into();
+        assert!(
+            format!("{:#}", s.persisted_queries().unwrap_err())
+                .contains("PERSISTED_QUERY_MANIFEST")
+        );
+        s.persisted_query_manifest = Some("/nonexistent/manifest.json".into());
+        assert!(format!("{:#}", s.persisted_queries().unwrap_err()).contains("/nonexistent"));
+        let dir = std::env::temp_dir().join(format!("pq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("manifest.json");
+        std::fs::write(
+            &file,
+            r#"{"format":"apollo-persisted-query-manifest","version":1,"operations":[{"id":"x","name":"Me","type":"query","body":"query Me { me { id } }"}]}"#,
+        )
+        .unwrap();
+        s.persisted_query_manifest = Some(file.display().to_string());
+        assert!(matches!(
+            s.persisted_queries().unwrap(),
+            cal_api::PersistedMode::Safelist(m) if m.len() == 1
+        ));
+        s.persisted_queries = "apq".into();
+        assert!(
+            s.persisted_queries().is_err(),
+            "a manifest without safelist"
+        );
+        let mut bad = c.clone();
+        bad.cors_allowed_origins = Some("not-an-origin".into());
+        assert!(format!("{:#}", bad.cors_origins().unwrap_err()).contains("CORS_ALLOWED_ORIGINS"));
     }
 
     #[test]
