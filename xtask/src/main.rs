@@ -3,6 +3,8 @@
 //! - `test`: installs what the test suite needs (skipping what is present) and runs every test.
 //! - `schema`: regenerates `schema.graphql` from the code.
 //! - `bench`: seeds the large scale and measures the month view with k6 (see `docs/benchmarks.md`).
+//! - `bench-http`: bytes on the wire per content coding, and 304 revalidations next to full
+//!   response-cache hits (wrk).
 //! - `cluster`: a local multi-instance setup (Kafka-protocol broker, N instances, load balancer).
 //! - `bench-cluster`: invalidation lag and month-view throughput, N instances versus 1.
 
@@ -33,6 +35,9 @@ enum Cmd {
     Schema,
     /// Seed the large scale and load-test the month view with k6.
     Bench(bench::BenchArgs),
+    /// Bytes on the wire of the month view per coding, and a 304 revalidation next to a full
+    /// response-cache hit (takes `bench`'s options; only the default tiers are measured).
+    BenchHttp(bench::BenchArgs),
     /// Run N instances sharing PostgreSQL, Redis and a local Kafka-protocol broker (tansu) behind
     /// a round-robin load balancer on 127.0.0.1:PORT, until Ctrl-C.
     Cluster(cluster::ClusterArgs),
@@ -46,6 +51,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Schema => schema(),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::BenchHttp(args) => bench::http::run(args),
         Cmd::Cluster(args) => cluster::run(args),
         Cmd::BenchCluster(args) => cluster::bench(args),
     }
@@ -71,6 +77,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     check_services()?;
     ensure_promtool()?;
+    ensure_node_clients()?;
     let tansu_bin = ensure_tansu()?;
     let mut cargo = Command::new("cargo");
     if let Some(bin) = tansu_bin {
@@ -128,6 +135,30 @@ fn ensure_promtool() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The HTTP client tests (crates/cal-api/tests/http_clients.rs) run the GraphQL-over-HTTP audit,
+/// Apollo Client and fetch under node, from `crates/cal-api/tests/js`; its `node_modules`
+/// (ignored by git) is installed from the lock file when missing or older than the lock.
+fn ensure_node_clients() -> Result<()> {
+    let dir = root().join("crates/cal-api/tests/js");
+    let installed = dir.join("node_modules/.package-lock.json");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(have), Some(want)) = (
+        modified(&installed),
+        modified(&dir.join("package-lock.json")),
+    ) && have >= want
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "installing the node clients of the HTTP tests (npm ci in {})",
+        dir.display()
+    );
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir))
+    .context("node 20 and npm are needed for the HTTP client tests")
 }
 
 /// The Kafka bus tests (crates/cal-bus-kafka) start `tansu` brokers of their own; it comes from
