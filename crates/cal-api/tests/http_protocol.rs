@@ -413,9 +413,17 @@ async fn etags_revalidate_to_304_until_something_changes() {
     // The second answer comes from the response cache: same tag.
     let second = send(get(&app, w.owner.id, &month_params(w.calendar))).await;
     assert_eq!(second.header("etag"), tag);
+    let errors = || {
+        app.metric(
+            "cal_graphql_request_duration_seconds_count",
+            &[("outcome", "error")],
+        )
+    };
+    let errors_before = errors().await;
     let revalidated =
         send(get(&app, w.owner.id, &month_params(w.calendar)).header("if-none-match", &tag)).await;
     assert_eq!(revalidated.status, 304);
+    assert_eq!(errors().await, errors_before, "a 304 is not an error");
     assert!(revalidated.bytes.is_empty());
     assert_eq!(revalidated.header("etag"), tag);
     assert_eq!(revalidated.header("cache-control"), "private, no-cache");

@@ -2,7 +2,7 @@
 //! request metrics, from the per-request report of [`crate::observe`].
 //!
 //! [`layer`] wraps the router. For every request it opens an `http.request` span (info level for
-//! `POST /graphql`, debug for the other routes), whose parent is the caller's span when the request
+//! `/graphql`, debug for the other routes), whose parent is the caller's span when the request
 //! carries a W3C `traceparent` header (through the global text-map propagator, which the binary
 //! sets when it exports traces). For `/graphql` it then records, once the response is ready:
 //!
@@ -69,7 +69,7 @@ impl Metrics {
             duration: HistogramVec::new(
                 HistogramOpts::new(
                     "cal_graphql_request_duration_seconds",
-                    "GraphQL requests (POST /graphql) from the first byte in to the response, by operation and outcome",
+                    "GraphQL requests (GET and POST /graphql) from the first byte in to the response, by operation and outcome",
                 )
                 .buckets(DURATION_BUCKETS.to_vec()),
                 &["operation", "outcome"],
@@ -326,14 +326,15 @@ where
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let graphql = req.method() == Method::POST && req.uri().path() == "/graphql";
+            let get = req.method() == Method::GET;
+            let graphql = (get || req.method() == Method::POST) && req.uri().path() == "/graphql";
             let span = if graphql {
                 tracing::info_span!(
                     "http.request",
-                    otel.name = "POST /graphql",
+                    otel.name = if get { "GET /graphql" } else { "POST /graphql" },
                     otel.kind = "server",
                     otel.status_code = Empty,
-                    http.request.method = "POST",
+                    http.request.method = if get { "GET" } else { "POST" },
                     http.route = "/graphql",
                     http.response.status_code = Empty,
                     graphql.operation.name = Empty,
@@ -379,7 +380,9 @@ impl Metrics {
         // No `begin`: the request was rejected before the handler read it (body too large,
         // not GraphQL).
         let rejected = report.operation.is_none();
-        let outcome = if rejected || !report.codes.is_empty() || !status.is_success() {
+        // A 304 is a success: the client's copy is current.
+        let failed = !status.is_success() && status != StatusCode::NOT_MODIFIED;
+        let outcome = if rejected || !report.codes.is_empty() || failed {
             "error"
         } else {
             "ok"
