@@ -53,7 +53,7 @@ pub struct ApiConfig {
     pub max_request_statements: u64,
     /// Most rows one HTTP request may read (then `BUDGET_EXCEEDED`).
     pub max_request_rows: u64,
-    /// Requests per viewer on `POST /graphql` (see `rate_limit.rs`); `None`: no limit. Must pass
+    /// Requests per viewer on `/graphql` (GET and POST) (see `rate_limit.rs`); `None`: no limit. Must pass
     /// [`crate::rate_limit::quota`] (the binary checks it when it reads its settings).
     pub rate_limit: Option<RateLimit>,
     /// Persisted queries: automatic (APQ, the default), a manifest's safelist, or off.

@@ -1,4 +1,4 @@
-//! Per-viewer rate limiting of `POST /graphql` (`governor`'s keyed GCRA, a token bucket per key):
+//! Per-viewer rate limiting of `/graphql` (GET and POST) (`governor`'s keyed GCRA, a token bucket per key):
 //! a viewer may send `burst` requests at once and `per_second` after that; more are answered 429
 //! `RATE_LIMITED` with `Retry-After`, before the response cache or any parsing, and counted in
 //! `cal_rate_limited_total`. `/health`, `/ready` and `/metrics` are never limited.

@@ -18,7 +18,7 @@
 //! | `MAX_PAGE_SIZE` | largest `first` | `200` |
 //! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_ALIASES`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `30`, `10`, `262144` |
 //! | `MAX_REQUEST_STATEMENTS`, `MAX_REQUEST_ROWS` | runtime budget of one request (`BUDGET_EXCEEDED` past it) | `200`, `200000` |
-//! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | per-viewer limit on `POST /graphql`: a bucket of `BURST` requests per user (one shared by all requests without a valid token) refilled at `PER_SECOND` (may be fractional); more answer 429 `RATE_LIMITED` with `Retry-After`; set both or neither, `0`: off (so off in dev mode unless set) | `0`, `0` (off) |
+//! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | per-viewer limit on `/graphql` (GET and POST): a bucket of `BURST` requests per user (one shared by all requests without a valid token) refilled at `PER_SECOND` (may be fractional); more answer 429 `RATE_LIMITED` with `Retry-After`; set both or neither, `0`: off (so off in dev mode unless set) | `0`, `0` (off) |
 //! | `PERSISTED_QUERIES` | `apq` (Apollo's automatic persisted queries, registered in L1 and Redis), `safelist` (only the operations of `PERSISTED_QUERY_MANIFEST` run), or `off` | `apq` |
 //! | `PERSISTED_QUERY_MANIFEST` | path of an Apollo persisted-query manifest (`apollo-persisted-query-manifest`, version 1); required by `safelist` | unset |
 //! | `CORS_ALLOWED_ORIGINS` | origins whose browser scripts may call the API, comma-separated (`https://app.example.com`), or `*` | unset: none in prod, `*` in dev |

@@ -1,19 +1,27 @@
-//! The HTTP surface: `POST /graphql` (and GraphiQL on `GET /graphql` in dev mode), `/health`
-//! (liveness: the process answers) and `/ready` (the database answers).
+//! The HTTP surface: `/graphql` (GET for queries, POST for everything; see `wire.rs` for the
+//! protocol), `/health` (liveness: the process answers) and `/ready` (the database answers).
 //!
-//! A `POST /graphql` goes through these steps ([`graphql_handler`]):
-//! 1. who asks ([`Verifier`]) and what they asked for (the raw body, read under
-//!    `max_body_bytes`: an oversized one is drained and answered 413 `PAYLOAD_TOO_LARGE`, see
-//!    `body.rs`; its consistency token);
-//!    Then the viewer's rate limit (`rate_limit.rs`: 429 `RATE_LIMITED`), before anything else;
-//! 2. the whole-response caches, keyed by viewer and body bytes, before any parsing;
-//! 3. parse the body, check the batch limit, attach the parsed document ([`Documents`]);
+//! A GraphQL request goes through these steps ([`graphql_post`], [`graphql_get`], then
+//! [`serve`]):
+//! 1. the media type of the answer (`Accept`: 406 when none fits), for a POST its content type
+//!    (415) and the raw body, read under `max_body_bytes` (an oversized one is drained and
+//!    answered 413 `PAYLOAD_TOO_LARGE`, see `body.rs`); who asks ([`Verifier`]), the viewer's
+//!    rate limit (`rate_limit.rs`: 429 `RATE_LIMITED`), the consistency token;
+//! 2. the whole-response caches, keyed by viewer and body bytes (or query string), before any
+//!    parsing;
+//! 3. decode the request strictly (`wire.rs`: 400 `BAD_REQUEST`), check the batch limit, resolve
+//!    persisted queries (`persisted.rs`), attach the parsed document ([`Documents`]); a GET that
+//!    is not a query is 405;
 //! 4. execute every operation with a fresh [`RequestCtx`] (viewer, loaders, statement counter);
 //! 5. keep the answer if it was built only from cached values, then add the consistency token
-//!    and, with the `x-debug-stats` header, the request's figures in `extensions.stats`.
+//!    and, with the `x-debug-stats` header, the request's figures in `extensions.stats`; a
+//!    request error (nothing executed) has no `data` and, under
+//!    `application/graphql-response+json`, status 400; a query's answer gets its `ETag`.
 //!
-//! Responses are compressed (gzip, br, zstd) when the client accepts it: bodies from the
-//! response cache once per entry, others by tower-http's layer at its fastest setting.
+//! Around the router: CORS (outermost: preflights end there), the observation layer, the
+//! conditional layer (`conditional.rs`: tag per coding, 304, `Cache-Control`, `Vary`), then
+//! compression (gzip, br, zstd) for bodies not already compressed by the response cache, which
+//! compresses once per entry.
 
 mod conditional;
 mod observe;
@@ -78,7 +86,7 @@ pub struct AppContext {
     pub persisted: PersistedQueries,
     /// Direct execution of plain queries (`None`: switched off by the configuration).
     pub direct: Option<Direct>,
-    /// Per-viewer request limit on `POST /graphql` (`None`: off).
+    /// Per-viewer request limit on `/graphql` (`None`: off).
     rate_limiter: Option<crate::rate_limit::Limiter>,
     /// Requests refused by it (`cal_rate_limited_total`, registered whether or not it is on).
     rate_limited: prometheus::IntCounter,
@@ -101,14 +109,14 @@ impl AppState {
             tracing::info!(
                 per_second = limit.per_second,
                 burst = limit.burst,
-                "per-viewer rate limit on POST /graphql"
+                "per-viewer rate limit on /graphql"
             );
             crate::rate_limit::Limiter::new(&limit)
                 .expect("the rate limit was validated with rate_limit::quota")
         });
         let rate_limited = prometheus::IntCounter::new(
             "cal_rate_limited_total",
-            "POST /graphql requests refused with 429 by the per-viewer rate limit",
+            "GraphQL requests refused with 429 by the per-viewer rate limit",
         )
         .expect("a valid metric");
         if let Err(e) = registry.register(Box::new(rate_limited.clone())) {
