@@ -16,6 +16,8 @@
 //! markdown tables for `docs/benchmarks.md`. It owns the steps and their order; what one
 //! iteration does lives in the k6 script.
 
+pub mod http;
+
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::{Read, Write};
