@@ -12,11 +12,13 @@
 //! - **Off**: a persisted query answers `PERSISTED_QUERY_NOT_SUPPORTED` (Apollo's client then
 //!   stops sending hashes).
 
+use crate::http::coded;
+use crate::http::wire::bad_request;
+use crate::observe::document_hash;
 use async_graphql::{Request, ServerError};
 use cal_cache::TieredCache;
 use moka::sync::Cache;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +48,7 @@ pub enum PersistedMode {
 #[derive(Debug)]
 pub struct Manifest {
     by_id: HashMap<String, Arc<str>>,
+    /// The same documents by text: a request that sends its text is checked in O(1).
     bodies: std::collections::HashSet<Arc<str>>,
 }
 
@@ -154,60 +157,57 @@ impl PersistedQueries {
         cache: &TieredCache,
         req: &mut Request,
     ) -> Result<Option<Registration>, ServerError> {
-        let Some(ext) = req.extensions.get(EXTENSION) else {
-            return match &self.mode {
-                PersistedMode::Safelist(m) if !m.bodies.contains(req.query.as_str()) => Err(coded(
+        let hash = match req.extensions.get(EXTENSION) {
+            None => None,
+            Some(_) if matches!(self.mode, PersistedMode::Off) => {
+                return Err(coded(
+                    "PERSISTED_QUERY_NOT_SUPPORTED",
+                    "PersistedQueryNotSupported",
+                ));
+            }
+            Some(ext) => Some(requested_hash(ext)?),
+        };
+        if let Some(hash) = &hash {
+            if req.query.is_empty() {
+                req.query = self.find(cache, hash).await?.to_string();
+                return Ok(None);
+            }
+            if document_hash(&req.query) != *hash {
+                return Err(coded(
+                    "PERSISTED_QUERY_HASH_MISMATCH",
+                    "provided sha256Hash does not match the query",
+                ));
+            }
+        }
+        match (&self.mode, hash) {
+            (PersistedMode::Safelist(m), _) if !m.bodies.contains(req.query.as_str()) => {
+                Err(coded(
                     "QUERY_NOT_IN_SAFELIST",
                     "this document is not in the safelist",
-                )),
-                _ => Ok(None),
-            };
-        };
-        if matches!(self.mode, PersistedMode::Off) {
-            return Err(coded(
-                "PERSISTED_QUERY_NOT_SUPPORTED",
-                "PersistedQueryNotSupported",
-            ));
-        }
-        let hash = requested_hash(ext)?;
-        if req.query.is_empty() {
-            let found = match &self.mode {
-                PersistedMode::Safelist(m) => match m.by_id.get(&hash) {
-                    Some(body) => body.clone(),
-                    None => {
-                        return Err(coded(
-                            "PERSISTED_QUERY_NOT_IN_LIST",
-                            "this persisted query id is not in the safelist",
-                        ));
-                    }
-                },
-                _ => match self.lookup(cache, &hash).await {
-                    Some(body) => body,
-                    None => {
-                        return Err(coded("PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound"));
-                    }
-                },
-            };
-            req.query = found.to_string();
-            return Ok(None);
-        }
-        if sha256_hex(&req.query) != hash {
-            return Err(coded(
-                "PERSISTED_QUERY_HASH_MISMATCH",
-                "provided sha256Hash does not match the query",
-            ));
-        }
-        match &self.mode {
-            PersistedMode::Safelist(m) if !m.bodies.contains(req.query.as_str()) => Err(coded(
-                "QUERY_NOT_IN_SAFELIST",
-                "this document is not in the safelist",
-            )),
-            PersistedMode::Safelist(_) => Ok(None),
-            _ if self.local.contains_key(&hash) => Ok(None),
-            _ => Ok(Some(Registration {
+                ))
+            }
+            (PersistedMode::Safelist(_), _) | (_, None) => Ok(None),
+            (_, Some(hash)) if self.local.contains_key(&hash) => Ok(None),
+            (_, Some(hash)) => Ok(Some(Registration {
                 hash,
                 query: req.query.as_str().into(),
             })),
+        }
+    }
+
+    /// The document registered (or listed) under `hash`.
+    async fn find(&self, cache: &TieredCache, hash: &str) -> Result<Arc<str>, ServerError> {
+        match &self.mode {
+            PersistedMode::Safelist(m) => m.by_id.get(hash).cloned().ok_or_else(|| {
+                coded(
+                    "PERSISTED_QUERY_NOT_IN_LIST",
+                    "this persisted query id is not in the safelist",
+                )
+            }),
+            _ => self
+                .lookup(cache, hash)
+                .await
+                .ok_or_else(|| coded("PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound")),
         }
     }
 
@@ -227,7 +227,7 @@ impl PersistedQueries {
         let blob = cache.get_derived(&redis_key(hash)).await?;
         let body: Arc<str> = String::from_utf8(blob).ok()?.into();
         // What another instance registered: check it before trusting it.
-        if sha256_hex(&body) != hash {
+        if document_hash(&body) != hash {
             return None;
         }
         self.local.insert(hash.to_owned(), body.clone());
@@ -239,22 +239,14 @@ fn redis_key(hash: &str) -> String {
     format!("apq:{hash}")
 }
 
-/// The lower-case hex SHA-256 of a document.
-pub fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The hash `{"version": 1, "sha256Hash": …}` names (lower-cased).
 fn requested_hash(ext: &async_graphql::Value) -> Result<String, ServerError> {
     let async_graphql::Value::Object(obj) = ext else {
-        return Err(bad("`extensions.persistedQuery` must be an object"));
+        return Err(bad_request("`extensions.persistedQuery` must be an object"));
     };
     let version = obj.get("version");
     if version != Some(&async_graphql::Value::from(1)) {
-        return Err(bad(
+        return Err(bad_request(
             "unsupported persisted query version (`extensions.persistedQuery.version` must be 1)",
         ));
     }
@@ -264,18 +256,10 @@ fn requested_hash(ext: &async_graphql::Value) -> Result<String, ServerError> {
         {
             Ok(h.to_ascii_lowercase())
         }
-        _ => Err(bad(
+        _ => Err(bad_request(
             "`extensions.persistedQuery.sha256Hash` must be 64 hexadecimal digits",
         )),
     }
-}
-
-fn bad(message: &str) -> ServerError {
-    coded("BAD_REQUEST", message)
-}
-
-fn coded(code: &'static str, message: &str) -> ServerError {
-    crate::http::coded(code, message)
 }
 
 #[cfg(test)]
@@ -311,18 +295,10 @@ mod tests {
     }
 
     #[test]
-    fn hashes_are_sha256_hex() {
-        assert_eq!(
-            sha256_hex("{ __typename }"),
-            "7f56e67dd21ab3f30d1ff8b7bed08893f0a0db86449836189b361dd1e56ddb4b"
-        );
-    }
-
-    #[test]
     fn manifests_are_apollo_manifests() {
         let ok = format!(
             r#"{{"format":"apollo-persisted-query-manifest","version":1,"operations":[{{"id":"{}","name":"Me","type":"query","body":"{DOC}"}}]}}"#,
-            sha256_hex(DOC)
+            document_hash(DOC)
         );
         let m = Manifest::parse(&ok).unwrap();
         assert_eq!(m.len(), 1);
@@ -342,7 +318,7 @@ mod tests {
     fn malformed_extensions_are_bad_requests() {
         for ext in [
             serde_json::json!("string"),
-            serde_json::json!({ "version": 2, "sha256Hash": sha256_hex(DOC) }),
+            serde_json::json!({ "version": 2, "sha256Hash": document_hash(DOC) }),
             serde_json::json!({ "version": 1, "sha256Hash": "short" }),
             serde_json::json!({ "version": 1 }),
         ] {
@@ -350,19 +326,19 @@ mod tests {
             let e = requested_hash(&v).expect_err(&ext.to_string());
             assert_eq!(code(&e), "BAD_REQUEST");
         }
-        let upper = sha256_hex(DOC).to_ascii_uppercase();
+        let upper = document_hash(DOC).to_ascii_uppercase();
         let v = async_graphql::Value::from_json(
             serde_json::json!({ "version": 1, "sha256Hash": upper }),
         )
         .unwrap();
-        assert_eq!(requested_hash(&v).unwrap(), sha256_hex(DOC));
+        assert_eq!(requested_hash(&v).unwrap(), document_hash(DOC));
     }
 
     #[tokio::test]
     async fn automatic_mode_registers_checks_and_finds_documents() {
         let cache = no_redis().await;
         let pq = PersistedQueries::new(PersistedMode::Automatic);
-        let hash = sha256_hex(DOC);
+        let hash = document_hash(DOC);
         let mut unknown = with_ext("", &hash);
         let e = pq.resolve(&cache, &mut unknown).await.err().unwrap();
         assert_eq!(code(&e), "PERSISTED_QUERY_NOT_FOUND");
@@ -383,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn safelist_mode_runs_only_listed_documents() {
         let cache = no_redis().await;
-        let id = sha256_hex(DOC);
+        let id = document_hash(DOC);
         let manifest = Manifest::parse(&format!(
             r#"{{"format":"apollo-persisted-query-manifest","version":1,"operations":[{{"id":"{id}","name":"Me","type":"query","body":"{DOC}"}}]}}"#
         ))
@@ -397,11 +373,11 @@ mod tests {
         let mut other = Request::new("{ __typename }");
         let e = pq.resolve(&cache, &mut other).await.err().unwrap();
         assert_eq!(code(&e), "QUERY_NOT_IN_SAFELIST");
-        let mut unknown_id = with_ext("", &sha256_hex("{ __typename }"));
+        let mut unknown_id = with_ext("", &document_hash("{ __typename }"));
         let e = pq.resolve(&cache, &mut unknown_id).await.err().unwrap();
         assert_eq!(code(&e), "PERSISTED_QUERY_NOT_IN_LIST");
         let q = "{ __typename }";
-        let mut register = with_ext(q, &sha256_hex(q));
+        let mut register = with_ext(q, &document_hash(q));
         let e = pq.resolve(&cache, &mut register).await.err().unwrap();
         assert_eq!(code(&e), "QUERY_NOT_IN_SAFELIST", "no registration");
     }
@@ -410,7 +386,7 @@ mod tests {
     async fn off_mode_refuses_hashes() {
         let cache = no_redis().await;
         let pq = PersistedQueries::new(PersistedMode::Off);
-        let mut r = with_ext(DOC, &sha256_hex(DOC));
+        let mut r = with_ext(DOC, &document_hash(DOC));
         let e = pq.resolve(&cache, &mut r).await.err().unwrap();
         assert_eq!(code(&e), "PERSISTED_QUERY_NOT_SUPPORTED");
     }
