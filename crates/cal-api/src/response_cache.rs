@@ -95,21 +95,13 @@ impl Encoding {
     pub fn negotiate(accept: Option<&str>) -> Option<Self> {
         let accept = accept?;
         let mut best: Option<(Encoding, (u16, u8))> = None;
-        for part in accept.split(',') {
-            let mut it = part.split(';');
-            let name = it.next().unwrap_or("").trim();
-            let q = it
-                .filter_map(|p| p.trim().strip_prefix("q=").map(str::trim))
-                .map(|q| {
-                    q.parse::<f32>()
-                        .map_or(0, |q| (q.clamp(0.0, 1.0) * 1000.0) as u16)
-                })
-                .next()
-                .unwrap_or(1000);
+        // A malformed weight refuses the coding.
+        for (name, q) in crate::http::wire::weighted(accept) {
+            let q = q.unwrap_or(0);
             if q == 0 {
                 continue;
             }
-            let candidate = match name.to_ascii_lowercase().as_str() {
+            let candidate = match name.as_str() {
                 "zstd" => (Encoding::Zstd, (q, 3)),
                 "br" => (Encoding::Brotli, (q, 2)),
                 "gzip" | "x-gzip" => (Encoding::Gzip, (q, 1)),

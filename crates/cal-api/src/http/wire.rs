@@ -46,15 +46,9 @@ impl Media {
         };
         // For each candidate: the quality of the most specific range that matches it.
         let mut best = [(0u8, 0u16); 2]; // (specificity, q) for [Json, GraphqlResponse]
-        for range in accept.split(',') {
-            let mut parts = range.split(';');
-            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-            let mut q = 1000u16;
-            for p in parts {
-                if let Some(v) = p.trim().strip_prefix("q=") {
-                    q = parse_q(v);
-                }
-            }
+        for (name, q) in weighted(accept) {
+            // A malformed weight counts as absent.
+            let q = q.unwrap_or(1000);
             for (i, candidate) in ["application/json", "application/graphql-response+json"]
                 .iter()
                 .enumerate()
@@ -80,13 +74,25 @@ impl Media {
     }
 }
 
-/// A q-value as thousandths (malformed ones count as 1, as if absent).
-fn parse_q(v: &str) -> u16 {
-    v.trim()
-        .parse::<f32>()
-        .ok()
-        .filter(|q| (0.0..=1.0).contains(q))
-        .map_or(1000, |q| (q * 1000.0).round() as u16)
+/// The entries of a weighted list header (`Accept`, `Accept-Encoding`): each name lower-cased,
+/// with its `q` in thousandths: 1000 when absent, `None` when malformed (not a number in
+/// `0..=1`); the caller decides what a malformed weight means.
+pub(crate) fn weighted(list: &str) -> impl Iterator<Item = (String, Option<u16>)> + '_ {
+    list.split(',').map(|entry| {
+        let mut parts = entry.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .next_back()
+            .map_or(Some(1000), |v| {
+                v.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|q| (0.0..=1.0).contains(q))
+                    .map(|q| (q * 1000.0).round() as u16)
+            });
+        (name, q)
+    })
 }
 
 /// Whether a POST body's `Content-Type` is one this endpoint reads: `application/json`, with no
@@ -177,54 +183,28 @@ pub fn decode_body(body: &[u8]) -> Result<BatchRequest, ServerError> {
     Ok(BatchRequest::Single(one.into_request()?))
 }
 
-/// A GET query string: `query`, `operationName`, and `variables` and `extensions` as JSON text.
+/// A GET query string: `query`, `operationName`, and `variables` and `extensions` as JSON text;
+/// checked by the same rules as a POST body (it becomes one request object first).
 pub fn decode_query_string(raw: &str) -> Result<Request, ServerError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
         .map_err(|e| bad_request(format!("the query string does not decode: {e}")))?;
-    let mut wire = WireRequest {
-        query: None,
-        operation_name: None,
-        variables: None,
-        extensions: None,
-    };
-    let mut seen = [false; 4];
+    let mut object = serde_json::Map::new();
     for (name, value) in pairs {
-        let slot = match name.as_str() {
-            "query" => 0,
-            "operationName" => 1,
-            "variables" => 2,
-            "extensions" => 3,
+        let value = match name.as_str() {
+            "query" => serde_json::Value::String(value),
+            // `operationName=` names no operation.
+            "operationName" if value.is_empty() => serde_json::Value::Null,
+            "operationName" => serde_json::Value::String(value),
+            "variables" | "extensions" => serde_json::from_str(&value)
+                .map_err(|e| bad_request(format!("`{name}` is not JSON text: {e}")))?,
             _ => continue,
         };
-        if std::mem::replace(&mut seen[slot], true) {
+        if object.insert(name.clone(), value).is_some() {
             return Err(bad_request(format!("`{name}` is given more than once")));
         }
-        let json = |what: &str| {
-            serde_json::from_str::<Option<serde_json::Value>>(&value)
-                .map_err(|e| bad_request(format!("`{what}` is not JSON text: {e}")))
-        };
-        match slot {
-            0 => wire.query = Some(value),
-            1 => wire.operation_name = Some(value).filter(|n| !n.is_empty()),
-            2 => {
-                wire.variables = match json("variables")? {
-                    None => None,
-                    Some(serde_json::Value::Object(map)) => Some(map),
-                    Some(_) => return Err(bad_request("`variables` must be a JSON object")),
-                }
-            }
-            _ => {
-                wire.extensions = match json("extensions")? {
-                    None => None,
-                    Some(v @ serde_json::Value::Object(_)) => Some(
-                        serde_json::from_value(v)
-                            .map_err(|e| bad_request(format!("`extensions`: {e}")))?,
-                    ),
-                    Some(_) => return Err(bad_request("`extensions` must be a JSON object")),
-                }
-            }
-        }
     }
+    let wire: WireRequest = serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| bad_request(format!("the query string is not a GraphQL request: {e}")))?;
     wire.into_request()
 }
 
@@ -284,6 +264,22 @@ mod tests {
         assert_eq!(
             n("*/*;q=0, application/graphql-response+json"),
             Some(GraphqlResponse)
+        );
+    }
+
+    #[test]
+    fn weighted_lists_give_names_and_thousandths() {
+        let list: Vec<_> =
+            weighted("Gzip;q=0.5, br ;level=1; q=1 , zstd;q=2, identity;q=x, deflate").collect();
+        assert_eq!(
+            list,
+            [
+                ("gzip".to_owned(), Some(500)),
+                ("br".to_owned(), Some(1000)),
+                ("zstd".to_owned(), None),
+                ("identity".to_owned(), None),
+                ("deflate".to_owned(), Some(1000)),
+            ]
         );
     }
 
