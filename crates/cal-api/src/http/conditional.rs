@@ -9,7 +9,7 @@
 //!
 //! The layer here sits outside compression: it appends the content coding to the tag (`"…-br"`),
 //! so every representation has its own strong tag, then answers `304 Not Modified` with no body
-//! when `If-None-Match` names the current tag (GET, and POST of a query). It also sets
+//! when `If-None-Match` names the current tag (GET, HEAD, and POST of a query). It also sets
 //! `Cache-Control` (`private, no-cache` on answers with a tag: per-viewer data a cache must
 //! revalidate; `no-store` on everything else) and `Vary: accept, accept-encoding,
 //! authorization` (the answer depends on the viewer, the media type and the coding).
@@ -39,12 +39,8 @@ pub async fn layer(req: Request, next: Next) -> Response {
     if req.uri().path() != "/graphql" {
         return next.run(req).await;
     }
-    let conditional = matches!(
-        *req.method(),
-        axum::http::Method::GET | axum::http::Method::POST
-    )
-    .then(|| req.headers().get(header::IF_NONE_MATCH).cloned())
-    .flatten();
+    // Only query answers carry a tag, whatever the method that asked (GET, HEAD, POST).
+    let conditional = req.headers().get(header::IF_NONE_MATCH).cloned();
     let mut resp = next.run(req).await;
     let headers = resp.headers_mut();
     headers.insert(header::VARY, HeaderValue::from_static(VARY));

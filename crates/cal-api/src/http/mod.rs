@@ -246,12 +246,15 @@ impl tower_http::catch_panic::ResponseForPanic for PanicResponse {
 fn refused(media: Media, status: StatusCode, err: async_graphql::ServerError) -> Response {
     let resp = GqlResponse::from_errors(vec![err]);
     crate::observe::errors(&resp);
-    let body = serde_json::to_vec(&serde_json::json!({ "errors": resp.errors }))
-        .expect("a response serializes");
-    let mut r = (status, body).into_response();
+    let mut r = (status, errors_only(&resp.errors)).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, media.content_type());
     r
+}
+
+/// `{"errors":[…]}`: an answer to a request that was not executed has no `data` entry.
+fn errors_only(errors: &[async_graphql::ServerError]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "errors": errors })).expect("errors serialize")
 }
 
 /// A request error with `extensions.code`.
@@ -710,8 +713,8 @@ fn is_request_error(r: &GqlResponse) -> bool {
 /// One executed answer: a request error without `data` (4xx under
 /// `application/graphql-response+json`), or a result (200; a query's with its `ETag`).
 fn single_response(media: Media, query: bool, mut r: GqlResponse) -> Response {
-    let extensions: Vec<(String, async_graphql::Value)> =
-        std::mem::take(&mut r.extensions).into_iter().collect();
+    // The tag covers the bytes before `extensions`: serialize without them, then splice them in.
+    let extensions = std::mem::take(&mut r.extensions);
     let entries: Vec<(&str, async_graphql::Value)> = extensions
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
@@ -725,9 +728,7 @@ fn single_response(media: Media, query: bool, mut r: GqlResponse) -> Response {
         }
     };
     if is_request_error(&r) {
-        let head = serde_json::to_vec(&serde_json::json!({ "errors": r.errors }))
-            .expect("a response serializes");
-        let mut resp = json_response(media, splice(head));
+        let mut resp = json_response(media, splice(errors_only(&r.errors)));
         *resp.status_mut() = media.request_error_status();
         return resp;
     }
