@@ -308,13 +308,13 @@ async fn introspection_and_graphiql_only_in_dev_mode() {
         "introspection is off outside dev mode: {}",
         resp.0
     );
-    let r = app
-        .client
-        .get(app.url("/graphql"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let page = |app: &TestApp| {
+        app.client
+            .get(app.url("/graphql"))
+            .header("accept", "text/html")
+            .send()
+    };
+    let r = page(&app).await.unwrap();
     assert_ne!(r.status(), 200, "no GraphiQL outside dev mode");
 
     let dev = TestApp::spawn_with(|c| c.dev_mode = true).await;
@@ -327,13 +327,7 @@ async fn introspection_and_graphiql_only_in_dev_mode() {
         )
         .await;
     assert_eq!(resp.data()["__schema"]["queryType"]["name"], "QueryRoot");
-    let r = dev
-        .client
-        .get(dev.url("/graphql"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let r = page(&dev).await.unwrap();
     assert_eq!(r.status(), 200, "a browser asking for a page gets GraphiQL");
     assert!(r.text().await.unwrap().to_lowercase().contains("graphiql"));
 }

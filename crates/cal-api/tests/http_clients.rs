@@ -1,7 +1,7 @@
 //! Real clients against the real server: the GraphQL-over-HTTP reference audit (`graphql-http`'s
 //! `auditServer`), Apollo Client 4 with automatic persisted queries over GET and a browser-like
 //! ETag cache, and a plain `fetch`. They run under node from `tests/js` (its `node_modules` is
-//! installed by `cargo xtask test`, or here when missing).
+//! installed by `cargo xtask test`).
 
 mod common;
 use common::*;
@@ -13,26 +13,20 @@ fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
 }
 
-/// `tests/js/node_modules`, installed from the lock file when missing (once per test binary).
+/// `tests/js/node_modules` must be there: `cargo xtask test` installs it (`npm ci`).
 fn node_modules() {
-    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    READY.get_or_init(|| {
-        if js_dir()
-            .join("node_modules/graphql-http/package.json")
-            .exists()
-            && js_dir()
-                .join("node_modules/@apollo/client/package.json")
-                .exists()
-        {
-            return;
-        }
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(js_dir())
-            .status()
-            .expect("npm is installed (node 20 and npm run the client tests)");
-        assert!(status.success(), "npm ci in {} failed", js_dir().display());
-    });
+    for package in ["graphql-http", "@apollo/client"] {
+        let manifest = js_dir()
+            .join("node_modules")
+            .join(package)
+            .join("package.json");
+        assert!(
+            manifest.exists(),
+            "{} is missing: run `cargo xtask test`, or `npm ci` in {}",
+            manifest.display(),
+            js_dir().display()
+        );
+    }
 }
 
 /// Runs `node <script> <args>` with `stdin`, returning its stdout as JSON.

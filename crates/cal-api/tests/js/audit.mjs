@@ -6,22 +6,8 @@
 //   { "id", "name", "status": "ok"|"notice"|"warn"|"error", "reason": string|null, "httpStatus": number|null }
 import { auditServer } from 'graphql-http';
 
-function headersToObject(headers) {
-  const out = {};
-  if (!headers) return out;
-  if (headers instanceof Headers) {
-    headers.forEach((value, name) => {
-      out[name.toLowerCase()] = value;
-    });
-  } else if (Array.isArray(headers)) {
-    for (const [name, value] of headers) out[String(name).toLowerCase()] = String(value);
-  } else {
-    for (const [name, value] of Object.entries(headers)) {
-      if (value !== undefined) out[name.toLowerCase()] = String(value);
-    }
-  }
-  return out;
-}
+// Any form fetch accepts (object, array of pairs, Headers) as a plain object, names lower-cased.
+const headersToObject = (headers) => Object.fromEntries(new Headers(headers ?? {}));
 
 async function main() {
   const [url, token] = process.argv.slice(2);

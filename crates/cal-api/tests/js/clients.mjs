@@ -22,23 +22,8 @@ for (const level of ['log', 'info', 'debug']) {
 const { ApolloClient, InMemoryCache, HttpLink, gql } = await import('@apollo/client');
 const { PersistedQueryLink } = await import('@apollo/client/link/persisted-queries');
 
-function headersToObject(headers) {
-  const out = {};
-  if (!headers) return out;
-  if (typeof headers.forEach === 'function' && !Array.isArray(headers)) {
-    // Headers instance (names are already lower-case)
-    headers.forEach((value, name) => {
-      out[name.toLowerCase()] = value;
-    });
-  } else if (Array.isArray(headers)) {
-    for (const [name, value] of headers) out[String(name).toLowerCase()] = String(value);
-  } else {
-    for (const [name, value] of Object.entries(headers)) {
-      if (value !== undefined && value !== null) out[name.toLowerCase()] = String(value);
-    }
-  }
-  return out;
-}
+// Any form fetch accepts (object, array of pairs, Headers) as a plain object, names lower-cased.
+const headersToObject = (headers) => Object.fromEntries(new Headers(headers ?? {}));
 
 // Statuses for which a Response must not have a body.
 const NULL_BODY_STATUSES = new Set([101, 103, 204, 205, 304]);
