@@ -4,6 +4,23 @@
 //!
 //! It knows nothing of GraphQL or caches. Every statement it sends is counted ([`StoreStats`]), so
 //! tests can assert how many statements a request costs and the API can report it per request.
+//!
+//! Modules:
+//!
+//! - `reads`: batch reads by id lists, window and free/busy queries;
+//! - `writes`: the write transaction, its commit and its change-log (outbox) row, and the input
+//!   types of the writes (`mod.rs`), with the writes themselves grouped by what they change:
+//!   `writes::calendars` (users, resources, calendars, sharing), `writes::events` (single events
+//!   and attendees), `writes::reservations` (resource bookings) and `writes::series` (edits of
+//!   recurring series);
+//! - `outbox`: the change log's claim/prune side, read by the relay;
+//! - `purge`: operator purges;
+//! - `statement`: the one guard every statement passes (count, span, budget, slow log);
+//! - `pool`: pool options and recovery after a database restart;
+//! - `error`: [`StorageError`], with client-caused constraint violations mapped by name;
+//! - `rows`: column lists and row decoding; `ops`: the binary's commands (creating the database,
+//!   fixtures);
+//! - [`seed`]: bulk seeding; [`explain`]: EXPLAIN of the hot queries.
 
 mod error;
 pub mod explain;
