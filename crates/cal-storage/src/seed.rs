@@ -844,10 +844,7 @@ async fn chunked(
     let mut start = 0;
     while start < len {
         let end = (start + CHUNK).min(len);
-        build(start..end)
-            .execute(&mut *conn)
-            .await
-            .map_err(StorageError::from_db)?;
+        build(start..end).execute(&mut *conn).await?;
         progress.inc((end - start) as u64);
         start = end;
     }

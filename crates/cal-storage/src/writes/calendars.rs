@@ -24,8 +24,7 @@ impl Store {
             .bind(name)
             .bind(avatar_url)
             .fetch_one(self.pool())
-            .await
-            .map_err(StorageError::from_db)?;
+            .await?;
         st.done(1);
         Ok(rows::user(&row)?)
     }
@@ -47,8 +46,7 @@ impl Store {
             .bind(capacity)
             .bind(location)
             .fetch_one(self.pool())
-            .await
-            .map_err(StorageError::from_db)?;
+            .await?;
         st.done(1);
         Ok(rows::resource(&row)?)
     }
@@ -82,8 +80,7 @@ impl Store {
         .bind(description)
         .bind(time_zone)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(StorageError::from_db)?;
+        .await?;
         st.done(1);
         let st = self.statement("calendar_members.insert_owner")?;
         sqlx::query(
@@ -92,8 +89,7 @@ impl Store {
         .bind(id)
         .bind(owner.0)
         .execute(&mut *tx)
-        .await
-        .map_err(StorageError::from_db)?;
+        .await?;
         st.done(1);
         // A new calendar may have been cached as missing.
         tx.changes.calendars.push((CalendarId(id), 1));
@@ -134,8 +130,7 @@ impl Store {
         .bind(user.0)
         .bind(role.as_str())
         .execute(&mut *tx)
-        .await
-        .map_err(StorageError::from_db)?
+        .await?
         .rows_affected();
         st.done(0);
         if changed == 0 {

@@ -86,8 +86,7 @@ impl Store {
         .bind(&ids)
         .bind(&optional)
         .execute(conn)
-        .await
-        .map_err(StorageError::from_db)?
+        .await?
         .rows_affected();
         st.done(0);
         if n as usize != ids.len() {
@@ -119,8 +118,7 @@ impl Store {
             .bind(&new.rrule)
             .bind(new.series_end)
             .fetch_one(&mut **tx)
-            .await
-            .map_err(StorageError::from_db)?;
+            .await?;
         st.done(1);
         let event = rows::event(&row)?;
         self.record_event(tx, &event).await?;
@@ -189,8 +187,7 @@ impl Store {
             .bind(patch.series_end.is_some())
             .bind(patch.series_end.flatten())
             .fetch_one(conn)
-            .await
-            .map_err(StorageError::from_db)?;
+            .await?;
         st.done(1);
         Ok(rows::event(&row)?)
     }

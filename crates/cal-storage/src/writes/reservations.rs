@@ -53,7 +53,7 @@ impl Store {
             }
             Err(e) => {
                 st.done(0);
-                Err(InsertReservationError::Other(StorageError::from_db(e)))
+                Err(InsertReservationError::Other(e.into()))
             }
         }
     }
@@ -246,7 +246,7 @@ impl Store {
         match r {
             Ok(_) => Ok(()),
             Err(e) if StorageError::is_overlap(&e) => Err(InsertReservationError::MoveOverlap(*m)),
-            Err(e) => Err(InsertReservationError::Other(StorageError::from_db(e))),
+            Err(e) => Err(InsertReservationError::Other(e.into())),
         }
     }
 }

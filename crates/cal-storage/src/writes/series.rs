@@ -220,8 +220,7 @@ impl Store {
         .bind(original_start)
         .bind(occurrence_end)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(StorageError::from_db)?;
+        .await?;
         st.done(1);
         let id = EventId(id);
         self.copy_attendees(&mut tx, series, id).await?;
@@ -266,8 +265,7 @@ impl Store {
             .bind(truncated_rule)
             .bind(truncated_end)
             .execute(&mut *tx)
-            .await
-            .map_err(StorageError::from_db)?;
+            .await?;
         st.done(0);
         let created = self.insert_event(&mut tx, new_series).await?;
         self.copy_attendees(&mut tx, series, created.id).await?;
@@ -280,8 +278,7 @@ impl Store {
         .bind(created.id.0)
         .bind(split_at)
         .execute(&mut *tx)
-        .await
-        .map_err(StorageError::from_db)?;
+        .await?;
         st.done(0);
         let moved = Move::all(
             series,
