@@ -1,7 +1,8 @@
 //! Event mutations: createEvent, updateEvent, deleteEvent, respondToEvent, addAttendees,
 //! removeAttendee (in this order in the SDL), with their input objects. `updateEvent` on a series
 //! edits one occurrence (an override), the series from an occurrence on (a split) or the whole
-//! series (the master).
+//! series (the master): [`cal_domain::series_edit::plan`] decides which, from what the id denotes
+//! and the scope; the resolver builds the patch and does that write.
 
 use super::{ReservationInput, optional_text, reservations, text};
 use crate::error::{ApiError, ApiResult};
@@ -12,6 +13,7 @@ use crate::schema::types::{Event, EventStatus, ResponseStatus, Transparency};
 use crate::schema::{rc, viewer};
 use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
 use cal_domain as d;
+use cal_domain::series_edit::{self, EditPlan, SeriesEdit};
 use cal_storage::{EventPatch, NewAttendee, NewEvent};
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
@@ -218,46 +220,27 @@ impl EventMutation {
                 row,
             )
         };
-        let rule_change = !matches!(input.rrule, MaybeUndefined::Undefined);
-        let ev = match (target, scope) {
+        let edit = SeriesEdit {
+            target: target.edit_target(),
+            scope: EditScope::requested(scope),
+            rule_change: !matches!(input.rrule, MaybeUndefined::Undefined),
+        };
+        let ev = match (series_edit::plan(edit), target) {
+            (EditPlan::Reject(message), _) => return Err(ApiError::bad_input(message)),
             // A single event or an override row: change the row.
-            (Target::Row(row) | Target::Override { row }, None | Some(EditScope::This))
-                if row.rrule.is_none() =>
-            {
-                if rule_change {
-                    return Err(ApiError::bad_input(
-                        "rrule can only change on a whole series",
-                    ));
-                }
+            (EditPlan::UpdateRow, Target::Row(row) | Target::Override { row }) => {
                 let patch = base(&row)?;
                 store.update_event(row.id, expected_version, &patch).await?
             }
-            (Target::Row(_), Some(EditScope::This)) => {
-                return Err(ApiError::bad_input(
-                    "scope THIS needs an occurrence id (seriesId_originalStart)",
-                ));
-            }
-            (Target::Row(row), Some(EditScope::ThisAndFollowing))
-                if row.recurring_event_id.is_none() =>
-            {
-                return Err(ApiError::bad_input(
-                    "scope THIS_AND_FOLLOWING needs an occurrence id",
-                ));
-            }
             // The whole series, addressed by its id.
-            (Target::Row(master), None | Some(EditScope::All)) => {
+            (EditPlan::UpdateSeries, Target::Row(master)) => {
                 let patch = series_patch(&master, &input, Duration::zero())?;
                 store
                     .update_event(master.id, expected_version, &patch)
                     .await?
             }
             // One generated occurrence: it becomes an override.
-            (Target::Generated { master, occurrence }, None | Some(EditScope::This)) => {
-                if rule_change {
-                    return Err(ApiError::bad_input(
-                        "rrule can only change on a whole series",
-                    ));
-                }
+            (EditPlan::OverrideOccurrence, Target::Generated { master, occurrence }) => {
                 let occ_row = d::Event {
                     start_time: occurrence.start,
                     end_time: occurrence.end,
@@ -276,7 +259,7 @@ impl EventMutation {
                     .await?
             }
             // The whole series, addressed through one occurrence: times move by the same amount.
-            (Target::Generated { master, occurrence }, Some(EditScope::All)) => {
+            (EditPlan::UpdateSeriesFromOccurrence, Target::Generated { master, occurrence }) => {
                 let shift = input
                     .start_time
                     .map_or(Duration::zero(), |s| s - occurrence.start);
@@ -285,15 +268,30 @@ impl EventMutation {
                     .update_event(master.id, expected_version, &patch)
                     .await?
             }
+            // This and following, from an occurrence after the first.
+            (EditPlan::SplitSeries, Target::Generated { master, occurrence }) => {
+                split(
+                    ctx,
+                    &master,
+                    occurrence.original_start,
+                    occurrence.start,
+                    occurrence.end,
+                    expected_version,
+                    &input,
+                )
+                .await?
+            }
             // An override row (by occurrence id, or by its own row id for THIS_AND_FOLLOWING):
             // the edit reaches its series.
-            (Target::Override { row }, Some(EditScope::All | EditScope::ThisAndFollowing))
-            | (Target::Row(row), Some(EditScope::ThisAndFollowing)) => {
+            (
+                plan @ (EditPlan::UpdateSeriesFromOverride | EditPlan::SplitSeriesAtOverride),
+                Target::Row(row) | Target::Override { row },
+            ) => {
                 let series = row.recurring_event_id.ok_or(ApiError::NotFound)?;
                 let master = crate::loaders::one(&rc(ctx).loaders.events, series)
                     .await?
                     .ok_or(ApiError::NotFound)?;
-                if matches!(scope, Some(EditScope::All)) {
+                if plan == EditPlan::UpdateSeriesFromOverride {
                     let shift = input
                         .start_time
                         .map_or(Duration::zero(), |s| s - row.start_time);
@@ -315,31 +313,11 @@ impl EventMutation {
                     .await?
                 }
             }
-            (Target::Generated { master, occurrence }, Some(EditScope::ThisAndFollowing)) => {
-                if occurrence.original_start == master.start_time {
-                    let shift = input
-                        .start_time
-                        .map_or(Duration::zero(), |s| s - occurrence.start);
-                    let patch = series_patch(&master, &input, shift)?;
-                    store
-                        .update_event(master.id, expected_version, &patch)
-                        .await?
-                } else {
-                    split(
-                        ctx,
-                        &master,
-                        occurrence.original_start,
-                        occurrence.start,
-                        occurrence.end,
-                        expected_version,
-                        &input,
-                    )
-                    .await?
-                }
-            }
-            (Target::Override { row }, None | Some(EditScope::This)) => {
-                let patch = base(&row)?;
-                store.update_event(row.id, expected_version, &patch).await?
+            // `edit_target` describes the target the plan is for: no other pairing occurs.
+            (plan, _) => {
+                return Err(ApiError::Internal(format!(
+                    "edit plan {plan:?} does not fit its target"
+                )));
             }
         };
         Ok(refreshed(ctx, ev).await)
