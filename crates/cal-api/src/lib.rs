@@ -6,8 +6,9 @@
 //!   viewer's user id; [`jwks`]: the key sets, read from a file or fetched and refreshed;
 //! - [`error`]: the one error enum and its stable `extensions.code`s;
 //! - [`loaders`]: one set of DataLoaders per request, each batch one SQL statement;
-//! - [`schema`]: the GraphQL types, queries and mutations; authorization happens in resolvers,
-//!   after data is loaded, so loaded facts never depend on the viewer;
+//! - [`schema`]: the GraphQL types, queries and mutations (one root merged from calendar, event
+//!   and booking parts, `schema/mutation/`); authorization happens in resolvers, after data is
+//!   loaded, so loaded facts never depend on the viewer;
 //! - [`limits`]: depth and complexity limits with a stable error code;
 //! - [`tiers`]: cache key specs, the change sink that invalidates after commits, the bus consumer;
 //! - [`http`]: the router (`/graphql` over GET and POST, `/health`, `/ready`), body and batch

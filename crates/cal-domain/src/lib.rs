@@ -1,5 +1,6 @@
 //! Pure calendar types and policy: identifiers, roles and what they allow, time windows, time zones,
-//! keyset cursors, busy-interval arithmetic and recurrence expansion.
+//! keyset cursors, busy-interval arithmetic, recurrence expansion and what an edit does to a series
+//! ([`series_edit`]: patch the row, override an occurrence, patch or split the series).
 //!
 //! This crate does no I/O: no tokio, sqlx, redis or rdkafka. Everything here is a plain value that
 //! the storage, cache and API layers share, and every `parse` returns a `Result` so that a value of
@@ -15,6 +16,7 @@ pub mod instances;
 pub mod model;
 pub mod recurrence;
 pub mod role;
+pub mod series_edit;
 pub mod time;
 
 pub use busy::{Interval, free_gaps, merge_intervals};

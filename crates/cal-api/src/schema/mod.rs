@@ -39,7 +39,7 @@ pub fn build_schema(config: Arc<ApiConfig>) -> AppSchema {
 fn builder(
     config: &Arc<ApiConfig>,
 ) -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
-    let mut builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+    let mut builder = Schema::build(QueryRoot, MutationRoot::default(), EmptySubscription)
         .limit_depth(config.max_depth)
         .limit_complexity(config.max_complexity)
         .limit_recursive_depth(64)

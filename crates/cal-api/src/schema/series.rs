@@ -1,5 +1,6 @@
 //! Recurring events at the API edge: resolving a public event id (a row or `series_originalStart`)
-//! to what it denotes, checking rule input, and working out bookings per occurrence.
+//! to what it denotes (and saying so in the terms of [`cal_domain::series_edit`], which decides
+//! what an edit does), checking rule input, and working out bookings per occurrence.
 
 use super::access::{EventAccess, readable_event};
 use super::rc;
@@ -8,6 +9,7 @@ use async_graphql::{Context, Enum, ID};
 use cal_domain as d;
 use cal_domain::Occurrence;
 use cal_domain::recurrence::RecurrenceRule;
+use cal_domain::series_edit::{EditTarget, Scope};
 use chrono::{DateTime, Duration, Timelike, Utc};
 use std::sync::Arc;
 
@@ -20,6 +22,18 @@ pub enum EditScope {
     ThisAndFollowing,
     /// The whole series.
     All,
+}
+
+impl EditScope {
+    /// The scope asked for (`None`: the target's default), as [`cal_domain::series_edit`] has it.
+    pub(crate) fn requested(scope: Option<EditScope>) -> Scope {
+        match scope {
+            None => Scope::Unspecified,
+            Some(EditScope::This) => Scope::This,
+            Some(EditScope::ThisAndFollowing) => Scope::ThisAndFollowing,
+            Some(EditScope::All) => Scope::All,
+        }
+    }
 }
 
 /// What a public event id denotes.
@@ -41,6 +55,22 @@ impl Target {
         match self {
             Target::Row(r) | Target::Override { row: r } => r,
             Target::Generated { master, .. } => master,
+        }
+    }
+
+    /// What an edit addressed to this target reaches, as [`cal_domain::series_edit`] has it.
+    pub fn edit_target(&self) -> EditTarget {
+        match self {
+            Target::Row(row) => EditTarget::Row {
+                has_rule: row.rrule.is_some(),
+                in_series: row.recurring_event_id.is_some(),
+            },
+            Target::Override { row } => EditTarget::Override {
+                has_rule: row.rrule.is_some(),
+            },
+            Target::Generated { master, occurrence } => EditTarget::Generated {
+                first: occurrence.original_start == master.start_time,
+            },
         }
     }
 

@@ -1,43 +1,31 @@
-//! Mutation root. Each mutation authorizes, validates its input into domain values, then calls one
-//! transactional storage write; the loaders' memo for what changed is refreshed so the rest of the
-//! request sees the new state.
+//! Event mutations: createEvent, updateEvent, deleteEvent, respondToEvent, addAttendees,
+//! removeAttendee (in this order in the SDL), with their input objects. `updateEvent` on a series
+//! edits one occurrence (an override), the series from an occurrence on (a split) or the whole
+//! series (the master): [`cal_domain::series_edit::plan`] decides which, from what the id denotes
+//! and the scope; the resolver builds the patch and does that write.
 
-use super::access::{calendar_with_role, writable_event};
-use super::query::parse_ids;
-use super::series::{EditScope, Target, bookings_for_series, check_schedule, resolve};
-use super::types::*;
-use super::{rc, viewer};
+use super::{ReservationInput, optional_text, reservations, text};
 use crate::error::{ApiError, ApiResult};
+use crate::schema::access::calendar_with_role;
+use crate::schema::query::parse_ids;
+use crate::schema::series::{EditScope, Target, bookings_for_series, check_schedule, resolve};
+use crate::schema::types::{Event, EventStatus, ResponseStatus, Transparency};
+use crate::schema::{rc, viewer};
 use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
 use cal_domain as d;
-use cal_storage::{EventPatch, NewAttendee, NewEvent, NewReservation};
+use cal_domain::series_edit::{self, EditPlan, SeriesEdit};
+use cal_storage::{EventPatch, NewAttendee, NewEvent};
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
 
-pub struct MutationRoot;
-
-#[derive(InputObject)]
-pub struct CreateCalendarInput {
-    pub name: String,
-    pub description: Option<String>,
-    /// IANA zone, e.g. `Europe/Berlin`.
-    pub time_zone: String,
-}
+#[derive(Default)]
+pub struct EventMutation;
 
 #[derive(InputObject)]
 pub struct AttendeeInput {
     pub user_id: ID,
     #[graphql(default)]
     pub is_optional: bool,
-}
-
-#[derive(InputObject)]
-pub struct ReservationInput {
-    pub resource_id: ID,
-    /// Defaults to the event's start.
-    pub start_time: Option<DateTime<Utc>>,
-    /// Defaults to the event's end.
-    pub end_time: Option<DateTime<Utc>>,
 }
 
 #[derive(InputObject)]
@@ -85,25 +73,6 @@ pub struct UpdateEventInput {
     pub rrule: MaybeUndefined<String>,
 }
 
-fn text(field: &str, v: &str, max: usize) -> ApiResult<()> {
-    let n = v.chars().count();
-    if v.trim().is_empty() || n > max {
-        return Err(ApiError::bad_input(format!(
-            "{field} must be 1 to {max} characters"
-        )));
-    }
-    Ok(())
-}
-
-fn optional_text(field: &str, v: Option<&str>, max: usize) -> ApiResult<()> {
-    match v {
-        Some(s) if s.chars().count() > max => Err(ApiError::bad_input(format!(
-            "{field} may be at most {max} characters"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 fn attendees(ctx: &Context<'_>, list: &[AttendeeInput]) -> ApiResult<Vec<NewAttendee>> {
     let ids: Vec<ID> = list.iter().map(|a| a.user_id.clone()).collect();
     let parsed = parse_ids(ctx, &ids, d::UserId::parse)?;
@@ -120,24 +89,6 @@ fn attendees(ctx: &Context<'_>, list: &[AttendeeInput]) -> ApiResult<Vec<NewAtte
         .collect()
 }
 
-fn reservations(ctx: &Context<'_>, list: &[ReservationInput]) -> ApiResult<Vec<NewReservation>> {
-    if list.len() > rc(ctx).config.max_list_input {
-        return Err(ApiError::bad_input("too many reservations"));
-    }
-    list.iter()
-        .map(|r| {
-            if let (Some(s), Some(e)) = (r.start_time, r.end_time) {
-                d::check_event_times(s, e)?;
-            }
-            Ok(NewReservation {
-                resource_id: d::ResourceId::parse(&r.resource_id)?,
-                start_time: r.start_time,
-                end_time: r.end_time,
-            })
-        })
-        .collect()
-}
-
 /// Refreshes the request's memo after a write to `ev`.
 async fn refreshed(ctx: &Context<'_>, ev: d::Event) -> Event {
     let loaders = &rc(ctx).loaders;
@@ -149,82 +100,7 @@ async fn refreshed(ctx: &Context<'_>, ev: d::Event) -> Event {
 }
 
 #[Object]
-impl MutationRoot {
-    /// Creates a calendar owned by the viewer.
-    async fn create_calendar(
-        &self,
-        ctx: &Context<'_>,
-        input: CreateCalendarInput,
-    ) -> ApiResult<Calendar> {
-        let me = viewer(ctx)?;
-        text("name", &input.name, 200)?;
-        optional_text("description", input.description.as_deref(), 10_000)?;
-        d::parse_time_zone(&input.time_zone)?;
-        let cal = rc(ctx)
-            .store
-            .create_calendar(
-                me,
-                input.name.trim(),
-                input.description.as_deref(),
-                &input.time_zone,
-            )
-            .await?;
-        Ok(Calendar {
-            cal: Arc::new(cal),
-            role: d::Role::Owner,
-        })
-    }
-
-    /// Gives a user a role on a calendar (owner only). The role cannot be OWNER.
-    async fn share_calendar(
-        &self,
-        ctx: &Context<'_>,
-        calendar_id: ID,
-        user_id: ID,
-        role: CalendarRole,
-    ) -> ApiResult<Calendar> {
-        let cal_id = d::CalendarId::parse(&calendar_id)?;
-        let user = d::UserId::parse(&user_id)?;
-        let (_, my_role) = calendar_with_role(ctx, cal_id).await?;
-        if !my_role.can_share() {
-            return Err(ApiError::Forbidden);
-        }
-        if role == CalendarRole::Owner {
-            return Err(ApiError::bad_input(
-                "a calendar has exactly one owner; share with WRITER, READER or FREE_BUSY",
-            ));
-        }
-        let cal = rc(ctx)
-            .store
-            .share_calendar(cal_id, user, role.into())
-            .await?;
-        let cal = Arc::new(cal);
-        rc(ctx)
-            .loaders
-            .calendars
-            .prime(cal_id, Ok(Some(cal.clone())))
-            .await;
-        Ok(Calendar { cal, role: my_role })
-    }
-
-    /// Removes a user's role on a calendar (owner only). Returns whether a membership was removed.
-    async fn unshare_calendar(
-        &self,
-        ctx: &Context<'_>,
-        calendar_id: ID,
-        user_id: ID,
-    ) -> ApiResult<bool> {
-        let cal_id = d::CalendarId::parse(&calendar_id)?;
-        let user = d::UserId::parse(&user_id)?;
-        let (_, my_role) = calendar_with_role(ctx, cal_id).await?;
-        if !my_role.can_share() {
-            return Err(ApiError::Forbidden);
-        }
-        let removed = rc(ctx).store.unshare_calendar(cal_id, user).await?;
-        rc(ctx).loaders.calendars.clear(cal_id).await;
-        Ok(removed)
-    }
-
+impl EventMutation {
     /// Creates an event with its attendees and reservations, atomically (writers and owners).
     /// With `rrule` it is a series, and each reservation books every occurrence in the booking
     /// horizon. A booking that overlaps another fails with RESOURCE_CONFLICT listing the conflicts
@@ -344,46 +220,27 @@ impl MutationRoot {
                 row,
             )
         };
-        let rule_change = !matches!(input.rrule, MaybeUndefined::Undefined);
-        let ev = match (target, scope) {
+        let edit = SeriesEdit {
+            target: target.edit_target(),
+            scope: EditScope::requested(scope),
+            rule_change: !matches!(input.rrule, MaybeUndefined::Undefined),
+        };
+        let ev = match (series_edit::plan(edit), target) {
+            (EditPlan::Reject(message), _) => return Err(ApiError::bad_input(message)),
             // A single event or an override row: change the row.
-            (Target::Row(row) | Target::Override { row }, None | Some(EditScope::This))
-                if row.rrule.is_none() =>
-            {
-                if rule_change {
-                    return Err(ApiError::bad_input(
-                        "rrule can only change on a whole series",
-                    ));
-                }
+            (EditPlan::UpdateRow, Target::Row(row) | Target::Override { row }) => {
                 let patch = base(&row)?;
                 store.update_event(row.id, expected_version, &patch).await?
             }
-            (Target::Row(_), Some(EditScope::This)) => {
-                return Err(ApiError::bad_input(
-                    "scope THIS needs an occurrence id (seriesId_originalStart)",
-                ));
-            }
-            (Target::Row(row), Some(EditScope::ThisAndFollowing))
-                if row.recurring_event_id.is_none() =>
-            {
-                return Err(ApiError::bad_input(
-                    "scope THIS_AND_FOLLOWING needs an occurrence id",
-                ));
-            }
             // The whole series, addressed by its id.
-            (Target::Row(master), None | Some(EditScope::All)) => {
+            (EditPlan::UpdateSeries, Target::Row(master)) => {
                 let patch = series_patch(&master, &input, Duration::zero())?;
                 store
                     .update_event(master.id, expected_version, &patch)
                     .await?
             }
             // One generated occurrence: it becomes an override.
-            (Target::Generated { master, occurrence }, None | Some(EditScope::This)) => {
-                if rule_change {
-                    return Err(ApiError::bad_input(
-                        "rrule can only change on a whole series",
-                    ));
-                }
+            (EditPlan::OverrideOccurrence, Target::Generated { master, occurrence }) => {
                 let occ_row = d::Event {
                     start_time: occurrence.start,
                     end_time: occurrence.end,
@@ -402,7 +259,7 @@ impl MutationRoot {
                     .await?
             }
             // The whole series, addressed through one occurrence: times move by the same amount.
-            (Target::Generated { master, occurrence }, Some(EditScope::All)) => {
+            (EditPlan::UpdateSeriesFromOccurrence, Target::Generated { master, occurrence }) => {
                 let shift = input
                     .start_time
                     .map_or(Duration::zero(), |s| s - occurrence.start);
@@ -411,15 +268,30 @@ impl MutationRoot {
                     .update_event(master.id, expected_version, &patch)
                     .await?
             }
+            // This and following, from an occurrence after the first.
+            (EditPlan::SplitSeries, Target::Generated { master, occurrence }) => {
+                split(
+                    ctx,
+                    &master,
+                    occurrence.original_start,
+                    occurrence.start,
+                    occurrence.end,
+                    expected_version,
+                    &input,
+                )
+                .await?
+            }
             // An override row (by occurrence id, or by its own row id for THIS_AND_FOLLOWING):
             // the edit reaches its series.
-            (Target::Override { row }, Some(EditScope::All | EditScope::ThisAndFollowing))
-            | (Target::Row(row), Some(EditScope::ThisAndFollowing)) => {
+            (
+                plan @ (EditPlan::UpdateSeriesFromOverride | EditPlan::SplitSeriesAtOverride),
+                Target::Row(row) | Target::Override { row },
+            ) => {
                 let series = row.recurring_event_id.ok_or(ApiError::NotFound)?;
                 let master = crate::loaders::one(&rc(ctx).loaders.events, series)
                     .await?
                     .ok_or(ApiError::NotFound)?;
-                if matches!(scope, Some(EditScope::All)) {
+                if plan == EditPlan::UpdateSeriesFromOverride {
                     let shift = input
                         .start_time
                         .map_or(Duration::zero(), |s| s - row.start_time);
@@ -441,31 +313,11 @@ impl MutationRoot {
                     .await?
                 }
             }
-            (Target::Generated { master, occurrence }, Some(EditScope::ThisAndFollowing)) => {
-                if occurrence.original_start == master.start_time {
-                    let shift = input
-                        .start_time
-                        .map_or(Duration::zero(), |s| s - occurrence.start);
-                    let patch = series_patch(&master, &input, shift)?;
-                    store
-                        .update_event(master.id, expected_version, &patch)
-                        .await?
-                } else {
-                    split(
-                        ctx,
-                        &master,
-                        occurrence.original_start,
-                        occurrence.start,
-                        occurrence.end,
-                        expected_version,
-                        &input,
-                    )
-                    .await?
-                }
-            }
-            (Target::Override { row }, None | Some(EditScope::This)) => {
-                let patch = base(&row)?;
-                store.update_event(row.id, expected_version, &patch).await?
+            // `edit_target` describes the target the plan is for: no other pairing occurs.
+            (plan, _) => {
+                return Err(ApiError::Internal(format!(
+                    "edit plan {plan:?} does not fit its target"
+                )));
             }
         };
         Ok(refreshed(ctx, ev).await)
@@ -566,90 +418,6 @@ impl MutationRoot {
             .remove_attendee(id, expected_version, user)
             .await?;
         Ok(refreshed(ctx, ev).await)
-    }
-
-    /// Books a resource for an event (for the event's times unless given). For a series id it
-    /// books every occurrence in the booking horizon, all or nothing, and returns the first
-    /// booking; for an occurrence id, that occurrence. RESOURCE_CONFLICT lists the bookings in the
-    /// way (`extensions.conflicts`).
-    async fn reserve_resource(
-        &self,
-        ctx: &Context<'_>,
-        event_id: ID,
-        resource_id: ID,
-        start_time: Option<DateTime<Utc>>,
-        end_time: Option<DateTime<Utc>>,
-        expected_version: Option<i64>,
-    ) -> ApiResult<Reservation> {
-        let input = ReservationInput {
-            resource_id,
-            start_time,
-            end_time,
-        };
-        let mut wanted = reservations(ctx, std::slice::from_ref(&input))?;
-        let (target, access) = resolve(ctx, &event_id).await?;
-        if !access.can_write() {
-            return Err(ApiError::Forbidden);
-        }
-        let r = rc(ctx);
-        let res = crate::loaders::one(&r.loaders.resources, wanted[0].resource_id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        let row = target.row().clone();
-        match &target {
-            Target::Generated { occurrence, .. } => {
-                wanted[0].start_time = wanted[0].start_time.or(Some(occurrence.start));
-                wanted[0].end_time = wanted[0].end_time.or(Some(occurrence.end));
-            }
-            Target::Row(master)
-                if master.rrule.is_some() && start_time.is_none() && end_time.is_none() =>
-            {
-                let rule = d::instances::rule_of(master)?.ok_or(ApiError::NotFound)?;
-                wanted = bookings_for_series(
-                    ctx,
-                    &rule,
-                    master.end_time - master.start_time,
-                    &master.exdates,
-                    &[res.id],
-                )?;
-            }
-            _ => {}
-        }
-        let booked = r.store.reserve(row.id, expected_version, &wanted).await?;
-        r.loaders.reservations.clear(row.id).await;
-        r.loaders.events.clear(row.id).await;
-        let first = booked.into_iter().next().ok_or(ApiError::NotFound)?;
-        Ok(Reservation {
-            r: first,
-            resource: res,
-        })
-    }
-
-    /// Cancels a reservation (writers and owners of the event's calendar).
-    async fn cancel_reservation(
-        &self,
-        ctx: &Context<'_>,
-        reservation_id: ID,
-    ) -> ApiResult<Reservation> {
-        viewer(ctx)?;
-        let rid = d::ReservationId::parse(&reservation_id)?;
-        let r = rc(ctx);
-        let existing = r
-            .store
-            .reservation_by_id(rid)
-            .await?
-            .ok_or(ApiError::Forbidden)?;
-        writable_event(ctx, existing.event_id).await?;
-        let res = crate::loaders::one(&r.loaders.resources, existing.resource_id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        let cancelled = r.store.cancel_reservation(rid).await?;
-        r.loaders.reservations.clear(existing.event_id).await;
-        r.loaders.events.clear(existing.event_id).await;
-        Ok(Reservation {
-            r: cancelled,
-            resource: res,
-        })
     }
 }
 
