@@ -34,9 +34,9 @@ type FetchLists<T> = for<'a> fn(
     &'a [EventId],
 ) -> BoxFuture<'a, Result<Vec<VersionedList<T>>, StorageError>>;
 
-/// What every batch function needs to reach the tiers and the database.
+/// What every batch function needs to context the tiers and the database.
 #[derive(Clone)]
-pub struct Reach {
+pub struct LoaderContext {
     pub store: Store,
     pub tiers: Arc<Tiers>,
     pub stats: Arc<RequestStats>,
@@ -52,7 +52,7 @@ pub struct Kind<K, T> {
 
 /// Batch function for "one row per id".
 pub struct ById<K, T> {
-    reach: Reach,
+    context: LoaderContext,
     fetch: Fetch<K, T>,
     kind: Kind<K, T>,
 }
@@ -63,13 +63,13 @@ where
     T: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
 {
     async fn load(&mut self, keys: &[K]) -> HashMap<K, Loaded<T>> {
-        let tiers = &self.reach.tiers;
+        let tiers = &self.context.tiers;
         let specs: Vec<_> = keys
             .iter()
             .map(|k| tiers.spec(self.kind.kind, (self.kind.key)(*k)))
             .collect();
         let (store, fetch, id_of, version_of) = (
-            self.reach.store.clone(),
+            self.context.store.clone(),
             self.fetch,
             self.kind.id_of,
             self.kind.version_of,
@@ -80,7 +80,7 @@ where
             .cache
             .get_many(
                 &specs,
-                Some(&self.reach.stats),
+                Some(&self.context.stats),
                 move |missing: Vec<usize>| async move {
                     let ids: Vec<K> = missing.iter().map(|&i| wanted[i]).collect();
                     let mut rows: foldhash::HashMap<K, T> = fetch(&store, &ids)
@@ -119,7 +119,7 @@ where
 /// Batch function for "all rows belonging to an event" (attendees, reservations); each list is
 /// cached with its event's version.
 pub struct Grouped<T> {
-    reach: Reach,
+    context: LoaderContext,
     fetch: FetchLists<T>,
     kind: KeyKind,
     key: fn(EventId) -> String,
@@ -130,19 +130,19 @@ where
     T: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
 {
     async fn load(&mut self, keys: &[EventId]) -> HashMap<EventId, LoadedList<T>> {
-        let tiers = &self.reach.tiers;
+        let tiers = &self.context.tiers;
         let specs: Vec<_> = keys
             .iter()
             .map(|k| tiers.spec(self.kind, (self.key)(*k)))
             .collect();
-        let (store, fetch) = (self.reach.store.clone(), self.fetch);
+        let (store, fetch) = (self.context.store.clone(), self.fetch);
         let wanted = keys.to_vec();
         let span = crate::observe::loader_batch(self.kind.label(), keys.len());
         let result = tiers
             .cache
             .get_many(
                 &specs,
-                Some(&self.reach.stats),
+                Some(&self.context.stats),
                 move |missing: Vec<usize>| async move {
                     let ids: Vec<EventId> = missing.iter().map(|&i| wanted[i]).collect();
                     let mut lists: foldhash::HashMap<EventId, VersionedList<T>> =
@@ -195,7 +195,7 @@ pub type GroupedLoader<T> = Loader<EventId, LoadedList<T>, Grouped<T>>;
 impl<K: Copy, T> Clone for ById<K, T> {
     fn clone(&self) -> Self {
         Self {
-            reach: self.reach.clone(),
+            context: self.context.clone(),
             fetch: self.fetch,
             kind: self.kind.clone(),
         }
@@ -205,7 +205,7 @@ impl<K: Copy, T> Clone for ById<K, T> {
 impl<T> Clone for Grouped<T> {
     fn clone(&self) -> Self {
         Self {
-            reach: self.reach.clone(),
+            context: self.context.clone(),
             fetch: self.fetch,
             kind: self.kind,
             key: self.key,
@@ -239,13 +239,13 @@ pub enum Batch<'a> {
 /// Larger than any batch a valid request can produce, so a request never splits a batch in two.
 const MAX_BATCH: usize = 100_000;
 
-fn by_id<K, T>(reach: &Reach, fetch: Fetch<K, T>, kind: Kind<K, T>) -> ByIdLoader<K, T>
+fn by_id<K, T>(context: &LoaderContext, fetch: Fetch<K, T>, kind: Kind<K, T>) -> ByIdLoader<K, T>
 where
     K: Eq + Hash + Copy + Send + Sync + std::fmt::Debug + 'static,
     T: Serialize + DeserializeOwned + GetSize + Send + Sync + 'static,
 {
     Loader::new(ById {
-        reach: reach.clone(),
+        context: context.clone(),
         fetch,
         kind,
     })
@@ -284,7 +284,7 @@ impl Loaders {
         }
     }
 
-    pub fn new(reach: &Reach) -> Self {
+    pub fn new(context: &LoaderContext) -> Self {
         let users = Kind {
             kind: KeyKind::UserProfile,
             key: cache_keys::user_profile,
@@ -296,19 +296,19 @@ impl Loaders {
         let reservations_fetch: FetchLists<Booking> =
             |s, k| Box::pin(s.reservations_by_event_ids(k));
         let attendees_fn = Grouped {
-            reach: reach.clone(),
+            context: context.clone(),
             fetch: attendees_fetch,
             kind: KeyKind::EventAttendees,
             key: cache_keys::event_attendees,
         };
         let reservations_fn = Grouped {
-            reach: reach.clone(),
+            context: context.clone(),
             fetch: reservations_fetch,
             kind: KeyKind::EventReservations,
             key: cache_keys::event_reservations,
         };
         let users_fn = ById {
-            reach: reach.clone(),
+            context: context.clone(),
             fetch: users_fetch,
             kind: users,
         };
@@ -320,7 +320,7 @@ impl Loaders {
             attendees: Loader::new(attendees_fn).with_max_batch_size(MAX_BATCH),
             reservations: Loader::new(reservations_fn).with_max_batch_size(MAX_BATCH),
             calendars: by_id(
-                reach,
+                context,
                 |s, k| Box::pin(s.calendars_by_ids(k)),
                 Kind {
                     kind: KeyKind::CalendarSummary,
@@ -330,7 +330,7 @@ impl Loaders {
                 },
             ),
             events: by_id(
-                reach,
+                context,
                 |s, k| Box::pin(s.events_by_ids(k)),
                 Kind {
                     kind: KeyKind::EventFull,
@@ -342,7 +342,7 @@ impl Loaders {
             // A resource's version is its bookings version (the database bumps it whenever one of
             // its reservations changes): it names the generation of its availability entries.
             resources: by_id(
-                reach,
+                context,
                 |s, k| Box::pin(s.resources_by_ids(k)),
                 Kind {
                     kind: KeyKind::Resource,

@@ -51,7 +51,7 @@ use crate::{
     l1::{ENTRY_OVERHEAD, FillOutcome, L1, L1Entry},
     l2::{self, FillItem, L2, Stored},
     metrics::{self, Metrics, Tally},
-    spans, xfetch,
+    trace_spans, xfetch,
 };
 use tracing::Instrument;
 
@@ -505,7 +505,7 @@ impl TieredCache {
         // L1.
         match self.active_l1(stats) {
             Some(l1) => {
-                let span = spans::tier(metrics::L1, unique.len());
+                let span = trace_spans::tier(metrics::L1, unique.len());
                 for &i in &unique {
                     let spec = &keys[i];
                     match self.l1_lookup::<V>(l1, &spec.key, now).await {
@@ -527,7 +527,7 @@ impl TieredCache {
                 }
                 let hits = unique.len() - need_l2.len() - need_db.len();
                 bump(stats, |s| &s.l1_hits, hits);
-                spans::found(&span, unique.len(), hits);
+                trace_spans::found(&span, unique.len(), hits);
             }
             None => need_l2 = unique,
         }
@@ -536,7 +536,8 @@ impl TieredCache {
         if !need_l2.is_empty() {
             match &inner.l2 {
                 Some(l2) => {
-                    let (span, before) = (spans::tier(metrics::L2, need_l2.len()), need_db.len());
+                    let (span, before) =
+                        (trace_spans::tier(metrics::L2, need_l2.len()), need_db.len());
                     self.l2_lookup(
                         l2,
                         keys,
@@ -552,7 +553,7 @@ impl TieredCache {
                     .await;
                     let hits = need_l2.len() - (need_db.len() - before);
                     bump(stats, |s| &s.l2_hits, hits);
-                    spans::found(&span, need_l2.len(), hits);
+                    trace_spans::found(&span, need_l2.len(), hits);
                 }
                 None => need_db.extend_from_slice(&need_l2),
             }
@@ -562,7 +563,7 @@ impl TieredCache {
         if !need_db.is_empty() {
             need_db.sort_unstable();
             bump(stats, |s| &s.misses, need_db.len());
-            let span = spans::tier(metrics::DB, need_db.len());
+            let span = trace_spans::tier(metrics::DB, need_db.len());
             let result = self
                 .load_shared(keys, &need_db, &snapshots, started, stats, load, &mut tally)
                 .instrument(span.clone())
@@ -585,7 +586,7 @@ impl TieredCache {
                 versions.push((i, slot.version));
                 out[i] = Some(slot.value.clone());
             }
-            spans::found(&span, need_db.len(), hits);
+            trace_spans::found(&span, need_db.len(), hits);
         }
         tally.flush(&inner.metrics);
 

@@ -17,7 +17,7 @@
 //! - [`bus`]: the [`InvalidationBus`] trait and its in-process implementation.
 //! - [`hooks`]: [`FillHooks`], test hooks around a fill.
 //! - `metrics`: the Prometheus counters and gauges.
-//! - `spans`: the tracing spans of a lookup batch (one per tier step).
+//! - `trace_spans`: the tracing spans of a lookup batch (one per tier step).
 //!
 //! The cache is never the source of truth: a Redis failure becomes a loader call and a metric,
 //! never an error returned to the caller. The only errors `get_many` returns are the loader's.
@@ -33,7 +33,7 @@ mod l1;
 mod l2;
 mod metrics;
 pub mod priority;
-mod spans;
+mod trace_spans;
 pub mod xfetch;
 
 pub use breaker::BreakerState;

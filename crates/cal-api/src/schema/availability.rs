@@ -4,11 +4,11 @@
 //! its reservations). Readers take the version from the (cached) resource, so after a booking
 //! they read new entries; all missing days of a window are loaded with one statement.
 
-use super::spans::load_spans;
+use super::range_slices::load_slices;
 use crate::error::ApiResult;
 use crate::tiers::Tiers;
 use cal_cache::RequestStats;
-use cal_domain as d;
+use cal_domain as domain;
 use cal_domain::cache_keys::{self, KeyKind};
 use cal_storage::Store;
 
@@ -18,9 +18,9 @@ pub(crate) async fn bookings(
     tiers: &Tiers,
     store: &Store,
     stats: &RequestStats,
-    res: &d::Resource,
-    w: &d::TimeWindow,
-) -> ApiResult<Vec<d::Interval>> {
+    res: &domain::Resource,
+    w: &domain::TimeWindow,
+) -> ApiResult<Vec<domain::Interval>> {
     let days = cache_keys::days_covering(w.from(), w.to());
     let specs: Vec<_> = days
         .iter()
@@ -32,7 +32,7 @@ pub(crate) async fn bookings(
         })
         .collect();
     let (store, id) = (store.cache_backed(), res.id);
-    let per_day = load_spans(
+    let per_day = load_slices(
         tiers,
         stats,
         &specs,
@@ -42,7 +42,7 @@ pub(crate) async fn bookings(
         |rows, (from, to)| {
             rows.iter()
                 .map(|(_, booked)| *booked)
-                .filter(|b: &d::Interval| b.start < to && b.end > from)
+                .filter(|b: &domain::Interval| b.start < to && b.end > from)
                 .collect::<Vec<_>>()
         },
     )

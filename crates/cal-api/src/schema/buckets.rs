@@ -5,14 +5,14 @@
 //! touches: it bumps the generation, and readers of the new calendar summary read new buckets.
 //! All missing months of a window are loaded with one statement.
 
+use super::range_slices::load_slices;
 use super::rc;
-use super::spans::load_spans;
 use crate::error::ApiResult;
 use crate::tiers::Tiers;
 use async_graphql::Context;
 use cal_cache::Loaded as Filled;
 use cal_cache::RequestStats;
-use cal_domain as d;
+use cal_domain as domain;
 use cal_domain::cache_keys::{self, KeyKind};
 use cal_domain::{MAX_EVENT_DURATION, TimeWindow};
 use cal_storage::Store;
@@ -25,15 +25,17 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, get_size2::GetSize)]
 pub(crate) struct Bucket {
     // `Arc`s: a warm read shares the cached rows instead of copying them.
-    pub singles: Vec<Arc<d::Event>>,
-    pub masters: Vec<Arc<d::Event>>,
-    pub overrides: Vec<Arc<d::Event>>,
+    pub singles: Vec<Arc<domain::Event>>,
+    pub masters: Vec<Arc<domain::Event>>,
+    pub overrides: Vec<Arc<domain::Event>>,
 }
 
 impl Bucket {
     /// The part of `rows` that belongs to the month `[from, to)`.
     fn month(rows: &cal_storage::WindowRows, from: DateTime<Utc>, to: DateTime<Utc>) -> Bucket {
-        let pick = |list: &[d::Event], keep: &dyn Fn(&d::Event) -> bool| -> Vec<Arc<d::Event>> {
+        let pick = |list: &[domain::Event],
+                    keep: &dyn Fn(&domain::Event) -> bool|
+         -> Vec<Arc<domain::Event>> {
             list.iter()
                 .filter(|e| keep(e))
                 .map(|e| Arc::new(e.clone()))
@@ -51,7 +53,7 @@ impl Bucket {
         }
     }
 
-    fn absorb(&mut self, other: &Bucket, seen: &mut HashSet<(u8, d::EventId)>) {
+    fn absorb(&mut self, other: &Bucket, seen: &mut HashSet<(u8, domain::EventId)>) {
         for (part, list, into) in [
             (0u8, &other.singles, &mut self.singles),
             (1, &other.masters, &mut self.masters),
@@ -69,7 +71,7 @@ impl Bucket {
 /// Everything `cal` shows in `w`, through the month buckets of its current generation.
 pub(crate) async fn window_rows(
     ctx: &Context<'_>,
-    cal: &d::Calendar,
+    cal: &domain::Calendar,
     w: &TimeWindow,
 ) -> ApiResult<Bucket> {
     let r = rc(ctx);
@@ -81,7 +83,7 @@ pub(crate) async fn load_window(
     tiers: &Tiers,
     store: &Store,
     stats: &RequestStats,
-    cal: &d::Calendar,
+    cal: &domain::Calendar,
     w: &TimeWindow,
 ) -> ApiResult<Bucket> {
     let months = cache_keys::months_covering(w.from(), w.to());
@@ -95,7 +97,7 @@ pub(crate) async fn load_window(
         })
         .collect();
     let (store, cal_id) = (store.cache_backed(), cal.id);
-    let buckets = load_spans(
+    let buckets = load_slices(
         tiers,
         stats,
         &specs,
@@ -118,7 +120,7 @@ pub(crate) async fn load_window(
 pub async fn warm(
     tiers: &Tiers,
     store: &Store,
-    calendars: &[d::CalendarId],
+    calendars: &[domain::CalendarId],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> usize {
@@ -138,14 +140,15 @@ pub async fn warm(
             &specs,
             Some(&stats),
             move |missing: Vec<usize>| async move {
-                let want: Vec<d::CalendarId> = missing.iter().map(|&i| ids[i]).collect();
+                let want: Vec<domain::CalendarId> = missing.iter().map(|&i| ids[i]).collect();
                 let rows = owned.calendars_by_ids(&want).await?;
                 Ok::<_, cal_storage::StorageError>(
                     missing
                         .into_iter()
                         .map(|i| {
                             let value = rows.iter().find(|c| c.id == ids[i]).cloned();
-                            let version = value.as_ref().map_or(0, |c: &d::Calendar| c.version);
+                            let version =
+                                value.as_ref().map_or(0, |c: &domain::Calendar| c.version);
                             Filled {
                                 index: i,
                                 value,

@@ -32,7 +32,7 @@ use async_graphql::parser::types::{
 use async_graphql::resolver_utils::EnumType;
 use async_graphql::{InputType, Name, Variables};
 use async_graphql_value::{ConstValue, Value};
-use cal_domain as d;
+use cal_domain as domain;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
@@ -85,9 +85,9 @@ struct Memo<'a> {
 /// What one `Calendar.events` selection needs, loaded before anything is written.
 struct Loaded {
     page: EventPage,
-    attendees: foldhash::HashMap<d::EventId, Arc<Vec<d::Attendee>>>,
-    bookings: foldhash::HashMap<d::EventId, Arc<Vec<Booking>>>,
-    users: foldhash::HashMap<d::UserId, Arc<d::User>>,
+    attendees: foldhash::HashMap<domain::EventId, Arc<Vec<domain::Attendee>>>,
+    bookings: foldhash::HashMap<domain::EventId, Arc<Vec<Booking>>>,
+    users: foldhash::HashMap<domain::UserId, Arc<domain::User>>,
 }
 
 impl<'a> Exec<'a> {
@@ -210,7 +210,7 @@ impl<'a> Exec<'a> {
                 "__typename" => calendars.push(None),
                 "calendar" => {
                     let id: async_graphql::ID = self.arg(f, "id")?;
-                    let id = d::CalendarId::parse(&id).map_err(|_| Fallback)?;
+                    let id = domain::CalendarId::parse(&id).map_err(|_| Fallback)?;
                     let (cal, role) = r.calendar_with_role(id).await?;
                     let pages = self
                         .calendar_pages(r, &cal, role, &f.selection_set.node)
@@ -244,8 +244,8 @@ impl<'a> Exec<'a> {
     async fn calendar_pages(
         &self,
         r: &RequestCtx,
-        cal: &d::Calendar,
-        role: d::Role,
+        cal: &domain::Calendar,
+        role: domain::Role,
         set: &'a SelectionSet,
     ) -> R<Vec<Loaded>> {
         let mut pages = Vec::new();
@@ -312,8 +312,8 @@ impl<'a> Exec<'a> {
         out: &mut Vec<u8>,
         memo: &mut Memo<'a>,
         set: &'a SelectionSet,
-        cal: &d::Calendar,
-        role: d::Role,
+        cal: &domain::Calendar,
+        role: domain::Role,
         pages: &[Loaded],
     ) -> R<()> {
         let mut pages = pages.iter();
@@ -461,7 +461,7 @@ impl<'a> Exec<'a> {
         })
     }
 
-    fn user(&self, out: &mut Vec<u8>, fields: &[&'a Field], u: &d::User) -> R<()> {
+    fn user(&self, out: &mut Vec<u8>, fields: &[&'a Field], u: &domain::User) -> R<()> {
         object(out, fields, |out, f| {
             match f.name.node.as_str() {
                 "__typename" => string(out, "User"),
@@ -482,7 +482,7 @@ impl<'a> Exec<'a> {
         out: &mut Vec<u8>,
         memo: &mut Memo<'a>,
         fields: &[&'a Field],
-        a: &d::Attendee,
+        a: &domain::Attendee,
         l: &Loaded,
     ) -> R<()> {
         object(out, fields, |out, f| {
@@ -553,8 +553,8 @@ impl<'a> Exec<'a> {
 /// The maps a page's fields read: attendee lists, bookings and users, all already in the
 /// loaders' memo after [`events_page`]'s prefetch (no statement is sent here).
 async fn gather(r: &RequestCtx, page: EventPage, wants: Wants) -> R<Loaded> {
-    let ids: Vec<d::EventId> = {
-        let mut ids: Vec<d::EventId> = page.edges.iter().map(|(_, e)| e.row.id).collect();
+    let ids: Vec<domain::EventId> = {
+        let mut ids: Vec<domain::EventId> = page.edges.iter().map(|(_, e)| e.row.id).collect();
         ids.sort();
         ids.dedup();
         ids
@@ -589,7 +589,7 @@ async fn gather(r: &RequestCtx, page: EventPage, wants: Wants) -> R<Loaded> {
             loaded.bookings.insert(id, v.map_err(|_| Fallback)?);
         }
     }
-    let mut users: Vec<d::UserId> = Vec::new();
+    let mut users: Vec<domain::UserId> = Vec::new();
     if wants.organizer {
         users.extend(loaded.page.edges.iter().map(|(_, e)| e.row.organizer_id));
     }

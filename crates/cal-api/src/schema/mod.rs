@@ -10,8 +10,8 @@ mod direct;
 mod emails;
 mod mutation;
 mod query;
+mod range_slices;
 mod series;
-mod spans;
 mod types;
 
 pub use mutation::MutationRoot;
@@ -21,7 +21,7 @@ pub use series::EditScope;
 use crate::ApiConfig;
 use crate::auth::Viewer;
 use crate::error::{ApiError, ApiResult};
-use crate::loaders::{Loaders, Reach};
+use crate::loaders::{LoaderContext, Loaders};
 use crate::tiers::Tiers;
 use async_graphql::{Context, EmptySubscription, Schema};
 use cal_cache::RequestStats;
@@ -137,14 +137,14 @@ impl RequestCtx {
         tiers: Arc<Tiers>,
         cache_stats: Arc<RequestStats>,
     ) -> Self {
-        let reach = Reach {
+        let context = LoaderContext {
             store: store.cache_backed(),
             tiers: tiers.clone(),
             stats: cache_stats.clone(),
         };
         Self {
             viewer,
-            loaders: Loaders::new(&reach),
+            loaders: Loaders::new(&context),
             emails: emails::EmailRule::new(viewer, store.clone()),
             store,
             config,

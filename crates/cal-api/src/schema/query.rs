@@ -6,7 +6,7 @@ use super::{rc, viewer};
 use crate::error::{ApiError, ApiResult};
 use crate::loaders::one;
 use async_graphql::{Context, ID, Object};
-use cal_domain as d;
+use cal_domain as domain;
 use chrono::{DateTime, Utc};
 
 pub struct QueryRoot;
@@ -15,7 +15,7 @@ pub struct QueryRoot;
 pub(crate) fn parse_ids<T: Ord>(
     ctx: &Context<'_>,
     ids: &[ID],
-    parse: fn(&str) -> Result<T, d::DomainError>,
+    parse: fn(&str) -> Result<T, domain::DomainError>,
 ) -> ApiResult<Vec<T>> {
     let max = rc(ctx).config.max_list_input;
     if ids.len() > max {
@@ -56,7 +56,7 @@ impl QueryRoot {
         Some(
             async move {
                 viewer(ctx)?;
-                let id = d::UserId::parse(&id)?;
+                let id = domain::UserId::parse(&id)?;
                 one(&rc(ctx).loaders.users, id)
                     .await?
                     .map(User)
@@ -70,7 +70,7 @@ impl QueryRoot {
     async fn calendar(&self, ctx: &Context<'_>, id: ID) -> Option<ApiResult<Calendar>> {
         Some(
             async move {
-                let id = d::CalendarId::parse(&id)?;
+                let id = domain::CalendarId::parse(&id)?;
                 let (cal, role) = calendar_with_role(ctx, id).await?;
                 Ok(Calendar { cal, role })
             }
@@ -84,7 +84,7 @@ impl QueryRoot {
         let me = viewer(ctx)?;
         let r = rc(ctx);
         let memberships = r.store.memberships_of(me).await?;
-        let ids: Vec<d::CalendarId> = memberships.iter().map(|(c, _)| *c).collect();
+        let ids: Vec<domain::CalendarId> = memberships.iter().map(|(c, _)| *c).collect();
         let cals = r
             .loaders
             .calendars
@@ -120,7 +120,7 @@ impl QueryRoot {
         Some(
             async move {
                 viewer(ctx)?;
-                let id = d::ResourceId::parse(&id)?;
+                let id = domain::ResourceId::parse(&id)?;
                 one(&rc(ctx).loaders.resources, id)
                     .await?
                     .map(Resource)
@@ -145,9 +145,12 @@ impl QueryRoot {
     ) -> ApiResult<FreeBusy> {
         viewer(ctx)?;
         let w = window(ctx, from, to)?;
-        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
-        let users = parse_ids(ctx, &user_ids, d::UserId::parse)?;
-        let resources = parse_ids(ctx, &resource_ids, d::ResourceId::parse)?;
+        let tz = time_zone
+            .as_deref()
+            .map(domain::parse_time_zone)
+            .transpose()?;
+        let users = parse_ids(ctx, &user_ids, domain::UserId::parse)?;
+        let resources = parse_ids(ctx, &resource_ids, domain::ResourceId::parse)?;
         free_busy_visible(ctx, &users).await?;
         let (user_rows, user_busy) = busy_of_users(ctx, &users, &w).await?;
         let (resource_rows, resource_busy) = busy_of_resources(ctx, &resources, &w).await?;
@@ -190,23 +193,26 @@ impl QueryRoot {
                 "duration (minutes) must be positive and fit in the window",
             ));
         }
-        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
-        let users = parse_ids(ctx, &user_ids, d::UserId::parse)?;
-        let resources = parse_ids(ctx, &resource_ids, d::ResourceId::parse)?;
+        let tz = time_zone
+            .as_deref()
+            .map(domain::parse_time_zone)
+            .transpose()?;
+        let users = parse_ids(ctx, &user_ids, domain::UserId::parse)?;
+        let resources = parse_ids(ctx, &resource_ids, domain::ResourceId::parse)?;
         if users.is_empty() && resources.is_empty() {
             return Err(ApiError::bad_input("give at least one user or resource"));
         }
         free_busy_visible(ctx, &users).await?;
         let (_, user_busy) = busy_of_users(ctx, &users, &w).await?;
         let (_, resource_busy) = busy_of_resources(ctx, &resources, &w).await?;
-        let all: Vec<d::Interval> = user_busy
+        let all: Vec<domain::Interval> = user_busy
             .into_iter()
             .chain(resource_busy)
             .flatten()
             .collect();
-        let busy = d::merge_intervals(all, w.from(), w.to());
+        let busy = domain::merge_intervals(all, w.from(), w.to());
         let min = chrono::Duration::minutes(i64::from(duration));
-        let free = d::free_gaps(&busy, w.from(), w.to())
+        let free = domain::free_gaps(&busy, w.from(), w.to())
             .into_iter()
             .filter(|g| g.end - g.start >= min)
             .collect();
@@ -223,8 +229,11 @@ impl QueryRoot {
         time_zone: Option<String>,
     ) -> ApiResult<ResourceAvailability> {
         viewer(ctx)?;
-        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
-        let id = d::ResourceId::parse(&resource_id)?;
+        let tz = time_zone
+            .as_deref()
+            .map(domain::parse_time_zone)
+            .transpose()?;
+        let id = domain::ResourceId::parse(&resource_id)?;
         let w = window(ctx, from, to)?;
         let r = rc(ctx);
         let res = one(&r.loaders.resources, id)
@@ -232,8 +241,8 @@ impl QueryRoot {
             .ok_or(ApiError::NotFound)?;
         let booked =
             super::availability::bookings(&r.tiers, &r.store, &r.cache_stats, &res, &w).await?;
-        let busy = d::merge_intervals(booked, w.from(), w.to());
-        let free = d::free_gaps(&busy, w.from(), w.to());
+        let busy = domain::merge_intervals(booked, w.from(), w.to());
+        let free = domain::free_gaps(&busy, w.from(), w.to());
         Ok(ResourceAvailability {
             resource: Resource(res),
             busy: rendered(busy, tz),
@@ -248,9 +257,9 @@ type Loaded<T> = Vec<std::sync::Arc<T>>;
 /// intervals in `w`, series expanded and overridden occurrences replaced by their overrides.
 async fn busy_of_users(
     ctx: &Context<'_>,
-    users: &[d::UserId],
-    w: &d::TimeWindow,
-) -> ApiResult<(Loaded<d::User>, Vec<Vec<d::Interval>>)> {
+    users: &[domain::UserId],
+    w: &domain::TimeWindow,
+) -> ApiResult<(Loaded<domain::User>, Vec<Vec<domain::Interval>>)> {
     if users.is_empty() {
         return Ok((vec![], vec![]));
     }
@@ -272,7 +281,7 @@ async fn busy_of_users(
     let (series, overridden) = r.store.busy_series_of_users(users, w).await?;
     let mut busy = Vec::with_capacity(users.len());
     for id in users {
-        let mut mine: Vec<d::Interval> = singles
+        let mut mine: Vec<domain::Interval> = singles
             .iter()
             .filter(|(who, _)| who == id)
             .map(|(_, i)| *i)
@@ -283,14 +292,14 @@ async fn busy_of_users(
                 .filter(|(s, _)| *s == master.id)
                 .map(|(_, t)| *t)
                 .collect();
-            let occ = d::instances::occurrences_of(master, &replaced, w.from(), w.to())
+            let occ = domain::instances::occurrences_of(master, &replaced, w.from(), w.to())
                 .map_err(|e| ApiError::Internal(e.0))?;
-            mine.extend(occ.into_iter().map(|o| d::Interval {
+            mine.extend(occ.into_iter().map(|o| domain::Interval {
                 start: o.start,
                 end: o.end,
             }));
         }
-        busy.push(d::merge_intervals(mine, w.from(), w.to()));
+        busy.push(domain::merge_intervals(mine, w.from(), w.to()));
     }
     Ok((found, busy))
 }
@@ -298,9 +307,9 @@ async fn busy_of_users(
 /// Like [`busy_of_users`] for resources (their bookings are stored per occurrence already).
 async fn busy_of_resources(
     ctx: &Context<'_>,
-    resources: &[d::ResourceId],
-    w: &d::TimeWindow,
-) -> ApiResult<(Loaded<d::Resource>, Vec<Vec<d::Interval>>)> {
+    resources: &[domain::ResourceId],
+    w: &domain::TimeWindow,
+) -> ApiResult<(Loaded<domain::Resource>, Vec<Vec<domain::Interval>>)> {
     if resources.is_empty() {
         return Ok((vec![], vec![]));
     }
@@ -322,7 +331,7 @@ async fn busy_of_resources(
     let busy = resources
         .iter()
         .map(|id| {
-            d::merge_intervals(
+            domain::merge_intervals(
                 all.iter()
                     .filter(|(who, _)| who == id)
                     .map(|(_, i)| *i)

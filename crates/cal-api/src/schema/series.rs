@@ -6,7 +6,7 @@ use super::access::{EventAccess, readable_event};
 use super::rc;
 use crate::error::{ApiError, ApiResult};
 use async_graphql::{Context, Enum, ID};
-use cal_domain as d;
+use cal_domain as domain;
 use cal_domain::Occurrence;
 use cal_domain::recurrence::RecurrenceRule;
 use cal_domain::series_edit::{EditTarget, Scope};
@@ -39,19 +39,19 @@ impl EditScope {
 /// What a public event id denotes.
 pub(crate) enum Target {
     /// A stored row addressed by its own id: a single event, a series master or an override.
-    Row(Arc<d::Event>),
+    Row(Arc<domain::Event>),
     /// An occurrence the rule generates, not stored.
     Generated {
-        master: Arc<d::Event>,
+        master: Arc<domain::Event>,
         occurrence: Occurrence,
     },
     /// An occurrence addressed by instance id that has been overridden: the override row.
-    Override { row: Arc<d::Event> },
+    Override { row: Arc<domain::Event> },
 }
 
 impl Target {
     /// The stored row edits of "this event" apply to when no occurrence logic is involved.
-    pub fn row(&self) -> &Arc<d::Event> {
+    pub fn row(&self) -> &Arc<domain::Event> {
         match self {
             Target::Row(r) | Target::Override { row: r } => r,
             Target::Generated { master, .. } => master,
@@ -89,12 +89,12 @@ impl Target {
 /// Resolves an event id the viewer may read. Unknown and invisible ids answer FORBIDDEN; an
 /// occurrence a visible series does not have (or no longer has) answers NOT_FOUND.
 pub(crate) async fn resolve(ctx: &Context<'_>, id: &ID) -> ApiResult<(Target, EventAccess)> {
-    match d::EventRef::parse(id)? {
-        d::EventRef::Row(id) => {
+    match domain::EventRef::parse(id)? {
+        domain::EventRef::Row(id) => {
             let (ev, access) = readable_event(ctx, id).await?;
             Ok((Target::Row(ev), access))
         }
-        d::EventRef::Instance(inst) => {
+        domain::EventRef::Instance(inst) => {
             let (master, access) = readable_event(ctx, inst.series).await?;
             if master.rrule.is_none() {
                 return Err(ApiError::NotFound);
@@ -111,7 +111,7 @@ pub(crate) async fn resolve(ctx: &Context<'_>, id: &ID) -> ApiResult<(Target, Ev
             }
             let probe_end = inst.original_start + Duration::seconds(1);
             let occurrence =
-                d::instances::occurrences_of(&master, &[], inst.original_start, probe_end)
+                domain::instances::occurrences_of(&master, &[], inst.original_start, probe_end)
                     .map_err(|e| ApiError::Internal(e.0))?
                     .into_iter()
                     .find(|o| o.original_start == inst.original_start)
@@ -130,8 +130,8 @@ pub(crate) fn check_schedule(
     all_day: bool,
     rrule: Option<&str>,
 ) -> ApiResult<(Option<RecurrenceRule>, Option<DateTime<Utc>>)> {
-    d::check_event_times(start, end)?;
-    let tz = d::parse_time_zone(time_zone)?;
+    domain::check_event_times(start, end)?;
+    let tz = domain::parse_time_zone(time_zone)?;
     if all_day {
         let midnight = |t: DateTime<Utc>| t.num_seconds_from_midnight() == 0 && t.nanosecond() == 0;
         if !midnight(start) || !midnight(end) {
@@ -158,7 +158,7 @@ pub(crate) fn bookings_for_series(
     rule: &RecurrenceRule,
     duration: Duration,
     exdates: &[DateTime<Utc>],
-    resources: &[d::ResourceId],
+    resources: &[domain::ResourceId],
 ) -> ApiResult<Vec<cal_storage::NewReservation>> {
     let config = &rc(ctx).config;
     let from = rule.start();

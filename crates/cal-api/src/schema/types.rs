@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::loaders::{Batch, Booking, one};
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
-use cal_domain as d;
+use cal_domain as domain;
 use cal_domain::Occurrence;
 use cal_domain::{EventCursor, TimeWindow};
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
@@ -30,19 +30,19 @@ macro_rules! mirror_enum {
 }
 
 mirror_enum!(/// A member's role on a calendar.
-    CalendarRole <=> d::Role { Owner, Writer, Reader, FreeBusy });
+    CalendarRole <=> domain::Role { Owner, Writer, Reader, FreeBusy });
 mirror_enum!(/// Whether an event takes place.
-    EventStatus <=> d::EventStatus { Confirmed, Tentative, Cancelled });
+    EventStatus <=> domain::EventStatus { Confirmed, Tentative, Cancelled });
 mirror_enum!(/// Whether an event blocks time in free/busy.
-    Transparency <=> d::Transparency { Busy, Free });
+    Transparency <=> domain::Transparency { Busy, Free });
 mirror_enum!(/// An attendee's answer to an invitation.
-    ResponseStatus <=> d::ResponseStatus { NeedsAction, Accepted, Declined, Tentative });
+    ResponseStatus <=> domain::ResponseStatus { NeedsAction, Accepted, Declined, Tentative });
 mirror_enum!(/// Whether a reservation holds its resource.
-    ReservationStatus <=> d::ReservationStatus { Confirmed, Cancelled });
+    ReservationStatus <=> domain::ReservationStatus { Confirmed, Cancelled });
 mirror_enum!(/// What a resource is.
-    ResourceKind <=> d::ResourceKind { Room, Equipment });
+    ResourceKind <=> domain::ResourceKind { Room, Equipment });
 
-pub struct User(pub Arc<d::User>);
+pub struct User(pub Arc<domain::User>);
 
 #[Object]
 impl User {
@@ -65,7 +65,7 @@ impl User {
     }
 }
 
-pub(crate) async fn load_user(ctx: &Context<'_>, id: d::UserId) -> ApiResult<User> {
+pub(crate) async fn load_user(ctx: &Context<'_>, id: domain::UserId) -> ApiResult<User> {
     one(&rc(ctx).loaders.users, id)
         .await?
         .map(User)
@@ -74,8 +74,8 @@ pub(crate) async fn load_user(ctx: &Context<'_>, id: d::UserId) -> ApiResult<Use
 
 /// A calendar as seen by the viewer (who holds `role` on it).
 pub struct Calendar {
-    pub cal: Arc<d::Calendar>,
-    pub role: d::Role,
+    pub cal: Arc<domain::Calendar>,
+    pub role: domain::Role,
 }
 
 impl Calendar {
@@ -101,8 +101,8 @@ pub struct TimeInterval {
     pub end: DateTime<FixedOffset>,
 }
 
-impl From<d::Interval> for TimeInterval {
-    fn from(i: d::Interval) -> Self {
+impl From<domain::Interval> for TimeInterval {
+    fn from(i: domain::Interval) -> Self {
         TimeInterval {
             start: i.start.fixed_offset(),
             end: i.end.fixed_offset(),
@@ -111,7 +111,7 @@ impl From<d::Interval> for TimeInterval {
 }
 
 /// Renders intervals in `tz` (UTC when `None`).
-pub(crate) fn rendered(v: Vec<d::Interval>, tz: Option<Tz>) -> Vec<TimeInterval> {
+pub(crate) fn rendered(v: Vec<domain::Interval>, tz: Option<Tz>) -> Vec<TimeInterval> {
     v.into_iter()
         .map(|i| match tz {
             Some(tz) => TimeInterval {
@@ -126,9 +126,9 @@ pub(crate) fn rendered(v: Vec<d::Interval>, tz: Option<Tz>) -> Vec<TimeInterval>
 /// Busy intervals of everything `calendar` shows in `w` (series expanded), merged.
 pub(crate) async fn calendar_busy(
     ctx: &Context<'_>,
-    calendar: d::CalendarId,
+    calendar: domain::CalendarId,
     w: &TimeWindow,
-) -> ApiResult<Vec<d::Interval>> {
+) -> ApiResult<Vec<domain::Interval>> {
     const ALL: usize = 100_000;
     let cal = crate::loaders::one(&rc(ctx).loaders.calendars, calendar)
         .await?
@@ -136,7 +136,7 @@ pub(crate) async fn calendar_busy(
     let mut rows = super::buckets::window_rows(ctx, &cal, w).await?;
     rows.singles
         .retain(|e| e.start_time < w.to() && e.end_time > w.from());
-    let placed = d::instances::place(
+    let placed = domain::instances::place(
         &rows.singles,
         &rows.masters,
         &rows.overrides,
@@ -149,15 +149,15 @@ pub(crate) async fn calendar_busy(
     let busy = placed
         .iter()
         .filter(|p| {
-            p.event.status != d::EventStatus::Cancelled
-                && p.event.transparency == d::Transparency::Busy
+            p.event.status != domain::EventStatus::Cancelled
+                && p.event.transparency == domain::Transparency::Busy
         })
-        .map(|p| d::Interval {
+        .map(|p| domain::Interval {
             start: p.start(),
             end: p.end(),
         })
         .collect();
-    Ok(d::merge_intervals(busy, w.from(), w.to()))
+    Ok(domain::merge_intervals(busy, w.from(), w.to()))
 }
 
 pub(crate) fn window(
@@ -198,7 +198,7 @@ impl Calendar {
     #[graphql(complexity = "10 * child_complexity + 1")]
     async fn members(&self, ctx: &Context<'_>) -> ApiResult<Vec<CalendarMember>> {
         self.require_details()?;
-        let ids: Vec<d::UserId> = self.cal.members.iter().map(|m| m.user_id).collect();
+        let ids: Vec<domain::UserId> = self.cal.members.iter().map(|m| m.user_id).collect();
         let users = rc(ctx)
             .loaders
             .users
@@ -225,7 +225,10 @@ impl Calendar {
         time_zone: Option<String>,
     ) -> ApiResult<Vec<TimeInterval>> {
         let w = window(ctx, from, to)?;
-        let tz = time_zone.as_deref().map(d::parse_time_zone).transpose()?;
+        let tz = time_zone
+            .as_deref()
+            .map(domain::parse_time_zone)
+            .transpose()?;
         Ok(rendered(calendar_busy(ctx, self.cal.id, &w).await?, tz))
     }
     /// Events overlapping `[from, to)`, ordered by start time, with keyset cursors: single events
@@ -315,7 +318,7 @@ pub(crate) struct EventPage {
 /// `Calendar.events` for a viewer allowed to read `cal`'s details.
 pub(crate) async fn events_page(
     r: &super::RequestCtx,
-    cal: &d::Calendar,
+    cal: &domain::Calendar,
     args: PageArgs,
     wants: Wants,
 ) -> ApiResult<EventPage> {
@@ -323,7 +326,7 @@ pub(crate) async fn events_page(
     let tz = args
         .time_zone
         .as_deref()
-        .map(d::parse_time_zone)
+        .map(domain::parse_time_zone)
         .transpose()?;
     let first = match args.first {
         None => r.config.default_page_size,
@@ -343,7 +346,7 @@ pub(crate) async fn events_page(
             && e.end_time > w.from()
             && after.is_none_or(|a| EventCursor::row(e.start_time, e.id) > a)
     });
-    let mut placed = d::instances::place(
+    let mut placed = domain::instances::place(
         &rows.singles,
         &rows.masters,
         &rows.overrides,
@@ -356,14 +359,14 @@ pub(crate) async fn events_page(
     let has_next = placed.len() > first;
     placed.truncate(first);
     // One Arc per stored row, shared by all the occurrences it generates.
-    let arcs: foldhash::HashMap<d::EventId, Arc<d::Event>> = rows
+    let arcs: foldhash::HashMap<domain::EventId, Arc<domain::Event>> = rows
         .singles
         .iter()
         .chain(&rows.masters)
         .map(|e| (e.id, e.clone()))
         .collect();
-    let used: Vec<Arc<d::Event>> = {
-        let mut ids: Vec<d::EventId> = placed.iter().map(|p| p.event.id).collect();
+    let used: Vec<Arc<domain::Event>> = {
+        let mut ids: Vec<domain::EventId> = placed.iter().map(|p| p.event.id).collect();
         ids.sort();
         ids.dedup();
         ids.iter().map(|id| arcs[id].clone()).collect()
@@ -395,12 +398,16 @@ pub(crate) async fn events_page(
 /// Loads, in as few batches as possible, what the selection under a page of events will ask for:
 /// attendees and reservations (one statement each, concurrently), then every user the page shows
 /// (organizers and attendees together, one statement). Field resolvers then hit the loaders' memo.
-async fn prefetch(r: &super::RequestCtx, events: &[Arc<d::Event>], wants: Wants) -> ApiResult<()> {
+async fn prefetch(
+    r: &super::RequestCtx,
+    events: &[Arc<domain::Event>],
+    wants: Wants,
+) -> ApiResult<()> {
     if events.is_empty() {
         return Ok(());
     }
     let loaders = &r.loaders;
-    let ids: Vec<d::EventId> = events.iter().map(|e| e.id).collect();
+    let ids: Vec<domain::EventId> = events.iter().map(|e| e.id).collect();
     // Every key is known: load at once rather than through the loaders' wait for more keys.
     let attendees = async {
         if wants.attendees {
@@ -428,7 +435,7 @@ async fn prefetch(r: &super::RequestCtx, events: &[Arc<d::Event>], wants: Wants)
         }
     }
     if !users.is_empty() {
-        let users: Vec<d::UserId> = users.into_iter().collect();
+        let users: Vec<domain::UserId> = users.into_iter().collect();
         loaders.load_now(Batch::Users(&users)).await;
     }
     Ok(())
@@ -437,14 +444,14 @@ async fn prefetch(r: &super::RequestCtx, events: &[Arc<d::Event>], wants: Wants)
 /// An event the viewer may read (authorization happened where it was obtained): a stored row
 /// (single event, series master or override), or one generated occurrence of a series.
 pub struct Event {
-    pub row: Arc<d::Event>,
+    pub row: Arc<domain::Event>,
     pub occurrence: Option<Occurrence>,
     /// Zone to render times in (`Calendar.events(timeZone:)`); UTC otherwise.
     pub tz: Option<Tz>,
 }
 
 impl Event {
-    pub fn row(row: Arc<d::Event>) -> Self {
+    pub fn row(row: Arc<domain::Event>) -> Self {
         Event {
             row,
             occurrence: None,
@@ -471,7 +478,7 @@ impl Event {
     // The field values, shared by the resolvers below and by direct execution (`direct.rs`).
 
     pub(crate) fn id_text(&self) -> String {
-        d::instances::instance_id(&self.row, self.occurrence)
+        domain::instances::instance_id(&self.row, self.occurrence)
             .map_or_else(|| self.row.id.to_string(), |i| i.format())
     }
 
@@ -491,7 +498,7 @@ impl Event {
         self.row.all_day.then(|| self.end().date_naive())
     }
 
-    pub(crate) fn recurring_id(&self) -> Option<d::EventId> {
+    pub(crate) fn recurring_id(&self) -> Option<domain::EventId> {
         match self.occurrence {
             Some(_) => Some(self.row.id),
             None => self.row.recurring_event_id,
@@ -641,12 +648,12 @@ impl Event {
 
 /// One invitee of an event (an index into the event's shared attendee list).
 pub struct Attendee {
-    list: Arc<Vec<d::Attendee>>,
+    list: Arc<Vec<domain::Attendee>>,
     index: usize,
 }
 
 impl Attendee {
-    fn a(&self) -> &d::Attendee {
+    fn a(&self) -> &domain::Attendee {
         &self.list[self.index]
     }
 }
@@ -677,8 +684,8 @@ impl Attendee {
 }
 
 pub struct Reservation {
-    pub r: d::Reservation,
-    pub resource: Arc<d::Resource>,
+    pub r: domain::Reservation,
+    pub resource: Arc<domain::Resource>,
 }
 
 impl From<Booking> for Reservation {
@@ -712,7 +719,7 @@ impl Reservation {
     }
 }
 
-pub struct Resource(pub Arc<d::Resource>);
+pub struct Resource(pub Arc<domain::Resource>);
 
 #[Object]
 impl Resource {

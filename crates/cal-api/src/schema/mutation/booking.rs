@@ -8,7 +8,7 @@ use crate::schema::series::{Target, bookings_for_series, resolve};
 use crate::schema::types::Reservation;
 use crate::schema::{rc, viewer};
 use async_graphql::{Context, ID, Object};
-use cal_domain as d;
+use cal_domain as domain;
 use chrono::{DateTime, Utc};
 
 #[derive(Default)]
@@ -52,7 +52,7 @@ impl BookingMutation {
             Target::Row(master)
                 if master.rrule.is_some() && start_time.is_none() && end_time.is_none() =>
             {
-                let rule = d::instances::rule_of(master)?.ok_or(ApiError::NotFound)?;
+                let rule = domain::instances::rule_of(master)?.ok_or(ApiError::NotFound)?;
                 wanted = bookings_for_series(
                     ctx,
                     &rule,
@@ -80,7 +80,7 @@ impl BookingMutation {
         reservation_id: ID,
     ) -> ApiResult<Reservation> {
         viewer(ctx)?;
-        let rid = d::ReservationId::parse(&reservation_id)?;
+        let rid = domain::ReservationId::parse(&reservation_id)?;
         let r = rc(ctx);
         let existing = r
             .store

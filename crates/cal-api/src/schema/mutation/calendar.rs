@@ -6,7 +6,7 @@ use crate::schema::access::calendar_with_role;
 use crate::schema::types::{Calendar, CalendarRole};
 use crate::schema::{rc, viewer};
 use async_graphql::{Context, ID, InputObject, Object};
-use cal_domain as d;
+use cal_domain as domain;
 use std::sync::Arc;
 
 #[derive(Default)]
@@ -31,7 +31,7 @@ impl CalendarMutation {
         let me = viewer(ctx)?;
         text("name", &input.name, 200)?;
         optional_text("description", input.description.as_deref(), 10_000)?;
-        d::parse_time_zone(&input.time_zone)?;
+        domain::parse_time_zone(&input.time_zone)?;
         let cal = rc(ctx)
             .store
             .create_calendar(
@@ -43,7 +43,7 @@ impl CalendarMutation {
             .await?;
         Ok(Calendar {
             cal: Arc::new(cal),
-            role: d::Role::Owner,
+            role: domain::Role::Owner,
         })
     }
 
@@ -55,8 +55,8 @@ impl CalendarMutation {
         user_id: ID,
         role: CalendarRole,
     ) -> ApiResult<Calendar> {
-        let cal_id = d::CalendarId::parse(&calendar_id)?;
-        let user = d::UserId::parse(&user_id)?;
+        let cal_id = domain::CalendarId::parse(&calendar_id)?;
+        let user = domain::UserId::parse(&user_id)?;
         let (_, my_role) = calendar_with_role(ctx, cal_id).await?;
         if !my_role.can_share() {
             return Err(ApiError::Forbidden);
@@ -86,8 +86,8 @@ impl CalendarMutation {
         calendar_id: ID,
         user_id: ID,
     ) -> ApiResult<bool> {
-        let cal_id = d::CalendarId::parse(&calendar_id)?;
-        let user = d::UserId::parse(&user_id)?;
+        let cal_id = domain::CalendarId::parse(&calendar_id)?;
+        let user = domain::UserId::parse(&user_id)?;
         let (_, my_role) = calendar_with_role(ctx, cal_id).await?;
         if !my_role.can_share() {
             return Err(ApiError::Forbidden);

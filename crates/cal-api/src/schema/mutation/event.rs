@@ -12,7 +12,7 @@ use crate::schema::series::{EditScope, Target, bookings_for_series, check_schedu
 use crate::schema::types::{Event, EventStatus, ResponseStatus, Transparency};
 use crate::schema::{rc, viewer};
 use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
-use cal_domain as d;
+use cal_domain as domain;
 use cal_domain::series_edit::{self, EditPlan, SeriesEdit};
 use cal_storage::{EventPatch, NewAttendee, NewEvent};
 use chrono::{DateTime, Duration, Utc};
@@ -75,14 +75,14 @@ pub struct UpdateEventInput {
 
 fn attendees(ctx: &Context<'_>, list: &[AttendeeInput]) -> ApiResult<Vec<NewAttendee>> {
     let ids: Vec<ID> = list.iter().map(|a| a.user_id.clone()).collect();
-    let parsed = parse_ids(ctx, &ids, d::UserId::parse)?;
+    let parsed = parse_ids(ctx, &ids, domain::UserId::parse)?;
     if parsed.len() != list.len() {
         return Err(ApiError::bad_input("an attendee is listed twice"));
     }
     list.iter()
         .map(|a| {
             Ok(NewAttendee {
-                user_id: d::UserId::parse(&a.user_id)?,
+                user_id: domain::UserId::parse(&a.user_id)?,
                 is_optional: a.is_optional,
             })
         })
@@ -90,7 +90,7 @@ fn attendees(ctx: &Context<'_>, list: &[AttendeeInput]) -> ApiResult<Vec<NewAtte
 }
 
 /// Refreshes the request's memo after a write to `ev`.
-async fn refreshed(ctx: &Context<'_>, ev: d::Event) -> Event {
+async fn refreshed(ctx: &Context<'_>, ev: domain::Event) -> Event {
     let loaders = &rc(ctx).loaders;
     let ev = Arc::new(ev);
     loaders.events.prime(ev.id, Ok(Some(ev.clone()))).await;
@@ -107,7 +107,7 @@ impl EventMutation {
     /// and nothing is written.
     async fn create_event(&self, ctx: &Context<'_>, input: CreateEventInput) -> ApiResult<Event> {
         let me = viewer(ctx)?;
-        let cal_id = d::CalendarId::parse(&input.calendar_id)?;
+        let cal_id = domain::CalendarId::parse(&input.calendar_id)?;
         let (cal, role) = calendar_with_role(ctx, cal_id).await?;
         if !role.can_write_events() {
             return Err(ApiError::Forbidden);
@@ -141,7 +141,7 @@ impl EventMutation {
                     "a recurring event books each occurrence at its own times; omit startTime/endTime",
                 ));
             }
-            let resources: Vec<d::ResourceId> = wanted.iter().map(|w| w.resource_id).collect();
+            let resources: Vec<domain::ResourceId> = wanted.iter().map(|w| w.resource_id).collect();
             wanted = bookings_for_series(
                 ctx,
                 rule,
@@ -202,7 +202,7 @@ impl EventMutation {
             500,
         )?;
         let store = &rc(ctx).store;
-        let base = |row: &d::Event| {
+        let base = |row: &domain::Event| {
             checked(
                 EventPatch {
                     title: input.title.as_ref().map(|t| t.trim().to_owned()),
@@ -241,7 +241,7 @@ impl EventMutation {
             }
             // One generated occurrence: it becomes an override.
             (EditPlan::OverrideOccurrence, Target::Generated { master, occurrence }) => {
-                let occ_row = d::Event {
+                let occ_row = domain::Event {
                     start_time: occurrence.start,
                     end_time: occurrence.end,
                     rrule: None,
@@ -411,7 +411,7 @@ impl EventMutation {
         user_id: ID,
         expected_version: Option<i64>,
     ) -> ApiResult<Event> {
-        let user = d::UserId::parse(&user_id)?;
+        let user = domain::UserId::parse(&user_id)?;
         let id = writable_row(ctx, &event_id).await?;
         let ev = rc(ctx)
             .store
@@ -422,7 +422,7 @@ impl EventMutation {
 }
 
 /// The stored row an attendee edit applies to, after checking the viewer may write it.
-async fn writable_row(ctx: &Context<'_>, id: &ID) -> ApiResult<d::EventId> {
+async fn writable_row(ctx: &Context<'_>, id: &ID) -> ApiResult<domain::EventId> {
     let (target, access) = resolve(ctx, id).await?;
     if !access.can_write() {
         return Err(ApiError::Forbidden);
@@ -431,7 +431,7 @@ async fn writable_row(ctx: &Context<'_>, id: &ID) -> ApiResult<d::EventId> {
 }
 
 /// Validates the schedule a patch gives a single row (not a series) against its current state.
-fn checked(patch: EventPatch, row: &d::Event) -> ApiResult<EventPatch> {
+fn checked(patch: EventPatch, row: &domain::Event) -> ApiResult<EventPatch> {
     let start = patch.start_time.unwrap_or(row.start_time);
     let end = patch.end_time.unwrap_or(row.end_time);
     let tz = patch
@@ -446,7 +446,7 @@ fn checked(patch: EventPatch, row: &d::Event) -> ApiResult<EventPatch> {
 /// the explicit new first start), the rule is re-checked against the new first occurrence and
 /// `series_end` recomputed.
 fn series_patch(
-    master: &d::Event,
+    master: &domain::Event,
     input: &UpdateEventInput,
     shift: Duration,
 ) -> ApiResult<EventPatch> {
@@ -493,22 +493,22 @@ fn series_patch(
 /// moved) occurrence with the patch applied and the rest of the rule.
 async fn split(
     ctx: &Context<'_>,
-    master: &d::Event,
+    master: &domain::Event,
     original: DateTime<Utc>,
     occ_start: DateTime<Utc>,
     occ_end: DateTime<Utc>,
     expected_version: i64,
     input: &UpdateEventInput,
-) -> ApiResult<d::Event> {
-    let rule = d::instances::rule_of(master)?.ok_or(ApiError::NotFound)?;
+) -> ApiResult<domain::Event> {
+    let rule = domain::instances::rule_of(master)?.ok_or(ApiError::NotFound)?;
     let duration = master.end_time - master.start_time;
     let truncated = rule.truncated_before(original)?;
     // The same parse `rule_of` does for any stored series, applied to the shortened rule.
-    let truncated_master = d::Event {
+    let truncated_master = domain::Event {
         rrule: Some(truncated.clone()),
         ..master.clone()
     };
-    let truncated_end = d::instances::rule_of(&truncated_master)?
+    let truncated_end = domain::instances::rule_of(&truncated_master)?
         .ok_or(ApiError::NotFound)?
         .last_end(duration);
     let start = input.start_time.unwrap_or(occ_start);

@@ -17,7 +17,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::schema::rc;
 use async_graphql::{Context, ID, InputObject, MergedObject};
 use booking::BookingMutation;
-use cal_domain as d;
+use cal_domain as domain;
 use cal_storage::NewReservation;
 use calendar::CalendarMutation;
 use chrono::{DateTime, Utc};
@@ -63,10 +63,10 @@ fn reservations(ctx: &Context<'_>, list: &[ReservationInput]) -> ApiResult<Vec<N
     list.iter()
         .map(|r| {
             if let (Some(s), Some(e)) = (r.start_time, r.end_time) {
-                d::check_event_times(s, e)?;
+                domain::check_event_times(s, e)?;
             }
             Ok(NewReservation {
-                resource_id: d::ResourceId::parse(&r.resource_id)?,
+                resource_id: domain::ResourceId::parse(&r.resource_id)?,
                 start_time: r.start_time,
                 end_time: r.end_time,
             })

@@ -19,7 +19,7 @@ pub(crate) type Span = (DateTime<Utc>, DateTime<Utc>);
 
 /// One value per key of `specs`, key `i` holding `cut(rows, spans[i])` as of `version`. `spans`
 /// are in ascending order; `load` reads the rows of a window.
-pub(crate) async fn load_spans<R, V, Load, Fut>(
+pub(crate) async fn load_slices<R, V, Load, Fut>(
     tiers: &Tiers,
     stats: &RequestStats,
     specs: &[KeySpec],
