@@ -19,7 +19,9 @@
 //! - [`documents`]: parsed documents by query text;
 //! - [`response_cache`]: whole answers of queries, in process and in Redis;
 //! - [`observe`]: the HTTP and GraphQL operation spans, request metrics, trace-context helpers;
-//! - [`rate_limit`]: per-viewer token buckets on `/graphql` (429 `RATE_LIMITED`).
+//! - [`rate_limit`]: per-viewer token buckets on `/graphql` (429 `RATE_LIMITED`);
+//! - [`admin`]: operator endpoints behind the configured secret (`x-admin-token`):
+//!   `POST /admin/purge` of a calendar, event, user, resource or everything, through the change log.
 //!
 //! This crate reads no environment variables and installs no global subscriber.
 

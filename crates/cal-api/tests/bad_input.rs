@@ -177,10 +177,7 @@ async fn invalid_event_input_is_bad_user_input_and_writes_nothing() {
         assert_eq!(resp.code(), "BAD_USER_INPUT", "{vars}: {}", resp.0);
         assert_clean(&resp);
     }
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let count = cal_test_support::sql::event_rows(&app.db.pool).await;
     assert_eq!(count, 2, "no failed mutation left a row behind");
 }
 

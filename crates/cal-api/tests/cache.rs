@@ -496,13 +496,7 @@ async fn resource_availability_is_cached_by_day_and_follows_every_booking_change
             })
             .collect::<Vec<_>>()
     };
-    let version = || async {
-        sqlx::query_scalar::<_, i64>("SELECT bookings_version FROM resources WHERE id = $1")
-            .bind(room.0)
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap()
-    };
+    let version = || async { cal_test_support::sql::bookings_version(&app.db.pool, room.0).await };
 
     // Cold: the resource, then all three days in one statement; warm: no SQL at all.
     let cold = app.gql(Some(w.owner.id), avail, vars.clone()).await;

@@ -2,13 +2,11 @@
 //! the same transaction, and a failing one writes nothing.
 
 mod common;
+use cal_test_support::sql;
 use common::*;
 
 async fn outbox_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
+    sql::outbox_rows(&app.db.pool).await
 }
 
 #[tokio::test]
@@ -61,10 +59,7 @@ async fn overlapping_reservation_is_a_resource_conflict_and_writes_nothing() {
     let app = TestApp::spawn().await;
     let w = world(&app, 1, 1).await; // event 0 holds rooms[0] 08:00–09:00 on Nov 1
     let taken = &w.events[0];
-    let before_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let before_events = sql::event_rows(&app.db.pool).await;
     let before_outbox = outbox_count(&app).await;
     let q = r#"mutation($in: CreateEventInput!) { createEvent(input: $in) { id } }"#;
     let input = json!({ "in": {
@@ -84,15 +79,9 @@ async fn overlapping_reservation_is_a_resource_conflict_and_writes_nothing() {
     let conflicts = &resp.0["errors"][0]["extensions"]["conflicts"];
     assert_eq!(conflicts[0]["eventId"], taken.id.to_string());
     assert_eq!(conflicts[0]["resourceId"], w.rooms[0].id.to_string());
-    let after_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let after_events = sql::event_rows(&app.db.pool).await;
     assert_eq!(after_events, before_events, "the event was not created");
-    let res: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let res = sql::reservation_rows(&app.db.pool).await;
     assert_eq!(res, 1, "not even the free room was booked");
     assert_eq!(outbox_count(&app).await, before_outbox);
 
@@ -179,13 +168,7 @@ async fn delete_is_soft_and_releases_rooms() {
         )
         .await;
     assert_eq!(resp.data()["deleteEvent"], true);
-    let (deleted, status): (bool, String) = sqlx::query_as(
-        "SELECT e.deleted_at IS NOT NULL, r.status FROM events e JOIN reservations r ON r.event_id = e.id WHERE e.id = $1",
-    )
-    .bind(ev.id.0)
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
+    let (deleted, status) = sql::event_deleted_and_reservation_status(&app.db.pool, ev.id.0).await;
     assert!(deleted, "the row stays, marked deleted");
     assert_eq!(status, "cancelled");
     let resp = app
@@ -246,13 +229,7 @@ async fn attendees_can_be_added_removed_and_respond() {
             .len(),
         1
     );
-    let events: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND aggregate_type = 'event'",
-    )
-    .bind(ev.id.0)
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
+    let events = sql::outbox_rows_of_event(&app.db.pool, ev.id.0).await;
     assert_eq!(
         events, 4,
         "created, attendees added, rsvp, attendee removed"

@@ -9,7 +9,7 @@
 //! - `/ready` reports the outage and the recovery.
 
 mod common;
-use cal_test_support::{PgCluster, TestDb};
+use cal_test_support::{PgCluster, TestDb, sql};
 use chrono::Duration;
 use common::*;
 use std::collections::BTreeSet;
@@ -440,24 +440,14 @@ async fn postgres_restart_under_load_loses_nothing_and_recovers() {
     // The workers are done: what they saw is the test's now.
     let s = std::mem::take(&mut *load.seen.lock().unwrap());
     for (id, title) in &s.created {
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT title FROM events WHERE id = $1 AND deleted_at IS NULL")
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-                .unwrap();
+        let stored = sql::live_event_title(pool, *id).await;
         assert_eq!(
             stored.as_deref(),
             Some(title.as_str()),
             "acknowledged event {id}"
         );
     }
-    let (version, title): (i64, String) =
-        sqlx::query_as("SELECT version, title FROM events WHERE id = $1")
-            .bind(w.events[0].id.0)
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let (version, title) = sql::event_version_and_title(pool, w.events[0].id.0).await;
     if let Some((acked_version, acked_title)) = &s.last_update {
         assert!(version >= *acked_version, "acknowledged update lost");
         if version == *acked_version {
@@ -467,12 +457,7 @@ async fn postgres_restart_under_load_loses_nothing_and_recovers() {
             assert!(s.pending_updates.contains(&title), "{title} at v{version}");
         }
     }
-    let stored: BTreeSet<String> = sqlx::query_scalar("SELECT title FROM events")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let stored: BTreeSet<String> = sql::event_titles(pool).await.into_iter().collect();
     let mut never: Vec<&String> = s
         .failed_creates
         .iter()

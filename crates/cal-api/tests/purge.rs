@@ -4,6 +4,7 @@
 //! an instance that starts after a purge of everything never reads what it dropped.
 
 mod common;
+use cal_test_support::sql;
 use common::*;
 use secrecy::SecretString;
 
@@ -31,11 +32,7 @@ async fn purged(app: &TestApp, body: Value) {
     let (status, answer) = purge(app, Some(ADMIN), body.clone()).await;
     assert_eq!(status, 200, "{body}: {answer}");
     assert!(answer["outboxId"].as_i64().unwrap() > 0, "{answer}");
-    let row: String = sqlx::query_scalar("SELECT event_type FROM outbox WHERE id = $1")
-        .bind(answer["outboxId"].as_i64().unwrap())
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let row = sql::outbox_event_type(&app.db.pool, answer["outboxId"].as_i64().unwrap()).await;
     assert!(
         row.starts_with("purge."),
         "a purge is a change-log row: {row}"
@@ -46,14 +43,6 @@ async fn purged(app: &TestApp, body: Value) {
 async fn warm(app: &TestApp, user: UserId, query: &str, vars: Value) -> Value {
     app.gql(Some(user), query, vars.clone()).await;
     app.gql(Some(user), query, vars).await.data().clone()
-}
-
-async fn hand_edit(app: &TestApp, sql: &'static str, id: i64) {
-    sqlx::query(sql)
-        .bind(id)
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
 }
 
 const EVENT: &str = "query($e: ID!) { event(id: $e) { title } }";
@@ -82,12 +71,7 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         // An event: its details and the month view.
         warm(&app, me, EVENT, ev(e0)).await;
         warm(&app, me, MONTH_VIEW, month_vars(w.calendar)).await;
-        hand_edit(
-            &app,
-            "UPDATE events SET title = 'Fixed by hand' WHERE id = $1",
-            e0.0,
-        )
-        .await;
+        sql::set_event_title(&app.db.pool, e0.0, "Fixed by hand").await;
         let stale = warm(&app, me, EVENT, ev(e0)).await;
         assert_ne!(
             stale["event"]["title"], "Fixed by hand",
@@ -102,12 +86,7 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         // A calendar.
         let cal = json!({ "c": w.calendar.to_string() });
         warm(&app, me, CALENDAR, cal.clone()).await;
-        hand_edit(
-            &app,
-            "UPDATE calendars SET name = 'Renamed by hand' WHERE id = $1",
-            w.calendar.0,
-        )
-        .await;
+        sql::set_calendar_name(&app.db.pool, w.calendar.0, "Renamed by hand").await;
         assert_ne!(
             warm(&app, me, CALENDAR, cal.clone()).await["calendar"]["name"],
             "Renamed by hand"
@@ -122,12 +101,7 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         // A user.
         let user = json!({ "u": me.to_string() });
         warm(&app, me, USER, user.clone()).await;
-        hand_edit(
-            &app,
-            "UPDATE users SET name = 'Olivia Hand' WHERE id = $1",
-            me.0,
-        )
-        .await;
+        sql::set_user_name(&app.db.pool, me.0, "Olivia Hand").await;
         assert_ne!(
             warm(&app, me, USER, user.clone()).await["user"]["name"],
             "Olivia Hand"
@@ -143,12 +117,7 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         let room = w.rooms[0].id;
         let res = json!({ "r": room.to_string() });
         warm(&app, me, RESOURCE, res.clone()).await;
-        hand_edit(
-            &app,
-            "UPDATE resources SET name = 'Room by hand' WHERE id = $1",
-            room.0,
-        )
-        .await;
+        sql::set_resource_name(&app.db.pool, room.0, "Room by hand").await;
         assert_ne!(
             warm(&app, me, RESOURCE, res.clone()).await["resource"]["name"],
             "Room by hand"
@@ -163,12 +132,7 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         // Everything.
         warm(&app, me, EVENT, ev(e1)).await;
         warm(&app, me, MONTH_VIEW, month_vars(w.calendar)).await;
-        hand_edit(
-            &app,
-            "UPDATE events SET title = 'Everything purged' WHERE id = $1",
-            e1.0,
-        )
-        .await;
+        sql::set_event_title(&app.db.pool, e1.0, "Everything purged").await;
         let month = warm(&app, me, MONTH_VIEW, month_vars(w.calendar)).await;
         assert!(!month_titles(&month).contains(&"Everything purged".to_owned()));
         purged(&app, json!({ "all": true })).await;
@@ -227,11 +191,7 @@ async fn the_admin_endpoint_refuses_strangers_and_bad_requests_with_codes() {
     }
     let (s, v) = purge(&app, Some(ADMIN), json!({ "event": 999_999 })).await;
     assert_eq!((s, code(&v).as_str()), (404, "NOT_FOUND"));
-    let rows: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type LIKE 'purge.%'")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
+    let rows = sql::purge_outbox_rows(&app.db.pool).await;
     assert_eq!(rows, 0, "nothing refused left a row");
 
     // Without a configured secret nobody gets in.

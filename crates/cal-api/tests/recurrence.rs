@@ -3,6 +3,7 @@
 //! occurrence, and the statement count of a recurring-heavy month view.
 
 mod common;
+use cal_test_support::sql;
 use common::*;
 
 struct Setup {
@@ -348,12 +349,7 @@ async fn deleting_one_occurrence_adds_an_exdate() {
             "2026-11-05T09:00:00+00:00"
         ]
     );
-    let exdates: Vec<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT exdates FROM events WHERE id = $1")
-            .bind(series.parse::<i64>().unwrap())
-            .fetch_one(&s.app.db.pool)
-            .await
-            .unwrap();
+    let exdates = sql::exdates(&s.app.db.pool, series.parse::<i64>().unwrap()).await;
     assert_eq!(exdates.len(), 1);
     let resp = s
         .app
@@ -402,10 +398,7 @@ async fn booking_a_room_for_a_series_books_every_occurrence_or_nothing() {
         .clone();
     assert_eq!(conflicts.len(), 1);
     assert_eq!(conflicts[0]["startTime"], "2026-11-18T09:30:00+00:00");
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&s.app.db.pool)
-        .await
-        .unwrap();
+    let events = sql::event_rows(&s.app.db.pool).await;
     assert_eq!(events, 1, "nothing of the failed series was written");
 
     // Without the blocker, all five occurrences are booked.
@@ -413,13 +406,7 @@ async fn booking_a_room_for_a_series_books_every_occurrence_or_nothing() {
     free["startTime"] = json!("2026-11-04T11:00:00Z");
     free["endTime"] = json!("2026-11-04T12:00:00Z");
     s.create(free).await.data();
-    let booked: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM reservations WHERE resource_id = $1 AND status = 'confirmed'",
-    )
-    .bind(room.id.0)
-    .fetch_one(&s.app.db.pool)
-    .await
-    .unwrap();
+    let booked = sql::confirmed_reservation_rows_of(&s.app.db.pool, room.id.0).await;
     assert_eq!(booked, 1 + 5);
     // Each occurrence shows its own booking.
     let q = r#"query($c: ID!) { calendar(id: $c) { events(from: "2026-11-01T00:00:00Z", to: "2026-12-10T00:00:00Z") {
@@ -592,11 +579,7 @@ async fn reserving_for_a_series_or_one_occurrence() {
         )
         .await;
     assert_eq!(all.code(), "RESOURCE_CONFLICT");
-    let booked: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM reservations WHERE status = 'confirmed'")
-            .fetch_one(&s.app.db.pool)
-            .await
-            .unwrap();
+    let booked = sql::confirmed_reservation_rows(&s.app.db.pool).await;
     assert_eq!(booked, 1);
     // A second room takes every occurrence.
     let other = s
@@ -617,12 +600,7 @@ async fn reserving_for_a_series_or_one_occurrence() {
         all.data()["reserveResource"]["startTime"],
         "2026-11-02T09:00:00+00:00"
     );
-    let booked: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM reservations WHERE resource_id = $1")
-            .bind(other.id.0)
-            .fetch_one(&s.app.db.pool)
-            .await
-            .unwrap();
+    let booked = sql::reservation_rows_of(&s.app.db.pool, other.id.0).await;
     assert_eq!(booked, 4);
 }
 
@@ -654,13 +632,7 @@ async fn concurrent_deletes_of_one_override_let_exactly_one_win() {
         )
         .await;
     let override_version = resp.data()["updateEvent"]["version"].as_i64().unwrap();
-    let override_id: i64 = sqlx::query_scalar(
-        "SELECT id FROM events WHERE recurring_event_id = $1 AND deleted_at IS NULL",
-    )
-    .bind(series.parse::<i64>().unwrap())
-    .fetch_one(&s.app.db.pool)
-    .await
-    .unwrap();
+    let override_id = sql::live_override_of(&s.app.db.pool, series.parse::<i64>().unwrap()).await;
     // Both writers read the override (warming the cache) before either deletes.
     let read = "query($e: ID!) { event(id: $e) { version } }";
     let r = s
@@ -670,12 +642,7 @@ async fn concurrent_deletes_of_one_override_let_exactly_one_win() {
     assert_eq!(r.data()["event"]["version"], override_version);
 
     // Hold the series row, so both deletes get past the API and queue in the database.
-    let mut blocker = s.app.db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM events WHERE id = $1 FOR UPDATE")
-        .bind(series.parse::<i64>().unwrap())
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = sql::lock_event_row(&s.app.db.pool, series.parse::<i64>().unwrap()).await;
     let del = "mutation($e: ID!, $v: Int) { deleteEvent(id: $e, expectedVersion: $v) }";
     let writers: Vec<_> = (0..2)
         .map(|_| {
@@ -698,13 +665,7 @@ async fn concurrent_deletes_of_one_override_let_exactly_one_win() {
     // Both wait on a row lock (the series row, or the override row the other one holds).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&s.app.db.pool)
-        .await
-        .unwrap();
+        let waiting = sql::lock_waiters(&s.app.db.pool).await;
         if waiting >= 2 {
             break;
         }
@@ -729,12 +690,7 @@ async fn concurrent_deletes_of_one_override_let_exactly_one_win() {
         .collect();
     assert_eq!(wins, 1, "exactly one delete wins: {answers:?}");
     assert_eq!(conflicts.len(), 1, "the other conflicts: {answers:?}");
-    let deleted: bool =
-        sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM events WHERE id = $1")
-            .bind(override_id)
-            .fetch_one(&s.app.db.pool)
-            .await
-            .unwrap();
+    let deleted = sql::event_is_deleted(&s.app.db.pool, override_id).await;
     assert!(deleted);
 }
 
@@ -765,13 +721,7 @@ async fn deleting_an_override_at_a_version_it_no_longer_has_is_a_conflict() {
     let override_version = resp.data()["updateEvent"]["version"].as_i64().unwrap();
     // The override moves on in the database behind the caches' back (another writer whose
     // invalidation this instance has not heard): only the database knows its version now.
-    sqlx::query(
-        "UPDATE events SET version = version + 1 WHERE recurring_event_id = $1 AND deleted_at IS NULL",
-    )
-    .bind(series.parse::<i64>().unwrap())
-    .execute(&s.app.db.pool)
-    .await
-    .unwrap();
+    sql::bump_live_override_versions(&s.app.db.pool, series.parse::<i64>().unwrap()).await;
     let del = "mutation($e: ID!, $v: Int) { deleteEvent(id: $e, expectedVersion: $v) }";
     let resp = s
         .app

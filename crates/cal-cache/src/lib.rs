@@ -16,6 +16,12 @@
 //! - [`xfetch`]: the probabilistic early-refresh decision, a pure function.
 //! - [`bus`]: the [`InvalidationBus`] trait and its in-process implementation.
 //! - [`hooks`]: [`FillHooks`], test hooks around a fill.
+//! - `generations`: invalidation generations, a fixed table of counters per key-hash slot bumped
+//!   by every invalidation, plus the epoch every L1 clear bumps: what the whole-response cache
+//!   checks and what single-flight keys carry.
+//! - [`priority`]: the nice value of the threads that carry invalidations (librdkafka's inherit
+//!   it from the thread that creates them).
+//! - `error`: [`CacheError`], why a cache could not be built (never Redis being down).
 //! - `metrics`: the Prometheus counters and gauges.
 //! - `trace_spans`: the tracing spans of a lookup batch (one per tier step).
 //!

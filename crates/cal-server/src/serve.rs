@@ -12,30 +12,13 @@ use cal_storage::seed::{Progress, Scale};
 use cal_sync::Invalidator;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::SecretString;
-use sqlx::ConnectOptions;
-use sqlx::postgres::PgConnectOptions;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Connects (creating the database if it does not exist) and applies migrations.
 pub async fn connect_and_migrate(settings: &Settings) -> Result<Store> {
-    // sqlx's own statement logging is off: the store observes every statement itself (spans,
-    // counters, slow statements by name, never parameters), and sqlx's logger summarised each
-    // query's text on the hot path.
-    let options = PgConnectOptions::from_str(&settings.database_url)
-        .context("DATABASE_URL is not a valid PostgreSQL URL")?
-        .disable_statement_logging();
-    cal_storage::create_database_if_missing(&options)
-        .await
-        .context(
-            "cannot create the database (connecting to the maintenance database `postgres`)",
-        )?;
-    let pool = cal_storage::pool_options(settings.db_max_connections)
-        .connect_with(options)
-        .await
-        .context("cannot connect to PostgreSQL")?;
+    let pool = cal_storage::connect(&settings.database_url, settings.db_max_connections).await?;
     cal_storage::migrate(&pool)
         .await
         .context("migrations failed")?;

@@ -347,10 +347,10 @@ async fn the_change_log_is_pruned_after_its_retention() {
     ));
     let client = reqwest::Client::new();
     wait_ready(&client, port).await;
-    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    let pool = cal_storage::PgPool::connect(&db.url()).await.unwrap();
     // Three published rows 10 days old, one unpublished as old, one published just now.
     for (age_days, published) in [(10, true), (10, true), (10, false), (10, true), (0, true)] {
-        cal_test_support::insert_outbox_row(&pool, age_days, published).await;
+        cal_test_support::sql::insert_outbox_row(&pool, age_days, published).await;
     }
     let metric = |text: &str, name: &str| -> f64 {
         text.lines()
@@ -379,12 +379,7 @@ async fn the_change_log_is_pruned_after_its_retention() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let left: Vec<(bool, i32)> = sqlx::query_as(
-        "SELECT published_at IS NOT NULL, extract(day FROM now() - created_at)::int FROM outbox ORDER BY id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let left = cal_test_support::sql::outbox_published_and_age_days(&pool).await;
     assert_eq!(left, vec![(false, 10), (true, 0)]);
     pool.close().await;
     let _ = server.0.kill();
@@ -459,7 +454,7 @@ async fn a_deep_query_within_the_limits_is_answered_not_a_crash() {
     let _server = Server(spawn(&db, port, &[("JWT_SECRET", SECRET)]));
     let client = reqwest::Client::new();
     wait_ready(&client, port).await;
-    let store = cal_storage::Store::new(sqlx::PgPool::connect(&db.url()).await.unwrap());
+    let store = cal_storage::Store::new(cal_storage::PgPool::connect(&db.url()).await.unwrap());
     let owner = store
         .create_user("deep@example.test", "Deep", None)
         .await

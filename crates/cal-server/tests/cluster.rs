@@ -14,7 +14,7 @@
 
 use cal_domain::{CalendarId, EventId, EventStatus, Transparency, UserId};
 use cal_storage::{NewEvent, Store};
-use cal_test_support::{KafkaBroker, RedisServer, TestDb};
+use cal_test_support::{KafkaBroker, RedisServer, TestDb, sql};
 use chrono::{TimeZone, Utc};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -353,11 +353,7 @@ async fn write(
     write_lock: &tokio::sync::Mutex<()>,
 ) -> (i64, Option<String>) {
     let _g = write_lock.lock().await;
-    let current: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-        .bind(ev.0)
-        .fetch_one(&c.db.pool)
-        .await
-        .unwrap();
+    let current = sql::event_version(&c.db.pool, ev.0).await;
     let (body, header) = gql(
         &c.client,
         inst,
@@ -478,12 +474,7 @@ async fn three_instances_stay_within_the_lag_bound_under_mixed_load() {
     let c = Arc::new(Cluster::new(20).await);
     // The fixture's own change-log rows invalidate nothing (nothing is cached yet): marked
     // published, they are not delivered, so the instances count only the load's writes.
-    sqlx::query(
-        "UPDATE outbox SET published_at = now(), stream_position = '0:0' WHERE published_at IS NULL",
-    )
-    .execute(&c.db.pool)
-    .await
-    .unwrap();
+    sql::mark_outbox_published(&c.db.pool).await;
     let instances = Arc::new(c.instances(3).await);
     // Warm every instance (L1 and response caches) before measuring.
     let token = c.token();
@@ -601,11 +592,7 @@ async fn a_paused_broker_costs_speed_not_correctness() {
             read_version(&c, inst, &token, None, *ev).await;
         }
     }
-    let published_before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
-            .fetch_one(&c.db.pool)
-            .await
-            .unwrap();
+    let published_before = sql::published_outbox_rows(&c.db.pool).await;
     c.broker.pause();
     let paused_at = Instant::now();
     // Mixed load while the broker is stopped; reads may be stale only within the liveness
@@ -632,11 +619,7 @@ async fn a_paused_broker_costs_speed_not_correctness() {
     // After resume every write's outbox row is published, each exactly at its own position.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&c.db.pool)
-                .await
-                .unwrap();
+        let pending = sql::unpublished_outbox_rows(&c.db.pool).await;
         if pending == 0 {
             break;
         }
@@ -646,12 +629,7 @@ async fn a_paused_broker_costs_speed_not_correctness() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (published, distinct): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT stream_position) FROM outbox WHERE published_at IS NOT NULL",
-    )
-    .fetch_one(&c.db.pool)
-    .await
-    .unwrap();
+    let (published, distinct) = sql::published_outbox_rows_and_positions(&c.db.pool).await;
     assert!(published > published_before);
     assert_eq!(published, distinct, "every row has its own stream position");
     // Every instance trusts L1 again and has applied everything: reads agree with the database.
@@ -663,11 +641,7 @@ async fn a_paused_broker_costs_speed_not_correctness() {
             0.0
         );
         for ev in &c.events {
-            let truth: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-                .bind(ev.0)
-                .fetch_one(&c.db.pool)
-                .await
-                .unwrap();
+            let truth = sql::event_version(&c.db.pool, ev.0).await;
             assert_eq!(read_version(&c, inst, &token, None, *ev).await, truth);
         }
     }
@@ -696,11 +670,7 @@ async fn a_restarted_instance_serves_nothing_stale_once_ready() {
     assert_eq!(stale, 0);
     // And right after ready, with no bound at all: C agrees with the database.
     for ev in &c.events {
-        let truth: i64 = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-            .bind(ev.0)
-            .fetch_one(&c.db.pool)
-            .await
-            .unwrap();
+        let truth = sql::event_version(&c.db.pool, ev.0).await;
         assert_eq!(
             read_version(&c, &instances[2], &token, None, *ev).await,
             truth
@@ -731,10 +701,7 @@ async fn an_invalidation_left_by_a_dead_relay_is_delivered_after_restart() {
         before,
         "B has not heard of the write: it is still in the outbox"
     );
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(&c.db.pool)
-        .await
-        .unwrap();
+    let pending = sql::unpublished_outbox_rows(&c.db.pool).await;
     assert!(pending >= 1);
 
     // The relay's process dies and comes back with its relay on.
@@ -779,18 +746,11 @@ async fn month_version(c: &Cluster, inst: &Instance, token: &str, ev: EventId) -
 }
 
 async fn unpublished(c: &Cluster) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(&c.db.pool)
-        .await
-        .unwrap()
+    sql::unpublished_outbox_rows(&c.db.pool).await
 }
 
 async fn db_version(c: &Cluster, ev: EventId) -> i64 {
-    sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-        .bind(ev.0)
-        .fetch_one(&c.db.pool)
-        .await
-        .unwrap()
+    sql::event_version(&c.db.pool, ev.0).await
 }
 
 /// Reads `ev` through `reader` (no L1: Redis and the shared response tier answer) until both the
@@ -1007,12 +967,7 @@ async fn calendar_purge_reaches_every_instance_and_redis() {
             let old = title(&c, inst, &token, ev).await;
             assert_ne!(old, new);
         }
-        sqlx::query("UPDATE events SET title = $2 WHERE id = $1")
-            .bind(ev.0)
-            .bind(new)
-            .execute(&c.db.pool)
-            .await
-            .unwrap();
+        sql::set_event_title(&c.db.pool, ev.0, new).await;
         for inst in [a, b] {
             assert_ne!(
                 title(&c, inst, &token, ev).await,

@@ -482,11 +482,7 @@ async fn month_view_traces_show_loaders_tiers_and_sql() {
         .await
         .unwrap();
     assert!(created.get("errors").is_none(), "{created}");
-    let trace: Value =
-        sqlx::query_scalar("SELECT payload->'trace' FROM outbox ORDER BY id DESC LIMIT 1")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
+    let trace = cal_test_support::sql::newest_outbox_trace(&app.db.pool).await;
     let traceparent = trace
         .as_array()
         .and_then(|pairs| pairs.iter().find(|p| p[0] == "traceparent"))

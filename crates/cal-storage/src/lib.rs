@@ -18,8 +18,8 @@
 //! - `statement`: the one guard every statement passes (count, span, budget, slow log);
 //! - `pool`: pool options and recovery after a database restart;
 //! - `error`: [`StorageError`], with client-caused constraint violations mapped by name;
-//! - `rows`: column lists and row decoding; `ops`: the binary's commands (creating the database,
-//!   fixtures);
+//! - `rows`: column lists and row decoding; `ops`: the binary's commands (connecting and
+//!   creating the database, fixtures);
 //! - [`seed`]: bulk seeding; [`explain`]: EXPLAIN of the hot queries.
 
 mod error;
@@ -36,7 +36,7 @@ mod writes;
 
 pub use error::{Conflict, StorageError};
 pub use explain::seq_scans;
-pub use ops::create_database_if_missing;
+pub use ops::{ConnectError, connect};
 pub use outbox::{ClaimedOutbox, OutboxRow};
 pub use pool::{ACQUIRE_TIMEOUT, is_connection_lost, pool_options};
 pub use purge::{PurgeScope, Purged};

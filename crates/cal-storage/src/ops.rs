@@ -1,10 +1,42 @@
-//! Statements of the binary's commands rather than of requests: creating the database on first
-//! start, the demo user, the load tests' fixtures.
+//! Statements of the binary's commands rather than of requests: connecting (and creating the
+//! database on first start), the demo user, the load tests' fixtures.
 
-use crate::{StorageError, Store};
+use crate::{PgPool, StorageError, Store};
 use cal_domain::{CalendarId, UserId};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, Executor};
+use sqlx::{ConnectOptions, Connection, Executor};
+use std::str::FromStr;
+
+/// Why [`connect`] failed: the step, with the driver's error as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL")]
+    Url(#[source] sqlx::Error),
+    #[error("cannot create the database (connecting to the maintenance database `postgres`)")]
+    CreateDatabase(#[source] StorageError),
+    #[error("cannot connect to PostgreSQL")]
+    Connect(#[source] sqlx::Error),
+}
+
+/// The service's pool ([`crate::pool_options`]) on the database `url` names, creating that
+/// database first when it does not exist. The binary calls this, so that it needs no sqlx of its
+/// own.
+///
+/// sqlx's own statement logging is off: the store observes every statement itself (spans,
+/// counters, slow statements by name, never parameters), and sqlx's logger summarised each
+/// query's text on the hot path.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(ConnectError::Url)?
+        .disable_statement_logging();
+    create_database_if_missing(&options)
+        .await
+        .map_err(ConnectError::CreateDatabase)?;
+    crate::pool_options(max_connections)
+        .connect_with(options)
+        .await
+        .map_err(ConnectError::Connect)
+}
 
 /// Creates the database `options` names when it does not exist yet (connecting to the
 /// maintenance database `postgres` to do so).

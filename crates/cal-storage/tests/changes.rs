@@ -132,7 +132,7 @@ async fn pruning_the_change_log_keeps_unpublished_and_recent_rows() {
         (0, true),
         (0, true),
     ] {
-        cal_test_support::insert_outbox_row(&db.pool, age_days, published).await;
+        cal_test_support::sql::insert_outbox_row(&db.pool, age_days, published).await;
     }
     let week = std::time::Duration::from_secs(7 * 24 * 3600);
     assert_eq!(store.prune_outbox(week, 2).await.unwrap(), 2, "a batch");

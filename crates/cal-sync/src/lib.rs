@@ -11,6 +11,10 @@
 //! - [`progress`]: what this instance has applied of the stream, and the consistency tokens
 //!   (stream positions) that mutations hand out and other instances wait for.
 //! - [`trace`]: W3C trace context in and out of bus messages.
+//! - `invalidator`: where [`Invalidator`] lives, with [`invalidations`] (the cache keys a change
+//!   set retires); `consumer`: the thread that applies other instances' invalidations, and the
+//!   liveness monitor; `config`: [`SyncConfig`] and [`RelayConfig`], plain data; `metrics`: the
+//!   stream's and the change log's Prometheus metrics.
 //!
 //! Write order, as the consistency argument needs it: the transaction commits (with its
 //! change-log row) → local L1 eviction → the relay writes the row's L2 tombstones, then publishes

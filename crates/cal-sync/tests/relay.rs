@@ -93,10 +93,7 @@ async fn retitle(store: &Store, ev: &Event) -> Event {
 }
 
 async fn newest_row(db: &TestDb) -> (i64, bool) {
-    sqlx::query_as("SELECT id, published_at IS NOT NULL FROM outbox ORDER BY id DESC LIMIT 1")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
+    cal_test_support::sql::newest_outbox_row(&db.pool).await
 }
 
 fn quick_relay() -> SyncConfig {

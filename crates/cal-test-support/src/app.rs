@@ -208,11 +208,7 @@ impl TestApp {
 
     /// An event's current version, read from the database (the `expectedVersion` of a write).
     pub async fn event_version(&self, id: i64) -> i64 {
-        sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.db.pool)
-            .await
-            .unwrap()
+        crate::sql::event_version(&self.db.pool, id).await
     }
 
     /// Creates a calendar owned by `owner` directly in the database.

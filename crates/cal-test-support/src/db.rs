@@ -198,21 +198,6 @@ async fn ensure_template(server_url: &str) -> String {
     name
 }
 
-/// Writes a change-log (outbox) row `age_days` old, published or not, as a test's own fixture.
-pub async fn insert_outbox_row(pool: &PgPool, age_days: i32, published: bool) {
-    sqlx::query(
-        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at, \
-         published_at, stream_position) \
-         VALUES ('event', 1, 'event.updated', '{}', now() - make_interval(days => $1), \
-         CASE WHEN $2 THEN now() END, CASE WHEN $2 THEN '0:1' END)",
-    )
-    .bind(age_days)
-    .bind(published)
-    .execute(pool)
-    .await
-    .expect("an outbox row is written");
-}
-
 /// A plain one-hour event (confirmed, busy, UTC, no attendees or bookings) starting at `start`:
 /// the smallest write a test of the storage or the change log needs.
 pub fn one_hour_event(
