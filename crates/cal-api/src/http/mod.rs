@@ -8,7 +8,8 @@
 //!    answered 413 `PAYLOAD_TOO_LARGE`, see `body.rs`); who asks ([`Verifier`]), the viewer's
 //!    rate limit (`rate_limit.rs`: 429 `RATE_LIMITED`), the consistency token;
 //! 2. the whole-response caches, keyed by viewer and body bytes (or query string), before any
-//!    parsing;
+//!    parsing (`caching.rs`: which caches the request may use, the lookup, and at step 5 the
+//!    store);
 //! 3. decode the request strictly (`wire.rs`: 400 `BAD_REQUEST`), check the batch limit, resolve
 //!    persisted queries (`persisted.rs`), attach the parsed document ([`Documents`]); a GET that
 //!    is not a query is 405;
@@ -23,6 +24,7 @@
 //! compression (gzip, br, zstd) for bodies not already compressed by the response cache, which
 //! compresses once per entry.
 
+mod caching;
 mod conditional;
 mod observe;
 pub mod wire;
@@ -33,7 +35,7 @@ use crate::documents::Documents;
 use crate::error::ApiError;
 use crate::limits::{tag_limit_errors, too_complex};
 use crate::persisted::PersistedQueries;
-use crate::response_cache::{self, Encoding, RequestKind, ResponseKey};
+use crate::response_cache::{self, Encoding};
 use crate::schema::{AppSchema, Direct, RequestCtx};
 use crate::tiers::Tiers;
 use async_graphql::http::GraphiQLSource;
@@ -45,6 +47,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use caching::Caching;
 use cal_cache::{RequestStats, RequestStatsSnapshot};
 use cal_storage::{Store, StoreStats};
 use std::sync::Arc;
@@ -318,6 +321,16 @@ struct Caller {
 }
 
 impl Caller {
+    /// Step 1: who asks (the `Authorization` header), whether their rate limit lets them ask
+    /// now, and how (debug figures, coding, a consistency token to wait for).
+    async fn admit(state: &AppState, headers: &HeaderMap, media: Media) -> Result<Self, Response> {
+        let viewer = Self::viewer(state, headers).await;
+        if let Some(refusal) = rate_limited(state, media, viewer) {
+            return Err(refusal);
+        }
+        Self::read(state, headers, media, viewer).await
+    }
+
     /// The viewer a request's `Authorization` header names.
     async fn viewer(state: &AppState, headers: &HeaderMap) -> Viewer {
         let auth = headers
@@ -374,15 +387,6 @@ impl Caller {
         }
         Ok(caller)
     }
-}
-
-/// Where a cacheable answer may be kept.
-struct Keep {
-    key: ResponseKey,
-    /// The in-process response cache (L1 in use for this request).
-    local: bool,
-    /// The shared tier in Redis (L1 off, distrusted or bypassed).
-    shared: bool,
 }
 
 /// A GraphQL request as it came over HTTP, before it is decoded.
@@ -483,78 +487,52 @@ async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Inco
         panic!("failpoint panic-in-handler");
     }
     // 1. Who asks, and whether they may ask now: the limit comes before the response cache.
-    let viewer = Caller::viewer(&state, &headers).await;
-    if let Some(refusal) = rate_limited(&state, media, viewer) {
-        return refusal;
-    }
-    let caller = match Caller::read(&state, &headers, media, viewer).await {
+    let caller = match Caller::admit(&state, &headers, media).await {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(refusal) => return refusal,
     };
-    let tiers = &state.tiers;
-
-    // 2. The response caches, before anything is parsed. A batch (a JSON array) never is.
-    let responses = tiers
-        .responses
-        .as_ref()
-        .filter(|_| !caller.past_l1 && !tiers.cache.l1_distrusted());
-    // With L1 in use, executing from L1 entries is what keeps the in-process cache filled, so
-    // the shared tier stays out of the way; it serves when L1 cannot answer.
-    let shared = tiers.cache.has_l2() && responses.is_none();
-    let key = match &incoming {
-        Incoming::Post(body) if body.first() != Some(&b'[') => {
-            ResponseKey::new(caller.viewer, RequestKind::Post, body)
-        }
-        Incoming::Post(_) => None,
-        Incoming::Get(raw) => ResponseKey::new(
-            caller.viewer,
-            RequestKind::Get,
-            &Bytes::copy_from_slice(raw.as_bytes()),
-        ),
-    };
-    let keep = key.map(|key| Keep {
-        key,
-        local: responses.is_some(),
-        shared,
-    });
-    if let Some(keep) = &keep {
-        if let Some(hit) = responses.and_then(|r| r.lookup(&keep.key, &tiers.cache)) {
-            crate::observe::cached(&hit.operation);
-            let tag = hit.etag(media, || kept_etag(media, &hit.body));
-            return cached_response(
-                media,
-                tag,
-                hit.body.clone(),
-                caller.encoding.and_then(|e| Some((e, hit.encoded(e)?))),
-                hit.dependencies(),
-                caller.debug,
-            );
-        }
-        if keep.shared
-            && let Some((operation, body)) =
-                response_cache::shared_lookup(&tiers.cache, &keep.key).await
-        {
-            crate::observe::cached(&operation);
-            let tag = kept_etag(media, &body);
-            return cached_response(media, tag, body, None, 0, caller.debug);
-        }
+    // 2. The response caches, before anything is parsed.
+    let caching = Caching::plan(&state.tiers, &caller, &incoming);
+    if let Some(hit) = caching.lookup(&state.tiers.cache, &caller).await {
+        return hit;
     }
-
     // 3. Decode and parse.
+    let prepared = match prepare(&state, media, &incoming).await {
+        Ok(p) => p,
+        Err(refusal) => return refusal,
+    };
+    // 4. and 5. Execute, keep what may be kept, answer.
+    execute(&state, &caller, caching, prepared).await
+}
+
+/// A decoded request, ready to execute.
+struct Prepared {
+    batch: BatchRequest,
+    /// The parsed document of the (last) operation.
+    document: Option<Arc<async_graphql::parser::types::ExecutableDocument>>,
+    /// Every operation is a query.
+    query_only: bool,
+}
+
+/// Step 3: decodes the request strictly, checks the batch limit, resolves persisted queries and
+/// attaches the parsed documents; refuses a GET that is not a query.
+async fn prepare(
+    state: &AppState,
+    media: Media,
+    incoming: &Incoming,
+) -> Result<Prepared, Response> {
+    let tiers = &state.tiers;
     let get = matches!(incoming, Incoming::Get(_));
-    let decoded = match &incoming {
+    let decoded = match incoming {
         Incoming::Post(body) => wire::decode_body(body),
         Incoming::Get(raw) => wire::decode_query_string(raw).map(BatchRequest::Single),
     };
-    let mut batch = match decoded {
-        Ok(b) => b,
-        Err(e) => return refused(media, StatusCode::BAD_REQUEST, e),
-    };
+    let mut batch = decoded.map_err(|e| refused(media, StatusCode::BAD_REQUEST, e))?;
     crate::observe::begin(&batch);
     if let BatchRequest::Batch(list) = &batch
         && list.len() > state.config.max_batch
     {
-        return refused(
+        return Err(refused(
             media,
             media.request_error_status(),
             too_complex(format!(
@@ -562,7 +540,7 @@ async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Inco
                 state.config.max_batch,
                 list.len()
             )),
-        );
+        ));
     }
     let mut query_only = true;
     let mut document = None;
@@ -573,10 +551,11 @@ async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Inco
     };
     for request in requests {
         // Persisted queries: the document named by its hash, or checked against it.
-        let registration = match state.persisted.resolve(&tiers.cache, request).await {
-            Ok(r) => r,
-            Err(e) => return refused(media, media.request_error_status(), e),
-        };
+        let registration = state
+            .persisted
+            .resolve(&tiers.cache, request)
+            .await
+            .map_err(|e| refused(media, media.request_error_status(), e))?;
         let doc = state.documents.attach(request);
         if let (Some(registration), Some(_)) = (registration, &doc) {
             state.persisted.register(&tiers.cache, registration).await;
@@ -585,13 +564,32 @@ async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Inco
             .as_deref()
             .and_then(|d| crate::documents::operation_type(d, request.operation_name.as_deref()));
         if get && kind.is_some_and(|k| k != OperationType::Query) {
-            return post_only(media);
+            return Err(post_only(media));
         }
         query_only &= kind == Some(OperationType::Query);
         document = doc;
     }
+    Ok(Prepared {
+        batch,
+        document,
+        query_only,
+    })
+}
 
-    // 4. Execute.
+/// Steps 4 and 5: executes every operation (a plain query directly where it applies), keeps an
+/// answer built only from cached values, and writes the answer with its figures and token.
+async fn execute(
+    state: &AppState,
+    caller: &Caller,
+    caching: Caching<'_>,
+    prepared: Prepared,
+) -> Response {
+    let Prepared {
+        mut batch,
+        document,
+        query_only,
+    } = prepared;
+    let media = caller.media;
     let stats = Arc::new(StoreStats::with_budget(state.config.budget()));
     // Writes carry the request's trace context through their outbox rows to the bus, so an
     // invalidation applied on another instance links to this request in Jaeger.
@@ -608,13 +606,8 @@ async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Inco
     if caller.past_l1 {
         cache_stats.bypass_l1();
     }
-    let keep = keep.filter(|k| query_only && (k.local || k.shared));
-    if let (Some(_), Some(responses)) = (&keep, responses) {
-        responses.missed();
-    }
-    if keep.as_ref().is_some_and(|k| k.shared) {
-        cache_stats.track_versions();
-    }
+    let caching = caching.executing(query_only, &cache_stats);
+    let responses = caching.responses();
     let request_ctx = || {
         Arc::new(RequestCtx::new(
             caller.viewer,
@@ -641,7 +634,10 @@ async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Inco
         }
     }
     if let Some(body) = direct_body {
-        return finish_direct(&state, &caller, keep, responses, &stats, &cache_stats, body).await;
+        if stats.uncached_statements() == 0 {
+            caching.store(&state.tiers.cache, &cache_stats, &body).await;
+        }
+        return answer(caller, responses, &stats, &cache_stats, body);
     }
     for request in batch.iter_mut() {
         if !request
@@ -658,16 +654,16 @@ async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Inco
         BatchResponse::Batch(list) => list.iter_mut().for_each(tag_limit_errors),
     }
 
-    // 5. Keep the answer if it was built only from cached values (no error, no SQL past the
-    // cache, a query).
-    if let (Some(keep), BatchResponse::Single(r)) = (&keep, &resp)
+    // Keep the answer if it was built only from cached values (no error, no SQL past the cache,
+    // a query).
+    if let (true, BatchResponse::Single(r)) = (caching.keeps(), &resp)
         && r.is_ok()
         && r.extensions.is_empty()
         && stats.uncached_statements() == 0
     {
         let body = Bytes::from(serde_json::to_vec(r).expect("a response serializes"));
-        store_answer(&state, keep, responses, &cache_stats, &body).await;
-        return answer(&caller, responses, &stats, &cache_stats, body);
+        caching.store(&state.tiers.cache, &cache_stats, &body).await;
+        return answer(caller, responses, &stats, &cache_stats, body);
     }
 
     // What the request cost, on every answer that is not a denial (how much a denied request
@@ -746,51 +742,6 @@ fn kept_etag(media: Media, body: &Bytes) -> HeaderValue {
     match body.strip_suffix(zero_cost_tail()) {
         Some(head) => conditional::etag(media, head, b"}"),
         None => conditional::etag(media, body, b""),
-    }
-}
-
-/// The answer of a direct execution (`{"data":…}`: no errors, a query), kept like any other
-/// answer built only from cached values.
-async fn finish_direct(
-    state: &AppState,
-    caller: &Caller,
-    keep: Option<Keep>,
-    responses: Option<&response_cache::ResponseCache>,
-    stats: &StoreStats,
-    cache_stats: &RequestStats,
-    body: Bytes,
-) -> Response {
-    if let Some(keep) = &keep
-        && stats.uncached_statements() == 0
-    {
-        store_answer(state, keep, responses, cache_stats, &body).await;
-    }
-    answer(caller, responses, stats, cache_stats, body)
-}
-
-/// Keeps a cacheable answer in the response caches `keep` names.
-async fn store_answer(
-    state: &AppState,
-    keep: &Keep,
-    responses: Option<&response_cache::ResponseCache>,
-    cache_stats: &RequestStats,
-    body: &Bytes,
-) {
-    let operation = crate::observe::operation().unwrap_or_default();
-    // A later hit costs nothing: that is what it reports.
-    let body = &with_extensions(body, &[("cost", zero_cost())]);
-    if keep.shared {
-        response_cache::shared_store(
-            &state.tiers.cache,
-            &keep.key,
-            &cache_stats.versions(),
-            &operation,
-            body,
-        )
-        .await;
-    }
-    if let (true, Some(responses), Some(deps)) = (keep.local, responses, cache_stats.deps()) {
-        responses.store(keep.key.clone(), deps, operation, body.clone());
     }
 }
 
