@@ -171,7 +171,7 @@ fn metadata_names_broker(port: u16) -> Result<(), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     s.set_nodelay(true).unwrap();
-    let client_id = b"cal-test-support";
+    let client_id = b"cal-test-infra";
     let mut req = Vec::new();
     req.extend_from_slice(&3i16.to_be_bytes()); // api key: Metadata
     req.extend_from_slice(&1i16.to_be_bytes()); // api version 1
