@@ -14,7 +14,7 @@
 use crate::bench::{self, KillOnDrop};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -192,9 +192,7 @@ fn check_stop(stop: &AtomicBool) -> Result<()> {
 fn tansu() -> Result<PathBuf> {
     Ok(match crate::ensure_tansu()? {
         Some(bin) => bin,
-        None => std::env::var_os("TANSU_BIN")
-            .filter(|b| !b.is_empty())
-            .map_or_else(|| PathBuf::from("tansu"), PathBuf::from),
+        None => cal_test_infra::tansu_bin().unwrap_or_else(|| PathBuf::from("tansu")),
     })
 }
 
@@ -202,8 +200,8 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A tansu broker on a free loopback port with in-memory storage (the flags of
-/// `cal-test-support`'s `KafkaBroker`), at nice value `nice` (through `nice(1)`, which warns and
+/// A tansu broker on a free loopback port with in-memory storage (the flags of the tests'
+/// `cal_test_infra::KafkaBroker`), at nice value `nice` (through `nice(1)`, which warns and
 /// runs it unchanged without the privilege; `0`: started directly).
 struct Broker {
     _child: KillOnDrop,
@@ -213,7 +211,6 @@ struct Broker {
 impl Broker {
     fn start(bin: &Path, nice: i32, log: &Path) -> Result<Broker> {
         let port = free_port()?;
-        let url = format!("tcp://127.0.0.1:{port}");
         let out = std::fs::File::create(log)?;
         let mut command = if nice == 0 {
             Command::new(bin)
@@ -222,24 +219,8 @@ impl Broker {
             c.arg("-n").arg(nice.to_string()).arg(bin);
             c
         };
+        cal_test_infra::configure_tansu_broker(&mut command, port, &format!("cal-cluster-{port}"));
         let child = command
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-                "--cluster-id",
-                &format!("cal-cluster-{port}"),
-            ])
-            // An exporter endpoint from the environment would make the broker try to reach it.
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env(
-                "RUST_LOG",
-                std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -247,7 +228,7 @@ impl Broker {
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut child = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while let Err(e) = kafka_metadata_names(port) {
+        while let Err(e) = cal_test_infra::kafka_metadata_names(port, "xtask-cluster") {
             if let Some(status) = child.0.try_wait()? {
                 bail!(
                     "tansu exited ({status}) before it was ready; see {}",
@@ -270,67 +251,6 @@ impl Broker {
 
     fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
-    }
-}
-
-/// Sends a Kafka Metadata v1 request for no topics and checks that the broker lists itself on
-/// `port` (it is then ready for clients).
-fn kafka_metadata_names(port: u16) -> Result<()> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let client_id = b"xtask-cluster";
-    let mut req = Vec::new();
-    req.extend_from_slice(&3i16.to_be_bytes()); // api key: Metadata
-    req.extend_from_slice(&1i16.to_be_bytes()); // api version 1
-    req.extend_from_slice(&7i32.to_be_bytes()); // correlation id
-    req.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    req.extend_from_slice(client_id);
-    req.extend_from_slice(&0i32.to_be_bytes()); // topics: an empty array
-    let mut frame = (req.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&req);
-    s.write_all(&frame)?;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let len = i32::from_be_bytes(len);
-    ensure!((8..1 << 20).contains(&len), "odd response length {len}");
-    let mut body = vec![0u8; len as usize];
-    s.read_exact(&mut body)?;
-    let mut r = Reader(&body);
-    ensure!(r.i32()? == 7, "wrong correlation id");
-    let brokers = r.i32()?;
-    for _ in 0..brokers {
-        r.i32()?; // node id
-        r.string()?; // host
-        let p = r.i32()?;
-        r.string()?; // rack
-        if p == i32::from(port) {
-            return Ok(());
-        }
-    }
-    bail!("{brokers} brokers in metadata, none on port {port}")
-}
-
-/// Reads a Kafka response: big-endian integers and length-prefixed strings.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        ensure!(self.0.len() >= n, "short metadata response");
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-
-    fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into()?))
-    }
-
-    fn string(&mut self) -> Result<()> {
-        let n = i16::from_be_bytes(self.take(2)?.try_into()?);
-        if n > 0 {
-            self.take(n as usize)?;
-        }
-        Ok(())
     }
 }
 
@@ -1073,6 +993,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     #[test]
     fn options_are_checked() {

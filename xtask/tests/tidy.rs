@@ -5,7 +5,7 @@
 //!
 //! - the crate graph is exactly the one the README draws under its code map, and
 //!   dev-dependencies name no workspace crate but the test crates (`cal-test-support`,
-//!   `cal-test-infra`);
+//!   `cal-test-infra`); xtask depends on no crate of `crates/` but `cal-test-infra`;
 //! - `cal-domain` depends on no async runtime, database or network crate;
 //! - sqlx appears only in `cal-storage` and `cal-test-support` (manifests and sources);
 //! - every module a `lib.rs` (or a binary's `main.rs` with a tour) declares is named in its
@@ -42,6 +42,10 @@ const NOT_IN_DOMAIN: [&str; 12] = [
 /// (`cal-test-infra`, the standard library only). No other crate lists them in
 /// `[dependencies]`.
 const TEST_CRATES: [&str; 2] = ["cal-test-infra", "cal-test-support"];
+
+/// The only crate of `crates/` xtask may depend on: it has no dependencies of its own, so xtask
+/// still builds without compiling the service.
+const XTASK_MAY_USE: &str = "cal-test-infra";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -259,10 +263,13 @@ fn crate_graph_is_the_one_the_readme_draws() {
     }
     let tool = xtask();
     for dep in workspace_crates(&all_deps(&tool.manifest)) {
-        problems.push(format!(
-            "xtask/Cargo.toml depends on {dep}, but the README says xtask depends on no crate of \
-             crates/: drop the dependency (or change the README and this test)"
-        ));
+        if dep != XTASK_MAY_USE {
+            problems.push(format!(
+                "xtask/Cargo.toml depends on {dep}, but the README says xtask depends on no crate \
+                 of crates/ but {XTASK_MAY_USE}: drop the dependency (or change the README and \
+                 this test)"
+            ));
+        }
     }
     assert!(
         problems.is_empty(),
