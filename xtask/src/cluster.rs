@@ -11,7 +11,9 @@
 //! (skipping one that refuses it) and copies bytes both ways, so a keep-alive client stays on the
 //! instance it first reached.
 
-use crate::bench::{self, KillOnDrop};
+use crate::bench;
+use crate::http_client::http_request;
+use crate::process::{self, KillOnDrop};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::ErrorKind;
@@ -331,12 +333,12 @@ impl Shared<'_> {
 
 impl Instance {
     fn wait_ready(&mut self) -> Result<()> {
-        bench::wait_ready(&mut self.process.0, &self.addr, &self.log)
+        process::wait_ready(&mut self.process.0, &self.addr, &self.log)
             .with_context(|| format!("instance {}", self.number))
     }
 
     fn metrics(&self) -> Result<String> {
-        let (status, body) = bench::http_request(&self.addr, "GET", "/metrics", &[], "")
+        let (status, body) = http_request(&self.addr, "GET", "/metrics", &[], "")
             .with_context(|| format!("scraping instance {} ({})", self.number, self.addr))?;
         ensure!(
             status == 200,
@@ -818,7 +820,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
             "reusing {} (large scale for this month); --reseed recreates it",
             args.database
         );
-        crate::run(&mut calendar(&["migrate"]))?;
+        process::run(&mut calendar(&["migrate"]))?;
     }
     let fixtures_path = out_dir.join("fixtures.json");
     let (_, n_fixtures) = bench::write_fixtures(calendar, args.calendars, &fixtures_path)?;
@@ -834,7 +836,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         .as_secs();
     let k6_run = |duration: &str, summary: &Path| -> Result<Value> {
         let _ = std::fs::remove_file(summary);
-        crate::run(
+        process::run(
             Command::new(&k6)
                 .current_dir(&root)
                 .args(["run", "--quiet", "loadtests/month_view.js"])

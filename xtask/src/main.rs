@@ -7,13 +7,20 @@
 //!   response-cache hits (wrk).
 //! - `cluster`: a local multi-instance setup (Kafka-protocol broker, N instances, load balancer).
 //! - `bench-cluster`: invalidation lag and month-view throughput, N instances versus 1.
+//!
+//! What several commands share has a module of its own: `process` (running commands, stopping
+//! children on drop, waiting for a server to be ready) and `http_client` (one-shot HTTP/1
+//! requests: the readiness probe, metrics scrapes, check requests).
 
 mod bench;
 mod cluster;
+mod http_client;
+mod process;
 
 use anyhow::{Context, Result, bail};
 use cal_test_infra::TANSU_BIN;
 use clap::{Parser, Subcommand};
+use process::run;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -64,15 +71,6 @@ pub fn root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-pub fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("$ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -6,7 +6,8 @@
 //! - wrk on one fixed GET: a full response-cache hit next to a `304 Not Modified` revalidation
 //!   with its `If-None-Match`, identity and br.
 
-use super::{BenchArgs, Mode, WrkResult, http_request_raw, run_wrk, wrk_lat, wrk_rps};
+use super::{BenchArgs, Mode, WrkResult, run_wrk, wrk_lat, wrk_rps};
+use crate::http_client::http_request_raw;
 use anyhow::{Result, ensure};
 
 pub fn run(args: BenchArgs) -> Result<()> {
