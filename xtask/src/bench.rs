@@ -20,6 +20,7 @@ pub mod http;
 
 use crate::http_client::{http_get_status, http_request, http_request_raw};
 use crate::process::{self, KillOnDrop, TermOnDrop, wait_ready};
+use crate::prom::prom_sum;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -1109,35 +1110,6 @@ fn memory(pid: u32) -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// The sum of a Prometheus metric's samples whose labels contain every one of `labels`.
-pub(crate) fn prom_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (label_part, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.split_once('}') {
-                Some((l, v)) => (l, v),
-                None => continue,
-            },
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue, // a longer metric name
-        };
-        if !labels.iter().all(|l| label_part.contains(l)) {
-            continue;
-        }
-        if let Some(v) = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
 /// Figures from wrk's output (`--latency` for the percentiles).
 fn parse_wrk(text: &str) -> WrkResult {
     let mut r = WrkResult::default();
@@ -1421,26 +1393,6 @@ Transfer/sec:     60.00MB
                 socket_errors: false,
             }
         );
-    }
-
-    #[test]
-    fn prometheus_sums() {
-        let text = "# TYPE cal_cache_evictions_total counter
-cal_cache_evictions_total{kind=\"user\",tier=\"l1\"} 3
-cal_cache_evictions_total{kind=\"event\",tier=\"l1\"} 4
-cal_cache_evictions_total{kind=\"event\",tier=\"l2\"} 100
-cal_cache_l1_weighted_bytes 1048576
-cal_cache_l1_weighted_bytes_other 1
-";
-        assert_eq!(
-            prom_sum(text, "cal_cache_evictions_total", &["tier=\"l1\""]),
-            Some(7.0)
-        );
-        assert_eq!(
-            prom_sum(text, "cal_cache_l1_weighted_bytes", &[]),
-            Some(1_048_576.0)
-        );
-        assert_eq!(prom_sum(text, "cal_cache_misses_total", &[]), None);
     }
 
     #[test]

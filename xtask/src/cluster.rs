@@ -14,6 +14,9 @@
 use crate::bench;
 use crate::http_client::http_request;
 use crate::process::{self, KillOnDrop};
+use crate::prom::{
+    Buckets, Quantile, add_buckets, histogram_buckets, prom_sum, quantile, sum_counter,
+};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::ErrorKind;
@@ -352,7 +355,7 @@ impl Instance {
     fn wait_stream_live(&self) -> Result<bool> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let behind = bench::prom_sum(&self.metrics()?, "cal_invalidation_consumer_behind", &[]);
+            let behind = prom_sum(&self.metrics()?, "cal_invalidation_consumer_behind", &[]);
             if behind == Some(0.0) {
                 return Ok(true);
             }
@@ -557,76 +560,6 @@ pub fn run(args: ClusterArgs) -> Result<()> {
     Ok(())
 }
 
-/// Cumulative histogram buckets: (upper bound, observations at or below it), by bound; the last
-/// bound is `+Inf` (all observations).
-type Buckets = Vec<(f64, f64)>;
-
-/// The `NAME_bucket{…le="X"…} COUNT` samples of one histogram in Prometheus text.
-fn histogram_buckets(text: &str, name: &str) -> Buckets {
-    let prefix = format!("{name}_bucket{{");
-    let mut out: Buckets = text
-        .lines()
-        .filter_map(|line| {
-            let (labels, value) = line.strip_prefix(&prefix)?.split_once('}')?;
-            let le = labels
-                .split(',')
-                .find_map(|l| l.trim().strip_prefix("le=\"")?.strip_suffix('"'))?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((bound, value.split_whitespace().next()?.parse().ok()?))
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    out
-}
-
-/// Adds `sign * other` to `acc` bucket by bucket (instances share their bounds; a bound only
-/// one side has is kept).
-fn add_buckets(acc: &mut Buckets, other: &[(f64, f64)], sign: f64) {
-    for &(bound, count) in other {
-        match acc.iter_mut().find(|(b, _)| *b == bound) {
-            Some((_, c)) => *c += sign * count,
-            None => acc.push((bound, sign * count)),
-        }
-    }
-    acc.sort_by(|a, b| a.0.total_cmp(&b.0));
-}
-
-#[derive(Debug, PartialEq)]
-struct Quantile {
-    /// Linear interpolation inside the bucket where the cumulative count crosses the quantile's
-    /// rank (as Prometheus' `histogram_quantile`; the largest finite bound when that is `+Inf`).
-    estimate: f64,
-    /// That bucket's upper bound: the quantile is at most this (`inf`: above every bound).
-    upper: f64,
-}
-
-/// The `q` quantile of cumulative buckets; `None` without observations.
-fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<Quantile> {
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for &(upper, count) in buckets {
-        if count >= rank && count > below {
-            let estimate = if upper.is_infinite() {
-                lower
-            } else {
-                lower + (upper - lower) * (rank - below) / (count - below)
-            };
-            return Some(Quantile { estimate, upper });
-        }
-        lower = upper;
-        below = count;
-    }
-    None
-}
-
 /// One phase of the cluster benchmark.
 #[derive(Debug, Default)]
 struct Phase {
@@ -643,13 +576,6 @@ struct Phase {
     behind_at_end: f64,
     /// Connections the balancer gave each instance during warm-up and measured run.
     connections: Vec<u64>,
-}
-
-fn sum_counter(texts: &[String], name: &str) -> f64 {
-    texts
-        .iter()
-        .filter_map(|t| bench::prom_sum(t, name, &[]))
-        .sum()
 }
 
 fn sum_lag(texts: &[String]) -> Buckets {
@@ -995,6 +921,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prom::tests::METRICS;
     use std::io::{Read, Write};
 
     #[test]
@@ -1080,67 +1007,15 @@ mod tests {
         assert_eq!(lb.connections(), [2, 0, 4]);
     }
 
-    const METRICS: &str = "# HELP cal_invalidation_lag_seconds From a write's acknowledgement
-# TYPE cal_invalidation_lag_seconds histogram
-cal_invalidation_lag_seconds_bucket{le=\"0.001\"} 0
-cal_invalidation_lag_seconds_bucket{le=\"0.002\"} 10
-cal_invalidation_lag_seconds_bucket{le=\"0.005\"} 80
-cal_invalidation_lag_seconds_bucket{le=\"0.01\"} 98
-cal_invalidation_lag_seconds_bucket{le=\"0.02\"} 100
-cal_invalidation_lag_seconds_bucket{le=\"+Inf\"} 100
-cal_invalidation_lag_seconds_sum 0.4
-cal_invalidation_lag_seconds_count 100
-cal_invalidation_applied_total 100
-";
-
     #[test]
-    fn buckets_from_prometheus_text() {
-        assert_eq!(
-            histogram_buckets(METRICS, LAG),
-            [
-                (0.001, 0.0),
-                (0.002, 10.0),
-                (0.005, 80.0),
-                (0.01, 98.0),
-                (0.02, 100.0),
-                (f64::INFINITY, 100.0)
-            ]
-        );
-        assert!(histogram_buckets(METRICS, "cal_other").is_empty());
-        let labelled = "x_bucket{kind=\"a\",le=\"0.5\"} 3\nx_bucket{kind=\"a\",le=\"+Inf\"} 4\n";
-        assert_eq!(
-            histogram_buckets(labelled, "x"),
-            [(0.5, 3.0), (f64::INFINITY, 4.0)]
-        );
-    }
-
-    #[test]
-    fn quantiles_interpolate_inside_the_crossing_bucket() {
+    fn lag_cells() {
+        // p99 of the sample: rank 99 lies in (0.01, 0.02], halfway.
         let b = histogram_buckets(METRICS, LAG);
-        // p50: rank 50 lies in (0.002, 0.005] holding 70 (10 below): 0.002 + 0.003 * 40/70.
-        let p50 = quantile(&b, 0.5).unwrap();
-        assert_eq!(p50.upper, 0.005);
-        assert!((p50.estimate - (0.002 + 0.003 * 40.0 / 70.0)).abs() < 1e-12);
-        // p99: rank 99 lies in (0.01, 0.02] holding 2 (98 below): halfway.
-        let p99 = quantile(&b, 0.99).unwrap();
-        assert_eq!(p99.upper, 0.02);
-        assert!((p99.estimate - 0.015).abs() < 1e-12);
-        // p10: rank 10 is exactly the count at 0.002: that bound.
-        assert!((quantile(&b, 0.1).unwrap().estimate - 0.002).abs() < 1e-12);
-        // Nothing observed: no quantile.
-        assert_eq!(quantile(&[(0.1, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
-        assert_eq!(quantile(&[], 0.5), None);
-        // Above every finite bound: the largest finite bound, with an infinite upper bound.
-        let q = quantile(&[(0.1, 1.0), (f64::INFINITY, 10.0)], 0.99).unwrap();
-        assert_eq!(
-            q,
-            Quantile {
-                estimate: 0.1,
-                upper: f64::INFINITY
-            }
-        );
-        assert_eq!(lag_cell(Some(q)), "> 100");
         assert_eq!(lag_cell(quantile(&b, 0.99)), "15.0 (≤ 20)");
+        // Above every finite bound.
+        let q = quantile(&[(0.1, 1.0), (f64::INFINITY, 10.0)], 0.99);
+        assert_eq!(lag_cell(q), "> 100");
+        assert_eq!(lag_cell(None), "n/a");
     }
 
     #[test]

@@ -9,13 +9,15 @@
 //! - `bench-cluster`: invalidation lag and month-view throughput, N instances versus 1.
 //!
 //! What several commands share has a module of its own: `process` (running commands, stopping
-//! children on drop, waiting for a server to be ready) and `http_client` (one-shot HTTP/1
-//! requests: the readiness probe, metrics scrapes, check requests).
+//! children on drop, waiting for a server to be ready), `http_client` (one-shot HTTP/1
+//! requests: the readiness probe, metrics scrapes, check requests) and `prom` (Prometheus text:
+//! sums of series, histogram buckets and quantiles).
 
 mod bench;
 mod cluster;
 mod http_client;
 mod process;
+mod prom;
 
 use anyhow::{Context, Result, bail};
 use cal_test_infra::TANSU_BIN;
