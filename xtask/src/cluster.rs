@@ -17,6 +17,7 @@ use crate::process::{self, KillOnDrop};
 use crate::prom::{
     Buckets, Quantile, add_buckets, histogram_buckets, prom_sum, quantile, sum_counter,
 };
+use crate::report;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::ErrorKind;
@@ -629,7 +630,7 @@ fn table_header() -> String {
 fn table_row(p: &Phase) -> String {
     let k = &p.k6;
     let read = "http_req_duration{name:MonthView}";
-    let count = |name| bench::metric(k, name, "count").unwrap_or(0.0);
+    let count = |name| report::metric(k, name, "count").unwrap_or(0.0);
     let samples = p.lag.last().map_or(0.0, |b| b.1);
     let mut published = format!("{:.0}", p.published);
     if p.publish_errors > 0.0 {
@@ -638,13 +639,13 @@ fn table_row(p: &Phase) -> String {
     format!(
         "| {} | {} | {} | {} | {} | {} | {} | {:.0} ({:.0}) | {} | {:.0} / {:.0} | {} | {} | {} |",
         p.label(),
-        bench::num(bench::k6_rps(k), 1),
-        bench::num(bench::metric(k, read, "med"), 1),
-        bench::num(bench::metric(k, read, "p(95)"), 1),
-        bench::num(bench::metric(k, read, "p(99)"), 1),
-        bench::metric(k, "errors", "rate")
+        report::num(report::k6_rps(k), 1),
+        report::num(report::metric(k, read, "med"), 1),
+        report::num(report::metric(k, read, "p(95)"), 1),
+        report::num(report::metric(k, read, "p(99)"), 1),
+        report::metric(k, "errors", "rate")
             .map_or_else(|| "n/a".to_owned(), |r| format!("{:.2}%", r * 100.0)),
-        bench::hit_ratio(k).map_or_else(|| "n/a".to_owned(), |h| format!("{:.1}%", h * 100.0)),
+        report::hit_ratio(k).map_or_else(|| "n/a".to_owned(), |h| format!("{:.1}%", h * 100.0)),
         count("writes"),
         count("write_conflicts"),
         published,
@@ -658,21 +659,6 @@ fn table_row(p: &Phase) -> String {
             .collect::<Vec<_>>()
             .join(" / "),
     )
-}
-
-/// "2 cores (model name)" from the machine this runs on.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    format!("{cores} cores ({model})")
 }
 
 /// Whether `database` exists and holds the large scale with events in `[from, to)`.
@@ -720,10 +706,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         (0.0..=1.0).contains(&args.write_ratio),
         "--write-ratio must be between 0 and 1"
     );
-    let command = format!(
-        "cargo xtask {}",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-    );
+    let command = report::command_line();
     let stop = stop_flag()?;
     check_services(&args.redis_url)?;
     let listener = claim_ports(args.port, args.instances)?;
@@ -737,7 +720,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
 
     let database_url = bench::database_url(&args.database);
     let calendar = |sub: &[&str]| bench::calendar_command(&bin, &database_url, sub);
-    let (from, to) = bench::current_month();
+    let (from, to) = report::current_month();
     let mut seed_secs = None;
     if args.reseed || !large_seed_present(&args.database, &from, &to)? {
         seed_secs = Some(bench::seed_large(&args.database, None, calendar)?);
@@ -869,9 +852,9 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
     }
     report.push_str(&format!(
         "`{command}`: {} {} | {} | VUs {} | k6 {} after {} warm-up per phase | Zipf s={} over {n_fixtures} calendars | write ratio {} | broker nice {} | window {from} .. {to}\n\n",
-        bench::today(),
-        bench::commit(&root),
-        machine(),
+        report::today(),
+        report::commit(&root),
+        report::machine(),
         args.vus,
         args.duration,
         args.warmup,
@@ -889,10 +872,10 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         report.push_str(&format!(
             "\n{} over 1 instance: k6 req/s {}, p99 {}\n",
             many.label(),
-            bench::ratio(bench::k6_rps(&many.k6), bench::k6_rps(&one.k6)),
-            bench::ratio(
-                bench::metric(&many.k6, "http_req_duration{name:MonthView}", "p(99)"),
-                bench::metric(&one.k6, "http_req_duration{name:MonthView}", "p(99)")
+            report::ratio(report::k6_rps(&many.k6), report::k6_rps(&one.k6)),
+            report::ratio(
+                report::metric(&many.k6, "http_req_duration{name:MonthView}", "p(99)"),
+                report::metric(&one.k6, "http_req_duration{name:MonthView}", "p(99)")
             ),
         ));
     }

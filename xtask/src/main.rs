@@ -10,14 +10,16 @@
 //!
 //! What several commands share has a module of its own: `process` (running commands, stopping
 //! children on drop, waiting for a server to be ready), `http_client` (one-shot HTTP/1
-//! requests: the readiness probe, metrics scrapes, check requests) and `prom` (Prometheus text:
-//! sums of series, histogram buckets and quantiles).
+//! requests: the readiness probe, metrics scrapes, check requests), `prom` (Prometheus text:
+//! sums of series, histogram buckets and quantiles) and `report` (the cells and header facts
+//! of the benchmarks' markdown tables, k6 summary figures).
 
 mod bench;
 mod cluster;
 mod http_client;
 mod process;
 mod prom;
+mod report;
 
 use anyhow::{Context, Result, bail};
 use cal_test_infra::TANSU_BIN;
