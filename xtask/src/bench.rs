@@ -1,20 +1,20 @@
 //! `cargo xtask bench`: the month view under load, every cache mode in one run, against the same
 //! database on the same machine, so that the figures can be compared as ratios.
 //!
-//! Steps: build the server (or take `--server-bin`), seed the large scale for the anchor month
-//! unless it is there, write one token per calendar owner, then for each mode start a fresh
-//! server and
+//! Steps (each a function that [`run`] calls in turn): `prepare`: build the server (or take
+//! `--server-bin`), seed the large scale for the anchor month unless it is there, write one token
+//! per calendar owner; `run_modes`: for each mode start a fresh server and (`run_mode`)
 //! - drive it with k6 (`loadtests/month_view.js`) over every (calendar, month) pair, Zipf-ranked
 //!   (`--zipf 0`: uniform), one warm-up run and `--windows` measured runs; around each measured
 //!   run read the CPU time of the server and of every PostgreSQL process, and the server's
-//!   `/metrics` (statements, hits per tier, response-cache hits);
-//! - drive one fixed request with wrk, plain and with `Accept-Encoding: gzip`;
+//!   `/metrics` (statements, hits per tier, response-cache hits) (`k6_windows`);
+//! - drive one fixed request with wrk, plain and with `Accept-Encoding: gzip` (`wrk_runs`);
 //! - read its resident memory and the sizes of its caches.
 //!
-//! Then it serves the exact bytes of that fixed response (plain and gzipped) with nginx and runs
-//! the same wrk commands against it: the floor for moving those bytes on this machine. It prints
-//! markdown tables for `docs/benchmarks.md`. It owns the steps and their order; what one
-//! iteration does lives in the k6 script.
+//! Then (`measure_floor`) it serves the exact bytes of that fixed response (plain and gzipped)
+//! with nginx and runs the same wrk commands against it: the floor for moving those bytes on this
+//! machine. Last, `report` prints markdown tables for `docs/benchmarks.md`. It owns the steps and
+//! their order; what one iteration does lives in the k6 script.
 
 pub mod http;
 
@@ -51,6 +51,14 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The modes a run with `--mode self` measures, in order.
+    fn expand(self) -> Vec<Mode> {
+        match self {
+            Mode::All => vec![Mode::Cold, Mode::L2, Mode::L1l2NoResp, Mode::L1l2],
+            m => vec![m],
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mode::Cold => "cold",
@@ -238,23 +246,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     validate(&args)?;
     let command = command_line();
     let setup = prepare(&args)?;
-    let modes: Vec<Mode> = match args.mode {
-        Mode::All => vec![Mode::Cold, Mode::L2, Mode::L1l2NoResp, Mode::L1l2],
-        m => vec![m],
-    };
-    let mut results = Vec::new();
-    let mut captured = None;
-    for mode in modes {
-        let (result, capture) = run_mode(&args, &setup, mode)?;
-        results.push(result);
-        if capture.is_some() {
-            captured = capture;
-        }
-    }
-    let floor = match (&setup.wrk, captured, args.no_floor) {
-        (Some(wrk), Some(bytes), false) => Some(nginx_floor(&args, &setup, wrk, &bytes)?),
-        _ => None,
-    };
+    let (results, captured) = run_modes(&args, &setup)?;
+    let floor = measure_floor(&args, &setup, captured)?;
     report(&args, &setup, &command, &results, floor.as_ref());
     Ok(())
 }
@@ -382,87 +375,54 @@ fn seed_months(anchor: &str) -> Result<Vec<(String, String)>> {
 /// The fixed wrk request's response bytes: plain and gzipped.
 type Captured = (Vec<u8>, Vec<u8>);
 
-/// Runs one mode with a fresh server; returns its figures and, for `l1l2`, the fixed wrk
-/// response's exact bytes (plain, gzip) for the nginx floor.
+/// Runs every mode `--mode` names, each with a fresh server; returns their figures and, if a
+/// mode captured them (`l1l2`), the fixed wrk response's exact bytes for the nginx floor.
+fn run_modes(args: &BenchArgs, setup: &Setup) -> Result<(Vec<ModeResult>, Option<Captured>)> {
+    let mut results = Vec::new();
+    let mut captured = None;
+    for mode in args.mode.expand() {
+        let (result, capture) = run_mode(args, setup, mode)?;
+        results.push(result);
+        if capture.is_some() {
+            captured = capture;
+        }
+    }
+    Ok((results, captured))
+}
+
+/// The nginx floor, when wrk ran, a mode captured the fixed response and `--no-floor` is off.
+fn measure_floor(
+    args: &BenchArgs,
+    setup: &Setup,
+    captured: Option<Captured>,
+) -> Result<Option<Floor>> {
+    Ok(match (&setup.wrk, captured, args.no_floor) {
+        (Some(wrk), Some(bytes), false) => Some(nginx_floor(args, setup, wrk, &bytes)?),
+        _ => None,
+    })
+}
+
+/// Runs one mode with a fresh server: the k6 windows, then (with wrk) the fixed request, then
+/// its memory and caches. Returns its figures and, for `l1l2`, the fixed wrk response's exact
+/// bytes (plain, gzip) for the nginx floor.
 fn run_mode(args: &BenchArgs, setup: &Setup, mode: Mode) -> Result<(ModeResult, Option<Captured>)> {
     let name = mode.name();
     eprintln!("\n=== mode {name} ===");
     let log_path = setup.out_dir.join(format!("server-{name}.log"));
     let mut server = start_server(args, setup, mode, &log_path)?;
     let pid = server.0.id();
-
-    let k6_run = |duration: &str, summary: &Path| -> Result<Value> {
-        let _ = std::fs::remove_file(summary);
-        process::run(
-            Command::new(&setup.k6)
-                .current_dir(&setup.root)
-                .args(["run", "--quiet", "loadtests/month_view.js"])
-                .env("FIXTURES", &setup.fixtures_path)
-                .env("BASE_URL", format!("http://{}", setup.listen))
-                .env("VUS", args.vus.to_string())
-                .env("DURATION", duration)
-                .env("MONTHS", &setup.windows)
-                .env("ZIPF", args.zipf.to_string())
-                .env("WRITE_RATIO", args.write_ratio.to_string())
-                // Figures come from /metrics: real clients send no debug header, and a hit that
-                // adds `extensions.stats` is not the hit they get.
-                .env("DEBUG_STATS", "0")
-                .env("SUMMARY", summary),
-        )?;
-        Ok(serde_json::from_slice(
-            &std::fs::read(summary)
-                .with_context(|| format!("k6 wrote no {}", summary.display()))?,
-        )?)
+    let windows = k6_windows(args, setup, name, pid)?;
+    let (wrk_plain, wrk_gzip, captured) = match &setup.wrk {
+        Some(wrk) => {
+            let (plain, gzip, bytes) = wrk_runs(args, setup, wrk, name)?;
+            (
+                Some(plain),
+                Some(gzip),
+                (mode == Mode::L1l2).then_some(bytes),
+            )
+        }
+        None => (None, None, None),
     };
-    if args.warmup != "0" {
-        eprintln!("warm-up ({}, not reported)", args.warmup);
-        k6_run(
-            &args.warmup,
-            &setup.out_dir.join(format!("warmup-{name}.json")),
-        )?;
-    }
-    let mut windows = Vec::new();
-    for w in 1..=args.windows {
-        let (cpu0, m0) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
-        let k6 = k6_run(
-            &args.duration,
-            &setup.out_dir.join(format!("summary-{name}-{w}.json")),
-        )?;
-        let (cpu1, m1) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
-        windows.push(Window {
-            k6,
-            cpu: CpuSample {
-                server: cpu1.server - cpu0.server,
-                postgres: cpu1.postgres - cpu0.postgres,
-            },
-            metrics: m1.since(m0),
-        });
-    }
-
-    let (mut wrk_plain, mut wrk_gzip, mut captured) = (None, None, None);
-    if let Some(wrk) = &setup.wrk {
-        // The fixed request must really be a month view before its rate means anything.
-        let auth = format!("Bearer {}", setup.wrk_token);
-        let plain = fixed_request(setup, &auth, None)?;
-        let gzip = fixed_request(setup, &auth, Some("gzip"))?;
-        for (encoding, suffix, result) in [
-            (None, "", &mut wrk_plain),
-            (Some("gzip"), "-gzip", &mut wrk_gzip),
-        ] {
-            let script = setup.out_dir.join(format!("wrk-{name}{suffix}.lua"));
-            std::fs::write(&script, wrk_lua("POST", &setup.wrk_body, &auth, encoding))?;
-            *result = Some(run_wrk(
-                args,
-                wrk,
-                &script,
-                &format!("http://{}/graphql", setup.listen),
-                &setup.out_dir.join(format!("wrk-{name}{suffix}.txt")),
-            )?);
-        }
-        if mode == Mode::L1l2 {
-            captured = Some((plain, gzip));
-        }
-    }
 
     let (vm_rss_kib, vm_hwm_kib) = memory(pid);
     let metrics = scrape(&setup.listen);
@@ -481,6 +441,93 @@ fn run_mode(args: &BenchArgs, setup: &Setup, mode: Mode) -> Result<(ModeResult, 
         },
         captured,
     ))
+}
+
+/// The unreported k6 warm-up, then `--windows` measured k6 runs against the server (process
+/// `pid`), each with the CPU time and the `/metrics` counters it cost.
+fn k6_windows(args: &BenchArgs, setup: &Setup, name: &str, pid: u32) -> Result<Vec<Window>> {
+    if args.warmup != "0" {
+        eprintln!("warm-up ({}, not reported)", args.warmup);
+        k6_run(
+            args,
+            setup,
+            &args.warmup,
+            &setup.out_dir.join(format!("warmup-{name}.json")),
+        )?;
+    }
+    let mut windows = Vec::new();
+    for w in 1..=args.windows {
+        let (cpu0, m0) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
+        let k6 = k6_run(
+            args,
+            setup,
+            &args.duration,
+            &setup.out_dir.join(format!("summary-{name}-{w}.json")),
+        )?;
+        let (cpu1, m1) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
+        windows.push(Window {
+            k6,
+            cpu: CpuSample {
+                server: cpu1.server - cpu0.server,
+                postgres: cpu1.postgres - cpu0.postgres,
+            },
+            metrics: m1.since(m0),
+        });
+    }
+    Ok(windows)
+}
+
+/// One k6 run of `loadtests/month_view.js` against the server for `duration`; returns the
+/// summary it wrote to `summary`.
+fn k6_run(args: &BenchArgs, setup: &Setup, duration: &str, summary: &Path) -> Result<Value> {
+    let _ = std::fs::remove_file(summary);
+    process::run(
+        Command::new(&setup.k6)
+            .current_dir(&setup.root)
+            .args(["run", "--quiet", "loadtests/month_view.js"])
+            .env("FIXTURES", &setup.fixtures_path)
+            .env("BASE_URL", format!("http://{}", setup.listen))
+            .env("VUS", args.vus.to_string())
+            .env("DURATION", duration)
+            .env("MONTHS", &setup.windows)
+            .env("ZIPF", args.zipf.to_string())
+            .env("WRITE_RATIO", args.write_ratio.to_string())
+            // Figures come from /metrics: real clients send no debug header, and a hit that
+            // adds `extensions.stats` is not the hit they get.
+            .env("DEBUG_STATS", "0")
+            .env("SUMMARY", summary),
+    )?;
+    Ok(serde_json::from_slice(
+        &std::fs::read(summary).with_context(|| format!("k6 wrote no {}", summary.display()))?,
+    )?)
+}
+
+/// wrk on the fixed request, plain and with `Accept-Encoding: gzip`, after checking that it
+/// answers the month view; returns both results and the response's exact bytes (plain, gzip).
+fn wrk_runs(
+    args: &BenchArgs,
+    setup: &Setup,
+    wrk: &Path,
+    name: &str,
+) -> Result<(WrkResult, WrkResult, Captured)> {
+    // The fixed request must really be a month view before its rate means anything.
+    let auth = format!("Bearer {}", setup.wrk_token);
+    let plain = fixed_request(setup, &auth, None)?;
+    let gzip = fixed_request(setup, &auth, Some("gzip"))?;
+    let measure = |encoding: Option<&str>, suffix: &str| -> Result<WrkResult> {
+        let script = setup.out_dir.join(format!("wrk-{name}{suffix}.lua"));
+        std::fs::write(&script, wrk_lua("POST", &setup.wrk_body, &auth, encoding))?;
+        run_wrk(
+            args,
+            wrk,
+            &script,
+            &format!("http://{}/graphql", setup.listen),
+            &setup.out_dir.join(format!("wrk-{name}{suffix}.txt")),
+        )
+    };
+    let wrk_plain = measure(None, "")?;
+    let wrk_gzip = measure(Some("gzip"), "-gzip")?;
+    Ok((wrk_plain, wrk_gzip, (plain, gzip)))
 }
 
 fn start_server(
