@@ -5,7 +5,8 @@
 //!
 //! - the crate graph is exactly the one the README draws under its code map, and
 //!   dev-dependencies name no workspace crate but the test crates (`cal-test-support`,
-//!   `cal-test-infra`); xtask depends on no crate of `crates/` but `cal-test-infra`;
+//!   `cal-test-infra`); xtask depends on no crate of `crates/` but `cal-test-infra`, which
+//!   depends on nothing;
 //! - `cal-domain` depends on no async runtime, database or network crate;
 //! - sqlx appears only in `cal-storage` and `cal-test-support` (manifests and sources);
 //! - every module a `lib.rs` (or a binary's `main.rs` with a tour) declares is named in its
@@ -308,6 +309,20 @@ fn only_the_test_crates_are_dev_dependencies() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn cal_test_infra_depends_on_nothing() {
+    let infra = load(root().join("crates/cal-test-infra"));
+    let mut found = deps(&infra.manifest, "dependencies");
+    found.extend(deps(&infra.manifest, "build-dependencies"));
+    assert!(
+        found.is_empty(),
+        "crates/cal-test-infra/Cargo.toml depends on {}: it is the standard library only, so that \
+         xtask (which uses it) and the Kafka adapter's tests build without them; put what needs \
+         a dependency in cal-test-support",
+        found.into_iter().collect::<Vec<_>>().join(", ")
+    );
 }
 
 /// Whether `dep` is `family` or one of its crates (`tokio-util`, `sqlx_core`).
