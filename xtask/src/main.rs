@@ -7,12 +7,24 @@
 //!   response-cache hits (wrk).
 //! - `cluster`: a local multi-instance setup (Kafka-protocol broker, N instances, load balancer).
 //! - `bench-cluster`: invalidation lag and month-view throughput, N instances versus 1.
+//!
+//! What several commands share has a module of its own: `process` (running commands, stopping
+//! children on drop, waiting for a server to be ready), `http_client` (one-shot HTTP/1
+//! requests: the readiness probe, metrics scrapes, check requests), `prom` (Prometheus text:
+//! sums of series, histogram buckets and quantiles) and `report` (the cells and header facts
+//! of the benchmarks' markdown tables, k6 summary figures).
 
 mod bench;
 mod cluster;
+mod http_client;
+mod process;
+mod prom;
+mod report;
 
 use anyhow::{Context, Result, bail};
+use cal_test_infra::TANSU_BIN;
 use clap::{Parser, Subcommand};
+use process::run;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -65,15 +77,6 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-pub fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("$ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
 fn test(extra: &[String]) -> Result<()> {
     check_services()?;
     ensure_promtool()?;
@@ -81,7 +84,7 @@ fn test(extra: &[String]) -> Result<()> {
     let tansu_bin = ensure_tansu()?;
     let mut cargo = Command::new("cargo");
     if let Some(bin) = tansu_bin {
-        cargo.env("TANSU_BIN", bin);
+        cargo.env(TANSU_BIN, bin);
     }
     run(cargo
         .current_dir(root())
@@ -163,7 +166,7 @@ fn ensure_node_clients() -> Result<()> {
 
 /// The Kafka bus tests (crates/cal-bus-kafka) start `tansu` brokers of their own; it comes from
 /// crates.io. Installs it when it is missing. Returns the binary to export as `TANSU_BIN` when it
-/// is in cargo's bin directory but not on PATH.
+/// is in cargo's bin directory ([`cal_test_infra::installed_tansu`]) but not on PATH.
 fn ensure_tansu() -> Result<Option<PathBuf>> {
     let works = |bin: &Path| {
         Command::new(bin)
@@ -171,20 +174,17 @@ fn ensure_tansu() -> Result<Option<PathBuf>> {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if let Some(bin) = std::env::var_os("TANSU_BIN").map(PathBuf::from) {
+    if let Some(bin) = std::env::var_os(TANSU_BIN).map(PathBuf::from) {
         if works(&bin) {
             return Ok(None);
         }
-        bail!("TANSU_BIN={} is not a working tansu", bin.display());
+        bail!("{TANSU_BIN}={} is not a working tansu", bin.display());
     }
     if works(Path::new("tansu")) {
         return Ok(None);
     }
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .context("neither CARGO_HOME nor HOME is set")?;
-    let installed = cargo_home.join("bin").join("tansu");
+    let installed =
+        cal_test_infra::installed_tansu().context("neither CARGO_HOME nor HOME is set")?;
     if !works(&installed) {
         eprintln!(
             "tansu (the Kafka broker of the bus tests) is missing; installing it from crates.io (`cargo install`: about 10-20 minutes)"

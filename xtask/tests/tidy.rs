@@ -4,7 +4,9 @@
 //! tests only read files. Each failure says what to change.
 //!
 //! - the crate graph is exactly the one the README draws under its code map, and
-//!   dev-dependencies name no workspace crate but `cal-test-support`;
+//!   dev-dependencies name no workspace crate but the test crates (`cal-test-support`,
+//!   `cal-test-infra`); xtask depends on no crate of `crates/` but `cal-test-infra`, which
+//!   depends on nothing;
 //! - `cal-domain` depends on no async runtime, database or network crate;
 //! - sqlx appears only in `cal-storage` and `cal-test-support` (manifests and sources);
 //! - every module a `lib.rs` (or a binary's `main.rs` with a tour) declares is named in its
@@ -36,8 +38,15 @@ const NOT_IN_DOMAIN: [&str; 12] = [
     "moka",
 ];
 
-/// The only workspace crate a `[dev-dependencies]` section may name.
-const TEST_SUPPORT: &str = "cal-test-support";
+/// The only workspace crates a `[dev-dependencies]` section may name: the test fixtures
+/// (`cal-test-support`, with the app harness) and the infrastructure they build on
+/// (`cal-test-infra`, the standard library only). No other crate lists them in
+/// `[dependencies]`.
+const TEST_CRATES: [&str; 2] = ["cal-test-infra", "cal-test-support"];
+
+/// The only crate of `crates/` xtask may depend on: it has no dependencies of its own, so xtask
+/// still builds without compiling the service.
+const XTASK_MAY_USE: &str = "cal-test-infra";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -255,10 +264,13 @@ fn crate_graph_is_the_one_the_readme_draws() {
     }
     let tool = xtask();
     for dep in workspace_crates(&all_deps(&tool.manifest)) {
-        problems.push(format!(
-            "xtask/Cargo.toml depends on {dep}, but the README says xtask depends on no crate of \
-             crates/: drop the dependency (or change the README and this test)"
-        ));
+        if dep != XTASK_MAY_USE {
+            problems.push(format!(
+                "xtask/Cargo.toml depends on {dep}, but the README says xtask depends on no crate \
+                 of crates/ but {XTASK_MAY_USE}: drop the dependency (or change the README and \
+                 this test)"
+            ));
+        }
     }
     assert!(
         problems.is_empty(),
@@ -268,28 +280,49 @@ fn crate_graph_is_the_one_the_readme_draws() {
 }
 
 #[test]
-fn only_cal_test_support_is_a_dev_dependency() {
+fn only_the_test_crates_are_dev_dependencies() {
+    let allowed = TEST_CRATES.join(" and ");
     let mut problems = Vec::new();
     for krate in crates() {
         for dep in workspace_crates(&deps(&krate.manifest, "dev-dependencies")) {
-            if dep != TEST_SUPPORT {
+            if !TEST_CRATES.contains(&dep.as_str()) {
                 problems.push(format!(
-                    "{}/Cargo.toml has {dep} in [dev-dependencies]: the only workspace crate a \
-                     test may depend on is {TEST_SUPPORT}; reach {dep} through it, or make it a \
+                    "{}/Cargo.toml has {dep} in [dev-dependencies]: the only workspace crates a \
+                     test may depend on are {allowed}; reach {dep} through them, or make it a \
                      normal dependency and draw the arrow in the README",
                     rel(&krate.dir)
                 ));
             }
         }
-        if deps(&krate.manifest, "dependencies").contains(TEST_SUPPORT) {
-            problems.push(format!(
-                "{}/Cargo.toml has {TEST_SUPPORT} in [dependencies]: fixtures must never reach \
-                 the service; move it to [dev-dependencies]",
-                rel(&krate.dir)
-            ));
+        // The test crates build on each other (cal-test-support re-exports cal-test-infra).
+        if TEST_CRATES.contains(&krate.name.as_str()) {
+            continue;
+        }
+        for dep in deps(&krate.manifest, "dependencies") {
+            if TEST_CRATES.contains(&dep.as_str()) {
+                problems.push(format!(
+                    "{}/Cargo.toml has {dep} in [dependencies]: fixtures must never reach \
+                     the service; move it to [dev-dependencies]",
+                    rel(&krate.dir)
+                ));
+            }
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn cal_test_infra_depends_on_nothing() {
+    let infra = load(root().join("crates/cal-test-infra"));
+    let mut found = deps(&infra.manifest, "dependencies");
+    found.extend(deps(&infra.manifest, "build-dependencies"));
+    assert!(
+        found.is_empty(),
+        "crates/cal-test-infra/Cargo.toml depends on {}: it is the standard library only, so that \
+         xtask (which uses it) and the Kafka adapter's tests build without them; put what needs \
+         a dependency in cal-test-support",
+        found.into_iter().collect::<Vec<_>>().join(", ")
+    );
 }
 
 /// Whether `dep` is `family` or one of its crates (`tokio-util`, `sqlx_core`).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cal_bus_kafka::{KafkaBus, KafkaConfig};
 use cal_cache::{Invalidation, InvalidationBus};
-use cal_test_support::KafkaBroker;
+use cal_test_infra::KafkaBroker;
 use futures::StreamExt;
 
 #[tokio::main]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use cal_bus_kafka::{KafkaBus, KafkaConfig};
 use cal_cache::{BusError, Invalidation, InvalidationBus, Position};
-use cal_test_support::KafkaBroker;
+use cal_test_infra::KafkaBroker;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cal_bus_kafka::{KafkaBus, KafkaConfig};
 use cal_cache::priority::current_thread_nice;
 use cal_cache::{Invalidation, InvalidationBus};
-use cal_test_support::KafkaBroker;
+use cal_test_infra::KafkaBroker;
 use futures::StreamExt;
 
 /// Name → nice values of this process's threads.

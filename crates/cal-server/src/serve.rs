@@ -7,6 +7,7 @@ use cal_api::tiers::Tiers;
 use cal_api::{AppState, router};
 use cal_bus_kafka::{KafkaBus, KafkaConfig};
 use cal_cache::{InProcessBus, InvalidationBus, Position, TieredCache};
+use cal_server::telemetry::hostname;
 use cal_storage::Store;
 use cal_storage::seed::{Progress, Scale};
 use cal_sync::Invalidator;
@@ -207,14 +208,6 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
         .with_response_cache_bytes(settings.cache_response_max_bytes)
         .with_failpoints(settings.failpoints().map_err(anyhow::Error::msg)?);
     Ok((Arc::new(tiers), registry))
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map_or_else(|| "calendar".to_owned(), |h| h.trim().to_owned())
 }
 
 /// Warms the current and next month of the most active calendars in the background; readiness

@@ -80,7 +80,9 @@ impl TelemetryConfig {
     }
 }
 
-fn hostname() -> String {
+/// This host's name: `HOSTNAME`, else `/etc/hostname`, else `calendar`. Part of the trace
+/// resource's `service.instance.id` here and of the bus origin in the binary (`serve.rs`).
+pub fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

@@ -2,17 +2,13 @@
 //! `/health`, `/ready` and GraphQL with a token from `calendar token`, refuses to start in prod
 //! mode without a secret, and exits cleanly on SIGTERM.
 
+use cal_test_support::admin_url;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_calendar");
 const SECRET: &str = "binary-test-secret-binary-test-secret";
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
 
 /// A database name that does not exist yet (the binary must create it), dropped at the end.
 struct FreshDb(String);

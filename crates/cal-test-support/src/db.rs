@@ -10,11 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
-/// The server every test database lives on.
-pub fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
+use crate::admin_url;
 
 fn with_database(url: &str, db: &str) -> PgConnectOptions {
     PgConnectOptions::from_str(url)

@@ -3,28 +3,22 @@
 //!   migration set; [`one_hour_event`], the smallest event a test writes through the store;
 //! - `app`: [`TestApp`], the real HTTP server on a random port over its own database, with
 //!   GraphQL helpers ([`Gql`]);
-//! - `pg`: [`PgCluster`], a PostgreSQL cluster of the test's own, to stop, start and restart;
-//! - `redis`: [`RedisServer`], a `redis-server` of the test's own, to kill and restart;
-//! - `kafka`: [`KafkaBroker`], a `tansu` Kafka-protocol broker of the test's own, to pause,
-//!   resume and kill;
-//! - `metrics`: [`metric_sum`], a series' value in a `/metrics` scrape;
 //! - [`sql`]: the statements tests send themselves (rows edited by hand, old change-log rows,
 //!   a held row lock, inspection of what the store wrote): besides `cal-storage` the only SQL,
 //!   so no other crate's tests need sqlx.
+//!
+//! Everything of `cal-test-infra` is re-exported here, so a test that has the app harness needs
+//! no second fixture crate: [`admin_url`] and [`PgCluster`] (a PostgreSQL cluster of the test's
+//! own), [`RedisServer`], [`KafkaBroker`] (a `tansu` broker) and [`metric_sum`] (a series' value
+//! in a `/metrics` scrape). A test that needs none of the service's crates (the Kafka adapter's)
+//! depends on `cal-test-infra` alone, which compiles no GraphQL.
 //!
 //! Tests talk to the real PostgreSQL at `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 
 mod app;
 mod db;
-mod kafka;
-mod metrics;
-mod pg;
-mod redis;
 pub mod sql;
 
 pub use app::{Gql, TEST_ADMIN_TOKEN, TEST_SECRET, TestApp};
-pub use db::{TestDb, admin_url, one_hour_event};
-pub use kafka::{KafkaBroker, tansu_bin};
-pub use metrics::metric_sum;
-pub use pg::PgCluster;
-pub use redis::RedisServer;
+pub use cal_test_infra::*;
+pub use db::{TestDb, one_hour_event};

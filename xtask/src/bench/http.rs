@@ -6,15 +6,14 @@
 //! - wrk on one fixed GET: a full response-cache hit next to a `304 Not Modified` revalidation
 //!   with its `If-None-Match`, identity and br.
 
-use super::{BenchArgs, Mode, WrkResult, http_request_raw, run_wrk, wrk_lat, wrk_rps};
+use super::{BenchArgs, Mode, WrkResult, run_wrk, wrk_lat, wrk_rps};
+use crate::http_client::http_request_raw;
+use crate::report::command_line;
 use anyhow::{Result, ensure};
 
 pub fn run(args: BenchArgs) -> Result<()> {
     super::validate(&args)?;
-    let command = format!(
-        "cargo xtask {}",
-        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-    );
+    let command = command_line();
     let setup = super::prepare(&args)?;
     let log = setup.out_dir.join("server-http.log");
     let mut server = super::start_server(&args, &setup, Mode::L1l2, &log)?;

@@ -1,6 +1,10 @@
 //! A Kafka-protocol broker of a test's own: `tansu` with in-memory storage on a free loopback
 //! port, which the test may pause (SIGSTOP), resume and kill. Nothing here links librdkafka:
-//! readiness is checked with a hand-written Metadata request.
+//! readiness is checked with a hand-written Metadata request ([`kafka_metadata_names`]).
+//!
+//! `cargo xtask test` installs tansu, and `cargo xtask cluster` and `bench-cluster` start their
+//! broker with the same lookup ([`tansu_bin`], [`installed_tansu`], [`TANSU_BIN`]), flags
+//! ([`configure_tansu_broker`]) and probe, so those are public.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,9 +20,23 @@ pub struct KafkaBroker {
     child: Option<Child>,
 }
 
-/// The `tansu` binary: `$TANSU_BIN`, else `tansu` on PATH, else `~/.cargo/bin/tansu`.
+/// The environment variable naming the `tansu` binary: `cargo xtask test` sets it for the tests
+/// when it finds tansu only in cargo's bin folder, which need not be on PATH.
+pub const TANSU_BIN: &str = "TANSU_BIN";
+
+/// Where `cargo install tansu` puts the binary: `$CARGO_HOME/bin/tansu`, else
+/// `$HOME/.cargo/bin/tansu`; `None` when neither variable is set. It may not exist.
+pub fn installed_tansu() -> Option<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;
+    Some(cargo_home.join("bin").join("tansu"))
+}
+
+/// The `tansu` binary: `$TANSU_BIN`, else `tansu` on PATH, else the one `cargo install` put in
+/// cargo's bin folder ([`installed_tansu`]) if it is there.
 pub fn tansu_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TANSU_BIN").filter(|p| !p.is_empty()) {
+    if let Some(p) = std::env::var_os(TANSU_BIN).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
@@ -26,10 +44,36 @@ pub fn tansu_bin() -> Option<PathBuf> {
             .map(|d| d.join("tansu"))
             .find(|p| p.is_file())
     });
-    on_path.or_else(|| {
-        let p = Path::new(&std::env::var_os("HOME")?).join(".cargo/bin/tansu");
-        p.is_file().then_some(p)
-    })
+    on_path.or_else(|| installed_tansu().filter(|p| p.is_file()))
+}
+
+/// Makes `command` (`tansu`, or a wrapper running it such as `nice -n 5 tansu`) start a broker
+/// listening on and advertising `127.0.0.1:port`, with in-memory storage and the cluster id
+/// `cluster_id`, logging at `$TANSU_LOG` (default `warn`), without an OpenTelemetry exporter.
+pub fn configure_tansu_broker<'a>(
+    command: &'a mut Command,
+    port: u16,
+    cluster_id: &str,
+) -> &'a mut Command {
+    let url = format!("tcp://127.0.0.1:{port}");
+    command
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+            "--cluster-id",
+            cluster_id,
+        ])
+        // An exporter endpoint from the environment would make every broker try to reach it.
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env(
+            "RUST_LOG",
+            std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+        )
 }
 
 impl KafkaBroker {
@@ -52,25 +96,9 @@ impl KafkaBroker {
                 .as_nanos()
         ));
         let out = std::fs::File::create(&log).unwrap();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-                "--cluster-id",
-                &format!("cal-test-{port}"),
-            ])
-            // An exporter endpoint from the environment would make every broker try to reach it.
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env(
-                "RUST_LOG",
-                std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+        let mut command = Command::new(&bin);
+        configure_tansu_broker(&mut command, port, &format!("cal-test-{port}"));
+        let child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -128,7 +156,7 @@ impl KafkaBroker {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match metadata_names_broker(self.port) {
+            match kafka_metadata_names(self.port, "cal-test-infra") {
                 Ok(()) => return,
                 Err(e) => {
                     if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
@@ -166,12 +194,15 @@ impl Drop for KafkaBroker {
     }
 }
 
-/// Sends a Metadata v1 request for no topics and checks that the broker lists itself on `port`.
-fn metadata_names_broker(port: u16) -> Result<(), String> {
+/// Sends a Kafka Metadata v1 request for no topics to 127.0.0.1:`port` (as `client_id`) and
+/// checks that the broker lists itself on `port`: it is then ready for clients. The error says
+/// what was wrong (connection refused, a short answer, another broker's list).
+pub fn kafka_metadata_names(port: u16, client_id: &str) -> Result<(), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.set_nodelay(true).unwrap();
-    let client_id = b"cal-test-support";
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let client_id = client_id.as_bytes();
     let mut req = Vec::new();
     req.extend_from_slice(&3i16.to_be_bytes()); // api key: Metadata
     req.extend_from_slice(&1i16.to_be_bytes()); // api version 1
@@ -211,6 +242,7 @@ fn metadata_names_broker(port: u16) -> Result<(), String> {
     ))
 }
 
+/// Reads a Kafka response: big-endian integers and length-prefixed strings.
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {

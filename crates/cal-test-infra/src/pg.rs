@@ -1,6 +1,7 @@
-//! A PostgreSQL cluster of a test's own: `initdb` into a temporary folder and a postmaster on a
-//! free loopback port, which the test may stop, start and restart (the shared server on 5432
-//! must never be disturbed by a failure test).
+//! PostgreSQL servers: the shared one every test database lives on ([`admin_url`]), and a
+//! cluster of a test's own: `initdb` into a temporary folder and a postmaster on a free loopback
+//! port, which the test may stop, start and restart (the shared server on 5432 must never be
+//! disturbed by a failure test).
 //!
 //! The server binaries are those of the machine's PostgreSQL packages (`pg_config --bindir`; they
 //! are not on PATH). PostgreSQL refuses to run as root, so when the test runs as root every
@@ -16,6 +17,13 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The server every test database lives on: `DATABASE_URL`, by default
+/// `postgres://postgres@127.0.0.1:5432/postgres`.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
 
 #[derive(Debug)]
 pub struct PgCluster {
@@ -79,7 +87,7 @@ impl PgCluster {
         cluster
     }
 
-    /// The URL of the cluster's `postgres` database (what [`crate::TestDb::on`] takes).
+    /// The URL of the cluster's `postgres` database (what `cal_test_support::TestDb::on` takes).
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }

@@ -1,6 +1,6 @@
-//! Figures from a Prometheus text scrape ([`crate::TestApp::metrics`]), so that a test asserts
-//! how much a series moved rather than that its name is on the page (most series are registered
-//! at zero at start-up, so their names are always there).
+//! Figures from a Prometheus text scrape (`cal_test_support::TestApp::metrics`), so that a test
+//! asserts how much a series moved rather than that its name is on the page (most series are
+//! registered at zero at start-up, so their names are always there).
 
 /// The sum of the samples of `name` whose labels include every pair of `labels` (every series
 /// of `name` when `labels` is empty); 0 when there is none. Histogram and summary parts are
