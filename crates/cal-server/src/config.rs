@@ -51,71 +51,258 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Duration;
 
 /// Used only in dev mode when no secret is configured. Tokens minted with it are worthless elsewhere.
 pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me-dev-only-secret";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `CAL_ENV`: which audience the instance serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// GraphiQL, introspection, pretty logs; the dev secret and any CORS origin unless configured.
+    Dev,
+    /// None of those; JSON logs.
+    Prod,
+}
+
+impl std::str::FromStr for Environment {
+    type Err = anyhow::Error;
+
+    /// `dev` or `prod`, exactly; anything else is refused with the value it got.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dev" => Ok(Self::Dev),
+            "prod" => Ok(Self::Prod),
+            other => bail!("CAL_ENV must be `dev` or `prod`, not {other:?}"),
+        }
+    }
+}
+
+/// The configuration, grouped by concern. [`Settings::load`] reads it as a flat `Raw` (one
+/// field per variable) and groups it; every default is in `Raw::default`.
+#[derive(Debug, Clone)]
 pub struct Settings {
-    pub database_url: String,
-    pub listen_addr: String,
-    #[serde(serialize_with = "no_secret")]
-    pub jwt_secret: Option<SecretString>,
-    pub jwt_jwks_file: Option<String>,
-    pub jwt_jwks_url: Option<String>,
-    pub jwt_jwks_refresh_secs: u64,
-    pub jwt_issuer: Option<String>,
-    pub jwt_audience: Option<String>,
-    pub jwt_leeway_secs: u64,
-    #[serde(serialize_with = "no_secret")]
-    pub admin_token: Option<SecretString>,
-    pub cal_env: String,
-    pub db_max_connections: u32,
-    pub max_window_days: i64,
-    pub max_page_size: usize,
-    pub max_depth: usize,
-    pub max_aliases: usize,
-    pub max_request_statements: u64,
-    pub max_request_rows: u64,
-    pub max_complexity: usize,
-    pub max_batch: usize,
-    pub max_body_bytes: usize,
-    pub rate_limit_per_second: f64,
-    pub rate_limit_burst: u32,
-    pub persisted_queries: String,
-    pub persisted_query_manifest: Option<String>,
-    pub cors_allowed_origins: Option<String>,
-    pub shutdown_grace_secs: u64,
-    pub redis_url: Option<String>,
-    pub cache_l1: bool,
-    pub cache_l2: bool,
-    pub cache_l1_max_bytes: u64,
-    pub cache_l1_ttl_secs: u64,
-    pub cache_response_max_bytes: u64,
-    pub cache_key_prefix: String,
-    pub cache_ttls: Option<String>,
-    pub cache_warm_calendars: i64,
-    pub kafka_brokers: Option<String>,
-    pub kafka_topic: String,
-    pub kafka_partitions: i32,
-    pub kafka_fetch_wait_ms: u64,
-    pub invalidation_thread_nice: i32,
-    pub invalidation_liveness_ms: u64,
-    pub consistency_wait_ms: u64,
-    pub relay_enabled: bool,
-    pub relay_grace_ms: u64,
-    pub outbox_retention_secs: u64,
-    pub outbox_prune_interval_secs: u64,
+    /// `CAL_ENV`.
+    pub environment: Environment,
+    pub http: HttpSettings,
+    pub db: DbSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    pub persisted: PersistedQuerySettings,
+    pub cache: CacheSettings,
+    pub bus: BusSettings,
+    pub sync: SyncSettings,
+    /// `CAL_FAILPOINTS`, parsed by [`Settings::failpoints`].
     pub cal_failpoints: Option<String>,
-    pub db_slow_statement_ms: u64,
+}
+
+/// The HTTP server and what is checked of a request before GraphQL sees it.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `LISTEN_ADDR`.
+    pub listen_addr: String,
+    /// `SHUTDOWN_GRACE_SECS`.
+    pub shutdown_grace_secs: u64,
+    /// `CORS_ALLOWED_ORIGINS`, parsed by [`Settings::cors_origins`].
+    pub cors_allowed_origins: Option<String>,
+    /// `MAX_BATCH`.
+    pub max_batch: usize,
+    /// `MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+}
+
+/// PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// `DATABASE_URL`.
+    pub url: String,
+    /// `DB_MAX_CONNECTIONS`.
+    pub max_connections: u32,
+    /// `DB_SLOW_STATEMENT_MS`.
+    pub slow_statement_ms: u64,
+}
+
+/// Bearer tokens and the operator secret.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `JWT_SECRET`.
+    pub jwt_secret: Option<SecretString>,
+    /// `JWT_JWKS_FILE`.
+    pub jwks_file: Option<String>,
+    /// `JWT_JWKS_URL`.
+    pub jwks_url: Option<String>,
+    /// `JWT_JWKS_REFRESH_SECS`.
+    pub jwks_refresh_secs: u64,
+    /// `JWT_ISSUER`.
+    pub issuer: Option<String>,
+    /// `JWT_AUDIENCE`.
+    pub audience: Option<String>,
+    /// `JWT_LEEWAY_SECS`.
+    pub leeway_secs: u64,
+    /// `ADMIN_TOKEN`.
+    pub admin_token: Option<SecretString>,
+}
+
+/// What one GraphQL request may ask for and spend, and how often a viewer may ask.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// `MAX_WINDOW_DAYS`.
+    pub max_window_days: i64,
+    /// `MAX_PAGE_SIZE`.
+    pub max_page_size: usize,
+    /// `MAX_DEPTH`.
+    pub max_depth: usize,
+    /// `MAX_ALIASES`.
+    pub max_aliases: usize,
+    /// `MAX_COMPLEXITY`.
+    pub max_complexity: usize,
+    /// `MAX_REQUEST_STATEMENTS`.
+    pub max_request_statements: u64,
+    /// `MAX_REQUEST_ROWS`.
+    pub max_request_rows: u64,
+    /// `RATE_LIMIT_PER_SECOND`.
+    pub rate_limit_per_second: f64,
+    /// `RATE_LIMIT_BURST`.
+    pub rate_limit_burst: u32,
+}
+
+/// Which operations run: persisted queries.
+#[derive(Debug, Clone)]
+pub struct PersistedQuerySettings {
+    /// `PERSISTED_QUERIES`: `apq`, `safelist` or `off` (see [`PersistedQuerySettings::mode`]).
+    pub queries: String,
+    /// `PERSISTED_QUERY_MANIFEST`.
+    pub manifest: Option<String>,
+}
+
+/// The cache tiers: L1, Redis (L2), the whole-response cache, warming.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// `REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `CACHE_L1`.
+    pub l1: bool,
+    /// `CACHE_L2`.
+    pub l2: bool,
+    /// `CACHE_L1_MAX_BYTES`.
+    pub l1_max_bytes: u64,
+    /// `CACHE_L1_TTL_SECS`.
+    pub l1_ttl_secs: u64,
+    /// `CACHE_RESPONSE_MAX_BYTES`.
+    pub response_max_bytes: u64,
+    /// `CACHE_KEY_PREFIX`.
+    pub key_prefix: String,
+    /// `CACHE_TTLS`, parsed by [`CacheSettings::ttls`].
+    pub ttl_overrides: Option<String>,
+    /// `CACHE_WARM_CALENDARS`.
+    pub warm_calendars: i64,
+}
+
+/// The Kafka bus that carries invalidations between instances.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// `KAFKA_BROKERS`.
+    pub brokers: Option<String>,
+    /// `KAFKA_TOPIC`.
+    pub topic: String,
+    /// `KAFKA_PARTITIONS`.
+    pub partitions: i32,
+    /// `KAFKA_FETCH_WAIT_MS`.
+    pub fetch_wait_ms: u64,
+}
+
+/// The invalidation stream: its threads, liveness and consistency waits, the outbox relay and
+/// its pruner.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// `INVALIDATION_THREAD_NICE`.
+    pub invalidation_thread_nice: i32,
+    /// `INVALIDATION_LIVENESS_MS`.
+    pub invalidation_liveness_ms: u64,
+    /// `CONSISTENCY_WAIT_MS`.
+    pub consistency_wait_ms: u64,
+    /// `RELAY_ENABLED`.
+    pub relay_enabled: bool,
+    /// `RELAY_GRACE_MS`.
+    pub relay_grace_ms: u64,
+    /// `OUTBOX_RETENTION_SECS`.
+    pub outbox_retention_secs: u64,
+    /// `OUTBOX_PRUNE_INTERVAL_SECS`.
+    pub outbox_prune_interval_secs: u64,
+}
+
+/// What figment extracts: one field per variable, named after it in lower case, so neither the
+/// variable names nor the keys of the TOML file depend on how [`Settings`] groups them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Raw {
+    database_url: String,
+    listen_addr: String,
+    #[serde(serialize_with = "no_secret")]
+    jwt_secret: Option<SecretString>,
+    jwt_jwks_file: Option<String>,
+    jwt_jwks_url: Option<String>,
+    jwt_jwks_refresh_secs: u64,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_leeway_secs: u64,
+    #[serde(serialize_with = "no_secret")]
+    admin_token: Option<SecretString>,
+    cal_env: String,
+    db_max_connections: u32,
+    max_window_days: i64,
+    max_page_size: usize,
+    max_depth: usize,
+    max_aliases: usize,
+    max_request_statements: u64,
+    max_request_rows: u64,
+    max_complexity: usize,
+    max_batch: usize,
+    max_body_bytes: usize,
+    rate_limit_per_second: f64,
+    rate_limit_burst: u32,
+    persisted_queries: String,
+    persisted_query_manifest: Option<String>,
+    cors_allowed_origins: Option<String>,
+    shutdown_grace_secs: u64,
+    redis_url: Option<String>,
+    cache_l1: bool,
+    cache_l2: bool,
+    cache_l1_max_bytes: u64,
+    cache_l1_ttl_secs: u64,
+    cache_response_max_bytes: u64,
+    cache_key_prefix: String,
+    cache_ttls: Option<String>,
+    cache_warm_calendars: i64,
+    kafka_brokers: Option<String>,
+    kafka_topic: String,
+    kafka_partitions: i32,
+    kafka_fetch_wait_ms: u64,
+    invalidation_thread_nice: i32,
+    invalidation_liveness_ms: u64,
+    consistency_wait_ms: u64,
+    relay_enabled: bool,
+    relay_grace_ms: u64,
+    outbox_retention_secs: u64,
+    outbox_prune_interval_secs: u64,
+    cal_failpoints: Option<String>,
+    db_slow_statement_ms: u64,
 }
 
 fn no_secret<S: serde::Serializer>(_: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_none()
 }
 
-impl Default for Settings {
+impl Default for Raw {
+    /// Every default of the configuration. Where a library already has one (the API's limits,
+    /// the cache's, Kafka's, the relay's), it is taken from there rather than written again.
     fn default() -> Self {
+        let api = cal_api::ApiConfig::new("");
+        let cache = cal_cache::CacheConfig::default();
+        let kafka = cal_bus_kafka::KafkaConfig::default();
+        let sync = cal_sync::SyncConfig::default();
+        let shared = cal_sync::SyncConfig::shared();
+        let relay = cal_sync::RelayConfig::default();
+        let millis = |d: Duration| d.as_millis() as u64;
         Self {
             database_url: "postgres://postgres@127.0.0.1:5432/calendar".into(),
             listen_addr: "127.0.0.1:8080".into(),
@@ -129,15 +316,15 @@ impl Default for Settings {
             admin_token: None,
             cal_env: "dev".into(),
             db_max_connections: 20,
-            max_window_days: 62,
-            max_page_size: 200,
-            max_depth: 12,
-            max_aliases: 30,
-            max_request_statements: 200,
-            max_request_rows: 200_000,
-            max_complexity: 20_000,
-            max_batch: 10,
-            max_body_bytes: 256 * 1024,
+            max_window_days: api.max_window.num_days(),
+            max_page_size: api.max_page_size,
+            max_depth: api.max_depth,
+            max_aliases: api.max_aliases,
+            max_request_statements: api.max_request_statements,
+            max_request_rows: api.max_request_rows,
+            max_complexity: api.max_complexity,
+            max_batch: api.max_batch,
+            max_body_bytes: api.max_body_bytes,
             rate_limit_per_second: 0.0,
             rate_limit_burst: 0,
             persisted_queries: "apq".to_owned(),
@@ -145,34 +332,44 @@ impl Default for Settings {
             cors_allowed_origins: None,
             shutdown_grace_secs: 20,
             redis_url: None,
-            cache_l1: true,
-            cache_l2: true,
-            cache_l1_max_bytes: 128 * 1024 * 1024,
-            cache_l1_ttl_secs: 300,
+            cache_l1: cache.l1_enabled,
+            cache_l2: cache.l2_enabled,
+            cache_l1_max_bytes: cache.l1_max_bytes,
+            cache_l1_ttl_secs: cache.l1_ttl.as_secs(),
             cache_response_max_bytes: cal_api::tiers::DEFAULT_RESPONSE_CACHE_BYTES,
-            cache_key_prefix: "cal:".into(),
+            cache_key_prefix: cache.key_prefix.clone(),
             cache_ttls: None,
             cache_warm_calendars: 100,
             kafka_brokers: None,
-            kafka_topic: "cache.invalidate".into(),
-            kafka_partitions: 1,
-            kafka_fetch_wait_ms: cal_bus_kafka::DEFAULT_FETCH_WAIT.as_millis() as u64,
+            kafka_topic: kafka.topic.clone(),
+            kafka_partitions: kafka.partitions,
+            kafka_fetch_wait_ms: millis(kafka.fetch_wait),
             invalidation_thread_nice: -10,
-            invalidation_liveness_ms: 2000,
-            consistency_wait_ms: 1000,
-            relay_enabled: true,
-            relay_grace_ms: 1000,
-            outbox_retention_secs: 7 * 24 * 3600,
-            outbox_prune_interval_secs: 60,
+            invalidation_liveness_ms: millis(
+                shared
+                    .liveness
+                    .expect("a bus shared by instances has a liveness bound"),
+            ),
+            consistency_wait_ms: millis(sync.publish_wait),
+            relay_enabled: relay.enabled,
+            relay_grace_ms: millis(relay.grace),
+            outbox_retention_secs: relay.retention.as_secs(),
+            outbox_prune_interval_secs: relay.prune_every.as_secs(),
             cal_failpoints: None,
-            db_slow_statement_ms: 200,
+            db_slow_statement_ms: millis(cal_storage::DEFAULT_SLOW_STATEMENT),
         }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from_raw(Raw::default()).expect("the defaults are valid")
     }
 }
 
 impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self> {
-        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        let mut fig = Figment::from(Serialized::defaults(Raw::default()));
         if let Some(f) = file {
             if !f.exists() {
                 bail!("configuration file {} does not exist", f.display());
@@ -235,39 +432,164 @@ impl Settings {
                 .only(&keys)
                 .map(|k| k.as_str().to_lowercase().into()),
         );
-        let s: Settings = fig.extract().context("invalid configuration")?;
-        s.ttls().context("invalid CACHE_TTLS")?;
-        s.rate_limit()?;
-        s.failpoints()
-            .map_err(anyhow::Error::msg)
-            .context("invalid CAL_FAILPOINTS")?;
-        if !matches!(s.cal_env.as_str(), "dev" | "prod") {
-            bail!("CAL_ENV must be `dev` or `prod`, not {:?}", s.cal_env);
-        }
+        let raw: Raw = fig.extract().context("invalid configuration")?;
+        let s = Settings::from_raw(raw)?;
         s.check_auth()?;
         s.cors_origins()?;
-        if !matches!(s.persisted_queries.as_str(), "apq" | "safelist" | "off") {
+        if !matches!(s.persisted.queries.as_str(), "apq" | "safelist" | "off") {
             bail!(
                 "PERSISTED_QUERIES must be `apq`, `safelist` or `off`, not {:?}",
-                s.persisted_queries
+                s.persisted.queries
             );
         }
-        if !(-20..=19).contains(&s.invalidation_thread_nice) {
+        if !(-20..=19).contains(&s.sync.invalidation_thread_nice) {
             bail!(
                 "INVALIDATION_THREAD_NICE must be a nice value between -20 and 19, not {}",
-                s.invalidation_thread_nice
+                s.sync.invalidation_thread_nice
             );
         }
         Ok(s)
     }
 
+    /// Groups `raw`. On the way it checks what [`Settings::load`] has always checked first, in
+    /// the same order (`CACHE_TTLS`, the rate limit, `CAL_FAILPOINTS`, `CAL_ENV`), so that the
+    /// first problem reported stays the same.
+    fn from_raw(raw: Raw) -> Result<Self> {
+        let Raw {
+            database_url,
+            listen_addr,
+            jwt_secret,
+            jwt_jwks_file,
+            jwt_jwks_url,
+            jwt_jwks_refresh_secs,
+            jwt_issuer,
+            jwt_audience,
+            jwt_leeway_secs,
+            admin_token,
+            cal_env,
+            db_max_connections,
+            max_window_days,
+            max_page_size,
+            max_depth,
+            max_aliases,
+            max_request_statements,
+            max_request_rows,
+            max_complexity,
+            max_batch,
+            max_body_bytes,
+            rate_limit_per_second,
+            rate_limit_burst,
+            persisted_queries,
+            persisted_query_manifest,
+            cors_allowed_origins,
+            shutdown_grace_secs,
+            redis_url,
+            cache_l1,
+            cache_l2,
+            cache_l1_max_bytes,
+            cache_l1_ttl_secs,
+            cache_response_max_bytes,
+            cache_key_prefix,
+            cache_ttls,
+            cache_warm_calendars,
+            kafka_brokers,
+            kafka_topic,
+            kafka_partitions,
+            kafka_fetch_wait_ms,
+            invalidation_thread_nice,
+            invalidation_liveness_ms,
+            consistency_wait_ms,
+            relay_enabled,
+            relay_grace_ms,
+            outbox_retention_secs,
+            outbox_prune_interval_secs,
+            cal_failpoints,
+            db_slow_statement_ms,
+        } = raw;
+        let cache = CacheSettings {
+            redis_url,
+            l1: cache_l1,
+            l2: cache_l2,
+            l1_max_bytes: cache_l1_max_bytes,
+            l1_ttl_secs: cache_l1_ttl_secs,
+            response_max_bytes: cache_response_max_bytes,
+            key_prefix: cache_key_prefix,
+            ttl_overrides: cache_ttls,
+            warm_calendars: cache_warm_calendars,
+        };
+        cache.ttls().context("invalid CACHE_TTLS")?;
+        let limits = LimitSettings {
+            max_window_days,
+            max_page_size,
+            max_depth,
+            max_aliases,
+            max_complexity,
+            max_request_statements,
+            max_request_rows,
+            rate_limit_per_second,
+            rate_limit_burst,
+        };
+        limits.rate_limit()?;
+        cal_api::tiers::Failpoints::parse(cal_failpoints.as_deref().unwrap_or(""))
+            .map_err(anyhow::Error::msg)
+            .context("invalid CAL_FAILPOINTS")?;
+        let environment = cal_env.parse::<Environment>()?;
+        Ok(Settings {
+            environment,
+            http: HttpSettings {
+                listen_addr,
+                shutdown_grace_secs,
+                cors_allowed_origins,
+                max_batch,
+                max_body_bytes,
+            },
+            db: DbSettings {
+                url: database_url,
+                max_connections: db_max_connections,
+                slow_statement_ms: db_slow_statement_ms,
+            },
+            auth: AuthSettings {
+                jwt_secret,
+                jwks_file: jwt_jwks_file,
+                jwks_url: jwt_jwks_url,
+                jwks_refresh_secs: jwt_jwks_refresh_secs,
+                issuer: jwt_issuer,
+                audience: jwt_audience,
+                leeway_secs: jwt_leeway_secs,
+                admin_token,
+            },
+            limits,
+            persisted: PersistedQuerySettings {
+                queries: persisted_queries,
+                manifest: persisted_query_manifest,
+            },
+            cache,
+            bus: BusSettings {
+                brokers: kafka_brokers,
+                topic: kafka_topic,
+                partitions: kafka_partitions,
+                fetch_wait_ms: kafka_fetch_wait_ms,
+            },
+            sync: SyncSettings {
+                invalidation_thread_nice,
+                invalidation_liveness_ms,
+                consistency_wait_ms,
+                relay_enabled,
+                relay_grace_ms,
+                outbox_retention_secs,
+                outbox_prune_interval_secs,
+            },
+            cal_failpoints,
+        })
+    }
+
     pub fn dev_mode(&self) -> bool {
-        self.cal_env == "dev"
+        self.environment == Environment::Dev
     }
 
     /// The token secret; outside dev mode it must be configured and long enough.
     pub fn secret(&self) -> Result<SecretString> {
-        match &self.jwt_secret {
+        match &self.auth.jwt_secret {
             Some(s) if s.expose_secret().len() >= 32 => Ok(s.clone()),
             Some(_) => bail!("JWT_SECRET must be at least 32 bytes"),
             None if self.dev_mode() => Ok(SecretString::from(DEV_JWT_SECRET)),
@@ -278,94 +600,62 @@ impl Settings {
     /// The HS256 secret the server accepts tokens with: `JWT_SECRET`, or the dev secret in dev
     /// mode; `None` in prod without `JWT_SECRET` (then only JWKS-signed tokens are accepted).
     fn hs256_secret(&self) -> Result<Option<SecretString>> {
-        match &self.jwt_secret {
+        match &self.auth.jwt_secret {
             Some(_) => self.secret().map(Some),
             None if self.dev_mode() => Ok(Some(SecretString::from(DEV_JWT_SECRET))),
             None => Ok(None),
         }
     }
 
-    fn jwks_file(&self) -> Option<&str> {
-        self.jwt_jwks_file.as_deref().filter(|f| !f.is_empty())
-    }
-
-    fn jwks_url(&self) -> Option<&str> {
-        self.jwt_jwks_url.as_deref().filter(|u| !u.is_empty())
-    }
-
     /// The token settings, checked without reading the JWKS file (that happens in
     /// [`Settings::api_config`]).
     fn check_auth(&self) -> Result<()> {
-        if self.jwks_file().is_some() && self.jwks_url().is_some() {
+        let auth = &self.auth;
+        if auth.configured_jwks_file().is_some() && auth.configured_jwks_url().is_some() {
             bail!("set JWT_JWKS_FILE or JWT_JWKS_URL, not both");
         }
-        if let Some(url) = self.jwks_url()
+        if let Some(url) = auth.configured_jwks_url()
             && !url.starts_with("https://")
             && !url.starts_with("http://")
         {
             bail!("JWT_JWKS_URL must be an https:// or http:// URL");
         }
-        if self.jwt_jwks_refresh_secs == 0 {
+        if auth.jwks_refresh_secs == 0 {
             bail!("JWT_JWKS_REFRESH_SECS must be at least 1");
         }
-        if self.jwt_leeway_secs > 300 {
+        if auth.leeway_secs > 300 {
             bail!(
                 "JWT_LEEWAY_SECS must be at most 300 (clock skew, not a validity extension), not {}",
-                self.jwt_leeway_secs
+                auth.leeway_secs
             );
         }
         if !self.dev_mode()
-            && self.jwt_secret.is_none()
-            && self.jwks_file().is_none()
-            && self.jwks_url().is_none()
+            && auth.jwt_secret.is_none()
+            && auth.configured_jwks_file().is_none()
+            && auth.configured_jwks_url().is_none()
         {
             bail!("CAL_ENV=prod needs JWT_SECRET or a JWKS source (JWT_JWKS_FILE or JWT_JWKS_URL)");
         }
         Ok(())
     }
 
-    /// Where RS256/ES256 keys come from; reads and checks the JWKS file.
-    fn jwks_source(&self) -> Result<Option<cal_api::jwks::JwksSource>> {
-        use cal_api::jwks::{JwksSource, KeySet};
-        if let Some(file) = self.jwks_file() {
-            let set = KeySet::from_file(file).with_context(|| format!("JWT_JWKS_FILE {file}"))?;
-            return Ok(Some(JwksSource::Static(set)));
-        }
-        Ok(self.jwks_url().map(|url| JwksSource::Url {
-            url: url.to_owned(),
-            refresh: std::time::Duration::from_secs(self.jwt_jwks_refresh_secs),
-        }))
-    }
-
-    pub fn cache_config(&self) -> cal_cache::CacheConfig {
-        cal_cache::CacheConfig {
-            l1_enabled: self.cache_l1,
-            l2_enabled: self.cache_l2,
-            l1_max_bytes: self.cache_l1_max_bytes,
-            l1_ttl: std::time::Duration::from_secs(self.cache_l1_ttl_secs),
-            redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
-            key_prefix: self.cache_key_prefix.clone(),
-            ..cal_cache::CacheConfig::default()
-        }
-    }
-
     /// The invalidation stream's settings; `shared` when a Kafka bus connects the instances.
     pub fn sync_config(&self, shared: bool) -> Result<cal_sync::SyncConfig, String> {
-        use std::time::Duration;
+        let s = &self.sync;
         let mut c = if shared {
             let mut c = cal_sync::SyncConfig::shared();
-            c.liveness = Some(Duration::from_millis(self.invalidation_liveness_ms));
+            c.liveness = Some(Duration::from_millis(s.invalidation_liveness_ms));
             c
         } else {
             cal_sync::SyncConfig::default()
         };
-        c.publish_wait = Duration::from_millis(self.consistency_wait_ms);
-        c.token_wait = Duration::from_millis(self.consistency_wait_ms);
-        c.relay.enabled = self.relay_enabled;
-        c.relay.grace = Duration::from_millis(self.relay_grace_ms);
-        c.relay.retention = Duration::from_secs(self.outbox_retention_secs);
-        c.relay.prune_every = Duration::from_secs(self.outbox_prune_interval_secs.max(1));
-        c.thread_nice = self.thread_nice();
+        c.publish_wait = Duration::from_millis(s.consistency_wait_ms);
+        c.token_wait = Duration::from_millis(s.consistency_wait_ms);
+        c.relay.enabled = s.relay_enabled;
+        c.relay.grace = Duration::from_millis(s.relay_grace_ms);
+        c.relay.retention = Duration::from_secs(s.outbox_retention_secs);
+        c.relay.prune_every = Duration::from_secs(s.outbox_prune_interval_secs.max(1));
+        c.thread_nice = s.thread_nice();
         c.kill_after_commit = self.failpoints()?.kill_after_commit;
         Ok(c)
     }
@@ -375,20 +665,81 @@ impl Settings {
         cal_api::tiers::Failpoints::parse(self.cal_failpoints.as_deref().unwrap_or(""))
     }
 
-    /// `INVALIDATION_THREAD_NICE`, `None` for 0 (the process's priority).
-    pub fn thread_nice(&self) -> Option<i32> {
-        Some(self.invalidation_thread_nice).filter(|&n| n != 0)
+    /// `CORS_ALLOWED_ORIGINS`: unset lets any origin in dev mode and none in prod.
+    pub fn cors_origins(&self) -> Result<cal_api::CorsOrigins> {
+        match self.http.cors_allowed_origins.as_deref() {
+            None if self.dev_mode() => Ok(cal_api::CorsOrigins::Any),
+            None => Ok(cal_api::CorsOrigins::List(Vec::new())),
+            Some(list) => cal_api::CorsOrigins::parse(list)
+                .map_err(anyhow::Error::msg)
+                .context("invalid CORS_ALLOWED_ORIGINS"),
+        }
     }
 
-    /// Per-kind L2 TTL overrides (`CACHE_TTLS`).
-    pub fn ttls(
-        &self,
-    ) -> Result<std::collections::HashMap<cal_domain::cache_keys::KeyKind, std::time::Duration>>
-    {
-        cal_domain::cache_keys::parse_ttls(self.cache_ttls.as_deref().unwrap_or(""))
-            .map_err(anyhow::Error::msg)
+    pub fn api_config(&self) -> Result<cal_api::ApiConfig> {
+        self.check_auth()?;
+        let (auth, limits) = (&self.auth, &self.limits);
+        let mut c = cal_api::ApiConfig::new("hs256-is-off-without-a-secret");
+        match self.hs256_secret()? {
+            Some(secret) => c.jwt_secret = secret,
+            None => c.accept_hs256 = false,
+        }
+        c.jwks = auth.jwks_source()?;
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        c.jwt_issuer = nonempty(&auth.issuer);
+        c.jwt_audience = nonempty(&auth.audience);
+        c.jwt_leeway = Duration::from_secs(auth.leeway_secs);
+        c.dev_mode = self.dev_mode();
+        c.max_window = chrono::Duration::days(limits.max_window_days);
+        c.max_page_size = limits.max_page_size;
+        c.max_depth = limits.max_depth;
+        c.max_aliases = limits.max_aliases;
+        if limits.max_request_statements == 0 || limits.max_request_rows == 0 {
+            bail!("MAX_REQUEST_STATEMENTS and MAX_REQUEST_ROWS must be at least 1");
+        }
+        c.max_request_statements = limits.max_request_statements;
+        c.max_request_rows = limits.max_request_rows;
+        c.max_complexity = limits.max_complexity;
+        c.max_batch = self.http.max_batch;
+        c.max_body_bytes = self.http.max_body_bytes;
+        c.rate_limit = limits.rate_limit()?;
+        c.persisted_queries = self.persisted.mode()?;
+        c.cors_origins = self.cors_origins()?;
+        c.admin_token = match &auth.admin_token {
+            Some(t) if t.expose_secret().len() >= 16 => Some(t.clone()),
+            Some(_) => bail!("ADMIN_TOKEN must be at least 16 bytes"),
+            None => None,
+        };
+        Ok(c)
+    }
+}
+
+impl AuthSettings {
+    /// `JWT_JWKS_FILE`, empty meaning unset.
+    fn configured_jwks_file(&self) -> Option<&str> {
+        self.jwks_file.as_deref().filter(|f| !f.is_empty())
     }
 
+    /// `JWT_JWKS_URL`, empty meaning unset.
+    fn configured_jwks_url(&self) -> Option<&str> {
+        self.jwks_url.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// Where RS256/ES256 keys come from; reads and checks the JWKS file.
+    fn jwks_source(&self) -> Result<Option<cal_api::jwks::JwksSource>> {
+        use cal_api::jwks::{JwksSource, KeySet};
+        if let Some(file) = self.configured_jwks_file() {
+            let set = KeySet::from_file(file).with_context(|| format!("JWT_JWKS_FILE {file}"))?;
+            return Ok(Some(JwksSource::Static(set)));
+        }
+        Ok(self.configured_jwks_url().map(|url| JwksSource::Url {
+            url: url.to_owned(),
+            refresh: Duration::from_secs(self.jwks_refresh_secs),
+        }))
+    }
+}
+
+impl LimitSettings {
     /// `RATE_LIMIT_PER_SECOND` and `RATE_LIMIT_BURST`: `None` when both are 0 (off).
     pub fn rate_limit(&self) -> Result<Option<cal_api::RateLimit>> {
         let (per_second, burst) = (self.rate_limit_per_second, self.rate_limit_burst);
@@ -406,25 +757,13 @@ impl Settings {
             .context("invalid RATE_LIMIT_PER_SECOND")?;
         Ok(Some(limit))
     }
+}
 
-    /// `CORS_ALLOWED_ORIGINS`: unset lets any origin in dev mode and none in prod.
-    pub fn cors_origins(&self) -> Result<cal_api::CorsOrigins> {
-        match self.cors_allowed_origins.as_deref() {
-            None if self.dev_mode() => Ok(cal_api::CorsOrigins::Any),
-            None => Ok(cal_api::CorsOrigins::List(Vec::new())),
-            Some(list) => cal_api::CorsOrigins::parse(list)
-                .map_err(anyhow::Error::msg)
-                .context("invalid CORS_ALLOWED_ORIGINS"),
-        }
-    }
-
+impl PersistedQuerySettings {
     /// `PERSISTED_QUERIES` and, for `safelist`, the manifest it reads.
-    pub fn persisted_queries(&self) -> Result<cal_api::PersistedMode> {
-        let manifest = self
-            .persisted_query_manifest
-            .as_deref()
-            .filter(|p| !p.is_empty());
-        match (self.persisted_queries.as_str(), manifest) {
+    pub fn mode(&self) -> Result<cal_api::PersistedMode> {
+        let manifest = self.manifest.as_deref().filter(|p| !p.is_empty());
+        match (self.queries.as_str(), manifest) {
             ("apq", None) => Ok(cal_api::PersistedMode::Automatic),
             ("off", None) => Ok(cal_api::PersistedMode::Off),
             ("safelist", Some(path)) => {
@@ -444,45 +783,41 @@ impl Settings {
             ),
         }
     }
+}
 
-    pub fn kafka_brokers(&self) -> Option<&str> {
-        self.kafka_brokers.as_deref().filter(|b| !b.is_empty())
+impl CacheSettings {
+    pub fn config(&self) -> cal_cache::CacheConfig {
+        cal_cache::CacheConfig {
+            l1_enabled: self.l1,
+            l2_enabled: self.l2,
+            l1_max_bytes: self.l1_max_bytes,
+            l1_ttl: Duration::from_secs(self.l1_ttl_secs),
+            redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
+            key_prefix: self.key_prefix.clone(),
+            ..cal_cache::CacheConfig::default()
+        }
     }
 
-    pub fn api_config(&self) -> Result<cal_api::ApiConfig> {
-        self.check_auth()?;
-        let mut c = cal_api::ApiConfig::new("hs256-is-off-without-a-secret");
-        match self.hs256_secret()? {
-            Some(secret) => c.jwt_secret = secret,
-            None => c.accept_hs256 = false,
-        }
-        c.jwks = self.jwks_source()?;
-        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        c.jwt_issuer = nonempty(&self.jwt_issuer);
-        c.jwt_audience = nonempty(&self.jwt_audience);
-        c.jwt_leeway = std::time::Duration::from_secs(self.jwt_leeway_secs);
-        c.dev_mode = self.dev_mode();
-        c.max_window = chrono::Duration::days(self.max_window_days);
-        c.max_page_size = self.max_page_size;
-        c.max_depth = self.max_depth;
-        c.max_aliases = self.max_aliases;
-        if self.max_request_statements == 0 || self.max_request_rows == 0 {
-            bail!("MAX_REQUEST_STATEMENTS and MAX_REQUEST_ROWS must be at least 1");
-        }
-        c.max_request_statements = self.max_request_statements;
-        c.max_request_rows = self.max_request_rows;
-        c.max_complexity = self.max_complexity;
-        c.max_batch = self.max_batch;
-        c.max_body_bytes = self.max_body_bytes;
-        c.rate_limit = self.rate_limit()?;
-        c.persisted_queries = self.persisted_queries()?;
-        c.cors_origins = self.cors_origins()?;
-        c.admin_token = match &self.admin_token {
-            Some(t) if t.expose_secret().len() >= 16 => Some(t.clone()),
-            Some(_) => bail!("ADMIN_TOKEN must be at least 16 bytes"),
-            None => None,
-        };
-        Ok(c)
+    /// Per-kind L2 TTL overrides (`CACHE_TTLS`).
+    pub fn ttls(
+        &self,
+    ) -> Result<std::collections::HashMap<cal_domain::cache_keys::KeyKind, Duration>> {
+        cal_domain::cache_keys::parse_ttls(self.ttl_overrides.as_deref().unwrap_or(""))
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+impl BusSettings {
+    /// `KAFKA_BROKERS`, empty meaning unset (the in-process bus).
+    pub fn kafka_brokers(&self) -> Option<&str> {
+        self.brokers.as_deref().filter(|b| !b.is_empty())
+    }
+}
+
+impl SyncSettings {
+    /// `INVALIDATION_THREAD_NICE`, `None` for 0 (the process's priority).
+    pub fn thread_nice(&self) -> Option<i32> {
+        Some(self.invalidation_thread_nice).filter(|&n| n != 0)
     }
 }
 
@@ -497,7 +832,7 @@ mod tests {
 
     fn prod(tweak: impl FnOnce(&mut Settings)) -> Settings {
         let mut s = Settings {
-            cal_env: "prod".into(),
+            environment: Environment::Prod,
             ..Settings::default()
         };
         tweak(&mut s);
@@ -509,27 +844,36 @@ mod tests {
     }
 
     #[test]
+    fn cal_env_is_dev_or_prod_and_nothing_else() {
+        assert_eq!("dev".parse::<Environment>().unwrap(), Environment::Dev);
+        assert_eq!("prod".parse::<Environment>().unwrap(), Environment::Prod);
+        for bad in ["Prod", "staging", ""] {
+            let err = bad.parse::<Environment>().unwrap_err().to_string();
+            assert_eq!(err, format!("CAL_ENV must be `dev` or `prod`, not {bad:?}"));
+        }
+        assert!(Settings::default().dev_mode());
+    }
+
+    #[test]
     fn prod_needs_a_secret_or_a_jwks_source() {
         assert!(refused(prod(|_| {})).contains("JWT_SECRET or a JWKS source"));
         // A JWKS file alone: RS256/ES256 only, HS256 off.
-        let c = prod(|s| s.jwt_jwks_file = Some(JWKS.into()))
+        let c = prod(|s| s.auth.jwks_file = Some(JWKS.into()))
             .api_config()
             .unwrap();
         assert!(!c.accept_hs256);
         assert!(matches!(c.jwks, Some(cal_api::jwks::JwksSource::Static(ref k)) if k.len() == 3));
         // A secret alone: HS256 as before.
-        let c = prod(|s| s.jwt_secret = Some(SecretString::from("x".repeat(32))))
+        let c = prod(|s| s.auth.jwt_secret = Some(SecretString::from("x".repeat(32))))
             .api_config()
             .unwrap();
         assert!(c.accept_hs256 && c.jwks.is_none());
         // Dev mode keeps the dev secret next to a JWKS.
-        let mut dev = Settings {
-            jwt_jwks_url: Some("http://127.0.0.1:1/jwks".into()),
-            jwt_issuer: Some("https://idp.test".into()),
-            jwt_audience: Some(String::new()),
-            ..Settings::default()
-        };
-        dev.jwt_leeway_secs = 5;
+        let mut dev = Settings::default();
+        dev.auth.jwks_url = Some("http://127.0.0.1:1/jwks".into());
+        dev.auth.issuer = Some("https://idp.test".into());
+        dev.auth.audience = Some(String::new());
+        dev.auth.leeway_secs = 5;
         let c = dev.api_config().unwrap();
         assert!(c.accept_hs256);
         assert_eq!(c.jwt_secret.expose_secret(), DEV_JWT_SECRET);
@@ -544,9 +888,9 @@ mod tests {
 
     #[test]
     fn persisted_queries_and_cors_settings() {
-        let c = prod(|s| s.jwt_secret = Some(SecretString::from("x".repeat(32))));
+        let c = prod(|s| s.auth.jwt_secret = Some(SecretString::from("x".repeat(32))));
         assert!(matches!(
-            c.persisted_queries().unwrap(),
+            c.persisted.mode().unwrap(),
             cal_api::PersistedMode::Automatic
         ));
         assert!(matches!(c.cors_origins().unwrap(), cal_api::CorsOrigins::List(l) if l.is_empty()));
@@ -556,13 +900,12 @@ mod tests {
             cal_api::CorsOrigins::Any
         ));
         let mut s = c.clone();
-        s.persisted_queries = "safelist".into();
+        s.persisted.queries = "safelist".into();
         assert!(
-            format!("{:#}", s.persisted_queries().unwrap_err())
-                .contains("PERSISTED_QUERY_MANIFEST")
+            format!("{:#}", s.persisted.mode().unwrap_err()).contains("PERSISTED_QUERY_MANIFEST")
         );
-        s.persisted_query_manifest = Some("/nonexistent/manifest.json".into());
-        assert!(format!("{:#}", s.persisted_queries().unwrap_err()).contains("/nonexistent"));
+        s.persisted.manifest = Some("/nonexistent/manifest.json".into());
+        assert!(format!("{:#}", s.persisted.mode().unwrap_err()).contains("/nonexistent"));
         let dir = std::env::temp_dir().join(format!("pq-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("manifest.json");
@@ -571,45 +914,44 @@ mod tests {
             r#"{"format":"apollo-persisted-query-manifest","version":1,"operations":[{"id":"x","name":"Me","type":"query","body":"query Me { me { id } }"}]}"#,
         )
         .unwrap();
-        s.persisted_query_manifest = Some(file.display().to_string());
+        s.persisted.manifest = Some(file.display().to_string());
         assert!(matches!(
-            s.persisted_queries().unwrap(),
+            s.persisted.mode().unwrap(),
             cal_api::PersistedMode::Safelist(m) if m.len() == 1
         ));
-        s.persisted_queries = "apq".into();
-        assert!(
-            s.persisted_queries().is_err(),
-            "a manifest without safelist"
-        );
+        s.persisted.queries = "apq".into();
+        assert!(s.persisted.mode().is_err(), "a manifest without safelist");
         let mut bad = c.clone();
-        bad.cors_allowed_origins = Some("not-an-origin".into());
+        bad.http.cors_allowed_origins = Some("not-an-origin".into());
         assert!(format!("{:#}", bad.cors_origins().unwrap_err()).contains("CORS_ALLOWED_ORIGINS"));
     }
 
     #[test]
     fn bad_token_settings_stop_the_start_with_the_reason() {
         let both = refused(prod(|s| {
-            s.jwt_jwks_file = Some(JWKS.into());
-            s.jwt_jwks_url = Some("http://idp/jwks".into());
+            s.auth.jwks_file = Some(JWKS.into());
+            s.auth.jwks_url = Some("http://idp/jwks".into());
         }));
         assert!(both.contains("not both"), "{both}");
-        let scheme = refused(prod(|s| s.jwt_jwks_url = Some("ftp://idp/jwks".into())));
+        let scheme = refused(prod(|s| s.auth.jwks_url = Some("ftp://idp/jwks".into())));
         assert!(scheme.contains("http://"), "{scheme}");
         let missing = refused(prod(|s| {
-            s.jwt_jwks_file = Some("/nonexistent/jwks.json".into())
+            s.auth.jwks_file = Some("/nonexistent/jwks.json".into())
         }));
         assert!(missing.contains("JWT_JWKS_FILE"), "{missing}");
         let leeway = refused(prod(|s| {
-            s.jwt_jwks_file = Some(JWKS.into());
-            s.jwt_leeway_secs = 301;
+            s.auth.jwks_file = Some(JWKS.into());
+            s.auth.leeway_secs = 301;
         }));
         assert!(leeway.contains("JWT_LEEWAY_SECS"), "{leeway}");
         let refresh = refused(prod(|s| {
-            s.jwt_jwks_url = Some("http://idp/jwks".into());
-            s.jwt_jwks_refresh_secs = 0;
+            s.auth.jwks_url = Some("http://idp/jwks".into());
+            s.auth.jwks_refresh_secs = 0;
         }));
         assert!(refresh.contains("JWT_JWKS_REFRESH_SECS"), "{refresh}");
-        let short = refused(prod(|s| s.jwt_secret = Some(SecretString::from("short"))));
+        let short = refused(prod(|s| {
+            s.auth.jwt_secret = Some(SecretString::from("short"))
+        }));
         assert!(short.contains("at least 32 bytes"), "{short}");
     }
 }
