@@ -1,49 +1,19 @@
 //! Configuration: defaults, then an optional TOML file (`--config` or `CALENDAR_CONFIG`), then
 //! environment variables. Only this binary reads the environment.
 //!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `DATABASE_URL` | PostgreSQL URL; the database is created if missing | `postgres://postgres@127.0.0.1:5432/calendar` |
-//! | `LISTEN_ADDR` | address to serve on | `127.0.0.1:8080` |
-//! | `JWT_SECRET` | HS256 secret for bearer tokens (≥ 32 bytes); outside dev mode HS256 tokens are accepted only when it is set, and it or a JWKS source is required | a fixed dev secret in dev mode |
-//! | `JWT_JWKS_FILE` | JWKS file with the RS256/ES256 keys of an external issuer, read at start-up (exclusive with `JWT_JWKS_URL`) | unset |
-//! | `JWT_JWKS_URL` | `https://` (or `http://`) URL of a JWKS, fetched at start-up and refreshed in the background, keeping the last good set when a fetch fails | unset |
-//! | `JWT_JWKS_REFRESH_SECS` | how often `JWT_JWKS_URL` is fetched (≥ 1); a token with an unknown `kid` fetches it early, at most once per 30 s | `300` |
-//! | `JWT_ISSUER`, `JWT_AUDIENCE` | required `iss` / `aud` of JWKS-signed tokens; unset: not checked | unset |
-//! | `JWT_LEEWAY_SECS` | clock skew allowed on `exp` and `nbf` (`0..=300`) | `30` |
-//! | `ADMIN_TOKEN` | operator secret for `POST /admin/purge` (header `x-admin-token`, ≥ 16 bytes); unset: the admin endpoints answer 403 | unset |
-//! | `CAL_ENV` | `dev` (GraphiQL, introspection, pretty logs) or `prod` | `dev` |
-//! | `DB_MAX_CONNECTIONS` | pool size | `20` |
-//! | `MAX_WINDOW_DAYS` | longest `from..to` window | `62` |
-//! | `MAX_PAGE_SIZE` | largest `first` | `200` |
-//! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_ALIASES`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `30`, `10`, `262144` |
-//! | `MAX_REQUEST_STATEMENTS`, `MAX_REQUEST_ROWS` | runtime budget of one request (`BUDGET_EXCEEDED` past it) | `200`, `200000` |
-//! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | per-viewer limit on `/graphql` (GET and POST): a bucket of `BURST` requests per user (one shared by all requests without a valid token) refilled at `PER_SECOND` (may be fractional); more answer 429 `RATE_LIMITED` with `Retry-After`; set both or neither, `0`: off (so off in dev mode unless set) | `0`, `0` (off) |
-//! | `PERSISTED_QUERIES` | `apq` (Apollo's automatic persisted queries, registered in L1 and Redis), `safelist` (only the operations of `PERSISTED_QUERY_MANIFEST` run), or `off` | `apq` |
-//! | `PERSISTED_QUERY_MANIFEST` | path of an Apollo persisted-query manifest (`apollo-persisted-query-manifest`, version 1); required by `safelist` | unset |
-//! | `CORS_ALLOWED_ORIGINS` | origins whose browser scripts may call the API, comma-separated (`https://app.example.com`), or `*` | unset: none in prod, `*` in dev |
-//! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may drain on SIGTERM | `20` |
-//! | `REDIS_URL` | Redis for the L2 cache; unset means L1 only | unset |
-//! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
-//! | `CACHE_L1_MAX_BYTES`, `CACHE_L1_TTL_SECS` | L1 size bound and TTL | `134217728`, `300` |
-//! | `CACHE_RESPONSE_MAX_BYTES` | bound of the whole-response cache beside L1 (0: off) | `536870912` |
-//! | `CACHE_TTLS` | per-kind L2 TTL overrides, `kind=seconds,…` (kinds: `calendar_summary`, `month_bucket`, `event_full`, `event_attendees`, `event_reservations`, `user_profile`, `resource`, `resource_availability`) | unset (10 min, 5, 5, 2, 2, 30, 30, 1 min) |
-//! | `CACHE_KEY_PREFIX` | prefix of every Redis key | `cal:` |
-//! | `CACHE_WARM_CALENDARS` | most active calendars warmed at start-up (0: none) | `100` |
-//! | `KAFKA_BROKERS` | Kafka bootstrap servers for cross-instance invalidation; unset means the in-process bus (one instance) | unset |
-//! | `KAFKA_TOPIC`, `KAFKA_PARTITIONS` | invalidation topic, and its partitions when this instance creates it | `cache.invalidate`, `1` |
-//! | `KAFKA_FETCH_WAIT_MS` | longest a consumer fetch waits at the broker (`fetch.wait.max.ms`); bounds the delivery delay on brokers that hold fetches | `5` |
-//! | `INVALIDATION_THREAD_NICE` | nice value (`-20..=19`) of the threads that carry invalidations (librdkafka's, and the one applying them), ahead of request handling; needs `CAP_SYS_NICE` (else a warning, and normal priority); `0`: the process's priority | `-10` |
-//! | `INVALIDATION_LIVENESS_MS` | with Kafka: distrust L1 when the stream's freshest message is older than this | `2000` |
-//! | `CONSISTENCY_WAIT_MS` | how long a mutation waits for its invalidation's position, and a read for a presented token | `1000` |
-//! | `RELAY_ENABLED`, `RELAY_GRACE_MS` | run this instance's outbox relay; age at which it takes over others' unpublished rows | `true`, `1000` |
-//! | `OUTBOX_RETENTION_SECS`, `OUTBOX_PRUNE_INTERVAL_SECS` | how long published change-log (outbox) rows are kept (unpublished rows are never pruned); how often the pruner deletes older ones, in batches of 1,000 | `604800` (7 days), `60` |
-//! | `CAL_FAILPOINTS` | failure injection for crash tests only: `kill-after-commit` (the process SIGKILLs itself right after a write's commit), `panic-in-handler` (a request with `x-failpoint: panic` panics); never set it in production | unset |
-//! | `DB_SLOW_STATEMENT_MS` | SQL statements at least this slow are logged (warn, name only) and counted | `200` |
-//! | `RUST_LOG` | log filter | `info,sqlx=warn` |
-//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | OTLP/gRPC collector for traces (e.g. `http://jaeger:4317`); unset: no trace export | unset |
-//! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | trace resource (see `telemetry`) | `calendar`, unset |
-//! | `OTEL_TRACES_SAMPLER_ARG` | share of root traces sampled (parent-based) | `1` |
+//! Every variable is listed once, in [`VARIABLES`]: its name, its default as users read it, what
+//! it sets, and who reads it. The loader reads exactly the variables listed for it (any other is
+//! ignored); the tests at the end of this file hold the README's configuration table and
+//! `deploy/calendar.env.example` to the list, and its defaults to the ones the code uses. Adding
+//! a variable means a line in [`VARIABLES`], a field of `Raw`, a row of the README's table and a
+//! line of the example.
+//!
+//! [`Settings::load`] extracts a flat `Raw` (one field per variable, named after it in lower
+//! case, which is also the key a TOML file uses), whose `Default` holds every default, and groups
+//! it by concern into [`Settings`]: [`HttpSettings`], [`DbSettings`], [`AuthSettings`],
+//! [`LimitSettings`], [`PersistedQuerySettings`], [`CacheSettings`], [`BusSettings`] and
+//! [`SyncSettings`], beside the [`Environment`] (`CAL_ENV`). Logs and traces (`RUST_LOG`,
+//! `OTEL_*`) are read by `cal_server::telemetry`.
 
 use anyhow::{Context, Result, bail};
 use figment::Figment;
@@ -55,6 +25,304 @@ use std::time::Duration;
 
 /// Used only in dev mode when no secret is configured. Tokens minted with it are worthless elsewhere.
 pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me-dev-only-secret";
+
+/// One environment variable of the service.
+#[derive(Debug, Clone, Copy)]
+pub struct Var {
+    pub name: &'static str,
+    /// As the README's configuration table shows it: a literal in backticks (`` `300` ``) for a
+    /// value the variable takes when unset, else `unset` or a short phrase.
+    #[allow(dead_code)] // read by the tests, which hold the README and the example to it
+    pub default: &'static str,
+    /// What it sets, in one line.
+    #[allow(dead_code)] // documentation
+    pub meaning: &'static str,
+    pub reader: Reader,
+}
+
+/// Who reads a variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// [`Settings::load`]; a TOML file sets it too, under its name in lower case.
+    Settings,
+    /// `cal_server::telemetry` (`TelemetryConfig::from_env`) or the OpenTelemetry SDK.
+    Telemetry,
+}
+
+const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
+    Var {
+        name,
+        default,
+        meaning,
+        reader: Reader::Settings,
+    }
+}
+
+const fn telemetry(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
+    Var {
+        name,
+        default,
+        meaning,
+        reader: Reader::Telemetry,
+    }
+}
+
+/// Every environment variable the service reads, in the order of the README's table. The one
+/// list: [`Settings::load`] reads exactly the [`Reader::Settings`] ones (any other variable is
+/// ignored), and the tests hold the README's configuration table (names and defaults) and
+/// `deploy/calendar.env.example` (names) to it, and its defaults to the ones the code uses.
+pub const VARIABLES: &[Var] = &[
+    var(
+        "DATABASE_URL",
+        "`postgres://postgres@127.0.0.1:5432/calendar`",
+        "PostgreSQL URL; the database is created if missing",
+    ),
+    var("LISTEN_ADDR", "`127.0.0.1:8080`", "address to serve on"),
+    var(
+        "CAL_ENV",
+        "`dev`",
+        "`dev` (GraphiQL, introspection, pretty logs) or `prod` (none of those, JSON logs)",
+    ),
+    var(
+        "JWT_SECRET",
+        "fixed dev secret in `dev`",
+        "HS256 secret for bearer tokens (≥ 32 bytes); outside dev mode HS256 tokens are accepted \
+         only when it is set, and it or a JWKS source is required",
+    ),
+    var(
+        "JWT_JWKS_FILE",
+        "unset",
+        "JWKS file with the RS256/ES256 keys of an external issuer, read at start-up (exclusive \
+         with `JWT_JWKS_URL`)",
+    ),
+    var(
+        "JWT_JWKS_URL",
+        "unset",
+        "`https://` (or `http://`) URL of a JWKS, fetched at start-up and refreshed in the \
+         background, keeping the last good set when a fetch fails",
+    ),
+    var(
+        "JWT_JWKS_REFRESH_SECS",
+        "`300`",
+        "how often `JWT_JWKS_URL` is fetched (≥ 1); a token with an unknown `kid` fetches it \
+         early, at most once per 30 s",
+    ),
+    var(
+        "JWT_ISSUER",
+        "unset",
+        "required `iss` of JWKS-signed tokens; unset: not checked",
+    ),
+    var(
+        "JWT_AUDIENCE",
+        "unset",
+        "required `aud` of JWKS-signed tokens; unset: not checked",
+    ),
+    var(
+        "JWT_LEEWAY_SECS",
+        "`30`",
+        "clock skew allowed on `exp` and `nbf` (`0..=300`)",
+    ),
+    var("DB_MAX_CONNECTIONS", "`20`", "pool size"),
+    var("MAX_WINDOW_DAYS", "`62`", "longest `from..to` window"),
+    var("MAX_PAGE_SIZE", "`200`", "largest `first`"),
+    var(
+        "MAX_REQUEST_STATEMENTS",
+        "`200`",
+        "SQL statements one request may send (`BUDGET_EXCEEDED` past it; ≥ 1)",
+    ),
+    var(
+        "MAX_REQUEST_ROWS",
+        "`200000`",
+        "rows one request may read (`BUDGET_EXCEEDED` past it; ≥ 1)",
+    ),
+    var(
+        "MAX_DEPTH",
+        "`12`",
+        "deepest query (`QUERY_TOO_COMPLEX` past it)",
+    ),
+    var(
+        "MAX_COMPLEXITY",
+        "`20000`",
+        "costliest query (`QUERY_TOO_COMPLEX` past it)",
+    ),
+    var(
+        "MAX_ALIASES",
+        "`30`",
+        "aliases in one document (`QUERY_TOO_COMPLEX` past it)",
+    ),
+    var("MAX_BATCH", "`10`", "operations in one batched request"),
+    var(
+        "MAX_BODY_BYTES",
+        "`262144`",
+        "largest request body (413 `PAYLOAD_TOO_LARGE` past it)",
+    ),
+    var(
+        "RATE_LIMIT_PER_SECOND",
+        "`0`",
+        "per-viewer refill rate on `/graphql` (GET and POST), requests a second (may be \
+         fractional); set it with `RATE_LIMIT_BURST`, or neither: `0` and `0` are off",
+    ),
+    var(
+        "RATE_LIMIT_BURST",
+        "`0`",
+        "per-viewer bucket on `/graphql`, one per user and one shared by all requests without a \
+         valid token; more answer 429 `RATE_LIMITED` with `Retry-After`",
+    ),
+    var(
+        "PERSISTED_QUERIES",
+        "`apq`",
+        "`apq` (Apollo's automatic persisted queries, registered in L1 and Redis), `safelist` \
+         (only the operations of `PERSISTED_QUERY_MANIFEST` run), or `off`",
+    ),
+    var(
+        "PERSISTED_QUERY_MANIFEST",
+        "unset",
+        "path of an Apollo persisted-query manifest (`apollo-persisted-query-manifest`, version \
+         1); required by `safelist`, read only with it",
+    ),
+    var(
+        "CORS_ALLOWED_ORIGINS",
+        "unset: none in prod, `*` in dev",
+        "origins whose browser scripts may call the API, comma-separated \
+         (`https://app.example.com`), or `*`",
+    ),
+    var(
+        "SHUTDOWN_GRACE_SECS",
+        "`20`",
+        "how long in-flight requests may drain on SIGTERM",
+    ),
+    var(
+        "REDIS_URL",
+        "unset",
+        "Redis for the L2 cache; unset means L1 only",
+    ),
+    var(
+        "CACHE_L1",
+        "`true`",
+        "`false` switches the in-process tier off (to measure the cold path)",
+    ),
+    var("CACHE_L2", "`true`", "`false` switches the Redis tier off"),
+    var("CACHE_L1_MAX_BYTES", "`134217728`", "L1 size bound"),
+    var(
+        "CACHE_L1_TTL_SECS",
+        "`300`",
+        "L1 TTL, also the whole-response cache's",
+    ),
+    var(
+        "CACHE_RESPONSE_MAX_BYTES",
+        "`536870912`",
+        "bound of the whole-response cache beside L1 (0: off)",
+    ),
+    var("CACHE_KEY_PREFIX", "`cal:`", "prefix of every Redis key"),
+    var(
+        "CACHE_TTLS",
+        "unset",
+        "per-kind L2 TTL overrides, `kind=seconds,…` (kinds, with their defaults: \
+         `calendar_summary` 10 min, `month_bucket` 5, `event_full` 5, `event_attendees` 2, \
+         `event_reservations` 2, `user_profile` 30, `resource` 30, `resource_availability` 1)",
+    ),
+    var(
+        "CACHE_WARM_CALENDARS",
+        "`100`",
+        "most active calendars warmed at start-up (0: none)",
+    ),
+    var(
+        "KAFKA_BROKERS",
+        "unset",
+        "Kafka bootstrap servers for cross-instance invalidation; unset means the in-process bus \
+         (one instance)",
+    ),
+    var("KAFKA_TOPIC", "`cache.invalidate`", "invalidation topic"),
+    var(
+        "KAFKA_PARTITIONS",
+        "`1`",
+        "partitions of the topic when this instance creates it",
+    ),
+    var(
+        "KAFKA_FETCH_WAIT_MS",
+        "`5`",
+        "longest a consumer fetch waits at the broker (`fetch.wait.max.ms`); bounds the delivery \
+         delay on brokers that hold fetches",
+    ),
+    var(
+        "INVALIDATION_THREAD_NICE",
+        "`-10`",
+        "nice value (`-20..=19`) of the threads that carry invalidations (librdkafka's, and the \
+         one applying them), ahead of request handling; needs `CAP_SYS_NICE` or `RLIMIT_NICE` \
+         (else a warning, and normal priority); `0`: the process's priority",
+    ),
+    var(
+        "INVALIDATION_LIVENESS_MS",
+        "`2000`",
+        "with Kafka: distrust L1 when the stream's freshest message is older than this",
+    ),
+    var(
+        "CONSISTENCY_WAIT_MS",
+        "`1000`",
+        "how long a mutation waits for its invalidation's position, and a read for a presented \
+         token",
+    ),
+    var(
+        "RELAY_ENABLED",
+        "`true`",
+        "run this instance's outbox relay",
+    ),
+    var(
+        "RELAY_GRACE_MS",
+        "`1000`",
+        "age at which the relay takes over other instances' unpublished rows",
+    ),
+    var(
+        "OUTBOX_RETENTION_SECS",
+        "`604800`",
+        "how long published change-log (outbox) rows are kept (7 days); unpublished rows are \
+         never pruned",
+    ),
+    var(
+        "OUTBOX_PRUNE_INTERVAL_SECS",
+        "`60`",
+        "how often the pruner deletes older ones, in batches of 1,000",
+    ),
+    var(
+        "ADMIN_TOKEN",
+        "unset",
+        "operator secret for `POST /admin/purge` (header `x-admin-token`, ≥ 16 bytes); unset: \
+         the admin endpoints answer 403",
+    ),
+    var(
+        "CAL_FAILPOINTS",
+        "unset",
+        "failure injection for crash tests only: `kill-after-commit` (the process SIGKILLs \
+         itself right after a write's commit), `panic-in-handler` (a request with \
+         `x-failpoint: panic` panics); never set it in production",
+    ),
+    var(
+        "DB_SLOW_STATEMENT_MS",
+        "`200`",
+        "SQL statements at least this slow are logged (warn, name only) and counted",
+    ),
+    telemetry("RUST_LOG", "`info,sqlx=warn`", "log filter"),
+    telemetry(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "unset",
+        "OTLP/gRPC collector for traces (e.g. `http://jaeger:4317`); unset: no trace export",
+    ),
+    telemetry(
+        "OTEL_SERVICE_NAME",
+        "`calendar`",
+        "`service.name` of the traces",
+    ),
+    telemetry(
+        "OTEL_TRACES_SAMPLER_ARG",
+        "`1`",
+        "share of root traces sampled (parent-based)",
+    ),
+    telemetry(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "unset",
+        "more attributes of the traces' resource, `key=value,…` (read by the OpenTelemetry SDK)",
+    ),
+];
 
 /// `CAL_ENV`: which audience the instance serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,57 +644,11 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(f));
         }
-        let keys = [
-            "DATABASE_URL",
-            "LISTEN_ADDR",
-            "JWT_SECRET",
-            "JWT_JWKS_FILE",
-            "JWT_JWKS_URL",
-            "JWT_JWKS_REFRESH_SECS",
-            "JWT_ISSUER",
-            "JWT_AUDIENCE",
-            "JWT_LEEWAY_SECS",
-            "ADMIN_TOKEN",
-            "CAL_ENV",
-            "DB_MAX_CONNECTIONS",
-            "MAX_WINDOW_DAYS",
-            "MAX_PAGE_SIZE",
-            "MAX_DEPTH",
-            "MAX_ALIASES",
-            "MAX_REQUEST_STATEMENTS",
-            "MAX_REQUEST_ROWS",
-            "MAX_COMPLEXITY",
-            "MAX_BATCH",
-            "MAX_BODY_BYTES",
-            "RATE_LIMIT_PER_SECOND",
-            "RATE_LIMIT_BURST",
-            "PERSISTED_QUERIES",
-            "PERSISTED_QUERY_MANIFEST",
-            "CORS_ALLOWED_ORIGINS",
-            "SHUTDOWN_GRACE_SECS",
-            "REDIS_URL",
-            "CACHE_L1",
-            "CACHE_L2",
-            "CACHE_L1_MAX_BYTES",
-            "CACHE_L1_TTL_SECS",
-            "CACHE_RESPONSE_MAX_BYTES",
-            "CACHE_KEY_PREFIX",
-            "CACHE_TTLS",
-            "CACHE_WARM_CALENDARS",
-            "KAFKA_BROKERS",
-            "KAFKA_TOPIC",
-            "KAFKA_PARTITIONS",
-            "KAFKA_FETCH_WAIT_MS",
-            "INVALIDATION_THREAD_NICE",
-            "INVALIDATION_LIVENESS_MS",
-            "CONSISTENCY_WAIT_MS",
-            "RELAY_ENABLED",
-            "RELAY_GRACE_MS",
-            "OUTBOX_RETENTION_SECS",
-            "OUTBOX_PRUNE_INTERVAL_SECS",
-            "CAL_FAILPOINTS",
-            "DB_SLOW_STATEMENT_MS",
-        ];
+        let keys: Vec<&str> = VARIABLES
+            .iter()
+            .filter(|v| v.reader == Reader::Settings)
+            .map(|v| v.name)
+            .collect();
         fig = fig.merge(
             Env::raw()
                 .only(&keys)
