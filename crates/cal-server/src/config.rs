@@ -1176,4 +1176,345 @@ mod tests {
         }));
         assert!(short.contains("at least 32 bytes"), "{short}");
     }
+
+    // The list of variables against the README, the env example and the code.
+
+    /// The README, whose `## Configuration` table shows every variable and its default.
+    const README: &str = include_str!("../../../README.md");
+
+    /// The example environment, which mentions every variable, set or commented out.
+    const EXAMPLE: &str = include_str!("../../../deploy/calendar.env.example");
+
+    /// `` `x` `` → `x`: the value a default shows, when it is one literal in backticks.
+    fn literal(shown: &str) -> Option<&str> {
+        let inner = shown.strip_prefix('`')?.strip_suffix('`')?;
+        (!inner.contains('`')).then_some(inner)
+    }
+
+    /// The README's configuration table as (variable, default) pairs, row by row. A row naming
+    /// several variables (`` `A` / `B` ``) shows as many defaults, separated by ` / ` too.
+    fn readme_table(readme: &str) -> Result<Vec<(String, String)>, String> {
+        let mut rows = readme
+            .lines()
+            .skip_while(|l| l.trim() != "## Configuration")
+            .skip(1)
+            .take_while(|l| !l.starts_with("## "))
+            .filter(|l| l.starts_with('|'));
+        let header = rows
+            .next()
+            .ok_or("README.md has no table under `## Configuration`")?;
+        if header.replace(' ', "") != "|variable|default|meaning|" {
+            return Err(format!(
+                "the configuration table's header is {header:?}, not `| variable | default | meaning |`"
+            ));
+        }
+        if !rows.next().is_some_and(|l| l.starts_with("|-")) {
+            return Err(
+                "the configuration table's header is not followed by `|---|---|---|`".into(),
+            );
+        }
+        let mut pairs = Vec::new();
+        for row in rows {
+            let cells: Vec<&str> = row.splitn(4, '|').collect();
+            let [_, names, defaults, _meaning] = cells.as_slice() else {
+                return Err(format!("not a row of three cells: {row}"));
+            };
+            let names: Vec<&str> = names.split('/').map(str::trim).collect();
+            let defaults: Vec<&str> = if names.len() == 1 {
+                vec![defaults.trim()]
+            } else {
+                defaults.split(" / ").map(str::trim).collect()
+            };
+            if names.len() != defaults.len() {
+                return Err(format!(
+                    "{} variables but {} defaults (separate them with ` / `) in: {row}",
+                    names.len(),
+                    defaults.len()
+                ));
+            }
+            for (name, default) in names.into_iter().zip(defaults) {
+                let Some(name) = literal(name) else {
+                    return Err(format!(
+                        "{name:?} is not a variable in backticks, in: {row}"
+                    ));
+                };
+                pairs.push((name.to_owned(), default.to_owned()));
+            }
+        }
+        Ok(pairs)
+    }
+
+    /// The variables `deploy/calendar.env.example` sets (`NAME=value`) or shows unset
+    /// (`# NAME=value`, `#NAME=value`).
+    fn example_names(example: &str) -> Vec<&str> {
+        example
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim_start();
+                let line = line.strip_prefix('#').unwrap_or(line).trim_start();
+                let (name, _) = line.split_once('=')?;
+                let is_name = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                is_name.then_some(name)
+            })
+            .collect()
+    }
+
+    /// Names that occur more than once.
+    fn repeated<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+        for name in names {
+            *seen.entry(name).or_default() += 1;
+        }
+        seen.into_iter()
+            .filter(|&(_, n)| n > 1)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_table_shows_every_variable_with_its_default() {
+        let table = readme_table(README).unwrap_or_else(|e| panic!("README.md: {e}"));
+        let mut problems = Vec::new();
+        for (name, default) in &table {
+            match VARIABLES.iter().find(|v| v.name == name.as_str()) {
+                None => problems.push(format!(
+                    "README shows {name}, which VARIABLES does not list"
+                )),
+                Some(v) if v.default != default.as_str() => problems.push(format!(
+                    "{name}: README shows the default {default:?}, VARIABLES {:?}",
+                    v.default
+                )),
+                Some(_) => {}
+            }
+        }
+        for name in repeated(table.iter().map(|(n, _)| n.as_str())) {
+            problems.push(format!("README shows {name} more than once"));
+        }
+        for v in VARIABLES {
+            if !table.iter().any(|(n, _)| n == v.name) {
+                problems.push(format!(
+                    "README lacks {} (default {}: {})",
+                    v.name, v.default, v.meaning
+                ));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "README.md's configuration table and config::VARIABLES disagree:\n{}",
+            problems.join("\n")
+        );
+        let readme_order: Vec<&str> = table.iter().map(|(n, _)| n.as_str()).collect();
+        let listed: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        assert_eq!(
+            readme_order, listed,
+            "README.md shows the variables in another order than config::VARIABLES lists them"
+        );
+    }
+
+    #[test]
+    fn the_env_example_mentions_every_variable() {
+        let names = example_names(EXAMPLE);
+        let mut problems = Vec::new();
+        for name in &names {
+            if !VARIABLES.iter().any(|v| v.name == *name) {
+                problems.push(format!(
+                    "the example sets {name}, which VARIABLES does not list"
+                ));
+            }
+        }
+        for name in repeated(names.iter().copied()) {
+            problems.push(format!("the example mentions {name} more than once"));
+        }
+        for v in VARIABLES {
+            if !names.contains(&v.name) {
+                problems.push(format!(
+                    "the example lacks {0}: add `{0}=value`, or `# {0}=value` to show it unset",
+                    v.name
+                ));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "deploy/calendar.env.example and config::VARIABLES disagree:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    /// What `cal_server::telemetry` falls back to when a variable it reads is unset.
+    fn telemetry_default(name: &str) -> Option<String> {
+        use cal_server::telemetry::{
+            DEFAULT_LOG_FILTER, DEFAULT_SAMPLE_RATIO, DEFAULT_SERVICE_NAME,
+        };
+        match name {
+            "RUST_LOG" => Some(DEFAULT_LOG_FILTER.to_owned()),
+            "OTEL_SERVICE_NAME" => Some(DEFAULT_SERVICE_NAME.to_owned()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some(DEFAULT_SAMPLE_RATIO.to_string()),
+            // OTEL_EXPORTER_OTLP_ENDPOINT (no export), OTEL_RESOURCE_ATTRIBUTES.
+            _ => None,
+        }
+    }
+
+    /// Each default VARIABLES shows is the one the loader starts from (`Raw::default`, which is
+    /// what figment extracts before the file and the environment) or telemetry falls back to:
+    /// a literal (`` `300` ``) the same value, anything else (`unset`, a phrase) no value.
+    #[test]
+    fn the_defaults_shown_are_the_ones_the_code_uses() {
+        use serde_json::Value;
+        let raw = serde_json::to_value(Raw::default()).unwrap();
+        let fields = raw.as_object().expect("Raw serializes as a map");
+        let mut problems = Vec::new();
+        for v in VARIABLES {
+            let key = v.name.to_lowercase();
+            let used = match v.reader {
+                Reader::Settings => match fields.get(&key) {
+                    None => {
+                        problems.push(format!("{}: Raw has no field `{key}`", v.name));
+                        continue;
+                    }
+                    Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(other) => Some(other.to_string()),
+                },
+                Reader::Telemetry => telemetry_default(v.name),
+            };
+            let same = match (literal(v.default), &used) {
+                (None, None) => true,
+                (Some(shown), Some(used)) => {
+                    shown == used
+                        || matches!(
+                            (shown.parse::<f64>(), used.parse::<f64>()),
+                            (Ok(a), Ok(b)) if a == b
+                        )
+                }
+                _ => false,
+            };
+            if !same {
+                let used = used.map_or("none".to_owned(), |u| format!("`{u}`"));
+                problems.push(format!(
+                    "{}: VARIABLES shows the default {}, the code's is {used}",
+                    v.name, v.default
+                ));
+            }
+        }
+        for key in fields.keys() {
+            let listed = VARIABLES
+                .iter()
+                .any(|v| v.reader == Reader::Settings && v.name.to_lowercase() == *key);
+            if !listed {
+                problems.push(format!(
+                    "Raw has a field `{key}` that no variable of VARIABLES sets"
+                ));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    /// The default VARIABLES shows for `name`, parsed (it must be one literal).
+    fn shown<T: std::str::FromStr>(name: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        let v = VARIABLES
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("{name} is not in VARIABLES"));
+        let value = literal(v.default)
+            .unwrap_or_else(|| panic!("{name}'s default {:?} is not a literal", v.default));
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}'s default {value:?}: {e:?}"))
+    }
+
+    /// Grouping takes each default to where it is used: the API's, the cache's, the
+    /// invalidation stream's and the bus's configuration.
+    #[test]
+    fn the_grouped_settings_carry_the_defaults_shown() {
+        let s = Settings::default();
+        assert_eq!(s.environment, shown::<Environment>("CAL_ENV"));
+        assert_eq!(s.http.listen_addr, shown::<String>("LISTEN_ADDR"));
+        assert_eq!(
+            s.http.shutdown_grace_secs,
+            shown::<u64>("SHUTDOWN_GRACE_SECS")
+        );
+        assert_eq!(s.db.url, shown::<String>("DATABASE_URL"));
+        assert_eq!(s.db.max_connections, shown::<u32>("DB_MAX_CONNECTIONS"));
+        assert_eq!(s.db.slow_statement_ms, shown::<u64>("DB_SLOW_STATEMENT_MS"));
+
+        let api = s.api_config().unwrap();
+        assert!(api.dev_mode);
+        assert_eq!(api.jwt_leeway.as_secs(), shown::<u64>("JWT_LEEWAY_SECS"));
+        assert_eq!(api.max_window.num_days(), shown::<i64>("MAX_WINDOW_DAYS"));
+        assert_eq!(api.max_page_size, shown::<usize>("MAX_PAGE_SIZE"));
+        assert_eq!(api.max_depth, shown::<usize>("MAX_DEPTH"));
+        assert_eq!(api.max_complexity, shown::<usize>("MAX_COMPLEXITY"));
+        assert_eq!(api.max_aliases, shown::<usize>("MAX_ALIASES"));
+        assert_eq!(api.max_batch, shown::<usize>("MAX_BATCH"));
+        assert_eq!(api.max_body_bytes, shown::<usize>("MAX_BODY_BYTES"));
+        assert_eq!(
+            api.max_request_statements,
+            shown::<u64>("MAX_REQUEST_STATEMENTS")
+        );
+        assert_eq!(api.max_request_rows, shown::<u64>("MAX_REQUEST_ROWS"));
+        assert!(api.rate_limit.is_none(), "RATE_LIMIT_* are off by default");
+        assert!(matches!(
+            api.persisted_queries,
+            cal_api::PersistedMode::Automatic
+        ));
+        assert!(matches!(api.cors_origins, cal_api::CorsOrigins::Any));
+
+        let cache = s.cache.config();
+        assert_eq!(cache.l1_enabled, shown::<bool>("CACHE_L1"));
+        assert_eq!(cache.l2_enabled, shown::<bool>("CACHE_L2"));
+        assert_eq!(cache.l1_max_bytes, shown::<u64>("CACHE_L1_MAX_BYTES"));
+        assert_eq!(cache.l1_ttl.as_secs(), shown::<u64>("CACHE_L1_TTL_SECS"));
+        assert_eq!(cache.key_prefix, shown::<String>("CACHE_KEY_PREFIX"));
+        assert_eq!(cache.redis_url, None);
+        assert_eq!(
+            s.cache.response_max_bytes,
+            shown::<u64>("CACHE_RESPONSE_MAX_BYTES")
+        );
+        assert_eq!(s.cache.warm_calendars, shown::<i64>("CACHE_WARM_CALENDARS"));
+        assert!(s.cache.ttls().unwrap().is_empty());
+
+        let sync = s.sync_config(true).unwrap();
+        assert_eq!(
+            sync.liveness,
+            Some(Duration::from_millis(shown("INVALIDATION_LIVENESS_MS")))
+        );
+        assert_eq!(
+            sync.publish_wait,
+            Duration::from_millis(shown("CONSISTENCY_WAIT_MS"))
+        );
+        assert_eq!(sync.token_wait, sync.publish_wait);
+        assert_eq!(sync.relay.enabled, shown::<bool>("RELAY_ENABLED"));
+        assert_eq!(
+            sync.relay.grace,
+            Duration::from_millis(shown("RELAY_GRACE_MS"))
+        );
+        assert_eq!(
+            sync.relay.retention,
+            Duration::from_secs(shown("OUTBOX_RETENTION_SECS"))
+        );
+        assert_eq!(
+            sync.relay.prune_every,
+            Duration::from_secs(shown("OUTBOX_PRUNE_INTERVAL_SECS"))
+        );
+        assert_eq!(
+            sync.thread_nice,
+            Some(shown::<i32>("INVALIDATION_THREAD_NICE"))
+        );
+        assert!(!sync.kill_after_commit);
+
+        assert_eq!(s.bus.kafka_brokers(), None);
+        assert_eq!(s.bus.topic, shown::<String>("KAFKA_TOPIC"));
+        assert_eq!(s.bus.partitions, shown::<i32>("KAFKA_PARTITIONS"));
+        assert_eq!(s.bus.fetch_wait_ms, shown::<u64>("KAFKA_FETCH_WAIT_MS"));
+        assert_eq!(
+            s.auth.jwks_refresh_secs,
+            shown::<u64>("JWT_JWKS_REFRESH_SECS")
+        );
+    }
 }
