@@ -1,49 +1,19 @@
 //! Configuration: defaults, then an optional TOML file (`--config` or `CALENDAR_CONFIG`), then
 //! environment variables. Only this binary reads the environment.
 //!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `DATABASE_URL` | PostgreSQL URL; the database is created if missing | `postgres://postgres@127.0.0.1:5432/calendar` |
-//! | `LISTEN_ADDR` | address to serve on | `127.0.0.1:8080` |
-//! | `JWT_SECRET` | HS256 secret for bearer tokens (≥ 32 bytes); outside dev mode HS256 tokens are accepted only when it is set, and it or a JWKS source is required | a fixed dev secret in dev mode |
-//! | `JWT_JWKS_FILE` | JWKS file with the RS256/ES256 keys of an external issuer, read at start-up (exclusive with `JWT_JWKS_URL`) | unset |
-//! | `JWT_JWKS_URL` | `https://` (or `http://`) URL of a JWKS, fetched at start-up and refreshed in the background, keeping the last good set when a fetch fails | unset |
-//! | `JWT_JWKS_REFRESH_SECS` | how often `JWT_JWKS_URL` is fetched (≥ 1); a token with an unknown `kid` fetches it early, at most once per 30 s | `300` |
-//! | `JWT_ISSUER`, `JWT_AUDIENCE` | required `iss` / `aud` of JWKS-signed tokens; unset: not checked | unset |
-//! | `JWT_LEEWAY_SECS` | clock skew allowed on `exp` and `nbf` (`0..=300`) | `30` |
-//! | `ADMIN_TOKEN` | operator secret for `POST /admin/purge` (header `x-admin-token`, ≥ 16 bytes); unset: the admin endpoints answer 403 | unset |
-//! | `CAL_ENV` | `dev` (GraphiQL, introspection, pretty logs) or `prod` | `dev` |
-//! | `DB_MAX_CONNECTIONS` | pool size | `20` |
-//! | `MAX_WINDOW_DAYS` | longest `from..to` window | `62` |
-//! | `MAX_PAGE_SIZE` | largest `first` | `200` |
-//! | `MAX_DEPTH`, `MAX_COMPLEXITY`, `MAX_ALIASES`, `MAX_BATCH`, `MAX_BODY_BYTES` | request limits | `12`, `20000`, `30`, `10`, `262144` |
-//! | `MAX_REQUEST_STATEMENTS`, `MAX_REQUEST_ROWS` | runtime budget of one request (`BUDGET_EXCEEDED` past it) | `200`, `200000` |
-//! | `RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_BURST` | per-viewer limit on `/graphql` (GET and POST): a bucket of `BURST` requests per user (one shared by all requests without a valid token) refilled at `PER_SECOND` (may be fractional); more answer 429 `RATE_LIMITED` with `Retry-After`; set both or neither, `0`: off (so off in dev mode unless set) | `0`, `0` (off) |
-//! | `PERSISTED_QUERIES` | `apq` (Apollo's automatic persisted queries, registered in L1 and Redis), `safelist` (only the operations of `PERSISTED_QUERY_MANIFEST` run), or `off` | `apq` |
-//! | `PERSISTED_QUERY_MANIFEST` | path of an Apollo persisted-query manifest (`apollo-persisted-query-manifest`, version 1); required by `safelist` | unset |
-//! | `CORS_ALLOWED_ORIGINS` | origins whose browser scripts may call the API, comma-separated (`https://app.example.com`), or `*` | unset: none in prod, `*` in dev |
-//! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may drain on SIGTERM | `20` |
-//! | `REDIS_URL` | Redis for the L2 cache; unset means L1 only | unset |
-//! | `CACHE_L1`, `CACHE_L2` | switch a tier off (`false`) to measure the cold path | `true` |
-//! | `CACHE_L1_MAX_BYTES`, `CACHE_L1_TTL_SECS` | L1 size bound and TTL | `134217728`, `300` |
-//! | `CACHE_RESPONSE_MAX_BYTES` | bound of the whole-response cache beside L1 (0: off) | `536870912` |
-//! | `CACHE_TTLS` | per-kind L2 TTL overrides, `kind=seconds,…` (kinds: `calendar_summary`, `month_bucket`, `event_full`, `event_attendees`, `event_reservations`, `user_profile`, `resource`, `resource_availability`) | unset (10 min, 5, 5, 2, 2, 30, 30, 1 min) |
-//! | `CACHE_KEY_PREFIX` | prefix of every Redis key | `cal:` |
-//! | `CACHE_WARM_CALENDARS` | most active calendars warmed at start-up (0: none) | `100` |
-//! | `KAFKA_BROKERS` | Kafka bootstrap servers for cross-instance invalidation; unset means the in-process bus (one instance) | unset |
-//! | `KAFKA_TOPIC`, `KAFKA_PARTITIONS` | invalidation topic, and its partitions when this instance creates it | `cache.invalidate`, `1` |
-//! | `KAFKA_FETCH_WAIT_MS` | longest a consumer fetch waits at the broker (`fetch.wait.max.ms`); bounds the delivery delay on brokers that hold fetches | `5` |
-//! | `INVALIDATION_THREAD_NICE` | nice value (`-20..=19`) of the threads that carry invalidations (librdkafka's, and the one applying them), ahead of request handling; needs `CAP_SYS_NICE` (else a warning, and normal priority); `0`: the process's priority | `-10` |
-//! | `INVALIDATION_LIVENESS_MS` | with Kafka: distrust L1 when the stream's freshest message is older than this | `2000` |
-//! | `CONSISTENCY_WAIT_MS` | how long a mutation waits for its invalidation's position, and a read for a presented token | `1000` |
-//! | `RELAY_ENABLED`, `RELAY_GRACE_MS` | run this instance's outbox relay; age at which it takes over others' unpublished rows | `true`, `1000` |
-//! | `OUTBOX_RETENTION_SECS`, `OUTBOX_PRUNE_INTERVAL_SECS` | how long published change-log (outbox) rows are kept (unpublished rows are never pruned); how often the pruner deletes older ones, in batches of 1,000 | `604800` (7 days), `60` |
-//! | `CAL_FAILPOINTS` | failure injection for crash tests only: `kill-after-commit` (the process SIGKILLs itself right after a write's commit), `panic-in-handler` (a request with `x-failpoint: panic` panics); never set it in production | unset |
-//! | `DB_SLOW_STATEMENT_MS` | SQL statements at least this slow are logged (warn, name only) and counted | `200` |
-//! | `RUST_LOG` | log filter | `info,sqlx=warn` |
-//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | OTLP/gRPC collector for traces (e.g. `http://jaeger:4317`); unset: no trace export | unset |
-//! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | trace resource (see `telemetry`) | `calendar`, unset |
-//! | `OTEL_TRACES_SAMPLER_ARG` | share of root traces sampled (parent-based) | `1` |
+//! Every variable is listed once, in [`VARIABLES`]: its name, its default as users read it, what
+//! it sets, and who reads it. The loader reads exactly the variables listed for it (any other is
+//! ignored); the tests at the end of this file hold the README's configuration table and
+//! `deploy/calendar.env.example` to the list, and its defaults to the ones the code uses. Adding
+//! a variable means a line in [`VARIABLES`], a field of `Raw`, a row of the README's table and a
+//! line of the example.
+//!
+//! [`Settings::load`] extracts a flat `Raw` (one field per variable, named after it in lower
+//! case, which is also the key a TOML file uses), whose `Default` holds every default, and groups
+//! it by concern into [`Settings`]: [`HttpSettings`], [`DbSettings`], [`AuthSettings`],
+//! [`LimitSettings`], [`PersistedQuerySettings`], [`CacheSettings`], [`BusSettings`] and
+//! [`SyncSettings`], beside the [`Environment`] (`CAL_ENV`). Logs and traces (`RUST_LOG`,
+//! `OTEL_*`) are read by `cal_server::telemetry`.
 
 use anyhow::{Context, Result, bail};
 use figment::Figment;
@@ -51,71 +21,556 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Duration;
 
 /// Used only in dev mode when no secret is configured. Tokens minted with it are worthless elsewhere.
 pub const DEV_JWT_SECRET: &str = "dev-only-secret-change-me-dev-only-secret";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One environment variable of the service.
+#[derive(Debug, Clone, Copy)]
+pub struct Var {
+    pub name: &'static str,
+    /// As the README's configuration table shows it: a literal in backticks (`` `300` ``) for a
+    /// value the variable takes when unset, else `unset` or a short phrase.
+    #[allow(dead_code)] // read by the tests, which hold the README and the example to it
+    pub default: &'static str,
+    /// What it sets, in one line.
+    #[allow(dead_code)] // documentation
+    pub meaning: &'static str,
+    pub reader: Reader,
+}
+
+/// Who reads a variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// [`Settings::load`]; a TOML file sets it too, under its name in lower case.
+    Settings,
+    /// `cal_server::telemetry` (`TelemetryConfig::from_env`) or the OpenTelemetry SDK.
+    Telemetry,
+}
+
+const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
+    Var {
+        name,
+        default,
+        meaning,
+        reader: Reader::Settings,
+    }
+}
+
+const fn telemetry(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
+    Var {
+        name,
+        default,
+        meaning,
+        reader: Reader::Telemetry,
+    }
+}
+
+/// Every environment variable the service reads, in the order of the README's table. The one
+/// list: [`Settings::load`] reads exactly the [`Reader::Settings`] ones (any other variable is
+/// ignored), and the tests hold the README's configuration table (names and defaults) and
+/// `deploy/calendar.env.example` (names) to it, and its defaults to the ones the code uses.
+pub const VARIABLES: &[Var] = &[
+    var(
+        "DATABASE_URL",
+        "`postgres://postgres@127.0.0.1:5432/calendar`",
+        "PostgreSQL URL; the database is created if missing",
+    ),
+    var("LISTEN_ADDR", "`127.0.0.1:8080`", "address to serve on"),
+    var(
+        "CAL_ENV",
+        "`dev`",
+        "`dev` (GraphiQL, introspection, pretty logs) or `prod` (none of those, JSON logs)",
+    ),
+    var(
+        "JWT_SECRET",
+        "fixed dev secret in `dev`",
+        "HS256 secret for bearer tokens (≥ 32 bytes); outside dev mode HS256 tokens are accepted \
+         only when it is set, and it or a JWKS source is required",
+    ),
+    var(
+        "JWT_JWKS_FILE",
+        "unset",
+        "JWKS file with the RS256/ES256 keys of an external issuer, read at start-up (exclusive \
+         with `JWT_JWKS_URL`)",
+    ),
+    var(
+        "JWT_JWKS_URL",
+        "unset",
+        "`https://` (or `http://`) URL of a JWKS, fetched at start-up and refreshed in the \
+         background, keeping the last good set when a fetch fails",
+    ),
+    var(
+        "JWT_JWKS_REFRESH_SECS",
+        "`300`",
+        "how often `JWT_JWKS_URL` is fetched (≥ 1); a token with an unknown `kid` fetches it \
+         early, at most once per 30 s",
+    ),
+    var(
+        "JWT_ISSUER",
+        "unset",
+        "required `iss` of JWKS-signed tokens; unset: not checked",
+    ),
+    var(
+        "JWT_AUDIENCE",
+        "unset",
+        "required `aud` of JWKS-signed tokens; unset: not checked",
+    ),
+    var(
+        "JWT_LEEWAY_SECS",
+        "`30`",
+        "clock skew allowed on `exp` and `nbf` (`0..=300`)",
+    ),
+    var("DB_MAX_CONNECTIONS", "`20`", "pool size"),
+    var("MAX_WINDOW_DAYS", "`62`", "longest `from..to` window"),
+    var("MAX_PAGE_SIZE", "`200`", "largest `first`"),
+    var(
+        "MAX_REQUEST_STATEMENTS",
+        "`200`",
+        "SQL statements one request may send (`BUDGET_EXCEEDED` past it; ≥ 1)",
+    ),
+    var(
+        "MAX_REQUEST_ROWS",
+        "`200000`",
+        "rows one request may read (`BUDGET_EXCEEDED` past it; ≥ 1)",
+    ),
+    var(
+        "MAX_DEPTH",
+        "`12`",
+        "deepest query (`QUERY_TOO_COMPLEX` past it)",
+    ),
+    var(
+        "MAX_COMPLEXITY",
+        "`20000`",
+        "costliest query (`QUERY_TOO_COMPLEX` past it)",
+    ),
+    var(
+        "MAX_ALIASES",
+        "`30`",
+        "aliases in one document (`QUERY_TOO_COMPLEX` past it)",
+    ),
+    var("MAX_BATCH", "`10`", "operations in one batched request"),
+    var(
+        "MAX_BODY_BYTES",
+        "`262144`",
+        "largest request body (413 `PAYLOAD_TOO_LARGE` past it)",
+    ),
+    var(
+        "RATE_LIMIT_PER_SECOND",
+        "`0`",
+        "per-viewer refill rate on `/graphql` (GET and POST), requests a second (may be \
+         fractional); set it with `RATE_LIMIT_BURST`, or neither: `0` and `0` are off",
+    ),
+    var(
+        "RATE_LIMIT_BURST",
+        "`0`",
+        "per-viewer bucket on `/graphql`, one per user and one shared by all requests without a \
+         valid token; more answer 429 `RATE_LIMITED` with `Retry-After`",
+    ),
+    var(
+        "PERSISTED_QUERIES",
+        "`apq`",
+        "`apq` (Apollo's automatic persisted queries, registered in L1 and Redis), `safelist` \
+         (only the operations of `PERSISTED_QUERY_MANIFEST` run), or `off`",
+    ),
+    var(
+        "PERSISTED_QUERY_MANIFEST",
+        "unset",
+        "path of an Apollo persisted-query manifest (`apollo-persisted-query-manifest`, version \
+         1); required by `safelist`, read only with it",
+    ),
+    var(
+        "CORS_ALLOWED_ORIGINS",
+        "unset: none in prod, `*` in dev",
+        "origins whose browser scripts may call the API, comma-separated \
+         (`https://app.example.com`), or `*`",
+    ),
+    var(
+        "SHUTDOWN_GRACE_SECS",
+        "`20`",
+        "how long in-flight requests may drain on SIGTERM",
+    ),
+    var(
+        "REDIS_URL",
+        "unset",
+        "Redis for the L2 cache; unset means L1 only",
+    ),
+    var(
+        "CACHE_L1",
+        "`true`",
+        "`false` switches the in-process tier off (to measure the cold path)",
+    ),
+    var("CACHE_L2", "`true`", "`false` switches the Redis tier off"),
+    var("CACHE_L1_MAX_BYTES", "`134217728`", "L1 size bound"),
+    var(
+        "CACHE_L1_TTL_SECS",
+        "`300`",
+        "L1 TTL, also the whole-response cache's",
+    ),
+    var(
+        "CACHE_RESPONSE_MAX_BYTES",
+        "`536870912`",
+        "bound of the whole-response cache beside L1 (0: off)",
+    ),
+    var("CACHE_KEY_PREFIX", "`cal:`", "prefix of every Redis key"),
+    var(
+        "CACHE_TTLS",
+        "unset",
+        "per-kind L2 TTL overrides, `kind=seconds,…` (kinds, with their defaults: \
+         `calendar_summary` 10 min, `month_bucket` 5, `event_full` 5, `event_attendees` 2, \
+         `event_reservations` 2, `user_profile` 30, `resource` 30, `resource_availability` 1)",
+    ),
+    var(
+        "CACHE_WARM_CALENDARS",
+        "`100`",
+        "most active calendars warmed at start-up (0: none)",
+    ),
+    var(
+        "KAFKA_BROKERS",
+        "unset",
+        "Kafka bootstrap servers for cross-instance invalidation; unset means the in-process bus \
+         (one instance)",
+    ),
+    var("KAFKA_TOPIC", "`cache.invalidate`", "invalidation topic"),
+    var(
+        "KAFKA_PARTITIONS",
+        "`1`",
+        "partitions of the topic when this instance creates it",
+    ),
+    var(
+        "KAFKA_FETCH_WAIT_MS",
+        "`5`",
+        "longest a consumer fetch waits at the broker (`fetch.wait.max.ms`); bounds the delivery \
+         delay on brokers that hold fetches",
+    ),
+    var(
+        "INVALIDATION_THREAD_NICE",
+        "`-10`",
+        "nice value (`-20..=19`) of the threads that carry invalidations (librdkafka's, and the \
+         one applying them), ahead of request handling; needs `CAP_SYS_NICE` or `RLIMIT_NICE` \
+         (else a warning, and normal priority); `0`: the process's priority",
+    ),
+    var(
+        "INVALIDATION_LIVENESS_MS",
+        "`2000`",
+        "with Kafka: distrust L1 when the stream's freshest message is older than this",
+    ),
+    var(
+        "CONSISTENCY_WAIT_MS",
+        "`1000`",
+        "how long a mutation waits for its invalidation's position, and a read for a presented \
+         token",
+    ),
+    var(
+        "RELAY_ENABLED",
+        "`true`",
+        "run this instance's outbox relay",
+    ),
+    var(
+        "RELAY_GRACE_MS",
+        "`1000`",
+        "age at which the relay takes over other instances' unpublished rows",
+    ),
+    var(
+        "OUTBOX_RETENTION_SECS",
+        "`604800`",
+        "how long published change-log (outbox) rows are kept (7 days); unpublished rows are \
+         never pruned",
+    ),
+    var(
+        "OUTBOX_PRUNE_INTERVAL_SECS",
+        "`60`",
+        "how often the pruner deletes older ones, in batches of 1,000",
+    ),
+    var(
+        "ADMIN_TOKEN",
+        "unset",
+        "operator secret for `POST /admin/purge` (header `x-admin-token`, ≥ 16 bytes); unset: \
+         the admin endpoints answer 403",
+    ),
+    var(
+        "CAL_FAILPOINTS",
+        "unset",
+        "failure injection for crash tests only: `kill-after-commit` (the process SIGKILLs \
+         itself right after a write's commit), `panic-in-handler` (a request with \
+         `x-failpoint: panic` panics); never set it in production",
+    ),
+    var(
+        "DB_SLOW_STATEMENT_MS",
+        "`200`",
+        "SQL statements at least this slow are logged (warn, name only) and counted",
+    ),
+    telemetry("RUST_LOG", "`info,sqlx=warn`", "log filter"),
+    telemetry(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "unset",
+        "OTLP/gRPC collector for traces (e.g. `http://jaeger:4317`); unset: no trace export",
+    ),
+    telemetry(
+        "OTEL_SERVICE_NAME",
+        "`calendar`",
+        "`service.name` of the traces",
+    ),
+    telemetry(
+        "OTEL_TRACES_SAMPLER_ARG",
+        "`1`",
+        "share of root traces sampled (parent-based)",
+    ),
+    telemetry(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "unset",
+        "more attributes of the traces' resource, `key=value,…` (read by the OpenTelemetry SDK)",
+    ),
+];
+
+/// `CAL_ENV`: which audience the instance serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// GraphiQL, introspection, pretty logs; the dev secret and any CORS origin unless configured.
+    Dev,
+    /// None of those; JSON logs.
+    Prod,
+}
+
+impl std::str::FromStr for Environment {
+    type Err = anyhow::Error;
+
+    /// `dev` or `prod`, exactly; anything else is refused with the value it got.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dev" => Ok(Self::Dev),
+            "prod" => Ok(Self::Prod),
+            other => bail!("CAL_ENV must be `dev` or `prod`, not {other:?}"),
+        }
+    }
+}
+
+/// The configuration, grouped by concern. [`Settings::load`] reads it as a flat `Raw` (one
+/// field per variable) and groups it; every default is in `Raw::default`.
+#[derive(Debug, Clone)]
 pub struct Settings {
-    pub database_url: String,
-    pub listen_addr: String,
-    #[serde(serialize_with = "no_secret")]
-    pub jwt_secret: Option<SecretString>,
-    pub jwt_jwks_file: Option<String>,
-    pub jwt_jwks_url: Option<String>,
-    pub jwt_jwks_refresh_secs: u64,
-    pub jwt_issuer: Option<String>,
-    pub jwt_audience: Option<String>,
-    pub jwt_leeway_secs: u64,
-    #[serde(serialize_with = "no_secret")]
-    pub admin_token: Option<SecretString>,
-    pub cal_env: String,
-    pub db_max_connections: u32,
-    pub max_window_days: i64,
-    pub max_page_size: usize,
-    pub max_depth: usize,
-    pub max_aliases: usize,
-    pub max_request_statements: u64,
-    pub max_request_rows: u64,
-    pub max_complexity: usize,
-    pub max_batch: usize,
-    pub max_body_bytes: usize,
-    pub rate_limit_per_second: f64,
-    pub rate_limit_burst: u32,
-    pub persisted_queries: String,
-    pub persisted_query_manifest: Option<String>,
-    pub cors_allowed_origins: Option<String>,
-    pub shutdown_grace_secs: u64,
-    pub redis_url: Option<String>,
-    pub cache_l1: bool,
-    pub cache_l2: bool,
-    pub cache_l1_max_bytes: u64,
-    pub cache_l1_ttl_secs: u64,
-    pub cache_response_max_bytes: u64,
-    pub cache_key_prefix: String,
-    pub cache_ttls: Option<String>,
-    pub cache_warm_calendars: i64,
-    pub kafka_brokers: Option<String>,
-    pub kafka_topic: String,
-    pub kafka_partitions: i32,
-    pub kafka_fetch_wait_ms: u64,
-    pub invalidation_thread_nice: i32,
-    pub invalidation_liveness_ms: u64,
-    pub consistency_wait_ms: u64,
-    pub relay_enabled: bool,
-    pub relay_grace_ms: u64,
-    pub outbox_retention_secs: u64,
-    pub outbox_prune_interval_secs: u64,
+    /// `CAL_ENV`.
+    pub environment: Environment,
+    pub http: HttpSettings,
+    pub db: DbSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    pub persisted: PersistedQuerySettings,
+    pub cache: CacheSettings,
+    pub bus: BusSettings,
+    pub sync: SyncSettings,
+    /// `CAL_FAILPOINTS`, parsed by [`Settings::failpoints`].
     pub cal_failpoints: Option<String>,
-    pub db_slow_statement_ms: u64,
+}
+
+/// The HTTP server and what is checked of a request before GraphQL sees it.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `LISTEN_ADDR`.
+    pub listen_addr: String,
+    /// `SHUTDOWN_GRACE_SECS`.
+    pub shutdown_grace_secs: u64,
+    /// `CORS_ALLOWED_ORIGINS`, parsed by [`Settings::cors_origins`].
+    pub cors_allowed_origins: Option<String>,
+    /// `MAX_BATCH`.
+    pub max_batch: usize,
+    /// `MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+}
+
+/// PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// `DATABASE_URL`.
+    pub url: String,
+    /// `DB_MAX_CONNECTIONS`.
+    pub max_connections: u32,
+    /// `DB_SLOW_STATEMENT_MS`.
+    pub slow_statement_ms: u64,
+}
+
+/// Bearer tokens and the operator secret.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `JWT_SECRET`.
+    pub jwt_secret: Option<SecretString>,
+    /// `JWT_JWKS_FILE`.
+    pub jwks_file: Option<String>,
+    /// `JWT_JWKS_URL`.
+    pub jwks_url: Option<String>,
+    /// `JWT_JWKS_REFRESH_SECS`.
+    pub jwks_refresh_secs: u64,
+    /// `JWT_ISSUER`.
+    pub issuer: Option<String>,
+    /// `JWT_AUDIENCE`.
+    pub audience: Option<String>,
+    /// `JWT_LEEWAY_SECS`.
+    pub leeway_secs: u64,
+    /// `ADMIN_TOKEN`.
+    pub admin_token: Option<SecretString>,
+}
+
+/// What one GraphQL request may ask for and spend, and how often a viewer may ask.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// `MAX_WINDOW_DAYS`.
+    pub max_window_days: i64,
+    /// `MAX_PAGE_SIZE`.
+    pub max_page_size: usize,
+    /// `MAX_DEPTH`.
+    pub max_depth: usize,
+    /// `MAX_ALIASES`.
+    pub max_aliases: usize,
+    /// `MAX_COMPLEXITY`.
+    pub max_complexity: usize,
+    /// `MAX_REQUEST_STATEMENTS`.
+    pub max_request_statements: u64,
+    /// `MAX_REQUEST_ROWS`.
+    pub max_request_rows: u64,
+    /// `RATE_LIMIT_PER_SECOND`.
+    pub rate_limit_per_second: f64,
+    /// `RATE_LIMIT_BURST`.
+    pub rate_limit_burst: u32,
+}
+
+/// Which operations run: persisted queries.
+#[derive(Debug, Clone)]
+pub struct PersistedQuerySettings {
+    /// `PERSISTED_QUERIES`: `apq`, `safelist` or `off` (see [`PersistedQuerySettings::mode`]).
+    pub queries: String,
+    /// `PERSISTED_QUERY_MANIFEST`.
+    pub manifest: Option<String>,
+}
+
+/// The cache tiers: L1, Redis (L2), the whole-response cache, warming.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// `REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// `CACHE_L1`.
+    pub l1: bool,
+    /// `CACHE_L2`.
+    pub l2: bool,
+    /// `CACHE_L1_MAX_BYTES`.
+    pub l1_max_bytes: u64,
+    /// `CACHE_L1_TTL_SECS`.
+    pub l1_ttl_secs: u64,
+    /// `CACHE_RESPONSE_MAX_BYTES`.
+    pub response_max_bytes: u64,
+    /// `CACHE_KEY_PREFIX`.
+    pub key_prefix: String,
+    /// `CACHE_TTLS`, parsed by [`CacheSettings::ttls`].
+    pub ttl_overrides: Option<String>,
+    /// `CACHE_WARM_CALENDARS`.
+    pub warm_calendars: i64,
+}
+
+/// The Kafka bus that carries invalidations between instances.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// `KAFKA_BROKERS`.
+    pub brokers: Option<String>,
+    /// `KAFKA_TOPIC`.
+    pub topic: String,
+    /// `KAFKA_PARTITIONS`.
+    pub partitions: i32,
+    /// `KAFKA_FETCH_WAIT_MS`.
+    pub fetch_wait_ms: u64,
+}
+
+/// The invalidation stream: its threads, liveness and consistency waits, the outbox relay and
+/// its pruner.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// `INVALIDATION_THREAD_NICE`.
+    pub invalidation_thread_nice: i32,
+    /// `INVALIDATION_LIVENESS_MS`.
+    pub invalidation_liveness_ms: u64,
+    /// `CONSISTENCY_WAIT_MS`.
+    pub consistency_wait_ms: u64,
+    /// `RELAY_ENABLED`.
+    pub relay_enabled: bool,
+    /// `RELAY_GRACE_MS`.
+    pub relay_grace_ms: u64,
+    /// `OUTBOX_RETENTION_SECS`.
+    pub outbox_retention_secs: u64,
+    /// `OUTBOX_PRUNE_INTERVAL_SECS`.
+    pub outbox_prune_interval_secs: u64,
+}
+
+/// What figment extracts: one field per variable, named after it in lower case, so neither the
+/// variable names nor the keys of the TOML file depend on how [`Settings`] groups them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Raw {
+    database_url: String,
+    listen_addr: String,
+    #[serde(serialize_with = "no_secret")]
+    jwt_secret: Option<SecretString>,
+    jwt_jwks_file: Option<String>,
+    jwt_jwks_url: Option<String>,
+    jwt_jwks_refresh_secs: u64,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_leeway_secs: u64,
+    #[serde(serialize_with = "no_secret")]
+    admin_token: Option<SecretString>,
+    cal_env: String,
+    db_max_connections: u32,
+    max_window_days: i64,
+    max_page_size: usize,
+    max_depth: usize,
+    max_aliases: usize,
+    max_request_statements: u64,
+    max_request_rows: u64,
+    max_complexity: usize,
+    max_batch: usize,
+    max_body_bytes: usize,
+    rate_limit_per_second: f64,
+    rate_limit_burst: u32,
+    persisted_queries: String,
+    persisted_query_manifest: Option<String>,
+    cors_allowed_origins: Option<String>,
+    shutdown_grace_secs: u64,
+    redis_url: Option<String>,
+    cache_l1: bool,
+    cache_l2: bool,
+    cache_l1_max_bytes: u64,
+    cache_l1_ttl_secs: u64,
+    cache_response_max_bytes: u64,
+    cache_key_prefix: String,
+    cache_ttls: Option<String>,
+    cache_warm_calendars: i64,
+    kafka_brokers: Option<String>,
+    kafka_topic: String,
+    kafka_partitions: i32,
+    kafka_fetch_wait_ms: u64,
+    invalidation_thread_nice: i32,
+    invalidation_liveness_ms: u64,
+    consistency_wait_ms: u64,
+    relay_enabled: bool,
+    relay_grace_ms: u64,
+    outbox_retention_secs: u64,
+    outbox_prune_interval_secs: u64,
+    cal_failpoints: Option<String>,
+    db_slow_statement_ms: u64,
 }
 
 fn no_secret<S: serde::Serializer>(_: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_none()
 }
 
-impl Default for Settings {
+impl Default for Raw {
+    /// Every default of the configuration. Where a library already has one (the API's limits,
+    /// the cache's, Kafka's, the relay's), it is taken from there rather than written again.
     fn default() -> Self {
+        let api = cal_api::ApiConfig::new("");
+        let cache = cal_cache::CacheConfig::default();
+        let kafka = cal_bus_kafka::KafkaConfig::default();
+        let sync = cal_sync::SyncConfig::default();
+        let shared = cal_sync::SyncConfig::shared();
+        let relay = cal_sync::RelayConfig::default();
+        let millis = |d: Duration| d.as_millis() as u64;
         Self {
             database_url: "postgres://postgres@127.0.0.1:5432/calendar".into(),
             listen_addr: "127.0.0.1:8080".into(),
@@ -129,15 +584,15 @@ impl Default for Settings {
             admin_token: None,
             cal_env: "dev".into(),
             db_max_connections: 20,
-            max_window_days: 62,
-            max_page_size: 200,
-            max_depth: 12,
-            max_aliases: 30,
-            max_request_statements: 200,
-            max_request_rows: 200_000,
-            max_complexity: 20_000,
-            max_batch: 10,
-            max_body_bytes: 256 * 1024,
+            max_window_days: api.max_window.num_days(),
+            max_page_size: api.max_page_size,
+            max_depth: api.max_depth,
+            max_aliases: api.max_aliases,
+            max_request_statements: api.max_request_statements,
+            max_request_rows: api.max_request_rows,
+            max_complexity: api.max_complexity,
+            max_batch: api.max_batch,
+            max_body_bytes: api.max_body_bytes,
             rate_limit_per_second: 0.0,
             rate_limit_burst: 0,
             persisted_queries: "apq".to_owned(),
@@ -145,129 +600,218 @@ impl Default for Settings {
             cors_allowed_origins: None,
             shutdown_grace_secs: 20,
             redis_url: None,
-            cache_l1: true,
-            cache_l2: true,
-            cache_l1_max_bytes: 128 * 1024 * 1024,
-            cache_l1_ttl_secs: 300,
+            cache_l1: cache.l1_enabled,
+            cache_l2: cache.l2_enabled,
+            cache_l1_max_bytes: cache.l1_max_bytes,
+            cache_l1_ttl_secs: cache.l1_ttl.as_secs(),
             cache_response_max_bytes: cal_api::tiers::DEFAULT_RESPONSE_CACHE_BYTES,
-            cache_key_prefix: "cal:".into(),
+            cache_key_prefix: cache.key_prefix.clone(),
             cache_ttls: None,
             cache_warm_calendars: 100,
             kafka_brokers: None,
-            kafka_topic: "cache.invalidate".into(),
-            kafka_partitions: 1,
-            kafka_fetch_wait_ms: cal_bus_kafka::DEFAULT_FETCH_WAIT.as_millis() as u64,
+            kafka_topic: kafka.topic.clone(),
+            kafka_partitions: kafka.partitions,
+            kafka_fetch_wait_ms: millis(kafka.fetch_wait),
             invalidation_thread_nice: -10,
-            invalidation_liveness_ms: 2000,
-            consistency_wait_ms: 1000,
-            relay_enabled: true,
-            relay_grace_ms: 1000,
-            outbox_retention_secs: 7 * 24 * 3600,
-            outbox_prune_interval_secs: 60,
+            invalidation_liveness_ms: millis(
+                shared
+                    .liveness
+                    .expect("a bus shared by instances has a liveness bound"),
+            ),
+            consistency_wait_ms: millis(sync.publish_wait),
+            relay_enabled: relay.enabled,
+            relay_grace_ms: millis(relay.grace),
+            outbox_retention_secs: relay.retention.as_secs(),
+            outbox_prune_interval_secs: relay.prune_every.as_secs(),
             cal_failpoints: None,
-            db_slow_statement_ms: 200,
+            db_slow_statement_ms: millis(cal_storage::DEFAULT_SLOW_STATEMENT),
         }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from_raw(Raw::default()).expect("the defaults are valid")
     }
 }
 
 impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self> {
-        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        let mut fig = Figment::from(Serialized::defaults(Raw::default()));
         if let Some(f) = file {
             if !f.exists() {
                 bail!("configuration file {} does not exist", f.display());
             }
             fig = fig.merge(Toml::file(f));
         }
-        let keys = [
-            "DATABASE_URL",
-            "LISTEN_ADDR",
-            "JWT_SECRET",
-            "JWT_JWKS_FILE",
-            "JWT_JWKS_URL",
-            "JWT_JWKS_REFRESH_SECS",
-            "JWT_ISSUER",
-            "JWT_AUDIENCE",
-            "JWT_LEEWAY_SECS",
-            "ADMIN_TOKEN",
-            "CAL_ENV",
-            "DB_MAX_CONNECTIONS",
-            "MAX_WINDOW_DAYS",
-            "MAX_PAGE_SIZE",
-            "MAX_DEPTH",
-            "MAX_ALIASES",
-            "MAX_REQUEST_STATEMENTS",
-            "MAX_REQUEST_ROWS",
-            "MAX_COMPLEXITY",
-            "MAX_BATCH",
-            "MAX_BODY_BYTES",
-            "RATE_LIMIT_PER_SECOND",
-            "RATE_LIMIT_BURST",
-            "PERSISTED_QUERIES",
-            "PERSISTED_QUERY_MANIFEST",
-            "CORS_ALLOWED_ORIGINS",
-            "SHUTDOWN_GRACE_SECS",
-            "REDIS_URL",
-            "CACHE_L1",
-            "CACHE_L2",
-            "CACHE_L1_MAX_BYTES",
-            "CACHE_L1_TTL_SECS",
-            "CACHE_RESPONSE_MAX_BYTES",
-            "CACHE_KEY_PREFIX",
-            "CACHE_TTLS",
-            "CACHE_WARM_CALENDARS",
-            "KAFKA_BROKERS",
-            "KAFKA_TOPIC",
-            "KAFKA_PARTITIONS",
-            "KAFKA_FETCH_WAIT_MS",
-            "INVALIDATION_THREAD_NICE",
-            "INVALIDATION_LIVENESS_MS",
-            "CONSISTENCY_WAIT_MS",
-            "RELAY_ENABLED",
-            "RELAY_GRACE_MS",
-            "OUTBOX_RETENTION_SECS",
-            "OUTBOX_PRUNE_INTERVAL_SECS",
-            "CAL_FAILPOINTS",
-            "DB_SLOW_STATEMENT_MS",
-        ];
+        let keys: Vec<&str> = VARIABLES
+            .iter()
+            .filter(|v| v.reader == Reader::Settings)
+            .map(|v| v.name)
+            .collect();
         fig = fig.merge(
             Env::raw()
                 .only(&keys)
                 .map(|k| k.as_str().to_lowercase().into()),
         );
-        let s: Settings = fig.extract().context("invalid configuration")?;
-        s.ttls().context("invalid CACHE_TTLS")?;
-        s.rate_limit()?;
-        s.failpoints()
-            .map_err(anyhow::Error::msg)
-            .context("invalid CAL_FAILPOINTS")?;
-        if !matches!(s.cal_env.as_str(), "dev" | "prod") {
-            bail!("CAL_ENV must be `dev` or `prod`, not {:?}", s.cal_env);
-        }
+        let raw: Raw = fig.extract().context("invalid configuration")?;
+        let s = Settings::from_raw(raw)?;
         s.check_auth()?;
         s.cors_origins()?;
-        if !matches!(s.persisted_queries.as_str(), "apq" | "safelist" | "off") {
+        if !matches!(s.persisted.queries.as_str(), "apq" | "safelist" | "off") {
             bail!(
                 "PERSISTED_QUERIES must be `apq`, `safelist` or `off`, not {:?}",
-                s.persisted_queries
+                s.persisted.queries
             );
         }
-        if !(-20..=19).contains(&s.invalidation_thread_nice) {
+        if !(-20..=19).contains(&s.sync.invalidation_thread_nice) {
             bail!(
                 "INVALIDATION_THREAD_NICE must be a nice value between -20 and 19, not {}",
-                s.invalidation_thread_nice
+                s.sync.invalidation_thread_nice
             );
         }
         Ok(s)
     }
 
+    /// Groups `raw`. On the way it checks what [`Settings::load`] has always checked first, in
+    /// the same order (`CACHE_TTLS`, the rate limit, `CAL_FAILPOINTS`, `CAL_ENV`), so that the
+    /// first problem reported stays the same.
+    fn from_raw(raw: Raw) -> Result<Self> {
+        let Raw {
+            database_url,
+            listen_addr,
+            jwt_secret,
+            jwt_jwks_file,
+            jwt_jwks_url,
+            jwt_jwks_refresh_secs,
+            jwt_issuer,
+            jwt_audience,
+            jwt_leeway_secs,
+            admin_token,
+            cal_env,
+            db_max_connections,
+            max_window_days,
+            max_page_size,
+            max_depth,
+            max_aliases,
+            max_request_statements,
+            max_request_rows,
+            max_complexity,
+            max_batch,
+            max_body_bytes,
+            rate_limit_per_second,
+            rate_limit_burst,
+            persisted_queries,
+            persisted_query_manifest,
+            cors_allowed_origins,
+            shutdown_grace_secs,
+            redis_url,
+            cache_l1,
+            cache_l2,
+            cache_l1_max_bytes,
+            cache_l1_ttl_secs,
+            cache_response_max_bytes,
+            cache_key_prefix,
+            cache_ttls,
+            cache_warm_calendars,
+            kafka_brokers,
+            kafka_topic,
+            kafka_partitions,
+            kafka_fetch_wait_ms,
+            invalidation_thread_nice,
+            invalidation_liveness_ms,
+            consistency_wait_ms,
+            relay_enabled,
+            relay_grace_ms,
+            outbox_retention_secs,
+            outbox_prune_interval_secs,
+            cal_failpoints,
+            db_slow_statement_ms,
+        } = raw;
+        let cache = CacheSettings {
+            redis_url,
+            l1: cache_l1,
+            l2: cache_l2,
+            l1_max_bytes: cache_l1_max_bytes,
+            l1_ttl_secs: cache_l1_ttl_secs,
+            response_max_bytes: cache_response_max_bytes,
+            key_prefix: cache_key_prefix,
+            ttl_overrides: cache_ttls,
+            warm_calendars: cache_warm_calendars,
+        };
+        cache.ttls().context("invalid CACHE_TTLS")?;
+        let limits = LimitSettings {
+            max_window_days,
+            max_page_size,
+            max_depth,
+            max_aliases,
+            max_complexity,
+            max_request_statements,
+            max_request_rows,
+            rate_limit_per_second,
+            rate_limit_burst,
+        };
+        limits.rate_limit()?;
+        cal_api::tiers::Failpoints::parse(cal_failpoints.as_deref().unwrap_or(""))
+            .map_err(anyhow::Error::msg)
+            .context("invalid CAL_FAILPOINTS")?;
+        let environment = cal_env.parse::<Environment>()?;
+        Ok(Settings {
+            environment,
+            http: HttpSettings {
+                listen_addr,
+                shutdown_grace_secs,
+                cors_allowed_origins,
+                max_batch,
+                max_body_bytes,
+            },
+            db: DbSettings {
+                url: database_url,
+                max_connections: db_max_connections,
+                slow_statement_ms: db_slow_statement_ms,
+            },
+            auth: AuthSettings {
+                jwt_secret,
+                jwks_file: jwt_jwks_file,
+                jwks_url: jwt_jwks_url,
+                jwks_refresh_secs: jwt_jwks_refresh_secs,
+                issuer: jwt_issuer,
+                audience: jwt_audience,
+                leeway_secs: jwt_leeway_secs,
+                admin_token,
+            },
+            limits,
+            persisted: PersistedQuerySettings {
+                queries: persisted_queries,
+                manifest: persisted_query_manifest,
+            },
+            cache,
+            bus: BusSettings {
+                brokers: kafka_brokers,
+                topic: kafka_topic,
+                partitions: kafka_partitions,
+                fetch_wait_ms: kafka_fetch_wait_ms,
+            },
+            sync: SyncSettings {
+                invalidation_thread_nice,
+                invalidation_liveness_ms,
+                consistency_wait_ms,
+                relay_enabled,
+                relay_grace_ms,
+                outbox_retention_secs,
+                outbox_prune_interval_secs,
+            },
+            cal_failpoints,
+        })
+    }
+
     pub fn dev_mode(&self) -> bool {
-        self.cal_env == "dev"
+        self.environment == Environment::Dev
     }
 
     /// The token secret; outside dev mode it must be configured and long enough.
     pub fn secret(&self) -> Result<SecretString> {
-        match &self.jwt_secret {
+        match &self.auth.jwt_secret {
             Some(s) if s.expose_secret().len() >= 32 => Ok(s.clone()),
             Some(_) => bail!("JWT_SECRET must be at least 32 bytes"),
             None if self.dev_mode() => Ok(SecretString::from(DEV_JWT_SECRET)),
@@ -278,94 +822,62 @@ impl Settings {
     /// The HS256 secret the server accepts tokens with: `JWT_SECRET`, or the dev secret in dev
     /// mode; `None` in prod without `JWT_SECRET` (then only JWKS-signed tokens are accepted).
     fn hs256_secret(&self) -> Result<Option<SecretString>> {
-        match &self.jwt_secret {
+        match &self.auth.jwt_secret {
             Some(_) => self.secret().map(Some),
             None if self.dev_mode() => Ok(Some(SecretString::from(DEV_JWT_SECRET))),
             None => Ok(None),
         }
     }
 
-    fn jwks_file(&self) -> Option<&str> {
-        self.jwt_jwks_file.as_deref().filter(|f| !f.is_empty())
-    }
-
-    fn jwks_url(&self) -> Option<&str> {
-        self.jwt_jwks_url.as_deref().filter(|u| !u.is_empty())
-    }
-
     /// The token settings, checked without reading the JWKS file (that happens in
     /// [`Settings::api_config`]).
     fn check_auth(&self) -> Result<()> {
-        if self.jwks_file().is_some() && self.jwks_url().is_some() {
+        let auth = &self.auth;
+        if auth.configured_jwks_file().is_some() && auth.configured_jwks_url().is_some() {
             bail!("set JWT_JWKS_FILE or JWT_JWKS_URL, not both");
         }
-        if let Some(url) = self.jwks_url()
+        if let Some(url) = auth.configured_jwks_url()
             && !url.starts_with("https://")
             && !url.starts_with("http://")
         {
             bail!("JWT_JWKS_URL must be an https:// or http:// URL");
         }
-        if self.jwt_jwks_refresh_secs == 0 {
+        if auth.jwks_refresh_secs == 0 {
             bail!("JWT_JWKS_REFRESH_SECS must be at least 1");
         }
-        if self.jwt_leeway_secs > 300 {
+        if auth.leeway_secs > 300 {
             bail!(
                 "JWT_LEEWAY_SECS must be at most 300 (clock skew, not a validity extension), not {}",
-                self.jwt_leeway_secs
+                auth.leeway_secs
             );
         }
         if !self.dev_mode()
-            && self.jwt_secret.is_none()
-            && self.jwks_file().is_none()
-            && self.jwks_url().is_none()
+            && auth.jwt_secret.is_none()
+            && auth.configured_jwks_file().is_none()
+            && auth.configured_jwks_url().is_none()
         {
             bail!("CAL_ENV=prod needs JWT_SECRET or a JWKS source (JWT_JWKS_FILE or JWT_JWKS_URL)");
         }
         Ok(())
     }
 
-    /// Where RS256/ES256 keys come from; reads and checks the JWKS file.
-    fn jwks_source(&self) -> Result<Option<cal_api::jwks::JwksSource>> {
-        use cal_api::jwks::{JwksSource, KeySet};
-        if let Some(file) = self.jwks_file() {
-            let set = KeySet::from_file(file).with_context(|| format!("JWT_JWKS_FILE {file}"))?;
-            return Ok(Some(JwksSource::Static(set)));
-        }
-        Ok(self.jwks_url().map(|url| JwksSource::Url {
-            url: url.to_owned(),
-            refresh: std::time::Duration::from_secs(self.jwt_jwks_refresh_secs),
-        }))
-    }
-
-    pub fn cache_config(&self) -> cal_cache::CacheConfig {
-        cal_cache::CacheConfig {
-            l1_enabled: self.cache_l1,
-            l2_enabled: self.cache_l2,
-            l1_max_bytes: self.cache_l1_max_bytes,
-            l1_ttl: std::time::Duration::from_secs(self.cache_l1_ttl_secs),
-            redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
-            key_prefix: self.cache_key_prefix.clone(),
-            ..cal_cache::CacheConfig::default()
-        }
-    }
-
     /// The invalidation stream's settings; `shared` when a Kafka bus connects the instances.
     pub fn sync_config(&self, shared: bool) -> Result<cal_sync::SyncConfig, String> {
-        use std::time::Duration;
+        let s = &self.sync;
         let mut c = if shared {
             let mut c = cal_sync::SyncConfig::shared();
-            c.liveness = Some(Duration::from_millis(self.invalidation_liveness_ms));
+            c.liveness = Some(Duration::from_millis(s.invalidation_liveness_ms));
             c
         } else {
             cal_sync::SyncConfig::default()
         };
-        c.publish_wait = Duration::from_millis(self.consistency_wait_ms);
-        c.token_wait = Duration::from_millis(self.consistency_wait_ms);
-        c.relay.enabled = self.relay_enabled;
-        c.relay.grace = Duration::from_millis(self.relay_grace_ms);
-        c.relay.retention = Duration::from_secs(self.outbox_retention_secs);
-        c.relay.prune_every = Duration::from_secs(self.outbox_prune_interval_secs.max(1));
-        c.thread_nice = self.thread_nice();
+        c.publish_wait = Duration::from_millis(s.consistency_wait_ms);
+        c.token_wait = Duration::from_millis(s.consistency_wait_ms);
+        c.relay.enabled = s.relay_enabled;
+        c.relay.grace = Duration::from_millis(s.relay_grace_ms);
+        c.relay.retention = Duration::from_secs(s.outbox_retention_secs);
+        c.relay.prune_every = Duration::from_secs(s.outbox_prune_interval_secs.max(1));
+        c.thread_nice = s.thread_nice();
         c.kill_after_commit = self.failpoints()?.kill_after_commit;
         Ok(c)
     }
@@ -375,20 +887,81 @@ impl Settings {
         cal_api::tiers::Failpoints::parse(self.cal_failpoints.as_deref().unwrap_or(""))
     }
 
-    /// `INVALIDATION_THREAD_NICE`, `None` for 0 (the process's priority).
-    pub fn thread_nice(&self) -> Option<i32> {
-        Some(self.invalidation_thread_nice).filter(|&n| n != 0)
+    /// `CORS_ALLOWED_ORIGINS`: unset lets any origin in dev mode and none in prod.
+    pub fn cors_origins(&self) -> Result<cal_api::CorsOrigins> {
+        match self.http.cors_allowed_origins.as_deref() {
+            None if self.dev_mode() => Ok(cal_api::CorsOrigins::Any),
+            None => Ok(cal_api::CorsOrigins::List(Vec::new())),
+            Some(list) => cal_api::CorsOrigins::parse(list)
+                .map_err(anyhow::Error::msg)
+                .context("invalid CORS_ALLOWED_ORIGINS"),
+        }
     }
 
-    /// Per-kind L2 TTL overrides (`CACHE_TTLS`).
-    pub fn ttls(
-        &self,
-    ) -> Result<std::collections::HashMap<cal_domain::cache_keys::KeyKind, std::time::Duration>>
-    {
-        cal_domain::cache_keys::parse_ttls(self.cache_ttls.as_deref().unwrap_or(""))
-            .map_err(anyhow::Error::msg)
+    pub fn api_config(&self) -> Result<cal_api::ApiConfig> {
+        self.check_auth()?;
+        let (auth, limits) = (&self.auth, &self.limits);
+        let mut c = cal_api::ApiConfig::new("hs256-is-off-without-a-secret");
+        match self.hs256_secret()? {
+            Some(secret) => c.jwt_secret = secret,
+            None => c.accept_hs256 = false,
+        }
+        c.jwks = auth.jwks_source()?;
+        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        c.jwt_issuer = nonempty(&auth.issuer);
+        c.jwt_audience = nonempty(&auth.audience);
+        c.jwt_leeway = Duration::from_secs(auth.leeway_secs);
+        c.dev_mode = self.dev_mode();
+        c.max_window = chrono::Duration::days(limits.max_window_days);
+        c.max_page_size = limits.max_page_size;
+        c.max_depth = limits.max_depth;
+        c.max_aliases = limits.max_aliases;
+        if limits.max_request_statements == 0 || limits.max_request_rows == 0 {
+            bail!("MAX_REQUEST_STATEMENTS and MAX_REQUEST_ROWS must be at least 1");
+        }
+        c.max_request_statements = limits.max_request_statements;
+        c.max_request_rows = limits.max_request_rows;
+        c.max_complexity = limits.max_complexity;
+        c.max_batch = self.http.max_batch;
+        c.max_body_bytes = self.http.max_body_bytes;
+        c.rate_limit = limits.rate_limit()?;
+        c.persisted_queries = self.persisted.mode()?;
+        c.cors_origins = self.cors_origins()?;
+        c.admin_token = match &auth.admin_token {
+            Some(t) if t.expose_secret().len() >= 16 => Some(t.clone()),
+            Some(_) => bail!("ADMIN_TOKEN must be at least 16 bytes"),
+            None => None,
+        };
+        Ok(c)
+    }
+}
+
+impl AuthSettings {
+    /// `JWT_JWKS_FILE`, empty meaning unset.
+    fn configured_jwks_file(&self) -> Option<&str> {
+        self.jwks_file.as_deref().filter(|f| !f.is_empty())
     }
 
+    /// `JWT_JWKS_URL`, empty meaning unset.
+    fn configured_jwks_url(&self) -> Option<&str> {
+        self.jwks_url.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// Where RS256/ES256 keys come from; reads and checks the JWKS file.
+    fn jwks_source(&self) -> Result<Option<cal_api::jwks::JwksSource>> {
+        use cal_api::jwks::{JwksSource, KeySet};
+        if let Some(file) = self.configured_jwks_file() {
+            let set = KeySet::from_file(file).with_context(|| format!("JWT_JWKS_FILE {file}"))?;
+            return Ok(Some(JwksSource::Static(set)));
+        }
+        Ok(self.configured_jwks_url().map(|url| JwksSource::Url {
+            url: url.to_owned(),
+            refresh: Duration::from_secs(self.jwks_refresh_secs),
+        }))
+    }
+}
+
+impl LimitSettings {
     /// `RATE_LIMIT_PER_SECOND` and `RATE_LIMIT_BURST`: `None` when both are 0 (off).
     pub fn rate_limit(&self) -> Result<Option<cal_api::RateLimit>> {
         let (per_second, burst) = (self.rate_limit_per_second, self.rate_limit_burst);
@@ -406,25 +979,13 @@ impl Settings {
             .context("invalid RATE_LIMIT_PER_SECOND")?;
         Ok(Some(limit))
     }
+}
 
-    /// `CORS_ALLOWED_ORIGINS`: unset lets any origin in dev mode and none in prod.
-    pub fn cors_origins(&self) -> Result<cal_api::CorsOrigins> {
-        match self.cors_allowed_origins.as_deref() {
-            None if self.dev_mode() => Ok(cal_api::CorsOrigins::Any),
-            None => Ok(cal_api::CorsOrigins::List(Vec::new())),
-            Some(list) => cal_api::CorsOrigins::parse(list)
-                .map_err(anyhow::Error::msg)
-                .context("invalid CORS_ALLOWED_ORIGINS"),
-        }
-    }
-
+impl PersistedQuerySettings {
     /// `PERSISTED_QUERIES` and, for `safelist`, the manifest it reads.
-    pub fn persisted_queries(&self) -> Result<cal_api::PersistedMode> {
-        let manifest = self
-            .persisted_query_manifest
-            .as_deref()
-            .filter(|p| !p.is_empty());
-        match (self.persisted_queries.as_str(), manifest) {
+    pub fn mode(&self) -> Result<cal_api::PersistedMode> {
+        let manifest = self.manifest.as_deref().filter(|p| !p.is_empty());
+        match (self.queries.as_str(), manifest) {
             ("apq", None) => Ok(cal_api::PersistedMode::Automatic),
             ("off", None) => Ok(cal_api::PersistedMode::Off),
             ("safelist", Some(path)) => {
@@ -444,45 +1005,41 @@ impl Settings {
             ),
         }
     }
+}
 
-    pub fn kafka_brokers(&self) -> Option<&str> {
-        self.kafka_brokers.as_deref().filter(|b| !b.is_empty())
+impl CacheSettings {
+    pub fn config(&self) -> cal_cache::CacheConfig {
+        cal_cache::CacheConfig {
+            l1_enabled: self.l1,
+            l2_enabled: self.l2,
+            l1_max_bytes: self.l1_max_bytes,
+            l1_ttl: Duration::from_secs(self.l1_ttl_secs),
+            redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
+            key_prefix: self.key_prefix.clone(),
+            ..cal_cache::CacheConfig::default()
+        }
     }
 
-    pub fn api_config(&self) -> Result<cal_api::ApiConfig> {
-        self.check_auth()?;
-        let mut c = cal_api::ApiConfig::new("hs256-is-off-without-a-secret");
-        match self.hs256_secret()? {
-            Some(secret) => c.jwt_secret = secret,
-            None => c.accept_hs256 = false,
-        }
-        c.jwks = self.jwks_source()?;
-        let nonempty = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-        c.jwt_issuer = nonempty(&self.jwt_issuer);
-        c.jwt_audience = nonempty(&self.jwt_audience);
-        c.jwt_leeway = std::time::Duration::from_secs(self.jwt_leeway_secs);
-        c.dev_mode = self.dev_mode();
-        c.max_window = chrono::Duration::days(self.max_window_days);
-        c.max_page_size = self.max_page_size;
-        c.max_depth = self.max_depth;
-        c.max_aliases = self.max_aliases;
-        if self.max_request_statements == 0 || self.max_request_rows == 0 {
-            bail!("MAX_REQUEST_STATEMENTS and MAX_REQUEST_ROWS must be at least 1");
-        }
-        c.max_request_statements = self.max_request_statements;
-        c.max_request_rows = self.max_request_rows;
-        c.max_complexity = self.max_complexity;
-        c.max_batch = self.max_batch;
-        c.max_body_bytes = self.max_body_bytes;
-        c.rate_limit = self.rate_limit()?;
-        c.persisted_queries = self.persisted_queries()?;
-        c.cors_origins = self.cors_origins()?;
-        c.admin_token = match &self.admin_token {
-            Some(t) if t.expose_secret().len() >= 16 => Some(t.clone()),
-            Some(_) => bail!("ADMIN_TOKEN must be at least 16 bytes"),
-            None => None,
-        };
-        Ok(c)
+    /// Per-kind L2 TTL overrides (`CACHE_TTLS`).
+    pub fn ttls(
+        &self,
+    ) -> Result<std::collections::HashMap<cal_domain::cache_keys::KeyKind, Duration>> {
+        cal_domain::cache_keys::parse_ttls(self.ttl_overrides.as_deref().unwrap_or(""))
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+impl BusSettings {
+    /// `KAFKA_BROKERS`, empty meaning unset (the in-process bus).
+    pub fn kafka_brokers(&self) -> Option<&str> {
+        self.brokers.as_deref().filter(|b| !b.is_empty())
+    }
+}
+
+impl SyncSettings {
+    /// `INVALIDATION_THREAD_NICE`, `None` for 0 (the process's priority).
+    pub fn thread_nice(&self) -> Option<i32> {
+        Some(self.invalidation_thread_nice).filter(|&n| n != 0)
     }
 }
 
@@ -497,7 +1054,7 @@ mod tests {
 
     fn prod(tweak: impl FnOnce(&mut Settings)) -> Settings {
         let mut s = Settings {
-            cal_env: "prod".into(),
+            environment: Environment::Prod,
             ..Settings::default()
         };
         tweak(&mut s);
@@ -509,27 +1066,36 @@ mod tests {
     }
 
     #[test]
+    fn cal_env_is_dev_or_prod_and_nothing_else() {
+        assert_eq!("dev".parse::<Environment>().unwrap(), Environment::Dev);
+        assert_eq!("prod".parse::<Environment>().unwrap(), Environment::Prod);
+        for bad in ["Prod", "staging", ""] {
+            let err = bad.parse::<Environment>().unwrap_err().to_string();
+            assert_eq!(err, format!("CAL_ENV must be `dev` or `prod`, not {bad:?}"));
+        }
+        assert!(Settings::default().dev_mode());
+    }
+
+    #[test]
     fn prod_needs_a_secret_or_a_jwks_source() {
         assert!(refused(prod(|_| {})).contains("JWT_SECRET or a JWKS source"));
         // A JWKS file alone: RS256/ES256 only, HS256 off.
-        let c = prod(|s| s.jwt_jwks_file = Some(JWKS.into()))
+        let c = prod(|s| s.auth.jwks_file = Some(JWKS.into()))
             .api_config()
             .unwrap();
         assert!(!c.accept_hs256);
         assert!(matches!(c.jwks, Some(cal_api::jwks::JwksSource::Static(ref k)) if k.len() == 3));
         // A secret alone: HS256 as before.
-        let c = prod(|s| s.jwt_secret = Some(SecretString::from("x".repeat(32))))
+        let c = prod(|s| s.auth.jwt_secret = Some(SecretString::from("x".repeat(32))))
             .api_config()
             .unwrap();
         assert!(c.accept_hs256 && c.jwks.is_none());
         // Dev mode keeps the dev secret next to a JWKS.
-        let mut dev = Settings {
-            jwt_jwks_url: Some("http://127.0.0.1:1/jwks".into()),
-            jwt_issuer: Some("https://idp.test".into()),
-            jwt_audience: Some(String::new()),
-            ..Settings::default()
-        };
-        dev.jwt_leeway_secs = 5;
+        let mut dev = Settings::default();
+        dev.auth.jwks_url = Some("http://127.0.0.1:1/jwks".into());
+        dev.auth.issuer = Some("https://idp.test".into());
+        dev.auth.audience = Some(String::new());
+        dev.auth.leeway_secs = 5;
         let c = dev.api_config().unwrap();
         assert!(c.accept_hs256);
         assert_eq!(c.jwt_secret.expose_secret(), DEV_JWT_SECRET);
@@ -544,9 +1110,9 @@ mod tests {
 
     #[test]
     fn persisted_queries_and_cors_settings() {
-        let c = prod(|s| s.jwt_secret = Some(SecretString::from("x".repeat(32))));
+        let c = prod(|s| s.auth.jwt_secret = Some(SecretString::from("x".repeat(32))));
         assert!(matches!(
-            c.persisted_queries().unwrap(),
+            c.persisted.mode().unwrap(),
             cal_api::PersistedMode::Automatic
         ));
         assert!(matches!(c.cors_origins().unwrap(), cal_api::CorsOrigins::List(l) if l.is_empty()));
@@ -556,13 +1122,12 @@ mod tests {
             cal_api::CorsOrigins::Any
         ));
         let mut s = c.clone();
-        s.persisted_queries = "safelist".into();
+        s.persisted.queries = "safelist".into();
         assert!(
-            format!("{:#}", s.persisted_queries().unwrap_err())
-                .contains("PERSISTED_QUERY_MANIFEST")
+            format!("{:#}", s.persisted.mode().unwrap_err()).contains("PERSISTED_QUERY_MANIFEST")
         );
-        s.persisted_query_manifest = Some("/nonexistent/manifest.json".into());
-        assert!(format!("{:#}", s.persisted_queries().unwrap_err()).contains("/nonexistent"));
+        s.persisted.manifest = Some("/nonexistent/manifest.json".into());
+        assert!(format!("{:#}", s.persisted.mode().unwrap_err()).contains("/nonexistent"));
         let dir = std::env::temp_dir().join(format!("pq-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("manifest.json");
@@ -571,45 +1136,385 @@ mod tests {
             r#"{"format":"apollo-persisted-query-manifest","version":1,"operations":[{"id":"x","name":"Me","type":"query","body":"query Me { me { id } }"}]}"#,
         )
         .unwrap();
-        s.persisted_query_manifest = Some(file.display().to_string());
+        s.persisted.manifest = Some(file.display().to_string());
         assert!(matches!(
-            s.persisted_queries().unwrap(),
+            s.persisted.mode().unwrap(),
             cal_api::PersistedMode::Safelist(m) if m.len() == 1
         ));
-        s.persisted_queries = "apq".into();
-        assert!(
-            s.persisted_queries().is_err(),
-            "a manifest without safelist"
-        );
+        s.persisted.queries = "apq".into();
+        assert!(s.persisted.mode().is_err(), "a manifest without safelist");
         let mut bad = c.clone();
-        bad.cors_allowed_origins = Some("not-an-origin".into());
+        bad.http.cors_allowed_origins = Some("not-an-origin".into());
         assert!(format!("{:#}", bad.cors_origins().unwrap_err()).contains("CORS_ALLOWED_ORIGINS"));
     }
 
     #[test]
     fn bad_token_settings_stop_the_start_with_the_reason() {
         let both = refused(prod(|s| {
-            s.jwt_jwks_file = Some(JWKS.into());
-            s.jwt_jwks_url = Some("http://idp/jwks".into());
+            s.auth.jwks_file = Some(JWKS.into());
+            s.auth.jwks_url = Some("http://idp/jwks".into());
         }));
         assert!(both.contains("not both"), "{both}");
-        let scheme = refused(prod(|s| s.jwt_jwks_url = Some("ftp://idp/jwks".into())));
+        let scheme = refused(prod(|s| s.auth.jwks_url = Some("ftp://idp/jwks".into())));
         assert!(scheme.contains("http://"), "{scheme}");
         let missing = refused(prod(|s| {
-            s.jwt_jwks_file = Some("/nonexistent/jwks.json".into())
+            s.auth.jwks_file = Some("/nonexistent/jwks.json".into())
         }));
         assert!(missing.contains("JWT_JWKS_FILE"), "{missing}");
         let leeway = refused(prod(|s| {
-            s.jwt_jwks_file = Some(JWKS.into());
-            s.jwt_leeway_secs = 301;
+            s.auth.jwks_file = Some(JWKS.into());
+            s.auth.leeway_secs = 301;
         }));
         assert!(leeway.contains("JWT_LEEWAY_SECS"), "{leeway}");
         let refresh = refused(prod(|s| {
-            s.jwt_jwks_url = Some("http://idp/jwks".into());
-            s.jwt_jwks_refresh_secs = 0;
+            s.auth.jwks_url = Some("http://idp/jwks".into());
+            s.auth.jwks_refresh_secs = 0;
         }));
         assert!(refresh.contains("JWT_JWKS_REFRESH_SECS"), "{refresh}");
-        let short = refused(prod(|s| s.jwt_secret = Some(SecretString::from("short"))));
+        let short = refused(prod(|s| {
+            s.auth.jwt_secret = Some(SecretString::from("short"))
+        }));
         assert!(short.contains("at least 32 bytes"), "{short}");
+    }
+
+    // The list of variables against the README, the env example and the code.
+
+    /// The README, whose `## Configuration` table shows every variable and its default.
+    const README: &str = include_str!("../../../README.md");
+
+    /// The example environment, which mentions every variable, set or commented out.
+    const EXAMPLE: &str = include_str!("../../../deploy/calendar.env.example");
+
+    /// `` `x` `` → `x`: the value a default shows, when it is one literal in backticks.
+    fn literal(shown: &str) -> Option<&str> {
+        let inner = shown.strip_prefix('`')?.strip_suffix('`')?;
+        (!inner.contains('`')).then_some(inner)
+    }
+
+    /// The README's configuration table as (variable, default) pairs, row by row. A row naming
+    /// several variables (`` `A` / `B` ``) shows as many defaults, separated by ` / ` too.
+    fn readme_table(readme: &str) -> Result<Vec<(String, String)>, String> {
+        let mut rows = readme
+            .lines()
+            .skip_while(|l| l.trim() != "## Configuration")
+            .skip(1)
+            .take_while(|l| !l.starts_with("## "))
+            .filter(|l| l.starts_with('|'));
+        let header = rows
+            .next()
+            .ok_or("README.md has no table under `## Configuration`")?;
+        if header.replace(' ', "") != "|variable|default|meaning|" {
+            return Err(format!(
+                "the configuration table's header is {header:?}, not `| variable | default | meaning |`"
+            ));
+        }
+        if !rows.next().is_some_and(|l| l.starts_with("|-")) {
+            return Err(
+                "the configuration table's header is not followed by `|---|---|---|`".into(),
+            );
+        }
+        let mut pairs = Vec::new();
+        for row in rows {
+            let cells: Vec<&str> = row.splitn(4, '|').collect();
+            let [_, names, defaults, _meaning] = cells.as_slice() else {
+                return Err(format!("not a row of three cells: {row}"));
+            };
+            let names: Vec<&str> = names.split('/').map(str::trim).collect();
+            let defaults: Vec<&str> = if names.len() == 1 {
+                vec![defaults.trim()]
+            } else {
+                defaults.split(" / ").map(str::trim).collect()
+            };
+            if names.len() != defaults.len() {
+                return Err(format!(
+                    "{} variables but {} defaults (separate them with ` / `) in: {row}",
+                    names.len(),
+                    defaults.len()
+                ));
+            }
+            for (name, default) in names.into_iter().zip(defaults) {
+                let Some(name) = literal(name) else {
+                    return Err(format!(
+                        "{name:?} is not a variable in backticks, in: {row}"
+                    ));
+                };
+                pairs.push((name.to_owned(), default.to_owned()));
+            }
+        }
+        Ok(pairs)
+    }
+
+    /// The variables `deploy/calendar.env.example` sets (`NAME=value`) or shows unset
+    /// (`# NAME=value`, `#NAME=value`).
+    fn example_names(example: &str) -> Vec<&str> {
+        example
+            .lines()
+            .filter_map(|line| {
+                let line = line.trim_start();
+                let line = line.strip_prefix('#').unwrap_or(line).trim_start();
+                let (name, _) = line.split_once('=')?;
+                let is_name = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                is_name.then_some(name)
+            })
+            .collect()
+    }
+
+    /// Names that occur more than once.
+    fn repeated<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+        for name in names {
+            *seen.entry(name).or_default() += 1;
+        }
+        seen.into_iter()
+            .filter(|&(_, n)| n > 1)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_table_shows_every_variable_with_its_default() {
+        let table = readme_table(README).unwrap_or_else(|e| panic!("README.md: {e}"));
+        let mut problems = Vec::new();
+        for (name, default) in &table {
+            match VARIABLES.iter().find(|v| v.name == name.as_str()) {
+                None => problems.push(format!(
+                    "README shows {name}, which VARIABLES does not list"
+                )),
+                Some(v) if v.default != default.as_str() => problems.push(format!(
+                    "{name}: README shows the default {default:?}, VARIABLES {:?}",
+                    v.default
+                )),
+                Some(_) => {}
+            }
+        }
+        for name in repeated(table.iter().map(|(n, _)| n.as_str())) {
+            problems.push(format!("README shows {name} more than once"));
+        }
+        for v in VARIABLES {
+            if !table.iter().any(|(n, _)| n == v.name) {
+                problems.push(format!(
+                    "README lacks {} (default {}: {})",
+                    v.name, v.default, v.meaning
+                ));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "README.md's configuration table and config::VARIABLES disagree:\n{}",
+            problems.join("\n")
+        );
+        let readme_order: Vec<&str> = table.iter().map(|(n, _)| n.as_str()).collect();
+        let listed: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        assert_eq!(
+            readme_order, listed,
+            "README.md shows the variables in another order than config::VARIABLES lists them"
+        );
+    }
+
+    #[test]
+    fn the_env_example_mentions_every_variable() {
+        let names = example_names(EXAMPLE);
+        let mut problems = Vec::new();
+        for name in &names {
+            if !VARIABLES.iter().any(|v| v.name == *name) {
+                problems.push(format!(
+                    "the example sets {name}, which VARIABLES does not list"
+                ));
+            }
+        }
+        for name in repeated(names.iter().copied()) {
+            problems.push(format!("the example mentions {name} more than once"));
+        }
+        for v in VARIABLES {
+            if !names.contains(&v.name) {
+                problems.push(format!(
+                    "the example lacks {0}: add `{0}=value`, or `# {0}=value` to show it unset",
+                    v.name
+                ));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "deploy/calendar.env.example and config::VARIABLES disagree:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    /// What `cal_server::telemetry` falls back to when a variable it reads is unset.
+    fn telemetry_default(name: &str) -> Option<String> {
+        use cal_server::telemetry::{
+            DEFAULT_LOG_FILTER, DEFAULT_SAMPLE_RATIO, DEFAULT_SERVICE_NAME,
+        };
+        match name {
+            "RUST_LOG" => Some(DEFAULT_LOG_FILTER.to_owned()),
+            "OTEL_SERVICE_NAME" => Some(DEFAULT_SERVICE_NAME.to_owned()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some(DEFAULT_SAMPLE_RATIO.to_string()),
+            // OTEL_EXPORTER_OTLP_ENDPOINT (no export), OTEL_RESOURCE_ATTRIBUTES.
+            _ => None,
+        }
+    }
+
+    /// Each default VARIABLES shows is the one the loader starts from (`Raw::default`, which is
+    /// what figment extracts before the file and the environment) or telemetry falls back to:
+    /// a literal (`` `300` ``) the same value, anything else (`unset`, a phrase) no value.
+    #[test]
+    fn the_defaults_shown_are_the_ones_the_code_uses() {
+        use serde_json::Value;
+        let raw = serde_json::to_value(Raw::default()).unwrap();
+        let fields = raw.as_object().expect("Raw serializes as a map");
+        let mut problems = Vec::new();
+        for v in VARIABLES {
+            let key = v.name.to_lowercase();
+            let used = match v.reader {
+                Reader::Settings => match fields.get(&key) {
+                    None => {
+                        problems.push(format!("{}: Raw has no field `{key}`", v.name));
+                        continue;
+                    }
+                    Some(Value::Null) => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(other) => Some(other.to_string()),
+                },
+                Reader::Telemetry => telemetry_default(v.name),
+            };
+            let same = match (literal(v.default), &used) {
+                (None, None) => true,
+                (Some(shown), Some(used)) => {
+                    shown == used
+                        || matches!(
+                            (shown.parse::<f64>(), used.parse::<f64>()),
+                            (Ok(a), Ok(b)) if a == b
+                        )
+                }
+                _ => false,
+            };
+            if !same {
+                let used = used.map_or("none".to_owned(), |u| format!("`{u}`"));
+                problems.push(format!(
+                    "{}: VARIABLES shows the default {}, the code's is {used}",
+                    v.name, v.default
+                ));
+            }
+        }
+        for key in fields.keys() {
+            let listed = VARIABLES
+                .iter()
+                .any(|v| v.reader == Reader::Settings && v.name.to_lowercase() == *key);
+            if !listed {
+                problems.push(format!(
+                    "Raw has a field `{key}` that no variable of VARIABLES sets"
+                ));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    /// The default VARIABLES shows for `name`, parsed (it must be one literal).
+    fn shown<T: std::str::FromStr>(name: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
+        let v = VARIABLES
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("{name} is not in VARIABLES"));
+        let value = literal(v.default)
+            .unwrap_or_else(|| panic!("{name}'s default {:?} is not a literal", v.default));
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}'s default {value:?}: {e:?}"))
+    }
+
+    /// Grouping takes each default to where it is used: the API's, the cache's, the
+    /// invalidation stream's and the bus's configuration.
+    #[test]
+    fn the_grouped_settings_carry_the_defaults_shown() {
+        let s = Settings::default();
+        assert_eq!(s.environment, shown::<Environment>("CAL_ENV"));
+        assert_eq!(s.http.listen_addr, shown::<String>("LISTEN_ADDR"));
+        assert_eq!(
+            s.http.shutdown_grace_secs,
+            shown::<u64>("SHUTDOWN_GRACE_SECS")
+        );
+        assert_eq!(s.db.url, shown::<String>("DATABASE_URL"));
+        assert_eq!(s.db.max_connections, shown::<u32>("DB_MAX_CONNECTIONS"));
+        assert_eq!(s.db.slow_statement_ms, shown::<u64>("DB_SLOW_STATEMENT_MS"));
+
+        let api = s.api_config().unwrap();
+        assert!(api.dev_mode);
+        assert_eq!(api.jwt_leeway.as_secs(), shown::<u64>("JWT_LEEWAY_SECS"));
+        assert_eq!(api.max_window.num_days(), shown::<i64>("MAX_WINDOW_DAYS"));
+        assert_eq!(api.max_page_size, shown::<usize>("MAX_PAGE_SIZE"));
+        assert_eq!(api.max_depth, shown::<usize>("MAX_DEPTH"));
+        assert_eq!(api.max_complexity, shown::<usize>("MAX_COMPLEXITY"));
+        assert_eq!(api.max_aliases, shown::<usize>("MAX_ALIASES"));
+        assert_eq!(api.max_batch, shown::<usize>("MAX_BATCH"));
+        assert_eq!(api.max_body_bytes, shown::<usize>("MAX_BODY_BYTES"));
+        assert_eq!(
+            api.max_request_statements,
+            shown::<u64>("MAX_REQUEST_STATEMENTS")
+        );
+        assert_eq!(api.max_request_rows, shown::<u64>("MAX_REQUEST_ROWS"));
+        assert!(api.rate_limit.is_none(), "RATE_LIMIT_* are off by default");
+        assert!(matches!(
+            api.persisted_queries,
+            cal_api::PersistedMode::Automatic
+        ));
+        assert!(matches!(api.cors_origins, cal_api::CorsOrigins::Any));
+
+        let cache = s.cache.config();
+        assert_eq!(cache.l1_enabled, shown::<bool>("CACHE_L1"));
+        assert_eq!(cache.l2_enabled, shown::<bool>("CACHE_L2"));
+        assert_eq!(cache.l1_max_bytes, shown::<u64>("CACHE_L1_MAX_BYTES"));
+        assert_eq!(cache.l1_ttl.as_secs(), shown::<u64>("CACHE_L1_TTL_SECS"));
+        assert_eq!(cache.key_prefix, shown::<String>("CACHE_KEY_PREFIX"));
+        assert_eq!(cache.redis_url, None);
+        assert_eq!(
+            s.cache.response_max_bytes,
+            shown::<u64>("CACHE_RESPONSE_MAX_BYTES")
+        );
+        assert_eq!(s.cache.warm_calendars, shown::<i64>("CACHE_WARM_CALENDARS"));
+        assert!(s.cache.ttls().unwrap().is_empty());
+
+        let sync = s.sync_config(true).unwrap();
+        assert_eq!(
+            sync.liveness,
+            Some(Duration::from_millis(shown("INVALIDATION_LIVENESS_MS")))
+        );
+        assert_eq!(
+            sync.publish_wait,
+            Duration::from_millis(shown("CONSISTENCY_WAIT_MS"))
+        );
+        assert_eq!(sync.token_wait, sync.publish_wait);
+        assert_eq!(sync.relay.enabled, shown::<bool>("RELAY_ENABLED"));
+        assert_eq!(
+            sync.relay.grace,
+            Duration::from_millis(shown("RELAY_GRACE_MS"))
+        );
+        assert_eq!(
+            sync.relay.retention,
+            Duration::from_secs(shown("OUTBOX_RETENTION_SECS"))
+        );
+        assert_eq!(
+            sync.relay.prune_every,
+            Duration::from_secs(shown("OUTBOX_PRUNE_INTERVAL_SECS"))
+        );
+        assert_eq!(
+            sync.thread_nice,
+            Some(shown::<i32>("INVALIDATION_THREAD_NICE"))
+        );
+        assert!(!sync.kill_after_commit);
+
+        assert_eq!(s.bus.kafka_brokers(), None);
+        assert_eq!(s.bus.topic, shown::<String>("KAFKA_TOPIC"));
+        assert_eq!(s.bus.partitions, shown::<i32>("KAFKA_PARTITIONS"));
+        assert_eq!(s.bus.fetch_wait_ms, shown::<u64>("KAFKA_FETCH_WAIT_MS"));
+        assert_eq!(
+            s.auth.jwks_refresh_secs,
+            shown::<u64>("JWT_JWKS_REFRESH_SECS")
+        );
     }
 }

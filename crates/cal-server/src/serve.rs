@@ -19,12 +19,12 @@ use tokio::net::TcpListener;
 
 /// Connects (creating the database if it does not exist) and applies migrations.
 pub async fn connect_and_migrate(settings: &Settings) -> Result<Store> {
-    let pool = cal_storage::connect(&settings.database_url, settings.db_max_connections).await?;
+    let pool = cal_storage::connect(&settings.db.url, settings.db.max_connections).await?;
     cal_storage::migrate(&pool)
         .await
         .context("migrations failed")?;
     Ok(Store::new(pool)
-        .with_slow_statement_threshold(Duration::from_millis(settings.db_slow_statement_ms)))
+        .with_slow_statement_threshold(Duration::from_millis(settings.db.slow_statement_ms)))
 }
 
 struct Bar(ProgressBar);
@@ -99,9 +99,9 @@ pub async fn print_fixtures(
 pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
     let api = settings.api_config()?;
     let store = connect_and_migrate(&settings).await?;
-    let listener = TcpListener::bind(&settings.listen_addr)
+    let listener = TcpListener::bind(&settings.http.listen_addr)
         .await
-        .with_context(|| format!("cannot listen on {}", settings.listen_addr))?;
+        .with_context(|| format!("cannot listen on {}", settings.http.listen_addr))?;
     let addr = listener.local_addr()?;
     if demo {
         let demo_user = match store.first_user().await? {
@@ -125,7 +125,7 @@ pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
         );
     }
     tracing::info!(%addr, dev_mode = api.dev_mode, "serving GraphQL on /graphql");
-    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    let grace = Duration::from_secs(settings.http.shutdown_grace_secs);
     let (tiers, registry) = build_tiers(&settings).await?;
     tiers
         .sync
@@ -152,7 +152,7 @@ pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
 /// The cache tiers: L1 always (unless switched off), L2 when `REDIS_URL` is set, and the
 /// in-process invalidation bus (a single instance hears its own writes).
 pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus::Registry)> {
-    let cfg = settings.cache_config();
+    let cfg = settings.cache.config();
     match (&cfg.redis_url, cfg.l2_enabled) {
         (None, _) => tracing::warn!(
             "REDIS_URL is not set: caching in process memory only (L1), no shared L2"
@@ -173,20 +173,21 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
         std::process::id(),
         chrono::Utc::now().timestamp_millis()
     );
-    let (bus, start): (Arc<dyn InvalidationBus>, Vec<Position>) = match settings.kafka_brokers() {
+    let brokers = settings.bus.kafka_brokers();
+    let (bus, start): (Arc<dyn InvalidationBus>, Vec<Position>) = match brokers {
         Some(brokers) => {
             let mut kc = KafkaConfig::new(brokers);
-            kc.topic = settings.kafka_topic.clone();
-            kc.partitions = settings.kafka_partitions;
-            kc.fetch_wait = std::time::Duration::from_millis(settings.kafka_fetch_wait_ms);
-            kc.thread_nice = settings.thread_nice();
+            kc.topic = settings.bus.topic.clone();
+            kc.partitions = settings.bus.partitions;
+            kc.fetch_wait = std::time::Duration::from_millis(settings.bus.fetch_wait_ms);
+            kc.thread_nice = settings.sync.thread_nice();
             kc.client_id = origin.clone();
             // Positions this instance at the end of every partition before it serves anything.
             let bus = KafkaBus::connect(kc)
                 .await
                 .context("cannot connect to Kafka (KAFKA_BROKERS)")?;
             let start = bus.start_positions();
-            tracing::info!(topic = %settings.kafka_topic, ?start, "invalidation bus: Kafka, positioned at the end of every partition");
+            tracing::info!(topic = %settings.bus.topic, ?start, "invalidation bus: Kafka, positioned at the end of every partition");
             (Arc::new(bus), start)
         }
         None => {
@@ -196,7 +197,7 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
             (Arc::new(InProcessBus::default()), Vec::new())
         }
     };
-    let shared = settings.kafka_brokers().is_some();
+    let shared = brokers.is_some();
     let sync = Invalidator::new(
         cache.clone(),
         bus,
@@ -204,8 +205,8 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
         settings.sync_config(shared).map_err(anyhow::Error::msg)?,
     );
     sync.progress().start_at(&start);
-    let tiers = Tiers::new(cache, sync, settings.ttls()?)
-        .with_response_cache_bytes(settings.cache_response_max_bytes)
+    let tiers = Tiers::new(cache, sync, settings.cache.ttls()?)
+        .with_response_cache_bytes(settings.cache.response_max_bytes)
         .with_failpoints(settings.failpoints().map_err(anyhow::Error::msg)?);
     Ok((Arc::new(tiers), registry))
 }
@@ -213,7 +214,7 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
 /// Warms the current and next month of the most active calendars in the background; readiness
 /// does not wait for it.
 fn spawn_warming(settings: &Settings, tiers: Arc<Tiers>, store: Store) {
-    let n = settings.cache_warm_calendars;
+    let n = settings.cache.warm_calendars;
     if n == 0 {
         return;
     }

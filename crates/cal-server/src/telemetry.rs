@@ -42,6 +42,12 @@ use tracing_subscriber::{Layer, Registry};
 /// The log filter when `RUST_LOG` is unset (or invalid).
 pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
 
+/// `service.name` of the traces when `OTEL_SERVICE_NAME` is unset.
+pub const DEFAULT_SERVICE_NAME: &str = "calendar";
+
+/// Share of root traces sampled when `OTEL_TRACES_SAMPLER_ARG` is unset (or not a number).
+pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
+
 /// What [`init`] sets up.
 pub struct TelemetryConfig {
     /// JSON lines (prod) instead of pretty logs (dev).
@@ -69,13 +75,14 @@ impl TelemetryConfig {
             log_filter: var("RUST_LOG"),
             log_writer: None,
             otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| "calendar".to_owned()),
+            service_name: var("OTEL_SERVICE_NAME")
+                .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned()),
             service_version: env!("CARGO_PKG_VERSION").to_owned(),
             service_instance_id: format!("{}-{}", hostname(), std::process::id()),
             sample_ratio: var("OTEL_TRACES_SAMPLER_ARG")
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|r| r.is_finite())
-                .map_or(1.0, |r| r.clamp(0.0, 1.0)),
+                .map_or(DEFAULT_SAMPLE_RATIO, |r| r.clamp(0.0, 1.0)),
         }
     }
 }
