@@ -140,8 +140,8 @@ fn ensure_promtool() -> Result<()> {
     Ok(())
 }
 
-/// The HTTP client tests (crates/cal-api/tests/http_clients.rs) run the GraphQL-over-HTTP audit,
-/// Apollo Client and fetch under node, from `crates/cal-api/tests/js`; its `node_modules`
+/// The HTTP client tests (crates/cal-api/tests/it/http_clients.rs) run the GraphQL-over-HTTP
+/// audit, Apollo Client and fetch under node, from `crates/cal-api/tests/js`; its `node_modules`
 /// (ignored by git) is installed from the lock file when missing or older than the lock.
 fn ensure_node_clients() -> Result<()> {
     let dir = root().join("crates/cal-api/tests/js");

@@ -21,7 +21,7 @@
 //! key selected twice at one level, a variable nested inside a list or object argument, and any
 //! resolver error — so errors, partial results and null propagation are always async-graphql's.
 //! Equality of the two paths' bytes is tested over every field this module serves
-//! (`tests/direct.rs`).
+//! (`tests/it/direct.rs`).
 
 use super::RequestCtx;
 use super::types::{Event, EventPage, PageArgs, Wants, events_page};

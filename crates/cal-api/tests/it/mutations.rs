@@ -1,9 +1,8 @@
 //! Mutations through the API: each writes what it says, bumps `version`, appends an outbox row in
 //! the same transaction, and a failing one writes nothing.
 
-mod common;
+use crate::common::*;
 use cal_test_support::sql;
-use common::*;
 
 async fn outbox_count(app: &TestApp) -> i64 {
     sql::outbox_rows(&app.db.pool).await

@@ -3,9 +3,8 @@
 //! response tier), through a change-log row; the endpoint refuses strangers with stable codes; and
 //! an instance that starts after a purge of everything never reads what it dropped.
 
-mod common;
+use crate::common::*;
 use cal_test_support::sql;
-use common::*;
 use secrecy::SecretString;
 
 const ADMIN: &str = "operator-secret-operator-secret";

@@ -8,10 +8,9 @@
 //! - once the database is back, errors stop after a bounded number of attempts;
 //! - `/ready` reports the outage and the recovery.
 
-mod common;
+use crate::common::*;
 use cal_test_support::{PgCluster, TestDb, sql};
 use chrono::Duration;
-use common::*;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,8 +2,7 @@
 //! while every L1 entry it was built from is unchanged. Any write (local, or heard from another
 //! instance), a revoked membership, or a read past the cache makes the next request execute.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn hit(r: &Gql) -> bool {
     r.0["extensions"]["stats"]["responseCacheHit"]

@@ -3,8 +3,7 @@
 //! and EXDATEs, reservations, attendees, several zones, aliases, fragments, variables with
 //! defaults and paging; and it steps aside, with the same answer, for everything else.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 struct Twins {
     direct: TestApp,

@@ -3,8 +3,7 @@
 //! past its budget is refused with `BUDGET_EXCEEDED` before the statement is sent, and the
 //! count covers every statement a request sends, its transaction's BEGIN and COMMIT included.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn cost(resp: &Gql) -> &Value {
     &resp.0["extensions"]["cost"]

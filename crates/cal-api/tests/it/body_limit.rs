@@ -2,8 +2,7 @@
 //! actually reads (the server drains the body before answering instead of resetting the
 //! connection), whether the client declared its length or streamed it chunked.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const EIGHT_MIB: usize = 8 * 1024 * 1024;
 

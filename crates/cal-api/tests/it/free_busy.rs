@@ -1,8 +1,7 @@
 //! Free/busy and meeting times: merged busy intervals per user and resource, series expanded,
 //! declined invitations, free and cancelled events left out, overrides honoured.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const FB: &str = r#"query($u: [ID!]!, $r: [ID!]!, $f: DateTime!, $t: DateTime!, $tz: String) {
     freeBusy(userIds: $u, resourceIds: $r, from: $f, to: $t, timeZone: $tz) {

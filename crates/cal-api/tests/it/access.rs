@@ -1,8 +1,7 @@
 //! Who may see what: every query and mutation against every calendar role, plus strangers,
 //! anonymous callers and bad tokens. A stranger learns nothing, not even whether a thing exists.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// The people around one calendar: one per role, plus a stranger and an invitee who is not a member.
 struct Cast {

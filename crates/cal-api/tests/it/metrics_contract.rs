@@ -2,11 +2,13 @@
 //! (`deploy/metrics.txt`) is on `/metrics` once the service has served a little traffic, and the
 //! GraphQL request metrics follow the operations and errors they saw.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// The metric names the deployment relies on.
-const LISTED: &str = include_str!("../../../deploy/metrics.txt");
+const LISTED: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/metrics.txt"
+));
 
 /// Prefixes this test checks: every name in the list.
 const CHECKED: [&str; 6] = [

@@ -1,8 +1,7 @@
 //! The month view: the contract query works as written, returns the right data, and costs a fixed
 //! handful of SQL statements whatever the number of events (no N+1).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 async fn month_view_statements(n: usize) -> (Gql, World) {
     let app = TestApp::spawn().await;

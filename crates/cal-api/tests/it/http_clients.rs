@@ -3,8 +3,7 @@
 //! ETag cache, and a plain `fetch`. They run under node from `tests/js` (its `node_modules` is
 //! installed by `cargo xtask test`).
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -1,9 +1,8 @@
 //! Redis is a cache, never the source of truth: with it killed mid-load, every request still
 //! succeeds from PostgreSQL (plus L1), and the tier comes back by itself when Redis does.
 
-mod common;
+use crate::common::*;
 use cal_test_support::{RedisServer, metric_sum};
-use common::*;
 use std::time::Duration;
 
 /// Served by Redis: key by key (L2 hits) or whole (the shared response tier).

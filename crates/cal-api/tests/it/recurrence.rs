@@ -2,9 +2,8 @@
 //! DST), instance ids, overrides, EXDATE deletion, splits, whole-series edits, bookings per
 //! occurrence, and the statement count of a recurring-heavy month view.
 
-mod common;
+use crate::common::*;
 use cal_test_support::sql;
-use common::*;
 
 struct Setup {
     app: TestApp,

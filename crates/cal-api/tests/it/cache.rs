@@ -2,9 +2,8 @@
 //! statement count, a write is never followed by a read of the old data on the same instance,
 //! concurrent misses share one load, and a warm cache never leaks to a non-member.
 
-mod common;
+use crate::common::*;
 use cal_test_support::metric_sum;
-use common::*;
 use std::sync::Arc;
 
 #[tokio::test]

@@ -3,8 +3,7 @@
 //! user (`user(id)`, organizers, attendees and their users), however warm the caches are, and at
 //! the cost of at most one extra statement per request.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const USER: &str = "query($u: ID!) { user(id: $u) { id name email } }";
 

@@ -1,8 +1,7 @@
 //! Bad input gets a GraphQL error with a stable `extensions.code`: never a panic, a 500 or a
 //! leaked SQL message.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 async fn setup() -> (TestApp, World) {
     let app = TestApp::spawn().await;

@@ -2,8 +2,7 @@
 //! request bodies, GET, persisted queries (automatic and safelist), `ETag`/304, compression and
 //! CORS. The reference audit and real clients run in `http_clients.rs`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use reqwest::header::HeaderMap;
 use std::sync::Arc;
 

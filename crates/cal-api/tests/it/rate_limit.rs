@@ -6,9 +6,8 @@
 //! The rate is one request per 100 s, so no bucket refills while a test runs: what is refused
 //! depends on the count of requests only, never on timing.
 
-mod common;
+use crate::common::*;
 use cal_api::RateLimit;
-use common::*;
 
 const BURST: u32 = 3;
 

@@ -7,13 +7,12 @@
 //! Keys: `tests/fixtures/` (test-only keys, see its README). Every token carries a fresh `jti`,
 //! so that the verifier's memory of accepted tokens never answers for a new check.
 
-mod common;
+use crate::common::*;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use cal_api::jwks::{JwksSource, KeySet};
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
