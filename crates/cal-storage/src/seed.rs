@@ -91,7 +91,7 @@ impl Scale {
                 // Many users for few calendars on purpose: what decides the free/busy plan is how
                 // small a share of all attendance a handful of users make up, and with 2,000 users
                 // 10 of them attend a large enough share of three months that a hash join over a
-                // sequential scan of `events` wins (see `tests/explain.rs`).
+                // sequential scan of `events` wins (see `tests/it/explain.rs`).
                 users: 10_000,
                 calendars: 200,
                 rooms: 45,

@@ -1,7 +1,7 @@
 //! The benchmark scale, by hand only (about a minute in a release build on 2 cores):
-//! `cargo test --release -p cal-storage --test large -- --ignored --nocapture`.
+//! `cargo test --release -p cal-storage --test it large -- --ignored --nocapture`.
 //! Seeds `Scale::Large` into a fresh database, prints the time each stage took, and checks the hot
-//! reads' plans as `tests/explain.rs` does at the medium scale.
+//! reads' plans as `tests/it/explain.rs` does at the medium scale.
 
 use cal_storage::{Progress, Scale, Store, seq_scans};
 use cal_test_support::TestDb;

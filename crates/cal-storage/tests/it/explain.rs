@@ -4,7 +4,8 @@
 //! `Scale::Medium` has many users for its size on purpose: with 2,000 users, the ten users of a
 //! free/busy query attend so large a share of the three seeded months that the planner rightly
 //! hash-joins their attendance against a sequential scan of `events`; production data (more users,
-//! more months) is nothing like that. `tests/large.rs` runs the same check on the benchmark scale.
+//! more months) is nothing like that. `tests/it/large.rs` runs the same check on the benchmark
+//! scale.
 
 use cal_storage::{NoProgress, Scale, Store, seq_scans};
 use cal_test_support::TestDb;
