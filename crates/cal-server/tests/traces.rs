@@ -4,6 +4,11 @@
 //! request carrying a W3C `traceparent` of its own. Asserts the span tree of each trace, the
 //! resource, and that JSON log lines written inside a request carry its trace id and never the
 //! bearer token or the JWT secret.
+//!
+//! Kept out of the one binary of `tests/it`: it installs the global tracing subscriber and the
+//! OpenTelemetry tracer provider and propagator (`telemetry::init`), which would capture the
+//! spans and logs of every other test in the same process, and only the first test to install a
+//! subscriber gets it.
 
 use cal_api::tiers::Tiers;
 use cal_api::{ApiConfig, AppState};
