@@ -416,7 +416,7 @@ async fn a_reader_that_loaded_before_a_write_cannot_fill_the_old_value() {
     // writes through the app's store (same commit → tombstone → evict → publish path as a
     // mutation): a mutation would first read the event and join the paused reader's flight.
     let patch = cal_storage::EventPatch {
-        title: Some("new".into()),
+        title: Some(cal_domain::Title::new("new").unwrap()),
         ..Default::default()
     };
     app.store

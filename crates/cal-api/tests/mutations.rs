@@ -306,7 +306,7 @@ async fn database_forbids_overlapping_confirmed_reservations_even_when_racing() 
                 .create_event(&NewEvent {
                     calendar_id: cal,
                     organizer_id: org,
-                    title: format!("Racer {i}"),
+                    title: cal_domain::Title::new(&format!("Racer {i}")).unwrap(),
                     description: None,
                     location: None,
                     start_time: start,

@@ -226,7 +226,12 @@ impl Cluster {
             .unwrap()
             .id;
         let calendar = store
-            .create_calendar(owner, "Team", None, "UTC")
+            .create_calendar(
+                owner,
+                &cal_domain::CalendarName::new("Team").unwrap(),
+                None,
+                "UTC",
+            )
             .await
             .unwrap()
             .id;
@@ -238,7 +243,7 @@ impl Cluster {
                 .create_event(&NewEvent {
                     calendar_id: calendar,
                     organizer_id: owner,
-                    title: format!("Event {i}"),
+                    title: cal_domain::Title::new(&format!("Event {i}")).unwrap(),
                     description: None,
                     location: None,
                     start_time: start,

@@ -66,8 +66,8 @@ impl Store {
     pub async fn create_calendar(
         &self,
         owner: UserId,
-        name: &str,
-        description: Option<&str>,
+        name: &CalendarName,
+        description: Option<&CalendarDescription>,
         time_zone: &str,
     ) -> Result<Calendar> {
         let mut tx = self.begin().await?;
@@ -76,8 +76,8 @@ impl Store {
             "INSERT INTO calendars (owner_id, name, description, time_zone) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(owner.0)
-        .bind(name)
-        .bind(description)
+        .bind(name.as_str())
+        .bind(description.map(CalendarDescription::as_str))
         .bind(time_zone)
         .fetch_one(&mut *tx)
         .await?;

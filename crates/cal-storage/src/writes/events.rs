@@ -106,9 +106,9 @@ impl Store {
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(new.calendar_id.0)
             .bind(new.organizer_id.0)
-            .bind(&new.title)
-            .bind(&new.description)
-            .bind(&new.location)
+            .bind(new.title.as_str())
+            .bind(new.description.as_ref().map(Description::as_str))
+            .bind(new.location.as_ref().map(Location::as_str))
             .bind(new.start_time)
             .bind(new.end_time)
             .bind(&new.time_zone)
@@ -171,11 +171,23 @@ impl Store {
         let st = self.statement("events.patch")?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.0)
-            .bind(&patch.title)
+            .bind(patch.title.as_ref().map(Title::as_str))
             .bind(patch.description.is_some())
-            .bind(patch.description.clone().flatten())
+            .bind(
+                patch
+                    .description
+                    .as_ref()
+                    .and_then(Option::as_ref)
+                    .map(Description::as_str),
+            )
             .bind(patch.location.is_some())
-            .bind(patch.location.clone().flatten())
+            .bind(
+                patch
+                    .location
+                    .as_ref()
+                    .and_then(Option::as_ref)
+                    .map(Location::as_str),
+            )
             .bind(patch.start_time)
             .bind(patch.end_time)
             .bind(&patch.time_zone)

@@ -48,9 +48,9 @@ pub struct NewReservation {
 pub struct NewEvent {
     pub calendar_id: CalendarId,
     pub organizer_id: UserId,
-    pub title: String,
-    pub description: Option<String>,
-    pub location: Option<String>,
+    pub title: Title,
+    pub description: Option<Description>,
+    pub location: Option<Location>,
     pub start_time: DateTime<Utc>,
     pub end_time: DateTime<Utc>,
     pub time_zone: String,
@@ -67,9 +67,9 @@ pub struct NewEvent {
 /// Fields to change; `None` leaves a field as it is. For nullable fields `Some(None)` clears it.
 #[derive(Debug, Clone, Default)]
 pub struct EventPatch {
-    pub title: Option<String>,
-    pub description: Option<Option<String>>,
-    pub location: Option<Option<String>>,
+    pub title: Option<Title>,
+    pub description: Option<Option<Description>>,
+    pub location: Option<Option<Location>>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub time_zone: Option<String>,
