@@ -106,7 +106,7 @@ async fn writes_report_their_changes_after_commit() {
         "every event write bumps the calendar generation"
     );
     let stored: i64 = sqlx::query_scalar("SELECT version FROM calendars WHERE id = $1")
-        .bind(cal.id.0)
+        .bind(cal.id.get())
         .fetch_one(&db.pool)
         .await
         .unwrap();
