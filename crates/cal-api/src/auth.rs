@@ -319,10 +319,10 @@ mod tests {
     #[test]
     fn round_trip_and_rejections() {
         let secret = SecretString::from(SECRET);
-        let token = mint(&secret, UserId(7), chrono::Duration::hours(1));
+        let token = mint(&secret, UserId::new(7), chrono::Duration::hours(1));
         assert_eq!(
             viewer_from_header(&secret, Some(&format!("Bearer {token}"))),
-            Viewer::User(UserId(7))
+            Viewer::User(UserId::new(7))
         );
         assert_eq!(viewer_from_header(&secret, None), Viewer::Anonymous);
         assert_eq!(
@@ -336,7 +336,7 @@ mod tests {
             Viewer::Invalid,
             "wrong key"
         );
-        let expired = mint(&secret, UserId(7), chrono::Duration::hours(-2));
+        let expired = mint(&secret, UserId::new(7), chrono::Duration::hours(-2));
         assert_eq!(
             viewer_from_header(&secret, Some(&format!("Bearer {expired}"))),
             Viewer::Invalid,
@@ -348,13 +348,13 @@ mod tests {
     async fn the_verifier_remembers_accepted_tokens_until_they_expire() {
         let secret = SecretString::from(SECRET);
         let v = verifier(|_| {});
-        let token = mint(&secret, UserId(7), chrono::Duration::hours(1));
+        let token = mint(&secret, UserId::new(7), chrono::Duration::hours(1));
         let header = format!("Bearer {token}");
-        assert_eq!(v.viewer(Some(&header)).await, Viewer::User(UserId(7)));
-        assert_eq!(v.viewer(Some(&header)).await, Viewer::User(UserId(7)));
+        assert_eq!(v.viewer(Some(&header)).await, Viewer::User(UserId::new(7)));
+        assert_eq!(v.viewer(Some(&header)).await, Viewer::User(UserId::new(7)));
         v.inner.accepted.run_pending_tasks();
         assert_eq!(v.inner.accepted.entry_count(), 1);
-        let expired = mint(&secret, UserId(7), chrono::Duration::hours(-2));
+        let expired = mint(&secret, UserId::new(7), chrono::Duration::hours(-2));
         assert_eq!(
             v.viewer(Some(&format!("Bearer {expired}"))).await,
             Viewer::Invalid
@@ -362,7 +362,7 @@ mod tests {
         // A remembered token past its expiry (plus leeway) is checked again, and refused.
         v.inner.accepted.insert(
             "remembered".to_owned(),
-            (UserId(7), chrono::Utc::now().timestamp() - 61),
+            (UserId::new(7), chrono::Utc::now().timestamp() - 61),
         );
         assert_eq!(v.viewer(Some("Bearer remembered")).await, Viewer::Invalid);
         assert_eq!(v.viewer(None).await, Viewer::Anonymous);
@@ -373,7 +373,7 @@ mod tests {
     async fn hs256_is_refused_when_switched_off() {
         let token = mint(
             &SecretString::from(SECRET),
-            UserId(7),
+            UserId::new(7),
             chrono::Duration::hours(1),
         );
         let v = verifier(|c| c.accept_hs256 = false);

@@ -129,7 +129,7 @@ mod tests {
     fn a_bucket_holds_its_burst_then_refills_at_the_rate() {
         let clock = FakeRelativeClock::default();
         let l = Limiter::with_clock(quota(&limit(0.5, 3)).unwrap(), clock.clone(), 1 << 20);
-        let me = Key::User(UserId(1));
+        let me = Key::User(UserId::new(1));
         for _ in 0..3 {
             assert_eq!(l.check(me), Ok(()));
         }
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(wait, Duration::from_secs(2));
         assert_eq!(retry_after_secs(wait), 2);
         // Others have their own buckets; all tokenless requests share one.
-        assert_eq!(l.check(Key::User(UserId(2))), Ok(()));
+        assert_eq!(l.check(Key::User(UserId::new(2))), Ok(()));
         assert_eq!(Key::from(Viewer::Invalid), Key::from(Viewer::Anonymous));
         clock.advance(Duration::from_secs(2));
         assert_eq!(l.check(me), Ok(()));
@@ -149,12 +149,12 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let l = Limiter::with_clock(quota(&limit(1.0, 3)).unwrap(), clock.clone(), 100);
         for u in 0..99 {
-            assert_eq!(l.check(Key::User(UserId(u))), Ok(()));
+            assert_eq!(l.check(Key::User(UserId::new(u))), Ok(()));
         }
         assert_eq!(l.keys(), 99);
         // Three seconds later every bucket is full again; the 100th check sweeps them.
         clock.advance(Duration::from_secs(3));
-        assert_eq!(l.check(Key::User(UserId(1000))), Ok(()));
+        assert_eq!(l.check(Key::User(UserId::new(1000))), Ok(()));
         assert_eq!(l.keys(), 1, "only the key just used is left");
     }
 

@@ -60,10 +60,13 @@ impl ResponseKey {
             return None;
         };
         // Collisions only cost a miss (the key is compared in full), so a fast hash will do.
-        let hash =
-            foldhash::fast::FixedState::with_seed(0x5eed).hash_one((user.0, kind, &request[..]));
+        let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one((
+            user.get(),
+            kind,
+            &request[..],
+        ));
         Some(Self {
-            viewer: user.0,
+            viewer: user.get(),
             kind,
             request: request.clone(),
             hash,
@@ -379,10 +382,10 @@ mod tests {
         let a = Bytes::from_static(b"{\"query\":\"{ me { id } }\"}");
         let b = Bytes::from_static(b"{\"query\": \"{ me { id } }\"}");
         let k = |u, body: &Bytes| {
-            ResponseKey::new(Viewer::User(UserId(u)), RequestKind::Post, body).unwrap()
+            ResponseKey::new(Viewer::User(UserId::new(u)), RequestKind::Post, body).unwrap()
         };
         assert_eq!(k(1, &a), k(1, &a));
-        let get = ResponseKey::new(Viewer::User(UserId(1)), RequestKind::Get, &a).unwrap();
+        let get = ResponseKey::new(Viewer::User(UserId::new(1)), RequestKind::Get, &a).unwrap();
         assert_ne!(k(1, &a), get, "a GET is not a POST of the same bytes");
         assert_ne!(shared_key(&k(1, &a)), shared_key(&get));
         assert_ne!(k(1, &a), k(2, &a));

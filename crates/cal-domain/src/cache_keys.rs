@@ -271,22 +271,22 @@ mod tests {
 
     #[test]
     fn a_transaction_maps_to_each_key_once_with_its_newest_version() {
-        let c = CalendarId(1);
+        let c = CalendarId::new(1);
         let events = [
             EventChange {
-                event: EventId(7),
+                event: EventId::new(7),
                 event_version: 3,
                 calendar: c,
                 calendar_version: 10,
             },
             EventChange {
-                event: EventId(8),
+                event: EventId::new(8),
                 event_version: 1,
                 calendar: c,
                 calendar_version: 11,
             },
         ];
-        let keys = invalidations(&events, &[(c, 11)], &[], &[(UserId(4), 2)]);
+        let keys = invalidations(&events, &[(c, 11)], &[], &[(UserId::new(4), 2)]);
         assert!(keys.contains(&("v1:user:4:profile".to_owned(), 2)));
         let summary: Vec<_> = keys
             .iter()
@@ -304,15 +304,18 @@ mod tests {
 
     #[test]
     fn keys_are_versioned_and_hierarchical() {
-        assert_eq!(calendar_summary(CalendarId(7)), "v1:calendar:7:summary");
+        assert_eq!(
+            calendar_summary(CalendarId::new(7)),
+            "v1:calendar:7:summary"
+        );
         let nov = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
         assert_eq!(
-            month_bucket(CalendarId(7), 12, nov),
+            month_bucket(CalendarId::new(7), 12, nov),
             "v1:calendar:7:g12:events:2026-11"
         );
-        assert_eq!(event_full(EventId(9)), "v1:event:9:full");
-        assert_eq!(event_attendees(EventId(9)), "v1:event:9:attendees");
-        assert_eq!(user_profile(UserId(3)), "v1:user:3:profile");
+        assert_eq!(event_full(EventId::new(9)), "v1:event:9:full");
+        assert_eq!(event_attendees(EventId::new(9)), "v1:event:9:attendees");
+        assert_eq!(user_profile(UserId::new(3)), "v1:user:3:profile");
     }
 
     #[test]
@@ -329,10 +332,10 @@ mod tests {
         );
         assert_eq!(day_span(d(2026, 12, 31)), (t(2026, 12, 31), t(2027, 1, 1)));
         assert_eq!(
-            resource_availability(ResourceId(4), 9, d(2026, 12, 1)),
+            resource_availability(ResourceId::new(4), 9, d(2026, 12, 1)),
             "v1:resource:4:g9:availability:2026-12-01"
         );
-        assert_eq!(resource(ResourceId(4)), "v2:resource:4");
+        assert_eq!(resource(ResourceId::new(4)), "v2:resource:4");
     }
 
     #[test]
@@ -352,9 +355,9 @@ mod tests {
     #[test]
     fn event_change_invalidates_event_keys_and_calendar_generation() {
         let keys = invalidations_for_event(&EventChange {
-            event: EventId(5),
+            event: EventId::new(5),
             event_version: 4,
-            calendar: CalendarId(2),
+            calendar: CalendarId::new(2),
             calendar_version: 10,
         });
         assert!(keys.contains(&("v1:event:5:full".into(), 4)));

@@ -33,7 +33,7 @@ impl EventCursor {
         URL_SAFE_NO_PAD.encode(format!(
             "e2:{}:{}:{}",
             self.start.timestamp_micros(),
-            self.id.0,
+            self.id.get(),
             orig
         ))
     }
@@ -65,7 +65,7 @@ impl EventCursor {
         };
         Ok(Self {
             start,
-            id: EventId(id),
+            id: EventId::new(id),
             original_start,
         })
     }
@@ -79,10 +79,10 @@ mod tests {
     fn round_trip_and_garbage() {
         let t = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
         for c in [
-            EventCursor::row(t, EventId(9)),
+            EventCursor::row(t, EventId::new(9)),
             EventCursor {
                 start: t,
-                id: EventId(9),
+                id: EventId::new(9),
                 original_start: Some(t),
             },
         ] {
@@ -103,13 +103,13 @@ mod tests {
     #[test]
     fn rows_sort_before_instances_at_the_same_start_and_id() {
         let t = DateTime::from_timestamp_micros(0).unwrap();
-        let row = EventCursor::row(t, EventId(5));
+        let row = EventCursor::row(t, EventId::new(5));
         let inst = EventCursor {
             start: t,
-            id: EventId(5),
+            id: EventId::new(5),
             original_start: Some(t),
         };
         assert!(row < inst);
-        assert!(inst < EventCursor::row(t, EventId(6)));
+        assert!(inst < EventCursor::row(t, EventId::new(6)));
     }
 }

@@ -11,9 +11,20 @@ macro_rules! id_type {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, get_size2::GetSize)]
         #[serde(transparent)]
-        pub struct $name(pub i64);
+        pub struct $name(i64);
 
         impl $name {
+            /// Wraps a database id. The value is not checked: ids come from the database or from
+            /// [`Self::parse`], which is what client input goes through.
+            pub const fn new(v: i64) -> Self {
+                Self(v)
+            }
+
+            /// The database id.
+            pub const fn get(self) -> i64 {
+                self.0
+            }
+
             /// Parses a client-supplied id: a positive decimal integer.
             pub fn parse(s: &str) -> Result<Self, DomainError> {
                 match s.trim().parse::<i64>() {
@@ -125,8 +136,8 @@ mod tests {
 
     #[test]
     fn parses_positive_integers_only() {
-        assert_eq!(UserId::parse("42").unwrap(), UserId(42));
-        assert_eq!(UserId::parse(" 7 ").unwrap(), UserId(7));
+        assert_eq!(UserId::parse("42").unwrap(), UserId::new(42));
+        assert_eq!(UserId::parse(" 7 ").unwrap(), UserId::new(7));
         for bad in ["", "0", "-1", "abc", "1.5", "99999999999999999999"] {
             let err = UserId::parse(bad).unwrap_err();
             assert!(err.0.starts_with("invalid user id"), "{bad}: {err}");
@@ -144,7 +155,7 @@ mod tests {
     fn instance() -> InstanceId {
         use chrono::TimeZone;
         InstanceId {
-            series: EventId(123),
+            series: EventId::new(123),
             original_start: Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap(),
         }
     }
@@ -184,7 +195,10 @@ mod tests {
 
     #[test]
     fn event_ref_accepts_rows_and_instances() {
-        assert_eq!(EventRef::parse("123").unwrap(), EventRef::Row(EventId(123)));
+        assert_eq!(
+            EventRef::parse("123").unwrap(),
+            EventRef::Row(EventId::new(123))
+        );
         assert_eq!(
             EventRef::parse("123_20261122T090000Z").unwrap(),
             EventRef::Instance(instance())

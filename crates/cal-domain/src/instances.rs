@@ -150,9 +150,9 @@ mod tests {
 
     fn ev(id: i64, start: DateTime<Utc>, rrule: Option<&str>) -> Event {
         Event {
-            id: EventId(id),
-            calendar_id: CalendarId(1),
-            organizer_id: UserId(1),
+            id: EventId::new(id),
+            calendar_id: CalendarId::new(1),
+            organizer_id: UserId::new(1),
             title: format!("e{id}"),
             description: None,
             location: None,
@@ -178,7 +178,7 @@ mod tests {
         daily.exdates = vec![at(3, 9)];
         let single = ev(20, at(2, 12), None);
         let mut moved = ev(30, at(4, 15), None); // override of Nov 4th, moved to 15:00
-        moved.recurring_event_id = Some(EventId(10));
+        moved.recurring_event_id = Some(EventId::new(10));
         moved.original_start_time = Some(at(4, 9));
         let singles = vec![single, moved.clone()];
         let masters = vec![daily];

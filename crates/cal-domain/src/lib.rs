@@ -10,6 +10,8 @@
 //!   events, attendees, resources, reservations), independent of who is looking;
 //! - [`role`]: calendar roles and what each allows;
 //! - [`enums`]: the small closed sets stored as text and exposed as GraphQL enums;
+//! - [`text`]: client-supplied text with a length limit (titles, descriptions, locations, calendar
+//!   names), valid by construction;
 //! - [`time`]: time windows and zones, the longest event;
 //! - [`cursor`]: opaque keyset cursors for `Calendar.events`;
 //! - [`busy`]: busy-interval arithmetic for free/busy and availability;
@@ -35,6 +37,7 @@ pub mod model;
 pub mod recurrence;
 pub mod role;
 pub mod series_edit;
+pub mod text;
 pub mod time;
 
 pub use busy::{Interval, free_gaps, merge_intervals};
@@ -45,4 +48,5 @@ pub use ids::{CalendarId, EventId, EventRef, InstanceId, ReservationId, Resource
 pub use model::{Attendee, Calendar, Event, Member, Reservation, Resource, User};
 pub use recurrence::{Occurrence, RecurrenceRule};
 pub use role::Role;
+pub use text::{CalendarDescription, CalendarName, Description, Location, Title};
 pub use time::{MAX_EVENT_DURATION, TimeWindow, check_event_times, parse_time_zone};

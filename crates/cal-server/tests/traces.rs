@@ -203,7 +203,7 @@ async fn month_view_traces_show_loaders_tiers_and_sql() {
             .create_event(&NewEvent {
                 calendar_id: calendar,
                 organizer_id: owner.id,
-                title: format!("Event {i}"),
+                title: cal_domain::Title::new(&format!("Event {i}")).unwrap(),
                 description: None,
                 location: None,
                 start_time: start,

@@ -158,7 +158,7 @@ impl Store {
         .await?;
         let events: Vec<i64> = page.iter().map(|(id, _)| *id).collect();
         let (id, start) = page[page.len() / 2];
-        let cursor = EventCursor::row(start, EventId(id));
+        let cursor = EventCursor::row(start, EventId::new(id));
 
         let users: Vec<i64> = sqlx::query_scalar(
             "SELECT DISTINCT user_id FROM attendees WHERE event_id = ANY($1) ORDER BY 1 LIMIT 50",
@@ -187,7 +187,7 @@ impl Store {
                 .await?;
         }
         Ok(Sample {
-            calendar: CalendarId(calendar),
+            calendar: CalendarId::new(calendar),
             owner,
             window,
             events,

@@ -71,7 +71,7 @@ impl Store {
             .fetch_one(self.pool())
             .await?;
         st.done(1);
-        Ok(id.map(UserId))
+        Ok(id.map(UserId::new))
     }
 
     /// Up to `n` calendars spread evenly over the id range, each with its owner (load-test
@@ -92,7 +92,7 @@ impl Store {
         st.done(rows.len());
         Ok(rows
             .into_iter()
-            .map(|(c, u)| (CalendarId(c), UserId(u)))
+            .map(|(c, u)| (CalendarId::new(c), UserId::new(u)))
             .collect())
     }
 }

@@ -54,20 +54,20 @@ impl PurgeScope {
                 .ok_or_else(|| format!("ids are positive integers, not {id}"))
         };
         Ok(match (calendar, event, user, resource) {
-            (Some(id), ..) => PurgeScope::Calendar(CalendarId(positive(id)?)),
-            (_, Some(id), ..) => PurgeScope::Event(EventId(positive(id)?)),
-            (_, _, Some(id), _) => PurgeScope::User(UserId(positive(id)?)),
-            (_, _, _, Some(id)) => PurgeScope::Resource(ResourceId(positive(id)?)),
+            (Some(id), ..) => PurgeScope::Calendar(CalendarId::new(positive(id)?)),
+            (_, Some(id), ..) => PurgeScope::Event(EventId::new(positive(id)?)),
+            (_, _, Some(id), _) => PurgeScope::User(UserId::new(positive(id)?)),
+            (_, _, _, Some(id)) => PurgeScope::Resource(ResourceId::new(positive(id)?)),
             _ => PurgeScope::All,
         })
     }
 
     fn label(self) -> (&'static str, i64) {
         match self {
-            PurgeScope::Event(id) => ("event", id.0),
-            PurgeScope::Calendar(id) => ("calendar", id.0),
-            PurgeScope::User(id) => ("user", id.0),
-            PurgeScope::Resource(id) => ("resource", id.0),
+            PurgeScope::Event(id) => ("event", id.get()),
+            PurgeScope::Calendar(id) => ("calendar", id.get()),
+            PurgeScope::User(id) => ("user", id.get()),
+            PurgeScope::Resource(id) => ("resource", id.get()),
             PurgeScope::All => ("all", 0),
         }
     }
@@ -90,7 +90,7 @@ impl Store {
         match scope {
             PurgeScope::Event(id) => {
                 let rows = self
-                    .purge_events(&mut tx, "id = $1 OR recurring_event_id = $1", id.0)
+                    .purge_events(&mut tx, "id = $1 OR recurring_event_id = $1", id.get())
                     .await?;
                 if rows.is_empty() {
                     return Err(StorageError::NotFound);
@@ -101,7 +101,9 @@ impl Store {
                 // The calendar first: a calendar that does not exist is not found.
                 self.touch_calendar(&mut tx, id).await?;
                 facts += 1;
-                let rows = self.purge_events(&mut tx, "calendar_id = $1", id.0).await?;
+                let rows = self
+                    .purge_events(&mut tx, "calendar_id = $1", id.get())
+                    .await?;
                 facts += self.record_purged_events(&mut tx, &rows).await?;
             }
             PurgeScope::User(id) => {
@@ -109,7 +111,7 @@ impl Store {
                 let version: Option<i64> = sqlx::query_scalar(
                     "UPDATE users SET version = version + 1 WHERE id = $1 RETURNING version",
                 )
-                .bind(id.0)
+                .bind(id.get())
                 .fetch_optional(&mut *tx)
                 .await?;
                 st.done(version.is_some() as usize);
@@ -123,7 +125,7 @@ impl Store {
                     "UPDATE resources SET bookings_version = bookings_version + 1 WHERE id = $1 \
                      RETURNING bookings_version",
                 )
-                .bind(id.0)
+                .bind(id.get())
                 .fetch_optional(&mut *tx)
                 .await?;
                 st.done(version.is_some() as usize);
@@ -174,10 +176,10 @@ impl Store {
         rows: &[(i64, i64, i64)],
     ) -> Result<usize, StorageError> {
         for (event, version, calendar) in rows {
-            let calendar = CalendarId(*calendar);
+            let calendar = CalendarId::new(*calendar);
             let calendar_version = self.touch_calendar(tx, calendar).await?;
             tx.changes.events.push(EventChange {
-                event: EventId(*event),
+                event: EventId::new(*event),
                 event_version: *version,
                 calendar,
                 calendar_version,

@@ -62,7 +62,7 @@ fn group_lists<T, C>(
     );
     let mut out: Vec<VersionedList<T>> = Vec::new();
     for r in rows {
-        let event = EventId(list.get(r, 0)?);
+        let event = EventId::new(list.get(r, 0)?);
         if out.last().is_none_or(|l| l.event != event) {
             out.push(VersionedList {
                 event,
@@ -189,9 +189,9 @@ pub(crate) fn bind_events_in_window(
     after: Option<EventCursor>,
     limit: i64,
 ) -> Query {
-    bind_window(q.bind(calendar.0), window)
+    bind_window(q.bind(calendar.get()), window)
         .bind(after.map(|c| c.start))
-        .bind(after.map(|c| c.id.0).unwrap_or(0))
+        .bind(after.map(|c| c.id.get()).unwrap_or(0))
         .bind(limit)
 }
 
@@ -249,7 +249,7 @@ impl Store {
         let rows = self
             .fetch(
                 "users.by_ids",
-                sqlx::query(USERS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
+                sqlx::query(USERS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.get()))),
             )
             .await?;
         all(&rows, &rows::USER, rows::user_at)
@@ -259,7 +259,7 @@ impl Store {
         let rows = self
             .fetch(
                 "calendars.by_ids",
-                sqlx::query(CALENDARS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
+                sqlx::query(CALENDARS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.get()))),
             )
             .await?;
         all(&rows, &rows::CALENDAR, rows::calendar_at)
@@ -270,7 +270,7 @@ impl Store {
         let rows = self
             .fetch(
                 "events.by_ids",
-                sqlx::query(EVENTS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
+                sqlx::query(EVENTS_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.get()))),
             )
             .await?;
         all(&rows, &rows::EVENT, rows::event_at)
@@ -284,7 +284,7 @@ impl Store {
         let rows = self
             .fetch(
                 "attendees.by_event_ids",
-                sqlx::query(ATTENDEES_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))),
+                sqlx::query(ATTENDEES_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.get()))),
             )
             .await?;
         group_lists(
@@ -307,7 +307,7 @@ impl Store {
         let rows = self
             .fetch(
                 "reservations.by_event_ids",
-                sqlx::query(RESERVATIONS_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.0))),
+                sqlx::query(RESERVATIONS_BY_EVENT_IDS).bind(raw(ids.iter().map(|i| i.get()))),
             )
             .await?;
         group_lists(
@@ -337,7 +337,7 @@ impl Store {
         let rows = self
             .fetch(
                 "resources.by_ids",
-                sqlx::query(RESOURCES_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.0))),
+                sqlx::query(RESOURCES_BY_IDS.as_str()).bind(raw(ids.iter().map(|i| i.get()))),
             )
             .await?;
         map(rows, rows::resource)
@@ -347,7 +347,7 @@ impl Store {
         let rows = self
             .fetch(
                 "reservation.by_id",
-                sqlx::query(RESERVATION_BY_ID.as_str()).bind(id.0),
+                sqlx::query(RESERVATION_BY_ID.as_str()).bind(id.get()),
             )
             .await?;
         Ok(map(rows, rows::reservation)?.into_iter().next())
@@ -410,7 +410,7 @@ impl Store {
         rows.iter()
             .map(|r| {
                 sqlx::Row::try_get::<i64, _>(r, 0)
-                    .map(CalendarId)
+                    .map(CalendarId::new)
                     .map_err(StorageError::Database)
             })
             .collect()
@@ -418,14 +418,14 @@ impl Store {
 
     /// Calendars a user is a member of, with the role, ordered by calendar id.
     pub async fn memberships_of(&self, user: UserId) -> Result<Vec<(CalendarId, Role)>> {
-        let q = sqlx::query(MEMBERSHIPS_OF).bind(user.0);
+        let q = sqlx::query(MEMBERSHIPS_OF).bind(user.get());
         let rows = self.fetch("memberships.of_user", q).await?;
         rows.iter()
             .map(|r| {
                 use sqlx::Row;
                 let role: String = r.try_get("role")?;
                 Ok((
-                    CalendarId(r.try_get("calendar_id")?),
+                    CalendarId::new(r.try_get("calendar_id")?),
                     Role::parse(&role).map_err(|e| sqlx::Error::ColumnDecode {
                         index: "role".into(),
                         source: Box::new(e),
@@ -472,14 +472,14 @@ impl Store {
         users: &[UserId],
     ) -> Result<Vec<UserId>> {
         let q = sqlx::query(sql)
-            .bind(viewer.0)
-            .bind(raw(users.iter().map(|i| i.0)));
+            .bind(viewer.get())
+            .bind(raw(users.iter().map(|i| i.get())));
         self.fetch(name, q)
             .await?
             .iter()
             .map(|r| {
                 sqlx::Row::try_get::<i64, _>(r, 0)
-                    .map(UserId)
+                    .map(UserId::new)
                     .map_err(StorageError::Database)
             })
             .collect()
@@ -493,11 +493,11 @@ impl Store {
         window: &TimeWindow,
     ) -> Result<Vec<(UserId, Interval)>> {
         let q = bind_window(
-            sqlx::query(BUSY_OF_USERS).bind(raw(users.iter().map(|i| i.0))),
+            sqlx::query(BUSY_OF_USERS).bind(raw(users.iter().map(|i| i.get()))),
             window,
         );
         let rows = self.fetch("busy.of_users", q).await?;
-        intervals(rows, UserId)
+        intervals(rows, UserId::new)
     }
 
     /// Busy series of users that may touch `window` (see [`BUSY_SERIES_OF_USERS`]), and the
@@ -508,17 +508,20 @@ impl Store {
         window: &TimeWindow,
     ) -> Result<(Vec<(UserId, Event)>, Vec<(EventId, DateTime<Utc>)>)> {
         let q = sqlx::query(BUSY_SERIES_OF_USERS.as_str())
-            .bind(raw(users.iter().map(|i| i.0)))
+            .bind(raw(users.iter().map(|i| i.get())))
             .bind(window.to())
             .bind(window.from());
         let mut series = Vec::new();
         for r in self.fetch("busy.series_of_users", q).await? {
-            series.push((UserId(sqlx::Row::try_get(&r, "who")?), rows::event(&r)?));
+            series.push((
+                UserId::new(sqlx::Row::try_get(&r, "who")?),
+                rows::event(&r)?,
+            ));
         }
         if series.is_empty() {
             return Ok((series, Vec::new()));
         }
-        let mut ids: Vec<i64> = series.iter().map(|(_, e)| e.id.0).collect();
+        let mut ids: Vec<i64> = series.iter().map(|(_, e)| e.id.get()).collect();
         ids.sort_unstable();
         ids.dedup();
         let q = sqlx::query(OVERRIDDEN_STARTS)
@@ -528,7 +531,7 @@ impl Store {
         let mut overridden = Vec::new();
         for r in self.fetch("events.overridden_starts", q).await? {
             overridden.push((
-                EventId(sqlx::Row::try_get(&r, 0)?),
+                EventId::new(sqlx::Row::try_get(&r, 0)?),
                 sqlx::Row::try_get(&r, 1)?,
             ));
         }
@@ -542,11 +545,11 @@ impl Store {
         window: &TimeWindow,
     ) -> Result<Vec<(ResourceId, Interval)>> {
         let q = bind_window(
-            sqlx::query(BUSY_OF_RESOURCES).bind(raw(resources.iter().map(|i| i.0))),
+            sqlx::query(BUSY_OF_RESOURCES).bind(raw(resources.iter().map(|i| i.get()))),
             window,
         );
         let rows = self.fetch("busy.of_resources", q).await?;
-        intervals(rows, ResourceId)
+        intervals(rows, ResourceId::new)
     }
 }
 

@@ -63,7 +63,7 @@ pub(crate) fn user(r: &PgRow) -> Result<User, sqlx::Error> {
 
 pub(crate) fn user_at(r: &PgRow, c: &Cols<6>) -> Result<User, sqlx::Error> {
     Ok(User {
-        id: UserId(c.get(r, 0)?),
+        id: UserId::new(c.get(r, 0)?),
         email: c.get(r, 1)?,
         name: c.get(r, 2)?,
         avatar_url: c.get(r, 3)?,
@@ -105,14 +105,14 @@ pub(crate) fn calendar_at(r: &PgRow, c: &Cols<10>) -> Result<Calendar, sqlx::Err
         .zip(roles)
         .map(|(id, role)| {
             Ok(Member {
-                user_id: UserId(id),
+                user_id: UserId::new(id),
                 role: Role::parse(&role).map_err(|e| corrupt("role", e))?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(Calendar {
-        id: CalendarId(c.get(r, 0)?),
-        owner_id: UserId(c.get(r, 1)?),
+        id: CalendarId::new(c.get(r, 0)?),
+        owner_id: UserId::new(c.get(r, 1)?),
         name: c.get(r, 2)?,
         description: c.get(r, 3)?,
         time_zone: c.get(r, 4)?,
@@ -157,9 +157,9 @@ pub(crate) fn event_at(r: &PgRow, c: &Cols<19>) -> Result<Event, sqlx::Error> {
     let status: &str = c.get(r, 10)?;
     let transparency: &str = c.get(r, 11)?;
     Ok(Event {
-        id: EventId(c.get(r, 0)?),
-        calendar_id: CalendarId(c.get(r, 1)?),
-        organizer_id: UserId(c.get(r, 2)?),
+        id: EventId::new(c.get(r, 0)?),
+        calendar_id: CalendarId::new(c.get(r, 1)?),
+        organizer_id: UserId::new(c.get(r, 2)?),
         title: c.get(r, 3)?,
         description: c.get(r, 4)?,
         location: c.get(r, 5)?,
@@ -171,7 +171,7 @@ pub(crate) fn event_at(r: &PgRow, c: &Cols<19>) -> Result<Event, sqlx::Error> {
         transparency: Transparency::parse(transparency).map_err(|e| corrupt("transparency", e))?,
         rrule: c.get(r, 12)?,
         exdates: c.get(r, 13)?,
-        recurring_event_id: c.get::<Option<i64>>(r, 14)?.map(EventId),
+        recurring_event_id: c.get::<Option<i64>>(r, 14)?.map(EventId::new),
         original_start_time: c.get(r, 15)?,
         version: c.get(r, 16)?,
         created_at: c.get(r, 17)?,
@@ -198,8 +198,8 @@ pub(crate) fn attendee(r: &PgRow) -> Result<Attendee, sqlx::Error> {
 pub(crate) fn attendee_at(r: &PgRow, c: &Cols<6>) -> Result<Attendee, sqlx::Error> {
     let status: &str = c.get(r, 4)?;
     Ok(Attendee {
-        event_id: EventId(c.get(r, 0)?),
-        user_id: UserId(c.get(r, 1)?),
+        event_id: EventId::new(c.get(r, 0)?),
+        user_id: UserId::new(c.get(r, 1)?),
         email: c.get(r, 2)?,
         name: c.get(r, 3)?,
         response_status: ResponseStatus::parse(status)
@@ -211,7 +211,7 @@ pub(crate) fn attendee_at(r: &PgRow, c: &Cols<6>) -> Result<Attendee, sqlx::Erro
 pub(crate) const RESOURCE_COLS: &str = "id, name, kind, capacity, location, bookings_version";
 
 pub(crate) fn resource(r: &PgRow) -> Result<Resource, sqlx::Error> {
-    let id = ResourceId(r.try_get("id")?);
+    let id = ResourceId::new(r.try_get("id")?);
     resource_at(r, &Cols::of(r, &RESOURCE)?, id)
 }
 
@@ -233,9 +233,9 @@ pub(crate) fn reservation(r: &PgRow) -> Result<Reservation, sqlx::Error> {
 pub(crate) fn reservation_at(r: &PgRow, c: &Cols<6>) -> Result<Reservation, sqlx::Error> {
     let status: &str = c.get(r, 5)?;
     Ok(Reservation {
-        id: ReservationId(c.get(r, 0)?),
-        event_id: EventId(c.get(r, 1)?),
-        resource_id: ResourceId(c.get(r, 2)?),
+        id: ReservationId::new(c.get(r, 0)?),
+        event_id: EventId::new(c.get(r, 1)?),
+        resource_id: ResourceId::new(c.get(r, 2)?),
         start_time: c.get(r, 3)?,
         end_time: c.get(r, 4)?,
         status: ReservationStatus::parse(status).map_err(|e| corrupt("status", e))?,

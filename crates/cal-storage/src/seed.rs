@@ -193,8 +193,8 @@ impl Store {
             events: data.events.id.len() as u64,
             attendees: data.attendees.event_id.len() as u64,
             reservations: data.reservations.id.len() as u64,
-            demo_user_id: UserId(1),
-            demo_calendar_id: CalendarId(1),
+            demo_user_id: UserId::new(1),
+            demo_calendar_id: CalendarId::new(1),
         })
     }
 }

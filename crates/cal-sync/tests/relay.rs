@@ -67,7 +67,7 @@ async fn world(store: &Store) -> Event {
         .await
         .unwrap();
     let cal = store
-        .create_calendar(owner.id, "C", None, "UTC")
+        .create_calendar(owner.id, &CalendarName::new("C").unwrap(), None, "UTC")
         .await
         .unwrap();
     let start = Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap();
@@ -84,7 +84,7 @@ async fn retitle(store: &Store, ev: &Event) -> Event {
             ev.id,
             ev.version,
             &cal_storage::EventPatch {
-                title: Some("new".into()),
+                title: Some(Title::new("new").unwrap()),
                 ..Default::default()
             },
         )

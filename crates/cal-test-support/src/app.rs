@@ -214,7 +214,12 @@ impl TestApp {
     /// Creates a calendar owned by `owner` directly in the database.
     pub async fn calendar(&self, owner: UserId, name: &str) -> CalendarId {
         self.store
-            .create_calendar(owner, name, None, "Europe/Berlin")
+            .create_calendar(
+                owner,
+                &cal_domain::CalendarName::new(name).unwrap(),
+                None,
+                "Europe/Berlin",
+            )
             .await
             .unwrap()
             .id

@@ -204,7 +204,7 @@ pub fn one_hour_event(
     cal_storage::NewEvent {
         calendar_id: calendar,
         organizer_id: organizer,
-        title: "t".into(),
+        title: cal_domain::Title::new("t").unwrap(),
         description: None,
         location: None,
         start_time: start,

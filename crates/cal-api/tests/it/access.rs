@@ -309,7 +309,7 @@ async fn fresh_event(c: &Cast, slot: i64) -> Event {
         .create_event(&NewEvent {
             calendar_id: c.w.calendar,
             organizer_id: c.w.owner.id,
-            title: format!("Fresh {slot}"),
+            title: cal_domain::Title::new(&format!("Fresh {slot}")).unwrap(),
             description: None,
             location: None,
             start_time: start,

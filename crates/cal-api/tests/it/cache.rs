@@ -401,7 +401,7 @@ async fn a_reader_that_loaded_before_a_write_cannot_fill_the_old_value() {
     let app = Arc::new(TestApp::spawn_full(|_| {}, move |c| c.hooks = Some(h)).await);
     let w = world(&app, 1, 1).await;
     let ev = w.events[0].clone();
-    assert_eq!(ev.id.0, 1);
+    assert_eq!(ev.id.get(), 1);
     let q = "query($e: ID!) { event(id: $e) { title version } }";
     hook.armed.store(true, std::sync::atomic::Ordering::SeqCst);
     // Reader: loads version 1 from PostgreSQL, then pauses before filling the cache.
@@ -415,7 +415,7 @@ async fn a_reader_that_loaded_before_a_write_cannot_fill_the_old_value() {
     // writes through the app's store (same commit → tombstone → evict → publish path as a
     // mutation): a mutation would first read the event and join the paused reader's flight.
     let patch = cal_storage::EventPatch {
-        title: Some("new".into()),
+        title: Some(cal_domain::Title::new("new").unwrap()),
         ..Default::default()
     };
     app.store
@@ -495,7 +495,8 @@ async fn resource_availability_is_cached_by_day_and_follows_every_booking_change
             })
             .collect::<Vec<_>>()
     };
-    let version = || async { cal_test_support::sql::bookings_version(&app.db.pool, room.0).await };
+    let version =
+        || async { cal_test_support::sql::bookings_version(&app.db.pool, room.get()).await };
 
     // Cold: the resource, then all three days in one statement; warm: no SQL at all.
     let cold = app.gql(Some(w.owner.id), avail, vars.clone()).await;
@@ -560,7 +561,7 @@ async fn resource_availability_is_cached_by_day_and_follows_every_booking_change
 
     // A statement that touches no reservation of the room leaves its version (and cache) alone.
     let settled = version().await;
-    let current: i64 = app.event_version(w.events[1].id.0).await;
+    let current: i64 = app.event_version(w.events[1].id.get()).await;
     let rename = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { version } }";
     app.gql(
         Some(w.owner.id),

@@ -76,7 +76,7 @@ pub async fn world(app: &TestApp, n: usize, attendees_per_event: usize) -> World
                 } else {
                     users[i % users.len()].id
                 },
-                title: format!("Event {i}"),
+                title: Title::new(&format!("Event {i}")).unwrap(),
                 description: None,
                 location: None,
                 start_time: start,

@@ -114,12 +114,12 @@ async fn reserve_and_cancel_and_moving_an_event_moves_its_booking() {
     assert_eq!(resp.data()["reserveResource"]["status"], "CONFIRMED");
 
     // Moving event 1 onto event 0's slot collides through its booking.
-    let current: i64 = app.event_version(ev1.id.0).await;
+    let current: i64 = app.event_version(ev1.id.get()).await;
     let update = "mutation($e: ID!, $v: Int!, $s: DateTime!, $t: DateTime!) { updateEvent(id: $e, expectedVersion: $v, input: { startTime: $s, endTime: $t }) { version startTime reservations { startTime } } }";
     let clash = json!({ "e": ev1.id.to_string(), "v": current, "s": w.events[0].start_time.to_rfc3339(), "t": w.events[0].end_time.to_rfc3339() });
     let resp = app.gql(Some(w.owner.id), update, clash).await;
     assert_eq!(resp.code(), "RESOURCE_CONFLICT");
-    let after: i64 = app.event_version(ev1.id.0).await;
+    let after: i64 = app.event_version(ev1.id.get()).await;
     assert_eq!(after, current, "the failed move changed nothing");
 
     // A free slot moves the booking with the event.
@@ -167,7 +167,8 @@ async fn delete_is_soft_and_releases_rooms() {
         )
         .await;
     assert_eq!(resp.data()["deleteEvent"], true);
-    let (deleted, status) = sql::event_deleted_and_reservation_status(&app.db.pool, ev.id.0).await;
+    let (deleted, status) =
+        sql::event_deleted_and_reservation_status(&app.db.pool, ev.id.get()).await;
     assert!(deleted, "the row stays, marked deleted");
     assert_eq!(status, "cancelled");
     let resp = app
@@ -228,7 +229,7 @@ async fn attendees_can_be_added_removed_and_respond() {
             .len(),
         1
     );
-    let events = sql::outbox_rows_of_event(&app.db.pool, ev.id.0).await;
+    let events = sql::outbox_rows_of_event(&app.db.pool, ev.id.get()).await;
     assert_eq!(
         events, 4,
         "created, attendees added, rsvp, attendee removed"
@@ -305,7 +306,7 @@ async fn database_forbids_overlapping_confirmed_reservations_even_when_racing() 
                 .create_event(&NewEvent {
                     calendar_id: cal,
                     organizer_id: org,
-                    title: format!("Racer {i}"),
+                    title: cal_domain::Title::new(&format!("Racer {i}")).unwrap(),
                     description: None,
                     location: None,
                     start_time: start,

@@ -203,7 +203,7 @@ impl Load {
             self.updated,
             self.seen.clone(),
         );
-        let version = Arc::new(Mutex::new(app.event_version(id.0).await));
+        let version = Arc::new(Mutex::new(app.event_version(id.get()).await));
         self.worker(slot, 400, |i| {
             let (app, seen, version) = (app.clone(), seen.clone(), version.clone());
             async move {
@@ -446,7 +446,7 @@ async fn postgres_restart_under_load_loses_nothing_and_recovers() {
             "acknowledged event {id}"
         );
     }
-    let (version, title) = sql::event_version_and_title(pool, w.events[0].id.0).await;
+    let (version, title) = sql::event_version_and_title(pool, w.events[0].id.get()).await;
     if let Some((acked_version, acked_title)) = &s.last_update {
         assert!(version >= *acked_version, "acknowledged update lost");
         if version == *acked_version {

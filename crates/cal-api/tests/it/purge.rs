@@ -70,13 +70,13 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         // An event: its details and the month view.
         warm(&app, me, EVENT, ev(e0)).await;
         warm(&app, me, MONTH_VIEW, month_vars(w.calendar)).await;
-        sql::set_event_title(&app.db.pool, e0.0, "Fixed by hand").await;
+        sql::set_event_title(&app.db.pool, e0.get(), "Fixed by hand").await;
         let stale = warm(&app, me, EVENT, ev(e0)).await;
         assert_ne!(
             stale["event"]["title"], "Fixed by hand",
             "l1={l1}: served from cache"
         );
-        purged(&app, json!({ "event": e0.0 })).await;
+        purged(&app, json!({ "event": e0.get() })).await;
         let fresh = app.gql(Some(me), EVENT, ev(e0)).await;
         assert_eq!(fresh.data()["event"]["title"], "Fixed by hand", "l1={l1}");
         let month = app.gql(Some(me), MONTH_VIEW, month_vars(w.calendar)).await;
@@ -85,12 +85,12 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         // A calendar.
         let cal = json!({ "c": w.calendar.to_string() });
         warm(&app, me, CALENDAR, cal.clone()).await;
-        sql::set_calendar_name(&app.db.pool, w.calendar.0, "Renamed by hand").await;
+        sql::set_calendar_name(&app.db.pool, w.calendar.get(), "Renamed by hand").await;
         assert_ne!(
             warm(&app, me, CALENDAR, cal.clone()).await["calendar"]["name"],
             "Renamed by hand"
         );
-        purged(&app, json!({ "calendar": w.calendar.0 })).await;
+        purged(&app, json!({ "calendar": w.calendar.get() })).await;
         assert_eq!(
             app.gql(Some(me), CALENDAR, cal).await.data()["calendar"]["name"],
             "Renamed by hand",
@@ -100,12 +100,12 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         // A user.
         let user = json!({ "u": me.to_string() });
         warm(&app, me, USER, user.clone()).await;
-        sql::set_user_name(&app.db.pool, me.0, "Olivia Hand").await;
+        sql::set_user_name(&app.db.pool, me.get(), "Olivia Hand").await;
         assert_ne!(
             warm(&app, me, USER, user.clone()).await["user"]["name"],
             "Olivia Hand"
         );
-        purged(&app, json!({ "user": me.0 })).await;
+        purged(&app, json!({ "user": me.get() })).await;
         assert_eq!(
             app.gql(Some(me), USER, user).await.data()["user"]["name"],
             "Olivia Hand",
@@ -116,12 +116,12 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         let room = w.rooms[0].id;
         let res = json!({ "r": room.to_string() });
         warm(&app, me, RESOURCE, res.clone()).await;
-        sql::set_resource_name(&app.db.pool, room.0, "Room by hand").await;
+        sql::set_resource_name(&app.db.pool, room.get(), "Room by hand").await;
         assert_ne!(
             warm(&app, me, RESOURCE, res.clone()).await["resource"]["name"],
             "Room by hand"
         );
-        purged(&app, json!({ "resource": room.0 })).await;
+        purged(&app, json!({ "resource": room.get() })).await;
         assert_eq!(
             app.gql(Some(me), RESOURCE, res).await.data()["resource"]["name"],
             "Room by hand",
@@ -131,7 +131,7 @@ async fn each_scope_drops_what_it_names_in_every_tier() {
         // Everything.
         warm(&app, me, EVENT, ev(e1)).await;
         warm(&app, me, MONTH_VIEW, month_vars(w.calendar)).await;
-        sql::set_event_title(&app.db.pool, e1.0, "Everything purged").await;
+        sql::set_event_title(&app.db.pool, e1.get(), "Everything purged").await;
         let month = warm(&app, me, MONTH_VIEW, month_vars(w.calendar)).await;
         assert!(!month_titles(&month).contains(&"Everything purged".to_owned()));
         purged(&app, json!({ "all": true })).await;

@@ -405,7 +405,7 @@ async fn booking_a_room_for_a_series_books_every_occurrence_or_nothing() {
     free["startTime"] = json!("2026-11-04T11:00:00Z");
     free["endTime"] = json!("2026-11-04T12:00:00Z");
     s.create(free).await.data();
-    let booked = sql::confirmed_reservation_rows_of(&s.app.db.pool, room.id.0).await;
+    let booked = sql::confirmed_reservation_rows_of(&s.app.db.pool, room.id.get()).await;
     assert_eq!(booked, 1 + 5);
     // Each occurrence shows its own booking.
     let q = r#"query($c: ID!) { calendar(id: $c) { events(from: "2026-11-01T00:00:00Z", to: "2026-12-10T00:00:00Z") {
@@ -599,7 +599,7 @@ async fn reserving_for_a_series_or_one_occurrence() {
         all.data()["reserveResource"]["startTime"],
         "2026-11-02T09:00:00+00:00"
     );
-    let booked = sql::reservation_rows_of(&s.app.db.pool, other.id.0).await;
+    let booked = sql::reservation_rows_of(&s.app.db.pool, other.id.get()).await;
     assert_eq!(booked, 4);
 }
 

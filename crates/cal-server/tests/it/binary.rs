@@ -456,7 +456,12 @@ async fn a_deep_query_within_the_limits_is_answered_not_a_crash() {
         .await
         .unwrap();
     let cal = store
-        .create_calendar(owner.id, "C", None, "UTC")
+        .create_calendar(
+            owner.id,
+            &cal_domain::CalendarName::new("C").unwrap(),
+            None,
+            "UTC",
+        )
         .await
         .unwrap();
     let start = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, 2, 9, 0, 0).unwrap();

@@ -226,7 +226,12 @@ impl Cluster {
             .unwrap()
             .id;
         let calendar = store
-            .create_calendar(owner, "Team", None, "UTC")
+            .create_calendar(
+                owner,
+                &cal_domain::CalendarName::new("Team").unwrap(),
+                None,
+                "UTC",
+            )
             .await
             .unwrap()
             .id;
@@ -238,7 +243,7 @@ impl Cluster {
                 .create_event(&NewEvent {
                     calendar_id: calendar,
                     organizer_id: owner,
-                    title: format!("Event {i}"),
+                    title: cal_domain::Title::new(&format!("Event {i}")).unwrap(),
                     description: None,
                     location: None,
                     start_time: start,
@@ -353,7 +358,7 @@ async fn write(
     write_lock: &tokio::sync::Mutex<()>,
 ) -> (i64, Option<String>) {
     let _g = write_lock.lock().await;
-    let current = sql::event_version(&c.db.pool, ev.0).await;
+    let current = sql::event_version(&c.db.pool, ev.get()).await;
     let (body, header) = gql(
         &c.client,
         inst,
@@ -641,7 +646,7 @@ async fn a_paused_broker_costs_speed_not_correctness() {
             0.0
         );
         for ev in &c.events {
-            let truth = sql::event_version(&c.db.pool, ev.0).await;
+            let truth = sql::event_version(&c.db.pool, ev.get()).await;
             assert_eq!(read_version(&c, inst, &token, None, *ev).await, truth);
         }
     }
@@ -670,7 +675,7 @@ async fn a_restarted_instance_serves_nothing_stale_once_ready() {
     assert_eq!(stale, 0);
     // And right after ready, with no bound at all: C agrees with the database.
     for ev in &c.events {
-        let truth = sql::event_version(&c.db.pool, ev.0).await;
+        let truth = sql::event_version(&c.db.pool, ev.get()).await;
         assert_eq!(
             read_version(&c, &instances[2], &token, None, *ev).await,
             truth
@@ -750,7 +755,7 @@ async fn unpublished(c: &Cluster) -> i64 {
 }
 
 async fn db_version(c: &Cluster, ev: EventId) -> i64 {
-    sql::event_version(&c.db.pool, ev.0).await
+    sql::event_version(&c.db.pool, ev.get()).await
 }
 
 /// Reads `ev` through `reader` (no L1: Redis and the shared response tier answer) until both the
@@ -967,7 +972,7 @@ async fn calendar_purge_reaches_every_instance_and_redis() {
             let old = title(&c, inst, &token, ev).await;
             assert_ne!(old, new);
         }
-        sql::set_event_title(&c.db.pool, ev.0, new).await;
+        sql::set_event_title(&c.db.pool, ev.get(), new).await;
         for inst in [a, b] {
             assert_ne!(
                 title(&c, inst, &token, ev).await,

@@ -55,7 +55,7 @@ impl Store {
         let sql = format!("SELECT {CALENDAR_COLS} FROM {CALENDAR_FROM} WHERE c.id = $1");
         let st = self.statement("calendars.by_id")?;
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.0)
+            .bind(id.get())
             .fetch_one(conn)
             .await?;
         st.done(1);
@@ -66,8 +66,8 @@ impl Store {
     pub async fn create_calendar(
         &self,
         owner: UserId,
-        name: &str,
-        description: Option<&str>,
+        name: &CalendarName,
+        description: Option<&CalendarDescription>,
         time_zone: &str,
     ) -> Result<Calendar> {
         let mut tx = self.begin().await?;
@@ -75,9 +75,9 @@ impl Store {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO calendars (owner_id, name, description, time_zone) VALUES ($1, $2, $3, $4) RETURNING id",
         )
-        .bind(owner.0)
-        .bind(name)
-        .bind(description)
+        .bind(owner.get())
+        .bind(name.as_str())
+        .bind(description.map(CalendarDescription::as_str))
         .bind(time_zone)
         .fetch_one(&mut *tx)
         .await?;
@@ -87,21 +87,21 @@ impl Store {
             "INSERT INTO calendar_members (calendar_id, user_id, role) VALUES ($1, $2, 'owner')",
         )
         .bind(id)
-        .bind(owner.0)
+        .bind(owner.get())
         .execute(&mut *tx)
         .await?;
         st.done(1);
         // A new calendar may have been cached as missing.
-        tx.changes.calendars.push((CalendarId(id), 1));
+        tx.changes.calendars.push((CalendarId::new(id), 1));
         self.outbox(
             &mut tx,
             "calendar",
             id,
             "calendar.created",
-            json!({ "owner_id": owner.0 }),
+            json!({ "owner_id": owner.get() }),
         )
         .await?;
-        let cal = self.calendar_in(&mut tx, CalendarId(id)).await?;
+        let cal = self.calendar_in(&mut tx, CalendarId::new(id)).await?;
         self.commit(tx).await?;
         Ok(cal)
     }
@@ -126,8 +126,8 @@ impl Store {
              ON CONFLICT (calendar_id, user_id) DO UPDATE SET role = EXCLUDED.role \
              WHERE calendar_members.role <> 'owner'",
         )
-        .bind(calendar.0)
-        .bind(user.0)
+        .bind(calendar.get())
+        .bind(user.get())
         .bind(role.as_str())
         .execute(&mut *tx)
         .await?
@@ -141,9 +141,9 @@ impl Store {
         self.outbox(
             &mut tx,
             "calendar",
-            calendar.0,
+            calendar.get(),
             "calendar.shared",
-            json!({ "user_id": user.0, "role": role.as_str() }),
+            json!({ "user_id": user.get(), "role": role.as_str() }),
         )
         .await?;
         let cal = self.calendar_in(&mut tx, calendar).await?;
@@ -157,8 +157,8 @@ impl Store {
         self.touch_calendar(&mut tx, calendar).await?;
         let st = self.statement("calendar_members.delete")?;
         let removed = sqlx::query("DELETE FROM calendar_members WHERE calendar_id = $1 AND user_id = $2 AND role <> 'owner'")
-            .bind(calendar.0)
-            .bind(user.0)
+            .bind(calendar.get())
+            .bind(user.get())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -167,9 +167,9 @@ impl Store {
             self.outbox(
                 &mut tx,
                 "calendar",
-                calendar.0,
+                calendar.get(),
                 "calendar.unshared",
-                json!({ "user_id": user.0 }),
+                json!({ "user_id": user.get() }),
             )
             .await?;
         }

@@ -34,7 +34,7 @@ impl Store {
         );
         let st = self.statement("events.bump_version")?;
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.0)
+            .bind(id.get())
             .bind(expected)
             .fetch_optional(&mut *conn)
             .await?;
@@ -54,7 +54,7 @@ impl Store {
         let st = self.statement("events.current_version")?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT version FROM events WHERE id = $1 AND deleted_at IS NULL")
-                .bind(id.0)
+                .bind(id.get())
                 .fetch_optional(conn)
                 .await?;
         st.done(current.is_some() as usize);
@@ -73,7 +73,7 @@ impl Store {
         if attendees.is_empty() {
             return Ok(());
         }
-        let ids: Vec<i64> = attendees.iter().map(|a| a.user_id.0).collect();
+        let ids: Vec<i64> = attendees.iter().map(|a| a.user_id.get()).collect();
         let optional: Vec<bool> = attendees.iter().map(|a| a.is_optional).collect();
         let st = self.statement("attendees.insert")?;
         let n = sqlx::query(
@@ -82,7 +82,7 @@ impl Store {
              FROM unnest($2::bigint[], $3::boolean[]) AS x(user_id, optional) JOIN users u ON u.id = x.user_id \
              ON CONFLICT (event_id, user_id) DO UPDATE SET is_optional = EXCLUDED.is_optional, updated_at = now()",
         )
-        .bind(event.0)
+        .bind(event.get())
         .bind(&ids)
         .bind(&optional)
         .execute(conn)
@@ -104,11 +104,11 @@ impl Store {
         );
         let st = self.statement("events.insert")?;
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(new.calendar_id.0)
-            .bind(new.organizer_id.0)
-            .bind(&new.title)
-            .bind(&new.description)
-            .bind(&new.location)
+            .bind(new.calendar_id.get())
+            .bind(new.organizer_id.get())
+            .bind(new.title.as_str())
+            .bind(new.description.as_ref().map(Description::as_str))
+            .bind(new.location.as_ref().map(Location::as_str))
             .bind(new.start_time)
             .bind(new.end_time)
             .bind(&new.time_zone)
@@ -140,7 +140,7 @@ impl Store {
         self.outbox(
             &mut tx,
             "event",
-            event.id.0,
+            event.id.get(),
             "event.created",
             event_payload(None, &event),
         )
@@ -170,12 +170,24 @@ impl Store {
         );
         let st = self.statement("events.patch")?;
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.0)
-            .bind(&patch.title)
+            .bind(id.get())
+            .bind(patch.title.as_ref().map(Title::as_str))
             .bind(patch.description.is_some())
-            .bind(patch.description.clone().flatten())
+            .bind(
+                patch
+                    .description
+                    .as_ref()
+                    .and_then(Option::as_ref)
+                    .map(Description::as_str),
+            )
             .bind(patch.location.is_some())
-            .bind(patch.location.clone().flatten())
+            .bind(
+                patch
+                    .location
+                    .as_ref()
+                    .and_then(Option::as_ref)
+                    .map(Location::as_str),
+            )
             .bind(patch.start_time)
             .bind(patch.end_time)
             .bind(&patch.time_zone)
@@ -219,7 +231,7 @@ impl Store {
         self.outbox(
             &mut tx,
             "event",
-            id.0,
+            id.get(),
             "event.updated",
             event_payload(Some(&before), &after),
         )
@@ -234,7 +246,7 @@ impl Store {
         let before = self.bump_event(&mut tx, id, expected_version).await?;
         let st = self.statement("events.soft_delete")?;
         sqlx::query("UPDATE events SET deleted_at = now() WHERE id = $1")
-            .bind(id.0)
+            .bind(id.get())
             .execute(&mut *tx)
             .await?;
         st.done(0);
@@ -245,14 +257,14 @@ impl Store {
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
              AND event_id IN (SELECT id FROM events WHERE id = $1 OR recurring_event_id = $1)",
         )
-        .bind(id.0)
+        .bind(id.get())
         .execute(&mut *tx)
         .await?;
         st.done(0);
         self.outbox(
             &mut tx,
             "event",
-            id.0,
+            id.get(),
             "event.deleted",
             event_payload(Some(&before), &before),
         )
@@ -276,8 +288,8 @@ impl Store {
         );
         let st = self.statement("attendees.respond")?;
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(event.0)
-            .bind(user.0)
+            .bind(event.get())
+            .bind(user.get())
             .bind(status.as_str())
             .fetch_optional(&mut *tx)
             .await?;
@@ -289,9 +301,9 @@ impl Store {
         self.outbox(
             &mut tx,
             "event",
-            event.0,
+            event.get(),
             "event.rsvp",
-            json!({ "calendar_id": ev.calendar_id.0, "version": ev.version, "user_id": user.0, "response": status.as_str() }),
+            json!({ "calendar_id": ev.calendar_id.get(), "version": ev.version, "user_id": user.get(), "response": status.as_str() }),
         )
         .await?;
         self.commit(tx).await?;
@@ -310,7 +322,7 @@ impl Store {
         self.outbox(
             &mut tx,
             "event",
-            event.0,
+            event.get(),
             "event.attendees_added",
             event_payload(Some(&ev), &ev),
         )
@@ -330,8 +342,8 @@ impl Store {
         let ev = self.bump_event(&mut tx, event, expected).await?;
         let st = self.statement("attendees.delete")?;
         let n = sqlx::query("DELETE FROM attendees WHERE event_id = $1 AND user_id = $2")
-            .bind(event.0)
-            .bind(user.0)
+            .bind(event.get())
+            .bind(user.get())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -342,7 +354,7 @@ impl Store {
         self.outbox(
             &mut tx,
             "event",
-            event.0,
+            event.get(),
             "event.attendee_removed",
             event_payload(Some(&ev), &ev),
         )

@@ -48,9 +48,9 @@ pub struct NewReservation {
 pub struct NewEvent {
     pub calendar_id: CalendarId,
     pub organizer_id: UserId,
-    pub title: String,
-    pub description: Option<String>,
-    pub location: Option<String>,
+    pub title: Title,
+    pub description: Option<Description>,
+    pub location: Option<Location>,
     pub start_time: DateTime<Utc>,
     pub end_time: DateTime<Utc>,
     pub time_zone: String,
@@ -67,9 +67,9 @@ pub struct NewEvent {
 /// Fields to change; `None` leaves a field as it is. For nullable fields `Some(None)` clears it.
 #[derive(Debug, Clone, Default)]
 pub struct EventPatch {
-    pub title: Option<String>,
-    pub description: Option<Option<String>>,
-    pub location: Option<Option<String>>,
+    pub title: Option<Title>,
+    pub description: Option<Option<Description>>,
+    pub location: Option<Option<Location>>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
     pub time_zone: Option<String>,
@@ -163,7 +163,7 @@ impl Store {
         if tx.changes.events.is_empty() {
             return Ok(());
         }
-        let events: Vec<i64> = tx.changes.events.iter().map(|c| c.event.0).collect();
+        let events: Vec<i64> = tx.changes.events.iter().map(|c| c.event.get()).collect();
         let st = self.statement("resources.booked_by_events")?;
         let rows: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT s.id, s.bookings_version FROM resources s \
@@ -175,7 +175,7 @@ impl Store {
         st.done(rows.len());
         tx.changes.resources = rows
             .into_iter()
-            .map(|(id, v)| (cal_domain::ResourceId(id), v))
+            .map(|(id, v)| (cal_domain::ResourceId::new(id), v))
             .collect();
         Ok(())
     }
@@ -194,7 +194,7 @@ impl Store {
         let st = self.statement("calendars.bump_version")?;
         let version: Option<i64> =
             sqlx::query_scalar("UPDATE calendars SET version = version + 1, updated_at = now() WHERE id = $1 RETURNING version")
-                .bind(calendar.0)
+                .bind(calendar.get())
                 .fetch_optional(&mut **tx)
                 .await?;
         st.done(version.is_some() as usize);
@@ -274,7 +274,7 @@ impl Move {
 /// (both the old and the new time span, for month buckets).
 fn event_payload(before: Option<&Event>, after: &Event) -> serde_json::Value {
     json!({
-        "calendar_id": after.calendar_id.0,
+        "calendar_id": after.calendar_id.get(),
         "version": after.version,
         "old_start": before.map(|b| b.start_time),
         "old_end": before.map(|b| b.end_time),

@@ -32,7 +32,7 @@ impl Store {
             .statement("reservations.insert")
             .map_err(InsertReservationError::Other)?;
         let result = sqlx::query(AssertSqlSafe(sql))
-            .bind(event.id.0)
+            .bind(event.id.get())
             .bind(&res)
             .bind(&starts)
             .bind(&ends)
@@ -77,15 +77,15 @@ impl Store {
         .bind(res)
         .bind(starts)
         .bind(ends)
-        .bind(event.map(|e| e.0))
+        .bind(event.map(|e| e.get()))
         .fetch_all(self.pool())
         .await?;
         st.done(rows.len());
         rows.iter()
             .map(|r| {
                 Ok(Conflict {
-                    resource_id: ResourceId(r.try_get("resource_id")?),
-                    event_id: EventId(r.try_get("event_id")?),
+                    resource_id: ResourceId::new(r.try_get("resource_id")?),
+                    event_id: EventId::new(r.try_get("event_id")?),
                     start_time: r.try_get("start_time")?,
                     end_time: r.try_get("end_time")?,
                 })
@@ -116,7 +116,7 @@ impl Store {
                      FROM reservations WHERE event_id = $1 AND status = 'confirmed' \
                        AND ($4::timestamptz IS NULL OR start_time >= $4) AND ($5::timestamptz IS NULL OR start_time < $5)",
                 )
-                .bind(m.from.0)
+                .bind(m.from.get())
                 .bind(micros(m.shift))
                 .bind(micros(m.duration))
                 .bind(m.range_start)
@@ -170,10 +170,10 @@ impl Store {
         self.outbox(
             &mut tx,
             "event",
-            event.0,
+            event.get(),
             "event.reserved",
-            json!({ "calendar_id": ev.calendar_id.0, "version": ev.version, "reservation_id": reservation.id.0,
-                    "resource_id": reservation.resource_id.0 }),
+            json!({ "calendar_id": ev.calendar_id.get(), "version": ev.version, "reservation_id": reservation.id.get(),
+                    "resource_id": reservation.resource_id.get() }),
         )
         .await?;
         self.commit(tx).await?;
@@ -187,20 +187,20 @@ impl Store {
         let event: Option<i64> = sqlx::query_scalar(
             "SELECT event_id FROM reservations WHERE id = $1 AND status = 'confirmed'",
         )
-        .bind(id.0)
+        .bind(id.get())
         .fetch_optional(&mut *tx)
         .await?;
         st.done(event.is_some() as usize);
         let Some(event) = event else {
             return Err(StorageError::NotFound);
         };
-        let ev = self.bump_event(&mut tx, EventId(event), None).await?;
+        let ev = self.bump_event(&mut tx, EventId::new(event), None).await?;
         let sql = format!(
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE id = $1 RETURNING {RESERVATION_COLS}"
         );
         let st = self.statement("reservations.cancel")?;
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.0)
+            .bind(id.get())
             .fetch_one(&mut *tx)
             .await?;
         st.done(1);
@@ -210,8 +210,8 @@ impl Store {
             "event",
             event,
             "event.reservation_cancelled",
-            json!({ "calendar_id": ev.calendar_id.0, "version": ev.version, "reservation_id": id.0,
-                    "resource_id": reservation.resource_id.0 }),
+            json!({ "calendar_id": ev.calendar_id.get(), "version": ev.version, "reservation_id": id.get(),
+                    "resource_id": reservation.resource_id.get() }),
         )
         .await?;
         self.commit(tx).await?;
@@ -234,8 +234,8 @@ impl Store {
              WHERE event_id = $1 AND status = 'confirmed' \
                AND ($5::timestamptz IS NULL OR start_time >= $5) AND ($6::timestamptz IS NULL OR start_time < $6)",
         )
-        .bind(m.from.0)
-        .bind(m.to.0)
+        .bind(m.from.get())
+        .bind(m.to.get())
         .bind(micros(m.shift))
         .bind(micros(m.duration))
         .bind(m.range_start)
@@ -266,7 +266,7 @@ fn reservation_arrays(
     event: &Event,
     wanted: &[NewReservation],
 ) -> (Vec<i64>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) {
-    let res = wanted.iter().map(|w| w.resource_id.0).collect();
+    let res = wanted.iter().map(|w| w.resource_id.get()).collect();
     let starts = wanted
         .iter()
         .map(|w| w.start_time.unwrap_or(event.start_time))

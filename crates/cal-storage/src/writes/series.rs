@@ -25,7 +25,7 @@ impl Store {
         );
         let st = self.statement("events.delete_overrides")?;
         let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(series.0)
+            .bind(series.get())
             .bind(original_start)
             .fetch_all(&mut **tx)
             .await?;
@@ -33,7 +33,7 @@ impl Store {
         let mut ids = Vec::with_capacity(rows.len());
         for r in &rows {
             let o = rows::event(r)?;
-            ids.push(o.id.0);
+            ids.push(o.id.get());
             self.record_event(tx, &o).await?;
         }
         Ok(ids)
@@ -51,8 +51,8 @@ impl Store {
             "INSERT INTO attendees (event_id, user_id, email, name, response_status, is_optional) \
              SELECT $2, user_id, email, name, response_status, is_optional FROM attendees WHERE event_id = $1",
         )
-        .bind(from.0)
-        .bind(to.0)
+        .bind(from.get())
+        .bind(to.get())
         .execute(conn)
         .await?;
         st.done(0);
@@ -72,7 +72,7 @@ impl Store {
         );
         let st = self.statement("events.override_of")?;
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(series.0)
+            .bind(series.get())
             .bind(original_start)
             .fetch_optional(self.pool())
             .await?;
@@ -116,7 +116,7 @@ impl Store {
         );
         let st = self.statement("events.add_exdate")?;
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(series.0)
+            .bind(series.get())
             .bind(original_start)
             .fetch_one(&mut **tx)
             .await?;
@@ -130,7 +130,7 @@ impl Store {
             "UPDATE reservations SET status = 'cancelled', updated_at = now() WHERE status = 'confirmed' \
                AND ((event_id = $1 AND start_time < $3 AND end_time > $2) OR event_id = ANY($4))",
         )
-        .bind(series.0)
+        .bind(series.get())
         .bind(original_start)
         .bind(occurrence_end)
         .bind(&overrides)
@@ -140,7 +140,7 @@ impl Store {
         self.outbox(
             tx,
             "event",
-            series.0,
+            series.get(),
             "event.instance_deleted",
             event_payload(Some(&before), &after),
         )
@@ -184,7 +184,7 @@ impl Store {
     ) -> Result<StorageError> {
         let st = self.statement("events.version_any")?;
         let current: Option<i64> = sqlx::query_scalar("SELECT version FROM events WHERE id = $1")
-            .bind(id.0)
+            .bind(id.get())
             .fetch_optional(conn)
             .await?;
         st.done(current.is_some() as usize);
@@ -216,13 +216,13 @@ impl Store {
              SELECT calendar_id, organizer_id, title, description, location, $2, $3, time_zone, all_day, status, \
                transparency, id, $2, version FROM events WHERE id = $1 RETURNING id",
         )
-        .bind(series.0)
+        .bind(series.get())
         .bind(original_start)
         .bind(occurrence_end)
         .fetch_one(&mut *tx)
         .await?;
         st.done(1);
-        let id = EventId(id);
+        let id = EventId::new(id);
         self.copy_attendees(&mut tx, series, id).await?;
         let after = self.apply_patch(&mut tx, id, patch).await?;
         let moved = Move::all(
@@ -236,10 +236,16 @@ impl Store {
             return Err(self.fail(tx, Some(series), e).await);
         }
         let mut payload = event_payload(None, &after);
-        payload["series_id"] = json!(series.0);
+        payload["series_id"] = json!(series.get());
         payload["series_version"] = json!(master.version);
-        self.outbox(&mut tx, "event", id.0, "event.instance_overridden", payload)
-            .await?;
+        self.outbox(
+            &mut tx,
+            "event",
+            id.get(),
+            "event.instance_overridden",
+            payload,
+        )
+        .await?;
         self.commit(tx).await?;
         Ok(after)
     }
@@ -261,7 +267,7 @@ impl Store {
         let before = self.bump_event(&mut tx, series, expected).await?;
         let st = self.statement("events.truncate_series")?;
         sqlx::query("UPDATE events SET rrule = $2, series_end = $3 WHERE id = $1")
-            .bind(series.0)
+            .bind(series.get())
             .bind(truncated_rule)
             .bind(truncated_end)
             .execute(&mut *tx)
@@ -274,8 +280,8 @@ impl Store {
             "UPDATE events SET recurring_event_id = $2, updated_at = now() \
              WHERE recurring_event_id = $1 AND original_start_time >= $3",
         )
-        .bind(series.0)
-        .bind(created.id.0)
+        .bind(series.get())
+        .bind(created.id.get())
         .bind(split_at)
         .execute(&mut *tx)
         .await?;
@@ -293,7 +299,7 @@ impl Store {
         self.outbox(
             &mut tx,
             "event",
-            series.0,
+            series.get(),
             "event.series_split",
             event_payload(Some(&before), &created),
         )

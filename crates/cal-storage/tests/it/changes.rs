@@ -23,7 +23,7 @@ fn event(cal: CalendarId, org: UserId, hour: u32, room: Option<ResourceId>) -> N
     NewEvent {
         calendar_id: cal,
         organizer_id: org,
-        title: "t".into(),
+        title: Title::new("t").unwrap(),
         description: None,
         location: None,
         start_time: start,
@@ -56,7 +56,7 @@ async fn writes_report_their_changes_after_commit() {
         .await
         .unwrap();
     let cal = store
-        .create_calendar(owner.id, "C", None, "UTC")
+        .create_calendar(owner.id, &CalendarName::new("C").unwrap(), None, "UTC")
         .await
         .unwrap();
     let room = store
@@ -72,7 +72,7 @@ async fn writes_report_their_changes_after_commit() {
             ev.id,
             ev.version,
             &cal_storage::EventPatch {
-                title: Some("u".into()),
+                title: Some(Title::new("u").unwrap()),
                 ..Default::default()
             },
         )
@@ -106,7 +106,7 @@ async fn writes_report_their_changes_after_commit() {
         "every event write bumps the calendar generation"
     );
     let stored: i64 = sqlx::query_scalar("SELECT version FROM calendars WHERE id = $1")
-        .bind(cal.id.0)
+        .bind(cal.id.get())
         .fetch_one(&db.pool)
         .await
         .unwrap();

@@ -65,7 +65,7 @@ async fn demo_seed_is_deterministic_and_refuses_a_second_run() {
         .fetch_one(sa.pool())
         .await
         .unwrap();
-    assert_eq!(owner, summary.demo_user_id.0);
+    assert_eq!(owner, summary.demo_user_id.get());
     let roles: Vec<(i64, String)> = sqlx::query_as(
         "SELECT calendar_id, role FROM calendar_members WHERE user_id = 1 ORDER BY calendar_id",
     )

@@ -1,6 +1,5 @@
 //! Calendar mutations: createCalendar, shareCalendar, unshareCalendar (in this order in the SDL).
 
-use super::{optional_text, text};
 use crate::error::{ApiError, ApiResult};
 use crate::schema::access::calendar_with_role;
 use crate::schema::types::{Calendar, CalendarRole};
@@ -29,17 +28,16 @@ impl CalendarMutation {
         input: CreateCalendarInput,
     ) -> ApiResult<Calendar> {
         let me = viewer(ctx)?;
-        text("name", &input.name, 200)?;
-        optional_text("description", input.description.as_deref(), 10_000)?;
+        let name = domain::CalendarName::new(&input.name)?;
+        let description = input
+            .description
+            .as_deref()
+            .map(domain::CalendarDescription::new)
+            .transpose()?;
         domain::parse_time_zone(&input.time_zone)?;
         let cal = rc(ctx)
             .store
-            .create_calendar(
-                me,
-                input.name.trim(),
-                input.description.as_deref(),
-                &input.time_zone,
-            )
+            .create_calendar(me, &name, description.as_ref(), &input.time_zone)
             .await?;
         Ok(Calendar {
             cal: Arc::new(cal),

@@ -4,7 +4,7 @@
 //! series (the master): [`cal_domain::series_edit::plan`] decides which, from what the id denotes
 //! and the scope; the resolver builds the patch and does that write.
 
-use super::{ReservationInput, optional_text, reservations, text};
+use super::{ReservationInput, reservations};
 use crate::error::{ApiError, ApiResult};
 use crate::schema::access::calendar_with_role;
 use crate::schema::query::parse_ids;
@@ -112,9 +112,17 @@ impl EventMutation {
         if !role.can_write_events() {
             return Err(ApiError::Forbidden);
         }
-        text("title", &input.title, 500)?;
-        optional_text("description", input.description.as_deref(), 20_000)?;
-        optional_text("location", input.location.as_deref(), 500)?;
+        let title = domain::Title::new(&input.title)?;
+        let description = input
+            .description
+            .as_deref()
+            .map(domain::Description::new)
+            .transpose()?;
+        let location = input
+            .location
+            .as_deref()
+            .map(domain::Location::new)
+            .transpose()?;
         let time_zone = input
             .time_zone
             .clone()
@@ -153,9 +161,9 @@ impl EventMutation {
         let new = NewEvent {
             calendar_id: cal_id,
             organizer_id: me,
-            title: input.title.trim().to_owned(),
-            description: input.description,
-            location: input.location,
+            title,
+            description,
+            location,
             start_time: input.start_time,
             end_time: input.end_time,
             time_zone,
@@ -188,26 +196,14 @@ impl EventMutation {
         if !access.can_write() {
             return Err(ApiError::Forbidden);
         }
-        if let Some(t) = &input.title {
-            text("title", t, 500)?;
-        }
-        optional_text(
-            "description",
-            input.description.as_opt_ref().flatten().map(String::as_str),
-            20_000,
-        )?;
-        optional_text(
-            "location",
-            input.location.as_opt_ref().flatten().map(String::as_str),
-            500,
-        )?;
+        let texts = TextEdits::of(&input)?;
         let store = &rc(ctx).store;
         let base = |row: &domain::Event| {
             checked(
                 EventPatch {
-                    title: input.title.as_ref().map(|t| t.trim().to_owned()),
-                    description: maybe(input.description.clone()),
-                    location: maybe(input.location.clone()),
+                    title: texts.title.clone(),
+                    description: texts.description.clone(),
+                    location: texts.location.clone(),
                     start_time: input.start_time,
                     end_time: input.end_time,
                     time_zone: input.time_zone.clone(),
@@ -234,7 +230,7 @@ impl EventMutation {
             }
             // The whole series, addressed by its id.
             (EditPlan::UpdateSeries, Target::Row(master)) => {
-                let patch = series_patch(&master, &input, Duration::zero())?;
+                let patch = series_patch(&master, &input, &texts, Duration::zero())?;
                 store
                     .update_event(master.id, expected_version, &patch)
                     .await?
@@ -263,7 +259,7 @@ impl EventMutation {
                 let shift = input
                     .start_time
                     .map_or(Duration::zero(), |s| s - occurrence.start);
-                let patch = series_patch(&master, &input, shift)?;
+                let patch = series_patch(&master, &input, &texts, shift)?;
                 store
                     .update_event(master.id, expected_version, &patch)
                     .await?
@@ -278,6 +274,7 @@ impl EventMutation {
                     occurrence.end,
                     expected_version,
                     &input,
+                    &texts,
                 )
                 .await?
             }
@@ -295,7 +292,7 @@ impl EventMutation {
                     let shift = input
                         .start_time
                         .map_or(Duration::zero(), |s| s - row.start_time);
-                    let patch = series_patch(&master, &input, shift)?;
+                    let patch = series_patch(&master, &input, &texts, shift)?;
                     store
                         .update_event(master.id, expected_version, &patch)
                         .await?
@@ -309,6 +306,7 @@ impl EventMutation {
                         row.end_time,
                         expected_version,
                         &input,
+                        &texts,
                     )
                     .await?
                 }
@@ -430,6 +428,24 @@ async fn writable_row(ctx: &Context<'_>, id: &ID) -> ApiResult<domain::EventId> 
     Ok(target.row().id)
 }
 
+/// The text fields of an `UpdateEventInput`, checked: `None` leaves a field as it is, and for the
+/// nullable ones `Some(None)` clears it (as in [`EventPatch`]).
+struct TextEdits {
+    title: Option<domain::Title>,
+    description: Option<Option<domain::Description>>,
+    location: Option<Option<domain::Location>>,
+}
+
+impl TextEdits {
+    fn of(input: &UpdateEventInput) -> ApiResult<Self> {
+        Ok(Self {
+            title: input.title.as_deref().map(domain::Title::new).transpose()?,
+            description: maybe(&input.description, domain::Description::new)?,
+            location: maybe(&input.location, domain::Location::new)?,
+        })
+    }
+}
+
 /// Validates the schedule a patch gives a single row (not a series) against its current state.
 fn checked(patch: EventPatch, row: &domain::Event) -> ApiResult<EventPatch> {
     let start = patch.start_time.unwrap_or(row.start_time);
@@ -448,6 +464,7 @@ fn checked(patch: EventPatch, row: &domain::Event) -> ApiResult<EventPatch> {
 fn series_patch(
     master: &domain::Event,
     input: &UpdateEventInput,
+    texts: &TextEdits,
     shift: Duration,
 ) -> ApiResult<EventPatch> {
     let duration = match (input.start_time, input.end_time) {
@@ -475,9 +492,9 @@ fn series_patch(
     };
     let (rule, series_end) = check_schedule(start, end, &tz, all_day, rrule.as_deref())?;
     Ok(EventPatch {
-        title: input.title.as_ref().map(|t| t.trim().to_owned()),
-        description: maybe(input.description.clone()),
-        location: maybe(input.location.clone()),
+        title: texts.title.clone(),
+        description: texts.description.clone(),
+        location: texts.location.clone(),
         start_time: Some(start),
         end_time: Some(end),
         time_zone: input.time_zone.clone(),
@@ -499,6 +516,7 @@ async fn split(
     occ_end: DateTime<Utc>,
     expected_version: i64,
     input: &UpdateEventInput,
+    texts: &TextEdits,
 ) -> ApiResult<domain::Event> {
     let rule = domain::instances::rule_of(master)?.ok_or(ApiError::NotFound)?;
     let duration = master.end_time - master.start_time;
@@ -527,12 +545,27 @@ async fn split(
     let new = NewEvent {
         calendar_id: master.calendar_id,
         organizer_id: master.organizer_id,
-        title: input
-            .title
-            .as_ref()
-            .map_or_else(|| master.title.clone(), |t| t.trim().to_owned()),
-        description: maybe(input.description.clone()).unwrap_or_else(|| master.description.clone()),
-        location: maybe(input.location.clone()).unwrap_or_else(|| master.location.clone()),
+        // The master's own text was checked when it was written, so building it again succeeds.
+        title: match &texts.title {
+            Some(t) => t.clone(),
+            None => domain::Title::new(&master.title)?,
+        },
+        description: match &texts.description {
+            Some(d) => d.clone(),
+            None => master
+                .description
+                .as_deref()
+                .map(domain::Description::new)
+                .transpose()?,
+        },
+        location: match &texts.location {
+            Some(l) => l.clone(),
+            None => master
+                .location
+                .as_deref()
+                .map(domain::Location::new)
+                .transpose()?,
+        },
         start_time: start,
         end_time: end,
         time_zone: tz,
@@ -557,10 +590,14 @@ async fn split(
         .await?)
 }
 
-fn maybe(v: MaybeUndefined<String>) -> Option<Option<String>> {
-    match v {
+/// A nullable field of an update, checked by `new`: `None` when omitted, `Some(None)` for `null`.
+fn maybe<T>(
+    v: &MaybeUndefined<String>,
+    new: impl Fn(&str) -> Result<T, domain::DomainError>,
+) -> ApiResult<Option<Option<T>>> {
+    Ok(match v {
         MaybeUndefined::Undefined => None,
         MaybeUndefined::Null => Some(None),
-        MaybeUndefined::Value(s) => Some(Some(s)),
-    }
+        MaybeUndefined::Value(s) => Some(Some(new(s)?)),
+    })
 }

@@ -3,7 +3,8 @@
 //! authorizes, validates its input into domain values, then calls one transactional storage write;
 //! the loaders' memo for what changed is refreshed so the rest of the request sees the new state.
 //!
-//! This module holds what more than one part uses: the text checks and the reservation input.
+//! This module holds what more than one part uses: the reservation input. Text limits (titles,
+//! descriptions, names) are checked by building the `cal_domain::text` types from the input.
 //!
 //! The order of the parts, and of the fields within each, is the order of `type MutationRoot` in
 //! `schema.graphql`: a merged object lists its parts' fields part by part, each part's in
@@ -35,25 +36,6 @@ pub struct ReservationInput {
     pub start_time: Option<DateTime<Utc>>,
     /// Defaults to the event's end.
     pub end_time: Option<DateTime<Utc>>,
-}
-
-fn text(field: &str, v: &str, max: usize) -> ApiResult<()> {
-    let n = v.chars().count();
-    if v.trim().is_empty() || n > max {
-        return Err(ApiError::bad_input(format!(
-            "{field} must be 1 to {max} characters"
-        )));
-    }
-    Ok(())
-}
-
-fn optional_text(field: &str, v: Option<&str>, max: usize) -> ApiResult<()> {
-    match v {
-        Some(s) if s.chars().count() > max => Err(ApiError::bad_input(format!(
-            "{field} may be at most {max} characters"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 fn reservations(ctx: &Context<'_>, list: &[ReservationInput]) -> ApiResult<Vec<NewReservation>> {
