@@ -270,8 +270,7 @@ impl EventMutation {
                     ctx,
                     &master,
                     occurrence.original_start,
-                    occurrence.start,
-                    occurrence.end,
+                    (occurrence.start, occurrence.end),
                     expected_version,
                     &input,
                     &texts,
@@ -302,8 +301,7 @@ impl EventMutation {
                         ctx,
                         &master,
                         original,
-                        row.start_time,
-                        row.end_time,
+                        (row.start_time, row.end_time),
                         expected_version,
                         &input,
                         &texts,
@@ -507,13 +505,13 @@ fn series_patch(
 }
 
 /// "This and following": the series ends before `original`, a new one starts at the (possibly
-/// moved) occurrence with the patch applied and the rest of the rule.
+/// moved) occurrence with the patch applied and the rest of the rule. `occurrence` is where the
+/// occurrence at `original` is now (start, end).
 async fn split(
     ctx: &Context<'_>,
     master: &domain::Event,
     original: DateTime<Utc>,
-    occ_start: DateTime<Utc>,
-    occ_end: DateTime<Utc>,
+    (occ_start, occ_end): (DateTime<Utc>, DateTime<Utc>),
     expected_version: i64,
     input: &UpdateEventInput,
     texts: &TextEdits,
