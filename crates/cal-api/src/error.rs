@@ -106,7 +106,7 @@ impl From<StorageError> for ApiError {
                 ApiError::ResourceConflict { message, conflicts }
             }
             e @ StorageError::BudgetExceeded { .. } => ApiError::BudgetExceeded(e.to_string()),
-            StorageError::Database(e) => ApiError::Internal(e.to_string()),
+            e @ StorageError::Database(_) => ApiError::Internal(chain(&e)),
         }
     }
 }
@@ -117,9 +117,22 @@ impl From<std::sync::Arc<StorageError>> for ApiError {
         // request's budget running out.
         match &*e {
             StorageError::BudgetExceeded { .. } => ApiError::BudgetExceeded(e.to_string()),
-            _ => ApiError::Internal(e.to_string()),
+            _ => ApiError::Internal(chain(&*e)),
         }
     }
+}
+
+/// `e` and every error under it (`source()`), outermost first, for the log: a driver error's
+/// own text is often only "error communicating with database", and the cause is beneath it.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
 
 impl ErrorExtensions for ApiError {
@@ -174,3 +187,48 @@ impl From<ApiError> for async_graphql::Error {
 
 /// Resolver result: errors convert into GraphQL errors with a code.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose text does not repeat its cause, as most wrappers' do not.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the TLS handshake failed")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn driver_error(cause: &str) -> cal_storage::DriverError {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, cause.to_owned());
+        cal_storage::DriverError::Io(std::io::Error::other(Outer(inner)))
+    }
+
+    #[test]
+    fn an_internal_error_keeps_its_source_chain_for_the_log() {
+        let storage = StorageError::Database(driver_error("refused by peer"));
+        let ApiError::Internal(detail) = ApiError::from(storage) else {
+            panic!("a database error is internal");
+        };
+        assert!(
+            detail.starts_with("database error: ") && detail.ends_with("refused by peer"),
+            "the log line names every cause: {detail}"
+        );
+        let shared = std::sync::Arc::new(StorageError::Database(driver_error("the cause")));
+        let ApiError::Internal(detail) = ApiError::from(shared) else {
+            panic!("a shared database error is internal");
+        };
+        assert!(detail.ends_with("the cause"), "{detail}");
+        // The client still sees nothing of it.
+        assert_eq!(ApiError::Internal(detail).message(), "internal error");
+    }
+}

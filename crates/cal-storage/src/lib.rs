@@ -42,6 +42,9 @@ pub use pool::{ACQUIRE_TIMEOUT, is_connection_lost, pool_options};
 pub use purge::{PurgeScope, Purged};
 pub use reads::{VersionedList, WindowRows};
 pub use seed::{NoProgress, Progress, Scale, SeedSummary, UnknownScale};
+/// The driver's error, inside [`StorageError::Database`] (named here so that no other crate names the
+/// driver).
+pub use sqlx::Error as DriverError;
 pub use sqlx::PgPool;
 pub use statement::DEFAULT_SLOW_STATEMENT;
 pub use writes::{EventPatch, NewAttendee, NewEvent, NewReservation};
