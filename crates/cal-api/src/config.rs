@@ -60,6 +60,41 @@ pub struct ApiConfig {
     pub persisted_queries: crate::persisted::PersistedMode,
     /// Origins whose browser scripts may call the API (CORS); none by default.
     pub cors_origins: CorsOrigins,
+    /// Bound of the whole-response cache beside L1 (`response_cache.rs`; 0: off). It exists
+    /// only while L1 is on.
+    pub response_cache_bytes: u64,
+    /// Failure injection for tests of crashes (never armed by a default).
+    pub failpoints: Failpoints,
+}
+
+/// The whole-response cache's default bound.
+pub const DEFAULT_RESPONSE_CACHE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Failure injection for tests of what a crash costs. Off unless armed explicitly
+/// (`CAL_FAILPOINTS`, see the README); never armed by any default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Failpoints {
+    /// The process kills itself (SIGKILL) right after a write's commit, before any cache
+    /// invalidation: its L1, its L2 tombstones and its relay never hear of the write (carried
+    /// out by [`cal_sync::SyncConfig::kill_after_commit`]).
+    pub kill_after_commit: bool,
+    /// A GraphQL request carrying `x-failpoint: panic` panics in its handler.
+    pub panic_in_handler: bool,
+}
+
+impl Failpoints {
+    /// Parses a comma-separated list of failpoint names.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut fp = Self::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "kill-after-commit" => fp.kill_after_commit = true,
+                "panic-in-handler" => fp.panic_in_handler = true,
+                other => return Err(format!("unknown failpoint {other:?}")),
+            }
+        }
+        Ok(fp)
+    }
 }
 
 /// Which origins CORS lets in.
@@ -134,6 +169,8 @@ impl ApiConfig {
             rate_limit: None,
             persisted_queries: Default::default(),
             cors_origins: CorsOrigins::List(Vec::new()),
+            response_cache_bytes: DEFAULT_RESPONSE_CACHE_BYTES,
+            failpoints: Failpoints::default(),
         }
     }
 

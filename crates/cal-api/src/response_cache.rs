@@ -241,6 +241,17 @@ pub struct ResponseCache {
 const OVERHEAD: usize = 512;
 
 impl ResponseCache {
+    /// The response cache beside `cache`'s L1, bounded at `max_bytes`; `None` when L1 is off or
+    /// the bound is 0 (or its metrics could not be registered in the cache's registry). The
+    /// metrics are registered either way, so `/metrics` shows the same series in every mode.
+    pub fn beside(cache: &TieredCache, max_bytes: u64) -> Option<Self> {
+        let metrics = ResponseMetrics::register(cache.registry())
+            .inspect_err(|e| tracing::warn!(error = %e, "response cache metrics not registered"))
+            .ok()?;
+        let ttl = cache.l1_ttl().filter(|_| max_bytes > 0)?;
+        Some(Self::new(max_bytes, ttl, metrics))
+    }
+
     /// A cache of at most `max_bytes`, whose entries live at most `ttl` (L1's).
     pub fn new(max_bytes: u64, ttl: Duration, metrics: ResponseMetrics) -> Self {
         let entries = Cache::builder()

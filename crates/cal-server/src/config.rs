@@ -604,7 +604,7 @@ impl Default for Raw {
             cache_l2: cache.l2_enabled,
             cache_l1_max_bytes: cache.l1_max_bytes,
             cache_l1_ttl_secs: cache.l1_ttl.as_secs(),
-            cache_response_max_bytes: cal_api::tiers::DEFAULT_RESPONSE_CACHE_BYTES,
+            cache_response_max_bytes: cal_api::config::DEFAULT_RESPONSE_CACHE_BYTES,
             cache_key_prefix: cache.key_prefix.clone(),
             cache_ttls: None,
             cache_warm_calendars: 100,
@@ -752,7 +752,7 @@ impl Settings {
             rate_limit_burst,
         };
         limits.rate_limit()?;
-        cal_api::tiers::Failpoints::parse(cal_failpoints.as_deref().unwrap_or(""))
+        cal_api::config::Failpoints::parse(cal_failpoints.as_deref().unwrap_or(""))
             .map_err(anyhow::Error::msg)
             .context("invalid CAL_FAILPOINTS")?;
         let environment = cal_env.parse::<Environment>()?;
@@ -883,8 +883,8 @@ impl Settings {
     }
 
     /// `CAL_FAILPOINTS`: failure injection, off unless set.
-    pub fn failpoints(&self) -> Result<cal_api::tiers::Failpoints, String> {
-        cal_api::tiers::Failpoints::parse(self.cal_failpoints.as_deref().unwrap_or(""))
+    pub fn failpoints(&self) -> Result<cal_api::config::Failpoints, String> {
+        cal_api::config::Failpoints::parse(self.cal_failpoints.as_deref().unwrap_or(""))
     }
 
     /// `CORS_ALLOWED_ORIGINS`: unset lets any origin in dev mode and none in prod.
@@ -927,6 +927,8 @@ impl Settings {
         c.rate_limit = limits.rate_limit()?;
         c.persisted_queries = self.persisted.mode()?;
         c.cors_origins = self.cors_origins()?;
+        c.response_cache_bytes = self.cache.response_max_bytes;
+        c.failpoints = self.failpoints().map_err(anyhow::Error::msg)?;
         c.admin_token = match &auth.admin_token {
             Some(t) if t.expose_secret().len() >= 16 => Some(t.clone()),
             Some(_) => bail!("ADMIN_TOKEN must be at least 16 bytes"),

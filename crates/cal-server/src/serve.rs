@@ -205,9 +205,7 @@ pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus:
         settings.sync_config(shared).map_err(anyhow::Error::msg)?,
     );
     sync.progress().start_at(&start);
-    let tiers = Tiers::new(cache, sync, settings.cache.ttls()?)
-        .with_response_cache_bytes(settings.cache.response_max_bytes)
-        .with_failpoints(settings.failpoints().map_err(anyhow::Error::msg)?);
+    let tiers = Tiers::new(cache, sync, settings.cache.ttls()?);
     Ok((Arc::new(tiers), registry))
 }
 

@@ -23,6 +23,8 @@ pub struct TestApp {
     /// The app's own store: writes through it invalidate the app's cache like mutations do.
     pub store: Store,
     pub tiers: Arc<Tiers>,
+    /// The app's whole-response cache (`None`: L1 off or a bound of 0).
+    pub responses: Option<cal_api::response_cache::ResponseCache>,
     pub config: Arc<ApiConfig>,
     pub client: reqwest::Client,
     users: std::sync::atomic::AtomicU64,
@@ -106,6 +108,7 @@ impl TestApp {
             .sync
             .start(store.clone(), stop.clone().cancelled_owned());
         let config = state.config.clone();
+        let responses = state.responses.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -115,6 +118,7 @@ impl TestApp {
             addr,
             store,
             tiers,
+            responses,
             config,
             client: reqwest::Client::new(),
             users: Default::default(),

@@ -34,11 +34,13 @@ pub(super) struct Caching<'a> {
 
 impl<'a> Caching<'a> {
     /// The caches `caller`'s request may read and fill, and its key.
-    pub fn plan(tiers: &'a Tiers, caller: &Caller, incoming: &Incoming) -> Self {
-        let responses = tiers
-            .responses
-            .as_ref()
-            .filter(|_| !caller.past_l1 && !tiers.cache.l1_distrusted());
+    pub fn plan(
+        tiers: &Tiers,
+        responses: Option<&'a ResponseCache>,
+        caller: &Caller,
+        incoming: &Incoming,
+    ) -> Self {
+        let responses = responses.filter(|_| !caller.past_l1 && !tiers.cache.l1_distrusted());
         // With L1 in use, executing from L1 entries is what keeps the in-process cache filled,
         // so the shared tier stays out of the way; it serves when L1 cannot answer.
         let shared = tiers.cache.has_l2() && responses.is_none();

@@ -81,6 +81,9 @@ pub struct AppContext {
     pub store: Store,
     pub config: Arc<ApiConfig>,
     pub tiers: Arc<Tiers>,
+    /// Whole responses built only from L1 entries (present when L1 is on and the configured
+    /// bound is not 0).
+    pub responses: Option<response_cache::ResponseCache>,
     /// Prometheus registry holding the cache metrics (rendered on `/metrics`).
     pub registry: prometheus::Registry,
     pub verifier: Verifier,
@@ -125,7 +128,10 @@ impl AppState {
         if let Err(e) = registry.register(Box::new(rate_limited.clone())) {
             tracing::warn!(error = %e, "cal_rate_limited_total not registered");
         }
+        let responses =
+            response_cache::ResponseCache::beside(&tiers.cache, config.response_cache_bytes);
         Self(Arc::new(AppContext {
+            responses,
             rate_limiter,
             rate_limited,
             schema: crate::build_schema(config.clone()),
@@ -481,7 +487,7 @@ fn post_only(media: Media) -> Response {
 }
 
 async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Incoming) -> Response {
-    if state.tiers.failpoints().panic_in_handler
+    if state.config.failpoints.panic_in_handler
         && headers.get("x-failpoint").is_some_and(|v| v == "panic")
     {
         panic!("failpoint panic-in-handler");
@@ -492,7 +498,7 @@ async fn serve(state: AppState, headers: HeaderMap, media: Media, incoming: Inco
         Err(refusal) => return refusal,
     };
     // 2. The response caches, before anything is parsed.
-    let caching = Caching::plan(&state.tiers, &caller, &incoming);
+    let caching = Caching::plan(&state.tiers, state.responses.as_ref(), &caller, &incoming);
     if let Some(hit) = caching.lookup(&state.tiers.cache, &caller).await {
         return hit;
     }
@@ -948,7 +954,7 @@ fn cached_body(
 /// Prometheus text: the cache tiers' counters plus the database statement totals.
 async fn metrics(State(state): State<AppState>) -> Response {
     use prometheus::Encoder;
-    if let Some(responses) = &state.tiers.responses {
+    if let Some(responses) = &state.responses {
         responses.weighted_size();
     }
     let mut body = Vec::new();

@@ -130,10 +130,7 @@ async fn reads_past_the_cache_and_mutations_are_never_stored() {
 #[tokio::test]
 async fn without_l1_the_shared_tier_serves_until_a_version_changes() {
     let app = TestApp::spawn_full(|_| {}, |c| c.l1_enabled = false).await;
-    assert!(
-        app.tiers.responses.is_none(),
-        "the L1 response cache needs L1"
-    );
+    assert!(app.responses.is_none(), "the L1 response cache needs L1");
     let w = world(&app, 6, 2).await;
     let vars = month_vars(w.calendar);
     let first = app.gql(Some(w.owner.id), MONTH_VIEW, vars.clone()).await;
