@@ -1,8 +1,8 @@
 //! Configuration: defaults, then an optional TOML file (`--config` or `CALENDAR_CONFIG`), then
 //! environment variables. Only this binary reads the environment.
 //!
-//! Every variable is listed once, in [`VARIABLES`]: its name, its default as users read it, what
-//! it sets, and who reads it. The loader reads exactly the variables listed for it (any other is
+//! Every variable is listed once, in [`VARIABLES`]: its name, its default as users read it, and
+//! who reads it (what it sets is said once, in the README's configuration table). The loader reads exactly the variables listed for it (any other is
 //! ignored); the tests at the end of this file hold the README's configuration table and
 //! `deploy/calendar.env.example` to the list, and its defaults to the ones the code uses. Adding
 //! a variable means a line in [`VARIABLES`], a field of `Raw`, a row of the README's table and a
@@ -34,9 +34,6 @@ pub struct Var {
     /// value the variable takes when unset, else `unset` or a short phrase.
     #[allow(dead_code)] // read by the tests, which hold the README and the example to it
     pub default: &'static str,
-    /// What it sets, in one line.
-    #[allow(dead_code)] // documentation
-    pub meaning: &'static str,
     pub reader: Reader,
 }
 
@@ -49,20 +46,18 @@ pub enum Reader {
     Telemetry,
 }
 
-const fn var(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
+const fn var(name: &'static str, default: &'static str) -> Var {
     Var {
         name,
         default,
-        meaning,
         reader: Reader::Settings,
     }
 }
 
-const fn telemetry(name: &'static str, default: &'static str, meaning: &'static str) -> Var {
+const fn telemetry(name: &'static str, default: &'static str) -> Var {
     Var {
         name,
         default,
-        meaning,
         reader: Reader::Telemetry,
     }
 }
@@ -75,253 +70,60 @@ pub const VARIABLES: &[Var] = &[
     var(
         "DATABASE_URL",
         "`postgres://postgres@127.0.0.1:5432/calendar`",
-        "PostgreSQL URL; the database is created if missing",
     ),
-    var("LISTEN_ADDR", "`127.0.0.1:8080`", "address to serve on"),
-    var(
-        "CAL_ENV",
-        "`dev`",
-        "`dev` (GraphiQL, introspection, pretty logs) or `prod` (none of those, JSON logs)",
-    ),
-    var(
-        "JWT_SECRET",
-        "fixed dev secret in `dev`",
-        "HS256 secret for bearer tokens (≥ 32 bytes); outside dev mode HS256 tokens are accepted \
-         only when it is set, and it or a JWKS source is required",
-    ),
-    var(
-        "JWT_JWKS_FILE",
-        "unset",
-        "JWKS file with the RS256/ES256 keys of an external issuer, read at start-up (exclusive \
-         with `JWT_JWKS_URL`)",
-    ),
-    var(
-        "JWT_JWKS_URL",
-        "unset",
-        "`https://` (or `http://`) URL of a JWKS, fetched at start-up and refreshed in the \
-         background, keeping the last good set when a fetch fails",
-    ),
-    var(
-        "JWT_JWKS_REFRESH_SECS",
-        "`300`",
-        "how often `JWT_JWKS_URL` is fetched (≥ 1); a token with an unknown `kid` fetches it \
-         early, at most once per 30 s",
-    ),
-    var(
-        "JWT_ISSUER",
-        "unset",
-        "required `iss` of JWKS-signed tokens; unset: not checked",
-    ),
-    var(
-        "JWT_AUDIENCE",
-        "unset",
-        "required `aud` of JWKS-signed tokens; unset: not checked",
-    ),
-    var(
-        "JWT_LEEWAY_SECS",
-        "`30`",
-        "clock skew allowed on `exp` and `nbf` (`0..=300`)",
-    ),
-    var("DB_MAX_CONNECTIONS", "`20`", "pool size"),
-    var("MAX_WINDOW_DAYS", "`62`", "longest `from..to` window"),
-    var("MAX_PAGE_SIZE", "`200`", "largest `first`"),
-    var(
-        "MAX_REQUEST_STATEMENTS",
-        "`200`",
-        "SQL statements one request may send (`BUDGET_EXCEEDED` past it; ≥ 1)",
-    ),
-    var(
-        "MAX_REQUEST_ROWS",
-        "`200000`",
-        "rows one request may read (`BUDGET_EXCEEDED` past it; ≥ 1)",
-    ),
-    var(
-        "MAX_DEPTH",
-        "`12`",
-        "deepest query (`QUERY_TOO_COMPLEX` past it)",
-    ),
-    var(
-        "MAX_COMPLEXITY",
-        "`20000`",
-        "costliest query (`QUERY_TOO_COMPLEX` past it)",
-    ),
-    var(
-        "MAX_ALIASES",
-        "`30`",
-        "aliases in one document (`QUERY_TOO_COMPLEX` past it)",
-    ),
-    var("MAX_BATCH", "`10`", "operations in one batched request"),
-    var(
-        "MAX_BODY_BYTES",
-        "`262144`",
-        "largest request body (413 `PAYLOAD_TOO_LARGE` past it)",
-    ),
-    var(
-        "RATE_LIMIT_PER_SECOND",
-        "`0`",
-        "per-viewer refill rate on `/graphql` (GET and POST), requests a second (may be \
-         fractional); set it with `RATE_LIMIT_BURST`, or neither: `0` and `0` are off",
-    ),
-    var(
-        "RATE_LIMIT_BURST",
-        "`0`",
-        "per-viewer bucket on `/graphql`, one per user and one shared by all requests without a \
-         valid token; more answer 429 `RATE_LIMITED` with `Retry-After`",
-    ),
-    var(
-        "PERSISTED_QUERIES",
-        "`apq`",
-        "`apq` (Apollo's automatic persisted queries, registered in L1 and Redis), `safelist` \
-         (only the operations of `PERSISTED_QUERY_MANIFEST` run), or `off`",
-    ),
-    var(
-        "PERSISTED_QUERY_MANIFEST",
-        "unset",
-        "path of an Apollo persisted-query manifest (`apollo-persisted-query-manifest`, version \
-         1); required by `safelist`, read only with it",
-    ),
-    var(
-        "CORS_ALLOWED_ORIGINS",
-        "unset: none in prod, `*` in dev",
-        "origins whose browser scripts may call the API, comma-separated \
-         (`https://app.example.com`), or `*`",
-    ),
-    var(
-        "SHUTDOWN_GRACE_SECS",
-        "`20`",
-        "how long in-flight requests may drain on SIGTERM",
-    ),
-    var(
-        "REDIS_URL",
-        "unset",
-        "Redis for the L2 cache; unset means L1 only",
-    ),
-    var(
-        "CACHE_L1",
-        "`true`",
-        "`false` switches the in-process tier off (to measure the cold path)",
-    ),
-    var("CACHE_L2", "`true`", "`false` switches the Redis tier off"),
-    var("CACHE_L1_MAX_BYTES", "`134217728`", "L1 size bound"),
-    var(
-        "CACHE_L1_TTL_SECS",
-        "`300`",
-        "L1 TTL, also the whole-response cache's",
-    ),
-    var(
-        "CACHE_RESPONSE_MAX_BYTES",
-        "`536870912`",
-        "bound of the whole-response cache beside L1 (0: off)",
-    ),
-    var("CACHE_KEY_PREFIX", "`cal:`", "prefix of every Redis key"),
-    var(
-        "CACHE_TTLS",
-        "unset",
-        "per-kind L2 TTL overrides, `kind=seconds,…` (kinds, with their defaults: \
-         `calendar_summary` 10 min, `month_bucket` 5, `event_full` 5, `event_attendees` 2, \
-         `event_reservations` 2, `user_profile` 30, `resource` 30, `resource_availability` 1)",
-    ),
-    var(
-        "CACHE_WARM_CALENDARS",
-        "`100`",
-        "most active calendars warmed at start-up (0: none)",
-    ),
-    var(
-        "KAFKA_BROKERS",
-        "unset",
-        "Kafka bootstrap servers for cross-instance invalidation; unset means the in-process bus \
-         (one instance)",
-    ),
-    var("KAFKA_TOPIC", "`cache.invalidate`", "invalidation topic"),
-    var(
-        "KAFKA_PARTITIONS",
-        "`1`",
-        "partitions of the topic when this instance creates it",
-    ),
-    var(
-        "KAFKA_FETCH_WAIT_MS",
-        "`5`",
-        "longest a consumer fetch waits at the broker (`fetch.wait.max.ms`); bounds the delivery \
-         delay on brokers that hold fetches",
-    ),
-    var(
-        "INVALIDATION_THREAD_NICE",
-        "`-10`",
-        "nice value (`-20..=19`) of the threads that carry invalidations (librdkafka's, and the \
-         one applying them), ahead of request handling; needs `CAP_SYS_NICE` or `RLIMIT_NICE` \
-         (else a warning, and normal priority); `0`: the process's priority",
-    ),
-    var(
-        "INVALIDATION_LIVENESS_MS",
-        "`2000`",
-        "with Kafka: distrust L1 when the stream's freshest message is older than this",
-    ),
-    var(
-        "CONSISTENCY_WAIT_MS",
-        "`1000`",
-        "how long a mutation waits for its invalidation's position, and a read for a presented \
-         token",
-    ),
-    var(
-        "RELAY_ENABLED",
-        "`true`",
-        "run this instance's outbox relay",
-    ),
-    var(
-        "RELAY_GRACE_MS",
-        "`1000`",
-        "age at which the relay takes over other instances' unpublished rows",
-    ),
-    var(
-        "OUTBOX_RETENTION_SECS",
-        "`604800`",
-        "how long published change-log (outbox) rows are kept (7 days); unpublished rows are \
-         never pruned",
-    ),
-    var(
-        "OUTBOX_PRUNE_INTERVAL_SECS",
-        "`60`",
-        "how often the pruner deletes older ones, in batches of 1,000",
-    ),
-    var(
-        "ADMIN_TOKEN",
-        "unset",
-        "operator secret for `POST /admin/purge` (header `x-admin-token`, ≥ 16 bytes); unset: \
-         the admin endpoints answer 403",
-    ),
-    var(
-        "CAL_FAILPOINTS",
-        "unset",
-        "failure injection for crash tests only: `kill-after-commit` (the process SIGKILLs \
-         itself right after a write's commit), `panic-in-handler` (a request with \
-         `x-failpoint: panic` panics); never set it in production",
-    ),
-    var(
-        "DB_SLOW_STATEMENT_MS",
-        "`200`",
-        "SQL statements at least this slow are logged (warn, name only) and counted",
-    ),
-    telemetry("RUST_LOG", "`info,sqlx=warn`", "log filter"),
-    telemetry(
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "unset",
-        "OTLP/gRPC collector for traces (e.g. `http://jaeger:4317`); unset: no trace export",
-    ),
-    telemetry(
-        "OTEL_SERVICE_NAME",
-        "`calendar`",
-        "`service.name` of the traces",
-    ),
-    telemetry(
-        "OTEL_TRACES_SAMPLER_ARG",
-        "`1`",
-        "share of root traces sampled (parent-based)",
-    ),
-    telemetry(
-        "OTEL_RESOURCE_ATTRIBUTES",
-        "unset",
-        "more attributes of the traces' resource, `key=value,…` (read by the OpenTelemetry SDK)",
-    ),
+    var("LISTEN_ADDR", "`127.0.0.1:8080`"),
+    var("CAL_ENV", "`dev`"),
+    var("JWT_SECRET", "fixed dev secret in `dev`"),
+    var("JWT_JWKS_FILE", "unset"),
+    var("JWT_JWKS_URL", "unset"),
+    var("JWT_JWKS_REFRESH_SECS", "`300`"),
+    var("JWT_ISSUER", "unset"),
+    var("JWT_AUDIENCE", "unset"),
+    var("JWT_LEEWAY_SECS", "`30`"),
+    var("DB_MAX_CONNECTIONS", "`20`"),
+    var("MAX_WINDOW_DAYS", "`62`"),
+    var("MAX_PAGE_SIZE", "`200`"),
+    var("MAX_REQUEST_STATEMENTS", "`200`"),
+    var("MAX_REQUEST_ROWS", "`200000`"),
+    var("MAX_DEPTH", "`12`"),
+    var("MAX_COMPLEXITY", "`20000`"),
+    var("MAX_ALIASES", "`30`"),
+    var("MAX_BATCH", "`10`"),
+    var("MAX_BODY_BYTES", "`262144`"),
+    var("RATE_LIMIT_PER_SECOND", "`0`"),
+    var("RATE_LIMIT_BURST", "`0`"),
+    var("PERSISTED_QUERIES", "`apq`"),
+    var("PERSISTED_QUERY_MANIFEST", "unset"),
+    var("CORS_ALLOWED_ORIGINS", "unset: none in prod, `*` in dev"),
+    var("SHUTDOWN_GRACE_SECS", "`20`"),
+    var("REDIS_URL", "unset"),
+    var("CACHE_L1", "`true`"),
+    var("CACHE_L2", "`true`"),
+    var("CACHE_L1_MAX_BYTES", "`134217728`"),
+    var("CACHE_L1_TTL_SECS", "`300`"),
+    var("CACHE_RESPONSE_MAX_BYTES", "`536870912`"),
+    var("CACHE_KEY_PREFIX", "`cal:`"),
+    var("CACHE_TTLS", "unset"),
+    var("CACHE_WARM_CALENDARS", "`100`"),
+    var("KAFKA_BROKERS", "unset"),
+    var("KAFKA_TOPIC", "`cache.invalidate`"),
+    var("KAFKA_PARTITIONS", "`1`"),
+    var("KAFKA_FETCH_WAIT_MS", "`5`"),
+    var("INVALIDATION_THREAD_NICE", "`-10`"),
+    var("INVALIDATION_LIVENESS_MS", "`2000`"),
+    var("CONSISTENCY_WAIT_MS", "`1000`"),
+    var("RELAY_ENABLED", "`true`"),
+    var("RELAY_GRACE_MS", "`1000`"),
+    var("OUTBOX_RETENTION_SECS", "`604800`"),
+    var("OUTBOX_PRUNE_INTERVAL_SECS", "`60`"),
+    var("ADMIN_TOKEN", "unset"),
+    var("CAL_FAILPOINTS", "unset"),
+    var("DB_SLOW_STATEMENT_MS", "`200`"),
+    telemetry("RUST_LOG", "`info,sqlx=warn`"),
+    telemetry("OTEL_EXPORTER_OTLP_ENDPOINT", "unset"),
+    telemetry("OTEL_SERVICE_NAME", "`calendar`"),
+    telemetry("OTEL_TRACES_SAMPLER_ARG", "`1`"),
+    telemetry("OTEL_RESOURCE_ATTRIBUTES", "unset"),
 ];
 
 /// `CAL_ENV`: which audience the instance serves.
@@ -1297,10 +1099,7 @@ mod tests {
         }
         for v in VARIABLES {
             if !table.iter().any(|(n, _)| n == v.name) {
-                problems.push(format!(
-                    "README lacks {} (default {}: {})",
-                    v.name, v.default, v.meaning
-                ));
+                problems.push(format!("README lacks {} (default {})", v.name, v.default));
             }
         }
         assert!(
