@@ -123,13 +123,17 @@ impl From<std::sync::Arc<StorageError>> for ApiError {
 }
 
 /// `e` and every error under it (`source()`), outermost first, for the log: a driver error's
-/// own text is often only "error communicating with database", and the cause is beneath it.
+/// own text often stops short of the cause beneath it.
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
+        // Many wrappers already end their text with their cause's: say it once.
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         next = cause.source();
     }
     out
