@@ -225,6 +225,8 @@ impl Store {
         let id = EventId::new(id);
         self.copy_attendees(&mut tx, series, id).await?;
         let after = self.apply_patch(&mut tx, id, patch).await?;
+        // A new stored row: sync clients hear of it like of any other.
+        self.record_event(&mut tx, &after).await?;
         let moved = Move::all(
             series,
             id,
@@ -275,17 +277,24 @@ impl Store {
         st.done(0);
         let created = self.insert_event(&mut tx, new_series).await?;
         self.copy_attendees(&mut tx, series, created.id).await?;
+        // Each moved override is a changed fact of its own (its series is another now): bumped
+        // and recorded, so caches drop it and sync clients hear of it.
+        let sql = format!(
+            "UPDATE events SET recurring_event_id = $2, version = version + 1, updated_at = now() \
+             WHERE recurring_event_id = $1 AND original_start_time >= $3 RETURNING {EVENT_COLS}"
+        );
         let st = self.statement("events.reparent_overrides")?;
-        sqlx::query(
-            "UPDATE events SET recurring_event_id = $2, updated_at = now() \
-             WHERE recurring_event_id = $1 AND original_start_time >= $3",
-        )
-        .bind(series.get())
-        .bind(created.id.get())
-        .bind(split_at)
-        .execute(&mut *tx)
-        .await?;
-        st.done(0);
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(series.get())
+            .bind(created.id.get())
+            .bind(split_at)
+            .fetch_all(&mut *tx)
+            .await?;
+        st.done(rows.len());
+        for r in &rows {
+            let moved = rows::event(r)?;
+            self.record_event(&mut tx, &moved).await?;
+        }
         let moved = Move::all(
             series,
             created.id,
