@@ -15,6 +15,8 @@
 //!   recurring series);
 //! - `outbox`: the change log's claim/prune side, read by the relay;
 //! - `purge`: operator purges;
+//! - [`sync`]: incremental sync's reads (a calendar's live rows, the events changed between two
+//!   snapshots of the change log) and the key its tokens are signed with;
 //! - `statement`: the one guard every statement passes (count, span, budget, slow log);
 //! - `pool`: pool options and recovery after a database restart;
 //! - `error`: [`StorageError`], with client-caused constraint violations mapped by name;
@@ -32,6 +34,7 @@ mod reads;
 mod rows;
 pub mod seed;
 mod statement;
+pub mod sync;
 mod writes;
 
 pub use error::{Conflict, StorageError};
@@ -185,6 +188,8 @@ pub struct Store {
     slow_threshold: std::time::Duration,
     /// One request's reads share this connection (see [`Store::with_request_connection`]).
     conn: Option<Arc<RequestConnection>>,
+    /// The sync tokens' key, read once per store ([`Store::sync_token_key`]).
+    sync_key: Arc<tokio::sync::OnceCell<Arc<[u8]>>>,
 }
 
 /// A pooled connection taken on a request's first read and given back by
@@ -217,6 +222,7 @@ impl Store {
             trace_context: None,
             slow_threshold: DEFAULT_SLOW_STATEMENT,
             conn: None,
+            sync_key: Arc::default(),
         }
     }
 

@@ -100,19 +100,25 @@ impl Store {
     pub async fn prune_outbox(&self, retention: Duration, limit: i64) -> Result<u64, StorageError> {
         let st = self.statement("outbox.prune")?;
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let done = sqlx::query(
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+        // The same statement moves the sync horizon past every pruned transaction, so no sync
+        // token that could have missed a pruned row is ever honoured (`crate::sync`).
+        let done: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
                WHERE published_at IS NOT NULL AND event_type <> 'purge.all' \
                  AND created_at < clock_timestamp() - make_interval(secs => $1::float8 / 1000) \
-               ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+               ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING xid), \
+             horizon AS (INSERT INTO change_log_horizon (pruned_xid) \
+               SELECT max(xid) FROM gone HAVING count(*) > 0 \
+               ON CONFLICT (only_row) DO UPDATE \
+                 SET pruned_xid = greatest(change_log_horizon.pruned_xid, EXCLUDED.pruned_xid)) \
+             SELECT count(*) FROM gone",
         )
         .bind(retention_ms as f64)
         .bind(limit)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
+        .fetch_one(self.pool())
+        .await?;
         st.done(done as usize);
-        Ok(done)
+        Ok(done as u64)
     }
 
     /// The newest purge of everything in the change log (its row id; 0: none).

@@ -219,7 +219,7 @@ fn all<T, const N: usize>(
 
 impl Store {
     /// Sends one read statement, observed under `name` (see [`crate::statement`]).
-    async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         name: &'static str,
         q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,

@@ -330,6 +330,18 @@ pub async fn mark_outbox_published(pool: &PgPool) {
     .unwrap();
 }
 
+/// Backdates every change-log row by `days` and marks it published, so the pruner may take it.
+pub async fn age_outbox_rows(pool: &PgPool, days: i32) {
+    sqlx::query(
+        "UPDATE outbox SET created_at = created_at - make_interval(days => $1), \
+           published_at = coalesce(published_at, now()), stream_position = coalesce(stream_position, '0:0')",
+    )
+    .bind(days)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 /// Writes a change-log (outbox) row `age_days` old, published or not, as a test's own fixture.
 pub async fn insert_outbox_row(pool: &PgPool, age_days: i32, published: bool) {
     sqlx::query(

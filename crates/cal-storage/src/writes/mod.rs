@@ -125,9 +125,20 @@ impl Store {
             self.record_resources(&mut tx).await?;
             let first = tx.records.first().cloned().unwrap_or_default();
             let st = self.statement("outbox.insert")?;
+            // The row and, for incremental sync, one `event_changes` row per changed event: one
+            // statement, so a write costs no extra round trip for sync.
+            let (events, calendars): (Vec<i64>, Vec<i64>) = tx
+                .changes
+                .events
+                .iter()
+                .map(|c| (c.event.get(), c.calendar.get()))
+                .unzip();
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, origin, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id",
+                "WITH row AS (INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, origin, created_at) \
+                   VALUES ($1, $2, $3, $4, $5, clock_timestamp()) RETURNING id), \
+                 changed AS (INSERT INTO event_changes (outbox_id, event_id, calendar_id) \
+                   SELECT row.id, c.event, c.calendar FROM row, unnest($6::bigint[], $7::bigint[]) AS c(event, calendar)) \
+                 SELECT id FROM row",
             )
             .bind(first["aggregate"].as_str().unwrap_or("calendar"))
             .bind(first["id"].as_i64().unwrap_or(0))
@@ -138,6 +149,8 @@ impl Store {
                 "trace": self.trace_context.as_deref().cloned().unwrap_or_default(),
             }))
             .bind(self.origin.as_deref())
+            .bind(&events)
+            .bind(&calendars)
             .fetch_one(&mut *tx.tx)
             .await?;
             st.done(1);
