@@ -119,6 +119,8 @@ pub struct RequestStats {
     untracked: AtomicBool,
     /// This caller must neither read nor fill L1 (e.g. it waits for invalidations not yet heard).
     bypass_l1: AtomicBool,
+    /// This caller reads every value from its own loader: no tier, no shared load, no fill.
+    read_source: AtomicBool,
 }
 
 impl Default for RequestStats {
@@ -135,6 +137,7 @@ impl Default for RequestStats {
             versions: Mutex::new(Vec::new()),
             untracked: AtomicBool::new(false),
             bypass_l1: AtomicBool::new(false),
+            read_source: AtomicBool::new(false),
         }
     }
 }
@@ -173,6 +176,19 @@ impl RequestStats {
 
     fn bypasses_l1(&self) -> bool {
         self.bypass_l1.load(Ordering::Relaxed)
+    }
+
+    /// From now on every value this caller gets comes from its own loader call: no tier is read
+    /// or filled and no other caller's load is joined, so each is at least as new as the
+    /// database was when the call began (incremental sync must not advance a client past a
+    /// change and hand it the value from before). Its result is untracked, so never cached.
+    pub fn read_source(&self) {
+        self.read_source.store(true, Ordering::Relaxed);
+        self.mark_untracked();
+    }
+
+    fn reads_source(&self) -> bool {
+        self.read_source.load(Ordering::Relaxed)
     }
 
     /// Marks the caller's result as depending on something the cache does not track.
@@ -474,6 +490,17 @@ impl TieredCache {
             .map(|(i, k)| *first_of.entry(k.key.as_str()).or_insert(i))
             .collect();
         let unique: Vec<usize> = (0..n).filter(|&i| canon[i] == i).collect();
+
+        if let Some(stats) = stats.filter(|s| s.reads_source()) {
+            bump(Some(stats), |s| &s.misses, unique.len());
+            bump(Some(stats), |s| &s.loaded, unique.len());
+            for loaded in load(unique).await? {
+                if let Some(slot) = out.get_mut(loaded.index) {
+                    *slot = Some(loaded.value.map(Arc::new));
+                }
+            }
+            return Ok((0..n).map(|i| out[canon[i]].clone().flatten()).collect());
+        }
 
         // Generations before any value is read (see `generations`).
         if let Some(stats) = stats {
