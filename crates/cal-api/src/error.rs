@@ -26,6 +26,8 @@ pub enum ApiError {
     TooComplex(String),
     /// The request spent its budget of statements or rows ([`cal_storage::Budget`]).
     BudgetExceeded(String),
+    /// A sync token older than the change log's retention: sync again without `since`.
+    SyncTokenExpired,
     /// Logged with its detail; the client sees only "internal error".
     Internal(String),
 }
@@ -41,6 +43,7 @@ impl ApiError {
             ApiError::ResourceConflict { .. } => "RESOURCE_CONFLICT",
             ApiError::TooComplex(_) => "QUERY_TOO_COMPLEX",
             ApiError::BudgetExceeded(_) => "BUDGET_EXCEEDED",
+            ApiError::SyncTokenExpired => "SYNC_TOKEN_EXPIRED",
             ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -62,6 +65,9 @@ impl ApiError {
                 )
             }
             ApiError::ResourceConflict { message, .. } => message.clone(),
+            ApiError::SyncTokenExpired => "the sync token has expired (the change log no longer \
+                holds everything after it): sync again without `since`"
+                .into(),
             ApiError::Internal(_) => "internal error".into(),
         }
     }

@@ -22,7 +22,7 @@ pub const MAX_OPERATIONS: usize = 200;
 /// The `code` label of an error without `extensions.code`.
 pub const UNCODED: &str = "GRAPHQL_VALIDATION_FAILED";
 /// Every `extensions.code` the API gives (their series start at zero).
-pub const CODES: [&str; 22] = [
+pub const CODES: [&str; 23] = [
     "BAD_USER_INPUT",
     "NOT_FOUND",
     "FORBIDDEN",
@@ -31,6 +31,7 @@ pub const CODES: [&str; 22] = [
     "RESOURCE_CONFLICT",
     "QUERY_TOO_COMPLEX",
     "BUDGET_EXCEEDED",
+    "SYNC_TOKEN_EXPIRED",
     "GRAPHQL_PARSE_FAILED",
     "GRAPHQL_VALIDATION_FAILED",
     "INTERNAL_SERVER_ERROR",

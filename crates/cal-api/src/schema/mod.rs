@@ -12,6 +12,7 @@ mod mutation;
 mod query;
 mod range_slices;
 mod series;
+mod sync;
 mod types;
 
 pub use mutation::MutationRoot;

@@ -115,6 +115,28 @@ impl QueryRoot {
         )
     }
 
+    /// Incremental sync of a calendar's stored events (masters of series, overrides and single
+    /// events; a client expands series itself). Without `since`: every live event, page by page
+    /// (`first` per page), the last page carrying a `nextSyncToken`. With a `nextSyncToken` as
+    /// `since`: every event created, changed or deleted after it, each once in its current state
+    /// (a deleted one as its id and `deleted: true`), page by page, the last page carrying a new
+    /// token. A `nextPageToken` goes in `since` too. Tokens are opaque, signed, and bound to the
+    /// calendar and the viewer; one older than the change log's retention answers
+    /// `SYNC_TOKEN_EXPIRED` (sync again without `since`). Needs the reader role or above
+    /// (FORBIDDEN otherwise, also once access is lost).
+    #[graphql(
+        complexity = "(first.unwrap_or(50).max(0) as usize).saturating_mul(child_complexity).saturating_add(1)"
+    )]
+    async fn changes(
+        &self,
+        ctx: &Context<'_>,
+        calendar_id: ID,
+        since: Option<String>,
+        first: Option<i32>,
+    ) -> Option<ApiResult<super::sync::ChangeSet>> {
+        Some(super::sync::changes(ctx, calendar_id, since, first).await)
+    }
+
     /// A bookable resource.
     async fn resource(&self, ctx: &Context<'_>, id: ID) -> Option<ApiResult<Resource>> {
         Some(

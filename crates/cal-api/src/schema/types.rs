@@ -288,7 +288,15 @@ impl Wants {
     /// From a look-ahead at the connection's selection (`edges.node` or `nodes`).
     fn of(la: &async_graphql::Lookahead<'_>) -> Self {
         let edges = la.field("edges");
-        let nodes = [edges.field("node"), la.field("nodes")];
+        Self::of_nodes(&[edges.field("node"), la.field("nodes")])
+    }
+
+    /// From a look-ahead at one event's selection.
+    pub(crate) fn of_event(la: &async_graphql::Lookahead<'_>) -> Self {
+        Self::of_nodes(std::slice::from_ref(la))
+    }
+
+    fn of_nodes(nodes: &[async_graphql::Lookahead<'_>]) -> Self {
         let wants = |path: &[&str]| {
             nodes.iter().any(|n| {
                 let mut cur = n.field(path[0]);
@@ -398,7 +406,7 @@ pub(crate) async fn events_page(
 /// Loads, in as few batches as possible, what the selection under a page of events will ask for:
 /// attendees and reservations (one statement each, concurrently), then every user the page shows
 /// (organizers and attendees together, one statement). Field resolvers then hit the loaders' memo.
-async fn prefetch(
+pub(crate) async fn prefetch(
     r: &super::RequestCtx,
     events: &[Arc<domain::Event>],
     wants: Wants,

@@ -33,3 +33,4 @@ mod recurrence;
 mod redis_failure;
 mod response_cache;
 mod schema_contract;
+mod sync;
