@@ -16,8 +16,9 @@ use cal_cache::{CacheConfig, InProcessBus, TieredCache};
 use cal_domain::{EventStatus, ResourceKind, Transparency};
 use cal_server::telemetry::{self, TelemetryConfig};
 use cal_storage::{NewAttendee, NewEvent, NewReservation};
+use cal_test_support::dates::{self, at, month_vars, next_month_start, window_vars};
 use cal_test_support::{TEST_ADMIN_TOKEN, TEST_SECRET, TestApp};
-use chrono::{Duration as Days, TimeZone, Utc};
+use chrono::Duration as Days;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -198,7 +199,7 @@ async fn month_view_traces_show_loaders_tiers_and_sql() {
         .await
         .unwrap();
     for i in 0..4 {
-        let start = Utc.with_ymd_and_hms(2026, 11, 3 + i, 9, 0, 0).unwrap();
+        let start = at(3 + i, 9, 0);
         app.store
             .create_event(&NewEvent {
                 calendar_id: calendar,
@@ -279,8 +280,9 @@ async fn month_view_traces_show_loaders_tiers_and_sql() {
             body["extensions"]["stats"].clone()
         }
     };
-    let month = json!({ "calendarId": calendar.to_string(), "from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z" });
-    let part = json!({ "calendarId": calendar.to_string(), "from": "2026-11-02T00:00:00Z", "to": "2026-11-30T00:00:00Z" });
+    let month = month_vars(calendar);
+    let last_day = next_month_start() - Days::days(1);
+    let part = window_vars(calendar, at(2, 0, 0), last_day);
     const COLD: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const WARM: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
     const WHOLE: &str = "6bf92f3577b34da6a3ce929d0e0e4738";
@@ -349,11 +351,12 @@ async fn month_view_traces_show_loaders_tiers_and_sql() {
         str_attr(op, "graphql.document.hash"),
         Some(cal_api::observe::document_hash(MONTH_VIEW).as_str())
     );
+    // Variables' values (the window's first day) appear nowhere in a span.
+    let first_day = dates::ANCHOR.to_string();
     for s in t.spans.values() {
-        // Variables' values appear nowhere in a span.
         for kv in &s.attributes {
             let v = format!("{:?}", kv.value);
-            assert!(!v.contains("2026-11-01"), "{} has {kv:?}", s.name);
+            assert!(!v.contains(&first_day), "{} has {kv:?}", s.name);
         }
     }
     let loaders: Vec<_> = t.with("loader", "calendar_summary");

@@ -9,8 +9,7 @@ use cal_domain::cache_keys;
 use cal_domain::*;
 use cal_storage::Store;
 use cal_sync::{Invalidator, RelayConfig, SyncConfig};
-use cal_test_support::{TestDb, one_hour_event};
-use chrono::{TimeZone, Utc};
+use cal_test_support::{TestDb, dates, one_hour_event};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,7 +69,7 @@ async fn world(store: &Store) -> Event {
         .create_calendar(owner.id, &CalendarName::new("C").unwrap(), None, "UTC")
         .await
         .unwrap();
-    let start = Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0).unwrap();
+    let start = dates::at(2, 9, 0);
     store
         .create_event(&one_hour_event(cal.id, owner.id, start))
         .await

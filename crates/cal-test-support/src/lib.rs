@@ -5,7 +5,10 @@
 //!   GraphQL helpers ([`Gql`]);
 //! - [`sql`]: the statements tests send themselves (rows edited by hand, old change-log rows,
 //!   a held row lock, inspection of what the store wrote): besides `cal-storage` the only SQL,
-//!   so no other crate's tests need sqlx.
+//!   so no other crate's tests need sqlx;
+//! - [`dates`]: the month every fixture lives in ([`dates::ANCHOR`], fixed, and passed to the
+//!   seed) and the instants and strings tests build from it, so that no test depends on the
+//!   month the suite runs in.
 //!
 //! Everything of `cal-test-infra` is re-exported here, so a test that has the app harness needs
 //! no second fixture crate: [`admin_url`] and [`PgCluster`] (a PostgreSQL cluster of the test's
@@ -16,6 +19,7 @@
 //! Tests talk to the real PostgreSQL at `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 
 mod app;
+pub mod dates;
 mod db;
 pub mod sql;
 

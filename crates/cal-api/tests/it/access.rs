@@ -2,6 +2,7 @@
 //! anonymous callers and bad tokens. A stranger learns nothing, not even whether a thing exists.
 
 use crate::common::*;
+use cal_test_support::dates::{at, iso, month_args};
 
 /// The people around one calendar: one per role, plus a stranger and an invitee who is not a member.
 struct Cast {
@@ -92,16 +93,19 @@ async fn reading_a_calendar_and_its_events() {
         || json!({ "c": cal }),
     )
     .await;
-    let fb = r#"query($c: ID!) { calendar(id: $c) { freeBusy(from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z") { start end } } }"#;
+    let fb = format!(
+        "query($c: ID!) {{ calendar(id: $c) {{ freeBusy({}) {{ start end }} }} }}",
+        month_args()
+    );
     c.only(
         &["owner", "writer", "reader", "free_busy"],
-        fb,
+        &fb,
         || json!({ "c": cal }),
     )
     .await;
     // free_busy members see the busy blocks of the events.
     let data = c
-        .attempt(c.free_busy.id, fb, json!({ "c": cal }))
+        .attempt(c.free_busy.id, &fb, json!({ "c": cal }))
         .await
         .unwrap();
     assert_eq!(data["calendar"]["freeBusy"].as_array().unwrap().len(), 3);
@@ -221,10 +225,13 @@ async fn invitees_see_the_event_but_not_the_calendar() {
 async fn writers_and_owners_write_events() {
     let c = cast().await;
     let cal = c.w.calendar.to_string();
-    let create = r#"mutation($c: ID!) { createEvent(input: { calendarId: $c, title: "x",
-        startTime: "2026-11-20T10:00:00Z", endTime: "2026-11-20T11:00:00Z" }) { id version } }"#;
-    c.only(&["owner", "writer"], create, || json!({ "c": cal }))
-        .await;
+    let create = r#"mutation($c: ID!, $s: DateTime!, $e: DateTime!) { createEvent(input: { calendarId: $c, title: "x",
+        startTime: $s, endTime: $e }) { id version } }"#;
+    let (start, end) = (iso(at(20, 10, 0)), iso(at(20, 11, 0)));
+    c.only(&["owner", "writer"], create, || {
+        json!({ "c": cal, "s": start, "e": end })
+    })
+    .await;
 
     // Each mutation on an existing event: a fresh event per attempt so versions do not interfere.
     type Vars = Box<dyn Fn(&Event, &Cast) -> Value>;
@@ -356,8 +363,12 @@ async fn only_owners_share() {
 #[tokio::test]
 async fn free_busy_of_people_needs_a_share() {
     let c = cast().await;
-    let q = r#"query($u: [ID!]!) { freeBusy(userIds: $u, from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z") {
-        users { user { id } busy { start end } } } }"#;
+    let q = format!(
+        "query($u: [ID!]!) {{ freeBusy(userIds: $u, {}) {{
+        users {{ user {{ id }} busy {{ start end }} }} }} }}",
+        month_args()
+    );
+    let q = q.as_str();
     let owner = c.w.owner.id.to_string();
     // Members of the owner's calendar (free_busy included) may see the owner's busy time; strangers may not.
     c.only(

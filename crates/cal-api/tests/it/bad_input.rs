@@ -2,6 +2,7 @@
 //! leaked SQL message.
 
 use crate::common::*;
+use cal_test_support::dates::{at, iso, month_args, next_month_start, window_args};
 
 async fn setup() -> (TestApp, World) {
     let app = TestApp::spawn().await;
@@ -29,6 +30,10 @@ fn assert_clean(resp: &Gql) {
 #[tokio::test]
 async fn invalid_ids_are_bad_user_input() {
     let (app, w) = setup().await;
+    let free_busy = format!(
+        "query($u: [ID!]!) {{ freeBusy(userIds: $u, {}) {{ users {{ busy {{ start }} }} }} }}",
+        window_args(month_start(), at(2, 0, 0))
+    );
     for (q, v) in [
         (
             "query($c: ID!) { calendar(id: $c) { id } }",
@@ -46,10 +51,7 @@ async fn invalid_ids_are_bad_user_input() {
             "query($u: ID!) { user(id: $u) { id } }",
             json!({ "u": "0" }),
         ),
-        (
-            "query($u: [ID!]!) { freeBusy(userIds: $u, from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\") { users { busy { start } } } }",
-            json!({ "u": ["x"] }),
-        ),
+        (free_busy.as_str(), json!({ "u": ["x"] })),
     ] {
         let resp = app.gql(Some(w.owner.id), q, v).await;
         assert_eq!(resp.code(), "BAD_USER_INPUT", "{q}");
@@ -76,9 +78,12 @@ async fn unknown_things_are_not_found() {
         )
         .await;
     assert_eq!(resp.code(), "NOT_FOUND");
-    let q = r#"{ resourceAvailability(resourceId: "999999", from: "2026-11-01T00:00:00Z", to: "2026-11-02T00:00:00Z") { free { start } } }"#;
+    let q = format!(
+        r#"{{ resourceAvailability(resourceId: "999999", {}) {{ free {{ start }} }} }}"#,
+        window_args(month_start(), at(2, 0, 0))
+    );
     assert_eq!(
-        app.gql(Some(w.owner.id), q, json!({})).await.code(),
+        app.gql(Some(w.owner.id), &q, json!({})).await.code(),
         "NOT_FOUND"
     );
     let q = "mutation($e: ID!, $u: ID!) { removeAttendee(eventId: $e, userId: $u) { id } }";
@@ -97,15 +102,15 @@ async fn windows_must_be_ordered_and_bounded() {
     let (app, w) = setup().await;
     let q = "query($c: ID!, $f: DateTime!, $t: DateTime!) { calendar(id: $c) { events(from: $f, to: $t) { edges { cursor } } } }";
     let cal = w.calendar.to_string();
+    // The last window is far longer than 62 days: from 304 days before the anchor month to its
+    // end (2026-01-01 to 2026-12-01 for November 2026).
+    let long_ago = month_start() - chrono::Duration::days(304);
     for (from, to, msg) in [
-        ("2026-11-10T00:00:00Z", "2026-11-01T00:00:00Z", "after"),
-        ("2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z", "after"),
-        (
-            "2026-01-01T00:00:00Z",
-            "2026-12-01T00:00:00Z",
-            "at most 62 days",
-        ),
+        (at(10, 0, 0), month_start(), "after"),
+        (month_start(), month_start(), "after"),
+        (long_ago, next_month_start(), "at most 62 days"),
     ] {
+        let (from, to) = (iso(from), iso(to));
         let resp = app
             .gql(Some(w.owner.id), q, json!({ "c": cal, "f": from, "t": to }))
             .await;
@@ -117,7 +122,7 @@ async fn windows_must_be_ordered_and_bounded() {
         .gql(
             Some(w.owner.id),
             q,
-            json!({ "c": cal, "f": "yesterday", "t": "2026-11-01T00:00:00Z" }),
+            json!({ "c": cal, "f": "yesterday", "t": iso(month_start()) }),
         )
         .await;
     assert!(resp.0["errors"].is_array());
@@ -127,14 +132,17 @@ async fn windows_must_be_ordered_and_bounded() {
 #[tokio::test]
 async fn page_size_and_cursor_are_checked() {
     let (app, w) = setup().await;
-    let q = "query($c: ID!, $n: Int, $a: String) { calendar(id: $c) { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-12-01T00:00:00Z\", first: $n, after: $a) { edges { cursor } } } }";
+    let q = format!(
+        "query($c: ID!, $n: Int, $a: String) {{ calendar(id: $c) {{ events({}, first: $n, after: $a) {{ edges {{ cursor }} }} }} }}",
+        month_args()
+    );
     let cal = w.calendar.to_string();
     for vars in [
         json!({ "c": cal, "n": 201 }),
         json!({ "c": cal, "n": -1 }),
         json!({ "c": cal, "n": 10, "a": "garbage" }),
     ] {
-        let resp = app.gql(Some(w.owner.id), q, vars.clone()).await;
+        let resp = app.gql(Some(w.owner.id), &q, vars.clone()).await;
         assert_eq!(resp.code(), "BAD_USER_INPUT", "{vars}");
     }
 }
@@ -146,12 +154,12 @@ async fn unknown_time_zones_are_bad_user_input() {
     let resp = app.gql(Some(w.owner.id), q, json!({})).await;
     assert_eq!(resp.code(), "BAD_USER_INPUT");
     assert!(resp.message().contains("time zone"));
-    let q = r#"mutation($c: ID!) { createEvent(input: { calendarId: $c, title: "x", timeZone: "Europe/Nowhere",
-        startTime: "2026-11-20T10:00:00Z", endTime: "2026-11-20T11:00:00Z" }) { id } }"#;
+    let q = r#"mutation($c: ID!, $s: DateTime!, $e: DateTime!) { createEvent(input: { calendarId: $c, title: "x", timeZone: "Europe/Nowhere",
+        startTime: $s, endTime: $e }) { id } }"#;
+    let vars =
+        json!({ "c": w.calendar.to_string(), "s": iso(at(20, 10, 0)), "e": iso(at(20, 11, 0)) });
     assert_eq!(
-        app.gql(Some(w.owner.id), q, json!({ "c": w.calendar.to_string() }))
-            .await
-            .code(),
+        app.gql(Some(w.owner.id), q, vars).await.code(),
         "BAD_USER_INPUT"
     );
 }
@@ -163,13 +171,19 @@ async fn invalid_event_input_is_bad_user_input_and_writes_nothing() {
     let q = r#"mutation($c: ID!, $t: String!, $s: DateTime!, $e: DateTime!, $a: [AttendeeInput!]!) {
         createEvent(input: { calendarId: $c, title: $t, startTime: $s, endTime: $e, attendees: $a }) { id } }"#;
     let ok_a = json!([{ "userId": w.users[0].id.to_string() }]);
+    let (ten, eleven) = (iso(at(20, 10, 0)), iso(at(20, 11, 0)));
+    // Longer than an event may last: the 1st of the month to the 20th of the next.
+    let (first, next_20th) = (
+        iso(at(1, 10, 0)),
+        iso(next_month_start() + chrono::Duration::days(19) + chrono::Duration::hours(10)),
+    );
     for vars in [
-        json!({ "c": cal, "t": "", "s": "2026-11-20T10:00:00Z", "e": "2026-11-20T11:00:00Z", "a": ok_a }),
-        json!({ "c": cal, "t": "x".repeat(501), "s": "2026-11-20T10:00:00Z", "e": "2026-11-20T11:00:00Z", "a": ok_a }),
-        json!({ "c": cal, "t": "x", "s": "2026-11-20T11:00:00Z", "e": "2026-11-20T10:00:00Z", "a": ok_a }),
-        json!({ "c": cal, "t": "x", "s": "2026-11-01T10:00:00Z", "e": "2026-12-20T10:00:00Z", "a": ok_a }),
-        json!({ "c": cal, "t": "x", "s": "2026-11-20T10:00:00Z", "e": "2026-11-20T11:00:00Z", "a": [{ "userId": "424242" }] }),
-        json!({ "c": cal, "t": "x", "s": "2026-11-20T10:00:00Z", "e": "2026-11-20T11:00:00Z",
+        json!({ "c": cal, "t": "", "s": ten, "e": eleven, "a": ok_a }),
+        json!({ "c": cal, "t": "x".repeat(501), "s": ten, "e": eleven, "a": ok_a }),
+        json!({ "c": cal, "t": "x", "s": eleven, "e": ten, "a": ok_a }),
+        json!({ "c": cal, "t": "x", "s": first, "e": next_20th, "a": ok_a }),
+        json!({ "c": cal, "t": "x", "s": ten, "e": eleven, "a": [{ "userId": "424242" }] }),
+        json!({ "c": cal, "t": "x", "s": ten, "e": eleven,
                 "a": [{ "userId": w.users[0].id.to_string() }, { "userId": w.users[0].id.to_string() }] }),
     ] {
         let resp = app.gql(Some(w.owner.id), q, vars.clone()).await;
@@ -217,8 +231,8 @@ fn deep_but_cheap(calendar: CalendarId) -> String {
     let mut q = "id".to_owned();
     for _ in 0..DEPTH_ROUNDS {
         q = format!(
-            "id events(from: \"2026-11-01T00:00:00Z\", to: \"2026-12-01T00:00:00Z\", first: 1) \
-             {{ edges {{ node {{ calendar {{ {q} }} }} }} }}"
+            "id events({}, first: 1) {{ edges {{ node {{ calendar {{ {q} }} }} }} }}",
+            month_args()
         );
     }
     format!("{{ calendar(id: \"{calendar}\") {{ {q} }} }}")
@@ -243,7 +257,10 @@ async fn depth_complexity_batch_and_body_limits() {
     assert_eq!(resp.code(), "UNAUTHENTICATED", "{}", resp.0);
     assert_eq!(resp.0["errors"][0]["path"][0], "calendar", "{}", resp.0);
     // Too complex: list fields count their `first`.
-    let wide = "{ calendar(id: \"1\") { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\", first: 200) { edges { node { id title attendees { user { id name email avatarUrl timeZone } } organizer { id name } reservations { resource { id name kind } } } } } } }";
+    let wide = format!(
+        "{{ calendar(id: \"1\") {{ events({}, first: 200) {{ edges {{ node {{ id title attendees {{ user {{ id name email avatarUrl timeZone }} }} organizer {{ id name }} reservations {{ resource {{ id name kind }} }} }} }} }} }} }}",
+        window_args(month_start(), at(2, 0, 0))
+    );
     let resp = app
         .gql(
             Some(w.owner.id),
@@ -361,9 +378,12 @@ async fn malformed_requests_do_not_crash() {
 async fn request_errors_have_codes_and_no_suggestions_and_aliases_are_bounded() {
     let (app, w) = setup().await;
     let me = Some(w.owner.id);
-    let q = "query($f: DateTime!) { calendar(id: \"1\") { events(from: $f, to: \"2026-12-01T00:00:00Z\") { edges { node { id } } } } }";
+    let q = format!(
+        "query($f: DateTime!) {{ calendar(id: \"1\") {{ events(from: $f, to: \"{}\") {{ edges {{ node {{ id }} }} }} }} }}",
+        iso(next_month_start())
+    );
     let resp = app
-        .gql(me, q, json!({ "f": "the first of november" }))
+        .gql(me, &q, json!({ "f": "the first of november" }))
         .await;
     assert_eq!(
         resp.code(),
@@ -371,9 +391,11 @@ async fn request_errors_have_codes_and_no_suggestions_and_aliases_are_bounded() 
         "a malformed DateTime variable: {}",
         resp.0
     );
-    let resp = app
-        .gql(me, "{ calendar(id: \"1\") { events(from: \"yesterday\", to: \"2026-12-01T00:00:00Z\") { edges { node { id } } } } }", json!({}))
-        .await;
+    let q = format!(
+        "{{ calendar(id: \"1\") {{ events(from: \"yesterday\", to: \"{}\") {{ edges {{ node {{ id }} }} }} }} }}",
+        iso(next_month_start())
+    );
+    let resp = app.gql(me, &q, json!({})).await;
     assert_eq!(
         resp.code(),
         "BAD_USER_INPUT",
@@ -401,7 +423,8 @@ async fn request_errors_have_codes_and_no_suggestions_and_aliases_are_bounded() 
     let mut deep = "id".to_owned();
     for _ in 0..3 {
         deep = format!(
-            "calendar {{ events(from: \"2026-11-01T00:00:00Z\", to: \"2026-11-02T00:00:00Z\", first: 1) {{ edges {{ node {{ {deep} }} }} }} }}"
+            "calendar {{ events({}, first: 1) {{ edges {{ node {{ {deep} }} }} }} }}",
+            window_args(month_start(), at(2, 0, 0))
         );
     }
     let resp = app

@@ -3,6 +3,7 @@
 //! concurrent misses share one load, and a warm cache never leaks to a non-member.
 
 use crate::common::*;
+use cal_test_support::dates::{self, at, iso, next_month_start, rfc, window_vars};
 use cal_test_support::metric_sum;
 use std::sync::Arc;
 
@@ -327,7 +328,8 @@ async fn metrics_expose_tiers_and_kinds() {
         .await
         .data();
     // Other variables over the same month: executed (not a whole-response hit), from L1.
-    let part = json!({ "calendarId": w.calendar.to_string(), "from": "2026-11-02T00:00:00Z", "to": "2026-11-30T00:00:00Z" });
+    let last_day = next_month_start() - chrono::Duration::days(1);
+    let part = window_vars(w.calendar, at(2, 0, 0), last_day);
     app.gql(Some(w.owner.id), MONTH_VIEW, part).await.data();
     let r = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -454,8 +456,7 @@ async fn a_reader_that_loaded_before_a_write_cannot_fill_the_old_value() {
 async fn warming_fills_the_month_of_active_calendars() {
     let app = TestApp::spawn().await;
     let w = world(&app, 8, 2).await;
-    let (from, to) =
-        cal_domain::cache_keys::month_span(chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+    let (from, to) = cal_domain::cache_keys::month_span(dates::ANCHOR);
     let ids = app.store.most_active_calendars(10, from, to).await.unwrap();
     assert_eq!(ids, vec![w.calendar]);
     assert_eq!(
@@ -476,11 +477,13 @@ async fn warming_fills_the_month_of_active_calendars() {
 #[tokio::test]
 async fn resource_availability_is_cached_by_day_and_follows_every_booking_change() {
     let app = TestApp::spawn().await;
-    // Event 0: Nov 1 08:00–09:00 in room 0; event 1: 09:30–10:30, no room.
+    // Event 0: the 1st 08:00–09:00 in room 0; event 1: 09:30–10:30, no room.
     let w = world(&app, 2, 1).await;
     let room = w.rooms[0].id;
-    let avail = r#"query($r: ID!) { resourceAvailability(resourceId: $r, from: "2026-11-01T00:00:00Z", to: "2026-11-04T00:00:00Z") { busy { start end } } }"#;
-    let vars = json!({ "r": room.to_string() });
+    let avail = r#"query($r: ID!, $f: DateTime!, $t: DateTime!) { resourceAvailability(resourceId: $r, from: $f, to: $t) { busy { start end } } }"#;
+    let vars = json!({ "r": room.to_string(), "f": iso(month_start()), "t": iso(at(4, 0, 0)) });
+    // An interval as `busy` renders it.
+    let span = |from, to| format!("{}..{}", rfc(from), rfc(to));
     let busy = |r: &Gql| {
         r.data()["resourceAvailability"]["busy"]
             .as_array()
@@ -500,10 +503,7 @@ async fn resource_availability_is_cached_by_day_and_follows_every_booking_change
 
     // Cold: the resource, then all three days in one statement; warm: no SQL at all.
     let cold = app.gql(Some(w.owner.id), avail, vars.clone()).await;
-    assert_eq!(
-        busy(&cold),
-        ["2026-11-01T08:00:00+00:00..2026-11-01T09:00:00+00:00"]
-    );
+    assert_eq!(busy(&cold), [span(at(1, 8, 0), at(1, 9, 0))]);
     assert_eq!(cold.sql_statements(), 2, "{}", cold.0["extensions"]);
     let warm = app.gql(Some(w.owner.id), avail, vars.clone()).await;
     assert_eq!(warm.sql_statements(), 0, "{}", warm.0["extensions"]);
@@ -533,8 +533,8 @@ async fn resource_availability_is_cached_by_day_and_follows_every_booking_change
     assert_eq!(
         busy(&after_booking),
         [
-            "2026-11-01T08:00:00+00:00..2026-11-01T09:00:00+00:00",
-            "2026-11-01T09:30:00+00:00..2026-11-01T10:30:00+00:00"
+            span(at(1, 8, 0), at(1, 9, 0)),
+            span(at(1, 9, 30), at(1, 10, 30))
         ]
     );
 
@@ -548,10 +548,7 @@ async fn resource_availability_is_cached_by_day_and_follows_every_booking_change
     .await
     .data();
     let after_delete = app.gql(Some(w.owner.id), avail, vars.clone()).await;
-    assert_eq!(
-        busy(&after_delete),
-        ["2026-11-01T09:30:00+00:00..2026-11-01T10:30:00+00:00"]
-    );
+    assert_eq!(busy(&after_delete), [span(at(1, 9, 30), at(1, 10, 30))]);
     let cancel = "mutation($r: ID!) { cancelReservation(reservationId: $r) { status } }";
     app.gql(Some(w.owner.id), cancel, json!({ "r": reservation }))
         .await

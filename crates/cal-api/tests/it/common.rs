@@ -2,8 +2,9 @@
 
 pub use cal_domain::*;
 pub use cal_storage::{NewAttendee, NewEvent, NewReservation};
+use cal_test_support::dates;
 pub use cal_test_support::{Gql, TestApp};
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 pub use serde_json::{Value, json};
 
 /// The month-view contract, exactly as the issue writes it and as the load tests send it: the
@@ -13,16 +14,19 @@ pub const MONTH_VIEW: &str = include_str!(concat!(
     "/../../loadtests/month_view.graphql"
 ));
 
+/// Midnight UTC on the first day of the anchor month ([`dates::month_start`]).
 pub fn month_start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap()
+    dates::month_start()
 }
 
+/// The month view's variables over the anchor month ([`dates::month_vars`]).
 pub fn month_vars(cal: CalendarId) -> Value {
-    json!({ "calendarId": cal.to_string(), "from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z" })
+    dates::month_vars(cal)
 }
 
-/// An owner, a calendar, `n` events in November 2026 with `attendees_per_event` attendees each
-/// (drawn from a pool of users) and a room reserved for every other event.
+/// An owner, a calendar, `n` events in the anchor month ([`dates::ANCHOR`]) with
+/// `attendees_per_event` attendees each (drawn from a pool of users) and a room reserved for
+/// every other event.
 pub struct World {
     pub owner: User,
     pub calendar: CalendarId,

@@ -4,6 +4,10 @@
 //! defaults and paging; and it steps aside, with the same answer, for everything else.
 
 use crate::common::*;
+use cal_test_support::dates::{
+    at, compact, iso, month_args, month_start_after, next_month_start, window_args, window_vars,
+};
+use chrono::{TimeZone, Utc};
 
 struct Twins {
     direct: TestApp,
@@ -35,10 +39,22 @@ async fn twins() -> Twins {
                 .clone()
         }
     };
-    // A weekly series in New York with a room, one occurrence moved and one deleted.
+    // A weekly series in New York with a room, one occurrence moved and one deleted. It keeps
+    // its New York time of day, so its occurrences are found through the zone's rules (all at
+    // 14:00Z in November 2026), whatever DST change falls within its five weeks.
+    let new_york = chrono_tz::America::New_York;
+    let first = at(3, 14, 0);
+    let local = first.with_timezone(&new_york).naive_local();
+    let week = |n: i64| {
+        new_york
+            .from_local_datetime(&(local + chrono::Duration::weeks(n)))
+            .single()
+            .expect("a New York morning is never ambiguous")
+            .with_timezone(&Utc)
+    };
     let series = create(json!({ "calendarId": cal, "title": "Weekly \"sync\" \u{e9}",
         "description": "line one\nline two", "location": "Room\t1",
-        "startTime": "2026-11-03T14:00:00Z", "endTime": "2026-11-03T15:00:00Z",
+        "startTime": iso(first), "endTime": iso(first + chrono::Duration::hours(1)),
         "timeZone": "America/New_York", "rrule": "FREQ=WEEKLY;COUNT=5",
         "reservations": [{ "resourceId": room }],
         "attendees": [{ "userId": w.users[0].id.to_string() }, { "userId": reader.id.to_string(), "isOptional": true }] }))
@@ -47,30 +63,31 @@ async fn twins() -> Twins {
     let version = series["version"].as_i64().unwrap();
     let upd = "mutation($e: ID!, $v: Int!, $in: UpdateEventInput!) { updateEvent(id: $e, expectedVersion: $v, input: $in, scope: THIS) { version } }";
     let moved = direct
-        .gql(Some(w.owner.id), upd, json!({ "e": format!("{id}_20261110T140000Z"), "v": version,
-            "in": { "title": "Moved", "startTime": "2026-11-10T18:00:00Z", "endTime": "2026-11-10T19:00:00Z" } }))
+        .gql(Some(w.owner.id), upd, json!({ "e": format!("{id}_{}", compact(week(1))), "v": version,
+            "in": { "title": "Moved", "startTime": iso(week(1) + chrono::Duration::hours(4)),
+            "endTime": iso(week(1) + chrono::Duration::hours(5)) } }))
         .await;
     let version = moved.data()["updateEvent"]["version"].as_i64().unwrap();
     direct
         .gql(
             Some(w.owner.id),
             "mutation($e: ID!, $v: Int) { deleteEvent(id: $e, expectedVersion: $v) }",
-            json!({ "e": format!("{id}_20261117T140000Z"), "v": version }),
+            json!({ "e": format!("{id}_{}", compact(week(2))), "v": version }),
         )
         .await
         .data();
     // An all-day event, a tentative free one, a cancelled one.
     create(json!({ "calendarId": cal, "title": "Offsite", "allDay": true,
-        "startTime": "2026-11-20T00:00:00Z", "endTime": "2026-11-22T00:00:00Z", "timeZone": "Asia/Tokyo" }))
+        "startTime": iso(at(20, 0, 0)), "endTime": iso(at(22, 0, 0)), "timeZone": "Asia/Tokyo" }))
     .await;
     create(
         json!({ "calendarId": cal, "title": "Maybe", "status": "TENTATIVE", "transparency": "FREE",
-        "startTime": "2026-11-25T09:30:00Z", "endTime": "2026-11-25T10:00:00Z" }),
+        "startTime": iso(at(25, 9, 30)), "endTime": iso(at(25, 10, 0)) }),
     )
     .await;
     create(
         json!({ "calendarId": cal, "title": "Off", "status": "CANCELLED",
-        "startTime": "2026-11-26T09:30:00Z", "endTime": "2026-11-26T10:00:00Z" }),
+        "startTime": iso(at(26, 9, 30)), "endTime": iso(at(26, 10, 0)) }),
     )
     .await;
     Twins {
@@ -152,7 +169,8 @@ query Every($c: ID!, $f: DateTime!, $t: DateTime!, $n: Int = 50, $tz: String) {
 #[tokio::test]
 async fn every_served_field_is_byte_for_byte_what_async_graphql_answers() {
     let t = twins().await;
-    let vars = |tz: Option<&str>| json!({ "c": t.calendar.to_string(), "f": "2026-11-01T00:00:00Z", "t": "2026-12-01T00:00:00Z", "tz": tz });
+    let (f, to) = (iso(month_start()), iso(next_month_start()));
+    let vars = |tz: Option<&str>| json!({ "c": t.calendar.to_string(), "f": f, "t": to, "tz": tz });
     assert!(
         t.same(t.owner.id, EVERY_FIELD, vars(None)).await,
         "direct answered"
@@ -177,22 +195,28 @@ async fn every_served_field_is_byte_for_byte_what_async_graphql_answers() {
 #[tokio::test]
 async fn aliases_fragments_nodes_and_paging_are_served_too() {
     let t = twins().await;
-    let q = r#"
-fragment Who on User { id name }
-query Paged($c: ID!, $after: String) {
-  first: calendar(id: $c) {
+    // The windows are written in the document, not in variables: the month, and the 15th to
+    // the last day.
+    let q = format!(
+        r#"
+fragment Who on User {{ id name }}
+query Paged($c: ID!, $after: String) {{
+  first: calendar(id: $c) {{
     label: name
-    ... on Calendar { id }
-    page: events(from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z", first: 3, after: $after) {
-      pageInfo { endCursor hasNextPage hasPreviousPage }
-      nodes { id when: startTime organizer { ...Who } }
-      edges { cursor node { ... { title } attendees { user { ...Who } } } }
-    }
-    rest: events(from: "2026-11-15T00:00:00Z", to: "2026-11-30T00:00:00Z") { nodes { id title } }
-  }
-}"#;
+    ... on Calendar {{ id }}
+    page: events({}, first: 3, after: $after) {{
+      pageInfo {{ endCursor hasNextPage hasPreviousPage }}
+      nodes {{ id when: startTime organizer {{ ...Who }} }}
+      edges {{ cursor node {{ ... {{ title }} attendees {{ user {{ ...Who }} }} }} }}
+    }}
+    rest: events({}) {{ nodes {{ id title }} }}
+  }}
+}}"#,
+        month_args(),
+        window_args(at(15, 0, 0), next_month_start() - chrono::Duration::days(1))
+    );
     let cal = t.calendar.to_string();
-    assert!(t.same(t.owner.id, q, json!({ "c": cal })).await);
+    assert!(t.same(t.owner.id, &q, json!({ "c": cal })).await);
     // Follow the cursor twice.
     let (_, _, body) = t
         .direct
@@ -206,7 +230,7 @@ query Paged($c: ID!, $after: String) {
         .clone();
     for _ in 0..2 {
         assert!(
-            t.same(t.owner.id, q, json!({ "c": cal, "after": cursor }))
+            t.same(t.owner.id, &q, json!({ "c": cal, "after": cursor }))
                 .await
         );
         let (_, _, body) = t
@@ -220,27 +244,35 @@ query Paged($c: ID!, $after: String) {
             ["endCursor"]
             .clone();
     }
-    // An empty window.
-    assert!(
-        t.same(
-            t.owner.id,
-            "query($c: ID!) { calendar(id: $c) { events(from: \"2027-01-01T00:00:00Z\", to: \"2027-01-02T00:00:00Z\") { pageInfo { startCursor endCursor } edges { cursor } } } }",
-            json!({ "c": cal }),
+    // An empty window: the first day of the month after next.
+    let empty = format!(
+        "query($c: ID!) {{ calendar(id: $c) {{ events({}) {{ pageInfo {{ startCursor endCursor }} edges {{ cursor }} }} }} }}",
+        window_args(
+            month_start_after(2),
+            month_start_after(2) + chrono::Duration::days(1)
         )
-        .await
     );
+    assert!(t.same(t.owner.id, &empty, json!({ "c": cal })).await);
 }
 
 #[tokio::test]
 async fn everything_else_falls_back_with_the_same_answer() {
     let t = twins().await;
     let cal = t.calendar.to_string();
+    let unserved = format!(
+        "query($c: ID!) {{ calendar(id: $c) {{ events({}) {{ nodes {{ id canEdit myResponse calendar {{ id }} organizer {{ email }} }} }} }} }}",
+        month_args()
+    );
+    let emails = format!(
+        "query($c: ID!) {{ calendar(id: $c) {{ events({}) {{ nodes {{ id attendees {{ email }} }} }} }} }}",
+        month_args()
+    );
     let fallbacks = [
         // Fields it does not serve.
         "query($c: ID!) { calendar(id: $c) { owner { id } members { role } } }",
-        "query($c: ID!) { calendar(id: $c) { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-12-01T00:00:00Z\") { nodes { id canEdit myResponse calendar { id } organizer { email } } } } }",
+        unserved.as_str(),
         // Emails, whose visibility is the resolvers' rule alone.
-        "query($c: ID!) { calendar(id: $c) { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-12-01T00:00:00Z\") { nodes { id attendees { email } } } } }",
+        emails.as_str(),
         "{ me { id name } }",
         // Directives.
         "query($c: ID!, $x: Boolean!) { calendar(id: $c) { id name @include(if: $x) } }",
@@ -265,18 +297,19 @@ async fn errors_and_denials_are_async_graphqls() {
     let t = twins().await;
     let stranger = t.direct.user("Stan Stranger").await;
     let cal = t.calendar.to_string();
+    let too_many = format!(
+        "query($c: ID!) {{ calendar(id: $c) {{ events({}, first: 1000) {{ nodes {{ id }} }} }} }}",
+        month_args()
+    );
     let cases = [
         (stranger.id, MONTH_VIEW, month_vars(t.calendar)),
         (
             t.owner.id,
             MONTH_VIEW,
-            json!({ "calendarId": cal, "from": "2026-11-01T00:00:00Z", "to": "2027-11-01T00:00:00Z" }),
+            // A year: longer than a window may be.
+            window_vars(t.calendar, month_start(), month_start_after(12)),
         ),
-        (
-            t.owner.id,
-            "query($c: ID!) { calendar(id: $c) { events(from: \"2026-11-01T00:00:00Z\", to: \"2026-12-01T00:00:00Z\", first: 1000) { nodes { id } } } }",
-            json!({ "c": cal }),
-        ),
+        (t.owner.id, too_many.as_str(), json!({ "c": cal })),
         (
             t.owner.id,
             "query($c: ID!) { calendar(id: $c) { id } }",

@@ -2,6 +2,7 @@
 //! handful of SQL statements whatever the number of events (no N+1).
 
 use crate::common::*;
+use cal_test_support::dates::{next_month_start, window_vars};
 
 async fn month_view_statements(n: usize) -> (Gql, World) {
     let app = TestApp::spawn().await;
@@ -89,20 +90,16 @@ async fn month_view_returns_organizers_attendees_and_rooms() {
 async fn keyset_pagination_walks_every_event_once() {
     let app = TestApp::spawn().await;
     let w = world(&app, 25, 1).await;
-    let q = r#"query($c: ID!, $after: String) { calendar(id: $c) { events(from: "2026-11-01T00:00:00Z",
-        to: "2026-12-01T00:00:00Z", first: 10, after: $after) { edges { cursor node { id } }
+    let q = r#"query($calendarId: ID!, $from: DateTime!, $to: DateTime!, $after: String) { calendar(id: $calendarId) {
+        events(from: $from, to: $to, first: 10, after: $after) { edges { cursor node { id } }
         pageInfo { hasNextPage endCursor } } } }"#;
     let mut seen = Vec::new();
     let mut after = Value::Null;
     let mut pages = 0;
     loop {
-        let resp = app
-            .gql(
-                Some(w.owner.id),
-                q,
-                json!({ "c": w.calendar.to_string(), "after": after }),
-            )
-            .await;
+        let mut vars = month_vars(w.calendar);
+        vars["after"] = after.clone();
+        let resp = app.gql(Some(w.owner.id), q, vars).await;
         let conn = &resp.data()["calendar"]["events"];
         for e in conn["edges"].as_array().unwrap() {
             seen.push(e["node"]["id"].as_str().unwrap().to_owned());
@@ -140,8 +137,10 @@ async fn window_excludes_other_months_and_deleted_events() {
             w.events[3].id.to_string()
         ]
     );
-    let december = json!({ "calendarId": w.calendar.to_string(), "from": "2026-12-01T00:00:00Z", "to": "2026-12-31T00:00:00Z" });
-    let resp = app.gql(Some(w.owner.id), MONTH_VIEW, december).await;
+    // The next month (December for November 2026), 30 days of it.
+    let next = next_month_start();
+    let next_month = window_vars(w.calendar, next, next + chrono::Duration::days(30));
+    let resp = app.gql(Some(w.owner.id), MONTH_VIEW, next_month).await;
     assert_eq!(
         resp.data()["calendar"]["events"]["edges"]
             .as_array()

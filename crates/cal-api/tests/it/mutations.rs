@@ -2,6 +2,7 @@
 //! the same transaction, and a failing one writes nothing.
 
 use crate::common::*;
+use cal_test_support::dates::{at, iso, rfc};
 use cal_test_support::sql;
 
 async fn outbox_count(app: &TestApp) -> i64 {
@@ -16,9 +17,12 @@ async fn create_event_with_attendees_and_rooms_then_read_it_back() {
     let q = r#"mutation($in: CreateEventInput!) { createEvent(input: $in) {
         id title version timeZone status transparency organizer { id }
         attendees { isOptional responseStatus user { id } } reservations { status resource { id } startTime } } }"#;
+    // Sent with a +01:00 offset (09:00+01:00 is 08:00Z on the 10th).
+    let plus_one = chrono::FixedOffset::east_opt(3600).unwrap();
+    let (start, end) = (at(10, 8, 0), at(10, 9, 0));
     let input = json!({ "in": {
         "calendarId": w.calendar.to_string(), "title": "Planning", "location": "HQ",
-        "startTime": "2026-11-10T09:00:00+01:00", "endTime": "2026-11-10T10:00:00+01:00",
+        "startTime": start.with_timezone(&plus_one).to_rfc3339(), "endTime": end.with_timezone(&plus_one).to_rfc3339(),
         "attendees": [{ "userId": w.users[0].id.to_string() }, { "userId": w.users[1].id.to_string(), "isOptional": true }],
         "reservations": [{ "resourceId": w.rooms[0].id.to_string() }]
     }});
@@ -37,10 +41,7 @@ async fn create_event_with_attendees_and_rooms_then_read_it_back() {
         ev["reservations"][0]["resource"]["id"],
         w.rooms[0].id.to_string()
     );
-    assert_eq!(
-        ev["reservations"][0]["startTime"],
-        "2026-11-10T08:00:00+00:00"
-    );
+    assert_eq!(ev["reservations"][0]["startTime"], rfc(start));
     assert_eq!(outbox_count(&app).await, before + 1);
 
     let read = app
@@ -56,7 +57,7 @@ async fn create_event_with_attendees_and_rooms_then_read_it_back() {
 #[tokio::test]
 async fn overlapping_reservation_is_a_resource_conflict_and_writes_nothing() {
     let app = TestApp::spawn().await;
-    let w = world(&app, 1, 1).await; // event 0 holds rooms[0] 08:00–09:00 on Nov 1
+    let w = world(&app, 1, 1).await; // event 0 holds rooms[0] 08:00–09:00 on the 1st
     let taken = &w.events[0];
     let before_events = sql::event_rows(&app.db.pool).await;
     let before_outbox = outbox_count(&app).await;
@@ -123,11 +124,11 @@ async fn reserve_and_cancel_and_moving_an_event_moves_its_booking() {
     assert_eq!(after, current, "the failed move changed nothing");
 
     // A free slot moves the booking with the event.
-    let free = json!({ "e": ev1.id.to_string(), "v": current, "s": "2026-11-15T12:00:00Z", "t": "2026-11-15T13:00:00Z" });
+    let free = json!({ "e": ev1.id.to_string(), "v": current, "s": iso(at(15, 12, 0)), "t": iso(at(15, 13, 0)) });
     let resp = app.gql(Some(w.owner.id), update, free).await;
     assert_eq!(
         resp.data()["updateEvent"]["reservations"][0]["startTime"],
-        "2026-11-15T12:00:00+00:00"
+        rfc(at(15, 12, 0))
     );
 
     let resp = app
@@ -139,18 +140,14 @@ async fn reserve_and_cancel_and_moving_an_event_moves_its_booking() {
         .await;
     assert_eq!(resp.data()["cancelReservation"]["status"], "CANCELLED");
     // The slot is free again for someone else.
-    let avail = r#"query($r: ID!) { resourceAvailability(resourceId: $r, from: "2026-11-15T00:00:00Z", to: "2026-11-16T00:00:00Z") { busy { start } free { start end } } }"#;
-    let resp = app
-        .gql(
-            Some(w.owner.id),
-            avail,
-            json!({ "r": w.rooms[0].id.to_string() }),
-        )
-        .await;
+    let avail = r#"query($r: ID!, $f: DateTime!, $t: DateTime!) { resourceAvailability(resourceId: $r, from: $f, to: $t) { busy { start } free { start end } } }"#;
+    let (day, next_day) = (at(15, 0, 0), at(16, 0, 0));
+    let vars = json!({ "r": w.rooms[0].id.to_string(), "f": iso(day), "t": iso(next_day) });
+    let resp = app.gql(Some(w.owner.id), avail, vars).await;
     assert_eq!(resp.data()["resourceAvailability"]["busy"], json!([]));
     assert_eq!(
         resp.data()["resourceAvailability"]["free"][0]["end"],
-        "2026-11-16T00:00:00+00:00"
+        rfc(next_day)
     );
 }
 

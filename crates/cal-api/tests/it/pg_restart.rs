@@ -34,8 +34,10 @@ const CREATE: &str = "mutation($in: CreateEventInput!) { createEvent(input: $in)
 const UPDATE: &str = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, \
                       expectedVersion: $v, input: { title: $t }) { version title } }";
 const EVENT: &str = "query($e: ID!) { event(id: $e) { id title } }";
-const MONTH: &str = "query($c: ID!) { calendar(id: $c) { events(from: \"2026-11-01T00:00:00Z\", \
-                     to: \"2026-12-01T00:00:00Z\", first: 200) { edges { node { id title } } } } }";
+/// Up to 200 events of a calendar's anchor month, with [`month_vars`].
+const MONTH: &str = "query($calendarId: ID!, $from: DateTime!, $to: DateTime!) { \
+                     calendar(id: $calendarId) { events(from: $from, to: $to, first: 200) \
+                     { edges { node { id title } } } } }";
 
 /// What one request got: its data, or its first error.
 #[derive(Debug, Clone)]
@@ -255,7 +257,7 @@ impl Load {
             let (app, seen) = (app.clone(), seen.clone());
             async move {
                 let o = if month {
-                    send(&app, owner, MONTH, json!({ "c": calendar.to_string() })).await
+                    send(&app, owner, MONTH, month_vars(calendar)).await
                 } else {
                     send(&app, owner, EVENT, json!({ "e": updated.to_string() })).await
                 };
@@ -370,7 +372,7 @@ async fn postgres_restart_under_load_loses_nothing_and_recovers() {
     }
 
     // 2. A longer outage: stop, look, start.
-    let warm_month = json!({ "c": quiet.calendar.to_string() });
+    let warm_month = month_vars(quiet.calendar);
     let warm_event = json!({ "e": quiet.events[0].id.to_string() });
     let cold_event = json!({ "e": quiet.events[1].id.to_string() });
     let owner = quiet.owner.id;
@@ -473,7 +475,7 @@ async fn postgres_restart_under_load_loses_nothing_and_recovers() {
     let mut seen = s.read_titles.clone();
     for _ in 0..2 {
         for (c, u) in [(w.calendar, w.owner.id), (quiet.calendar, quiet.owner.id)] {
-            if let Outcome::Ok(d) = send(&app, u, MONTH, json!({ "c": c.to_string() })).await {
+            if let Outcome::Ok(d) = send(&app, u, MONTH, month_vars(c)).await {
                 titles(&d, &mut seen);
             } else {
                 panic!("month view failed after recovery");

@@ -3,6 +3,7 @@
 //! occurrence, and the statement count of a recurring-heavy month view.
 
 use crate::common::*;
+use cal_test_support::dates::{at, compact, first_weekday, iso, next_month_start, rfc};
 use cal_test_support::sql;
 
 struct Setup {
@@ -69,6 +70,8 @@ fn starts(w: &[(String, String, String)]) -> Vec<&str> {
 
 #[tokio::test]
 async fn weekly_meeting_stays_at_nine_local_across_dst_in_two_zones() {
+    // The dates are the point here, not the anchor month: they stay literal because they sit on
+    // the real 2026 DST transitions of Europe/Berlin (03-29, 10-25) and America/New_York (03-08).
     let s = setup().await;
     // Mondays 09:00 Europe/Berlin from 2026-03-16 (CET, 08:00Z); DST starts 2026-03-29.
     s.create(
@@ -167,7 +170,7 @@ async fn instances_have_stable_ids_usable_with_event() {
     let s = setup().await;
     let created = s
         .create(
-            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T09:15:00Z",
+            json!({ "startTime": iso(at(2, 9, 0)), "endTime": iso(at(2, 9, 15)),
         "timeZone": "UTC", "rrule": "FREQ=DAILY;INTERVAL=2" }),
         )
         .await;
@@ -176,16 +179,16 @@ async fn instances_have_stable_ids_usable_with_event() {
         .unwrap()
         .to_owned();
     let w = s
-        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .window(&iso(month_start()), &iso(at(10, 0, 0)), None)
         .await;
     let ids: Vec<&str> = w.iter().map(|(i, _, _)| i.as_str()).collect();
     assert_eq!(
         ids,
         vec![
-            format!("{series}_20261102T090000Z"),
-            format!("{series}_20261104T090000Z"),
-            format!("{series}_20261106T090000Z"),
-            format!("{series}_20261108T090000Z")
+            format!("{series}_{}", compact(at(2, 9, 0))),
+            format!("{series}_{}", compact(at(4, 9, 0))),
+            format!("{series}_{}", compact(at(6, 9, 0))),
+            format!("{series}_{}", compact(at(8, 9, 0)))
         ]
     );
     let q = "query($e: ID!) { event(id: $e) { id startTime recurringEventId originalStartTime isRecurring } }";
@@ -193,14 +196,14 @@ async fn instances_have_stable_ids_usable_with_event() {
     let ev = &resp.data()["event"];
     assert_eq!(ev["id"], ids[1]);
     assert_eq!(ev["recurringEventId"], series);
-    assert_eq!(ev["originalStartTime"], "2026-11-04T09:00:00+00:00");
+    assert_eq!(ev["originalStartTime"], rfc(at(4, 9, 0)));
     // An instant the rule does not produce is not an occurrence.
     let resp = s
         .app
         .gql(
             Some(s.owner.id),
             q,
-            json!({ "e": format!("{series}_20261103T090000Z") }),
+            json!({ "e": format!("{series}_{}", compact(at(3, 9, 0))) }),
         )
         .await;
     assert_eq!(resp.code(), "NOT_FOUND");
@@ -220,7 +223,7 @@ async fn editing_this_this_and_following_and_all() {
     let s = setup().await;
     let created = s
         .create(
-            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+            json!({ "startTime": iso(at(2, 9, 0)), "endTime": iso(at(2, 10, 0)),
         "timeZone": "UTC", "rrule": "FREQ=DAILY;COUNT=6" }),
         )
         .await;
@@ -230,23 +233,20 @@ async fn editing_this_this_and_following_and_all() {
         .to_owned();
     let version = created.data()["createEvent"]["version"].as_i64().unwrap();
     let upd = "mutation($e: ID!, $v: Int!, $in: UpdateEventInput!, $s: EditScope) { updateEvent(id: $e, expectedVersion: $v, input: $in, scope: $s) { id version title startTime } }";
-    let inst = |d: &str| format!("{series}_202611{d}T090000Z");
+    let inst = |day: u32| format!("{series}_{}", compact(at(day, 9, 0)));
 
     // THIS: the 3rd occurrence moves to 15:00 and is renamed; it keeps its id.
-    let resp = s.app.gql(Some(s.owner.id), upd, json!({ "e": inst("04"), "v": version,
-        "in": { "title": "Moved", "startTime": "2026-11-04T15:00:00Z", "endTime": "2026-11-04T16:00:00Z" } })).await;
-    assert_eq!(resp.data()["updateEvent"]["id"], inst("04"));
-    assert_eq!(
-        resp.data()["updateEvent"]["startTime"],
-        "2026-11-04T15:00:00+00:00"
-    );
+    let resp = s.app.gql(Some(s.owner.id), upd, json!({ "e": inst(4), "v": version,
+        "in": { "title": "Moved", "startTime": iso(at(4, 15, 0)), "endTime": iso(at(4, 16, 0)) } })).await;
+    assert_eq!(resp.data()["updateEvent"]["id"], inst(4));
+    assert_eq!(resp.data()["updateEvent"]["startTime"], rfc(at(4, 15, 0)));
     // The series' version moved on: the old one is stale now.
     let resp = s
         .app
         .gql(
             Some(s.owner.id),
             upd,
-            json!({ "e": inst("05"), "v": version, "in": { "title": "x" } }),
+            json!({ "e": inst(5), "v": version, "in": { "title": "x" } }),
         )
         .await;
     assert_eq!(resp.code(), "VERSION_CONFLICT");
@@ -255,21 +255,21 @@ async fn editing_this_this_and_following_and_all() {
         .unwrap();
 
     let w = s
-        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .window(&iso(month_start()), &iso(at(10, 0, 0)), None)
         .await;
-    let titles: Vec<(&str, &str)> = w
+    let titles: Vec<(String, &str)> = w
         .iter()
-        .map(|(_, st, t)| (st.as_str(), t.as_str()))
+        .map(|(_, st, t)| (st.clone(), t.as_str()))
         .collect();
     assert_eq!(
         titles,
         vec![
-            ("2026-11-02T09:00:00+00:00", "Standup"),
-            ("2026-11-03T09:00:00+00:00", "Standup"),
-            ("2026-11-04T15:00:00+00:00", "Moved"),
-            ("2026-11-05T09:00:00+00:00", "Standup"),
-            ("2026-11-06T09:00:00+00:00", "Standup"),
-            ("2026-11-07T09:00:00+00:00", "Standup")
+            (rfc(at(2, 9, 0)), "Standup"),
+            (rfc(at(3, 9, 0)), "Standup"),
+            (rfc(at(4, 15, 0)), "Moved"),
+            (rfc(at(5, 9, 0)), "Standup"),
+            (rfc(at(6, 9, 0)), "Standup"),
+            (rfc(at(7, 9, 0)), "Standup")
         ]
     );
 
@@ -279,13 +279,13 @@ async fn editing_this_this_and_following_and_all() {
         .gql(
             Some(s.owner.id),
             upd,
-            json!({ "e": inst("06"), "v": version, "s": "THIS_AND_FOLLOWING",
+            json!({ "e": inst(6), "v": version, "s": "THIS_AND_FOLLOWING",
         "in": { "title": "Later" } }),
         )
         .await;
     resp.data();
     let w = s
-        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .window(&iso(month_start()), &iso(at(10, 0, 0)), None)
         .await;
     let titles: Vec<&str> = w.iter().map(|(_, _, t)| t.as_str()).collect();
     assert_eq!(
@@ -305,7 +305,7 @@ async fn editing_this_this_and_following_and_all() {
         .await;
     resp.data();
     let w = s
-        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .window(&iso(month_start()), &iso(at(10, 0, 0)), None)
         .await;
     let titles: Vec<&str> = w.iter().map(|(_, _, t)| t.as_str()).collect();
     assert_eq!(
@@ -319,7 +319,7 @@ async fn deleting_one_occurrence_adds_an_exdate() {
     let s = setup().await;
     let created = s
         .create(
-            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+            json!({ "startTime": iso(at(2, 9, 0)), "endTime": iso(at(2, 10, 0)),
         "timeZone": "UTC", "rrule": "FREQ=DAILY;COUNT=4" }),
         )
         .await;
@@ -327,7 +327,7 @@ async fn deleting_one_occurrence_adds_an_exdate() {
         .as_str()
         .unwrap()
         .to_owned();
-    let inst = format!("{series}_20261103T090000Z");
+    let inst = format!("{series}_{}", compact(at(3, 9, 0)));
     let resp = s
         .app
         .gql(
@@ -338,15 +338,11 @@ async fn deleting_one_occurrence_adds_an_exdate() {
         .await;
     assert_eq!(resp.data()["deleteEvent"], true);
     let w = s
-        .window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        .window(&iso(month_start()), &iso(at(10, 0, 0)), None)
         .await;
     assert_eq!(
         starts(&w),
-        vec![
-            "2026-11-02T09:00:00+00:00",
-            "2026-11-04T09:00:00+00:00",
-            "2026-11-05T09:00:00+00:00"
-        ]
+        vec![rfc(at(2, 9, 0)), rfc(at(4, 9, 0)), rfc(at(5, 9, 0))]
     );
     let exdates = sql::exdates(&s.app.db.pool, series.parse::<i64>().unwrap()).await;
     assert_eq!(exdates.len(), 1);
@@ -369,7 +365,7 @@ async fn deleting_one_occurrence_adds_an_exdate() {
         .await
         .data();
     assert!(
-        s.window("2026-11-01T00:00:00Z", "2026-11-10T00:00:00Z", None)
+        s.window(&iso(month_start()), &iso(at(10, 0, 0)), None)
             .await
             .is_empty()
     );
@@ -384,10 +380,10 @@ async fn booking_a_room_for_a_series_books_every_occurrence_or_nothing() {
         .create_resource("Atrium", ResourceKind::Room, Some(10), None)
         .await
         .unwrap();
-    // Someone holds the room on the 3rd Wednesday.
-    s.create(json!({ "title": "Blocker", "startTime": "2026-11-18T09:30:00Z", "endTime": "2026-11-18T10:00:00Z",
+    // Someone holds the room on the day of the weekly series' third occurrence (the 18th).
+    s.create(json!({ "title": "Blocker", "startTime": iso(at(18, 9, 30)), "endTime": iso(at(18, 10, 0)),
         "reservations": [{ "resourceId": room.id.to_string() }] })).await.data();
-    let weekly = json!({ "title": "Weekly", "startTime": "2026-11-04T09:00:00Z", "endTime": "2026-11-04T10:00:00Z",
+    let weekly = json!({ "title": "Weekly", "startTime": iso(at(4, 9, 0)), "endTime": iso(at(4, 10, 0)),
         "timeZone": "UTC", "rrule": "FREQ=WEEKLY;COUNT=5", "reservations": [{ "resourceId": room.id.to_string() }] });
     let resp = s.create(weekly.clone()).await;
     assert_eq!(resp.code(), "RESOURCE_CONFLICT");
@@ -396,24 +392,23 @@ async fn booking_a_room_for_a_series_books_every_occurrence_or_nothing() {
         .unwrap()
         .clone();
     assert_eq!(conflicts.len(), 1);
-    assert_eq!(conflicts[0]["startTime"], "2026-11-18T09:30:00+00:00");
+    assert_eq!(conflicts[0]["startTime"], rfc(at(18, 9, 30)));
     let events = sql::event_rows(&s.app.db.pool).await;
     assert_eq!(events, 1, "nothing of the failed series was written");
 
     // Without the blocker, all five occurrences are booked.
     let mut free = weekly.clone();
-    free["startTime"] = json!("2026-11-04T11:00:00Z");
-    free["endTime"] = json!("2026-11-04T12:00:00Z");
+    free["startTime"] = json!(iso(at(4, 11, 0)));
+    free["endTime"] = json!(iso(at(4, 12, 0)));
     s.create(free).await.data();
     let booked = sql::confirmed_reservation_rows_of(&s.app.db.pool, room.id.get()).await;
     assert_eq!(booked, 1 + 5);
-    // Each occurrence shows its own booking.
-    let q = r#"query($c: ID!) { calendar(id: $c) { events(from: "2026-11-01T00:00:00Z", to: "2026-12-10T00:00:00Z") {
+    // Each occurrence shows its own booking (the fifth is early in the next month).
+    let q = r#"query($c: ID!, $f: DateTime!, $t: DateTime!) { calendar(id: $c) { events(from: $f, to: $t) {
         edges { node { title startTime reservations { startTime resource { name } } } } } } }"#;
-    let resp = s
-        .app
-        .gql(Some(s.owner.id), q, json!({ "c": s.cal.to_string() }))
-        .await;
+    let to = next_month_start() + chrono::Duration::days(9);
+    let vars = json!({ "c": s.cal.to_string(), "f": iso(month_start()), "t": iso(to) });
+    let resp = s.app.gql(Some(s.owner.id), q, vars).await;
     for e in resp.data()["calendar"]["events"]["edges"]
         .as_array()
         .unwrap()
@@ -438,12 +433,16 @@ async fn recurring_heavy_month_view_takes_at_most_5_statements() {
         .iter()
         .map(|u| json!({ "userId": u.id.to_string() }))
         .collect();
-    for i in 0..8 {
-        // 2026-10-05 is a Monday, the rule's first day.
+    // Nine series from the Monday four weeks before the anchor month's first Monday (2026-10-05
+    // for November 2026), the rule's first day: any month holds 12 to 14 occurrences of each, so
+    // with the single event they fill more than a page.
+    let monday = at(first_weekday(chrono::Weekday::Mon), 0, 0) - chrono::Duration::weeks(4);
+    for i in 0..9 {
+        let start = monday + chrono::Duration::hours(i + 1);
         s.create(json!({
             "title": format!("Series {i}"),
-            "startTime": format!("2026-10-05T0{}:00:00Z", i + 1),
-            "endTime": format!("2026-10-05T0{}:30:00Z", i + 1),
+            "startTime": iso(start),
+            "endTime": iso(start + chrono::Duration::minutes(30)),
             "timeZone": "Europe/Berlin",
             "rrule": "FREQ=WEEKLY;BYDAY=MO,WE,FR",
             "attendees": attendees
@@ -451,7 +450,7 @@ async fn recurring_heavy_month_view_takes_at_most_5_statements() {
         .await
         .data();
     }
-    s.create(json!({ "title": "Single", "startTime": "2026-11-10T12:00:00Z", "endTime": "2026-11-10T13:00:00Z", "attendees": attendees })).await.data();
+    s.create(json!({ "title": "Single", "startTime": iso(at(10, 12, 0)), "endTime": iso(at(10, 13, 0)), "attendees": attendees })).await.data();
     let resp = s
         .app
         .gql(Some(s.owner.id), MONTH_VIEW, month_vars(s.cal))
@@ -462,7 +461,7 @@ async fn recurring_heavy_month_view_takes_at_most_5_statements() {
     assert_eq!(
         edges.len(),
         100,
-        "8 series × 13 November occurrences + 1 single, first page of 100"
+        "9 series × at least 12 occurrences in the month + 1 single, first page of 100"
     );
     assert_eq!(
         resp.data()["calendar"]["events"]["pageInfo"]["hasNextPage"],
@@ -483,22 +482,22 @@ async fn recurring_heavy_month_view_takes_at_most_5_statements() {
 #[tokio::test]
 async fn bad_rules_and_zones_are_bad_user_input() {
     let s = setup().await;
-    for (rule, start) in [
-        ("FREQ=SECONDLY", "2026-11-02T09:00:00Z"),
-        ("nonsense", "2026-11-02T09:00:00Z"),
-        ("FREQ=WEEKLY;BYDAY=TU", "2026-11-02T09:00:00Z"), /* Monday start */
+    let monday = at(first_weekday(chrono::Weekday::Mon), 9, 0);
+    let (start, end) = (iso(monday), iso(monday + chrono::Duration::hours(1)));
+    for rule in [
+        "FREQ=SECONDLY",
+        "nonsense",
+        "FREQ=WEEKLY;BYDAY=TU", /* Monday start */
     ] {
         let resp = s
-            .create(json!({ "startTime": start, "endTime": "2026-11-02T10:00:00Z", "rrule": rule }))
+            .create(json!({ "startTime": start, "endTime": end, "rrule": rule }))
             .await;
         assert_eq!(resp.code(), "BAD_USER_INPUT", "{rule}: {}", resp.0);
     }
-    let q = r#"query($c: ID!) { calendar(id: $c) { events(from: "2026-11-01T00:00:00Z", to: "2026-11-02T00:00:00Z", timeZone: "Moon/Base") { edges { cursor } } } }"#;
+    let q = r#"query($c: ID!, $f: DateTime!, $t: DateTime!) { calendar(id: $c) { events(from: $f, to: $t, timeZone: "Moon/Base") { edges { cursor } } } }"#;
+    let vars = json!({ "c": s.cal.to_string(), "f": iso(month_start()), "t": iso(at(2, 0, 0)) });
     assert_eq!(
-        s.app
-            .gql(Some(s.owner.id), q, json!({ "c": s.cal.to_string() }))
-            .await
-            .code(),
+        s.app.gql(Some(s.owner.id), q, vars).await.code(),
         "BAD_USER_INPUT"
     );
 }
@@ -546,7 +545,7 @@ async fn reserving_for_a_series_or_one_occurrence() {
         .unwrap();
     let created = s
         .create(
-            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+            json!({ "startTime": iso(at(2, 9, 0)), "endTime": iso(at(2, 10, 0)),
             "timeZone": "UTC", "rrule": "FREQ=DAILY;COUNT=4" }),
         )
         .await;
@@ -561,14 +560,11 @@ async fn reserving_for_a_series_or_one_occurrence() {
         .gql(
             Some(s.owner.id),
             reserve,
-            json!({ "e": format!("{series}_20261103T090000Z"), "r": room.id.to_string() }),
+            json!({ "e": format!("{series}_{}", compact(at(3, 9, 0))), "r": room.id.to_string() }),
         )
         .await;
-    assert_eq!(
-        one.data()["reserveResource"]["startTime"],
-        "2026-11-03T09:00:00+00:00"
-    );
-    // The whole series now collides with that booking on Nov 3: all or nothing.
+    assert_eq!(one.data()["reserveResource"]["startTime"], rfc(at(3, 9, 0)));
+    // The whole series now collides with that booking on the 3rd: all or nothing.
     let all = s
         .app
         .gql(
@@ -595,10 +591,7 @@ async fn reserving_for_a_series_or_one_occurrence() {
             json!({ "e": series, "r": other.id.to_string() }),
         )
         .await;
-    assert_eq!(
-        all.data()["reserveResource"]["startTime"],
-        "2026-11-02T09:00:00+00:00"
-    );
+    assert_eq!(all.data()["reserveResource"]["startTime"], rfc(at(2, 9, 0)));
     let booked = sql::reservation_rows_of(&s.app.db.pool, other.id.get()).await;
     assert_eq!(booked, 4);
 }
@@ -611,7 +604,7 @@ async fn concurrent_deletes_of_one_override_let_exactly_one_win() {
     let s = setup().await;
     let created = s
         .create(
-            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+            json!({ "startTime": iso(at(2, 9, 0)), "endTime": iso(at(2, 10, 0)),
             "rrule": "FREQ=DAILY;COUNT=5" }),
         )
         .await;
@@ -620,7 +613,7 @@ async fn concurrent_deletes_of_one_override_let_exactly_one_win() {
         .unwrap()
         .to_owned();
     let version = created.data()["createEvent"]["version"].as_i64().unwrap();
-    let occurrence = format!("{series}_20261103T090000Z");
+    let occurrence = format!("{series}_{}", compact(at(3, 9, 0)));
     let upd = "mutation($e: ID!, $v: Int!) { updateEvent(id: $e, expectedVersion: $v, input: { title: \"Own\" }, scope: THIS) { id version } }";
     let resp = s
         .app
@@ -698,7 +691,7 @@ async fn deleting_an_override_at_a_version_it_no_longer_has_is_a_conflict() {
     let s = setup().await;
     let created = s
         .create(
-            json!({ "startTime": "2026-11-02T09:00:00Z", "endTime": "2026-11-02T10:00:00Z",
+            json!({ "startTime": iso(at(2, 9, 0)), "endTime": iso(at(2, 10, 0)),
             "rrule": "FREQ=DAILY;COUNT=5" }),
         )
         .await;
@@ -707,7 +700,7 @@ async fn deleting_an_override_at_a_version_it_no_longer_has_is_a_conflict() {
         .unwrap()
         .to_owned();
     let version = created.data()["createEvent"]["version"].as_i64().unwrap();
-    let occurrence = format!("{series}_20261103T090000Z");
+    let occurrence = format!("{series}_{}", compact(at(3, 9, 0)));
     let upd = "mutation($e: ID!, $v: Int!) { updateEvent(id: $e, expectedVersion: $v, input: { title: \"Own\" }, scope: THIS) { id version } }";
     let resp = s
         .app

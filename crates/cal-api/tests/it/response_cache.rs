@@ -3,6 +3,7 @@
 //! instance), a revoked membership, or a read past the cache makes the next request execute.
 
 use crate::common::*;
+use cal_test_support::dates::{month_start_after, next_month_start, window_vars};
 
 fn hit(r: &Gql) -> bool {
     r.0["extensions"]["stats"]["responseCacheHit"]
@@ -24,8 +25,8 @@ async fn repeated_reads_are_served_whole_until_something_they_read_changes() {
     assert!(second.0["extensions"]["stats"]["l1Hits"].as_u64().unwrap() > 12);
 
     // Other variables are another entry.
-    let december = json!({ "calendarId": w.calendar.to_string(), "from": "2026-12-01T00:00:00Z", "to": "2027-01-01T00:00:00Z" });
-    assert!(!hit(&app.gql(Some(w.owner.id), MONTH_VIEW, december).await));
+    let next_month = window_vars(w.calendar, next_month_start(), month_start_after(2));
+    assert!(!hit(&app.gql(Some(w.owner.id), MONTH_VIEW, next_month).await));
 
     // A write through the API: the next read executes and sees it, then is cached again.
     let upd = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { version } }";

@@ -3,6 +3,7 @@
 //! mode without a secret, and exits cleanly on SIGTERM.
 
 use cal_test_support::admin_url;
+use cal_test_support::dates::{self, at, month_args};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -118,9 +119,11 @@ async fn serve_creates_the_database_answers_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(health.status(), 200);
 
-    // Seed a user through the binary and use a token minted by it.
+    // Seed a user through the binary (in the fixtures' month, not the current one) and use a
+    // token minted by it.
+    let anchor = dates::ANCHOR.to_string();
     let seed = Command::new(BIN)
-        .args(["seed", "--scale", "demo"])
+        .args(["seed", "--scale", "demo", "--anchor", anchor.as_str()])
         .env("DATABASE_URL", db.url())
         .output()
         .unwrap();
@@ -288,8 +291,9 @@ async fn the_rate_limit_settings_limit_graphql_requests() {
 #[test]
 fn fixtures_for_load_tests_are_json() {
     let db = FreshDb::new("fixtures");
+    let anchor = dates::ANCHOR.to_string();
     let seed = Command::new(BIN)
-        .args(["seed"])
+        .args(["seed", "--anchor", anchor.as_str()])
         .env("DATABASE_URL", db.url())
         .output()
         .unwrap();
@@ -464,12 +468,12 @@ async fn a_deep_query_within_the_limits_is_answered_not_a_crash() {
         )
         .await
         .unwrap();
-    let start = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, 2, 9, 0, 0).unwrap();
+    let start = at(2, 9, 0);
     store
         .create_event(&cal_test_support::one_hour_event(cal.id, owner.id, start))
         .await
         .unwrap();
-    let w = r#"from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z", first: 1"#;
+    let w = format!("{}, first: 1", month_args());
     let query = format!(
         "query($c: ID!) {{ calendar(id: $c) {{ events({w}) {{ edges {{ node {{ calendar {{ \
          events({w}) {{ edges {{ node {{ calendar {{ id name }} }} }} }} }} }} }} }} }} }}"

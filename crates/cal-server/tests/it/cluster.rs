@@ -14,8 +14,8 @@
 
 use cal_domain::{CalendarId, EventId, EventStatus, Transparency, UserId};
 use cal_storage::{NewEvent, Store};
+use cal_test_support::dates::{at, iso, month_start, next_month_start};
 use cal_test_support::{KafkaBroker, RedisServer, TestDb, sql};
-use chrono::{TimeZone, Utc};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::net::TcpListener;
@@ -237,8 +237,7 @@ impl Cluster {
             .id;
         let mut ids = Vec::new();
         for i in 0..events {
-            let start = Utc.with_ymd_and_hms(2026, 11, 2, 8, 0, 0).unwrap()
-                + chrono::Duration::hours(i as i64);
+            let start = at(2, 8, 0) + chrono::Duration::hours(i as i64);
             let ev = store
                 .create_event(&NewEvent {
                     calendar_id: calendar,
@@ -728,17 +727,18 @@ async fn an_invalidation_left_by_a_dead_relay_is_delivered_after_restart() {
     assert!(b.metric(&c.client, "cal_invalidation_applied_total").await >= 1.0);
 }
 
-const MONTH: &str = r#"query($c: ID!) { calendar(id: $c) { events(from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z") { edges { node { id version } } } } }"#;
+const MONTH: &str = r#"query($c: ID!, $f: DateTime!, $t: DateTime!) { calendar(id: $c) { events(from: $f, to: $t) { edges { node { id version } } } } }"#;
 
 /// The version of `ev` in the month view of the cluster's calendar, read through `inst`.
 async fn month_version(c: &Cluster, inst: &Instance, token: &str, ev: EventId) -> i64 {
+    let (from, to) = (iso(month_start()), iso(next_month_start()));
     let (body, _) = gql(
         &c.client,
         inst,
         token,
         None,
         MONTH,
-        json!({ "c": c.calendar.to_string() }),
+        json!({ "c": c.calendar.to_string(), "f": from, "t": to }),
     )
     .await;
     body["data"]["calendar"]["events"]["edges"]

@@ -3,8 +3,8 @@
 
 use cal_domain::*;
 use cal_storage::{ChangeSet, ChangeSink, NewEvent, NewReservation, Store};
-use cal_test_support::TestDb;
-use chrono::{Duration, TimeZone, Utc};
+use cal_test_support::{TestDb, dates};
+use chrono::Duration;
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
@@ -19,7 +19,7 @@ impl ChangeSink for Recorder {
 }
 
 fn event(cal: CalendarId, org: UserId, hour: u32, room: Option<ResourceId>) -> NewEvent {
-    let start = Utc.with_ymd_and_hms(2026, 11, 2, hour, 0, 0).unwrap();
+    let start = dates::at(2, hour, 0);
     NewEvent {
         calendar_id: cal,
         organizer_id: org,

@@ -2,11 +2,12 @@
 //! demo promises (calendar 1 owned, events in the anchor month).
 
 use cal_storage::{NoProgress, Scale, StorageError, Store};
-use cal_test_support::TestDb;
-use chrono::NaiveDate;
+use cal_test_support::{TestDb, dates};
+use chrono::{Months, NaiveDate};
 
+/// The fixtures' month, the one every other test's data live in.
 fn anchor() -> NaiveDate {
-    NaiveDate::from_ymd_opt(2026, 3, 1).unwrap()
+    dates::ANCHOR
 }
 
 /// Row counts of every seeded table, and an md5 of the contents of each (ordered by key), so two
@@ -92,12 +93,20 @@ async fn demo_seed_is_deterministic_and_refuses_a_second_run() {
     .await
     .unwrap();
     let months: Vec<&str> = per_month.iter().map(|(m, _)| m.as_str()).collect();
+    let month = |d: Option<NaiveDate>| d.unwrap().format("%Y-%m").to_string();
+    let (before, during, after) = (
+        month(anchor().checked_sub_months(Months::new(1))),
+        month(Some(anchor())),
+        month(anchor().checked_add_months(Months::new(1))),
+    );
     assert!(
-        months.contains(&"2026-02") && months.contains(&"2026-03") && months.contains(&"2026-04"),
+        months.contains(&before.as_str())
+            && months.contains(&during.as_str())
+            && months.contains(&after.as_str()),
         "{per_month:?}"
     );
     assert!(
-        per_month.iter().find(|(m, _)| m == "2026-03").unwrap().1 >= 30,
+        per_month.iter().find(|(m, _)| *m == during).unwrap().1 >= 30,
         "{per_month:?}"
     );
 
