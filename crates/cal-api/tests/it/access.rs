@@ -228,9 +228,11 @@ async fn writers_and_owners_write_events() {
     let create = r#"mutation($c: ID!, $s: DateTime!, $e: DateTime!) { createEvent(input: { calendarId: $c, title: "x",
         startTime: $s, endTime: $e }) { id version } }"#;
     let (start, end) = (iso(at(20, 10, 0)), iso(at(20, 11, 0)));
-    c.only(&["owner", "writer"], create, || {
-        json!({ "c": cal, "s": start, "e": end })
-    })
+    c.only(
+        &["owner", "writer"],
+        create,
+        || json!({ "c": cal, "s": start, "e": end }),
+    )
     .await;
 
     // Each mutation on an existing event: a fresh event per attempt so versions do not interfere.

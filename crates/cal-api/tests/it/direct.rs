@@ -63,9 +63,13 @@ async fn twins() -> Twins {
     let version = series["version"].as_i64().unwrap();
     let upd = "mutation($e: ID!, $v: Int!, $in: UpdateEventInput!) { updateEvent(id: $e, expectedVersion: $v, input: $in, scope: THIS) { version } }";
     let moved = direct
-        .gql(Some(w.owner.id), upd, json!({ "e": format!("{id}_{}", compact(week(1))), "v": version,
+        .gql(
+            Some(w.owner.id),
+            upd,
+            json!({ "e": format!("{id}_{}", compact(week(1))), "v": version,
             "in": { "title": "Moved", "startTime": iso(week(1) + chrono::Duration::hours(4)),
-            "endTime": iso(week(1) + chrono::Duration::hours(5)) } }))
+            "endTime": iso(week(1) + chrono::Duration::hours(5)) } }),
+        )
         .await;
     let version = moved.data()["updateEvent"]["version"].as_i64().unwrap();
     direct
@@ -77,8 +81,10 @@ async fn twins() -> Twins {
         .await
         .data();
     // An all-day event, a tentative free one, a cancelled one.
-    create(json!({ "calendarId": cal, "title": "Offsite", "allDay": true,
-        "startTime": iso(at(20, 0, 0)), "endTime": iso(at(22, 0, 0)), "timeZone": "Asia/Tokyo" }))
+    create(
+        json!({ "calendarId": cal, "title": "Offsite", "allDay": true,
+        "startTime": iso(at(20, 0, 0)), "endTime": iso(at(22, 0, 0)), "timeZone": "Asia/Tokyo" }),
+    )
     .await;
     create(
         json!({ "calendarId": cal, "title": "Maybe", "status": "TENTATIVE", "transparency": "FREE",

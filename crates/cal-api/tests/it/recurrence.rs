@@ -236,8 +236,15 @@ async fn editing_this_this_and_following_and_all() {
     let inst = |day: u32| format!("{series}_{}", compact(at(day, 9, 0)));
 
     // THIS: the 3rd occurrence moves to 15:00 and is renamed; it keeps its id.
-    let resp = s.app.gql(Some(s.owner.id), upd, json!({ "e": inst(4), "v": version,
-        "in": { "title": "Moved", "startTime": iso(at(4, 15, 0)), "endTime": iso(at(4, 16, 0)) } })).await;
+    let resp = s
+        .app
+        .gql(
+            Some(s.owner.id),
+            upd,
+            json!({ "e": inst(4), "v": version,
+        "in": { "title": "Moved", "startTime": iso(at(4, 15, 0)), "endTime": iso(at(4, 16, 0)) } }),
+        )
+        .await;
     assert_eq!(resp.data()["updateEvent"]["id"], inst(4));
     assert_eq!(resp.data()["updateEvent"]["startTime"], rfc(at(4, 15, 0)));
     // The series' version moved on: the old one is stale now.
@@ -381,8 +388,12 @@ async fn booking_a_room_for_a_series_books_every_occurrence_or_nothing() {
         .await
         .unwrap();
     // Someone holds the room on the day of the weekly series' third occurrence (the 18th).
-    s.create(json!({ "title": "Blocker", "startTime": iso(at(18, 9, 30)), "endTime": iso(at(18, 10, 0)),
-        "reservations": [{ "resourceId": room.id.to_string() }] })).await.data();
+    s.create(
+        json!({ "title": "Blocker", "startTime": iso(at(18, 9, 30)), "endTime": iso(at(18, 10, 0)),
+        "reservations": [{ "resourceId": room.id.to_string() }] }),
+    )
+    .await
+    .data();
     let weekly = json!({ "title": "Weekly", "startTime": iso(at(4, 9, 0)), "endTime": iso(at(4, 10, 0)),
         "timeZone": "UTC", "rrule": "FREQ=WEEKLY;COUNT=5", "reservations": [{ "resourceId": room.id.to_string() }] });
     let resp = s.create(weekly.clone()).await;

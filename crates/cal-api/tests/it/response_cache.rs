@@ -26,7 +26,9 @@ async fn repeated_reads_are_served_whole_until_something_they_read_changes() {
 
     // Other variables are another entry.
     let next_month = window_vars(w.calendar, next_month_start(), month_start_after(2));
-    assert!(!hit(&app.gql(Some(w.owner.id), MONTH_VIEW, next_month).await));
+    assert!(!hit(&app
+        .gql(Some(w.owner.id), MONTH_VIEW, next_month)
+        .await));
 
     // A write through the API: the next read executes and sees it, then is cached again.
     let upd = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { version } }";
