@@ -342,6 +342,25 @@ pub async fn age_outbox_rows(pool: &PgPool, days: i32) {
     .unwrap();
 }
 
+/// Waits until no transaction of the cluster that began before the newest change-log row was
+/// written still runs: a snapshot taken then sees every row, and its `xmin` is above them all
+/// (other tests' transactions on the same server hold `xmin` back while they run).
+pub async fn wait_for_older_transactions(pool: &PgPool) {
+    for _ in 0..500 {
+        let past: bool = sqlx::query_scalar(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > coalesce((SELECT max(xid) FROM outbox), '0'::xid8)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if past {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("a transaction older than the newest change-log row ran for 5 s");
+}
+
 /// Writes a change-log (outbox) row `age_days` old, published or not, as a test's own fixture.
 pub async fn insert_outbox_row(pool: &PgPool, age_days: i32, published: bool) {
     sqlx::query(
