@@ -342,13 +342,15 @@ pub async fn age_outbox_rows(pool: &PgPool, days: i32) {
     .unwrap();
 }
 
-/// Waits until no transaction of the cluster that began before the newest change-log row was
-/// written still runs: a snapshot taken then sees every row, and its `xmin` is above them all
+/// Waits until no transaction of the cluster that began before the newest change-log row (or
+/// pruned row) was written still runs: a snapshot taken then sees every row, and its `xmin` is above them all
 /// (other tests' transactions on the same server hold `xmin` back while they run).
 pub async fn wait_for_older_transactions(pool: &PgPool) {
     for _ in 0..500 {
         let past: bool = sqlx::query_scalar(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > coalesce((SELECT max(xid) FROM outbox), '0'::xid8)",
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > greatest( \
+               coalesce((SELECT max(xid) FROM outbox), '0'::xid8), \
+               coalesce((SELECT pruned_xid FROM change_log_horizon), '0'::xid8))",
         )
         .fetch_one(pool)
         .await
