@@ -100,6 +100,7 @@ async fn both_instances_receive_a_message_with_the_published_position_and_all_fi
             ),
             ("tracestate".into(), "cal=1,other=x".into()),
         ],
+        calendars: vec![7, i64::MAX],
         position: None,
     };
     let pos = a.publish(sent.clone()).await.unwrap();

@@ -66,6 +66,10 @@ pub struct Invalidation {
     pub sent_at_ms: u64,
     /// W3C trace context (`traceparent`, `tracestate`) of the write, carried as message headers.
     pub trace_context: Vec<(String, String)>,
+    /// The calendars whose events or sharing the write changed (their ids), for the
+    /// subscriptions of every instance that hears the message.
+    #[serde(default)]
+    pub calendars: Vec<i64>,
     /// Where the message was delivered in the stream; set by the bus on delivery.
     #[serde(skip)]
     pub position: Option<Position>,
@@ -82,6 +86,7 @@ impl Invalidation {
             purge_all: None,
             sent_at_ms: crate::cache::now_ms(),
             trace_context: Vec::new(),
+            calendars: Vec::new(),
             position: None,
         }
     }

@@ -2,6 +2,7 @@
 //! process's L1 and keeps [`crate::StreamProgress`] current; and the liveness monitor that
 //! distrusts L1 while the stream is behind its bound.
 
+use crate::feed::News;
 use crate::invalidator::Invalidator;
 use cal_cache::{BusError, Invalidation};
 use futures::StreamExt;
@@ -71,11 +72,15 @@ async fn consume(me: &Invalidator, mut stream: BoxStream<'static, Result<Invalid
                 if let Some(p) = inv.position {
                     me.progress.applied_up_to(p);
                 }
+                // Own rows too: this instance's subscribers hear its writes from the stream like
+                // everyone else's, after the cache has dropped what they changed.
+                me.feed.tell(News::Changed(inv.calendars.into()));
             }
             Err(e) => {
                 // Lost messages: nothing in L1 can be trusted any more.
                 tracing::warn!(error = %e, "invalidation stream failed; clearing L1");
                 me.cache.clear_l1();
+                me.feed.tell(News::Missed);
             }
         }
     }

@@ -23,6 +23,8 @@ pub struct Invalidator {
     pub(crate) progress: StreamProgress,
     pub(crate) stream_metrics: StreamMetrics,
     relay_metrics: RelayMetrics,
+    /// What the stream delivers, for subscriptions (fed by the consumer).
+    pub(crate) feed: crate::feed::CalendarFeed,
     /// Set by [`Invalidator::start`].
     relay: OnceLock<Arc<Relay>>,
 }
@@ -69,6 +71,7 @@ impl Invalidator {
             progress,
             stream_metrics,
             relay_metrics,
+            feed: crate::feed::CalendarFeed::default(),
             relay: OnceLock::new(),
         })
     }
@@ -79,6 +82,11 @@ impl Invalidator {
 
     pub fn config(&self) -> &SyncConfig {
         &self.config
+    }
+
+    /// The calendars each delivered change-log row changed, as the consumer applies them.
+    pub fn feed(&self) -> &crate::feed::CalendarFeed {
+        &self.feed
     }
 
     /// What this instance has applied of the stream (consistency tokens wait on it).

@@ -11,6 +11,8 @@
 //! - [`progress`]: what this instance has applied of the stream, and the consistency tokens
 //!   (stream positions) that mutations hand out and other instances wait for.
 //! - [`trace`]: W3C trace context in and out of bus messages.
+//! - [`feed`]: the calendars each delivered change-log row changed, for this instance's
+//!   subscriptions.
 //! - `invalidator`: where [`Invalidator`] lives, with [`invalidations`] (the cache keys a change
 //!   set retires); `consumer`: the thread that applies other instances' invalidations, and the
 //!   liveness monitor; `config`: [`SyncConfig`] and [`RelayConfig`], plain data; `metrics`: the
@@ -31,6 +33,7 @@
 
 mod config;
 mod consumer;
+pub mod feed;
 mod invalidator;
 mod metrics;
 pub mod progress;

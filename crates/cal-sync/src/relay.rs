@@ -348,6 +348,7 @@ impl Relay {
                 .saturating_add(i64::try_from(self.publish_wait.as_millis()).unwrap_or(i64::MAX));
             inv.sent_at_ms = inv.sent_at_ms.min(u64::try_from(gave_up_by).unwrap_or(0));
             inv.trace_context = row.trace_context.clone();
+            inv.calendars = row.changed.calendars.iter().map(|(c, _)| c.get()).collect();
             let span = tracing::info_span!(
                 "kafka.publish",
                 otel.kind = "producer",
