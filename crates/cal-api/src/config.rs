@@ -36,6 +36,10 @@ pub struct ApiConfig {
     pub max_complexity: usize,
     /// Most operations in one batched HTTP request.
     pub max_batch: usize,
+    /// Most subscriptions one WebSocket connection may hold at once.
+    pub max_subscriptions_per_connection: usize,
+    /// Most subscriptions one viewer may hold at once on this instance, over all connections.
+    pub max_subscriptions_per_viewer: usize,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
     /// Most attendees, reservations or ids in one argument list.
@@ -158,6 +162,8 @@ impl ApiConfig {
             max_aliases: 30,
             max_complexity: 20_000,
             max_batch: 10,
+            max_subscriptions_per_connection: 20,
+            max_subscriptions_per_viewer: 100,
             max_body_bytes: 256 * 1024,
             max_list_input: 200,
             booking_horizon: Duration::days(365),

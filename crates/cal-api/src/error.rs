@@ -28,6 +28,8 @@ pub enum ApiError {
     BudgetExceeded(String),
     /// A sync token older than the change log's retention: sync again without `since`.
     SyncTokenExpired,
+    /// One subscription more than the connection or the viewer may hold.
+    SubscriptionLimit(String),
     /// Logged with its detail; the client sees only "internal error".
     Internal(String),
 }
@@ -44,6 +46,7 @@ impl ApiError {
             ApiError::TooComplex(_) => "QUERY_TOO_COMPLEX",
             ApiError::BudgetExceeded(_) => "BUDGET_EXCEEDED",
             ApiError::SyncTokenExpired => "SYNC_TOKEN_EXPIRED",
+            ApiError::SubscriptionLimit(_) => "SUBSCRIPTION_LIMIT",
             ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -51,9 +54,10 @@ impl ApiError {
     /// The message shown to clients.
     pub fn message(&self) -> String {
         match self {
-            ApiError::BadInput(m) | ApiError::TooComplex(m) | ApiError::BudgetExceeded(m) => {
-                m.clone()
-            }
+            ApiError::BadInput(m)
+            | ApiError::TooComplex(m)
+            | ApiError::BudgetExceeded(m)
+            | ApiError::SubscriptionLimit(m) => m.clone(),
             ApiError::NotFound => "not found".into(),
             ApiError::Forbidden => "forbidden".into(),
             ApiError::Unauthenticated => {

@@ -229,6 +229,19 @@ pub struct Loaders {
     reservations_fn: Grouped<Booking>,
 }
 
+impl Loaders {
+    /// Forgets everything loaded so far: a long-lived context (a subscription's connection)
+    /// calls it before each message, so that no message shows what an earlier one loaded.
+    pub async fn forget(&self) {
+        self.users.clear_all().await;
+        self.calendars.clear_all().await;
+        self.events.clear_all().await;
+        self.resources.clear_all().await;
+        self.attendees.clear_all().await;
+        self.reservations.clear_all().await;
+    }
+}
+
 /// Which loader [`Loaders::load_now`] fills.
 pub enum Batch<'a> {
     Users(&'a [UserId]),

@@ -22,7 +22,7 @@ pub const MAX_OPERATIONS: usize = 200;
 /// The `code` label of an error without `extensions.code`.
 pub const UNCODED: &str = "GRAPHQL_VALIDATION_FAILED";
 /// Every `extensions.code` the API gives (their series start at zero).
-pub const CODES: [&str; 23] = [
+pub const CODES: [&str; 24] = [
     "BAD_USER_INPUT",
     "NOT_FOUND",
     "FORBIDDEN",
@@ -32,6 +32,7 @@ pub const CODES: [&str; 23] = [
     "QUERY_TOO_COMPLEX",
     "BUDGET_EXCEEDED",
     "SYNC_TOKEN_EXPIRED",
+    "SUBSCRIPTION_LIMIT",
     "GRAPHQL_PARSE_FAILED",
     "GRAPHQL_VALIDATION_FAILED",
     "INTERNAL_SERVER_ERROR",

@@ -89,6 +89,8 @@ pub const VARIABLES: &[Var] = &[
     var("MAX_COMPLEXITY", "`20000`"),
     var("MAX_ALIASES", "`30`"),
     var("MAX_BATCH", "`10`"),
+    var("MAX_SUBSCRIPTIONS_PER_CONNECTION", "`20`"),
+    var("MAX_SUBSCRIPTIONS_PER_VIEWER", "`100`"),
     var("MAX_BODY_BYTES", "`262144`"),
     var("RATE_LIMIT_PER_SECOND", "`0`"),
     var("RATE_LIMIT_BURST", "`0`"),
@@ -177,6 +179,10 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Option<String>,
     /// `MAX_BATCH`.
     pub max_batch: usize,
+    /// `MAX_SUBSCRIPTIONS_PER_CONNECTION`.
+    pub max_subscriptions_per_connection: usize,
+    /// `MAX_SUBSCRIPTIONS_PER_VIEWER`.
+    pub max_subscriptions_per_viewer: usize,
     /// `MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
 }
@@ -327,6 +333,8 @@ struct Raw {
     max_request_rows: u64,
     max_complexity: usize,
     max_batch: usize,
+    max_subscriptions_per_connection: usize,
+    max_subscriptions_per_viewer: usize,
     max_body_bytes: usize,
     rate_limit_per_second: f64,
     rate_limit_burst: u32,
@@ -394,6 +402,8 @@ impl Default for Raw {
             max_request_rows: api.max_request_rows,
             max_complexity: api.max_complexity,
             max_batch: api.max_batch,
+            max_subscriptions_per_connection: api.max_subscriptions_per_connection,
+            max_subscriptions_per_viewer: api.max_subscriptions_per_viewer,
             max_body_bytes: api.max_body_bytes,
             rate_limit_per_second: 0.0,
             rate_limit_burst: 0,
@@ -500,6 +510,8 @@ impl Settings {
             max_request_rows,
             max_complexity,
             max_batch,
+            max_subscriptions_per_connection,
+            max_subscriptions_per_viewer,
             max_body_bytes,
             rate_limit_per_second,
             rate_limit_burst,
@@ -565,6 +577,8 @@ impl Settings {
                 shutdown_grace_secs,
                 cors_allowed_origins,
                 max_batch,
+                max_subscriptions_per_connection,
+                max_subscriptions_per_viewer,
                 max_body_bytes,
             },
             db: DbSettings {
@@ -725,6 +739,8 @@ impl Settings {
         c.max_request_rows = limits.max_request_rows;
         c.max_complexity = limits.max_complexity;
         c.max_batch = self.http.max_batch;
+        c.max_subscriptions_per_connection = self.http.max_subscriptions_per_connection;
+        c.max_subscriptions_per_viewer = self.http.max_subscriptions_per_viewer;
         c.max_body_bytes = self.http.max_body_bytes;
         c.rate_limit = limits.rate_limit()?;
         c.persisted_queries = self.persisted.mode()?;
@@ -1253,6 +1269,14 @@ mod tests {
         assert_eq!(api.max_complexity, shown::<usize>("MAX_COMPLEXITY"));
         assert_eq!(api.max_aliases, shown::<usize>("MAX_ALIASES"));
         assert_eq!(api.max_batch, shown::<usize>("MAX_BATCH"));
+        assert_eq!(
+            api.max_subscriptions_per_connection,
+            shown::<usize>("MAX_SUBSCRIPTIONS_PER_CONNECTION")
+        );
+        assert_eq!(
+            api.max_subscriptions_per_viewer,
+            shown::<usize>("MAX_SUBSCRIPTIONS_PER_VIEWER")
+        );
         assert_eq!(api.max_body_bytes, shown::<usize>("MAX_BODY_BYTES"));
         assert_eq!(
             api.max_request_statements,

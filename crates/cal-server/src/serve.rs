@@ -140,8 +140,14 @@ pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
         .sync
         .start(state.store.clone(), stop_sync.clone().cancelled_owned());
     spawn_warming(&settings, tiers, state.store.clone());
+    let subscriptions = state.clone();
     let app = router(state);
-    let served = run(listener, app, shutdown_signal(), grace).await;
+    // WebSocket connections are not part of HTTP's drain: close them when it starts.
+    let shutdown = async move {
+        shutdown_signal().await;
+        subscriptions.close_subscriptions();
+    };
+    let served = run(listener, app, shutdown, grace).await;
     stop_sync.cancel();
     if tokio::time::timeout(grace, sync.join()).await.is_err() {
         tracing::warn!("the invalidation tasks did not stop within the grace period");

@@ -191,6 +191,17 @@ impl Store {
         Ok(ChangedPage::Changes { until, events })
     }
 
+    /// The snapshot of now: where a subscription that names no token starts. One statement.
+    pub async fn current_snapshot(&self) -> Result<Snapshot> {
+        let rows = self
+            .fetch(
+                "sync.current_snapshot",
+                sqlx::query("SELECT pg_current_snapshot()::text AS snapshot"),
+            )
+            .await?;
+        snapshot_of(&rows)
+    }
+
     /// The key sync tokens are signed with, the same for every instance (kept in the database,
     /// made by the migration that added sync); read once per store and its handles.
     pub async fn sync_token_key(&self) -> Result<Arc<[u8]>> {

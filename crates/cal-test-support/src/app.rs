@@ -27,6 +27,10 @@ pub struct TestApp {
     pub responses: Option<cal_api::response_cache::ResponseCache>,
     pub config: Arc<ApiConfig>,
     pub client: reqwest::Client,
+    /// The invalidation bus this app and its peers share ([`TestApp::spawn_peer`]).
+    pub bus: Arc<InProcessBus>,
+    /// Ends every subscription and closes every WebSocket, as the binary does when it drains.
+    pub state: cal_api::AppState,
     users: std::sync::atomic::AtomicU64,
     _sync: (tokio_util::sync::DropGuard, cal_sync::Running),
     // Last: dropped after the server task's handle so the database goes last (shared with
@@ -75,6 +79,35 @@ impl TestApp {
         tweak: impl FnOnce(&mut ApiConfig),
         tweak_cache: impl FnOnce(&mut CacheConfig),
     ) -> TestApp {
+        let origin = db.name.clone();
+        Self::spawn_on_bus(db, Arc::default(), origin, tweak, tweak_cache).await
+    }
+
+    /// Another instance of the same deployment: this app's database and invalidation bus, its
+    /// own cache (key prefix) and its own name on the bus, so each hears the other's writes as
+    /// instances do over Kafka.
+    pub async fn spawn_peer(&self) -> TestApp {
+        let n = SIBLINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let origin = format!("{}-peer{n}", self.db.name);
+        Self::spawn_on_bus(
+            self.db.clone(),
+            self.bus.clone(),
+            origin,
+            |_| {},
+            |c| {
+                c.key_prefix = format!("{}peer{n}:", c.key_prefix);
+            },
+        )
+        .await
+    }
+
+    async fn spawn_on_bus(
+        db: Arc<TestDb>,
+        bus: Arc<InProcessBus>,
+        origin: String,
+        tweak: impl FnOnce(&mut ApiConfig),
+        tweak_cache: impl FnOnce(&mut CacheConfig),
+    ) -> TestApp {
         let mut config = ApiConfig::new(TEST_SECRET);
         config.admin_token = Some(secrecy::SecretString::from(TEST_ADMIN_TOKEN));
         tweak(&mut config);
@@ -90,11 +123,7 @@ impl TestApp {
         let cache = TieredCache::new(cache_config, &registry)
             .await
             .expect("cache config is valid");
-        let tiers = Arc::new(Tiers::with_bus(
-            cache,
-            Arc::new(InProcessBus::default()),
-            db.name.clone(),
-        ));
+        let tiers = Arc::new(Tiers::with_bus(cache, bus.clone(), origin));
         tiers
             .sync
             .load_purge_generation(&Store::new(db.pool.clone()))
@@ -109,6 +138,7 @@ impl TestApp {
             .start(store.clone(), stop.clone().cancelled_owned());
         let config = state.config.clone();
         let responses = state.responses.clone();
+        let app_state = state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -121,6 +151,8 @@ impl TestApp {
             responses,
             config,
             client: reqwest::Client::new(),
+            bus,
+            state: app_state,
             users: Default::default(),
             _sync: (stop.drop_guard(), sync),
             db,

@@ -28,6 +28,7 @@ mod caching;
 mod conditional;
 mod observe;
 pub mod wire;
+mod ws;
 
 use crate::ApiConfig;
 use crate::auth::{Verifier, Viewer};
@@ -42,7 +43,7 @@ use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, Response as GqlResponse};
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -96,6 +97,10 @@ pub struct AppContext {
     rate_limiter: Option<crate::rate_limit::Limiter>,
     /// Requests refused by it (`cal_rate_limited_total`, registered whether or not it is on).
     rate_limited: prometheus::IntCounter,
+    /// Subscriptions held per viewer (their limit spans connections).
+    subscriptions: Arc<crate::schema::ViewerSubscriptions>,
+    /// Cancelled when the server starts draining: every WebSocket connection closes.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -143,7 +148,21 @@ impl AppState {
             tiers,
             registry,
             documents: Documents::default(),
+            subscriptions: Arc::default(),
+            closing: Default::default(),
         }))
+    }
+
+    /// Ends every subscription and closes every WebSocket connection (code 1001), now and for
+    /// connections that open later: called when the server starts draining, since HTTP's
+    /// graceful shutdown neither waits for nor ends upgraded connections.
+    pub fn close_subscriptions(&self) {
+        self.closing.cancel();
+    }
+
+    /// Subscriptions on this instance that have started and listen for changes.
+    pub fn listening_subscriptions(&self) -> usize {
+        self.subscriptions.listening()
     }
 }
 
@@ -453,12 +472,13 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
 
 /// `GET /graphql?query=…&operationName=…&variables=…&extensions=…`: a query (a mutation answers
 /// 405). In dev mode a browser asking for a page without a query gets GraphiQL.
-async fn graphql_get(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let raw = raw.unwrap_or_default();
+async fn graphql_get(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    let (parts, _) = request.into_parts();
+    if ws::is_upgrade(&parts) {
+        return ws::upgrade(state, parts).await;
+    }
+    let headers = parts.headers;
+    let raw = parts.uri.query().unwrap_or_default().to_owned();
     let names_a_request = raw
         .split('&')
         .any(|p| p.starts_with("query=") || p.starts_with("extensions="));

@@ -68,6 +68,13 @@ impl EmailRule {
     }
 
     /// Whether this request's viewer may see `user`'s email.
+    /// Forgets every answer so far (see [`crate::loaders::Loaders::forget`]).
+    pub async fn forget(&self) {
+        if let Some(shares) = &self.shares {
+            shares.clear_all().await;
+        }
+    }
+
     pub async fn visible(&self, user: UserId) -> ApiResult<bool> {
         match (&self.viewer, &self.shares) {
             (Viewer::User(me), _) if *me == user => Ok(true),

@@ -12,25 +12,27 @@ mod mutation;
 mod query;
 mod range_slices;
 mod series;
+mod subscription;
 mod sync;
 mod types;
 
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 pub use series::EditScope;
+pub use subscription::{Connection, SubscriptionRoot, ViewerSubscriptions};
 
 use crate::ApiConfig;
 use crate::auth::Viewer;
 use crate::error::{ApiError, ApiResult};
 use crate::loaders::{LoaderContext, Loaders};
 use crate::tiers::Tiers;
-use async_graphql::{Context, EmptySubscription, Schema};
+use async_graphql::{Context, Schema};
 use cal_cache::RequestStats;
 use cal_domain::UserId;
 use cal_storage::Store;
 use std::sync::Arc;
 
-pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type AppSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// Builds the schema. Request-scoped data ([`RequestCtx`]) is attached per request by the HTTP layer.
 pub fn build_schema(config: Arc<ApiConfig>) -> AppSchema {
@@ -39,8 +41,8 @@ pub fn build_schema(config: Arc<ApiConfig>) -> AppSchema {
 
 fn builder(
     config: &Arc<ApiConfig>,
-) -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
-    let mut builder = Schema::build(QueryRoot, MutationRoot::default(), EmptySubscription)
+) -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, SubscriptionRoot> {
+    let mut builder = Schema::build(QueryRoot, MutationRoot::default(), SubscriptionRoot)
         .limit_depth(config.max_depth)
         .limit_complexity(config.max_complexity)
         .limit_recursive_depth(64)
@@ -156,6 +158,12 @@ impl RequestCtx {
 }
 
 impl RequestCtx {
+    /// Forgets everything loaded so far (a long-lived context, before each of its messages).
+    pub(crate) async fn forget(&self) {
+        self.loaders.forget().await;
+        self.emails.forget().await;
+    }
+
     /// The authenticated viewer, or UNAUTHENTICATED.
     pub(crate) fn viewer_id(&self) -> ApiResult<UserId> {
         match self.viewer {

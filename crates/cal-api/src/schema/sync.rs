@@ -13,9 +13,8 @@
 //! ([`cal_cache::RequestStats::read_source`]): a token that moves a client past a change must
 //! never come with the value from before it.
 
-use super::access::calendar_with_role;
 use super::types::{Event, Wants, prefetch};
-use super::{rc, viewer};
+use super::{RequestCtx, rc, viewer};
 use crate::error::{ApiError, ApiResult};
 use async_graphql::{Context, ID, SimpleObject};
 use base64::Engine;
@@ -119,6 +118,21 @@ fn decode(key: &[u8], token: &str, calendar: CalendarId, viewer: UserId) -> Opti
     .then_some(claims.position)
 }
 
+/// Checks that `token` is one of `calendar`'s for `viewer` (BAD_USER_INPUT otherwise).
+pub(crate) fn verify(
+    key: &[u8],
+    token: &str,
+    calendar: CalendarId,
+    viewer: UserId,
+) -> ApiResult<()> {
+    if token.len() > 2 * Snapshot::MAX_LEN {
+        return Err(invalid_token());
+    }
+    decode(key, token, calendar, viewer)
+        .map(|_| ())
+        .ok_or_else(invalid_token)
+}
+
 fn invalid_token() -> ApiError {
     ApiError::bad_input(
         "`since` is not a sync token of this calendar for this viewer: sync again without `since`",
@@ -133,7 +147,7 @@ pub(crate) async fn changes(
     first: Option<i32>,
 ) -> ApiResult<ChangeSet> {
     let r = rc(ctx);
-    let me = viewer(ctx)?;
+    viewer(ctx)?;
     let calendar = CalendarId::parse(&calendar_id)?;
     let max = r.config.max_page_size;
     let limit = match first {
@@ -145,22 +159,53 @@ pub(crate) async fn changes(
             )));
         }
     };
-    if since
-        .as_ref()
-        .is_some_and(|t| t.len() > 2 * Snapshot::MAX_LEN)
-    {
-        return Err(invalid_token());
-    }
     // From here on every value comes from the database (see the module's comment); the access
     // check too, so a revoked member stops at once.
     r.cache_stats.read_source();
-    let (_, role) = calendar_with_role(ctx, calendar).await?;
+    let wants = Wants::of_event(&ctx.look_ahead().field("events").field("event"));
+    page(r, calendar, since.as_deref(), limit, wants).await
+}
+
+/// Checks that the viewer may sync `calendar` (reader role or above; FORBIDDEN otherwise) and
+/// answers the key its tokens are signed with.
+pub(crate) async fn admit(r: &RequestCtx, calendar: CalendarId) -> ApiResult<Arc<[u8]>> {
+    let (_, role) = r.calendar_with_role(calendar).await?;
     if !role.can_read_details() {
         return Err(ApiError::Forbidden);
     }
-    let key = r.store.sync_token_key().await?;
+    Ok(r.store.sync_token_key().await?)
+}
+
+/// A token for "up to date as of now", for a viewer already admitted.
+pub(crate) async fn token_of_now(
+    r: &RequestCtx,
+    key: &[u8],
+    calendar: CalendarId,
+) -> ApiResult<String> {
+    let at = r.store.current_snapshot().await?;
+    Ok(encode(
+        key,
+        calendar,
+        r.viewer_id()?,
+        Position::Synced { at },
+    ))
+}
+
+/// One page of `calendar`'s sync for the viewer of `r`, whose values must come from the
+/// database ([`cal_cache::RequestStats::read_source`]), with what `wants` names prefetched.
+pub(crate) async fn page(
+    r: &RequestCtx,
+    calendar: CalendarId,
+    since: Option<&str>,
+    limit: usize,
+    wants: Wants,
+) -> ApiResult<ChangeSet> {
+    let me = r.viewer_id()?;
+    if since.is_some_and(|t| t.len() > 2 * Snapshot::MAX_LEN) {
+        return Err(invalid_token());
+    }
+    let key = admit(r, calendar).await?;
     let position = since
-        .as_deref()
         .map(|t| decode(&key, t, calendar, me).ok_or_else(invalid_token))
         .transpose()?;
     let fetch = limit as i64 + 1;
@@ -220,7 +265,6 @@ pub(crate) async fn changes(
         });
     }
     let live: Vec<Arc<cal_domain::Event>> = rows.iter().flatten().cloned().collect();
-    let wants = Wants::of_event(&ctx.look_ahead().field("events").field("event"));
     prefetch(r, &live, wants).await?;
     let events = ids
         .iter()
@@ -243,7 +287,7 @@ type Page = (Vec<EventId>, Option<String>, Option<String>);
 /// A page of the events changed after `since` (and before `until`, once a first page fixed it).
 #[allow(clippy::too_many_arguments)]
 async fn changed(
-    r: &super::RequestCtx,
+    r: &RequestCtx,
     calendar: CalendarId,
     since: Snapshot,
     until: Option<Snapshot>,

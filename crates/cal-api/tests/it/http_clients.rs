@@ -13,8 +13,8 @@ fn js_dir() -> PathBuf {
 }
 
 /// `tests/js/node_modules` must be there: `cargo xtask test` installs it (`npm ci`).
-fn node_modules() {
-    for package in ["graphql-http", "@apollo/client"] {
+pub(crate) fn node_modules() {
+    for package in ["graphql-http", "@apollo/client", "graphql-ws", "ws"] {
         let manifest = js_dir()
             .join("node_modules")
             .join(package)
@@ -29,7 +29,7 @@ fn node_modules() {
 }
 
 /// Runs `node <script> <args>` with `stdin`, returning its stdout as JSON.
-fn node(script: &str, args: &[&str], stdin: &str) -> Value {
+pub(crate) fn node(script: &str, args: &[&str], stdin: &str) -> Value {
     node_modules();
     let mut child = Command::new("node")
         .arg(script)
@@ -61,7 +61,7 @@ fn node(script: &str, args: &[&str], stdin: &str) -> Value {
 }
 
 /// Runs the blocking `node` on a thread of its own, so the server keeps answering.
-async fn node_async(script: &'static str, args: Vec<String>, stdin: String) -> Value {
+pub(crate) async fn node_async(script: &'static str, args: Vec<String>, stdin: String) -> Value {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         node(script, &args, &stdin)

@@ -33,4 +33,5 @@ mod recurrence;
 mod redis_failure;
 mod response_cache;
 mod schema_contract;
+mod subscriptions;
 mod sync;

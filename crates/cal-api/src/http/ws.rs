@@ -1,0 +1,139 @@
+//! GraphQL over WebSocket at `/graphql` (a GET with `Upgrade: websocket`): the
+//! `graphql-transport-ws` protocol (the `graphql-ws` library's) and the older
+//! `graphql-ws`/subscriptions-transport one, as async-graphql-axum speaks them.
+//!
+//! - **Authentication**: the client's `connection_init` payload carries the same bearer token
+//!   as HTTP requests, as `{"Authorization": "Bearer <jwt>"}` (any case of the key) or
+//!   `{"token": "<jwt>"}`; without a valid one the connection is closed (code 1002, the reason saying so).
+//! - **Keepalive**: the server answers the client's pings with pongs, and closes a connection
+//!   that has sent nothing for [`IDLE_TIMEOUT`] with 3008 (a `graphql-ws` client pings every
+//!   `keepAlive` milliseconds).
+//! - **Shutdown**: when the server starts draining ([`AppState::close_subscriptions`]), every
+//!   subscription ends and the socket is closed with 1001 (going away), so clients reconnect to
+//!   another instance instead of holding a connection the server waits for.
+
+use super::AppState;
+use crate::auth::Viewer;
+use crate::schema::{Connection, RequestCtx};
+use async_graphql::Data;
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use cal_cache::RequestStats;
+use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A connection that sends nothing (not even a ping) for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether a GET asks to become a WebSocket.
+pub(super) fn is_upgrade(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Upgrades the request and serves GraphQL over the socket until either side ends it.
+pub(super) async fn upgrade(state: AppState, mut parts: Parts) -> Response {
+    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &state).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let closing = state.closing.clone();
+            let (mut sink, stream) = socket.split();
+            let input = stream.take_until(closing.clone().cancelled_owned());
+            let init_state = state.clone();
+            GraphQLWebSocket::new_with_pair(&mut sink, input, state.schema.clone(), protocol)
+                .on_connection_init(move |payload| connection_init(init_state, payload))
+                .keepalive_timeout(IDLE_TIMEOUT)
+                .serve()
+                .await;
+            if closing.is_cancelled() {
+                let frame = CloseFrame {
+                    code: axum::extract::ws::close_code::AWAY,
+                    reason: "server shutting down".into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+            }
+        })
+}
+
+/// The connection's context, from the token in the `connection_init` payload.
+async fn connection_init(
+    state: AppState,
+    payload: serde_json::Value,
+) -> async_graphql::Result<Data> {
+    let viewer = match bearer(&payload) {
+        Some(header) => state.verifier.viewer(Some(&header)).await,
+        None => Viewer::Anonymous,
+    };
+    if !matches!(viewer, Viewer::User(_)) {
+        return Err(async_graphql::Error::new(
+            "connection_init needs a valid bearer token: {\"Authorization\": \"Bearer <token>\"}",
+        ));
+    }
+    let r = Arc::new(RequestCtx::new(
+        viewer,
+        state.store.clone(),
+        state.config.clone(),
+        state.tiers.clone(),
+        Arc::new(RequestStats::default()),
+    ));
+    let conn = Connection::new(
+        r.clone(),
+        state.subscriptions.clone(),
+        state.tiers.sync.feed().clone(),
+        state.closing.clone(),
+    );
+    let mut data = Data::default();
+    data.insert(r);
+    data.insert(Arc::new(conn));
+    Ok(data)
+}
+
+/// `Authorization: Bearer …` as the payload gives it (`{"Authorization": "Bearer …"}`, any case,
+/// or `{"token": "…"}`).
+fn bearer(payload: &serde_json::Value) -> Option<String> {
+    let object = payload.as_object()?;
+    for (key, value) in object {
+        let Some(value) = value.as_str() else {
+            continue;
+        };
+        if key.eq_ignore_ascii_case("authorization") {
+            return Some(value.to_owned());
+        }
+        if key.eq_ignore_ascii_case("token") {
+            return Some(format!("Bearer {value}"));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+    use serde_json::json;
+
+    #[test]
+    fn the_token_is_read_from_the_payload_in_either_form() {
+        let want = Some("Bearer abc".to_owned());
+        assert_eq!(bearer(&json!({ "Authorization": "Bearer abc" })), want);
+        assert_eq!(bearer(&json!({ "authorization": "Bearer abc" })), want);
+        assert_eq!(bearer(&json!({ "token": "abc" })), want);
+        assert_eq!(bearer(&json!({ "Authorization": 5 })), None);
+        assert_eq!(bearer(&json!(null)), None);
+        assert_eq!(bearer(&json!(["Bearer abc"])), None);
+    }
+}

@@ -1,0 +1,230 @@
+//! Subscriptions over WebSocket with the real `graphql-ws` client (node, `tests/js/subscribe.mjs`):
+//! a change made through instance A reaches a subscriber on instance B (peers sharing the
+//! invalidation bus, as instances share Kafka), with tokens that continue `changes` without a
+//! gap; a member who loses access gets a final FORBIDDEN; the connection needs a valid token;
+//! a drain closes subscriptions.
+
+use super::common::*;
+use super::http_clients::node_async;
+
+const SUBSCRIBE: &str =
+    "subscription($c: ID!, $s: String) { calendarChanged(calendarId: $c, since: $s) {
+    events { id deleted event { id title version } } syncToken resync } }";
+
+const CHANGES: &str =
+    "query($c: ID!, $s: String, $n: Int) { changes(calendarId: $c, since: $s, first: $n) {
+    events { id deleted event { id title version } } nextPageToken nextSyncToken } }";
+
+fn ws_url(app: &TestApp) -> String {
+    format!("ws://{}/graphql", app.addr)
+}
+
+/// Subscribes as `user` on `app` (from `since`) in the background, until every id of `until`
+/// has arrived or an error ends it.
+fn subscribe(
+    app: &TestApp,
+    user: UserId,
+    cal: CalendarId,
+    since: Option<&str>,
+    until: &[String],
+) -> tokio::task::JoinHandle<Value> {
+    let plan = json!({
+        "url": ws_url(app), "token": app.token(user), "query": SUBSCRIBE,
+        "variables": { "c": cal.to_string(), "s": since }, "untilIds": until, "timeoutMs": 20000,
+    });
+    tokio::spawn(node_async("subscribe.mjs", vec![], plan.to_string()))
+}
+
+/// Waits until `n` subscriptions on `app` have taken their start position and listen.
+async fn listening(app: &TestApp, n: usize) {
+    for _ in 0..2000 {
+        if app.state.listening_subscriptions() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{n} subscriptions did not start within 20 s");
+}
+
+async fn sync_token(app: &TestApp, user: UserId, cal: CalendarId) -> String {
+    let mut since: Option<String> = None;
+    loop {
+        let resp = app
+            .gql(
+                Some(user),
+                CHANGES,
+                json!({ "c": cal.to_string(), "s": since, "n": 100 }),
+            )
+            .await;
+        let page = &resp.data()["changes"];
+        match page["nextPageToken"].as_str() {
+            Some(next) => since = Some(next.to_owned()),
+            None => return page["nextSyncToken"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+async fn rename(app: &TestApp, user: UserId, event: EventId, title: &str) {
+    let v = app.event_version(event.get()).await;
+    let upd = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { id } }";
+    app.gql(
+        Some(user),
+        upd,
+        json!({ "e": event.to_string(), "v": v, "t": title }),
+    )
+    .await
+    .data();
+}
+
+#[tokio::test]
+async fn a_change_through_one_instance_reaches_a_subscriber_on_another() {
+    let a = TestApp::spawn().await;
+    let b = a.spawn_peer().await;
+    let w = world(&a, 3, 1).await;
+    let (owner, cal) = (w.owner.id, w.calendar);
+    let (renamed, deleted) = (w.events[0].id, w.events[1].id);
+    // From now on (no `since`): only the feed can tell it of the changes below.
+    let sub = subscribe(
+        &b,
+        owner,
+        cal,
+        None,
+        &[renamed.to_string(), deleted.to_string()],
+    );
+    listening(&b, 1).await;
+    rename(&a, owner, renamed, "Moved to Friday").await;
+    let del = "mutation($e: ID!) { deleteEvent(id: $e) }";
+    a.gql(Some(owner), del, json!({ "e": deleted.to_string() }))
+        .await
+        .data();
+    let report = sub.await.unwrap();
+    assert_eq!(report["errors"], json!([]), "{report}");
+    assert_eq!(report["timedOut"], false, "{report}");
+    let messages = report["messages"].as_array().unwrap();
+    let events: Vec<&Value> = messages
+        .iter()
+        .flat_map(|m| m["calendarChanged"]["events"].as_array().unwrap())
+        .collect();
+    let last = |id: EventId| {
+        events
+            .iter()
+            .rev()
+            .find(|e| e["id"] == id.to_string())
+            .copied()
+            .unwrap()
+    };
+    assert_eq!(last(renamed)["event"]["title"], "Moved to Friday");
+    assert_eq!(last(renamed)["deleted"], false);
+    assert_eq!(last(deleted)["deleted"], true);
+    assert!(last(deleted)["event"].is_null());
+    assert!(
+        events.iter().all(|e| e["id"] != w.events[2].id.to_string()),
+        "an unchanged event was sent: {report}"
+    );
+    // The last message's token continues `changes` without a gap: nothing new since.
+    let last_token = messages.last().unwrap()["calendarChanged"]["syncToken"]
+        .as_str()
+        .unwrap();
+    assert!(
+        messages
+            .iter()
+            .all(|m| m["calendarChanged"]["resync"] == false)
+    );
+    let after = b
+        .gql(
+            Some(owner),
+            CHANGES,
+            json!({ "c": cal.to_string(), "s": last_token, "n": 10 }),
+        )
+        .await;
+    assert_eq!(after.data()["changes"]["events"], json!([]), "{}", after.0);
+}
+
+#[tokio::test]
+async fn a_member_who_loses_access_gets_a_final_forbidden() {
+    let a = TestApp::spawn().await;
+    let b = a.spawn_peer().await;
+    let w = world(&a, 1, 0).await;
+    let (owner, cal) = (w.owner.id, w.calendar);
+    let reader = a.user("Rita Reader").await;
+    a.store
+        .share_calendar(cal, reader.id, Role::Reader)
+        .await
+        .unwrap();
+    let token = sync_token(&b, reader.id, cal).await;
+    // It waits for an event that never changes: only the error ends it.
+    let sub = subscribe(&b, reader.id, cal, Some(&token), &["0".to_owned()]);
+    listening(&b, 1).await;
+    rename(&a, owner, w.events[0].id, "Seen by the reader").await;
+    let unshare = "mutation($c: ID!, $u: ID!) { unshareCalendar(calendarId: $c, userId: $u) }";
+    a.gql(
+        Some(owner),
+        unshare,
+        json!({ "c": cal.to_string(), "u": reader.id.to_string() }),
+    )
+    .await
+    .data();
+    rename(&a, owner, w.events[0].id, "Not for the reader").await;
+    let report = sub.await.unwrap();
+    assert_eq!(report["timedOut"], false, "{report}");
+    let titles: Vec<&Value> = report["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["calendarChanged"]["events"].as_array().unwrap())
+        .map(|e| &e["event"]["title"])
+        .collect();
+    assert!(
+        !titles.contains(&&json!("Not for the reader")),
+        "a change after the revocation reached the revoked member: {report}"
+    );
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{report}");
+    assert_eq!(errors[0][0]["extensions"]["code"], "FORBIDDEN", "{report}");
+}
+
+#[tokio::test]
+async fn a_subscription_needs_a_valid_token_and_a_reader_role() {
+    let app = TestApp::spawn().await;
+    let w = world(&app, 1, 0).await;
+    // No token: the connection is closed with 1002 and the reason.
+    let plan = json!({ "url": ws_url(&app), "token": null, "query": SUBSCRIBE,
+        "variables": { "c": w.calendar.to_string() }, "timeoutMs": 5000 });
+    let report = node_async("subscribe.mjs", vec![], plan.to_string()).await;
+    assert_eq!(report["closeCode"], 1002, "{report}");
+    let reason = report["errors"][0][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("bearer token"), "{report}");
+    assert_eq!(report["messages"], json!([]));
+    // A stranger may connect but not subscribe to someone else's calendar.
+    let stranger = app.user("Sam Stranger").await;
+    let report = subscribe(&app, stranger.id, w.calendar, None, &["0".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(
+        report["errors"][0][0]["extensions"]["code"], "FORBIDDEN",
+        "{report}"
+    );
+    // Over HTTP a subscription is refused with a code, never run.
+    let over_http = app
+        .gql(
+            Some(w.owner.id),
+            SUBSCRIBE,
+            json!({ "c": w.calendar.to_string(), "s": null }),
+        )
+        .await;
+    assert!(over_http.0.get("errors").is_some(), "{}", over_http.0);
+}
+
+#[tokio::test]
+async fn draining_the_server_closes_subscriptions_with_going_away() {
+    let app = TestApp::spawn().await;
+    let w = world(&app, 1, 0).await;
+    let sub = subscribe(&app, w.owner.id, w.calendar, None, &["0".to_owned()]);
+    listening(&app, 1).await;
+    app.state.close_subscriptions();
+    let report = sub.await.unwrap();
+    assert_eq!(report["timedOut"], false, "{report}");
+    assert_eq!(report["closeCode"], 1001, "{report}");
+}
