@@ -111,3 +111,16 @@ pub async fn world(app: &TestApp, n: usize, attendees_per_event: usize) -> World
 pub async fn share(app: &TestApp, cal: CalendarId, user: UserId, role: Role) {
     app.store.share_calendar(cal, user, role).await.unwrap();
 }
+
+/// Renames `event` as `user`, at its current version (asserting the write succeeds).
+pub async fn rename(app: &TestApp, user: UserId, event: EventId, title: &str) {
+    let v = app.event_version(event.get()).await;
+    let upd = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { id } }";
+    app.gql(
+        Some(user),
+        upd,
+        json!({ "e": event.to_string(), "v": v, "t": title }),
+    )
+    .await
+    .data();
+}

@@ -64,18 +64,6 @@ async fn sync_token(app: &TestApp, user: UserId, cal: CalendarId) -> String {
     }
 }
 
-async fn rename(app: &TestApp, user: UserId, event: EventId, title: &str) {
-    let v = app.event_version(event.get()).await;
-    let upd = "mutation($e: ID!, $v: Int!, $t: String!) { updateEvent(id: $e, expectedVersion: $v, input: { title: $t }) { id } }";
-    app.gql(
-        Some(user),
-        upd,
-        json!({ "e": event.to_string(), "v": v, "t": title }),
-    )
-    .await
-    .data();
-}
-
 #[tokio::test]
 async fn a_change_through_one_instance_reaches_a_subscriber_on_another() {
     let a = TestApp::spawn().await;
