@@ -202,7 +202,18 @@ async fn a_subscription_needs_a_valid_token_and_a_reader_role() {
             json!({ "c": w.calendar.to_string(), "s": null }),
         )
         .await;
-    assert!(over_http.0.get("errors").is_some(), "{}", over_http.0);
+    assert_eq!(
+        over_http.code(),
+        "GRAPHQL_VALIDATION_FAILED",
+        "{}",
+        over_http.0
+    );
+    assert!(
+        over_http.message().contains("not supported"),
+        "{}",
+        over_http.0
+    );
+    assert!(over_http.0.get("data").is_none(), "{}", over_http.0);
 }
 
 #[tokio::test]
