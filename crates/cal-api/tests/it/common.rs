@@ -124,3 +124,15 @@ pub async fn rename(app: &TestApp, user: UserId, event: EventId, title: &str) {
     .await
     .data();
 }
+
+/// Removes `user`'s role on `calendar`, as its owner, through the API.
+pub async fn unshare(app: &TestApp, owner: UserId, calendar: CalendarId, user: UserId) {
+    let q = "mutation($c: ID!, $u: ID!) { unshareCalendar(calendarId: $c, userId: $u) }";
+    app.gql(
+        Some(owner),
+        q,
+        json!({ "c": calendar.to_string(), "u": user.to_string() }),
+    )
+    .await
+    .data();
+}

@@ -144,14 +144,7 @@ async fn a_member_who_loses_access_gets_a_final_forbidden() {
     let sub = subscribe(&b, reader.id, cal, Some(&token), &["0".to_owned()]);
     listening(&b, 1).await;
     rename(&a, owner, w.events[0].id, "Seen by the reader").await;
-    let unshare = "mutation($c: ID!, $u: ID!) { unshareCalendar(calendarId: $c, userId: $u) }";
-    a.gql(
-        Some(owner),
-        unshare,
-        json!({ "c": cal.to_string(), "u": reader.id.to_string() }),
-    )
-    .await
-    .data();
+    unshare(&a, owner, cal, reader.id).await;
     rename(&a, owner, w.events[0].id, "Not for the reader").await;
     let report = sub.await.unwrap();
     assert_eq!(report["timedOut"], false, "{report}");

@@ -543,14 +543,7 @@ async fn tokens_are_bound_to_their_calendar_and_viewer_and_access_is_checked_eac
     );
     // …until the viewer loses access: then FORBIDDEN at once, even through an instance whose
     // cache has not heard of it.
-    let unshare = "mutation($c: ID!, $u: ID!) { unshareCalendar(calendarId: $c, userId: $u) }";
-    app.gql(
-        Some(owner),
-        unshare,
-        json!({ "c": cal.to_string(), "u": reader.id.to_string() }),
-    )
-    .await
-    .data();
+    unshare(&app, owner, cal, reader.id).await;
     assert_eq!(
         ask(&other_app, reader.id, cal, Some(&token)).await.code(),
         "FORBIDDEN"
