@@ -22,6 +22,9 @@ pub struct SyncConfig {
     /// The nice value of the thread that applies invalidations (see [`cal_cache::priority`];
     /// `None`: the process's priority).
     pub thread_nice: Option<i32>,
+    /// Messages of the subscriptions' feed kept for subscribers that have not read them yet; one
+    /// further behind gets a single "resync" instead ([`crate::feed`]).
+    pub feed_capacity: usize,
     /// Failure injection for crash tests: the process kills itself (SIGKILL) right after a
     /// write's commit, before any invalidation. Never on by any default.
     pub kill_after_commit: bool,
@@ -35,6 +38,7 @@ impl Default for SyncConfig {
             token_wait: Duration::from_secs(1),
             relay: RelayConfig::default(),
             thread_nice: None,
+            feed_capacity: crate::feed::CalendarFeed::CAPACITY,
             kill_after_commit: false,
         }
     }

@@ -74,7 +74,10 @@ async fn consume(me: &Invalidator, mut stream: BoxStream<'static, Result<Invalid
                 }
                 // Own rows too: this instance's subscribers hear its writes from the stream like
                 // everyone else's, after the cache has dropped what they changed.
-                me.feed.tell(News::Changed(inv.calendars.into()));
+                me.feed.tell(News::Changed {
+                    calendars: inv.calendars.into(),
+                    sent_at_ms: inv.sent_at_ms,
+                });
             }
             Err(e) => {
                 // Lost messages: nothing in L1 can be trusted any more.

@@ -13,7 +13,11 @@ use tokio::sync::broadcast;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum News {
     /// A committed write changed these calendars (their events or sharing).
-    Changed(std::sync::Arc<[i64]>),
+    Changed {
+        calendars: std::sync::Arc<[i64]>,
+        /// When the writer sent the change (Unix milliseconds), for the delivery lag.
+        sent_at_ms: u64,
+    },
     /// Messages were lost (this subscriber fell behind, or the stream failed): any calendar may
     /// have changed.
     Missed,
@@ -31,7 +35,8 @@ impl Default for CalendarFeed {
 }
 
 impl CalendarFeed {
-    /// Messages kept for subscribers that have not read them yet.
+    /// Messages kept for subscribers that have not read them yet, by default
+    /// ([`crate::SyncConfig::feed_capacity`]).
     pub const CAPACITY: usize = 1024;
 
     pub fn new(capacity: usize) -> Self {
@@ -48,7 +53,7 @@ impl CalendarFeed {
 
     /// Tells every subscriber (none listening is fine).
     pub fn tell(&self, news: News) {
-        if matches!(&news, News::Changed(c) if c.is_empty()) {
+        if matches!(&news, News::Changed { calendars, .. } if calendars.is_empty()) {
             return;
         }
         let _ = self.tx.send(news);
@@ -77,19 +82,26 @@ impl Subscriber {
 mod tests {
     use super::*;
 
+    fn changed(calendars: &[i64]) -> News {
+        News::Changed {
+            calendars: calendars.into(),
+            sent_at_ms: 7,
+        }
+    }
+
     #[tokio::test]
     async fn a_subscriber_hears_changes_and_is_told_when_it_fell_behind() {
         let feed = CalendarFeed::new(2);
         let mut sub = feed.subscribe();
-        feed.tell(News::Changed(vec![].into()));
-        feed.tell(News::Changed(vec![1, 2].into()));
-        assert_eq!(sub.next().await, Some(News::Changed(vec![1, 2].into())));
+        feed.tell(changed(&[]));
+        feed.tell(changed(&[1, 2]));
+        assert_eq!(sub.next().await, Some(changed(&[1, 2])));
         for c in 3..6 {
-            feed.tell(News::Changed(vec![c].into()));
+            feed.tell(changed(&[c]));
         }
         assert_eq!(sub.next().await, Some(News::Missed));
-        assert_eq!(sub.next().await, Some(News::Changed(vec![4].into())));
-        assert_eq!(sub.next().await, Some(News::Changed(vec![5].into())));
+        assert_eq!(sub.next().await, Some(changed(&[4])));
+        assert_eq!(sub.next().await, Some(changed(&[5])));
         drop(feed);
         assert_eq!(sub.next().await, None);
     }

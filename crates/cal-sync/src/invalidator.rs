@@ -63,6 +63,7 @@ impl Invalidator {
                 "failpoint kill-after-commit is armed: the first write kills this process"
             );
         }
+        let feed = crate::feed::CalendarFeed::new(config.feed_capacity);
         Arc::new(Self {
             cache,
             bus,
@@ -71,7 +72,7 @@ impl Invalidator {
             progress,
             stream_metrics,
             relay_metrics,
-            feed: crate::feed::CalendarFeed::default(),
+            feed,
             relay: OnceLock::new(),
         })
     }
