@@ -135,6 +135,7 @@ impl AppState {
         }
         let responses =
             response_cache::ResponseCache::beside(&tiers.cache, config.response_cache_bytes);
+        let subscriptions = Arc::new(crate::schema::ViewerSubscriptions::new(&registry));
         Self(Arc::new(AppContext {
             responses,
             rate_limiter,
@@ -148,7 +149,7 @@ impl AppState {
             tiers,
             registry,
             documents: Documents::default(),
-            subscriptions: Arc::default(),
+            subscriptions,
             closing: Default::default(),
         }))
     }

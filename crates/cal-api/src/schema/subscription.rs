@@ -13,6 +13,12 @@
 //! feed keeps a fixed number of messages for all subscribers together, and one that falls
 //! behind (a client that does not read: the socket pushes back, nothing is queued for it) gets a
 //! single `resync` message instead of a growing backlog.
+//!
+//! Metrics (in the app's registry): `cal_subscriptions_active` (listening on this instance),
+//! `cal_subscription_messages_total{kind}` (`changes`, `resync`, `error`: a final error),
+//! `cal_subscription_refused_total{reason}` (`connection_limit`, `viewer_limit`) and
+//! `cal_subscription_delivery_seconds`, from the writer sending a change to its message being
+//! handed to the socket (as `cal_invalidation_lag_seconds` measures it to the cache).
 
 use super::RequestCtx;
 use super::sync::{self, EventChange};
@@ -22,6 +28,7 @@ use async_graphql::{Context, ID, SimpleObject, Subscription};
 use cal_domain::{CalendarId, UserId};
 use cal_sync::feed::{CalendarFeed, News, Subscriber};
 use futures::Stream;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,18 +54,97 @@ pub struct CalendarChange {
     pub(crate) _turn: Option<OwnedMutexGuard<()>>,
 }
 
-/// Subscriptions held per viewer on this instance.
-#[derive(Debug, Default)]
+/// Subscriptions held per viewer on this instance, and their metrics.
+#[derive(Debug)]
 pub struct ViewerSubscriptions {
     held: Mutex<HashMap<UserId, usize>>,
     /// Subscriptions past their start (position taken), listening for changes.
     listening: AtomicUsize,
+    metrics: Metrics,
 }
 
 impl ViewerSubscriptions {
+    /// Registers the metrics in `registry` (a registry that has them already keeps its own, and
+    /// these go unexported).
+    pub fn new(registry: &Registry) -> Self {
+        let metrics = Metrics::default();
+        if let Err(e) = metrics.register(registry) {
+            tracing::warn!(error = %e, "subscription metrics not registered");
+        }
+        Self {
+            held: Mutex::default(),
+            listening: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
     /// Subscriptions listening for changes on this instance.
     pub fn listening(&self) -> usize {
         self.listening.load(Ordering::Acquire)
+    }
+}
+
+/// The subscriptions' metrics.
+#[derive(Debug, Clone)]
+struct Metrics {
+    active: IntGauge,
+    messages: IntCounterVec,
+    refused: IntCounterVec,
+    delivery: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let counter = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric")
+        };
+        let m = Self {
+            active: IntGauge::new(
+                "cal_subscriptions_active",
+                "Subscriptions listening for changes on this instance",
+            )
+            .expect("a valid metric"),
+            messages: counter(
+                "cal_subscription_messages_total",
+                "Subscription messages sent, by kind (changes, resync, error: a final error)",
+                "kind",
+            ),
+            refused: counter(
+                "cal_subscription_refused_total",
+                "Subscriptions refused by a limit, by reason (connection_limit, viewer_limit)",
+                "reason",
+            ),
+            delivery: Histogram::with_opts(
+                HistogramOpts::new(
+                    "cal_subscription_delivery_seconds",
+                    "From a writer sending a change to the subscription message that carries it",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )
+            .expect("a valid metric"),
+        };
+        for kind in ["changes", "resync", "error"] {
+            m.messages.with_label_values(&[kind]);
+        }
+        for reason in ["connection_limit", "viewer_limit"] {
+            m.refused.with_label_values(&[reason]);
+        }
+        m
+    }
+}
+
+impl Metrics {
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.active.clone()))?;
+        registry.register(Box::new(self.messages.clone()))?;
+        registry.register(Box::new(self.refused.clone()))?;
+        registry.register(Box::new(self.delivery.clone()))
+    }
+
+    fn sent(&self, kind: &str) {
+        self.messages.with_label_values(&[kind]).inc();
     }
 }
 
@@ -97,8 +183,16 @@ impl Connection {
     fn hold(&self, viewer: UserId) -> ApiResult<Held> {
         let config = &self.r.config;
         let per_connection = config.max_subscriptions_per_connection;
+        let refused = |reason: &str| {
+            self.viewers
+                .metrics
+                .refused
+                .with_label_values(&[reason])
+                .inc()
+        };
         if self.open.fetch_add(1, Ordering::AcqRel) >= per_connection {
             self.open.fetch_sub(1, Ordering::AcqRel);
+            refused("connection_limit");
             return Err(ApiError::SubscriptionLimit(format!(
                 "at most {per_connection} subscriptions per connection"
             )));
@@ -109,6 +203,7 @@ impl Connection {
         if *n >= per_viewer {
             drop(held);
             self.open.fetch_sub(1, Ordering::AcqRel);
+            refused("viewer_limit");
             return Err(ApiError::SubscriptionLimit(format!(
                 "at most {per_viewer} subscriptions per viewer"
             )));
@@ -135,6 +230,7 @@ impl Held {
     fn listen(&mut self) {
         self.listening = true;
         self.viewers.listening.fetch_add(1, Ordering::AcqRel);
+        self.viewers.metrics.active.inc();
     }
 }
 
@@ -143,6 +239,7 @@ impl Drop for Held {
         self.open.fetch_sub(1, Ordering::AcqRel);
         if self.listening {
             self.viewers.listening.fetch_sub(1, Ordering::AcqRel);
+            self.viewers.metrics.active.dec();
         }
         let mut held = self.viewers.held.lock().unwrap();
         if let Some(n) = held.get_mut(&self.viewer) {
@@ -200,6 +297,7 @@ impl SubscriptionRoot {
             calendar,
             token,
             pending,
+            sent_at_ms: None,
             news,
             wants,
             done: false,
@@ -209,6 +307,12 @@ impl SubscriptionRoot {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// One subscription between its messages.
 struct Listening {
     conn: Arc<Connection>,
@@ -216,6 +320,8 @@ struct Listening {
     token: String,
     /// Changes may be waiting after `token`.
     pending: bool,
+    /// When the oldest change not yet sent was sent by its writer (Unix ms), if the feed told.
+    sent_at_ms: Option<u64>,
     news: Subscriber,
     wants: Wants,
     /// A final error went out.
@@ -228,34 +334,42 @@ impl Listening {
         if self.done {
             return None;
         }
-        loop {
+        let message = loop {
             if self.pending {
-                match self.fetch().await {
-                    Ok(Some(change)) => return Some((Ok(change), self)),
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.done = true;
-                        return Some((Err(e), self));
-                    }
+                match self.fetch().await.transpose() {
+                    None => continue,
+                    Some(message) => break message,
                 }
-                continue;
             }
             tokio::select! {
                 news = self.news.next() => match news? {
-                    News::Changed(calendars) => {
-                        self.pending = calendars.contains(&self.calendar.get());
-                    }
-                    News::Missed => match self.resync().await {
-                        Ok(change) => return Some((Ok(change), self)),
-                        Err(e) => {
-                            self.done = true;
-                            return Some((Err(e), self));
+                    News::Changed { calendars, sent_at_ms } => {
+                        if calendars.contains(&self.calendar.get()) {
+                            self.pending = true;
+                            self.sent_at_ms.get_or_insert(sent_at_ms);
                         }
-                    },
+                    }
+                    News::Missed => break self.resync().await,
                 },
                 () = self.conn.shutdown.cancelled() => return None,
             }
+        };
+        let metrics = &self.conn.viewers.metrics;
+        match &message {
+            Ok(change) if change.resync => metrics.sent("resync"),
+            Ok(_) => {
+                metrics.sent("changes");
+                if let Some(sent) = self.sent_at_ms.take() {
+                    let lag_ms = now_ms().saturating_sub(sent);
+                    metrics.delivery.observe(lag_ms as f64 / 1000.0);
+                }
+            }
+            Err(_) => {
+                metrics.sent("error");
+                self.done = true;
+            }
         }
+        Some((message, self))
     }
 
     /// A page of changes after the token (`None`: nothing new), moving the token past it.
@@ -288,6 +402,7 @@ impl Listening {
             sync::token_of_now(r, &key, self.calendar).await?,
         );
         self.pending = false;
+        self.sent_at_ms = None;
         Ok(CalendarChange {
             events: Vec::new(),
             sync_token: missed_from,
