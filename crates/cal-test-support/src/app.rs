@@ -6,6 +6,7 @@ use cal_api::{ApiConfig, AppState};
 use cal_cache::{CacheConfig, InProcessBus, TieredCache};
 use cal_domain::{CalendarId, User, UserId};
 use cal_storage::Store;
+use cal_sync::{Invalidator, SyncConfig};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,7 +81,20 @@ impl TestApp {
         tweak_cache: impl FnOnce(&mut CacheConfig),
     ) -> TestApp {
         let origin = db.name.clone();
-        Self::spawn_on_bus(db, Arc::default(), origin, tweak, tweak_cache).await
+        let sync = SyncConfig::default();
+        Self::spawn_on_bus(db, Arc::default(), origin, sync, tweak, tweak_cache).await
+    }
+
+    /// Spawns with the subscriptions' feed keeping only `capacity` messages (a subscriber that
+    /// falls further behind gets a resync).
+    pub async fn spawn_with_feed(capacity: usize) -> TestApp {
+        let db = Arc::new(TestDb::new().await);
+        let origin = db.name.clone();
+        let sync = SyncConfig {
+            feed_capacity: capacity,
+            ..SyncConfig::default()
+        };
+        Self::spawn_on_bus(db, Arc::default(), origin, sync, |_| {}, |_| {}).await
     }
 
     /// Another instance of the same deployment: this app's database and invalidation bus, its
@@ -93,6 +107,7 @@ impl TestApp {
             self.db.clone(),
             self.bus.clone(),
             origin,
+            SyncConfig::default(),
             |_| {},
             |c| {
                 c.key_prefix = format!("{}peer{n}:", c.key_prefix);
@@ -105,6 +120,7 @@ impl TestApp {
         db: Arc<TestDb>,
         bus: Arc<InProcessBus>,
         origin: String,
+        sync: SyncConfig,
         tweak: impl FnOnce(&mut ApiConfig),
         tweak_cache: impl FnOnce(&mut CacheConfig),
     ) -> TestApp {
@@ -123,7 +139,8 @@ impl TestApp {
         let cache = TieredCache::new(cache_config, &registry)
             .await
             .expect("cache config is valid");
-        let tiers = Arc::new(Tiers::with_bus(cache, bus.clone(), origin));
+        let invalidator = Invalidator::new(cache.clone(), bus.clone(), origin, sync);
+        let tiers = Arc::new(Tiers::new(cache, invalidator, Default::default()));
         tiers
             .sync
             .load_purge_generation(&Store::new(db.pool.clone()))

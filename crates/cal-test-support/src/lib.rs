@@ -8,7 +8,10 @@
 //!   so no other crate's tests need sqlx;
 //! - [`dates`]: the month every fixture lives in ([`dates::ANCHOR`], fixed, and passed to the
 //!   seed) and the instants and strings tests build from it, so that no test depends on the
-//!   month the suite runs in.
+//!   month the suite runs in;
+//! - [`ws`]: a `graphql-transport-ws` client ([`ws::WsClient`]) for what the `graphql-ws`
+//!   library cannot do: a socket with a small receive buffer that stops reading, many
+//!   subscriptions on one connection.
 //!
 //! Everything of `cal-test-infra` is re-exported here, so a test that has the app harness needs
 //! no second fixture crate: [`admin_url`] and [`PgCluster`] (a PostgreSQL cluster of the test's
@@ -22,6 +25,7 @@ mod app;
 pub mod dates;
 mod db;
 pub mod sql;
+pub mod ws;
 
 pub use app::{Gql, TEST_ADMIN_TOKEN, TEST_SECRET, TestApp};
 pub use cal_test_infra::*;

@@ -2,10 +2,13 @@
 //! a change made through instance A reaches a subscriber on instance B (peers sharing the
 //! invalidation bus, as instances share Kafka), with tokens that continue `changes` without a
 //! gap; a member who loses access gets a final FORBIDDEN; the connection needs a valid token;
-//! a drain closes subscriptions.
+//! a drain closes subscriptions. With the protocol written out ([`WsClient`]): a reader that
+//! stops reading gets one resync instead of a queue, and the limits per connection and per
+//! viewer hold.
 
 use super::common::*;
 use super::http_clients::node_async;
+use cal_test_support::ws::{Frame, WsClient};
 
 const SUBSCRIBE: &str =
     "subscription($c: ID!, $s: String) { calendarChanged(calendarId: $c, since: $s) {
@@ -219,4 +222,189 @@ async fn draining_the_server_closes_subscriptions_with_going_away() {
     let report = sub.await.unwrap();
     assert_eq!(report["timedOut"], false, "{report}");
     assert_eq!(report["closeCode"], 1001, "{report}");
+}
+
+/// The GraphQL errors of a subscription's refusal (`next` with errors, or `error`).
+fn refusal(frame: &Frame) -> &Value {
+    match frame {
+        Frame::Next { payload, .. } => &payload["errors"],
+        Frame::Error { errors, .. } => errors,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Reads until a frame that is not the subscription's `complete`.
+async fn next_frame(client: &mut WsClient) -> Frame {
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(20), client.next())
+            .await
+            .expect("a frame within 20 s");
+        if !matches!(frame, Frame::Complete { .. }) {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_gets_one_resync_not_a_queue() {
+    // The feed keeps 4 messages for subscribers that are behind.
+    let app = TestApp::spawn_with_feed(4).await;
+    let w = world(&app, 1, 0).await;
+    let (owner, cal, event) = (w.owner.id, w.calendar, w.events[0].id);
+    // A receive buffer of 4 KiB: the server's send buffer (at most 4 MiB here) fills after a few
+    // messages of ~500 KB (the 20,000-character description, 25 times over), and from then on
+    // the server waits for the socket instead of queueing.
+    let mut client = WsClient::connect(app.addr, Some(&app.token(owner)), Some(4096))
+        .await
+        .unwrap();
+    let copies: Vec<String> = (0..25).map(|i| format!("d{i}: description")).collect();
+    let big = format!(
+        "subscription($c: ID!) {{ calendarChanged(calendarId: $c) {{
+        events {{ id event {{ title {} }} }} syncToken resync }} }}",
+        copies.join(" ")
+    );
+    client
+        .subscribe("1", &big, json!({ "c": cal.to_string() }))
+        .await;
+    listening(&app, 1).await;
+    const UPDATES: usize = 60;
+    let upd = "mutation($e: ID!, $v: Int!, $t: String!, $d: String!) {
+        updateEvent(id: $e, expectedVersion: $v, input: { title: $t, description: $d }) { id } }";
+    let description = "x".repeat(20_000);
+    for n in 0..UPDATES {
+        let v = app.event_version(event.get()).await;
+        let vars =
+            json!({ "e": event.to_string(), "v": v, "t": format!("v{n}"), "d": description });
+        app.gql(Some(owner), upd, vars).await.data();
+    }
+    // Reading again: what the buffers held, then one resync for the rest.
+    let (mut changes, mut resyncs) = (0, Vec::new());
+    let mut after = false;
+    loop {
+        let Frame::Next { payload, .. } = next_frame(&mut client).await else {
+            panic!("the subscription ended");
+        };
+        let message = &payload["data"]["calendarChanged"];
+        if message["resync"] == true {
+            assert_eq!(message["events"], json!([]), "{message}");
+            resyncs.push(message["syncToken"].as_str().unwrap().to_owned());
+            if !after {
+                // Changes after the resync come as changes again.
+                rename(&app, owner, event, "after the resync").await;
+                after = true;
+            }
+            continue;
+        }
+        changes += 1;
+        if message["events"][0]["event"]["title"] == "after the resync" {
+            break;
+        }
+    }
+    assert_eq!(resyncs.len(), 1, "one resync for the whole backlog");
+    assert!(
+        changes < UPDATES / 2,
+        "{changes} messages for {UPDATES} updates: the server queued for a reader that did not read"
+    );
+    assert_eq!(
+        app.metric("cal_subscription_messages_total", &[("kind", "resync")])
+            .await,
+        1.0
+    );
+    // The resync's token fetches what the reader missed.
+    let missed = app
+        .gql(
+            Some(owner),
+            CHANGES,
+            json!({ "c": cal.to_string(), "s": resyncs[0], "n": 10 }),
+        )
+        .await;
+    let events = &missed.data()["changes"]["events"];
+    assert_eq!(events[0]["id"], event.to_string(), "{}", missed.0);
+    assert!(
+        events[0]["event"]["version"].as_i64().unwrap() > UPDATES as i64,
+        "{}",
+        missed.0
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_are_limited_per_connection_and_per_viewer() {
+    let app = TestApp::spawn_with(|c| {
+        c.max_subscriptions_per_connection = 2;
+        c.max_subscriptions_per_viewer = 3;
+    })
+    .await;
+    let w = world(&app, 1, 0).await;
+    let (owner, cal) = (w.owner.id, w.calendar);
+    let token = app.token(owner);
+    let vars = json!({ "c": cal.to_string() });
+    let mut first = WsClient::connect(app.addr, Some(&token), None)
+        .await
+        .unwrap();
+    first.subscribe("1", SUBSCRIBE, vars.clone()).await;
+    first.subscribe("2", SUBSCRIBE, vars.clone()).await;
+    listening(&app, 2).await;
+    first.subscribe("3", SUBSCRIBE, vars.clone()).await;
+    let refused = next_frame(&mut first).await;
+    assert_eq!(
+        refusal(&refused)[0]["extensions"]["code"],
+        "SUBSCRIPTION_LIMIT",
+        "{refused:?}"
+    );
+    assert!(
+        refusal(&refused)[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("per connection"),
+        "{refused:?}"
+    );
+    // A second connection of the same viewer: one more, then the viewer's limit.
+    let mut second = WsClient::connect(app.addr, Some(&token), None)
+        .await
+        .unwrap();
+    second.subscribe("1", SUBSCRIBE, vars.clone()).await;
+    listening(&app, 3).await;
+    second.subscribe("2", SUBSCRIBE, vars.clone()).await;
+    let refused = next_frame(&mut second).await;
+    assert_eq!(
+        refusal(&refused)[0]["extensions"]["code"],
+        "SUBSCRIPTION_LIMIT"
+    );
+    assert!(
+        refusal(&refused)[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("per viewer"),
+        "{refused:?}"
+    );
+    // Another viewer is not held back by this one.
+    let reader = app.user("Rita Reader").await;
+    app.store
+        .share_calendar(cal, reader.id, Role::Reader)
+        .await
+        .unwrap();
+    let mut other = WsClient::connect(app.addr, Some(&app.token(reader.id)), None)
+        .await
+        .unwrap();
+    other.subscribe("1", SUBSCRIBE, vars.clone()).await;
+    listening(&app, 4).await;
+    // Ending one gives its place back.
+    first.complete("1").await;
+    for _ in 0..2000 {
+        if app.state.listening_subscriptions() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    second.subscribe("3", SUBSCRIBE, vars).await;
+    listening(&app, 4).await;
+    assert_eq!(app.metric("cal_subscriptions_active", &[]).await, 4.0);
+    for reason in ["connection_limit", "viewer_limit"] {
+        assert_eq!(
+            app.metric("cal_subscription_refused_total", &[("reason", reason)])
+                .await,
+            1.0,
+            "{reason}"
+        );
+    }
 }

@@ -10,7 +10,8 @@
 //! - a writer killed between its commit and its L2 tombstones, and a writer that exits after
 //!   writing through a Redis outage: another instance's relay repairs Redis from the outbox, so
 //!   an instance without L1 (and the shared response tier) stops serving the old value within
-//!   the relay grace plus the liveness bound.
+//!   the relay grace plus the liveness bound;
+//! - a subscriber on one instance hears a write made through another (over the broker).
 
 use cal_domain::{CalendarId, EventId, EventStatus, Transparency, UserId};
 use cal_storage::{NewEvent, Store};
@@ -994,4 +995,56 @@ async fn calendar_purge_reaches_every_instance_and_redis() {
             }
         }
     }
+}
+
+/// A `calendarChanged` subscriber on instance B hears a write acknowledged by instance A: B
+/// learns of it from the invalidation stream it consumes (tansu), as it learns of everything.
+#[tokio::test]
+async fn a_subscriber_on_one_instance_hears_a_write_through_another() {
+    use cal_test_support::ws::{Frame, WsClient};
+    let c = Cluster::new(2).await;
+    let list = c.instances(2).await;
+    let (a, b) = (&list[0], &list[1]);
+    let token = c.token();
+    let addr = format!("127.0.0.1:{}", b.port).parse().unwrap();
+    let mut ws = WsClient::connect(addr, Some(&token), None).await.unwrap();
+    let subscribe = "subscription($c: ID!) { calendarChanged(calendarId: $c) {
+        events { id deleted event { title } } syncToken resync } }";
+    ws.subscribe("1", subscribe, json!({ "c": c.calendar.to_string() }))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.metric(&c.client, "cal_subscriptions_active").await != 1.0 {
+        assert!(Instant::now() < deadline, "the subscription never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ev = c.events[1];
+    let v = sql::event_version(&c.db.pool, ev.get()).await;
+    let (body, _) = gql(
+        &c.client,
+        a,
+        &token,
+        None,
+        WRITE,
+        json!({ "e": ev.to_string(), "v": v, "t": "Heard on B" }),
+    )
+    .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the change reached B's subscriber within 10 s");
+    let Frame::Next { payload, .. } = frame else {
+        panic!("expected a message, got {frame:?}");
+    };
+    let message = &payload["data"]["calendarChanged"];
+    assert_eq!(
+        message["events"],
+        json!([{ "id": ev.to_string(), "deleted": false, "event": { "title": "Heard on B" } }]),
+        "{payload}"
+    );
+    assert_eq!(message["resync"], false);
+    assert_eq!(
+        b.metric(&c.client, "cal_subscription_delivery_seconds_count")
+            .await,
+        1.0
+    );
 }
