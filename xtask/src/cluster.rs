@@ -5,7 +5,10 @@
 //!   and keeps it up until Ctrl-C.
 //! - `cargo xtask bench-cluster`: in one run, drives the month view with k6 through the balancer
 //!   against 1 instance, then against N (default 3), and reports throughput, latency and the
-//!   cross-instance invalidation lag summed over every instance's `/metrics`.
+//!   cross-instance invalidation lag summed over every instance's `/metrics`; beside the load, a
+//!   probe renames an event through the first instance every `--probe-every-ms` and a
+//!   `calendarChanged` subscriber on the last one times each rename from its acknowledgement to
+//!   its message ([`crate::subscriptions::LagProbe`]).
 //!
 //! The balancer works at the TCP level: it picks the next instance for each accepted connection
 //! (skipping one that refuses it) and copies bytes both ways, so a keep-alive client stays on the
@@ -18,6 +21,7 @@ use crate::prom::{
     Buckets, Quantile, add_buckets, histogram_buckets, prom_sum, quantile, sum_counter,
 };
 use crate::report;
+use crate::subscriptions::{LagProbe, LagSamples};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use std::io::ErrorKind;
@@ -32,6 +36,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const MAX_INSTANCES: u16 = 16;
 /// The invalidation lag histogram every instance exports.
 const LAG: &str = "cal_invalidation_lag_seconds";
+/// From a writer sending a change to a subscription's message carrying it (the probe's).
+const DELIVERY: &str = "cal_subscription_delivery_seconds";
 
 #[derive(clap::Args, Debug)]
 pub struct ClusterArgs {
@@ -98,6 +104,10 @@ pub struct BenchClusterArgs {
     /// Build and run the release binary (`--release false` for a debug build).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     release: bool,
+    /// Milliseconds between the subscription probe's renames (through the first instance, heard
+    /// by a subscriber on the last; `0`: no probe).
+    #[arg(long, default_value_t = 200)]
+    probe_every_ms: u64,
 }
 
 /// The options both commands share, checked before anything starts.
@@ -569,6 +579,8 @@ struct Phase {
     k6: Value,
     /// Lag histogram summed over instances, measured run only (after minus before).
     lag: Buckets,
+    /// Subscription delivery histogram, the same way.
+    delivery: Buckets,
     /// Counters summed over instances, measured run only.
     applied: f64,
     published: f64,
@@ -577,30 +589,36 @@ struct Phase {
     behind_at_end: f64,
     /// Connections the balancer gave each instance during warm-up and measured run.
     connections: Vec<u64>,
+    /// The subscription probe's deliveries (none when it was off).
+    probe: Option<LagSamples>,
 }
 
-fn sum_lag(texts: &[String]) -> Buckets {
+/// A histogram summed over instances, measured run only (after minus before).
+fn summed_histogram(name: &str, before: &[String], after: &[String]) -> Buckets {
     let mut acc = Buckets::new();
-    for t in texts {
-        add_buckets(&mut acc, &histogram_buckets(t, LAG), 1.0);
+    for t in after {
+        add_buckets(&mut acc, &histogram_buckets(t, name), 1.0);
+    }
+    for t in before {
+        add_buckets(&mut acc, &histogram_buckets(t, name), -1.0);
     }
     acc
 }
 
 impl Phase {
     fn new(instances: u16, k6: Value, before: &[String], after: &[String]) -> Phase {
-        let mut lag = sum_lag(after);
-        add_buckets(&mut lag, &sum_lag(before), -1.0);
         let delta = |name| sum_counter(after, name) - sum_counter(before, name);
         Phase {
             instances,
             k6,
-            lag,
+            lag: summed_histogram(LAG, before, after),
+            delivery: summed_histogram(DELIVERY, before, after),
             applied: delta("cal_invalidation_applied_total"),
             published: delta("cal_invalidation_published_total"),
             publish_errors: delta("cal_invalidation_publish_errors_total"),
             behind_at_end: sum_counter(after, "cal_invalidation_consumer_behind"),
             connections: Vec::new(),
+            probe: None,
         }
     }
 
@@ -659,6 +677,32 @@ fn table_row(p: &Phase) -> String {
             .collect::<Vec<_>>()
             .join(" / "),
     )
+}
+
+fn probe_header() -> String {
+    "| setup (subscriber on the last instance, writes through the first) | probe writes | delivered | before the ack | resyncs | ack → subscriber p50 ms | p99 ms | sent → message p50 ms | p99 ms | invalidation lag p99 ms | ack → subscriber p99 / invalidation p99 |\n\
+     |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        .to_owned()
+}
+
+fn probe_row(p: &Phase) -> Option<String> {
+    let probe = p.probe.as_ref()?;
+    let invalidation_p99 = quantile(&p.lag, 0.99).map(|q| q.estimate * 1000.0);
+    let p99 = probe.quantile(0.99);
+    Some(format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        p.label(),
+        probe.writes,
+        probe.lags_ms.len(),
+        probe.early,
+        probe.resyncs,
+        report::num(probe.quantile(0.5), 1),
+        report::num(p99, 1),
+        lag_cell(quantile(&p.delivery, 0.5)),
+        lag_cell(quantile(&p.delivery, 0.99)),
+        report::num(invalidation_p99, 1),
+        report::ratio(p99, invalidation_p99),
+    ))
 }
 
 /// Whether `database` exists and holds the large scale with events in `[from, to)`.
@@ -732,7 +776,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         process::run(&mut calendar(&["migrate"]))?;
     }
     let fixtures_path = out_dir.join("fixtures.json");
-    let (_, n_fixtures) = bench::write_fixtures(calendar, args.calendars, &fixtures_path)?;
+    let (fixtures, n_fixtures) = bench::write_fixtures(calendar, args.calendars, &fixtures_path)?;
     check_stop(&stop)?;
 
     let broker = Broker::start(&tansu, args.broker_nice, &out_dir.join("tansu.log"))?;
@@ -824,10 +868,22 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
             .iter()
             .map(Instance::metrics)
             .collect::<Result<Vec<_>>>()?;
+        let probe = (args.probe_every_ms > 0)
+            .then(|| {
+                let (writer, reader) = (&instances[0], &instances[instances.len() - 1]);
+                LagProbe::start(
+                    &writer.addr,
+                    &reader.addr,
+                    &fixtures[0],
+                    Duration::from_millis(args.probe_every_ms),
+                )
+            })
+            .transpose()?;
         let summary = k6_run(
             &args.duration,
             &out_dir.join(format!("summary-phase{count}.json")),
         )?;
+        let probe = probe.map(LagProbe::finish).transpose()?;
         let after = instances
             .iter()
             .map(Instance::metrics)
@@ -840,6 +896,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         }
         let mut phase = Phase::new(count, summary, &before, &after);
         phase.connections = lb.connections();
+        phase.probe = probe;
         eprintln!("{}", table_row(&phase));
         phases.push(phase);
         drop(instances);
@@ -867,6 +924,17 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
     for p in &phases {
         report.push_str(&table_row(p));
         report.push('\n');
+    }
+    if phases.iter().any(|p| p.probe.is_some()) {
+        report.push('\n');
+        report.push_str(&probe_header());
+        report.push('\n');
+        for p in &phases {
+            if let Some(row) = probe_row(p) {
+                report.push_str(&row);
+                report.push('\n');
+            }
+        }
     }
     if let [one, many] = &phases[..] {
         report.push_str(&format!(
@@ -1013,6 +1081,23 @@ mod tests {
         assert_eq!(p.lag.last(), Some(&(f64::INFINITY, 250.0)));
         assert_eq!(p.lag[3], (0.01, 98.0));
         assert_eq!(p.applied, 150.0);
+    }
+
+    #[test]
+    fn the_probe_row_sits_beside_the_invalidation_lag() {
+        let mut p = Phase::new(2, Value::Null, &[], &[METRICS.to_owned()]);
+        assert_eq!(probe_row(&p), None);
+        p.probe = Some(LagSamples {
+            writes: 3,
+            lags_ms: vec![1.0, 2.0, 30.0],
+            ..LagSamples::default()
+        });
+        let row = probe_row(&p).unwrap();
+        assert!(
+            row.starts_with("| 2 instances | 3 | 3 | 0 | 0 | 2.0 | 30.0 | n/a | n/a | "),
+            "{row}"
+        );
+        assert!(row.ends_with("x |"), "{row}");
     }
 
     #[test]

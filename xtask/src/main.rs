@@ -6,11 +6,15 @@
 //! - `bench-http`: bytes on the wire per content coding, and 304 revalidations next to full
 //!   response-cache hits (wrk).
 //! - `cluster`: a local multi-instance setup (Kafka-protocol broker, N instances, load balancer).
-//! - `bench-cluster`: invalidation lag and month-view throughput, N instances versus 1.
+//! - `bench-cluster`: invalidation lag, subscription delivery lag and month-view throughput,
+//!   N instances versus 1.
+//! - `bench-subscriptions`: memory per idle subscription and per 10,000 on one instance, and the
+//!   time one write takes to reach all of them.
 //!
 //! What several commands share has a module of its own: `process` (running commands, stopping
 //! children on drop, waiting for a server to be ready), `http_client` (one-shot HTTP/1
-//! requests: the readiness probe, metrics scrapes, check requests), `prom` (Prometheus text:
+//! requests: the readiness probe, metrics scrapes, check requests), `subscriptions` (a blocking
+//! `graphql-transport-ws` client and the delivery-lag probe), `prom` (Prometheus text:
 //! sums of series, histogram buckets and quantiles) and `report` (the cells and header facts
 //! of the benchmarks' markdown tables, k6 summary figures).
 
@@ -20,6 +24,7 @@ mod http_client;
 mod process;
 mod prom;
 mod report;
+mod subscriptions;
 
 use anyhow::{Context, Result, bail};
 use cal_test_infra::TANSU_BIN;
@@ -56,6 +61,9 @@ enum Cmd {
     /// Measure cross-instance invalidation lag and month-view throughput: 1 instance, then N,
     /// behind the load balancer, in one run.
     BenchCluster(cluster::BenchClusterArgs),
+    /// Memory per idle subscription and per 10,000 on one instance, and the time one write
+    /// takes to reach them all.
+    BenchSubscriptions(subscriptions::BenchSubscriptionsArgs),
 }
 
 fn main() -> Result<()> {
@@ -66,6 +74,7 @@ fn main() -> Result<()> {
         Cmd::BenchHttp(args) => bench::http::run(args),
         Cmd::Cluster(args) => cluster::run(args),
         Cmd::BenchCluster(args) => cluster::bench(args),
+        Cmd::BenchSubscriptions(args) => subscriptions::bench(args),
     }
 }
 
