@@ -336,7 +336,8 @@ impl Listening {
         }
         let message = loop {
             if self.pending {
-                match self.fetch().await.transpose() {
+                // Boxed, as below: an idle subscription's state then holds no room for a read.
+                match Box::pin(self.fetch()).await.transpose() {
                     None => continue,
                     Some(message) => break message,
                 }
@@ -349,7 +350,7 @@ impl Listening {
                             self.sent_at_ms.get_or_insert(sent_at_ms);
                         }
                     }
-                    News::Missed => break self.resync().await,
+                    News::Missed => break Box::pin(self.resync()).await,
                 },
                 () = self.conn.shutdown.cancelled() => return None,
             }
