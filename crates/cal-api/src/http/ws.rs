@@ -8,6 +8,8 @@
 //! - **Keepalive**: the server answers the client's pings with pongs, and closes a connection
 //!   that has sent nothing for [`IDLE_TIMEOUT`] with 3008 (a `graphql-ws` client pings every
 //!   `keepAlive` milliseconds).
+//! - **Size**: a client message over `MAX_BODY_BYTES` closes the connection with 1009 (and a
+//!   frame that is not WebSocket with 1002), the reason saying so.
 //! - **Shutdown**: when the server starts draining ([`AppState::close_subscriptions`]), every
 //!   subscription ends and the socket is closed with 1001 (going away), so clients reconnect to
 //!   another instance instead of holding a connection the server waits for.
@@ -18,7 +20,7 @@ use crate::schema::{Connection, RequestCtx};
 use async_graphql::Data;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::extract::FromRequestParts;
-use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade, close_code};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use cal_cache::RequestStats;
@@ -28,6 +30,10 @@ use std::time::Duration;
 
 /// A connection that sends nothing (not even a ping) for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The socket's read buffer. Clients send small messages (`subscribe`, `ping`); the library's
+/// default of 128 KiB, held by every idle connection, was most of a connection's memory.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Whether a GET asks to become a WebSocket.
 pub(super) fn is_upgrade(parts: &Parts) -> bool {
@@ -48,26 +54,70 @@ pub(super) async fn upgrade(state: AppState, mut parts: Parts) -> Response {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
+    // A client's message is held to the limit of an HTTP body.
+    let max_message = state.config.max_body_bytes;
     upgrade
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
             let closing = state.closing.clone();
             let (mut sink, stream) = socket.split();
-            let input = stream.take_until(closing.clone().cancelled_owned());
+            // The first read error ends the connection (async-graphql-axum stops there): its
+            // close frame goes out once serving has stopped.
+            let refusal = Arc::new(std::sync::Mutex::new(None));
+            let input = stream
+                .take_until(closing.clone().cancelled_owned())
+                .inspect({
+                    let refusal = refusal.clone();
+                    move |message| {
+                        if let Err(e) = message {
+                            refusal
+                                .lock()
+                                .unwrap()
+                                .get_or_insert_with(|| refusal_of(e, max_message));
+                        }
+                    }
+                });
             let init_state = state.clone();
             GraphQLWebSocket::new_with_pair(&mut sink, input, state.schema.clone(), protocol)
                 .on_connection_init(move |payload| connection_init(init_state, payload))
                 .keepalive_timeout(IDLE_TIMEOUT)
                 .serve()
                 .await;
-            if closing.is_cancelled() {
-                let frame = CloseFrame {
-                    code: axum::extract::ws::close_code::AWAY,
+            let refused = refusal.lock().unwrap().take();
+            let frame = refused.or_else(|| {
+                closing.is_cancelled().then(|| CloseFrame {
+                    code: close_code::AWAY,
                     reason: "server shutting down".into(),
-                };
+                })
+            });
+            if let Some(frame) = frame {
                 let _ = sink.send(Message::Close(Some(frame))).await;
             }
         })
+}
+
+/// The close frame for a socket error: 1009 for a message over the limit, 1002 for anything
+/// else the client sent that is not WebSocket.
+fn refusal_of(e: &axum::Error, max_message: usize) -> CloseFrame {
+    use std::error::Error as _;
+    let too_big = e
+        .source()
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)));
+    if too_big {
+        CloseFrame {
+            code: close_code::SIZE,
+            reason: format!("a message may be at most {max_message} bytes (MAX_BODY_BYTES)").into(),
+        }
+    } else {
+        CloseFrame {
+            code: close_code::PROTOCOL,
+            reason: "not a valid WebSocket frame".into(),
+        }
+    }
 }
 
 /// The connection's context, from the token in the `connection_init` payload.

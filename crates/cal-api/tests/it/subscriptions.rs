@@ -408,3 +408,31 @@ async fn subscriptions_are_limited_per_connection_and_per_viewer() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_message_over_the_body_limit_closes_the_socket_with_1009() {
+    let app = TestApp::spawn_with(|c| c.max_body_bytes = 4096).await;
+    let w = world(&app, 1, 0).await;
+    let token = app.token(w.owner.id);
+    let mut client = WsClient::connect(app.addr, Some(&token), None)
+        .await
+        .unwrap();
+    let padded = format!("{SUBSCRIBE} # {}", "x".repeat(8192));
+    client
+        .subscribe("1", &padded, json!({ "c": w.calendar.to_string() }))
+        .await;
+    let frame = next_frame(&mut client).await;
+    let Frame::Closed { code, reason } = &frame else {
+        panic!("expected the socket closed, got {frame:?}");
+    };
+    assert_eq!(*code, 1009, "{frame:?}");
+    assert!(reason.contains("MAX_BODY_BYTES"), "{frame:?}");
+    // Within the limit the same connection's successor works.
+    let mut client = WsClient::connect(app.addr, Some(&token), None)
+        .await
+        .unwrap();
+    client
+        .subscribe("1", SUBSCRIBE, json!({ "c": w.calendar.to_string() }))
+        .await;
+    listening(&app, 1).await;
+}
