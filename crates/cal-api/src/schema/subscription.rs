@@ -334,8 +334,13 @@ impl Listening {
         if self.done {
             return None;
         }
+        // When the oldest change this message covers was sent: what the news heard before the
+        // read said (the read sees every change heard before it; news that a read finds
+        // nothing new for was carried by an earlier message, and is not counted again).
+        let mut sent_at_ms = None;
         let message = loop {
             if self.pending {
+                sent_at_ms = self.sent_at_ms.take();
                 // Boxed, as below: an idle subscription's state then holds no room for a read.
                 match Box::pin(self.fetch()).await.transpose() {
                     None => continue,
@@ -360,7 +365,7 @@ impl Listening {
             Ok(change) if change.resync => metrics.sent("resync"),
             Ok(_) => {
                 metrics.sent("changes");
-                if let Some(sent) = self.sent_at_ms.take() {
+                if let Some(sent) = sent_at_ms {
                     let lag_ms = now_ms().saturating_sub(sent);
                     metrics.delivery.observe(lag_ms as f64 / 1000.0);
                 }
