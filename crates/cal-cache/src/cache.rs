@@ -352,7 +352,9 @@ enum Lookup<V> {
     Miss,
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// Unix milliseconds: the clock of [`crate::Invalidation::sent_at_ms`] and of every lag measured
+/// against it.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

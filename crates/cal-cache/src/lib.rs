@@ -44,7 +44,9 @@ pub mod xfetch;
 
 pub use breaker::BreakerState;
 pub use bus::{BusError, InProcessBus, Invalidation, InvalidationBus, Position};
-pub use cache::{CacheStatus, Deps, Loaded, RequestStats, RequestStatsSnapshot, TieredCache};
+pub use cache::{
+    CacheStatus, Deps, Loaded, RequestStats, RequestStatsSnapshot, TieredCache, now_ms,
+};
 pub use config::{CacheConfig, KeySpec};
 pub use error::CacheError;
 pub use get_size2::GetSize;

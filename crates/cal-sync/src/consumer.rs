@@ -8,14 +8,8 @@ use cal_cache::{BusError, Invalidation};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Runs the consumer on a thread of its own (with a single-threaded runtime), not on the
 /// request runtime: a delivered invalidation is applied as soon as the OS wakes that thread,
@@ -65,7 +59,7 @@ async fn consume(me: &Invalidator, mut stream: BoxStream<'static, Result<Invalid
                     crate::trace::set_remote_parent(&span, &inv.trace_context);
                     span.in_scope(|| me.cache.apply_remote(&inv));
                     me.stream_metrics.applied.inc();
-                    let lag_ms = now_ms().saturating_sub(inv.sent_at_ms);
+                    let lag_ms = cal_cache::now_ms().saturating_sub(inv.sent_at_ms);
                     me.stream_metrics.lag.observe(lag_ms as f64 / 1000.0);
                 }
                 me.progress.heard(inv.sent_at_ms);
@@ -104,7 +98,7 @@ pub(crate) async fn monitor_liveness(
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let age = now_ms().saturating_sub(me.progress.freshest_ms());
+        let age = cal_cache::now_ms().saturating_sub(me.progress.freshest_ms());
         let behind = age > bound_ms;
         if me.progress.set_behind(behind) != behind {
             if behind {

@@ -58,8 +58,6 @@ pub struct CalendarChange {
 #[derive(Debug)]
 pub struct ViewerSubscriptions {
     held: Mutex<HashMap<UserId, usize>>,
-    /// Subscriptions past their start (position taken), listening for changes.
-    listening: AtomicUsize,
     metrics: Metrics,
 }
 
@@ -73,14 +71,14 @@ impl ViewerSubscriptions {
         }
         Self {
             held: Mutex::default(),
-            listening: AtomicUsize::new(0),
             metrics,
         }
     }
 
-    /// Subscriptions listening for changes on this instance.
+    /// Subscriptions past their start (position taken) listening for changes on this instance:
+    /// the `cal_subscriptions_active` gauge, which counts them whether or not it is exported.
     pub fn listening(&self) -> usize {
-        self.listening.load(Ordering::Acquire)
+        usize::try_from(self.metrics.active.get()).unwrap_or(0)
     }
 }
 
@@ -229,7 +227,6 @@ struct Held {
 impl Held {
     fn listen(&mut self) {
         self.listening = true;
-        self.viewers.listening.fetch_add(1, Ordering::AcqRel);
         self.viewers.metrics.active.inc();
     }
 }
@@ -238,7 +235,6 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
         if self.listening {
-            self.viewers.listening.fetch_sub(1, Ordering::AcqRel);
             self.viewers.metrics.active.dec();
         }
         let mut held = self.viewers.held.lock().unwrap();
@@ -307,12 +303,6 @@ impl SubscriptionRoot {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// One subscription between its messages.
 struct Listening {
     conn: Arc<Connection>,
@@ -366,7 +356,7 @@ impl Listening {
             Ok(_) => {
                 metrics.sent("changes");
                 if let Some(sent) = sent_at_ms {
-                    let lag_ms = now_ms().saturating_sub(sent);
+                    let lag_ms = cal_cache::now_ms().saturating_sub(sent);
                     metrics.delivery.observe(lag_ms as f64 / 1000.0);
                 }
             }
