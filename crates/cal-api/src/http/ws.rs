@@ -66,17 +66,14 @@ pub(super) async fn upgrade(state: AppState, mut parts: Parts) -> Response {
             let (mut sink, stream) = socket.split();
             // The first read error ends the connection (async-graphql-axum stops there): its
             // close frame goes out once serving has stopped.
-            let refusal = Arc::new(std::sync::Mutex::new(None));
+            let refusal = Arc::new(std::sync::OnceLock::new());
             let input = stream
                 .take_until(closing.clone().cancelled_owned())
                 .inspect({
                     let refusal = refusal.clone();
                     move |message| {
                         if let Err(e) = message {
-                            refusal
-                                .lock()
-                                .unwrap()
-                                .get_or_insert_with(|| refusal_of(e, max_message));
+                            refusal.get_or_init(|| refusal_of(e, max_message));
                         }
                     }
                 });
@@ -86,8 +83,7 @@ pub(super) async fn upgrade(state: AppState, mut parts: Parts) -> Response {
                 .keepalive_timeout(IDLE_TIMEOUT)
                 .serve()
                 .await;
-            let refused = refusal.lock().unwrap().take();
-            let frame = refused.or_else(|| {
+            let frame = refusal.get().cloned().or_else(|| {
                 closing.is_cancelled().then(|| CloseFrame {
                     code: close_code::AWAY,
                     reason: "server shutting down".into(),
