@@ -18,7 +18,7 @@
 
 pub mod http;
 
-use crate::http_client::{http_get_status, http_request, http_request_raw};
+use crate::http_client::{http_get_status, http_request_raw, metrics_text};
 use crate::process::{self, KillOnDrop, TermOnDrop, wait_ready};
 use crate::prom::prom_sum;
 use crate::report::{command_line, commit, k6_rps, metric, mib, num, ratio, today};
@@ -323,14 +323,8 @@ fn prepare(args: &BenchArgs) -> Result<Setup> {
         "query": month_view_query(&root)?,
         "variables": { "calendarId": first["calendarId"], "from": from, "to": to },
     }))?;
-    let wrk_token = first["token"]
-        .as_str()
-        .context("fixture without token")?
-        .to_owned();
-    let wrk_calendar = first["calendarId"]
-        .as_str()
-        .context("fixture without calendarId")?
-        .to_owned();
+    let (wrk_calendar, wrk_token) = fixture_of(first)?;
+    let (wrk_calendar, wrk_token) = (wrk_calendar.to_owned(), wrk_token.to_owned());
     Ok(Setup {
         listen: format!("127.0.0.1:{}", args.port),
         run_id: SystemTime::now()
@@ -949,9 +943,7 @@ fn wrk_lat(w: Option<&WrkResult>) -> String {
 
 /// The server's `/metrics` text (empty if it does not answer).
 fn scrape(addr: &str) -> String {
-    http_request(addr, "GET", "/metrics", &[], "")
-        .map(|(_, body)| body)
-        .unwrap_or_default()
+    metrics_text(addr).unwrap_or_default()
 }
 
 /// CPU seconds (user + system) of `pid` and of every process named `postgres`.
@@ -1077,6 +1069,16 @@ pub(crate) fn write_fixtures(
     Ok((fixtures, n))
 }
 
+/// A fixture's calendar id and its owner's token.
+pub(crate) fn fixture_of(fixture: &Value) -> Result<(&str, &str)> {
+    let field = |name: &str| {
+        fixture[name]
+            .as_str()
+            .with_context(|| format!("fixture without {name}: {fixture}"))
+    };
+    Ok((field("calendarId")?, field("token")?))
+}
+
 /// The month view query, from the file the k6 script's query mirrors.
 fn month_view_query(root: &Path) -> Result<String> {
     let path = root.join("loadtests/month_view.graphql");
@@ -1141,7 +1143,7 @@ fn ensure_apt_tool(tool: &str, probe: &[&str], package: &str) -> Option<PathBuf>
 }
 
 /// VmRSS and VmHWM of a process, in KiB.
-fn memory(pid: u32) -> (Option<u64>, Option<u64>) {
+pub(crate) fn memory(pid: u32) -> (Option<u64>, Option<u64>) {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return (None, None);
     };

@@ -15,7 +15,7 @@
 //! instance it first reached.
 
 use crate::bench;
-use crate::http_client::http_request;
+use crate::http_client::metrics_text;
 use crate::process::{self, KillOnDrop};
 use crate::prom::{
     Buckets, Quantile, add_buckets, histogram_buckets, prom_sum, quantile, sum_counter,
@@ -352,14 +352,7 @@ impl Instance {
     }
 
     fn metrics(&self) -> Result<String> {
-        let (status, body) = http_request(&self.addr, "GET", "/metrics", &[], "")
-            .with_context(|| format!("scraping instance {} ({})", self.number, self.addr))?;
-        ensure!(
-            status == 200,
-            "GET /metrics of instance {} answered {status}",
-            self.number
-        );
-        Ok(body)
+        metrics_text(&self.addr).with_context(|| format!("scraping instance {}", self.number))
     }
 
     /// Waits until the instance hears the invalidation stream (it bypasses L1 until then).
@@ -959,14 +952,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
     for note in &notes {
         report.push_str(&format!("\nnote: {note}\n"));
     }
-    let results = out_dir.join("results.md");
-    std::fs::write(&results, &report)?;
-    println!("{report}");
-    eprintln!(
-        "(also in {}; logs and metrics beside it)",
-        results.display()
-    );
-    Ok(())
+    report::publish(&out_dir.join("results.md"), &report)
 }
 
 #[cfg(test)]

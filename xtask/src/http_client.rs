@@ -1,5 +1,5 @@
 //! One-shot HTTP/1 requests over a plain `TcpStream`: xtask needs no HTTP client library for a
-//! readiness probe ([`http_get_status`]), a metrics scrape ([`http_request`]) and the few check
+//! readiness probe ([`http_get_status`]), a metrics scrape ([`metrics_text`]) and the few check
 //! requests whose exact bytes the benchmarks compare ([`http_request_raw`]). Shared by `bench`,
 //! `bench-http` and the cluster commands.
 
@@ -51,6 +51,13 @@ pub(crate) fn http_request_raw(
         .and_then(|c| c.parse().ok())
         .context("not an HTTP response")?;
     Ok((status, head, raw[split + 4..].to_vec()))
+}
+
+/// A server's `/metrics` text; an error unless it answers 200.
+pub(crate) fn metrics_text(addr: &str) -> Result<String> {
+    let (status, body) = http_request(addr, "GET", "/metrics", &[], "")?;
+    anyhow::ensure!(status == 200, "GET /metrics on {addr} answered {status}");
+    Ok(body)
 }
 
 /// The status code of a plain HTTP/1.1 GET (no client library needed for one readiness probe).

@@ -1,7 +1,8 @@
 //! What the benchmark reports are made of, shared by `bench`, `bench-http` and `bench-cluster`:
 //! the cells of their markdown tables ([`num`], [`ratio`], [`mib`]; the figures of a k6 summary:
 //! [`metric`], [`k6_rps`], [`hit_ratio`]) and the facts of their header line (the command as
-//! typed, [`command_line`]; [`today`], [`commit`], [`machine`]). Also [`current_month`], the
+//! typed, [`command_line`]; [`today`], [`commit`], [`machine`]), and [`publish`], which writes and
+//! prints a finished report. Also [`current_month`], the
 //! window `bench-cluster` reads, from the same date arithmetic (xtask has no date library).
 
 use serde_json::Value;
@@ -121,6 +122,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Writes a benchmark's report to `path` and prints it (its logs and metrics lie beside it).
+pub(crate) fn publish(path: &Path, report: &str) -> anyhow::Result<()> {
+    std::fs::write(path, report)?;
+    println!("{report}");
+    eprintln!("(also in {}; logs and metrics beside it)", path.display());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,14 +5,13 @@
 //! per idle subscription and per 10,000 on one instance, and the time one write takes to reach
 //! all of them.
 
-use crate::http_client::http_request;
+use crate::http_client::{http_request, metrics_text};
 use crate::process::KillOnDrop;
 use crate::{bench, process, report};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -215,17 +214,10 @@ impl LagProbe {
         fixture: &Value,
         every: Duration,
     ) -> Result<LagProbe> {
-        let calendar = fixture["calendarId"]
-            .as_str()
-            .context("fixture without calendarId")?
-            .to_owned();
-        let token = fixture["token"]
-            .as_str()
-            .context("fixture without token")?
-            .to_owned();
-        let mut renamer = Renamer::new(writer, &token, &calendar)?;
-        let mut sub = Subscriber::connect(reader, &token)?;
-        sub.subscribe("probe", &calendar)?;
+        let (calendar, token) = bench::fixture_of(fixture)?;
+        let mut renamer = Renamer::new(writer, token, calendar)?;
+        let mut sub = Subscriber::connect(reader, token)?;
+        sub.subscribe("probe", calendar)?;
         sub.set_timeout(Duration::from_millis(100))?;
         let stop = Arc::new(AtomicBool::new(false));
         let writes_done = Arc::new(AtomicBool::new(false));
@@ -352,8 +344,9 @@ struct MemoryRun {
     baseline_kib: Option<u64>,
     full_kib: Option<u64>,
     open_secs: f64,
-    /// From one write's acknowledgement until every subscription had sent its message.
-    fan_out_secs: Option<f64>,
+    /// From one write's acknowledgement until every subscription had sent its message, and the
+    /// SQL statements the server sent meanwhile per subscription (the write's own included).
+    fan_out: Option<FanOut>,
 }
 
 impl MemoryRun {
@@ -363,21 +356,8 @@ impl MemoryRun {
     }
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn scrape(addr: &str, name: &str, labels: &[&str]) -> Result<f64> {
-    let (status, text) = http_request(addr, "GET", "/metrics", &[], "")?;
-    ensure!(status == 200, "GET /metrics on {addr}: {status}");
-    Ok(crate::prom::prom_sum(&text, name, labels).unwrap_or(0.0))
+    Ok(crate::prom::prom_sum(&metrics_text(addr)?, name, labels).unwrap_or(0.0))
 }
 
 /// Waits until the server reports `want` of a metric (e.g. subscriptions listening).
@@ -422,11 +402,7 @@ pub fn bench(args: BenchSubscriptionsArgs) -> Result<()> {
     process::run(&mut calendar(&["migrate"]))?;
     process::run(&mut calendar(&["seed", "--scale", "demo"]))?;
     let (fixtures, _) = bench::write_fixtures(calendar, 1, &out_dir.join("fixtures.json"))?;
-    let fixture = &fixtures[0];
-    let token = fixture["token"].as_str().context("fixture without token")?;
-    let calendar_id = fixture["calendarId"]
-        .as_str()
-        .context("fixture without calendarId")?;
+    let (calendar_id, token) = bench::fixture_of(&fixtures[0])?;
     let addr = format!("127.0.0.1:{}", args.port);
     let mut runs = Vec::new();
     for (i, &per_connection) in args.per_connection.iter().enumerate() {
@@ -457,7 +433,7 @@ pub fn bench(args: BenchSubscriptionsArgs) -> Result<()> {
         );
         process::wait_ready(&mut server.0, &addr, &log)?;
         let pid = server.0.id();
-        let ready_kib = rss_kib(pid);
+        let ready_kib = bench::memory(pid).0;
         let started = Instant::now();
         let mut held = Vec::with_capacity(connections);
         let mut baseline_kib = None;
@@ -470,14 +446,14 @@ pub fn bench(args: BenchSubscriptionsArgs) -> Result<()> {
             if (c + 1) * per_connection == BASELINE {
                 wait_metric(&addr, "cal_subscriptions_active", &[], BASELINE as f64)?;
                 settle();
-                baseline_kib = rss_kib(pid);
+                baseline_kib = bench::memory(pid).0;
             }
         }
         wait_metric(&addr, "cal_subscriptions_active", &[], subscriptions as f64)?;
         let open_secs = started.elapsed().as_secs_f64();
         settle();
-        let full_kib = rss_kib(pid);
-        let fan_out_secs = fan_out(&addr, token, calendar_id, subscriptions)
+        let full_kib = bench::memory(pid).0;
+        let fan_out = fan_out(&addr, token, calendar_id, subscriptions)
             .inspect_err(|e| eprintln!("warning: fan-out not measured: {e:#}"))
             .ok();
         let run = MemoryRun {
@@ -487,7 +463,7 @@ pub fn bench(args: BenchSubscriptionsArgs) -> Result<()> {
             baseline_kib,
             full_kib,
             open_secs,
-            fan_out_secs,
+            fan_out,
         };
         eprintln!("{}", memory_row(&run, subscriptions));
         runs.push(run);
@@ -500,14 +476,14 @@ pub fn bench(args: BenchSubscriptionsArgs) -> Result<()> {
         report::machine(),
     );
     out.push_str(
-        "| per connection | connections | subscriptions | RSS ready MiB | RSS at 100 MiB | RSS at all MiB | KiB per subscription | MiB per 10,000 | open s | one write to all s |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| per connection | connections | subscriptions | RSS ready MiB | RSS at 100 MiB | RSS at all MiB | KiB per subscription | MiB per 10,000 | open s | one write to all s | SQL per message |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for run in &runs {
         out.push_str(&memory_row(run, run.connections * run.per_connection));
         out.push('\n');
     }
-    write_results(&out_dir.join("results.md"), &out)
+    report::publish(&out_dir.join("results.md"), &out)
 }
 
 /// Lets the allocator and the server's tasks come to rest before RSS is read.
@@ -517,13 +493,20 @@ fn settle() {
 
 /// One write, then the time until every subscription has sent its message (the server's
 /// `cal_subscription_messages_total{kind="changes"}`).
-fn fan_out(addr: &str, token: &str, calendar: &str, subscriptions: usize) -> Result<f64> {
+#[derive(Debug, Clone, Copy)]
+struct FanOut {
+    secs: f64,
+    statements_per_message: f64,
+}
+
+fn fan_out(addr: &str, token: &str, calendar: &str, subscriptions: usize) -> Result<FanOut> {
     let before = scrape(
         addr,
         "cal_subscription_messages_total",
         &["kind=\"changes\""],
     )?;
     let mut renamer = Renamer::new(addr, token, calendar)?;
+    let statements_before = scrape(addr, "cal_sql_statements_total", &[])?;
     let started = Instant::now();
     ensure!(renamer.rename("fan-out")?, "the fan-out write conflicted");
     wait_metric(
@@ -532,13 +515,18 @@ fn fan_out(addr: &str, token: &str, calendar: &str, subscriptions: usize) -> Res
         &["kind=\"changes\""],
         before + subscriptions as f64,
     )?;
-    Ok(started.elapsed().as_secs_f64())
+    let secs = started.elapsed().as_secs_f64();
+    let statements = scrape(addr, "cal_sql_statements_total", &[])? - statements_before;
+    Ok(FanOut {
+        secs,
+        statements_per_message: statements / subscriptions as f64,
+    })
 }
 
 fn memory_row(run: &MemoryRun, subscriptions: usize) -> String {
     let per = run.per_subscription_kib(subscriptions);
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} |",
         run.per_connection,
         run.connections,
         subscriptions,
@@ -548,15 +536,9 @@ fn memory_row(run: &MemoryRun, subscriptions: usize) -> String {
         report::num(per, 1),
         report::num(per.map(|k| k * 10_000.0 / 1024.0), 1),
         run.open_secs,
-        report::num(run.fan_out_secs, 2),
+        report::num(run.fan_out.map(|f| f.secs), 2),
+        report::num(run.fan_out.map(|f| f.statements_per_message), 2),
     )
-}
-
-fn write_results(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text)?;
-    println!("{text}");
-    eprintln!("(also in {})", path.display());
-    Ok(())
 }
 
 #[cfg(test)]
@@ -584,9 +566,9 @@ mod tests {
             baseline_kib: Some(20_000),
             full_kib: Some(30_000),
             open_secs: 1.0,
-            fan_out_secs: None,
+            fan_out: None,
         };
         assert_eq!(run.per_subscription_kib(1100), Some(10.0));
-        assert!(memory_row(&run, 1100).contains("| 10.0 | 97.7 |"));
+        assert!(memory_row(&run, 1100).ends_with("| 10.0 | 97.7 | 1.0 | n/a | n/a |"));
     }
 }
