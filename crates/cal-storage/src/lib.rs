@@ -246,6 +246,16 @@ impl Store {
         &self.pool
     }
 
+    /// This handle on another pool, with the same figures, sink and origin: for reads that
+    /// must not queue behind the main pool's (a subscription's, see cal-api's `live`).
+    pub fn on_pool(&self, pool: PgPool) -> Store {
+        Store {
+            pool,
+            conn: None,
+            ..self.clone()
+        }
+    }
+
     /// A handle whose writes report their changes to `sink` after committing.
     pub fn with_change_sink(&self, sink: Arc<dyn ChangeSink>) -> Store {
         Store {

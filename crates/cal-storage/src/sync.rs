@@ -9,10 +9,11 @@
 //! every transaction whose rows it deletes, so a snapshot from before the horizon is refused
 //! ([`ChangedPage::Expired`]) instead of silently missing changes.
 
-use crate::{StorageError, Store};
-use cal_domain::{CalendarId, EventId};
+use crate::{StorageError, Store, rows};
+use cal_domain::{CalendarId, Event, EventId, Role, UserId};
 use sqlx::Row;
-use std::sync::Arc;
+use sqlx::postgres::PgRow;
+use std::sync::{Arc, LazyLock};
 
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -96,6 +97,111 @@ pub enum ChangedPage {
     },
 }
 
+/// What a subscription sends after a snapshot: [`Store::live_changes`].
+#[derive(Debug, Clone)]
+pub struct LiveChanges {
+    /// The viewer's role on the calendar, read in the same snapshot.
+    pub role: Option<Role>,
+    pub page: LivePageOf,
+}
+
+/// [`ChangedPage`] with each event's current row.
+#[derive(Debug, Clone)]
+pub enum LivePageOf {
+    Expired,
+    Changes {
+        until: Snapshot,
+        /// As in [`ChangedPage::Changes`], each with its row (`None`: deleted).
+        events: Vec<(ChangeKey, Option<Event>)>,
+    },
+}
+
+/// The common part of the statements that list the events changed between two snapshots
+/// (`$2`, and `$3` or now) from a key (`$4`, `$5`) on, `$6` at most, of calendar `$1`: `s` (the
+/// two snapshots and whether the first is past the prune horizon) and `page` (each changed
+/// event once, by its newest change).
+const CHANGED_CTES: &str = "WITH s AS (SELECT $2::pg_snapshot AS since, \
+       coalesce($3::pg_snapshot, pg_current_snapshot()) AS until, \
+       coalesce((SELECT pruned_xid FROM change_log_horizon), '0'::xid8) \
+         >= pg_snapshot_xmin($2::pg_snapshot) AS expired), \
+     changed AS (SELECT c.event_id, max(c.outbox_id) AS last FROM event_changes c, s \
+       WHERE c.calendar_id = $1 AND NOT s.expired \
+         AND c.xid >= pg_snapshot_xmin(s.since) AND c.xid < pg_snapshot_xmax(s.until) \
+         AND NOT pg_visible_in_snapshot(c.xid, s.since) \
+         AND pg_visible_in_snapshot(c.xid, s.until) \
+       GROUP BY c.event_id), \
+     page AS (SELECT event_id, last FROM changed \
+       WHERE (last, event_id) > ($4, $5) ORDER BY last, event_id LIMIT $6) ";
+
+static CHANGED_EVENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{CHANGED_CTES}SELECT s.expired, s.until::text AS snapshot, p.event_id AS changed_id, p.last \
+         FROM s LEFT JOIN page p ON true ORDER BY p.last, p.event_id"
+    )
+});
+
+/// [`CHANGED_EVENTS`] with the viewer's (`$7`) role and each event's current row (its columns
+/// NULL when it is deleted).
+static LIVE_CHANGES: LazyLock<String> = LazyLock::new(|| {
+    let event_cols = rows::EVENT_COLS
+        .split(", ")
+        .map(|c| format!("e.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{CHANGED_CTES}SELECT (SELECT role FROM calendar_members \
+           WHERE calendar_id = $1 AND user_id = $7) AS role, \
+         s.expired, s.until::text AS snapshot, p.event_id AS changed_id, p.last, {event_cols} \
+         FROM s LEFT JOIN page p ON true \
+         LEFT JOIN events e ON e.id = p.event_id AND e.deleted_at IS NULL \
+         ORDER BY p.last, p.event_id"
+    )
+});
+
+fn changes_query<'q>(
+    sql: &'static str,
+    calendar: CalendarId,
+    since: &'q Snapshot,
+    until: Option<&'q Snapshot>,
+    after: ChangeKey,
+    limit: i64,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(calendar.get())
+        .bind(since.as_str())
+        .bind(until.map(Snapshot::as_str))
+        .bind(after.outbox_id)
+        .bind(after.event)
+        .bind(limit)
+}
+
+/// The later snapshot and the listed changes (with the row each is on) of a changes
+/// statement's rows; `None` when the first snapshot is past the prune horizon.
+fn changed_of(rows: &[PgRow]) -> Result<Option<(Snapshot, Vec<(ChangeKey, usize)>)>> {
+    let expired: bool = rows
+        .first()
+        .map(|r| r.try_get("expired"))
+        .transpose()?
+        .unwrap_or(true);
+    if expired {
+        return Ok(None);
+    }
+    let until = snapshot_of(rows)?;
+    let mut keys = Vec::with_capacity(rows.len());
+    for (at, r) in rows.iter().enumerate() {
+        let id: Option<i64> = r.try_get("changed_id")?;
+        let last: Option<i64> = r.try_get("last")?;
+        if let (Some(id), Some(last)) = (id, last) {
+            let key = ChangeKey {
+                outbox_id: last,
+                event: id,
+            };
+            keys.push((key, at));
+        }
+    }
+    Ok(Some((until, keys)))
+}
+
 impl Store {
     /// Up to `limit` live rows of `calendar` (single events, series masters, overrides) with an
     /// id above `after`, and the snapshot of the statement that read them. One statement.
@@ -143,52 +249,86 @@ impl Store {
         let rows = self
             .fetch(
                 "sync.changed_events",
-                sqlx::query(
-                    "WITH s AS (SELECT $2::pg_snapshot AS since, \
-                         coalesce($3::pg_snapshot, pg_current_snapshot()) AS until, \
-                         coalesce((SELECT pruned_xid FROM change_log_horizon), '0'::xid8) \
-                           >= pg_snapshot_xmin($2::pg_snapshot) AS expired), \
-                     changed AS (SELECT c.event_id, max(c.outbox_id) AS last FROM event_changes c, s \
-                       WHERE c.calendar_id = $1 AND NOT s.expired \
-                         AND c.xid >= pg_snapshot_xmin(s.since) AND c.xid < pg_snapshot_xmax(s.until) \
-                         AND NOT pg_visible_in_snapshot(c.xid, s.since) \
-                         AND pg_visible_in_snapshot(c.xid, s.until) \
-                       GROUP BY c.event_id), \
-                     page AS (SELECT event_id, last FROM changed \
-                       WHERE (last, event_id) > ($4, $5) ORDER BY last, event_id LIMIT $6) \
-                     SELECT s.expired, s.until::text AS snapshot, p.event_id AS id, p.last \
-                     FROM s LEFT JOIN page p ON true ORDER BY p.last, p.event_id",
-                )
-                .bind(calendar.get())
-                .bind(since.as_str())
-                .bind(until.map(Snapshot::as_str))
-                .bind(after.outbox_id)
-                .bind(after.event)
-                .bind(limit),
+                changes_query(
+                    CHANGED_EVENTS.as_str(),
+                    calendar,
+                    since,
+                    until,
+                    after,
+                    limit,
+                ),
             )
             .await?;
-        let expired: bool = rows
-            .first()
-            .map(|r| r.try_get("expired"))
-            .transpose()?
-            .unwrap_or(true);
-        if expired {
+        let Some((until, keys)) = changed_of(&rows)? else {
             return Ok(ChangedPage::Expired);
-        }
-        let until = snapshot_of(&rows)?;
-        let mut events = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let id: Option<i64> = r.try_get("id")?;
-            let last: Option<i64> = r.try_get("last")?;
-            if let (Some(id), Some(last)) = (id, last) {
-                let key = ChangeKey {
-                    outbox_id: last,
-                    event: id,
-                };
-                events.push((key, EventId::new(id)));
-            }
-        }
+        };
+        let events = keys
+            .into_iter()
+            .map(|(k, _)| (k, EventId::new(k.event)))
+            .collect();
         Ok(ChangedPage::Changes { until, events })
+    }
+
+    /// What a subscription sends after `since`, in one statement: the viewer's role on
+    /// `calendar` (`None`: no role, or no such calendar), and the page
+    /// [`Store::changed_events_page`] answers with every listed event's current row (`None`:
+    /// deleted), all read in one snapshot.
+    pub async fn live_changes(
+        &self,
+        viewer: UserId,
+        calendar: CalendarId,
+        since: &Snapshot,
+        until: Option<&Snapshot>,
+        after: ChangeKey,
+        limit: i64,
+    ) -> Result<LiveChanges> {
+        let rows = self
+            .fetch(
+                "sync.live_changes",
+                changes_query(LIVE_CHANGES.as_str(), calendar, since, until, after, limit)
+                    .bind(viewer.get()),
+            )
+            .await?;
+        let role = match rows.first() {
+            None => None,
+            Some(r) => r
+                .try_get::<Option<&str>, _>("role")?
+                .map(|role| {
+                    Role::parse(role).map_err(|e| {
+                        StorageError::Database(sqlx::Error::ColumnDecode {
+                            index: "role".into(),
+                            source: Box::new(e),
+                        })
+                    })
+                })
+                .transpose()?,
+        };
+        let Some((until, keys)) = changed_of(&rows)? else {
+            return Ok(LiveChanges {
+                role,
+                page: LivePageOf::Expired,
+            });
+        };
+        let mut cols = None;
+        let mut events = Vec::with_capacity(keys.len());
+        for (key, at) in keys {
+            let r = &rows[at];
+            let live = r.try_get::<Option<i64>, _>("id")?.is_some();
+            let row = if live {
+                let cols = match &cols {
+                    Some(c) => c,
+                    None => cols.insert(rows::Cols::of(r, &rows::EVENT)?),
+                };
+                Some(rows::event_at(r, cols)?)
+            } else {
+                None
+            };
+            events.push((key, row));
+        }
+        Ok(LiveChanges {
+            role,
+            page: LivePageOf::Changes { until, events },
+        })
     }
 
     /// The snapshot of now: where a subscription that names no token starts. One statement.
@@ -223,7 +363,7 @@ impl Store {
     }
 }
 
-fn snapshot_of(rows: &[sqlx::postgres::PgRow]) -> Result<Snapshot> {
+fn snapshot_of(rows: &[PgRow]) -> Result<Snapshot> {
     let text: String = rows
         .first()
         .ok_or(StorageError::NotFound)?
