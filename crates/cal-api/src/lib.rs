@@ -10,6 +10,8 @@
 //!   and booking parts, `schema/mutation/`); authorization happens in resolvers, after data is
 //!   loaded, so loaded facts never depend on the viewer;
 //! - [`limits`]: depth and complexity limits with a stable error code;
+//! - [`live`]: the thread WebSocket connections are served on, at the invalidation consumer's
+//!   priority, with the pool their messages are read with;
 //! - [`tiers`]: cache key specs, the change sink that invalidates after commits, the bus consumer;
 //! - [`http`]: the router (`/graphql` over GET and POST, `/health`, `/ready`), body and batch
 //!   limits, debug stats; `http::wire` is the GraphQL-over-HTTP wire format (media types,
@@ -37,6 +39,7 @@ pub mod error;
 pub mod http;
 pub mod jwks;
 pub mod limits;
+pub mod live;
 pub mod loaders;
 pub mod observe;
 pub mod persisted;

@@ -82,7 +82,7 @@ impl TestApp {
     ) -> TestApp {
         let origin = db.name.clone();
         let sync = SyncConfig::default();
-        Self::spawn_on_bus(db, Arc::default(), origin, sync, tweak, tweak_cache).await
+        Self::spawn_on_bus(db, Arc::default(), origin, sync, tweak, tweak_cache, |s| s).await
     }
 
     /// Spawns with the subscriptions' feed keeping only `capacity` messages (a subscriber that
@@ -94,13 +94,19 @@ impl TestApp {
             feed_capacity: capacity,
             ..SyncConfig::default()
         };
-        Self::spawn_on_bus(db, Arc::default(), origin, sync, |_| {}, |_| {}).await
+        Self::spawn_on_bus(db, Arc::default(), origin, sync, |_| {}, |_| {}, |s| s).await
     }
 
     /// Another instance of the same deployment: this app's database and invalidation bus, its
     /// own cache (key prefix) and its own name on the bus, so each hears the other's writes as
     /// instances do over Kafka.
     pub async fn spawn_peer(&self) -> TestApp {
+        self.spawn_peer_with_store(|s| s).await
+    }
+
+    /// [`TestApp::spawn_peer`] with its store adjusted by `store` (e.g. a slow-statement
+    /// threshold of zero, so that every statement is counted by name).
+    pub async fn spawn_peer_with_store(&self, store: impl FnOnce(Store) -> Store) -> TestApp {
         let n = SIBLINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let origin = format!("{}-peer{n}", self.db.name);
         Self::spawn_on_bus(
@@ -112,6 +118,7 @@ impl TestApp {
             |c| {
                 c.key_prefix = format!("{}peer{n}:", c.key_prefix);
             },
+            store,
         )
         .await
     }
@@ -123,6 +130,7 @@ impl TestApp {
         sync: SyncConfig,
         tweak: impl FnOnce(&mut ApiConfig),
         tweak_cache: impl FnOnce(&mut CacheConfig),
+        tweak_store: impl FnOnce(Store) -> Store,
     ) -> TestApp {
         let mut config = ApiConfig::new(TEST_SECRET);
         config.admin_token = Some(secrecy::SecretString::from(TEST_ADMIN_TOKEN));
@@ -146,7 +154,12 @@ impl TestApp {
             .load_purge_generation(&Store::new(db.pool.clone()))
             .await
             .expect("the change log is readable");
-        let state = AppState::new(Store::new(db.pool.clone()), config, tiers.clone(), registry);
+        let state = AppState::new(
+            tweak_store(Store::new(db.pool.clone())),
+            config,
+            tiers.clone(),
+            registry,
+        );
         let store = state.store.clone();
         // The relay and the consumer stop when the app is dropped.
         let stop = tokio_util::sync::CancellationToken::new();

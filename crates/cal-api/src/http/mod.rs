@@ -101,6 +101,8 @@ pub struct AppContext {
     subscriptions: Arc<crate::schema::ViewerSubscriptions>,
     /// Cancelled when the server starts draining: every WebSocket connection closes.
     closing: tokio_util::sync::CancellationToken,
+    /// Where subscriptions read their messages (a thread and pool of their own).
+    live: Arc<crate::live::LiveReads>,
 }
 
 impl AppState {
@@ -136,7 +138,12 @@ impl AppState {
         let responses =
             response_cache::ResponseCache::beside(&tiers.cache, config.response_cache_bytes);
         let subscriptions = Arc::new(crate::schema::ViewerSubscriptions::new(&registry));
+        let live = Arc::new(
+            crate::live::LiveReads::start(&store, tiers.sync.config().thread_nice)
+                .expect("starting the subscription reads' thread"),
+        );
         Self(Arc::new(AppContext {
+            live,
             responses,
             rate_limiter,
             rate_limited,

@@ -44,7 +44,7 @@ pub(super) fn is_upgrade(parts: &Parts) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// Upgrades the request and serves GraphQL over the socket until either side ends it.
+/// Upgrades the request and serves GraphQL over the socket ([`serve`]).
 pub(super) async fn upgrade(state: AppState, mut parts: Parts) -> Response {
     let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &state).await {
         Ok(p) => p,
@@ -62,37 +62,52 @@ pub(super) async fn upgrade(state: AppState, mut parts: Parts) -> Response {
         .max_frame_size(max_message)
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| async move {
-            let closing = state.closing.clone();
-            let (mut sink, stream) = socket.split();
-            // The first read error ends the connection (async-graphql-axum stops there): its
-            // close frame goes out once serving has stopped.
-            let refusal = Arc::new(std::sync::OnceLock::new());
-            let input = stream
-                .take_until(closing.clone().cancelled_owned())
-                .inspect({
-                    let refusal = refusal.clone();
-                    move |message| {
-                        if let Err(e) = message {
-                            refusal.get_or_init(|| refusal_of(e, max_message));
-                        }
-                    }
-                });
-            let init_state = state.clone();
-            GraphQLWebSocket::new_with_pair(&mut sink, input, state.schema.clone(), protocol)
-                .on_connection_init(move |payload| connection_init(init_state, payload))
-                .keepalive_timeout(IDLE_TIMEOUT)
-                .serve()
+            // Served on the subscriptions' thread (see `crate::live`), not on the request
+            // runtime: a change's message is read, resolved and written there.
+            let live = state.live.clone();
+            let _ = live
+                .spawn(serve(state, socket, protocol, max_message))
                 .await;
-            let frame = refusal.get().cloned().or_else(|| {
-                closing.is_cancelled().then(|| CloseFrame {
-                    code: close_code::AWAY,
-                    reason: "server shutting down".into(),
-                })
-            });
-            if let Some(frame) = frame {
-                let _ = sink.send(Message::Close(Some(frame))).await;
-            }
         })
+}
+
+/// Serves GraphQL over an upgraded socket until either side ends it.
+async fn serve(
+    state: AppState,
+    socket: axum::extract::ws::WebSocket,
+    protocol: GraphQLProtocol,
+    max_message: usize,
+) {
+    let closing = state.closing.clone();
+    let (mut sink, stream) = socket.split();
+    // The first read error ends the connection (async-graphql-axum stops there): its
+    // close frame goes out once serving has stopped.
+    let refusal = Arc::new(std::sync::OnceLock::new());
+    let input = stream
+        .take_until(closing.clone().cancelled_owned())
+        .inspect({
+            let refusal = refusal.clone();
+            move |message| {
+                if let Err(e) = message {
+                    refusal.get_or_init(|| refusal_of(e, max_message));
+                }
+            }
+        });
+    let init_state = state.clone();
+    GraphQLWebSocket::new_with_pair(&mut sink, input, state.schema.clone(), protocol)
+        .on_connection_init(move |payload| connection_init(init_state, payload))
+        .keepalive_timeout(IDLE_TIMEOUT)
+        .serve()
+        .await;
+    let frame = refusal.get().cloned().or_else(|| {
+        closing.is_cancelled().then(|| CloseFrame {
+            code: close_code::AWAY,
+            reason: "server shutting down".into(),
+        })
+    });
+    if let Some(frame) = frame {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
 }
 
 /// The close frame for a socket error: 1009 for a message over the limit, 1002 for anything
@@ -141,6 +156,7 @@ async fn connection_init(
         r.clone(),
         state.subscriptions.clone(),
         state.tiers.sync.feed().clone(),
+        state.live.clone(),
         state.closing.clone(),
     );
     let mut data = Data::default();

@@ -3,9 +3,10 @@
 //!
 //! A subscriber learns of changes from [`cal_sync::feed`]: the calendars each change-log row
 //! changed, as this instance's invalidation consumer hears them (its own writes included). On
-//! news of its calendar a subscription reads a page of `changes` after its sync token, exactly as
-//! `Query.changes` does (from the database, access checked again), and sends what it found with
-//! the new token, so a client can mix subscriptions with `changes` without gaps. A member who
+//! news of its calendar a subscription reads a page of `changes` after its sync token, as
+//! `Query.changes` does (from the database, access checked again) but in one statement, run on
+//! the subscriptions' own thread and pool ([`crate::live`]), and sends what it found with the
+//! new token, so a client can mix subscriptions with `changes` without gaps. A member who
 //! lost access gets FORBIDDEN as a final error at the next change of the calendar (a sharing
 //! change is one).
 //!
@@ -24,6 +25,7 @@ use super::RequestCtx;
 use super::sync::{self, EventChange};
 use super::types::Wants;
 use crate::error::{ApiError, ApiResult};
+use crate::live::LiveReads;
 use async_graphql::{Context, ID, SimpleObject, Subscription};
 use cal_domain::{CalendarId, UserId};
 use cal_sync::feed::{CalendarFeed, News, Subscriber};
@@ -156,6 +158,7 @@ pub struct Connection {
     open: Arc<AtomicUsize>,
     viewers: Arc<ViewerSubscriptions>,
     feed: CalendarFeed,
+    live: Arc<LiveReads>,
     shutdown: CancellationToken,
 }
 
@@ -164,6 +167,7 @@ impl Connection {
         r: Arc<RequestCtx>,
         viewers: Arc<ViewerSubscriptions>,
         feed: CalendarFeed,
+        live: Arc<LiveReads>,
         shutdown: CancellationToken,
     ) -> Self {
         r.cache_stats.read_source();
@@ -173,6 +177,7 @@ impl Connection {
             open: Arc::default(),
             viewers,
             feed,
+            live,
             shutdown,
         }
     }
@@ -373,7 +378,15 @@ impl Listening {
         let turn = self.conn.turn.clone().lock_owned().await;
         let r = &self.conn.r;
         r.forget().await;
-        let page = sync::page(r, self.calendar, Some(&self.token), PAGE, self.wants).await?;
+        let page = sync::live_page(
+            r,
+            &self.conn.live,
+            self.calendar,
+            &self.token,
+            PAGE,
+            self.wants,
+        )
+        .await?;
         self.pending = page.next_page_token.is_some();
         if let Some(next) = page.next_page_token.or(page.next_sync_token) {
             self.token = next;

@@ -20,7 +20,7 @@ use async_graphql::{Context, ID, SimpleObject};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cal_domain::{CalendarId, EventId, UserId};
-use cal_storage::sync::{ChangeKey, ChangedPage, Snapshot};
+use cal_storage::sync::{ChangeKey, ChangedPage, LivePageOf, Snapshot};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -256,19 +256,77 @@ pub(crate) async fn page(
         .try_load_many(ids.clone())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut rows: Vec<Option<Arc<cal_domain::Event>>> = Vec::with_capacity(ids.len());
-    for id in &ids {
-        rows.push(match loaded.get(id) {
-            Some(Ok(row)) => row.clone(),
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        rows.push(match loaded.get(&id) {
+            Some(Ok(row)) => (id, row.clone()),
             Some(Err(e)) => return Err(e.clone().into()),
-            None => None,
+            None => (id, None),
         });
     }
-    let live: Vec<Arc<cal_domain::Event>> = rows.iter().flatten().cloned().collect();
+    answer(r, rows, wants, next_page, next_sync).await
+}
+
+/// A page of changes after `since` as a subscription sends it: like [`page`], but the access
+/// check, the changed rows and their current state come from one statement
+/// ([`cal_storage::Store::live_changes`]), run by `live` (on a thread and pool of the
+/// subscriptions' own). A full sync's token takes [`page`]'s way.
+pub(crate) async fn live_page(
+    r: &RequestCtx,
+    live: &crate::live::LiveReads,
+    calendar: CalendarId,
+    since: &str,
+    limit: usize,
+    wants: Wants,
+) -> ApiResult<ChangeSet> {
+    let me = r.viewer_id()?;
+    let key = r.store.sync_token_key().await?;
+    let position = (since.len() <= 2 * Snapshot::MAX_LEN)
+        .then(|| decode(&key, since, calendar, me))
+        .flatten()
+        .ok_or_else(invalid_token)?;
+    let (since, until, after) = match position {
+        Position::Full { .. } => return page(r, calendar, Some(since), limit, wants).await,
+        Position::Synced { at } => (at, None, ChangeKey::default()),
+        Position::Changes {
+            since,
+            until,
+            after,
+        } => (since, Some(until), after),
+    };
+    let live = live
+        .live_changes(me, calendar, since.clone(), until, after, limit as i64 + 1)
+        .await?;
+    if !live.role.is_some_and(|role| role.can_read_details()) {
+        return Err(ApiError::Forbidden);
+    }
+    let (until, events) = match live.page {
+        LivePageOf::Expired => return Err(ApiError::SyncTokenExpired),
+        LivePageOf::Changes { until, events } => (until, events),
+    };
+    let token = |position| Some(encode(&key, calendar, me, position));
+    let (rows, next_page, next_sync) = paged(events, since, until, after, limit, &token);
+    let rows = rows
+        .into_iter()
+        .map(|(key, row)| (EventId::new(key.event), row.map(Arc::new)))
+        .collect();
+    answer(r, rows, wants, next_page, next_sync).await
+}
+
+/// The page's events in their current state (`None`: deleted), with what `wants` names
+/// prefetched.
+async fn answer(
+    r: &RequestCtx,
+    rows: Vec<(EventId, Option<Arc<cal_domain::Event>>)>,
+    wants: Wants,
+    next_page_token: Option<String>,
+    next_sync_token: Option<String>,
+) -> ApiResult<ChangeSet> {
+    let live: Vec<Arc<cal_domain::Event>> =
+        rows.iter().filter_map(|(_, row)| row.clone()).collect();
     prefetch(r, &live, wants).await?;
-    let events = ids
-        .iter()
-        .zip(rows)
+    let events = rows
+        .into_iter()
         .map(|(id, row)| EventChange {
             id: ID(id.get().to_string()),
             deleted: row.is_none(),
@@ -277,9 +335,33 @@ pub(crate) async fn page(
         .collect();
     Ok(ChangeSet {
         events,
-        next_page_token: next_page,
-        next_sync_token: next_sync,
+        next_page_token,
+        next_sync_token,
     })
+}
+
+/// The first `limit` of `events` (changes after `after`, between `since` and `until`) and the
+/// token that follows them: the next page's, or the sync token once none is left.
+fn paged<T>(
+    mut events: Vec<(ChangeKey, T)>,
+    since: Snapshot,
+    until: Snapshot,
+    after: ChangeKey,
+    limit: usize,
+    token: &impl Fn(Position) -> Option<String>,
+) -> (Vec<(ChangeKey, T)>, Option<String>, Option<String>) {
+    if events.len() > limit {
+        events.truncate(limit);
+        let after = events.last().map_or(after, |(k, _)| *k);
+        let next = token(Position::Changes {
+            since,
+            until,
+            after,
+        });
+        (events, next, None)
+    } else {
+        (events, None, token(Position::Synced { at: until }))
+    }
 }
 
 type Page = (Vec<EventId>, Option<String>, Option<String>);
@@ -302,24 +384,10 @@ async fn changed(
         .await?
     {
         ChangedPage::Expired => Err(ApiError::SyncTokenExpired),
-        ChangedPage::Changes { until, mut events } => {
-            if events.len() > limit {
-                events.truncate(limit);
-                let after = events.last().map_or(after, |(k, _)| *k);
-                let ids = events.into_iter().map(|(_, id)| id).collect();
-                Ok((
-                    ids,
-                    token(Position::Changes {
-                        since,
-                        until,
-                        after,
-                    }),
-                    None,
-                ))
-            } else {
-                let ids = events.into_iter().map(|(_, id)| id).collect();
-                Ok((ids, None, token(Position::Synced { at: until })))
-            }
+        ChangedPage::Changes { until, events } => {
+            let (events, next_page, next_sync) = paged(events, since, until, after, limit, token);
+            let ids = events.into_iter().map(|(_, id)| id).collect();
+            Ok((ids, next_page, next_sync))
         }
     }
 }

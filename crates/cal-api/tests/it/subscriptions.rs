@@ -2,9 +2,9 @@
 //! a change made through instance A reaches a subscriber on instance B (peers sharing the
 //! invalidation bus, as instances share Kafka), with tokens that continue `changes` without a
 //! gap; a member who loses access gets a final FORBIDDEN; the connection needs a valid token;
-//! a drain closes subscriptions. With the protocol written out ([`WsClient`]): a reader that
-//! stops reading gets one resync instead of a queue, and the limits per connection and per
-//! viewer hold.
+//! a drain closes subscriptions. With the protocol written out ([`WsClient`]): a message costs
+//! one statement, a reader that stops reading gets one resync instead of a queue, and the limits
+//! per connection and per viewer hold.
 
 use super::common::*;
 use super::http_clients::node_async;
@@ -130,6 +130,58 @@ async fn a_change_through_one_instance_reaches_a_subscriber_on_another() {
         )
         .await;
     assert_eq!(after.data()["changes"]["events"], json!([]), "{}", after.0);
+}
+
+#[tokio::test]
+async fn a_subscription_message_costs_one_statement() {
+    let a = TestApp::spawn().await;
+    // Every statement of B counts as slow: its statements are then counted by name.
+    let b = a
+        .spawn_peer_with_store(|s| s.with_slow_statement_threshold(std::time::Duration::ZERO))
+        .await;
+    let w = world(&a, 2, 0).await;
+    let (owner, cal, event) = (w.owner.id, w.calendar, w.events[0].id);
+    let mut client = WsClient::connect(b.addr, Some(&b.token(owner)), None)
+        .await
+        .unwrap();
+    const SUBSCRIPTIONS: usize = 3;
+    for id in 0..SUBSCRIPTIONS {
+        client
+            .subscribe(&id.to_string(), SUBSCRIBE, json!({ "c": cal.to_string() }))
+            .await;
+    }
+    listening(&b, SUBSCRIPTIONS).await;
+    // What B sent, by name, apart from its relay's own polling of the outbox.
+    let sent = || -> std::collections::BTreeMap<&'static str, u64> {
+        b.store
+            .stats()
+            .slow_statements()
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("outbox.") && !name.starts_with("tx."))
+            .collect()
+    };
+    let before = sent();
+    rename(&a, owner, event, "One statement each").await;
+    for _ in 0..SUBSCRIPTIONS {
+        let Frame::Next { payload, .. } = next_frame(&mut client).await else {
+            panic!("a subscription ended");
+        };
+        let events = &payload["data"]["calendarChanged"]["events"];
+        assert_eq!(
+            events[0]["event"]["title"], "One statement each",
+            "{payload}"
+        );
+    }
+    let grown: Vec<(&str, u64)> = sent()
+        .into_iter()
+        .map(|(name, n)| (name, n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        grown,
+        [("sync.live_changes", SUBSCRIPTIONS as u64)],
+        "one statement per message: the role, the changed rows and their state together"
+    );
 }
 
 #[tokio::test]
