@@ -89,6 +89,7 @@ pub fn root() -> PathBuf {
 fn test(extra: &[String]) -> Result<()> {
     check_services()?;
     ensure_promtool()?;
+    ensure_kubernetes_validate()?;
     ensure_node_clients()?;
     let tansu_bin = ensure_tansu()?;
     let mut cargo = Command::new("cargo");
@@ -144,6 +145,47 @@ fn ensure_promtool() -> Result<()> {
         bail!(
             "`promtool` is still not on PATH after `apt-get install prometheus`; \
              install it (it checks deploy/prometheus) and run again"
+        );
+    }
+    Ok(())
+}
+
+/// The kubernetes-validate release (PyPI) that the deploy tests use; it bundles the schemas of
+/// Kubernetes 1.33 to 1.37, which xtask/tests/deploy.rs validates `deploy/k8s` against.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// `kubernetes-validate` checks the manifests of `deploy/k8s` against the Kubernetes schemas
+/// (xtask/tests/deploy.rs). The tests run its script, or `python3 -m kubernetes_validate` where
+/// pip put the script in a directory that PATH lacks; install it when neither runs.
+fn ensure_kubernetes_validate() -> Result<()> {
+    let present = || {
+        let works = |cmd: &mut Command| {
+            cmd.arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        works(&mut Command::new("kubernetes-validate"))
+            || works(Command::new("python3").args(["-m", "kubernetes_validate"]))
+    };
+    if present() {
+        return Ok(());
+    }
+    eprintln!("kubernetes-validate is missing; installing {KUBERNETES_VALIDATE} from PyPI");
+    let pip = |extra: &[&str]| {
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", KUBERNETES_VALIDATE])
+            .args(extra))
+    };
+    // A Python that its distribution marks as externally managed (PEP 668) refuses a plain
+    // install.
+    if pip(&[]).is_err() {
+        pip(&["--break-system-packages"])?;
+    }
+    if !present() {
+        bail!(
+            "neither `kubernetes-validate` nor `python3 -m kubernetes_validate` runs after \
+             `python3 -m pip install {KUBERNETES_VALIDATE}`; install it (it validates \
+             deploy/k8s) and run again"
         );
     }
     Ok(())

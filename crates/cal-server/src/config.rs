@@ -1342,4 +1342,142 @@ mod tests {
             shown::<u64>("JWT_JWKS_REFRESH_SECS")
         );
     }
+
+    // The Kubernetes manifests of deploy/k8s against the list.
+
+    /// The folder of the Kubernetes manifests.
+    const K8S: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/k8s");
+
+    /// What the binary reads besides VARIABLES: `--config` as a variable (main.rs).
+    const ALSO_READ: &[&str] = &["CALENDAR_CONFIG"];
+
+    /// The environment variables Kubernetes manifests give a container: the keys of a
+    /// ConfigMap's `data` and of a Secret's `data` and `stringData`, and the names in every
+    /// container's `env` list.
+    fn manifest_env_names(text: &str) -> Vec<String> {
+        use yaml_rust2::{Yaml, YamlLoader};
+        let docs = YamlLoader::load_from_str(text).expect("a manifest is valid YAML");
+        let keys = |y: &Yaml| -> Vec<String> {
+            y.as_hash()
+                .map(|h| {
+                    h.keys()
+                        .filter_map(|k| k.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut names = Vec::new();
+        for doc in &docs {
+            match doc["kind"].as_str() {
+                Some("ConfigMap") => names.extend(keys(&doc["data"])),
+                Some("Secret") => {
+                    names.extend(keys(&doc["data"]));
+                    names.extend(keys(&doc["stringData"]));
+                }
+                _ => {
+                    let pod = &doc["spec"]["template"]["spec"];
+                    for list in ["initContainers", "containers"] {
+                        for container in pod[list].as_vec().into_iter().flatten() {
+                            for var in container["env"].as_vec().into_iter().flatten() {
+                                names.extend(var["name"].as_str().map(str::to_owned));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn manifest_env_name_extraction() {
+        let text = r#"
+kind: ConfigMap
+data:
+  A: "1"
+  # B: commented out
+  C: |
+    D: not a key
+---
+kind: Secret
+stringData:
+  F: s
+data:
+  G: czM=
+---
+kind: Deployment
+spec:
+  template:
+    spec:
+      containers:
+        - name: calendar
+          env:
+            - name: I
+              valueFrom:
+                secretKeyRef:
+                  name: not-a-variable
+                  key: K
+          envFrom:
+            - configMapRef:
+                name: not-a-variable-either
+"#;
+        let mut names = manifest_env_names(text);
+        names.sort();
+        assert_eq!(names, ["A", "C", "F", "G", "I"]);
+    }
+
+    /// Every variable the manifests of deploy/k8s set (ConfigMap and Secret keys, `env:` names)
+    /// is one the binary reads: anything else would be silently ignored.
+    #[test]
+    fn the_kubernetes_manifests_set_only_variables_the_binary_reads() {
+        let dir = std::path::Path::new(K8S);
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .filter(|p| {
+                p.extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| x == "yaml" || x == "yml")
+            })
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no manifests in {}", dir.display());
+        let mut seen = std::collections::BTreeSet::new();
+        let mut problems = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            for name in manifest_env_names(&text) {
+                let known =
+                    VARIABLES.iter().any(|v| v.name == name) || ALSO_READ.contains(&name.as_str());
+                if !known {
+                    problems.push(format!(
+                        "deploy/k8s/{} sets {name}, which VARIABLES does not list",
+                        file.file_name().unwrap().to_string_lossy()
+                    ));
+                }
+                seen.insert(name);
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "deploy/k8s and config::VARIABLES disagree:\n{}",
+            problems.join("\n")
+        );
+        // The environment was found at all: a parse that finds nothing would pass the above.
+        for name in [
+            "CAL_ENV",
+            "LISTEN_ADDR",
+            "SHUTDOWN_GRACE_SECS",
+            "DATABASE_URL",
+            "JWT_SECRET",
+            "REDIS_URL",
+            "KAFKA_BROKERS",
+        ] {
+            assert!(
+                seen.contains(name),
+                "no manifest of deploy/k8s sets {name} (or this test no longer finds it)"
+            );
+        }
+    }
 }
