@@ -175,9 +175,12 @@ fn changes_query<'q>(
         .bind(limit)
 }
 
-/// The later snapshot and the listed changes (with the row each is on) of a changes
-/// statement's rows; `None` when the first snapshot is past the prune horizon.
-fn changed_of(rows: &[PgRow]) -> Result<Option<(Snapshot, Vec<(ChangeKey, usize)>)>> {
+/// The later snapshot of a changes statement, and each change it lists with the row it is on.
+type Listed = (Snapshot, Vec<(ChangeKey, usize)>);
+
+/// What a changes statement's rows list; `None` when the first snapshot is past the prune
+/// horizon.
+fn changed_of(rows: &[PgRow]) -> Result<Option<Listed>> {
     let expired: bool = rows
         .first()
         .map(|r| r.try_get("expired"))
