@@ -145,11 +145,7 @@ pub(crate) const BUSY_OF_USERS: &str = "SELECT e.organizer_id AS who, e.start_ti
 /// Live busy series that users organize or attend (not declined) and that may touch the window
 /// (`$2` is the window's end, `$3` its start), with the user they make busy.
 pub(crate) static BUSY_SERIES_OF_USERS: LazyLock<String> = LazyLock::new(|| {
-    let cols = EVENT_COLS
-        .split(", ")
-        .map(|c| format!("e.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let cols = rows::qualified("e", EVENT_COLS);
     format!(
         "SELECT e.organizer_id AS who, {cols} FROM events e \
            WHERE e.organizer_id = ANY($1) AND e.rrule IS NOT NULL AND e.deleted_at IS NULL \

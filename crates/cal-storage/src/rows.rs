@@ -8,7 +8,7 @@ use cal_domain::*;
 use sqlx::postgres::PgRow;
 use sqlx::{Column, Row};
 
-fn corrupt(col: &str, e: DomainError) -> sqlx::Error {
+pub(crate) fn corrupt(col: &str, e: DomainError) -> sqlx::Error {
     sqlx::Error::ColumnDecode {
         index: col.to_owned(),
         source: Box::new(e),
@@ -121,6 +121,14 @@ pub(crate) fn calendar_at(r: &PgRow, c: &Cols<10>) -> Result<Calendar, sqlx::Err
         updated_at: c.get(r, 7)?,
         members,
     })
+}
+
+/// `cols` (a list like [`EVENT_COLS`]) with each column qualified by `table`: `t.a, t.b`.
+pub(crate) fn qualified(table: &str, cols: &str) -> String {
+    cols.split(", ")
+        .map(|c| format!("{table}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) const EVENT_COLS: &str = "id, calendar_id, organizer_id, title, description, location, start_time, end_time, \

@@ -82,9 +82,10 @@ pub struct ChangeKey {
     pub event: i64,
 }
 
-/// One page of the events changed between two snapshots.
+/// One page of the events changed between two snapshots, each with a `T`: its id
+/// ([`Store::changed_events_page`]) or its current row ([`Store::live_changes`]).
 #[derive(Debug, Clone)]
-pub enum ChangedPage {
+pub enum ChangedPage<T = EventId> {
     /// The changes after the first snapshot may have been pruned: sync from scratch.
     Expired,
     Changes {
@@ -93,8 +94,24 @@ pub enum ChangedPage {
         /// Every event changed by a transaction the first snapshot did not see and the second
         /// did, once each, by its newest such change (then id), after the given key; up to the
         /// limit asked for.
-        events: Vec<(ChangeKey, EventId)>,
+        events: Vec<(ChangeKey, T)>,
     },
+}
+
+impl<T> ChangedPage<T> {
+    /// The same page with `f` applied to each listed event.
+    fn try_map<U>(
+        self,
+        f: impl FnMut((ChangeKey, T)) -> Result<(ChangeKey, U)>,
+    ) -> Result<ChangedPage<U>> {
+        Ok(match self {
+            Self::Expired => ChangedPage::Expired,
+            Self::Changes { until, events } => ChangedPage::Changes {
+                until,
+                events: events.into_iter().map(f).collect::<Result<_>>()?,
+            },
+        })
+    }
 }
 
 /// What a subscription sends after a snapshot: [`Store::live_changes`].
@@ -102,18 +119,8 @@ pub enum ChangedPage {
 pub struct LiveChanges {
     /// The viewer's role on the calendar, read in the same snapshot.
     pub role: Option<Role>,
-    pub page: LivePageOf,
-}
-
-/// [`ChangedPage`] with each event's current row.
-#[derive(Debug, Clone)]
-pub enum LivePageOf {
-    Expired,
-    Changes {
-        until: Snapshot,
-        /// As in [`ChangedPage::Changes`], each with its row (`None`: deleted).
-        events: Vec<(ChangeKey, Option<Event>)>,
-    },
+    /// Each listed event with its current row (`None`: deleted).
+    pub page: ChangedPage<Option<Event>>,
 }
 
 /// The common part of the statements that list the events changed between two snapshots
@@ -143,11 +150,7 @@ static CHANGED_EVENTS: LazyLock<String> = LazyLock::new(|| {
 /// [`CHANGED_EVENTS`] with the viewer's (`$7`) role and each event's current row (its columns
 /// NULL when it is deleted).
 static LIVE_CHANGES: LazyLock<String> = LazyLock::new(|| {
-    let event_cols = rows::EVENT_COLS
-        .split(", ")
-        .map(|c| format!("e.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let event_cols = rows::qualified("e", rows::EVENT_COLS);
     format!(
         "{CHANGED_CTES}SELECT (SELECT role FROM calendar_members \
            WHERE calendar_id = $1 AND user_id = $7) AS role, \
@@ -175,19 +178,15 @@ fn changes_query<'q>(
         .bind(limit)
 }
 
-/// The later snapshot of a changes statement, and each change it lists with the row it is on.
-type Listed = (Snapshot, Vec<(ChangeKey, usize)>);
-
-/// What a changes statement's rows list; `None` when the first snapshot is past the prune
-/// horizon.
-fn changed_of(rows: &[PgRow]) -> Result<Option<Listed>> {
+/// What a changes statement's rows list, each change with the row it is on.
+fn changed_of(rows: &[PgRow]) -> Result<ChangedPage<usize>> {
     let expired: bool = rows
         .first()
         .map(|r| r.try_get("expired"))
         .transpose()?
         .unwrap_or(true);
     if expired {
-        return Ok(None);
+        return Ok(ChangedPage::Expired);
     }
     let until = snapshot_of(rows)?;
     let mut keys = Vec::with_capacity(rows.len());
@@ -202,7 +201,10 @@ fn changed_of(rows: &[PgRow]) -> Result<Option<Listed>> {
             keys.push((key, at));
         }
     }
-    Ok(Some((until, keys)))
+    Ok(ChangedPage::Changes {
+        until,
+        events: keys,
+    })
 }
 
 impl Store {
@@ -262,14 +264,7 @@ impl Store {
                 ),
             )
             .await?;
-        let Some((until, keys)) = changed_of(&rows)? else {
-            return Ok(ChangedPage::Expired);
-        };
-        let events = keys
-            .into_iter()
-            .map(|(k, _)| (k, EventId::new(k.event)))
-            .collect();
-        Ok(ChangedPage::Changes { until, events })
+        changed_of(&rows)?.try_map(|(k, _)| Ok((k, EventId::new(k.event))))
     }
 
     /// What a subscription sends after `since`, in one statement: the viewer's role on
@@ -296,42 +291,22 @@ impl Store {
             None => None,
             Some(r) => r
                 .try_get::<Option<&str>, _>("role")?
-                .map(|role| {
-                    Role::parse(role).map_err(|e| {
-                        StorageError::Database(sqlx::Error::ColumnDecode {
-                            index: "role".into(),
-                            source: Box::new(e),
-                        })
-                    })
-                })
+                .map(|role| Role::parse(role).map_err(|e| rows::corrupt("role", e)))
                 .transpose()?,
         };
-        let Some((until, keys)) = changed_of(&rows)? else {
-            return Ok(LiveChanges {
-                role,
-                page: LivePageOf::Expired,
-            });
-        };
         let mut cols = None;
-        let mut events = Vec::with_capacity(keys.len());
-        for (key, at) in keys {
+        let page = changed_of(&rows)?.try_map(|(key, at)| {
             let r = &rows[at];
-            let live = r.try_get::<Option<i64>, _>("id")?.is_some();
-            let row = if live {
-                let cols = match &cols {
-                    Some(c) => c,
-                    None => cols.insert(rows::Cols::of(r, &rows::EVENT)?),
-                };
-                Some(rows::event_at(r, cols)?)
-            } else {
-                None
+            if r.try_get::<Option<i64>, _>("id")?.is_none() {
+                return Ok((key, None)); // deleted: no row joined
+            }
+            let cols = match &cols {
+                Some(c) => c,
+                None => cols.insert(rows::Cols::of(r, &rows::EVENT)?),
             };
-            events.push((key, row));
-        }
-        Ok(LiveChanges {
-            role,
-            page: LivePageOf::Changes { until, events },
-        })
+            Ok((key, Some(rows::event_at(r, cols)?)))
+        })?;
+        Ok(LiveChanges { role, page })
     }
 
     /// The snapshot of now: where a subscription that names no token starts. One statement.
