@@ -101,8 +101,8 @@ pub struct AppContext {
     subscriptions: Arc<crate::schema::ViewerSubscriptions>,
     /// Cancelled when the server starts draining: every WebSocket connection closes.
     closing: tokio_util::sync::CancellationToken,
-    /// Where subscriptions read their messages (a thread and pool of their own).
-    live: Arc<crate::live::LiveReads>,
+    /// The thread WebSocket connections are served on, and its pool (see [`crate::live`]).
+    live: Arc<crate::live::LiveThread>,
 }
 
 impl AppState {
@@ -139,8 +139,8 @@ impl AppState {
             response_cache::ResponseCache::beside(&tiers.cache, config.response_cache_bytes);
         let subscriptions = Arc::new(crate::schema::ViewerSubscriptions::new(&registry));
         let live = Arc::new(
-            crate::live::LiveReads::start(&store, tiers.sync.config().thread_nice)
-                .expect("starting the subscription reads' thread"),
+            crate::live::LiveThread::start(&store, tiers.sync.config().thread_nice)
+                .expect("starting the subscriptions' thread"),
         );
         Self(Arc::new(AppContext {
             live,

@@ -65,9 +65,7 @@ pub(super) async fn upgrade(state: AppState, mut parts: Parts) -> Response {
             // Served on the subscriptions' thread (see `crate::live`), not on the request
             // runtime: a change's message is read, resolved and written there.
             let live = state.live.clone();
-            let _ = live
-                .spawn(serve(state, socket, protocol, max_message))
-                .await;
+            live.spawn(serve(state, socket, protocol, max_message));
         })
 }
 

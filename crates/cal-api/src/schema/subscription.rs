@@ -25,7 +25,7 @@ use super::RequestCtx;
 use super::sync::{self, EventChange};
 use super::types::Wants;
 use crate::error::{ApiError, ApiResult};
-use crate::live::LiveReads;
+use crate::live::LiveThread;
 use async_graphql::{Context, ID, SimpleObject, Subscription};
 use cal_domain::{CalendarId, UserId};
 use cal_sync::feed::{CalendarFeed, News, Subscriber};
@@ -158,7 +158,7 @@ pub struct Connection {
     open: Arc<AtomicUsize>,
     viewers: Arc<ViewerSubscriptions>,
     feed: CalendarFeed,
-    live: Arc<LiveReads>,
+    live: Arc<LiveThread>,
     shutdown: CancellationToken,
 }
 
@@ -167,7 +167,7 @@ impl Connection {
         r: Arc<RequestCtx>,
         viewers: Arc<ViewerSubscriptions>,
         feed: CalendarFeed,
-        live: Arc<LiveReads>,
+        live: Arc<LiveThread>,
         shutdown: CancellationToken,
     ) -> Self {
         r.cache_stats.read_source();

@@ -20,7 +20,7 @@ use async_graphql::{Context, ID, SimpleObject};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cal_domain::{CalendarId, EventId, UserId};
-use cal_storage::sync::{ChangeKey, ChangedPage, LivePageOf, Snapshot};
+use cal_storage::sync::{ChangeKey, ChangedPage, Snapshot};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -103,6 +103,9 @@ fn encode(key: &[u8], calendar: CalendarId, viewer: UserId, position: Position) 
 
 /// The position `token` carries, if it is one this service signed for this calendar and viewer.
 fn decode(key: &[u8], token: &str, calendar: CalendarId, viewer: UserId) -> Option<Position> {
+    if token.len() > 2 * Snapshot::MAX_LEN {
+        return None;
+    }
     let (payload, tag) = token.split_once('.')?;
     let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
     if tag.len() != TAG_BYTES {
@@ -125,9 +128,6 @@ pub(crate) fn verify(
     calendar: CalendarId,
     viewer: UserId,
 ) -> ApiResult<()> {
-    if token.len() > 2 * Snapshot::MAX_LEN {
-        return Err(invalid_token());
-    }
     decode(key, token, calendar, viewer)
         .map(|_| ())
         .ok_or_else(invalid_token)
@@ -201,6 +201,7 @@ pub(crate) async fn page(
     wants: Wants,
 ) -> ApiResult<ChangeSet> {
     let me = r.viewer_id()?;
+    // An oversized token is refused before any statement.
     if since.is_some_and(|t| t.len() > 2 * Snapshot::MAX_LEN) {
         return Err(invalid_token());
     }
@@ -273,7 +274,7 @@ pub(crate) async fn page(
 /// subscriptions' own). A full sync's token takes [`page`]'s way.
 pub(crate) async fn live_page(
     r: &RequestCtx,
-    live: &crate::live::LiveReads,
+    live: &crate::live::LiveThread,
     calendar: CalendarId,
     since: &str,
     limit: usize,
@@ -281,10 +282,7 @@ pub(crate) async fn live_page(
 ) -> ApiResult<ChangeSet> {
     let me = r.viewer_id()?;
     let key = r.store.sync_token_key().await?;
-    let position = (since.len() <= 2 * Snapshot::MAX_LEN)
-        .then(|| decode(&key, since, calendar, me))
-        .flatten()
-        .ok_or_else(invalid_token)?;
+    let position = decode(&key, since, calendar, me).ok_or_else(invalid_token)?;
     let (since, until, after) = match position {
         Position::Full { .. } => return page(r, calendar, Some(since), limit, wants).await,
         Position::Synced { at } => (at, None, ChangeKey::default()),
@@ -294,15 +292,22 @@ pub(crate) async fn live_page(
             after,
         } => (since, Some(until), after),
     };
+    let read_since = since.clone();
     let live = live
-        .live_changes(me, calendar, since.clone(), until, after, limit as i64 + 1)
+        .read(move |store| async move {
+            let until = until.as_ref();
+            let fetch = limit as i64 + 1;
+            store
+                .live_changes(me, calendar, &read_since, until, after, fetch)
+                .await
+        })
         .await?;
     if !live.role.is_some_and(|role| role.can_read_details()) {
         return Err(ApiError::Forbidden);
     }
     let (until, events) = match live.page {
-        LivePageOf::Expired => return Err(ApiError::SyncTokenExpired),
-        LivePageOf::Changes { until, events } => (until, events),
+        ChangedPage::Expired => return Err(ApiError::SyncTokenExpired),
+        ChangedPage::Changes { until, events } => (until, events),
     };
     let token = |position| Some(encode(&key, calendar, me, position));
     let (rows, next_page, next_sync) = paged(events, since, until, after, limit, &token);
