@@ -155,17 +155,14 @@ fn ensure_promtool() -> Result<()> {
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// `kubernetes-validate` checks the manifests of `deploy/k8s` against the Kubernetes schemas
-/// (xtask/tests/deploy.rs). The tests run its script, or `python3 -m kubernetes_validate` where
-/// pip put the script in a directory that PATH lacks; install it when neither runs.
+/// (xtask/tests/deploy.rs, which runs it as `python3 -m kubernetes_validate`); install it into
+/// that Python when it is missing.
 fn ensure_kubernetes_validate() -> Result<()> {
     let present = || {
-        let works = |cmd: &mut Command| {
-            cmd.arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        works(&mut Command::new("kubernetes-validate"))
-            || works(Command::new("python3").args(["-m", "kubernetes_validate"]))
+        Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
     };
     if present() {
         return Ok(());
@@ -183,7 +180,7 @@ fn ensure_kubernetes_validate() -> Result<()> {
     }
     if !present() {
         bail!(
-            "neither `kubernetes-validate` nor `python3 -m kubernetes_validate` runs after \
+            "`python3 -m kubernetes_validate` does not run after \
              `python3 -m pip install {KUBERNETES_VALIDATE}`; install it (it validates \
              deploy/k8s) and run again"
         );

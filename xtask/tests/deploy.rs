@@ -694,29 +694,6 @@ fn assert_selects(selector: &Yaml, labels: &BTreeMap<String, String>, what: &str
     }
 }
 
-/// How to run kubernetes-validate: its script, or its module where pip installed the script
-/// in a directory that PATH lacks.
-fn kubernetes_validate() -> (Command, &'static str) {
-    let works = |cmd: &mut Command| {
-        cmd.arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if works(&mut Command::new("kubernetes-validate")) {
-        return (Command::new("kubernetes-validate"), "kubernetes-validate");
-    }
-    if works(Command::new("python3").args(["-m", "kubernetes_validate"])) {
-        let mut cmd = Command::new("python3");
-        cmd.args(["-m", "kubernetes_validate"]);
-        return (cmd, "python3 -m kubernetes_validate");
-    }
-    panic!(
-        "kubernetes-validate is missing: neither `kubernetes-validate --version` nor \
-         `python3 -m kubernetes_validate --version` runs. `cargo xtask test` installs it \
-         (`python3 -m pip install kubernetes-validate==1.37.0`)"
-    );
-}
-
 /// Every manifest validates against the schemas of each of [`KUBERNETES_VERSIONS`], strictly
 /// (an unknown field is an error). A resource whose kind has no schema (a CRD, a mistyped
 /// apiVersion) is only a warning to the tool: it fails here too.
@@ -724,7 +701,11 @@ fn kubernetes_validate() -> (Command, &'static str) {
 fn kubernetes_validate_accepts_every_manifest() {
     let files = k8s_manifests();
     let resources = Manifests::load().0.len();
-    let (mut cmd, program) = kubernetes_validate();
+    // As a module of the Python that `cargo xtask test` installs it into (its script may be in
+    // a directory PATH lacks).
+    let program = "python3 -m kubernetes_validate";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "kubernetes_validate"]);
     let mut args = vec!["--strict".to_owned()];
     for v in KUBERNETES_VERSIONS {
         args.extend(["-k".to_owned(), v.to_owned()]);
@@ -734,7 +715,7 @@ fn kubernetes_validate_accepts_every_manifest() {
         .args(&args)
         .current_dir(k8s_dir())
         .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        .unwrap_or_else(|e| panic!("running {program}: {e} (`cargo xtask test` installs it)"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -1031,22 +1012,20 @@ fn the_container_has_requests_and_limits_that_hold_its_caches() {
     let m = Manifests::load();
     let c = container(m.one("Deployment"));
     let r = &c["resources"];
-    let (cpu_request, cpu_limit) = (
-        millicores(&r["requests"]["cpu"]),
-        millicores(&r["limits"]["cpu"]),
-    );
-    assert!(
-        cpu_request > 0 && cpu_request <= cpu_limit,
-        "cpu request {cpu_request}m, limit {cpu_limit}m"
-    );
-    let (memory_request, memory_limit) = (
-        memory_bytes(&r["requests"]["memory"]),
-        memory_bytes(&r["limits"]["memory"]),
-    );
-    assert!(
-        memory_request > 0 && memory_request <= memory_limit,
-        "memory request {memory_request}, limit {memory_limit}"
-    );
+    // A request above zero and at most the limit; answers the limit.
+    let bounded = |resource: &str, amount: fn(&Yaml) -> u64| {
+        let (request, limit) = (
+            amount(&r["requests"][resource]),
+            amount(&r["limits"][resource]),
+        );
+        assert!(
+            request > 0 && request <= limit,
+            "{resource} request {request}, limit {limit}"
+        );
+        limit
+    };
+    bounded("cpu", millicores);
+    let memory_limit = bounded("memory", memory_bytes);
     let env = config_env(&m);
     let caches: u64 = ["CACHE_L1_MAX_BYTES", "CACHE_RESPONSE_MAX_BYTES"]
         .iter()
