@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, oneshot};
 
 /// Connections of the subscriptions' pool: one statement per message, so two suffice for a
-/// write to a calendar with 10,000 subscribers on one instance to reach them all in about 2 s
+/// write to a calendar with 10,000 subscribers on one instance to reach them all in 1.8–2.9 s
 /// (`cargo xtask bench-subscriptions`, docs/benchmarks.md).
 pub const CONNECTIONS: u32 = 2;
 
