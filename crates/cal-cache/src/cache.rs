@@ -49,7 +49,7 @@ use crate::{
     generations::{Generations, Snapshot},
     hooks::FillHooks,
     l1::{ENTRY_OVERHEAD, FillOutcome, L1, L1Entry},
-    l2::{self, FillItem, L2, Stored},
+    l2::{self, FillItem, L2, Stored, Target},
     metrics::{self, Metrics, Tally},
     trace_spans, xfetch,
 };
@@ -391,13 +391,14 @@ impl TieredCache {
         let l1 = cfg
             .l1_enabled
             .then(|| L1::new(cfg.l1_max_bytes, cfg.tombstone_ttl, &metrics));
-        let l2 = match (&cfg.redis_url, cfg.l2_enabled) {
-            (Some(url), true) => {
-                let breaker = Breaker::new(
-                    cfg.breaker_failures,
-                    cfg.breaker_cooldown,
-                    metrics.breaker_state.clone(),
-                );
+        let target = match (&cfg.redis_url, cfg.redis_cluster_nodes.as_slice()) {
+            (_, []) => cfg.redis_url.as_deref().map(Target::Single),
+            (_, nodes) => Some(Target::Cluster(nodes)),
+        };
+        let l2 = match (target, cfg.l2_enabled) {
+            (Some(target), true) => {
+                let breaker =
+                    |gauge| Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown, gauge);
                 let l1_for_reset = l1.clone();
                 let generations = generations.clone();
                 let on_reset = Box::new(move || {
@@ -407,8 +408,8 @@ impl TieredCache {
                     generations.bump_epoch();
                 });
                 Some(L2::new(
-                    url,
-                    cfg.key_prefix.clone(),
+                    target,
+                    &cfg.key_prefix,
                     cfg.redis_timeout,
                     breaker,
                     cfg.tombstone_ttl,
@@ -708,15 +709,14 @@ impl TieredCache {
     {
         let inner = &*self.inner;
         let names: Vec<&str> = need_l2.iter().map(|&i| keys[i].key.as_str()).collect();
-        let blobs = match l2.mget(&names).await {
-            Some(blobs) if blobs.len() == need_l2.len() => blobs,
-            _ => {
-                need_db.extend_from_slice(need_l2);
-                return;
-            }
-        };
+        let blobs = l2.mget(&names).await;
         let l1 = self.active_l1(stats);
         for (&i, blob) in need_l2.iter().zip(blobs) {
+            let Some(blob) = blob else {
+                // Its slot group is unavailable: the loader answers, uncounted as a miss.
+                need_db.push(i);
+                continue;
+            };
             let spec = &keys[i];
             let found = blob.as_deref().and_then(l2::decode).and_then(|s| match s {
                 Stored::Value {
@@ -1002,16 +1002,19 @@ impl TieredCache {
                     });
                 }
             }
-            if let Some(flags) = l2.fill(&items).await {
-                for (p_idx, stored) in which.into_iter().zip(flags) {
-                    let kind = keys[prepared[p_idx].0].kind;
-                    if stored {
+            let flags = l2.fill(&items).await;
+            for (p_idx, stored) in which.into_iter().zip(flags) {
+                let kind = keys[prepared[p_idx].0].kind;
+                match stored {
+                    Some(true) => {
                         in_l2[p_idx] = true;
                         tally.add(kind, Tally::L2_FILL);
-                    } else {
+                    }
+                    Some(false) => {
                         refused[p_idx] = true;
                         tally.add(kind, Tally::L2_REFUSED);
                     }
+                    None => {} // its slot group is unavailable
                 }
             }
         }

@@ -39,8 +39,11 @@ pub struct CacheConfig {
     pub l1_max_bytes: u64,
     /// L1 time to live; an entry's L1 TTL is `min(l1_ttl, key's L2 TTL)`.
     pub l1_ttl: Duration,
-    /// `None`: L1 only.
+    /// `None`: L1 only (unless `redis_cluster_nodes` is set).
     pub redis_url: Option<String>,
+    /// Some nodes of a Redis Cluster (`host:port` or `redis://host:port`); when set, L2 is that
+    /// cluster and `redis_url` is ignored.
+    pub redis_cluster_nodes: Vec<String>,
     /// Timeout of every Redis round trip.
     pub redis_timeout: Duration,
     /// Consecutive Redis failures that open the circuit breaker.
@@ -70,6 +73,7 @@ impl Default for CacheConfig {
             l1_max_bytes: 128 * 1024 * 1024,
             l1_ttl: Duration::from_secs(300),
             redis_url: None,
+            redis_cluster_nodes: Vec::new(),
             redis_timeout: Duration::from_millis(100),
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(2),
@@ -92,6 +96,7 @@ impl fmt::Debug for CacheConfig {
             .field("l1_max_bytes", &self.l1_max_bytes)
             .field("l1_ttl", &self.l1_ttl)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_cluster_nodes", &self.redis_cluster_nodes.len())
             .field("redis_timeout", &self.redis_timeout)
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_cooldown", &self.breaker_cooldown)

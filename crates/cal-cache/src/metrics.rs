@@ -6,7 +6,7 @@
 //! kinds once the caller declares them with [`crate::TieredCache::declare_kinds`]), so rates and
 //! ratios exist before the first event and every metric name is on `/metrics` from the start.
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub(crate) const L1: &str = "l1";
 pub(crate) const L2: &str = "l2";
@@ -28,7 +28,9 @@ pub(crate) struct Metrics {
     pub oversize: IntCounterVec,
     pub redis_errors: IntCounterVec,
     pub redis_requests: IntCounterVec,
+    pub redis_shard_errors: IntCounterVec,
     pub breaker_state: IntGauge,
+    pub group_breaker_state: IntGaugeVec,
     pub l1_weighted_bytes: IntGauge,
     pub epoch: IntGauge,
 }
@@ -79,9 +81,24 @@ impl Metrics {
                 ),
                 &["op"],
             )?,
+            redis_shard_errors: IntCounterVec::new(
+                Opts::new(
+                    "cal_cache_redis_shard_errors_total",
+                    "Redis calls that failed or timed out, by the server that holds their keys \
+                     (a cluster primary's address, or the single Redis)",
+                ),
+                &["shard"],
+            )?,
             breaker_state: IntGauge::new(
                 "cal_cache_breaker_state",
-                "Redis circuit breaker: 0 closed, 1 half-open, 2 open",
+                "Redis circuit breaker: 0 closed, 1 half-open, 2 open (a cluster: its worst slot group)",
+            )?,
+            group_breaker_state: IntGaugeVec::new(
+                Opts::new(
+                    "cal_cache_redis_group_breaker_state",
+                    "Redis Cluster only: the circuit breaker of each slot group, 0 closed, 1 half-open, 2 open",
+                ),
+                &["group"],
             )?,
             l1_weighted_bytes: IntGauge::new(
                 "cal_cache_l1_weighted_bytes",
@@ -89,7 +106,7 @@ impl Metrics {
             )?,
             epoch: IntGauge::new(
                 "cal_cache_epoch",
-                "Times a Redis restart (run_id change) was detected",
+                "Times a Redis restart or failover (run_id change) was detected",
             )?,
         };
         registry.register(Box::new(m.hits.clone()))?;
@@ -101,7 +118,9 @@ impl Metrics {
         registry.register(Box::new(m.oversize.clone()))?;
         registry.register(Box::new(m.redis_errors.clone()))?;
         registry.register(Box::new(m.redis_requests.clone()))?;
+        registry.register(Box::new(m.redis_shard_errors.clone()))?;
         registry.register(Box::new(m.breaker_state.clone()))?;
+        registry.register(Box::new(m.group_breaker_state.clone()))?;
         registry.register(Box::new(m.l1_weighted_bytes.clone()))?;
         registry.register(Box::new(m.epoch.clone()))?;
         for op in REDIS_OPS {

@@ -99,6 +99,7 @@ pub const VARIABLES: &[Var] = &[
     var("CORS_ALLOWED_ORIGINS", "unset: none in prod, `*` in dev"),
     var("SHUTDOWN_GRACE_SECS", "`20`"),
     var("REDIS_URL", "unset"),
+    var("REDIS_CLUSTER_NODES", "unset"),
     var("CACHE_L1", "`true`"),
     var("CACHE_L2", "`true`"),
     var("CACHE_L1_MAX_BYTES", "`134217728`"),
@@ -254,8 +255,10 @@ pub struct PersistedQuerySettings {
 /// The cache tiers: L1, Redis (L2), the whole-response cache, warming.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
-    /// `REDIS_URL`.
+    /// `REDIS_URL` (a single Redis).
     pub redis_url: Option<String>,
+    /// `REDIS_CLUSTER_NODES`, or the nodes of a `redis+cluster://` `REDIS_URL`.
+    pub redis_cluster_nodes: Vec<String>,
     /// `CACHE_L1`.
     pub l1: bool,
     /// `CACHE_L2`.
@@ -343,6 +346,7 @@ struct Raw {
     cors_allowed_origins: Option<String>,
     shutdown_grace_secs: u64,
     redis_url: Option<String>,
+    redis_cluster_nodes: Option<String>,
     cache_l1: bool,
     cache_l2: bool,
     cache_l1_max_bytes: u64,
@@ -412,6 +416,7 @@ impl Default for Raw {
             cors_allowed_origins: None,
             shutdown_grace_secs: 20,
             redis_url: None,
+            redis_cluster_nodes: None,
             cache_l1: cache.l1_enabled,
             cache_l2: cache.l2_enabled,
             cache_l1_max_bytes: cache.l1_max_bytes,
@@ -520,6 +525,7 @@ impl Settings {
             cors_allowed_origins,
             shutdown_grace_secs,
             redis_url,
+            redis_cluster_nodes,
             cache_l1,
             cache_l2,
             cache_l1_max_bytes,
@@ -542,8 +548,10 @@ impl Settings {
             cal_failpoints,
             db_slow_statement_ms,
         } = raw;
+        let (redis_url, redis_cluster_nodes) = redis_target(redis_url, redis_cluster_nodes)?;
         let cache = CacheSettings {
             redis_url,
+            redis_cluster_nodes,
             l1: cache_l1,
             l2: cache_l2,
             l1_max_bytes: cache_l1_max_bytes,
@@ -827,6 +835,41 @@ impl PersistedQuerySettings {
     }
 }
 
+/// L2's Redis: a single server (`REDIS_URL`), or a cluster (`REDIS_CLUSTER_NODES=h1:p1,h2:p2`,
+/// or `REDIS_URL=redis+cluster://h1:p1,h2:p2`), never both.
+fn redis_target(
+    url: Option<String>,
+    nodes: Option<String>,
+) -> Result<(Option<String>, Vec<String>)> {
+    let url = url.filter(|u| !u.trim().is_empty());
+    let nodes = nodes.filter(|n| !n.trim().is_empty());
+    let (url, nodes) = match (url, nodes) {
+        (Some(_), Some(_)) => bail!("set REDIS_URL or REDIS_CLUSTER_NODES, not both"),
+        (Some(url), None) => match url.strip_prefix("redis+cluster://") {
+            Some(nodes) => (None, Some(nodes.to_owned())),
+            None => (Some(url), None),
+        },
+        (None, nodes) => (None, nodes),
+    };
+    let nodes: Vec<String> = nodes
+        .iter()
+        .flat_map(|n| n.split(','))
+        .map(|n| n.trim().trim_end_matches('/').to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for node in &nodes {
+        let address = node.strip_prefix("redis://").unwrap_or(node);
+        let address = address.rsplit_once('@').map_or(address, |(_, a)| a);
+        let valid = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            bail!("REDIS_CLUSTER_NODES: {node:?} is not host:port");
+        }
+    }
+    Ok((url, nodes))
+}
+
 impl CacheSettings {
     pub fn config(&self) -> cal_cache::CacheConfig {
         cal_cache::CacheConfig {
@@ -834,7 +877,8 @@ impl CacheSettings {
             l2_enabled: self.l2,
             l1_max_bytes: self.l1_max_bytes,
             l1_ttl: Duration::from_secs(self.l1_ttl_secs),
-            redis_url: self.redis_url.clone().filter(|u| !u.is_empty()),
+            redis_url: self.redis_url.clone(),
+            redis_cluster_nodes: self.redis_cluster_nodes.clone(),
             key_prefix: self.key_prefix.clone(),
             ..cal_cache::CacheConfig::default()
         }
@@ -995,6 +1039,28 @@ mod tests {
             s.auth.jwt_secret = Some(SecretString::from("short"))
         }));
         assert!(short.contains("at least 32 bytes"), "{short}");
+    }
+
+    #[test]
+    fn redis_is_one_server_or_a_cluster_never_both() {
+        let target = |url: Option<&str>, nodes: Option<&str>| {
+            redis_target(url.map(Into::into), nodes.map(Into::into)).map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(
+            target(Some("redis://r:6379"), None).unwrap(),
+            (Some("redis://r:6379".to_owned()), vec![])
+        );
+        let cluster = (None, vec!["a:7000".to_owned(), "b:7001".to_owned()]);
+        assert_eq!(target(None, Some("a:7000, b:7001,")).unwrap(), cluster);
+        assert_eq!(
+            target(Some("redis+cluster://a:7000,b:7001"), None).unwrap(),
+            cluster
+        );
+        assert_eq!(target(Some(""), Some("")).unwrap(), (None, vec![]));
+        let both = target(Some("redis://r:6379"), Some("a:7000")).unwrap_err();
+        assert!(both.contains("not both"), "{both}");
+        let bad = target(None, Some("a:7000,nonsense")).unwrap_err();
+        assert!(bad.contains("\"nonsense\" is not host:port"), "{bad}");
     }
 
     // The list of variables against the README, the env example and the code.

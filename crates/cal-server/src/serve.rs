@@ -155,15 +155,18 @@ pub async fn serve(settings: Settings, demo: bool) -> Result<()> {
     served
 }
 
-/// The cache tiers: L1 always (unless switched off), L2 when `REDIS_URL` is set, and the
+/// The cache tiers: L1 always (unless switched off), L2 when `REDIS_URL` or
+/// `REDIS_CLUSTER_NODES` is set, and the
 /// in-process invalidation bus (a single instance hears its own writes).
 pub async fn build_tiers(settings: &Settings) -> Result<(Arc<Tiers>, prometheus::Registry)> {
     let cfg = settings.cache.config();
-    match (&cfg.redis_url, cfg.l2_enabled) {
-        (None, _) => tracing::warn!(
-            "REDIS_URL is not set: caching in process memory only (L1), no shared L2"
+    let nodes = cfg.redis_cluster_nodes.len();
+    match (cfg.redis_url.is_some() || nodes > 0, cfg.l2_enabled) {
+        (false, _) => tracing::warn!(
+            "neither REDIS_URL nor REDIS_CLUSTER_NODES is set: caching in process memory only (L1), no shared L2"
         ),
-        (Some(_), false) => tracing::warn!("CACHE_L2=false: the Redis tier is switched off"),
+        (true, false) => tracing::warn!("CACHE_L2=false: the Redis tier is switched off"),
+        _ if nodes > 0 => tracing::info!(nodes, "cache tiers: L1 (moka) over L2 (Redis Cluster)"),
         _ => tracing::info!("cache tiers: L1 (moka) over L2 (Redis)"),
     }
     if !cfg.l1_enabled {

@@ -7,6 +7,8 @@
 //! - `pg`: [`admin_url`], the shared PostgreSQL server's URL, and [`PgCluster`], a PostgreSQL
 //!   cluster of the test's own, to stop, start and restart;
 //! - `redis`: [`RedisServer`], a `redis-server` of the test's own, to kill and restart;
+//! - `redis_cluster`: [`RedisCluster`], a Redis Cluster of the test's own (three primaries, three
+//!   replicas), to kill, pause and resume nodes of and fail over;
 //! - `kafka`: [`KafkaBroker`], a `tansu` Kafka-protocol broker of the test's own, to pause,
 //!   resume and kill; where the `tansu` binary is ([`tansu_bin`], [`installed_tansu`],
 //!   [`TANSU_BIN`]), the flags of its broker ([`configure_tansu_broker`]) and the Metadata
@@ -17,6 +19,7 @@ mod kafka;
 mod metrics;
 mod pg;
 mod redis;
+mod redis_cluster;
 
 pub use kafka::{
     KafkaBroker, TANSU_BIN, configure_tansu_broker, installed_tansu, kafka_metadata_names,
@@ -25,3 +28,4 @@ pub use kafka::{
 pub use metrics::metric_sum;
 pub use pg::{PgCluster, admin_url};
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;

@@ -5,10 +5,10 @@
 //!
 //! Data stays beside this folder: `tests/fixtures/` (test keys) and `tests/js/` (node clients),
 //! both reached through `CARGO_MANIFEST_DIR`. `pg_restart` restarts a PostgreSQL cluster of its
-//! own and `redis_failure` a `redis-server` of its own, so neither disturbs the other modules;
-//! the connection-loss moment `pg_restart` records (`cal_storage::pool_options`) is
-//! process-wide, but only pools built from `pool_options` read it, and only `pg_restart` builds
-//! one here.
+//! own, `redis_failure` a `redis-server` and `redis_cluster` a Redis Cluster of their own, so
+//! none disturbs the other modules; the connection-loss moment `pg_restart` records
+//! (`cal_storage::pool_options`) is process-wide, but only pools built from `pool_options` read
+//! it, and only `pg_restart` builds one here.
 
 mod common;
 
@@ -30,6 +30,7 @@ mod pg_restart;
 mod purge;
 mod rate_limit;
 mod recurrence;
+mod redis_cluster;
 mod redis_failure;
 mod response_cache;
 mod schema_contract;

@@ -83,7 +83,7 @@ async fn l1_l2_and_loader_each_serve_their_part_of_a_batch() {
         "v1:event:5",
         "v1:event:4",
     ]);
-    let mget_before = redis.command_calls("mget").await;
+    let scripts_before = redis.command_calls("evalsha").await;
     let stats = RequestStats::default();
     let got = b
         .get_many(&mixed, Some(&stats), db.loader(&mixed))
@@ -91,9 +91,9 @@ async fn l1_l2_and_loader_each_serve_their_part_of_a_batch() {
         .map(plain)
         .unwrap();
     assert_eq!(
-        redis.command_calls("mget").await - mget_before,
-        1,
-        "one MGET per batch"
+        redis.command_calls("evalsha").await - scripts_before,
+        2,
+        "one read and one fill per batch"
     );
     assert_eq!(
         got,
@@ -162,7 +162,7 @@ async fn switches_turn_tiers_off() {
             .unwrap();
     }
     assert_eq!(db.calls(), 3, "cold path: every call loads");
-    assert_eq!(redis.command_calls("mget").await, 0);
+    assert_eq!(redis.command_calls("evalsha").await, 0, "L2 is not asked");
 }
 
 #[tokio::test]

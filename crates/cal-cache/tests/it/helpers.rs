@@ -16,6 +16,7 @@ use std::{
 };
 
 use cal_cache::{CacheConfig, KeySpec, Loaded, TieredCache};
+pub use cal_test_infra::RedisCluster;
 use futures::Future;
 
 /// A `redis-server` child process on its own port; killed on drop.
@@ -141,6 +142,14 @@ pub fn config(redis: Option<&RedisServer>, prefix: &str) -> CacheConfig {
         key_prefix: prefix.to_owned(),
         redis_timeout: Duration::from_millis(500),
         ..CacheConfig::default()
+    }
+}
+
+/// A config whose L2 is a Redis Cluster of the test's own.
+pub fn cluster_config(cluster: &RedisCluster, prefix: &str) -> CacheConfig {
+    CacheConfig {
+        redis_cluster_nodes: cluster.nodes_list().split(',').map(str::to_owned).collect(),
+        ..config(None, prefix)
     }
 }
 

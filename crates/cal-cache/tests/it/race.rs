@@ -12,7 +12,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use cal_cache::{FillHooks, Loaded, TieredCache};
+use cal_cache::{CacheConfig, FillHooks, Loaded, TieredCache};
 use tokio::sync::Semaphore;
 
 use crate::helpers::*;
@@ -252,14 +252,29 @@ async fn every_interleaving_ends_consistent_in_l1_only_mode() {
 #[tokio::test]
 async fn every_interleaving_ends_consistent_with_tombstones() {
     let redis = RedisServer::start();
+    interleavings_with_tombstones(|prefix| config(Some(&redis), prefix)).await;
+}
+
+/// The same over a Redis Cluster: tombstones, versioned fills and reads go to the key's shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_interleaving_ends_consistent_over_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    interleavings_with_tombstones(|prefix| cluster_config(&cluster, prefix)).await;
+}
+
+async fn interleavings_with_tombstones(config: impl Fn(&str) -> CacheConfig) {
     for order in interleavings() {
         let gate = Gate::new();
         let prefix = unique_prefix();
-        let c = tiered(&redis, &prefix, &gate).await;
+        let mut cfg = config(&prefix);
+        cfg.hooks = Some(gate.clone());
+        let c = cache(cfg).await;
         let (served, truth) = run(Arc::new(Tiered(c)), gate, &order).await;
         assert_eq!(served, truth, "order {order:?}");
         // L2 must agree too: a process with an empty L1 reads the same.
-        let mut cfg = config(Some(&redis), &prefix);
+        let mut cfg = config(&prefix);
         cfg.l1_enabled = false;
         let fresh = cache(cfg).await;
         let db = Db::new();

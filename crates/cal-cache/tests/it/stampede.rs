@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cal_cache::RequestStats;
+use cal_cache::{CacheConfig, RequestStats};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -36,14 +36,27 @@ async fn until_all_in_flight<T>(stats: &[Arc<RequestStats>], tasks: &[JoinHandle
 
 #[tokio::test]
 async fn five_hundred_identical_cold_batches_load_once() {
-    const CALLERS: usize = 500;
     let redis = RedisServer::start();
+    cold_batches_load_once(config(Some(&redis), &unique_prefix())).await;
+}
+
+/// The same stampede over a Redis Cluster: the batch's keys span every slot group, and each
+/// group's misses and fills are separate calls, yet the batch still loads once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_identical_cold_batches_load_once_over_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    cold_batches_load_once(cluster_config(&cluster, &unique_prefix())).await;
+}
+
+async fn cold_batches_load_once(mut cfg: CacheConfig) {
+    const CALLERS: usize = 500;
     let db = Db::new();
     let names: Vec<String> = (0..KEYS).map(|i| format!("v1:event:{i}:full")).collect();
     for n in &names {
         db.set(n, n, 1);
     }
-    let mut cfg = config(Some(&redis), &unique_prefix());
     cfg.redis_timeout = Duration::from_secs(2);
     let c = cache(cfg).await;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
