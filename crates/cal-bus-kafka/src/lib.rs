@@ -3,9 +3,10 @@
 //!
 //! One topic (default `cache.invalidate`) carries every instance's invalidations:
 //! - [`KafkaBus::publish`] writes one message with an idempotent producer (`acks=all`), keyed by
-//!   the message's `origin` (so one publisher's messages stay in order in one partition), with a
-//!   JSON payload and the W3C trace context also as headers, and returns the message's
-//!   [`Position`] once the broker acknowledged it;
+//!   the calendar it changed (so one calendar's changes stay in order in one partition; a change
+//!   of no calendar is keyed by its `origin`), with a JSON payload and the W3C trace context also
+//!   as headers, and returns the message's [`Position`] once the broker acknowledged it. A
+//!   heartbeat goes to every partition, so that each one proves its own liveness;
 //! - [`KafkaBus::subscribe`] reads *every* partition with a plain `assign()` (no consumer group,
 //!   no commits: each instance must see every message), starting at the high watermarks the bus
 //!   saw in [`KafkaBus::connect`] ([`KafkaBus::start_positions`]).
@@ -267,14 +268,59 @@ impl KafkaBus {
     }
 }
 
+/// The message key, which picks the partition: the calendar the write changed (the smallest id
+/// when it changed several), so that one calendar's changes keep their order in one partition;
+/// the publisher for a change of no calendar (users, resources, purges).
+fn message_key(inv: &Invalidation) -> String {
+    match inv.calendars.iter().min() {
+        Some(calendar) => format!("calendar:{calendar}"),
+        None => inv.origin.clone(),
+    }
+}
+
 #[async_trait]
 impl InvalidationBus for KafkaBus {
     async fn publish(&self, inv: Invalidation) -> Result<Option<Position>, BusError> {
-        let (payload, headers) = Self::encode(&inv)?;
-        let record = FutureRecord::to(&self.topic)
-            .key(inv.origin.as_bytes())
+        if !inv.is_heartbeat() || self.start.len() < 2 {
+            return self.send(&inv, None).await.map(Some);
+        }
+        // A heartbeat goes to every partition: each partition's consumer must prove it is
+        // alive, or a stalled one would hide behind the others' heartbeats.
+        let sent = futures::future::join_all(
+            self.start
+                .iter()
+                .map(|p| self.send(&inv, Some(p.partition))),
+        )
+        .await;
+        let mut last = None;
+        for position in sent {
+            last = Some(position?);
+        }
+        Ok(last)
+    }
+
+    fn subscribe(&self) -> BoxStream<'static, Result<Invalidation, BusError>> {
+        self.subscription()
+    }
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+}
+
+impl KafkaBus {
+    /// Publishes `inv` once, to `partition` or to its key's partition, and waits for the
+    /// broker's acknowledgement.
+    async fn send(&self, inv: &Invalidation, partition: Option<i32>) -> Result<Position, BusError> {
+        let (payload, headers) = Self::encode(inv)?;
+        let key = message_key(inv);
+        let mut record = FutureRecord::to(&self.topic)
+            .key(key.as_bytes())
             .payload(&payload)
             .headers(headers);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         let producer = self.producer.read().unwrap().clone();
         // librdkafka fails the delivery after `message.timeout.ms` (= publish_timeout); the
         // outer timeout only guards against a delivery report that never comes.
@@ -300,10 +346,10 @@ impl InvalidationBus for KafkaBus {
                     keys = inv.keys.len(),
                     "published invalidation"
                 );
-                Ok(Some(Position {
+                Ok(Position {
                     partition: d.partition,
                     offset: d.offset,
-                }))
+                })
             }
             Ok(Err((e, _))) => {
                 tracing::debug!(
@@ -332,7 +378,7 @@ impl InvalidationBus for KafkaBus {
     /// so it too gets every message from there on (each stream reads independently; neither
     /// takes messages from the other). If that consumer cannot be created the stream yields one
     /// `Err(BusError::Subscribe)` and ends.
-    fn subscribe(&self) -> BoxStream<'static, Result<Invalidation, BusError>> {
+    fn subscription(&self) -> BoxStream<'static, Result<Invalidation, BusError>> {
         let first = self.first_consumer.lock().unwrap().take();
         let consumer = match first {
             Some(c) => c,
@@ -366,10 +412,6 @@ impl InvalidationBus for KafkaBus {
                 Some((item, (consumer, topic)))
             },
         ))
-    }
-
-    fn name(&self) -> &'static str {
-        "kafka"
     }
 }
 

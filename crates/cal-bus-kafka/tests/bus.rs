@@ -445,6 +445,67 @@ async fn a_subscriber_reads_every_partition() {
 }
 
 #[tokio::test]
+async fn a_calendars_changes_keep_their_order_in_one_partition_and_heartbeats_reach_all() {
+    let broker = KafkaBroker::start();
+    let t = topic("by-calendar");
+    let a = connect(&broker, &t, 3, "a").await;
+    let b = connect(&broker, &t, 3, "b").await;
+    let mut sub = b.subscribe();
+    let change = |origin: &str, seq: u64, calendars: Vec<i64>| Invalidation {
+        calendars,
+        ..inv(origin, seq)
+    };
+
+    // Writers on many instances change calendar 42, and calendars 7 and 9 in between.
+    let mut partitions = BTreeMap::<i64, BTreeSet<i32>>::new();
+    let mut offsets_of_42 = Vec::new();
+    for seq in 0..30u64 {
+        let calendar = [42, 7, 9][seq as usize % 3];
+        let p = a
+            .publish(change(&format!("instance-{seq}"), seq, vec![calendar]))
+            .await
+            .unwrap()
+            .unwrap();
+        partitions.entry(calendar).or_default().insert(p.partition);
+        if calendar == 42 {
+            offsets_of_42.push(p.offset);
+        }
+    }
+    for (calendar, ps) in &partitions {
+        assert_eq!(
+            ps.len(),
+            1,
+            "calendar {calendar}'s changes in one partition: {ps:?}"
+        );
+    }
+    assert!(
+        offsets_of_42.is_sorted(),
+        "in publish order: {offsets_of_42:?}"
+    );
+    // A change of several calendars goes with the smallest of them.
+    let both = a
+        .publish(change("x", 99, vec![42, 7]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(partitions[&7].contains(&both.partition));
+    for _ in 0..31 {
+        next(&mut sub).await;
+    }
+
+    // A heartbeat is one message per partition.
+    a.publish(Invalidation::heartbeat("a", 100)).await.unwrap();
+    let mut heard = BTreeSet::new();
+    for _ in 0..3 {
+        let beat = next(&mut sub).await;
+        assert!(beat.is_heartbeat());
+        heard.insert(beat.position.unwrap().partition);
+    }
+    assert_eq!(heard, BTreeSet::from([0, 1, 2]));
+    quiet(&mut sub, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
 async fn a_second_subscription_also_reads_from_the_start_positions() {
     let broker = KafkaBroker::start();
     let t = topic("resubscribe");

@@ -62,7 +62,9 @@ async fn consume(me: &Invalidator, mut stream: BoxStream<'static, Result<Invalid
                     let lag_ms = cal_cache::now_ms().saturating_sub(inv.sent_at_ms);
                     me.stream_metrics.lag.observe(lag_ms as f64 / 1000.0);
                 }
-                me.progress.heard(inv.sent_at_ms);
+                // The in-process bus has one stream and no positions: partition 0.
+                let partition = inv.position.map_or(0, |p| p.partition);
+                me.progress.heard(partition, inv.sent_at_ms);
                 if let Some(p) = inv.position {
                     me.progress.applied_up_to(p);
                 }

@@ -5,7 +5,7 @@
 use cal_cache::Position;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -15,8 +15,9 @@ pub struct StreamProgress {
     /// published before this instance started).
     applied: Mutex<HashMap<i32, i64>>,
     changed: watch::Sender<u64>,
-    /// Unix ms send time of the freshest message applied (heartbeats included).
-    freshest_ms: AtomicU64,
+    /// Per partition, the Unix ms send time of the freshest message applied from it (heartbeats
+    /// included; a partition known from [`StreamProgress::start_at`] starts at 0).
+    freshest_ms: Mutex<HashMap<i32, u64>>,
     behind: AtomicBool,
 }
 
@@ -25,7 +26,7 @@ impl Default for StreamProgress {
         Self {
             applied: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
-            freshest_ms: AtomicU64::new(0),
+            freshest_ms: Mutex::new(HashMap::new()),
             behind: AtomicBool::new(false),
         }
     }
@@ -35,9 +36,11 @@ impl StreamProgress {
     /// Where this instance joined the stream: earlier messages need not be waited for.
     pub fn start_at(&self, positions: &[Position]) {
         let mut applied = self.applied.lock().unwrap();
+        let mut freshest = self.freshest_ms.lock().unwrap();
         for p in positions {
             let next = applied.entry(p.partition).or_insert(p.offset);
             *next = (*next).max(p.offset);
+            freshest.entry(p.partition).or_insert(0);
         }
     }
 
@@ -58,14 +61,20 @@ impl StreamProgress {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    /// A message sent at `sent_at_ms` (Unix ms) was applied: proof that the stream is alive.
-    pub(crate) fn heard(&self, sent_at_ms: u64) {
-        self.freshest_ms.fetch_max(sent_at_ms, Ordering::AcqRel);
+    /// A message of `partition` sent at `sent_at_ms` (Unix ms) was applied: proof that the
+    /// partition is alive.
+    pub(crate) fn heard(&self, partition: i32, sent_at_ms: u64) {
+        let mut freshest = self.freshest_ms.lock().unwrap();
+        let at = freshest.entry(partition).or_insert(0);
+        *at = (*at).max(sent_at_ms);
     }
 
-    /// Unix ms send time of the freshest message applied.
+    /// How fresh the stream is: the send time of the freshest message applied, in the partition
+    /// whose freshest message is the oldest. Every partition has to keep up, since a key's
+    /// invalidations travel in one of them.
     pub(crate) fn freshest_ms(&self) -> u64 {
-        self.freshest_ms.load(Ordering::Acquire)
+        let freshest = self.freshest_ms.lock().unwrap();
+        freshest.values().copied().min().unwrap_or(0)
     }
 
     /// Records whether the stream is behind the liveness bound; answers the previous state.
@@ -146,5 +155,47 @@ mod tests {
         s.applied_up_to(p(0, 11));
         assert!(waiter.await.unwrap());
         assert!(!s.has_applied(&p(1, 0)), "unknown partition");
+    }
+
+    #[tokio::test]
+    async fn a_token_waits_only_for_the_partition_it_names() {
+        let s = StreamProgress::default();
+        let p = |partition, offset| Position { partition, offset };
+        s.start_at(&[p(0, 0), p(1, 0), p(2, 0)]);
+        s.applied_up_to(p(1, 4));
+        // Partitions 0 and 2 have applied nothing: a token of partition 1 does not wait for them.
+        assert!(s.wait_applied(&[p(1, 4)], Duration::ZERO).await);
+        assert!(
+            !s.wait_applied(&[p(1, 4), p(2, 0)], Duration::from_millis(10))
+                .await
+        );
+    }
+
+    #[test]
+    fn the_stream_is_as_fresh_as_its_stalest_partition() {
+        let s = StreamProgress::default();
+        let p = |partition| Position {
+            partition,
+            offset: 0,
+        };
+        s.start_at(&[p(0), p(1), p(2)]);
+        s.heard(0, 1_000);
+        s.heard(1, 1_000);
+        assert_eq!(s.freshest_ms(), 0, "partition 2 was never heard");
+        s.heard(2, 900);
+        assert_eq!(s.freshest_ms(), 900);
+        s.heard(0, 5_000);
+        s.heard(1, 5_000);
+        assert_eq!(
+            s.freshest_ms(),
+            900,
+            "a stalled partition keeps the stream behind"
+        );
+        s.heard(2, 800);
+        assert_eq!(
+            s.freshest_ms(),
+            900,
+            "an older message does not move it back"
+        );
     }
 }
