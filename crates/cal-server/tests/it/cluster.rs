@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_calendar");
 const SECRET: &str = "cluster-test-secret-cluster-test-secret";
 /// The liveness bound the instances run with (the default).
 const LIVENESS: Duration = Duration::from_secs(2);
@@ -38,15 +38,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Instance {
+/// One `calendar serve` child process on a free port, killed when dropped (also used by
+/// `loadtest`).
+pub(crate) struct Instance {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     env: Vec<(String, String)>,
     log: PathBuf,
 }
 
 impl Instance {
-    fn spawn(env: Vec<(String, String)>, tag: &str) -> Instance {
+    pub(crate) fn spawn(env: Vec<(String, String)>, tag: &str) -> Instance {
         let port = free_port();
         let log = std::env::temp_dir().join(format!(
             "cal-cluster-{}-{tag}-{port}.log",
@@ -87,7 +89,7 @@ impl Instance {
         format!("http://127.0.0.1:{}/graphql", self.port)
     }
 
-    async fn wait_ready(&self, client: &reqwest::Client) {
+    pub(crate) async fn wait_ready(&self, client: &reqwest::Client) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = client
@@ -216,6 +218,9 @@ impl Cluster {
             ("CACHE_KEY_PREFIX".into(), format!("test:{}:", db.name)),
             ("KAFKA_BROKERS".into(), broker.brokers()),
             ("KAFKA_TOPIC".into(), format!("inv.{}", db.name)),
+            // Partitioned as in production: keyed by calendar, heartbeats in every partition,
+            // tokens naming one partition each.
+            ("KAFKA_PARTITIONS".into(), "3".into()),
             ("JWT_SECRET".into(), SECRET.into()),
             ("CACHE_WARM_CALENDARS".into(), "0".into()),
             ("DB_MAX_CONNECTIONS".into(), "8".into()),
