@@ -948,6 +948,15 @@ fn scrape(addr: &str) -> String {
 
 /// CPU seconds (user + system) of `pid` and of every process named `postgres`.
 fn cpu_sample(pid: u32) -> CpuSample {
+    CpuSample {
+        server: process_ticks(pid).unwrap_or(0) as f64 / clock_ticks(),
+        postgres: postgres_cpu_secs(),
+    }
+}
+
+/// CPU seconds (user + system) of every process named `postgres` (the server and its
+/// backends; a backend that exited between two samples takes its share with it).
+pub(crate) fn postgres_cpu_secs() -> f64 {
     let tick = clock_ticks();
     let mut postgres = 0.0;
     if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -963,10 +972,7 @@ fn cpu_sample(pid: u32) -> CpuSample {
             }
         }
     }
-    CpuSample {
-        server: process_ticks(pid).unwrap_or(0) as f64 / tick,
-        postgres,
-    }
+    postgres
 }
 
 /// utime + stime of a process, in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`, counted

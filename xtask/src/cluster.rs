@@ -366,7 +366,7 @@ impl RedisFootprint {
             c
         };
         let scan = cli()
-            .args(["--scan", "--count", "1000", "--pattern"])
+            .args(["--scan", "--pattern"])
             .arg(format!("*{prefix}*"))
             .output()
             .context("running redis-cli --scan")?;
@@ -749,6 +749,8 @@ struct Phase {
     delivery: Buckets,
     /// Counters summed over instances, measured run only.
     applied: f64,
+    /// Every message the consumers read (heartbeats and own ones too).
+    received: f64,
     published: f64,
     publish_errors: f64,
     /// Instances still bypassing L1 (stream behind) at the end.
@@ -763,6 +765,8 @@ struct Phase {
     secs: f64,
     /// What the phase's keys occupy in Redis at the end.
     redis: RedisFootprint,
+    /// CPU seconds of every PostgreSQL process during the measured run.
+    postgres_secs: f64,
 }
 
 /// A histogram summed over instances, measured run only (after minus before).
@@ -786,6 +790,7 @@ impl Phase {
             lag: summed_histogram(LAG, before, after),
             delivery: summed_histogram(DELIVERY, before, after),
             applied: delta("cal_invalidation_applied_total"),
+            received: delta("cal_invalidation_received_total"),
             published: delta("cal_invalidation_published_total"),
             publish_errors: delta("cal_invalidation_publish_errors_total"),
             behind_at_end: sum_counter(after, "cal_invalidation_consumer_behind"),
@@ -794,6 +799,7 @@ impl Phase {
             cpu: ThreadCpu::default(),
             secs: 0.0,
             redis: RedisFootprint::default(),
+            postgres_secs: 0.0,
         }
     }
 
@@ -855,8 +861,8 @@ fn table_row(p: &Phase) -> String {
 }
 
 fn cost_header() -> String {
-    "| setup | applied | consumer thread µs per applied message | librdkafka threads, share of a core per instance | server CPU ms per request | Redis keys | Redis MiB (`MEMORY USAGE`) | calendar-months cached | Redis KiB per calendar-month |\n\
-     |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| setup | received per instance per s (applied) | consumer thread µs per received message (per applied) | librdkafka threads, share of a core per instance | server CPU ms per request | SQL statements per request | PostgreSQL CPU ms per request | per statement | Redis keys | Redis MiB (`MEMORY USAGE`) | calendar-months cached | Redis KiB per calendar-month |\n\
+     |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         .to_owned()
 }
 
@@ -865,16 +871,28 @@ fn cost_row(p: &Phase) -> String {
     let per = |num: f64, den: f64| (den > 0.0).then(|| num / den);
     let cpu = p.cpu;
     let r = p.redis;
+    // Reads only: the writes' statements are not in the debug stats' average.
+    let sql_avg = report::metric(&p.k6, "sql_statements", "avg");
+    let reads = report::metric(&p.k6, "http_reqs{name:MonthView}", "count").unwrap_or(0.0);
+    let statements = sql_avg.map(|avg| avg * reads);
+    let postgres_ms = p.postgres_secs * 1e3;
+    let instance_secs = p.secs * f64::from(p.instances);
+    let consumer_us = cpu.consumer_ns as f64 / 1e3;
     format!(
-        "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} ({:.0}) | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         p.label(),
+        report::num(per(p.received, instance_secs), 1),
         p.applied,
-        report::num(per(cpu.consumer_ns as f64 / 1e3, p.applied), 1),
+        report::num(per(consumer_us, p.received), 1),
+        report::num(per(consumer_us, p.applied), 1),
         report::num(
-            per(cpu.kafka_ns as f64 / 1e9, p.secs * f64::from(p.instances)).map(|s| s * 100.0),
+            per(cpu.kafka_ns as f64 / 1e9, instance_secs).map(|s| s * 100.0),
             2
         ) + " %",
         report::num(per(cpu.total_ns as f64 / 1e6, requests), 2),
+        report::num(sql_avg, 2),
+        report::num(per(postgres_ms, requests), 3),
+        report::num(statements.and_then(|n| per(postgres_ms, n)), 3),
         r.keys,
         report::num(Some(r.bytes as f64 / 1_048_576.0), 1),
         r.calendar_months,
@@ -1076,12 +1094,14 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
             })
             .transpose()?;
         let cpu_before: Vec<ThreadCpu> = instances.iter().map(|i| ThreadCpu::of(i.pid())).collect();
+        let postgres_before = bench::postgres_cpu_secs();
         let started_at = Instant::now();
         let summary = k6_run(
             &args.duration,
             &out_dir.join(format!("summary-phase{count}.json")),
         )?;
         let secs = started_at.elapsed().as_secs_f64();
+        let postgres_secs = bench::postgres_cpu_secs() - postgres_before;
         let cpu = ThreadCpu::sum(
             instances
                 .iter()
@@ -1104,6 +1124,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         phase.probe = probe;
         phase.cpu = cpu;
         phase.secs = secs;
+        phase.postgres_secs = postgres_secs;
         phase.redis = RedisFootprint::of(&args.redis_url, &prefix)?;
         eprintln!("{}", table_row(&phase));
         phases.push(phase);

@@ -45,6 +45,7 @@ async fn consume(me: &Invalidator, mut stream: BoxStream<'static, Result<Invalid
     while let Some(msg) = stream.next().await {
         match msg {
             Ok(inv) => {
+                me.stream_metrics.received.inc();
                 if !inv.is_heartbeat() && inv.origin != me.origin {
                     let span = tracing::info_span!(
                         "kafka.apply",

@@ -12,6 +12,8 @@ const LATENCY_BUCKETS: [f64; 19] = [
 #[derive(Clone)]
 pub(crate) struct StreamMetrics {
     pub applied: IntCounter,
+    /// Every message the consumer read: others' invalidations, its own, heartbeats.
+    pub received: IntCounter,
     pub lag: Histogram,
     pub behind: IntGauge,
 }
@@ -52,6 +54,14 @@ pub(crate) fn register(registry: &Registry) -> prometheus::Result<(StreamMetrics
             IntCounter::new(
                 "cal_invalidation_applied_total",
                 "Invalidations from other instances applied to this instance's L1",
+            )?,
+        )?,
+        received: add(
+            r,
+            IntCounter::new(
+                "cal_invalidation_received_total",
+                "Messages the invalidation consumer read from the stream: other instances' \
+                 invalidations, this instance's own, and heartbeats",
             )?,
         )?,
         lag: add(

@@ -527,6 +527,13 @@ async fn three_instances_stay_within_the_lag_bound_under_mixed_load() {
         load.writes
     );
     for (i, inst) in instances.iter().enumerate() {
+        let received = inst
+            .metric(&c.client, "cal_invalidation_received_total")
+            .await;
+        assert!(
+            received > got[i] + load.writes[i] as f64,
+            "instance {i} read the others' writes, its own and heartbeats: {received}"
+        );
         let observed = inst
             .metric(&c.client, "cal_invalidation_lag_seconds_count")
             .await;
