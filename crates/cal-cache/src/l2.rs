@@ -46,7 +46,6 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClientBuilder, ClusterConfig},
     cluster_async::ClusterConnection,
-    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
 };
 
 use crate::{
@@ -149,6 +148,9 @@ return 1
 "#
 );
 
+/// KEYS: one key of the slot whose owner is asked. The owner's `run_id`.
+const RUN_ID_LUA: &str = "return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')";
+
 /// The error code of a script's refusal (see [`guarded!`]).
 const REFUSED: &str = "CALEPOCH";
 
@@ -207,12 +209,6 @@ pub(crate) fn decode(blob: &[u8]) -> Option<Stored<'_>> {
         }
         _ => None,
     }
-}
-
-fn parse_run_id(info: &str) -> Option<String> {
-    info.lines()
-        .find_map(|l| l.strip_prefix("run_id:"))
-        .map(|id| id.trim().to_owned())
 }
 
 /// The slot group of a caller key. CRC16 rather than a std hasher: every instance, whatever
@@ -329,6 +325,7 @@ pub(crate) struct L2 {
     purge: AtomicI64,
     round_trips: AtomicU64,
     metrics: Metrics,
+    run_id_script: Script,
     read_script: Script,
     set_script: Script,
     fill_script: Script,
@@ -419,6 +416,7 @@ impl L2 {
             purge: AtomicI64::new(0),
             round_trips: AtomicU64::new(0),
             metrics,
+            run_id_script: Script::new(RUN_ID_LUA),
             read_script: Script::new(READ_LUA),
             set_script: Script::new(SET_LUA),
             fill_script: Script::new(FILL_LUA),
@@ -582,18 +580,13 @@ impl L2 {
         if self.is_cluster() {
             self.refresh_shard_names().await;
         }
-        let infos = join_all(due.iter().map(|&i| self.read_info(i))).await;
+        let run_ids = join_all(due.iter().map(|&i| self.read_run_id(i))).await;
         let mut changed = false;
-        for (&i, info) in due.iter().zip(infos) {
+        for (&i, run_id) in due.iter().zip(run_ids) {
             let u = &self.units[i];
             u.needs_check.store(false, Ordering::Relaxed);
-            let Some(info) = info else {
+            let Some(run_id) = run_id.filter(|id| !id.is_empty()) else {
                 u.needs_check.store(true, Ordering::Relaxed);
-                continue;
-            };
-            let Some(run_id) = parse_run_id(&info) else {
-                u.needs_check.store(true, Ordering::Relaxed);
-                self.warn("info", &u.shard(), &"INFO server has no run_id");
                 continue;
             };
             let previous = u.known.read().unwrap().clone();
@@ -625,24 +618,15 @@ impl L2 {
         }
     }
 
-    /// `INFO server` of the server that holds `unit`'s keys.
-    async fn read_info(&self, unit: usize) -> Option<String> {
-        let route = self.is_cluster().then(|| {
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-                &self.tags[unit],
-                SlotAddr::Master,
-            )))
-        });
-        self.call(unit, "info", |con| async move {
-            let mut cmd = redis::cmd("INFO");
-            cmd.arg("server");
-            match (con, route) {
-                (Conn::Cluster(mut con), Some(route)) => {
-                    let value = con.route_command(cmd, route).await?;
-                    Ok(redis::from_redis_value::<String>(value)?)
-                }
-                (mut con, _) => cmd.query_async(&mut con).await,
-            }
+    /// The `run_id` of the server that holds `unit`'s keys, asked through a script on a key of
+    /// the unit's slot: a keyless `INFO` may be answered by whichever node the client picks
+    /// while the cluster's layout changes (a failover), but a node that does not own a key's
+    /// slot answers `MOVED`, which the client follows to the owner.
+    async fn read_run_id(&self, unit: usize) -> Option<String> {
+        let mut invocation = self.run_id_script.prepare_invoke();
+        invocation.key(format!("{}run_id", self.tags[unit]));
+        self.call(unit, "info", |mut con| async move {
+            invocation.invoke_async::<String>(&mut con).await
         })
         .await
     }
@@ -1048,12 +1032,6 @@ mod tests {
         assert_eq!(decode(b"T42"), Some(Stored::Tombstone { version: 42 }));
         assert_eq!(decode(b"garbage"), None);
         assert_eq!(decode(b"V1:2"), None);
-    }
-
-    #[test]
-    fn run_id_is_parsed_from_info() {
-        let info = "# Server\r\nredis_version:7.0.0\r\nrun_id:abc123\r\ntcp_port:6379\r\n";
-        assert_eq!(parse_run_id(info).as_deref(), Some("abc123"));
     }
 }
 
