@@ -147,9 +147,10 @@ const writes = new Counter('writes');
 const writeConflicts = new Counter('write_conflicts');
 // The hit ratio as a Rate, for a threshold: key lookups, true for a hit in either tier (an answer
 // from the whole-response cache counts its dependencies as hits, as the server reports it), false
-// for a key found in neither. One sample per key would cost k6 about 3.5 µs per key, and a month
-// view looks up hundreds: samples stand for KEYS_PER_SAMPLE lookups each, the remainders carried
-// over per VU, so the ratio is exact but for fewer than KEYS_PER_SAMPLE keys per VU at the end.
+// for a key found in neither. A month view looks up hundreds of keys, and a sample per key would
+// load k6, which shares the server's cores: samples stand for KEYS_PER_SAMPLE lookups each, the
+// remainders carried over per VU, so the ratio is exact but for fewer than KEYS_PER_SAMPLE keys per
+// VU at the end.
 const cacheHitRatio = new Rate('cache_hit_ratio');
 const KEYS_PER_SAMPLE = 20;
 let hitCarry = 0;
@@ -344,6 +345,27 @@ export function monthViewIteration(fixtures, pick, writeRatio) {
   } else {
     readMonthLight(f, w);
   }
+}
+
+// How long a scenario's load lasts: DURATION, by default 30 s.
+export const DURATION = __ENV.DURATION || '30s';
+
+// A constant-VUs k6 scenario: `vus` users unless VUS says otherwise, for DURATION, with the other
+// fields of `extra` (`exec`, ...).
+export function constantVus(vus, extra = {}) {
+  return { executor: 'constant-vus', vus: numberEnv('VUS', vus, 1), duration: DURATION, ...extra };
+}
+
+// The month-view mix of `read_heavy` and `write_mix`: (fixture, window) items drawn by Zipf (ZIPF,
+// default 1.1; 0: uniform), `writeRatio` of the iterations writing, 20 VUs by default, the KPIs
+// and `thresholds`. Returns the script's `options` and its default function `iterate`.
+export function monthViewMix(name, fixtures, writeRatio, thresholds = {}) {
+  const pick = picker(fixtures.length * WINDOWS.length, numberEnv('ZIPF', 1.1, 0));
+  measureKpis();
+  return {
+    options: kpiOptions({ [name]: constantVus(20) }, thresholds),
+    iterate: () => monthViewIteration(fixtures, pick, writeRatio),
+  };
 }
 
 // The KPIs every scenario is held to (loadtests/README.md says why each statistic): latency of

@@ -37,9 +37,11 @@ import { check, sleep } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
 import {
   BASE_URL,
+  DURATION,
   INSTANCE_URLS,
   QUERY_WITH_VERSIONS,
   WINDOWS,
+  constantVus,
   errors,
   eventsOf,
   kpiOptions,
@@ -75,18 +77,9 @@ const staleWithToken = new Counter('stale_with_token');
 
 export const options = kpiOptions(
   {
-    readers: {
-      executor: 'constant-vus',
-      vus: numberEnv('VUS', 10, 1),
-      duration: __ENV.DURATION || '30s',
-      exec: 'read',
-    },
-    prober: {
-      executor: 'constant-vus',
-      vus: 1,
-      duration: __ENV.DURATION || '30s',
-      exec: 'probe',
-    },
+    readers: constantVus(10, { exec: 'read' }),
+    // One prober, whatever VUS says.
+    prober: { executor: 'constant-vus', vus: 1, duration: DURATION, exec: 'probe' },
   },
   {
     staleness_ms: [`max<${LIVENESS_MS}`],

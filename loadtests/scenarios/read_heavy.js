@@ -11,32 +11,13 @@
 //
 // Run: cargo xtask loadtest --scenario read_heavy (or k6 run with the variables above).
 
-import {
-  WINDOWS,
-  kpiOptions,
-  loadFixtures,
-  measureKpis,
-  monthViewIteration,
-  numberEnv,
-  picker,
-  summaryOutputs,
-} from '../lib/common.js';
+import { loadFixtures, monthViewMix, summaryOutputs } from '../lib/common.js';
 
-const fixtures = loadFixtures((path) => open(path));
-const pick = picker(fixtures.length * WINDOWS.length, numberEnv('ZIPF', 1.1, 0));
-measureKpis();
+const mix = monthViewMix('read_heavy', loadFixtures((path) => open(path)), 0);
 
-export const options = kpiOptions({
-  read_heavy: {
-    executor: 'constant-vus',
-    vus: numberEnv('VUS', 20, 1),
-    duration: __ENV.DURATION || '30s',
-  },
-});
+export const options = mix.options;
 
-export default function () {
-  monthViewIteration(fixtures, pick, 0);
-}
+export default mix.iterate;
 
 export function handleSummary(data) {
   return summaryOutputs(data, true);

@@ -43,15 +43,16 @@ import { sleep } from 'k6';
 import { Counter, Trend } from 'k6/metrics';
 import {
   BASE_URL,
+  DURATION,
   INSTANCE_URLS,
   QUERY_WITH_VERSIONS,
   WINDOWS,
+  constantVus,
   eventsOf,
   kpiOptions,
   loadFixtures,
   measureKpis,
   monthsCovering,
-  numberEnv,
   readMonthLight,
   rename,
   send,
@@ -72,17 +73,12 @@ const invalidations = new Counter('invalidations');
 
 export const options = kpiOptions(
   {
-    readers: {
-      executor: 'constant-vus',
-      vus: numberEnv('VUS', 50, 1),
-      duration: __ENV.DURATION || '30s',
-      exec: 'read',
-    },
+    readers: constantVus(50, { exec: 'read' }),
     writer: {
       executor: 'constant-arrival-rate',
       rate: 1,
       timeUnit: __ENV.INVALIDATE_EVERY || '2s',
-      duration: __ENV.DURATION || '30s',
+      duration: DURATION,
       preAllocatedVUs: 1,
       maxVUs: 1,
       exec: 'invalidate',

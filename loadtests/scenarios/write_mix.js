@@ -13,36 +13,18 @@
 //
 // Run: cargo xtask loadtest --scenario write_mix [--env WRITE_RATIO=0.01]
 
-import {
-  WINDOWS,
-  kpiOptions,
-  loadFixtures,
-  measureKpis,
-  monthViewIteration,
-  numberEnv,
-  picker,
-  summaryOutputs,
-} from '../lib/common.js';
+import { loadFixtures, monthViewMix, numberEnv, summaryOutputs } from '../lib/common.js';
 
-const fixtures = loadFixtures((path) => open(path));
-const pick = picker(fixtures.length * WINDOWS.length, numberEnv('ZIPF', 1.1, 0));
-const WRITE_RATIO = numberEnv('WRITE_RATIO', 0.05, 0, 1);
-measureKpis();
-
-export const options = kpiOptions(
-  {
-    write_mix: {
-      executor: 'constant-vus',
-      vus: numberEnv('VUS', 20, 1),
-      duration: __ENV.DURATION || '30s',
-    },
-  },
+const mix = monthViewMix(
+  'write_mix',
+  loadFixtures((path) => open(path)),
+  numberEnv('WRITE_RATIO', 0.05, 0, 1),
   { writes: ['count>0'] },
 );
 
-export default function () {
-  monthViewIteration(fixtures, pick, WRITE_RATIO);
-}
+export const options = mix.options;
+
+export default mix.iterate;
 
 export function handleSummary(data) {
   return summaryOutputs(data, true);

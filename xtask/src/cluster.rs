@@ -68,6 +68,28 @@ pub struct ClusterArgs {
     partitions: u16,
 }
 
+/// What `bench-cluster` and `loadtest` run on: the benchmark database, the broker's priority,
+/// the shared Redis and the build of the binary.
+#[derive(clap::Args, Debug)]
+pub(crate) struct BenchSetup {
+    /// The benchmark database (seeded with the large scale when it is missing or stale).
+    #[arg(long, default_value = "calendar_bench")]
+    pub(crate) database: String,
+    /// Drop, recreate and seed the database even when it holds the large scale for this month.
+    #[arg(long)]
+    pub(crate) reseed: bool,
+    /// Nice value of the broker process (`0`: unchanged). On this one machine the broker shares
+    /// the cores with the load; a higher priority stands in for the broker's own machine.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    pub(crate) broker_nice: i32,
+    /// Redis shared by the instances (each run uses key prefixes of its own).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub(crate) redis_url: String,
+    /// Build and run the release binary (`--release false` for a debug build).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) release: bool,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct BenchClusterArgs {
     /// Instances of the second phase (the first always runs one).
@@ -76,16 +98,8 @@ pub struct BenchClusterArgs {
     /// The load balancer's port on 127.0.0.1; instance i listens on PORT+i.
     #[arg(long, default_value_t = 18090)]
     port: u16,
-    /// The benchmark database (seeded with the large scale when it is missing or stale).
-    #[arg(long, default_value = "calendar_bench")]
-    database: String,
-    /// Drop, recreate and seed the database even when it holds the large scale for this month.
-    #[arg(long)]
-    reseed: bool,
-    /// Nice value of the broker process (`0`: unchanged). On this one machine the broker shares
-    /// the cores with the load; a higher priority stands in for the broker's own machine.
-    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
-    broker_nice: i32,
+    #[command(flatten)]
+    setup: BenchSetup,
     /// Concurrent virtual users.
     #[arg(long, default_value_t = 20)]
     vus: u32,
@@ -104,12 +118,6 @@ pub struct BenchClusterArgs {
     /// Share of k6 iterations that also rename an event (the writes whose invalidations are measured).
     #[arg(long, default_value_t = 0.01)]
     write_ratio: f64,
-    /// Redis shared by the instances (each phase uses its own key prefix).
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
-    /// Build and run the release binary (`--release false` for a debug build).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    release: bool,
     /// Milliseconds between the subscription probe's renames (through the first instance, heard
     /// by a subscriber on the last; `0`: no probe).
     #[arg(long, default_value_t = 200)]
@@ -983,7 +991,7 @@ pub(crate) fn ensure_large_seed(
 }
 
 pub fn bench(args: BenchClusterArgs) -> Result<()> {
-    validate(args.instances, args.port, &args.database)?;
+    validate(args.instances, args.port, &args.setup.database)?;
     ensure!(args.zipf >= 0.0, "--zipf must not be negative");
     ensure!(
         (0.0..=1.0).contains(&args.write_ratio),
@@ -991,25 +999,31 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
     );
     let command = report::command_line();
     let stop = stop_flag()?;
-    check_services(&args.redis_url)?;
+    check_services(&args.setup.redis_url)?;
     let listener = claim_ports(args.port, args.instances)?;
     let root = crate::root();
     let out_dir = bench::target_dir(&root).join("cluster-bench");
     std::fs::create_dir_all(&out_dir)?;
     let tansu = tansu()?;
     let k6 = crate::ensure_k6()?;
-    let bin = bench::build_calendar(&root, args.release)?;
+    let bin = bench::build_calendar(&root, args.setup.release)?;
     check_stop(&stop)?;
 
-    let database_url = bench::database_url(&args.database);
+    let database_url = bench::database_url(&args.setup.database);
     let calendar = |sub: &[&str]| bench::calendar_command(&bin, &database_url, sub);
     let (from, to) = report::current_month();
-    let seed_secs = ensure_large_seed(&args.database, args.reseed, &from, &to, calendar)?;
+    let seed_secs = ensure_large_seed(
+        &args.setup.database,
+        args.setup.reseed,
+        &from,
+        &to,
+        calendar,
+    )?;
     let fixtures_path = out_dir.join("fixtures.json");
     let (fixtures, n_fixtures) = bench::write_fixtures(calendar, args.calendars, &fixtures_path)?;
     check_stop(&stop)?;
 
-    let broker = Broker::start(&tansu, args.broker_nice, &out_dir.join("tansu.log"))?;
+    let broker = Broker::start(&tansu, args.setup.broker_nice, &out_dir.join("tansu.log"))?;
     let brokers = broker.brokers();
     let lb = Balancer::start(listener);
     let base_url = format!("http://127.0.0.1:{}", args.port);
@@ -1056,7 +1070,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
             database_url: &database_url,
             brokers: &brokers,
             topic: &topic,
-            redis_url: &args.redis_url,
+            redis_url: &args.setup.redis_url,
             key_prefix: &prefix,
             cal_env: "prod",
             jwt_secret: true,
@@ -1125,7 +1139,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         phase.cpu = cpu;
         phase.secs = secs;
         phase.postgres_secs = postgres_secs;
-        phase.redis = RedisFootprint::of(&args.redis_url, &prefix)?;
+        phase.redis = RedisFootprint::of(&args.setup.redis_url, &prefix)?;
         eprintln!("{}", table_row(&phase));
         phases.push(phase);
         drop(instances);
@@ -1147,7 +1161,7 @@ pub fn bench(args: BenchClusterArgs) -> Result<()> {
         args.zipf,
         args.write_ratio,
         args.partitions,
-        args.broker_nice,
+        args.setup.broker_nice,
     ));
     report.push_str(&table_header());
     report.push('\n');

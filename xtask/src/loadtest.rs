@@ -47,23 +47,8 @@ pub struct LoadtestArgs {
     /// The load balancer's port on 127.0.0.1; instance i listens on PORT+i.
     #[arg(long, default_value_t = 18100)]
     port: u16,
-    /// The database (seeded with the large scale when it is missing or stale; `bench-cluster`
-    /// uses the same one).
-    #[arg(long, default_value = "calendar_bench")]
-    database: String,
-    /// Drop, recreate and seed the database even when it holds the large scale for this month.
-    #[arg(long)]
-    reseed: bool,
-    /// Nice value of the broker process (`0`: unchanged). On this one machine the broker shares
-    /// the cores with the load; a higher priority stands in for the broker's own machine.
-    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
-    broker_nice: i32,
-    /// Redis shared by the instances (each run uses its own key prefix).
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
-    /// Build and run the release binary (`--release false` for a debug build).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    release: bool,
+    #[command(flatten)]
+    setup: cluster::BenchSetup,
     /// Partitions of the invalidation topic.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
     partitions: u16,
@@ -124,24 +109,30 @@ fn run_on_cluster(
     summary: &Path,
     html: Option<&Path>,
 ) -> Result<ExitStatus> {
-    cluster::validate(args.instances, args.port, &args.database)?;
+    cluster::validate(args.instances, args.port, &args.setup.database)?;
     let stop = cluster::stop_flag()?;
-    cluster::check_services(&args.redis_url)?;
+    cluster::check_services(&args.setup.redis_url)?;
     let listener = cluster::claim_ports(args.port, args.instances)?;
     let tansu = cluster::tansu()?;
     let k6 = crate::ensure_k6()?;
-    let bin = bench::build_calendar(root, args.release)?;
+    let bin = bench::build_calendar(root, args.setup.release)?;
     cluster::check_stop(&stop)?;
 
-    let database_url = bench::database_url(&args.database);
+    let database_url = bench::database_url(&args.setup.database);
     let calendar = |sub: &[&str]| bench::calendar_command(&bin, &database_url, sub);
     let (from, to) = report::current_month();
-    cluster::ensure_large_seed(&args.database, args.reseed, &from, &to, calendar)?;
+    cluster::ensure_large_seed(
+        &args.setup.database,
+        args.setup.reseed,
+        &from,
+        &to,
+        calendar,
+    )?;
     let fixtures = out_dir.join("fixtures.json");
     bench::write_fixtures(calendar, args.calendars, &fixtures)?;
     cluster::check_stop(&stop)?;
 
-    let broker = Broker::start(&tansu, args.broker_nice, &out_dir.join("tansu.log"))?;
+    let broker = Broker::start(&tansu, args.setup.broker_nice, &out_dir.join("tansu.log"))?;
     let brokers = broker.brokers();
     let lb = Balancer::start(listener);
     // A topic and a Redis prefix of this run's own: the run starts with cold caches, whatever
@@ -157,7 +148,7 @@ fn run_on_cluster(
         database_url: &database_url,
         brokers: &brokers,
         topic: &topic,
-        redis_url: &args.redis_url,
+        redis_url: &args.setup.redis_url,
         key_prefix: &prefix,
         cal_env: "prod",
         jwt_secret: true,

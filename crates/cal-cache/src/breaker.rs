@@ -21,7 +21,8 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    fn gauge_value(self) -> i64 {
+    /// Its `cal_cache_breaker_state` value, which also orders the states from best to worst.
+    pub(crate) fn gauge_value(self) -> i64 {
         match self {
             Self::Closed => 0,
             Self::HalfOpen => 1,

@@ -391,9 +391,10 @@ impl TieredCache {
         let l1 = cfg
             .l1_enabled
             .then(|| L1::new(cfg.l1_max_bytes, cfg.tombstone_ttl, &metrics));
-        let target = match (&cfg.redis_url, cfg.redis_cluster_nodes.as_slice()) {
-            (_, []) => cfg.redis_url.as_deref().map(Target::Single),
-            (_, nodes) => Some(Target::Cluster(nodes)),
+        let target = if cfg.redis_cluster_nodes.is_empty() {
+            cfg.redis_url.as_deref().map(Target::Single)
+        } else {
+            Some(Target::Cluster(&cfg.redis_cluster_nodes))
         };
         let l2 = match (target, cfg.l2_enabled) {
             (Some(target), true) => {

@@ -294,8 +294,6 @@ struct Unit {
 /// The keys of one call: all in one unit (and in a cluster, one slot group).
 struct Part {
     unit: usize,
-    /// The slot groups whose pending tombstones must be written before the call.
-    groups: std::ops::Range<usize>,
     /// (index into the caller's keys, slot group).
     keys: Vec<(usize, usize)>,
 }
@@ -440,27 +438,19 @@ impl L2 {
 
     /// The worst breaker state over the units.
     pub fn breaker_state(&self) -> BreakerState {
-        let rank = |s: BreakerState| match s {
-            BreakerState::Closed => 0,
-            BreakerState::HalfOpen => 1,
-            BreakerState::Open => 2,
-        };
         self.units
             .iter()
             .map(|u| u.breaker.state())
-            .max_by_key(|&s| rank(s))
+            .max_by_key(|&s| s.gauge_value())
             .unwrap_or(BreakerState::Closed)
     }
 
     /// In a cluster, `cal_cache_breaker_state` reports the worst slot group.
     fn report_breakers(&self) {
         if self.is_cluster() {
-            let worst = match self.breaker_state() {
-                BreakerState::Closed => 0,
-                BreakerState::HalfOpen => 1,
-                BreakerState::Open => 2,
-            };
-            self.metrics.breaker_state.set(worst);
+            self.metrics
+                .breaker_state
+                .set(self.breaker_state().gauge_value());
         }
     }
 
@@ -682,17 +672,11 @@ impl L2 {
         }
         let all: Vec<usize> = (0..self.units.len()).collect();
         self.check_units(&all).await;
-        let parts: Vec<Part> = (0..self.units.len())
-            .map(|unit| Part {
-                unit,
-                groups: self.groups_of_unit(unit),
-                keys: Vec::new(),
-            })
-            .collect();
-        join_all(parts.iter().map(|p| self.flush_pending(p))).await;
+        join_all(all.iter().map(|&unit| self.flush_pending(unit))).await;
         self.report_breakers();
     }
 
+    /// The slot groups whose keys `unit` holds.
     fn groups_of_unit(&self, unit: usize) -> std::ops::Range<usize> {
         if self.is_cluster() {
             unit..unit + 1
@@ -707,7 +691,6 @@ impl L2 {
         if !self.is_cluster() {
             return vec![Part {
                 unit: 0,
-                groups: 0..SLOT_GROUPS,
                 keys: keyed.collect(),
             }];
         }
@@ -719,11 +702,7 @@ impl L2 {
             .into_iter()
             .enumerate()
             .filter(|(_, keys)| !keys.is_empty())
-            .map(|(g, keys)| Part {
-                unit: g,
-                groups: g..g + 1,
-                keys,
-            })
+            .map(|(g, keys)| Part { unit: g, keys })
             .collect()
     }
 
@@ -736,14 +715,13 @@ impl L2 {
     /// a lost tombstone should hide). `None`: the part's keys are unavailable.
     async fn ready(&self, part: &Part) -> Option<Arc<Epoch>> {
         let known = self.known(part.unit).await?;
-        self.flush_pending(part).await.then_some(known)
+        self.flush_pending(part.unit).await.then_some(known)
     }
 
     /// One read of every key. A key whose slot group is unavailable is `None`.
     pub async fn mget(&self, keys: &[&str]) -> Vec<Fetched> {
-        let mut out: Vec<Fetched> = vec![None; keys.len()];
         let parts = self.parts(keys.iter().copied());
-        let results = join_all(parts.iter().map(|part| async move {
+        let answers = join_all(parts.iter().map(|part| async move {
             let known = self.ready(part).await?;
             let mut invocation = self.read_script.prepare_invoke();
             invocation.arg(known.run_id.as_str());
@@ -758,15 +736,7 @@ impl L2 {
             .await
         }))
         .await;
-        for (part, blobs) in parts.iter().zip(results) {
-            let Some(blobs) = blobs.filter(|b| b.len() == part.keys.len()) else {
-                continue;
-            };
-            for (&(i, _), blob) in part.keys.iter().zip(blobs) {
-                out[i] = Some(blob);
-            }
-        }
-        out
+        per_key(&parts, keys.len(), answers)
     }
 
     /// One raw blob (a derived result), `None` when absent or L2 is unavailable.
@@ -829,9 +799,8 @@ impl L2 {
     /// Versioned fill of all items, one script call per part. One flag per item: stored (true),
     /// refused as stale (false), or `None` where L2 was unavailable.
     pub async fn fill(&self, items: &[FillItem<'_>]) -> Vec<Option<bool>> {
-        let mut out = vec![None; items.len()];
         let parts = self.parts(items.iter().map(|i| i.key));
-        let results = join_all(parts.iter().map(|part| async move {
+        let answers = join_all(parts.iter().map(|part| async move {
             let known = self.ready(part).await?;
             let mut invocation = self.fill_script.prepare_invoke();
             invocation.arg(known.run_id.as_str());
@@ -852,15 +821,10 @@ impl L2 {
             .await
         }))
         .await;
-        for (part, flags) in parts.iter().zip(results) {
-            let Some(flags) = flags.filter(|f| f.len() == part.keys.len()) else {
-                continue;
-            };
-            for (&(i, _), flag) in part.keys.iter().zip(flags) {
-                out[i] = Some(flag == 1);
-            }
-        }
-        out
+        per_key(&parts, items.len(), answers)
+            .into_iter()
+            .map(|f| f.map(|f| f == 1))
+            .collect()
     }
 
     /// Writes tombstones for all keys, one script call per part. Those whose slot group is
@@ -870,21 +834,20 @@ impl L2 {
     pub async fn tombstone(&self, keys: &[(String, i64)]) -> bool {
         let parts = self.parts(keys.iter().map(|(k, _)| k.as_str()));
         let written = join_all(parts.iter().map(|part| async move {
-            let _ = self.flush_pending(part).await;
+            let _ = self.flush_pending(part.unit).await;
             let batch: Vec<(String, i64)> =
                 part.keys.iter().map(|&(i, _)| keys[i].clone()).collect();
-            self.write_tombstones(part, &batch).await
+            self.write_tombstones(part.unit, &batch).await
         }))
         .await;
         written.into_iter().all(|w| w)
     }
 
-    /// Writes the tombstones of `part`'s groups whose first write failed. `false` if some are
+    /// Writes the tombstones of `unit`'s groups whose first write failed. `false` if some are
     /// still pending.
-    async fn flush_pending(&self, part: &Part) -> bool {
-        let pending: Vec<(String, i64)> = part
-            .groups
-            .clone()
+    async fn flush_pending(&self, unit: usize) -> bool {
+        let pending: Vec<(String, i64)> = self
+            .groups_of_unit(unit)
             .flat_map(|g| {
                 let mut pending = self.pending_tombstones[g].lock().unwrap();
                 pending.drain().collect::<Vec<_>>()
@@ -895,18 +858,18 @@ impl L2 {
         }
         tracing::info!(
             keys = pending.len(),
-            shard = %self.units[part.unit].shard(),
+            shard = %self.units[unit].shard(),
             "writing tombstones that failed earlier"
         );
-        self.write_tombstones(part, &pending).await
+        self.write_tombstones(unit, &pending).await
     }
 
-    /// Writes `keys` (all of `part`'s unit) in one script call, or keeps them pending.
-    async fn write_tombstones(&self, part: &Part, keys: &[(String, i64)]) -> bool {
+    /// Writes `keys` (all of `unit`'s) in one script call, or keeps them pending.
+    async fn write_tombstones(&self, unit: usize, keys: &[(String, i64)]) -> bool {
         if keys.is_empty() {
             return true;
         }
-        let Some(known) = self.known(part.unit).await else {
+        let Some(known) = self.known(unit).await else {
             self.keep_pending(keys);
             return false;
         };
@@ -922,7 +885,7 @@ impl L2 {
             .max(1);
         invocation.arg(ttl_ms);
         let written = self
-            .call(part.unit, "tombstone", |mut con| async move {
+            .call(unit, "tombstone", |mut con| async move {
                 invocation.invoke_async::<i64>(&mut con).await
             })
             .await
@@ -983,6 +946,21 @@ impl Unit {
     fn shard(&self) -> Arc<str> {
         self.shard.read().unwrap().clone()
     }
+}
+
+/// Puts each part's answers, one per key, back in the order of the caller's `n` keys: `None`
+/// for the keys of a part that got no answer (L2 unavailable, or an answer of another length).
+fn per_key<T: Clone>(parts: &[Part], n: usize, answers: Vec<Option<Vec<T>>>) -> Vec<Option<T>> {
+    let mut out = vec![None; n];
+    for (part, answer) in parts.iter().zip(answers) {
+        let Some(answer) = answer.filter(|a| a.len() == part.keys.len()) else {
+            continue;
+        };
+        for (&(i, _), value) in part.keys.iter().zip(answer) {
+            out[i] = Some(value);
+        }
+    }
+    out
 }
 
 /// `host:port` of a Redis URL, for naming the single server in logs (never its password).
@@ -1108,7 +1086,7 @@ mod layout_tests {
         let parts = l2.parts(keys.iter().map(String::as_str));
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].keys.len(), 100);
-        assert_eq!(parts[0].groups, 0..SLOT_GROUPS);
+        assert_eq!(l2.groups_of_unit(parts[0].unit), 0..SLOT_GROUPS);
     }
 
     #[test]

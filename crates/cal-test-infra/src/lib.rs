@@ -26,6 +26,6 @@ pub use kafka::{
     tansu_bin,
 };
 pub use metrics::metric_sum;
-pub use pg::{PgCluster, admin_url};
+pub use pg::{PgCluster, admin_url, database_url};
 pub use redis::RedisServer;
 pub use redis_cluster::RedisCluster;

@@ -25,6 +25,14 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// The URL of database `name` on the server at `server` (a URL naming any of its databases).
+pub fn database_url(server: &str, name: &str) -> String {
+    let at = server
+        .rfind('/')
+        .expect("a PostgreSQL URL ends in /database");
+    format!("{}/{name}", &server[..at])
+}
+
 #[derive(Debug)]
 pub struct PgCluster {
     pub port: u16,

@@ -34,6 +34,11 @@ static TEMPLATES: Mutex<BTreeMap<String, Arc<OnceCell<String>>>> = Mutex::new(BT
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl TestDb {
+    /// Its URL, for a process of its own (`DATABASE_URL`).
+    pub fn url(&self) -> String {
+        cal_test_infra::database_url(&self.server, &self.name)
+    }
+
     /// A database on the shared server at [`admin_url`], with a pool of 10 (sqlx defaults).
     pub async fn new() -> TestDb {
         Self::on(&admin_url(), PgPoolOptions::new().max_connections(10)).await

@@ -11,23 +11,7 @@ use std::sync::Arc;
 async fn warm_month_view_issues_no_sql_and_cold_path_is_unchanged() {
     let app = TestApp::spawn().await;
     let w = world(&app, 40, 6).await;
-    let cold = app
-        .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
-        .await;
-    assert!(
-        cold.sql_statements() <= 5,
-        "cold: {}",
-        cold.sql_statements()
-    );
-    let warm = app
-        .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
-        .await;
-    assert_eq!(
-        warm.sql_statements(),
-        0,
-        "warm month view must be served from memory"
-    );
-    assert_eq!(warm.data(), cold.data());
+    let warm = cold_then_warm(&app, &w).await;
     assert!(warm.0["extensions"]["stats"]["l1Hits"].as_u64().unwrap() > 0);
 
     // A second instance sharing Redis (fresh L1) is served by L2, still without SQL.
@@ -74,7 +58,7 @@ async fn warm_month_view_issues_no_sql_and_cold_path_is_unchanged() {
         .json()
         .await
         .unwrap();
-    assert_eq!(resp["data"], *cold.data());
+    assert_eq!(resp["data"], *warm.data());
     assert_eq!(resp["extensions"]["stats"]["sqlStatements"], 0);
     // Served from Redis: whole (the shared response tier) or key by key.
     assert!(

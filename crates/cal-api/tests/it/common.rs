@@ -35,6 +35,29 @@ pub struct World {
     pub events: Vec<Event>,
 }
 
+/// `w`'s month view read twice by its owner: cold in at most 5 statements, then warm without
+/// SQL and with the same data (both asserted). Answers the warm read.
+pub async fn cold_then_warm(app: &TestApp, w: &World) -> Gql {
+    let cold = app
+        .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await;
+    assert!(
+        cold.sql_statements() <= 5,
+        "cold: {}",
+        cold.sql_statements()
+    );
+    let warm = app
+        .gql(Some(w.owner.id), MONTH_VIEW, month_vars(w.calendar))
+        .await;
+    assert_eq!(
+        warm.sql_statements(),
+        0,
+        "warm month view must be served from memory"
+    );
+    assert_eq!(warm.data(), cold.data());
+    warm
+}
+
 pub async fn world(app: &TestApp, n: usize, attendees_per_event: usize) -> World {
     let owner = app.user("Olivia Owner").await;
     let calendar = app.calendar(owner.id, "Team").await;

@@ -27,9 +27,7 @@ impl FreshDb {
         ))
     }
     fn url(&self) -> String {
-        let base = admin_url();
-        let i = base.rfind('/').unwrap();
-        format!("{}/{}", &base[..i], self.0)
+        cal_test_support::database_url(&admin_url(), &self.0)
     }
 }
 

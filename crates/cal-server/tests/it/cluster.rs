@@ -207,11 +207,7 @@ impl Cluster {
     async fn new(events: usize) -> Cluster {
         let db = TestDb::new().await;
         let broker = KafkaBroker::start();
-        let url = {
-            let base = cal_test_support::admin_url();
-            let i = base.rfind('/').unwrap();
-            format!("{}/{}", &base[..i], db.name)
-        };
+        let url = db.url();
         let base_env = vec![
             ("DATABASE_URL".into(), url),
             ("REDIS_URL".into(), "redis://127.0.0.1:6379".into()),

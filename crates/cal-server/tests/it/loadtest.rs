@@ -46,11 +46,7 @@ struct Seeded {
 impl Seeded {
     async fn new() -> Seeded {
         let db = TestDb::new().await;
-        let url = {
-            let base = cal_test_support::admin_url();
-            let i = base.rfind('/').unwrap();
-            format!("{}/{}", &base[..i], db.name)
-        };
+        let url = db.url();
         let anchor = ANCHOR.to_string();
         calendar(
             &url,
